@@ -1,0 +1,140 @@
+# Djinn: `make demo` and `make test` do all the set-up on a fresh machine.
+#
+#   make deps     Debian packages (libzmq3-dev, libmsgpack-dev, libxxhash-dev) if missing
+#   make venv     .venv with torch==2.13.0 (CPU build on this machine's disk) and test deps
+#   make build    djinn-server (C + thin C++ over libtorch) and djinn._C (pip, no isolation)
+#   make test     C unit tests under ASan/UBSan, then pytest against real servers
+#   make demo     a Llama-architecture model generating on torch.device('remote')
+#   make bench    benchmarks side by side with local eager PyTorch (results/)
+#
+# DJINN_USE_SYSTEM_PYTHON=1 skips apt and the venv and builds against the current
+# python3 and its torch (the GPU machine: see ../shared/device/README.md).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+TORCH_VERSION ?= 2.13.0
+APT_PKGS := libzmq3-dev libmsgpack-dev libxxhash-dev pkg-config
+
+ifeq ($(DJINN_USE_SYSTEM_PYTHON),1)
+PYTHON := python3
+ENV_STAMP := build/.sysenv
+else
+PYTHON := $(CURDIR)/.venv/bin/python
+ENV_STAMP := .venv/.stamp
+endif
+
+BUILD := build
+CC ?= cc
+CXX ?= c++
+CFLAGS_COMMON := -std=gnu11 -O2 -g -fPIC -Wall -Wextra -Icsrc/common -Icsrc/client -Iserver
+CXXFLAGS_COMMON := -std=c++20 -O2 -g -fPIC -Wall -Wno-unused-parameter -Icsrc/common -Iserver
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+
+COMMON_SRC := $(wildcard csrc/common/*.c)
+CLIENT_SRC := $(wildcard csrc/client/*.c)
+SERVER_C := $(wildcard server/*.c)
+SERVER_CXX := $(wildcard server/*.cpp)
+TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h) setup.py
+HEADERS := $(wildcard csrc/common/*.h csrc/client/*.h server/*.h)
+C_TESTS := $(patsubst test/c/%.c,$(BUILD)/ctest/%,$(wildcard test/c/test_*.c))
+
+.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format
+
+# ---------------------------------------------------------------- environment
+$(BUILD)/.deps:
+	@mkdir -p $(BUILD)
+	@if [ "$(DJINN_USE_SYSTEM_PYTHON)" = "1" ] || dpkg -s $(APT_PKGS) >/dev/null 2>&1; then :; else \
+	  echo "== installing Debian packages: $(APT_PKGS)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PKGS); fi
+	@touch $@
+deps: $(BUILD)/.deps
+
+.venv/.stamp: $(BUILD)/.deps
+	@test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip setuptools wheel
+	.venv/bin/pip install -q torch==$(TORCH_VERSION) numpy pytest pytest-timeout msgpack pyzmq \
+	    transformers nbclient ipykernel matplotlib
+	@touch $@
+
+build/.sysenv: $(BUILD)/.deps
+	@$(PYTHON) -c "import torch, pytest; print('== using system python', torch.__version__)"
+	@touch $@
+venv: $(ENV_STAMP)
+
+$(BUILD)/torch.mk: $(ENV_STAMP)
+	@mkdir -p $(BUILD)
+	@$(PYTHON) -c "import torch, os, torch.utils.cpp_extension as c; \
+	  lib = os.path.join(os.path.dirname(torch.__file__), 'lib'); \
+	  cuda = torch.version.cuda is not None and os.path.exists(os.path.join(lib, 'libtorch_cuda.so')); \
+	  print('TORCH_INC := ' + ' '.join('-isystem ' + p for p in c.include_paths())); \
+	  print('TORCH_LIB := -L' + lib + ' -Wl,-rpath,' + lib + ' -Wl,--no-as-needed' + \
+	        (' -ltorch_cuda' if cuda else '') + ' -ltorch -ltorch_cpu -lc10 -Wl,--as-needed'); \
+	  print('TORCH_CUDA := ' + ('1' if cuda else '0'))" > $@
+
+-include $(BUILD)/torch.mk
+
+# ---------------------------------------------------------------- server
+$(BUILD)/server/%.o: server/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -c $< -o $@
+$(BUILD)/common/%.o: csrc/common/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -c $< -o $@
+$(BUILD)/server/%.o: server/%.cpp $(HEADERS) $(BUILD)/torch.mk
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_COMMON) $(TORCH_INC) -c $< -o $@
+
+SERVER_OBJS := $(patsubst server/%.c,$(BUILD)/server/%.o,$(SERVER_C)) \
+               $(patsubst server/%.cpp,$(BUILD)/server/%.o,$(SERVER_CXX)) \
+               $(patsubst csrc/common/%.c,$(BUILD)/common/%.o,$(COMMON_SRC))
+
+$(BUILD)/djinn-server: $(SERVER_OBJS)
+	$(CXX) -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
+	@mkdir -p djinn/bin && cp $@ djinn/bin/djinn-server
+
+server: $(BUILD)/djinn-server
+
+# ---------------------------------------------------------------- client extension
+$(BUILD)/.ext: $(ENV_STAMP) $(COMMON_SRC) $(CLIENT_SRC) $(TORCH_SRC) $(HEADERS)
+	$(PYTHON) setup.py -q build_ext --inplace -j 2
+	@if ! $(PYTHON) -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('djinn') and 'site-packages' in (importlib.util.find_spec('djinn').origin or '') or False else 1)" 2>/dev/null \
+	  && ! $(PYTHON) -m pip show -q djinn >/dev/null 2>&1; then \
+	  $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e . ; fi
+	@touch $@
+ext: $(BUILD)/.ext
+
+build: server ext
+
+# ---------------------------------------------------------------- tests
+$(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(HEADERS) test/c/djn_test.h | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -g -O1 $(SAN) -Wall -Wextra -Icsrc/common -Icsrc/client -Iserver -Itest/c $< \
+	    $(COMMON_SRC) $(if $(findstring client,$*),$(CLIENT_SRC),) -lmsgpackc -lxxhash -lzmq -lpthread -o $@
+
+test-c: $(C_TESTS)
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; $$t; done
+
+test-py: build
+	$(PYTHON) -m pytest -q -x --timeout=600 test
+
+test: test-c test-py
+
+# ---------------------------------------------------------------- demo and benchmarks
+demo: build
+	$(PYTHON) examples/demo.py
+
+bench: build
+	$(PYTHON) benchmarks/run.py --quick
+
+bench-full: build
+	$(PYTHON) benchmarks/run.py --full
+
+bench-gpu: build
+	$(PYTHON) benchmarks/run.py --quick --gpu
+
+format:
+	clang-format -i csrc/*/*.[ch] csrc/torch/*.cpp server/*.[ch] server/*.cpp test/c/*.[ch]
+
+clean:
+	rm -rf $(BUILD) djinn/_C*.so djinn/bin *.egg-info

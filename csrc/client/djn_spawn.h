@@ -1,0 +1,25 @@
+/* djn_spawn.h: start and stop the embedded djinn-server child (POSIX, no Python).
+ *
+ * The child is started with posix_spawn, listens on a loopback port it picks itself and
+ * writes "DJINN_ENDPOINT <endpoint>\n" to an inherited pipe; it watches our pid and exits
+ * when we are gone, so even a SIGKILLed client leaves no server behind. */
+#ifndef DJN_SPAWN_H
+#define DJN_SPAWN_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "djn_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+djn_status_t djn_spawn_server(const char *bin, int timeout_ms, pid_t *pid_out, char *endpoint,
+                              size_t endpoint_len, char *err, size_t errlen);
+void djn_spawn_stop(pid_t pid, int timeout_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,626 @@
+// RemoteFallback.cpp: the boxed fallback that captures every op without a kernel of
+// its own into the pending fragment (the SRG), without running anything.
+//
+// Per call:
+//   1. CPU tensor arguments that are not wrapped-number scalars are uploaded (they
+//      become remote temporaries); wrapped numbers stay scalars so type promotion
+//      matches eager PyTorch.
+//   2. Shape inference: a key of (op, every argument's dtype/geometry/alias group, every
+//      scalar value) selects a cached MetaResult; on a miss the op runs on the Meta
+//      device over mirrors that share meta storages exactly where the real inputs share
+//      storages, and each output is classified by storage identity: fresh, a view of
+//      an input, or the input itself (in-place / out=).
+//   3. Outputs are made (fresh remote storages, or views over the inputs' storages).
+//   4. The node is encoded into the fragment under the C core's lock.
+// Ops whose output shapes depend on data (nonzero, masked_select, unique, boolean-mask
+// indexing, ops returning Python numbers) or that have no Meta kernel are recorded as
+// DYNAMIC: the fragment is flushed at once and the server describes the results.
+// No Python and no GIL on this path (a Meta kernel registered from Python, on a cache
+// miss, is the exception: torch calls it under its own GIL handling).
+#include <ATen/EmptyTensor.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "remote.h"
+
+namespace djinn {
+namespace {
+
+constexpr auto kPU1 = c10::DeviceType::PrivateUse1;
+
+enum class Kind : uint8_t { Fresh, View, Inplace, Undef, List, Value };
+
+struct OutSpec {
+    Kind kind = Kind::Undef;
+    int arg = -1, elem = -1; // View/Inplace: the input (and list element) it aliases
+    at::ScalarType dtype = at::kFloat;
+    std::vector<int64_t> sizes, strides;
+    int64_t offset = 0;
+    std::vector<OutSpec> items;
+};
+
+struct Resize {
+    int arg, elem;
+    std::vector<int64_t> sizes, strides;
+    int64_t offset;
+};
+
+struct MetaResult {
+    bool dynamic = false;
+    std::vector<OutSpec> outs;
+    std::vector<Resize> resizes;
+};
+
+struct OpInfo {
+    std::string name, overload;
+    djn_op_class_t cls = DJN_CLASS_MEMORY;
+    bool data_dependent = false;
+    std::vector<bool> written; // per argument: Tensor(a!) / Tensor(a!)[]
+};
+
+std::shared_mutex g_mu;
+std::unordered_map<const c10::FunctionSchema *, OpInfo> g_ops;
+std::unordered_map<std::string, MetaResult> g_meta;
+thread_local djn_phase_t t_phase = DJN_PHASE_NONE;
+thread_local int t_phase_left = 0;
+
+const std::unordered_set<std::string> kComputeBound = {
+    "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::matmul",
+    "aten::linear", "aten::convolution", "aten::convolution_backward", "aten::_convolution",
+    "aten::einsum", "aten::addmv", "aten::mv", "aten::dot"};
+
+const std::unordered_set<std::string> kDataDependent = {
+    "aten::nonzero", "aten::masked_select", "aten::unique", "aten::_unique", "aten::_unique2",
+    "aten::unique_consecutive", "aten::unique_dim", "aten::unique_dim_consecutive",
+    "aten::bincount", "aten::repeat_interleave", "aten::equal", "aten::argwhere",
+    "aten::nonzero_numpy", "aten::is_nonzero", "aten::allclose", "aten::_assert_async",
+    "aten::_local_scalar_dense"};
+
+const OpInfo &op_info(const c10::OperatorHandle &op) {
+    const c10::FunctionSchema *key = &op.schema();
+    {
+        std::shared_lock<std::shared_mutex> lock(g_mu);
+        auto it = g_ops.find(key);
+        if (it != g_ops.end())
+            return it->second;
+    }
+    OpInfo info;
+    const auto &s = op.schema();
+    info.name = s.name();
+    info.overload = s.overload_name();
+    info.cls = kComputeBound.count(info.name) ? DJN_CLASS_COMPUTE : DJN_CLASS_MEMORY;
+    info.data_dependent = kDataDependent.count(info.name) > 0;
+    for (const auto &r : s.returns()) {
+        auto k = r.type()->kind();
+        bool tensorish = k == c10::TypeKind::TensorType ||
+                         (k == c10::TypeKind::ListType &&
+                          r.type()->castRaw<c10::ListType>()->getElementType()->kind() == c10::TypeKind::TensorType) ||
+                         (k == c10::TypeKind::OptionalType &&
+                          r.type()->castRaw<c10::OptionalType>()->getElementType()->kind() == c10::TypeKind::TensorType);
+        if (!tensorish)
+            info.data_dependent = true; // returns a Python number: ask the server
+    }
+    for (const auto &a : s.arguments())
+        info.written.push_back(a.alias_info() && a.alias_info()->isWrite());
+    std::unique_lock<std::shared_mutex> lock(g_mu);
+    return g_ops.emplace(key, std::move(info)).first->second;
+}
+
+bool is_remote(const at::Tensor &t) { return t.defined() && t.device().type() == kPU1; }
+
+bool is_scalar_cpu(const at::Tensor &t) {
+    return t.defined() && t.device().is_cpu() && t.unsafeGetTensorImpl()->is_wrapped_number();
+}
+
+// ---------------------------------------------------------------- argument prep
+
+at::Tensor upload_temp(const at::Tensor &cpu, c10::DeviceIndex dev) {
+    c10::DeviceGuard g(c10::Device(kPU1, dev));
+    at::Tensor t = at::detail::empty_generic(cpu.sizes(), allocator(),
+                                             c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                             cpu.scalar_type(), std::nullopt);
+    t.copy_(cpu);
+    return t;
+}
+
+// Find the device the op runs on and upload plain CPU tensors to it.
+c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
+    int dev = -1;
+    auto see = [&](const at::Tensor &t) {
+        if (dev < 0 && is_remote(t))
+            dev = t.device().index();
+    };
+    for (size_t i = first; i < stack.size(); i++) {
+        const auto &v = stack[i];
+        if (v.isTensor())
+            see(v.toTensor());
+        else if (v.isTensorList())
+            for (const at::Tensor &t : v.toTensorList()) see(t);
+        else if (v.isOptionalTensorList())
+            for (const std::optional<at::Tensor> &t : v.toOptionalTensorList())
+                if (t) see(*t);
+        else if (v.isDevice() && dev < 0 && v.toDevice().type() == kPU1)
+            dev = v.toDevice().has_index() ? v.toDevice().index() : current_device();
+    }
+    if (dev < 0)
+        dev = current_device();
+    auto fix = [&](const at::Tensor &t) -> std::optional<at::Tensor> {
+        if (t.defined() && !is_remote(t) && !is_scalar_cpu(t))
+            return upload_temp(t, (c10::DeviceIndex)dev);
+        return std::nullopt;
+    };
+    for (size_t i = first; i < stack.size(); i++) {
+        auto &v = stack[i];
+        if (v.isTensor()) {
+            if (auto u = fix(v.toTensor())) v = *u;
+        } else if (v.isTensorList()) {
+            auto l = v.toTensorList();
+            for (size_t j = 0; j < l.size(); j++)
+                if (auto u = fix(l.get(j))) l.set(j, *u);
+        } else if (v.isOptionalTensorList()) {
+            auto l = v.toOptionalTensorList();
+            for (size_t j = 0; j < l.size(); j++) {
+                std::optional<at::Tensor> t = l.get(j);
+                if (t)
+                    if (auto u = fix(*t)) l.set(j, std::optional<at::Tensor>(*u));
+            }
+        }
+    }
+    return (c10::DeviceIndex)dev;
+}
+
+// ---------------------------------------------------------------- cache key
+
+struct KeyBuilder {
+    std::string k;
+    std::vector<const c10::StorageImpl *> groups;
+    template <class T> void put(T v) { k.append(reinterpret_cast<const char *>(&v), sizeof v); }
+    void tensor(const at::Tensor &t) {
+        if (!t.defined()) {
+            k.push_back('U');
+            return;
+        }
+        if (is_scalar_cpu(t)) {
+            k.push_back('W');
+            put((int8_t)t.scalar_type());
+            return;
+        }
+        k.push_back('T');
+        put((int8_t)t.scalar_type());
+        put((int8_t)t.dim());
+        for (auto s : t.sizes()) put(s);
+        for (auto s : t.strides()) put(s);
+        put(t.storage_offset());
+        const c10::StorageImpl *impl = t.storage().unsafeGetStorageImpl();
+        int32_t g = -1;
+        for (size_t i = 0; i < groups.size(); i++)
+            if (groups[i] == impl) g = (int32_t)i;
+        if (g < 0) {
+            g = (int32_t)groups.size();
+            groups.push_back(impl);
+        }
+        put(g);
+        put((uint64_t)t.storage().nbytes());
+    }
+    void value(const c10::IValue &v) {
+        if (v.isTensor()) tensor(v.toTensor());
+        else if (v.isNone()) k.push_back('N');
+        else if (v.isBool()) { k.push_back('b'); put(v.toBool()); }
+        else if (v.isInt()) { k.push_back('i'); put(v.toInt()); }
+        else if (v.isDouble()) { k.push_back('d'); put(v.toDouble()); }
+        else if (v.isComplexDouble()) { k.push_back('c'); put(v.toComplexDouble()); }
+        else if (v.isSymInt()) { k.push_back('i'); put(v.toSymInt().guard_int(__FILE__, __LINE__)); }
+        else if (v.isSymFloat()) { k.push_back('d'); put(v.toSymFloat().guard_float(__FILE__, __LINE__)); }
+        else if (v.isString()) { k.push_back('s'); k.append(v.toStringRef()); k.push_back(0); }
+        else if (v.isDevice()) k.push_back('D');
+        else if (v.isGenerator()) k.push_back('G');
+        else if (v.isIntList()) { k.push_back('I'); auto l = v.toIntVector(); put((uint32_t)l.size()); for (auto x : l) put(x); }
+        else if (v.isDoubleList()) { k.push_back('F'); auto l = v.toDoubleVector(); put((uint32_t)l.size()); for (auto x : l) put(x); }
+        else if (v.isBoolList()) { k.push_back('B'); auto l = v.toBoolList(); put((uint32_t)l.size()); for (bool x : l) put(x); }
+        else if (v.isTensorList()) { k.push_back('L'); auto l = v.toTensorList(); put((uint32_t)l.size()); for (const at::Tensor &t : l) tensor(t); }
+        else if (v.isList()) { k.push_back('l'); auto l = v.toListRef(); put((uint32_t)l.size()); for (const auto &x : l) value(x); }
+        else TORCH_CHECK(false, "djinn: unsupported argument of kind ", v.tagKind());
+    }
+};
+
+// ---------------------------------------------------------------- meta inference
+
+struct MetaCtx {
+    std::vector<std::pair<const c10::StorageImpl *, c10::Storage>> storages; // real -> meta
+    std::vector<std::tuple<const c10::StorageImpl *, int, int>> owners;        // meta -> (arg, elem)
+    std::vector<std::tuple<int, int, at::Tensor>> mirrors;                     // (arg, elem, meta)
+};
+
+at::Tensor meta_of(const at::Tensor &t, MetaCtx &mc, int arg, int elem) {
+    if (!is_remote(t))
+        return t; // wrapped CPU scalars mix with meta tensors like with any device
+    const c10::StorageImpl *impl = t.storage().unsafeGetStorageImpl();
+    c10::Storage ms;
+    for (auto &p : mc.storages)
+        if (p.first == impl) ms = p.second;
+    if (!ms) {
+        ms = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
+            c10::StorageImpl::use_byte_size_t(), t.storage().nbytes(),
+            c10::DataPtr(nullptr, c10::Device(c10::kMeta)), c10::GetAllocator(c10::kMeta), true));
+        mc.storages.emplace_back(impl, ms);
+        mc.owners.emplace_back(ms.unsafeGetStorageImpl(), arg, elem);
+    }
+    auto m = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(ms), c10::DispatchKeySet(c10::DispatchKey::Meta), t.dtype());
+    m.unsafeGetTensorImpl()->set_sizes_and_strides(t.sizes(), t.strides(), std::optional<int64_t>(t.storage_offset()));
+    mc.mirrors.emplace_back(arg, elem, m);
+    return m;
+}
+
+c10::IValue meta_value(const c10::IValue &v, MetaCtx &mc, int arg) {
+    if (v.isTensor())
+        return meta_of(v.toTensor(), mc, arg, -1);
+    if (v.isTensorList()) {
+        c10::List<at::Tensor> out;
+        int j = 0;
+        for (const at::Tensor &t : v.toTensorList()) out.push_back(meta_of(t, mc, arg, j++));
+        return out;
+    }
+    if (v.isOptionalTensorList()) {
+        c10::List<std::optional<at::Tensor>> out;
+        int j = 0;
+        for (const std::optional<at::Tensor> &t : v.toOptionalTensorList()) {
+            out.push_back(t ? std::optional<at::Tensor>(meta_of(*t, mc, arg, j)) : std::nullopt);
+            j++;
+        }
+        return out;
+    }
+    if (v.isDevice() && v.toDevice().type() == kPU1)
+        return c10::Device(c10::kMeta);
+    return v;
+}
+
+OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias) {
+    OutSpec o;
+    if (!r.defined())
+        return o;
+    o.dtype = r.scalar_type();
+    o.sizes = r.sizes().vec();
+    o.strides = r.strides().vec();
+    o.offset = r.storage_offset();
+    const c10::StorageImpl *impl = r.storage().unsafeGetStorageImpl();
+    for (auto &[ms, arg, elem] : mc.owners) {
+        if (ms != impl)
+            continue;
+        o.arg = arg;
+        o.elem = elem;
+        o.kind = write_alias ? Kind::Inplace : Kind::View;
+        if (write_alias) { // the returned tensor must be the very input object
+            for (auto &[a, e, m] : mc.mirrors)
+                if (m.unsafeGetTensorImpl() == r.unsafeGetTensorImpl()) {
+                    o.arg = a;
+                    o.elem = e;
+                }
+        }
+        return o;
+    }
+    o.kind = Kind::Fresh;
+    return o;
+}
+
+MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch::jit::Stack &stack, size_t first) {
+    MetaResult res;
+    if (info.data_dependent) {
+        res.dynamic = true;
+        return res;
+    }
+    MetaCtx mc;
+    torch::jit::Stack ms;
+    ms.reserve(stack.size() - first);
+    for (size_t i = first; i < stack.size(); i++)
+        ms.push_back(meta_value(stack[i], mc, (int)(i - first)));
+    try {
+        c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+        op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::Meta), &ms);
+    } catch (const std::exception &) {
+        res.dynamic = true; // no Meta kernel, or data-dependent: let the server decide
+        return res;
+    }
+    const auto &rets = op.schema().returns();
+    if (ms.size() != rets.size()) {
+        res.dynamic = true;
+        return res;
+    }
+    for (size_t i = 0; i < rets.size(); i++) {
+        bool w = rets[i].alias_info() && rets[i].alias_info()->isWrite();
+        const auto &v = ms[i];
+        if (v.isTensor()) {
+            res.outs.push_back(classify(v.toTensor(), mc, w));
+        } else if (v.isTensorList()) {
+            OutSpec l;
+            l.kind = Kind::List;
+            for (const at::Tensor &t : v.toTensorList()) l.items.push_back(classify(t, mc, w));
+            res.outs.push_back(std::move(l));
+        } else if (v.isNone()) {
+            res.outs.emplace_back();
+        } else {
+            res.dynamic = true;
+            return res;
+        }
+    }
+    // written inputs whose geometry the op changed (out= resized by the op itself)
+    for (auto &[a, e, m] : mc.mirrors) {
+        if (!info.written[a])
+            continue;
+        const c10::IValue &v = stack[first + a];
+        at::Tensor real = e < 0 ? v.toTensor() : v.isTensorList() ? v.toTensorList().get(e) : *v.toOptionalTensorList().get(e);
+        if (real.sizes() != m.sizes() || real.strides() != m.strides() || real.storage_offset() != m.storage_offset())
+            res.resizes.push_back({a, e, m.sizes().vec(), m.strides().vec(), m.storage_offset()});
+    }
+    return res;
+}
+
+// ---------------------------------------------------------------- recording
+
+at::Tensor arg_tensor(const torch::jit::Stack &stack, size_t first, int arg, int elem) {
+    const c10::IValue &v = stack[first + arg];
+    if (elem < 0)
+        return v.toTensor();
+    if (v.isTensorList())
+        return v.toTensorList().get(elem);
+    return *v.toOptionalTensorList().get(elem);
+}
+
+void enc_scalar_tensor(djn_buf_t *b, const at::Tensor &t) {
+    auto s = t.item();
+    if (s.isBoolean()) djn_enc_bool(b, s.toBool());
+    else if (s.isIntegral(false)) djn_enc_int(b, s.toLong());
+    else if (s.isComplex()) { auto z = s.toComplexDouble(); djn_enc_complex(b, z.real(), z.imag()); }
+    else djn_enc_float(b, s.toDouble());
+}
+
+void enc_tensor(djn_buf_t *b, const at::Tensor &t, bool written) {
+    if (!t.defined()) {
+        djn_enc_nil(b);
+    } else if (is_remote(t)) {
+        djn_tref_t r = tref_of(t);
+        djn_rec_tensor(&r, written);
+    } else {
+        enc_scalar_tensor(b, t);
+    }
+}
+
+void enc_value(djn_buf_t *b, const c10::IValue &v, bool written) {
+    if (v.isTensor()) enc_tensor(b, v.toTensor(), written);
+    else if (v.isNone()) djn_enc_nil(b);
+    else if (v.isBool()) djn_enc_bool(b, v.toBool());
+    else if (v.isInt()) djn_enc_int(b, v.toInt());
+    else if (v.isDouble()) djn_enc_float(b, v.toDouble());
+    else if (v.isComplexDouble()) { auto z = v.toComplexDouble(); djn_enc_complex(b, z.real(), z.imag()); }
+    else if (v.isSymInt()) djn_enc_int(b, v.toSymInt().guard_int(__FILE__, __LINE__));
+    else if (v.isSymFloat()) djn_enc_float(b, v.toSymFloat().guard_float(__FILE__, __LINE__));
+    else if (v.isString()) djn_enc_cstr(b, v.toStringRef().c_str());
+    else if (v.isDevice()) djn_enc_int(b, v.toDevice().has_index() ? v.toDevice().index() : 0);
+    else if (v.isGenerator()) djn_enc_nil(b);
+    else if (v.isIntList()) { auto l = v.toIntVector(); djn_enc_array(b, (uint32_t)l.size()); for (auto x : l) djn_enc_int(b, x); }
+    else if (v.isDoubleList()) { auto l = v.toDoubleVector(); djn_enc_array(b, (uint32_t)l.size()); for (auto x : l) djn_enc_float(b, x); }
+    else if (v.isBoolList()) { auto l = v.toBoolList(); djn_enc_array(b, (uint32_t)l.size()); for (bool x : l) djn_enc_bool(b, x); }
+    else if (v.isTensorList()) { auto l = v.toTensorList(); djn_enc_array(b, (uint32_t)l.size()); for (const at::Tensor &t : l) enc_tensor(b, t, written); }
+    else if (v.isList()) { auto l = v.toListRef(); djn_enc_array(b, (uint32_t)l.size()); for (const auto &x : l) enc_value(b, x, written); }
+    else TORCH_CHECK(false, "djinn: cannot send an argument of kind ", v.tagKind());
+}
+
+void enc_out(djn_buf_t *b, const c10::IValue &v) {
+    if (v.isTensor()) {
+        const at::Tensor &t = v.toTensor();
+        if (!t.defined()) {
+            djn_enc_nil(b);
+            return;
+        }
+        djn_tref_t r = tref_of(t);
+        djn_rec_tensor(&r, true);
+    } else if (v.isTensorList()) {
+        auto l = v.toTensorList();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (const at::Tensor &t : l) enc_out(b, c10::IValue(t));
+    } else {
+        djn_enc_nil(b);
+    }
+}
+
+djn_phase_t phase_for(const OpInfo &info) {
+    if (t_phase_left > 0 && (info.cls == DJN_CLASS_COMPUTE || info.name == "aten::_softmax")) {
+        t_phase_left--;
+        return t_phase;
+    }
+    return DJN_PHASE_NONE;
+}
+
+struct Unlock {
+    ~Unlock() { djn_client_unlock(); }
+};
+
+void record(const OpInfo &info, c10::DeviceIndex dev, const torch::jit::Stack &stack, size_t first,
+            const std::vector<c10::IValue> &outs, const std::vector<uint64_t> &fresh, uint32_t flags) {
+    djn_client_lock();
+    Unlock unlock;
+    size_t nargs = stack.size() - first;
+    check(djn_rec_begin(dev, info.name.c_str(), info.overload.c_str(), (uint32_t)nargs));
+    djn_buf_t *b = djn_rec_buf();
+    try {
+        for (size_t i = 0; i < nargs; i++)
+            enc_value(b, stack[first + i], info.written[i]);
+        djn_rec_outs((uint32_t)outs.size());
+        for (const auto &o : outs)
+            enc_out(b, o);
+    } catch (...) {
+        djn_rec_abort();
+        throw;
+    }
+    djn_op_class_t cls = info.cls;
+    djn_phase_t ph = phase_for(info);
+    if (ph == DJN_PHASE_DECODE && cls == DJN_CLASS_COMPUTE)
+        cls = DJN_CLASS_MEMORY; // decode attention is bandwidth-bound
+    check(djn_rec_end(flags, cls, ph));
+}
+
+at::Tensor make_fresh(const OutSpec &o, c10::DeviceIndex dev, std::vector<uint64_t> &fresh) {
+    c10::DeviceGuard g(c10::Device(kPU1, dev));
+    at::Tensor t = at::detail::empty_strided_generic(o.sizes, o.strides, allocator(),
+                                                     c10::DispatchKeySet(c10::DispatchKey::PrivateUse1), o.dtype);
+    if (o.offset) // rare: a fresh result with a storage offset
+        t.unsafeGetTensorImpl()->set_sizes_and_strides(o.sizes, o.strides, std::optional<int64_t>(o.offset));
+    fresh.push_back(handle_of(t.storage()));
+    return t;
+}
+
+c10::IValue build_out(const OutSpec &o, const torch::jit::Stack &stack, size_t first, c10::DeviceIndex dev,
+                      std::vector<uint64_t> &fresh) {
+    switch (o.kind) {
+    case Kind::Undef: return c10::IValue(at::Tensor());
+    case Kind::Fresh: return make_fresh(o, dev, fresh);
+    case Kind::Inplace: return arg_tensor(stack, first, o.arg, o.elem);
+    case Kind::View: {
+        at::Tensor src = arg_tensor(stack, first, o.arg, o.elem);
+        return make_view(src.storage(), o.dtype, o.sizes, o.strides, o.offset);
+    }
+    case Kind::List: {
+        c10::List<at::Tensor> l;
+        for (const auto &it : o.items) l.push_back(build_out(it, stack, first, dev, fresh).toTensor());
+        return l;
+    }
+    default: break;
+    }
+    TORCH_CHECK(false, "djinn: internal error building outputs");
+}
+
+// ---------------------------------------------------------------- data-dependent ops
+
+c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const torch::jit::Stack &stack, size_t first,
+                       c10::DeviceIndex dev) {
+    auto kind = ret.type()->kind();
+    if (v.kind == DJN_V_NONE)
+        return kind == c10::TypeKind::TensorType ? c10::IValue(at::Tensor()) : c10::IValue();
+    if (v.kind == DJN_V_LIST && v.len == 6 && v.u.items[3].kind == DJN_V_LIST) { // a tensor
+        const djn_value_t *it = v.u.items;
+        uint64_t h = (uint64_t)it[0].u.i;
+        int64_t off = it[1].u.i;
+        auto dtype = static_cast<at::ScalarType>(it[2].u.i);
+        std::vector<int64_t> sizes, strides;
+        for (uint32_t i = 0; i < it[3].len; i++) sizes.push_back(it[3].u.items[i].u.i);
+        for (uint32_t i = 0; i < it[4].len; i++) strides.push_back(it[4].u.items[i].u.i);
+        uint64_t nbytes = (uint64_t)it[5].u.i;
+        bool write = ret.alias_info() && ret.alias_info()->isWrite();
+        for (size_t i = first; i < stack.size(); i++) { // a view of, or the very, input
+            if (!stack[i].isTensor() || !is_remote(stack[i].toTensor()))
+                continue;
+            const at::Tensor &in = stack[i].toTensor();
+            if (handle_of(in.storage()) != h)
+                continue;
+            if (nbytes > in.storage().nbytes()) {
+                in.storage().unsafeGetStorageImpl()->set_nbytes(nbytes);
+                djn_client_adopt(h, nbytes);
+            }
+            if (write) {
+                in.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, std::optional<int64_t>(off));
+                return in;
+            }
+            return make_view(in.storage(), dtype, sizes, strides, off);
+        }
+        return make_view(adopt_storage(h, nbytes, dev), dtype, sizes, strides, off);
+    }
+    if (v.kind == DJN_V_LIST) {
+        c10::List<at::Tensor> l;
+        for (uint32_t i = 0; i < v.len; i++) l.push_back(dyn_result(v.u.items[i], ret, stack, first, dev).toTensor());
+        return l;
+    }
+    switch (v.kind) {
+    case DJN_V_BOOL: return c10::IValue(v.u.b);
+    case DJN_V_INT: return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.i)) : c10::IValue(v.u.i);
+    case DJN_V_FLOAT: return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.f)) : c10::IValue(v.u.f);
+    case DJN_V_COMPLEX: return c10::IValue(c10::complex<double>(v.u.c[0], v.u.c[1]));
+    default: break;
+    }
+    TORCH_CHECK(false, "djinn: unexpected result from the server for ", ret.name());
+}
+
+void run_dynamic(const c10::OperatorHandle &op, const OpInfo &info, torch::jit::Stack *stack, size_t first,
+                 c10::DeviceIndex dev) {
+    djn_client_lock();
+    Unlock unlock;
+    record(info, dev, *stack, first, {}, {}, DJN_NODE_DYNAMIC);
+    djn_value_t *res = nullptr;
+    djn_arena_t *arena = nullptr;
+    check(djn_client_run_dynamic(&res, &arena));
+    struct Free {
+        djn_arena_t *a;
+        ~Free() { djn_arena_destroy(&a); }
+    } f{arena};
+    const auto &rets = op.schema().returns();
+    TORCH_CHECK(res->kind == DJN_V_LIST && res->len == rets.size(), "djinn: malformed results for ", info.name);
+    std::vector<c10::IValue> outs;
+    for (size_t i = 0; i < rets.size(); i++)
+        outs.push_back(dyn_result(res->u.items[i], rets[i], *stack, first, dev));
+    torch::jit::drop(*stack, stack->size() - first);
+    for (auto &o : outs) stack->push_back(std::move(o));
+}
+
+} // namespace
+
+void set_phase_hint(djn_phase_t p) {
+    t_phase = p;
+    t_phase_left = 4; // q@k^T, softmax, @v (+ slack)
+}
+
+void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
+    const OpInfo &info = op_info(op);
+    size_t nargs = op.schema().arguments().size();
+    size_t first = stack->size() - nargs;
+    c10::DeviceIndex dev = prepare_args(*stack, first);
+
+    KeyBuilder kb;
+    kb.put(&op.schema());
+    for (size_t i = first; i < stack->size(); i++) kb.value((*stack)[i]);
+    const MetaResult *mr = nullptr;
+    {
+        std::shared_lock<std::shared_mutex> lock(g_mu);
+        auto it = g_meta.find(kb.k);
+        if (it != g_meta.end())
+            mr = &it->second;
+    }
+    if (!mr) {
+        MetaResult r = infer(op, info, *stack, first);
+        std::unique_lock<std::shared_mutex> lock(g_mu);
+        if (g_meta.size() > 65536)
+            g_meta.clear(); // bound memory; the working set refills in one pass
+        mr = &g_meta.emplace(kb.k, std::move(r)).first->second;
+    }
+    if (mr->dynamic) {
+        run_dynamic(op, info, stack, first, dev);
+        return;
+    }
+    for (const auto &rz : mr->resizes) {
+        at::Tensor t = arg_tensor(*stack, first, rz.arg, rz.elem);
+        t.unsafeGetTensorImpl()->set_sizes_and_strides(rz.sizes, rz.strides, std::optional<int64_t>(rz.offset));
+        size_t needed = at::detail::computeStorageNbytes(t.sizes(), t.strides(), t.itemsize(), t.storage_offset());
+        if (needed > t.storage().nbytes())
+            resize_storage_bytes(t.storage(), needed);
+    }
+    std::vector<uint64_t> fresh;
+    std::vector<c10::IValue> outs;
+    outs.reserve(mr->outs.size());
+    for (const auto &o : mr->outs) outs.push_back(build_out(o, *stack, first, dev, fresh));
+    record(info, dev, *stack, first, outs, fresh, 0);
+    torch::jit::drop(*stack, nargs);
+    for (auto &o : outs) stack->push_back(std::move(o));
+}
+
+void record_copy(const at::Tensor &dst, const at::Tensor &src) {
+    static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
+    torch::jit::Stack s;
+    s.emplace_back(dst);
+    s.emplace_back(src);
+    s.emplace_back(false);
+    fallback(op, &s);
+}
+
+} // namespace djinn

@@ -1,0 +1,89 @@
+// RemoteHooks.cpp: PyTorch's PrivateUse1 hooks for 'remote'. Random numbers are drawn
+// on the server (per-session generators); the client-side generators here exist so
+// that torch APIs asking for one get an object, and torch.manual_seed reaches the
+// server through torch.remote.manual_seed_all.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
+#include <ATen/detail/PrivateUse1HooksInterface.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <mutex>
+#include <vector>
+
+#include "remote.h"
+
+namespace djinn {
+namespace {
+
+struct RemoteHooks final : at::PrivateUse1HooksInterface {
+    bool isBuilt() const override { return true; }
+    bool isAvailable() const override { return djn_client_device_count() > 0; }
+    bool hasPrimaryContext(c10::DeviceIndex) const override { return true; }
+    c10::DeviceIndex deviceCount() const override {
+        return static_cast<c10::DeviceIndex>(djn_client_device_count());
+    }
+    void setCurrentDevice(c10::DeviceIndex d) const override { set_current_device(d); }
+    c10::DeviceIndex getCurrentDevice() const override { return current_device(); }
+    c10::DeviceIndex exchangeDevice(c10::DeviceIndex d) const override {
+        auto old = current_device();
+        set_current_device(d);
+        return old;
+    }
+    c10::DeviceIndex maybeExchangeDevice(c10::DeviceIndex d) const override { return exchangeDevice(d); }
+    const at::Generator &getDefaultGenerator(c10::DeviceIndex idx) const override {
+        static std::mutex mu;
+        static std::vector<at::Generator> gens;
+        std::lock_guard<std::mutex> lock(mu);
+        size_t i = idx < 0 ? 0 : static_cast<size_t>(idx);
+        while (gens.size() <= i)
+            gens.push_back(at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val));
+        return gens[i];
+    }
+    at::Generator getNewGenerator(c10::DeviceIndex) const override {
+        return at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+    }
+    at::Device getDeviceFromPtr(void *) const override {
+        return at::Device(c10::DeviceType::PrivateUse1, current_device());
+    }
+    bool isPinnedPtr(const void *) const override { return false; }
+    c10::Allocator *getPinnedMemoryAllocator() const override { return c10::GetCPUAllocator(); }
+    void resizePrivateUse1Bytes(const c10::Storage &storage, size_t newsize) const override;
+};
+
+RemoteHooks *g_hooks = [] {
+    auto *h = new RemoteHooks();
+    at::RegisterPrivateUse1HooksInterface(h);
+    return h;
+}();
+
+} // namespace
+
+// Grow (or shrink) a remote storage: a new handle receives the old bytes on the server
+// (an aten::copy_ of the common prefix), then the storage takes the new data pointer;
+// the old handle is freed by its deleter.
+void resize_storage_bytes(const c10::Storage &storage, size_t newsize) {
+    auto *impl = storage.unsafeGetStorageImpl();
+    size_t old = impl->nbytes();
+    if (newsize == old)
+        return;
+    auto dev = impl->device().index();
+    c10::DeviceGuard guard(c10::Device(c10::DeviceType::PrivateUse1, dev));
+    c10::DataPtr fresh = allocator()->allocate(newsize);
+    size_t common = std::min(old, newsize);
+    if (common) {
+        c10::Storage dst_storage(c10::make_intrusive<c10::StorageImpl>(
+            c10::StorageImpl::use_byte_size_t(), newsize,
+            c10::DataPtr(fresh.get(), fresh.get(), nullptr, fresh.device()), allocator(), false));
+        auto dst = make_view(dst_storage, at::kByte, {(int64_t)common}, {1}, 0);
+        auto src = make_view(storage, at::kByte, {(int64_t)common}, {1}, 0);
+        record_copy(dst, src);
+    }
+    impl->set_data_ptr_noswap(std::move(fresh));
+    impl->set_nbytes(newsize);
+}
+
+void RemoteHooks::resizePrivateUse1Bytes(const c10::Storage &storage, size_t newsize) const {
+    resize_storage_bytes(storage, newsize);
+}
+
+} // namespace djinn

@@ -1,0 +1,240 @@
+// RemoteKernels.cpp: the kernels 'remote' implements itself. All are metadata-only on
+// the client (views, empty, resize, set_) except the copies and _local_scalar_dense,
+// which move bytes: CPU->remote is a snapshot upload, remote->CPU a fetch (cached by
+// the C core until a node writes to the storage).
+#include <ATen/EmptyTensor.h>
+#include <ATen/native/Resize.h>
+#include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/alias_native.h>
+#include <ATen/ops/as_strided_native.h>
+#include <ATen/ops/view_native.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include "remote.h"
+
+namespace djinn {
+
+djn_tref_t tref_of(const at::Tensor &t) {
+    djn_tref_t r;
+    std::memset(&r, 0, sizeof r);
+    TORCH_CHECK(t.dim() <= DJN_MAX_DIMS, "djinn: tensors of rank > ", DJN_MAX_DIMS, " are not supported");
+    r.handle = handle_of(t.storage());
+    r.offset = t.storage_offset();
+    r.dtype = static_cast<uint8_t>(t.scalar_type());
+    r.ndim = static_cast<uint8_t>(t.dim());
+    for (int64_t d = 0; d < t.dim(); d++) {
+        r.sizes[d] = t.size(d);
+        r.strides[d] = t.stride(d);
+    }
+    return r;
+}
+
+at::Tensor make_view(const c10::Storage &storage, at::ScalarType dtype, c10::IntArrayRef sizes,
+                     c10::IntArrayRef strides, int64_t offset) {
+    auto t = at::detail::make_tensor<c10::TensorImpl>(
+        c10::Storage(storage), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+        c10::scalarTypeToTypeMeta(dtype));
+    t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, std::optional<int64_t>(offset));
+    return t;
+}
+
+namespace {
+
+constexpr auto kPU1 = c10::DeviceType::PrivateUse1;
+
+c10::DeviceIndex index_of(std::optional<c10::Device> d) {
+    return d && d->has_index() ? d->index() : current_device();
+}
+
+at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<at::ScalarType> dtype,
+                               std::optional<at::Layout> layout, std::optional<at::Device> device,
+                               std::optional<bool> pin_memory,
+                               std::optional<at::MemoryFormat> memory_format) {
+    TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
+    c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
+    (void)pin_memory;
+    return at::detail::empty_generic(size, allocator(), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                     c10::dtype_or_default(dtype), memory_format);
+}
+
+at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride, std::optional<at::ScalarType> dtype,
+                         std::optional<at::Layout> layout, std::optional<at::Device> device,
+                         std::optional<bool> pin_memory) {
+    TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
+    c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
+    (void)pin_memory;
+    return at::detail::empty_strided_generic(size, stride, allocator(),
+                                             c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                             c10::dtype_or_default(dtype));
+}
+
+at::Tensor as_strided(const at::Tensor &self, c10::IntArrayRef size, c10::IntArrayRef stride,
+                      std::optional<int64_t> storage_offset) {
+    return at::native::as_strided_tensorimpl(self, size, stride, storage_offset);
+}
+
+at::Tensor view(const at::Tensor &self, c10::IntArrayRef size) { return at::native::view(self, size); }
+
+at::Tensor reshape_alias(const at::Tensor &self, c10::IntArrayRef size, c10::IntArrayRef stride) {
+    return at::native::_reshape_alias(self, size, stride);
+}
+
+at::Tensor alias(const at::Tensor &self) { return at::native::alias(self); }
+
+void ensure_storage(const at::Tensor &self) {
+    auto *impl = self.unsafeGetTensorImpl();
+    size_t needed = at::detail::computeStorageNbytes(self.sizes(), self.strides(), self.itemsize(),
+                                                     impl->storage_offset());
+    if (needed > self.storage().nbytes())
+        resize_storage_bytes(self.storage(), needed);
+}
+
+const at::Tensor &resize_(const at::Tensor &self, c10::IntArrayRef size,
+                          std::optional<at::MemoryFormat> memory_format) {
+    auto *impl = self.unsafeGetTensorImpl();
+    if (self.sizes() == size && (!memory_format || *memory_format == at::MemoryFormat::Preserve))
+        return self;
+    impl->set_sizes_contiguous(size);
+    if (memory_format && *memory_format != at::MemoryFormat::Preserve)
+        impl->empty_tensor_restride(*memory_format);
+    ensure_storage(self);
+    return self;
+}
+
+at::Tensor &set_storage_offset(at::Tensor &self, c10::Storage source, int64_t offset, c10::IntArrayRef size,
+                               c10::IntArrayRef stride) {
+    auto *impl = self.unsafeGetTensorImpl();
+    if (!impl->storage().is_alias_of(source))
+        impl->set_storage_keep_dtype(std::move(source));
+    impl->set_sizes_and_strides(size, stride, std::optional<int64_t>(offset));
+    ensure_storage(self);
+    return self;
+}
+
+at::Tensor &set_storage(at::Tensor &self, c10::Storage source) {
+    int64_t n = static_cast<int64_t>(source.nbytes() / self.itemsize());
+    return set_storage_offset(self, std::move(source), 0, {n}, {1});
+}
+
+at::Tensor &set_tensor(at::Tensor &self, const at::Tensor &src) {
+    if (self.unsafeGetTensorImpl() == src.unsafeGetTensorImpl())
+        return self;
+    return set_storage_offset(self, src.storage(), src.storage_offset(), src.sizes(), src.strides());
+}
+
+bool whole_storage(const at::Tensor &t) {
+    return t.is_contiguous() && t.storage_offset() == 0 &&
+           static_cast<size_t>(t.numel()) * t.itemsize() == t.storage().nbytes() && !t.is_conj() && !t.is_neg();
+}
+
+void upload_into(const at::Tensor &dst, const at::Tensor &src_cpu) {
+    at::Tensor src = src_cpu.resolve_conj().resolve_neg();
+    if (src.scalar_type() != dst.scalar_type())
+        src = src.to(dst.scalar_type());
+    src = src.expand(dst.sizes()).contiguous();
+    auto dev = dst.device().index();
+    if (whole_storage(dst)) {
+        check(djn_client_upload(dev, handle_of(dst.storage()), src.data_ptr(), src.nbytes()));
+        return;
+    }
+    c10::DeviceGuard g(dst.device());
+    at::Tensor tmp = at::detail::empty_generic(dst.sizes(), allocator(),
+                                               c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                               dst.scalar_type(), std::nullopt);
+    check(djn_client_upload(dev, handle_of(tmp.storage()), src.data_ptr(), src.nbytes()));
+    record_copy(dst, tmp);
+}
+
+// Bytes of a remote view, as a CPU tensor with the same geometry.
+at::Tensor download(const at::Tensor &src) {
+    djn_tref_t r = tref_of(src);
+    uint64_t b = 0, e = 0;
+    TORCH_CHECK(djn_tref_extent(&r, &b, &e), "djinn: malformed remote tensor");
+    size_t isz = src.itemsize();
+    auto buf = at::empty({static_cast<int64_t>(e - b)}, at::TensorOptions().dtype(at::kByte));
+    if (e > b)
+        check(djn_client_read(src.device().index(), r.handle, b, e - b, buf.data_ptr()));
+    int64_t off = src.storage_offset() - static_cast<int64_t>(b / isz);
+    auto out = at::empty({0}, at::TensorOptions().dtype(src.scalar_type()));
+    out.set_(buf.storage(), 0, {static_cast<int64_t>((e - b) / isz)}, {1});
+    out = out.as_strided(src.sizes(), src.strides(), off);
+    if (src.is_conj())
+        out = out.conj();
+    if (src.is_neg())
+        out = out._neg_view();
+    return out;
+}
+
+at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blocking) {
+    (void)non_blocking; // uploads are snapshots and downloads complete before returning
+    bool src_remote = self.device().type() == kPU1, dst_remote = dst.device().type() == kPU1;
+    if (self.numel() == 0 && dst.numel() == 0)
+        return dst;
+    if (src_remote && dst_remote) {
+        if (self.device() == dst.device()) {
+            record_copy(dst, self);
+        } else { // across remote devices: through the client
+            upload_into(dst, download(self));
+        }
+    } else if (dst_remote) {
+        TORCH_CHECK(self.device().is_cpu(), "djinn: cannot copy from ", self.device(), " to remote; copy to cpu first");
+        upload_into(dst, self);
+    } else {
+        TORCH_CHECK(dst.device().is_cpu(), "djinn: cannot copy from remote to ", dst.device(), "; copy to cpu first");
+        dst.copy_(download(self));
+    }
+    return dst;
+}
+
+at::Tensor copy_from_and_resize(const at::Tensor &self, const at::Tensor &dst) {
+    dst.resize_(self.sizes());
+    return copy_from(self, dst, false);
+}
+
+at::Scalar local_scalar_dense(const at::Tensor &self) {
+    TORCH_CHECK(self.numel() == 1, "djinn: a tensor with ", self.numel(), " elements cannot be converted to a scalar");
+    return download(self).item();
+}
+
+// SDPA: pick the math backend (composed of ops we capture) and note the phase: a query
+// of length 1 against a longer key is a decode step.
+void fused_sdp_choice(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
+    size_t n = op.schema().arguments().size();
+    const auto &q = (*stack)[stack->size() - n];
+    const auto &k = (*stack)[stack->size() - n + 1];
+    djn_phase_t ph = DJN_PHASE_PREFILL;
+    if (q.isTensor() && k.isTensor() && q.toTensor().dim() >= 2 && q.toTensor().size(-2) == 1 &&
+        k.toTensor().size(-2) > 1)
+        ph = DJN_PHASE_DECODE;
+    set_phase_hint(ph);
+    torch::jit::drop(*stack, n);
+    stack->emplace_back(static_cast<int64_t>(0)); // sdp::SDPBackend::math
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+    m.impl("empty.memory_format", TORCH_FN(empty_memory_format));
+    m.impl("empty_strided", TORCH_FN(empty_strided));
+    m.impl("as_strided", TORCH_FN(as_strided));
+    m.impl("view", TORCH_FN(view));
+    m.impl("_reshape_alias", TORCH_FN(reshape_alias));
+    m.impl("alias", TORCH_FN(alias));
+    m.impl("resize_", TORCH_FN(resize_));
+    m.impl("set_.source_Storage", TORCH_FN(set_storage));
+    m.impl("set_.source_Storage_storage_offset", TORCH_FN(set_storage_offset));
+    m.impl("set_.source_Tensor", TORCH_FN(set_tensor));
+    m.impl("_copy_from", TORCH_FN(copy_from));
+    m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
+    m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
+    m.impl("_fused_sdp_choice", torch::CppFunction::makeFromBoxedFunction<&fused_sdp_choice>());
+    // Composite-explicit ops whose PrivateUse1 decomposition would end in an
+    // '*_overrideable' stub: capture them whole instead.
+    m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&fallback>());
+    m.impl("convolution_backward", torch::CppFunction::makeFromBoxedFunction<&fallback>());
+}
+
+TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&fallback>()); }
+
+} // namespace djinn

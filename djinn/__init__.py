@@ -1,0 +1,71 @@
+"""Djinn: a remote GPU as a PyTorch device.
+
+``import djinn`` registers the ``remote`` device (PyTorch's PrivateUse1 backend) and
+nothing else: no server is contacted until a tensor is first placed on ``remote``.
+With ``DJINN_SERVER`` unset that first use starts an embedded ``djinn-server`` on
+loopback, stopped when this process exits; ``DJINN_SERVER=tcp://host:port`` uses a
+running server instead.
+"""
+import os as _os
+
+import torch as _torch
+
+
+class RemoteError(RuntimeError):
+    """An operation failed on the djinn server; the message names the op and the cause."""
+
+
+class SessionLost(RemoteError):
+    """The server no longer knows this session (it restarted, or the lease expired).
+
+    Remote tensors created before are gone; using ``remote`` again opens a new session."""
+
+
+class ServerUnreachable(RemoteError):
+    """No djinn server answered within the timeout (``DJINN_CONNECT_TIMEOUT``/``DJINN_TIMEOUT``)."""
+
+
+class ResourceError(RemoteError):
+    """Out of memory or over a quota, on the server or on this host."""
+
+
+from . import _C  # noqa: E402
+
+_C._register_errors(RemoteError, SessionLost, ServerUnreachable, ResourceError)
+
+
+def _server_binary():
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    for cand in (_os.environ.get("DJINN_SERVER_BIN", ""), _os.path.join(here, "bin", "djinn-server")):
+        if cand and _os.access(cand, _os.X_OK):
+            return cand
+    from shutil import which
+
+    return which("djinn-server") or ""
+
+
+_C._set_server_binary(_server_binary())
+
+from . import remote  # noqa: E402
+from . import srg  # noqa: E402
+
+_torch.utils.rename_privateuse1_backend("remote")
+_torch._register_device_module("remote", remote)
+_torch.utils.generate_methods_for_privateuse1_backend(for_storage=True)
+_C._init()
+remote._patch_printing()
+
+from .remote import bytes_moved, reset_bytes_moved, server_stats, synchronize  # noqa: E402
+
+__all__ = [
+    "RemoteError",
+    "SessionLost",
+    "ServerUnreachable",
+    "ResourceError",
+    "remote",
+    "srg",
+    "synchronize",
+    "server_stats",
+    "bytes_moved",
+    "reset_bytes_moved",
+]

@@ -1,0 +1,71 @@
+/* djn_exec.h: the thin C++ executor behind a C interface.
+ *
+ * It owns everything that needs ATen: device storages, running one node through the
+ * boxed dispatcher by name, and per-session random generators. The C server core keeps
+ * the handle tables and calls in here with a djn_exec_env_t that resolves handles for
+ * the session whose fragment is running. One executor per device, used by one worker
+ * thread only, so the executor itself takes no locks. */
+#ifndef DJN_EXEC_H
+#define DJN_EXEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "djn_codec.h"
+#include "djn_proto.h"
+#include "djn_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct djn_exec djn_exec_t;
+typedef struct djn_stor djn_stor_t; /* a device storage (refcounted) */
+
+/* Number of CUDA devices torch sees (0 without CUDA). */
+int djn_exec_cuda_count(void);
+/* device: "cpu" or "cuda:N". */
+djn_exec_t *djn_exec_new(const char *device, char *err, size_t errlen);
+void djn_exec_destroy(djn_exec_t **self_p);
+const char *djn_exec_device(const djn_exec_t *x);
+
+djn_stor_t *djn_stor_retain(djn_stor_t *s);
+void djn_stor_release(djn_stor_t *s);
+uint64_t djn_stor_nbytes(const djn_stor_t *s);
+
+djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, djn_stor_t **out, char *err,
+                            size_t errlen);
+djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out,
+                             char *err, size_t errlen);
+djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
+                           char *err, size_t errlen);
+
+/* What a node needs from the session that runs it. */
+typedef struct djn_exec_env {
+    void *ctx;
+    /* The storage for a handle (materialising a declared allocation on this device), or
+     * NULL if the session does not own it. Borrowed reference. */
+    djn_stor_t *(*resolve_fn)(void *ctx, uint64_t handle, char *err, size_t errlen);
+    /* Whether a handle is declared but has no storage yet (a fresh output). */
+    int (*is_lazy_fn)(void *ctx, uint64_t handle);
+    /* Bind a handle to a storage (takes its own reference). */
+    djn_status_t (*bind_fn)(void *ctx, uint64_t handle, djn_stor_t *s);
+    /* A new server-issued handle for a result of a data-dependent op. */
+    uint64_t (*new_handle_fn)(void *ctx, uint64_t nbytes);
+    void **gen_slot; /* the session's generator on this device, created on first use */
+    int64_t seed;    /* >= 0: reseed before running */
+} djn_exec_env_t;
+
+/* Run one node. For a DJN_NODE_DYNAMIC node, the results' description is encoded into
+ * dyn (one msgpack value). On failure err names the op and the cause. */
+djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *node, djn_exec_env_t *env,
+                           djn_buf_t *dyn, char *err, size_t errlen);
+void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env);
+void djn_exec_gen_release(void *gen);
+/* Wait for the device to finish queued work. */
+void djn_exec_sync(djn_exec_t *x);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,44 @@
+/* djn_server.h: the djinn-server process: one transport thread on a ZeroMQ ROUTER and
+ * one worker thread per device. */
+#ifndef DJN_SERVER_H
+#define DJN_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "djn_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DJN_SERVER_MAX_DEVICES 16
+
+typedef struct djn_server_cfg {
+    const char *listen;                          /* ZeroMQ endpoint to bind */
+    const char *devices[DJN_SERVER_MAX_DEVICES]; /* "cpu", "cuda:0", ... */
+    int ndevices;
+    uint64_t lease_ms;         /* 0: sessions never expire */
+    uint64_t heartbeat_ms;     /* advised to clients */
+    uint64_t max_tensor_bytes; /* largest frame accepted or sent */
+    int announce_fd;           /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
+    int parent_pid;            /* > 0: exit when that process is gone */
+    bool verbose;
+} djn_server_cfg_t;
+
+typedef struct djn_server djn_server_t;
+
+djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errlen);
+/* Serve until djn_server_stop (async-signal-safe) or the parent dies. */
+djn_status_t djn_server_run(djn_server_t *srv);
+void djn_server_stop(void);
+void djn_server_destroy(djn_server_t **self_p);
+
+/* `djinn-server --stats ENDPOINT`: print a running server's counters. */
+int djn_server_print_stats(const char *endpoint, int timeout_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,309 @@
+/* djn_session.c: session table and per-session handle tables (see djn_session.h). */
+#include "djn_session.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "djn_map.h"
+#include "djn_mem.h"
+
+#define S_MAX_DEVICES 64
+#define S_DYN_BASE (1ull << 62) /* server-issued handles live above client ones */
+
+typedef struct {
+    djn_stor_t *stor; /* NULL: declared, not materialised */
+    uint64_t nbytes;
+} s_entry_t;
+
+struct djn_session {
+    uint64_t sid;
+    _Atomic int refs;
+    pthread_mutex_t mu;
+    djn_map_t handles; /* handle -> s_entry_t* */
+    uint64_t bytes;    /* bytes of materialised storages */
+    uint64_t next_dyn;
+    int64_t last_seen_ms;
+    void *gens[S_MAX_DEVICES];
+    djn_sessions_t *owner;
+};
+
+struct djn_sessions {
+    pthread_mutex_t mu;
+    djn_map_t by_id; /* sid -> djn_session_t* */
+    uint64_t next_sid;
+    uint64_t lease_ms;
+    uint64_t opened, closed, expired;
+    _Atomic uint64_t handles, bytes; /* over all sessions */
+};
+
+djn_sessions_t *djn_sessions_new(uint64_t lease_ms) {
+    djn_sessions_t *t = djn_calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    pthread_mutex_init(&t->mu, NULL);
+    t->lease_ms = lease_ms;
+    /* session ids are not guessable counters: a restarted server must not hand out the
+     * id a client of the previous process still holds */
+    uint64_t seed = (uint64_t)(uintptr_t)t ^ ((uint64_t)time(NULL) << 20);
+    t->next_sid = (seed & 0xffffffffull) << 16 | 1;
+    return t;
+}
+
+static void s_session_free(djn_session_t *s) {
+    uint64_t k, v;
+    for (uint32_t it = 0; djn_map_next(&s->handles, &it, &k, &v);) {
+        s_entry_t *e = (s_entry_t *)(uintptr_t)v;
+        if (e->stor) {
+            atomic_fetch_sub(&s->owner->bytes, e->nbytes);
+            djn_stor_release(e->stor);
+        }
+        atomic_fetch_sub(&s->owner->handles, 1);
+        djn_free(e, sizeof(*e));
+    }
+    djn_map_release(&s->handles);
+    for (int i = 0; i < S_MAX_DEVICES; i++)
+        if (s->gens[i])
+            djn_exec_gen_release(s->gens[i]);
+    pthread_mutex_destroy(&s->mu);
+    djn_free(s, sizeof(*s));
+}
+
+void djn_session_release(djn_session_t **s_p) {
+    if (!s_p || !*s_p)
+        return;
+    if (atomic_fetch_sub(&(*s_p)->refs, 1) == 1)
+        s_session_free(*s_p);
+    *s_p = NULL;
+}
+
+void djn_sessions_destroy(djn_sessions_t **self_p) {
+    if (!self_p || !*self_p)
+        return;
+    djn_sessions_t *t = *self_p;
+    uint64_t k, v;
+    for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+        djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        djn_session_release(&s);
+    }
+    djn_map_release(&t->by_id);
+    pthread_mutex_destroy(&t->mu);
+    djn_free(t, sizeof(*t));
+    *self_p = NULL;
+}
+
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms) {
+    djn_session_t *s = djn_calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    s->refs = 2; /* the table's and the caller's */
+    s->next_dyn = S_DYN_BASE;
+    s->last_seen_ms = now_ms;
+    s->owner = t;
+    pthread_mutex_lock(&t->mu);
+    s->sid = t->next_sid++;
+    if (!djn_map_put(&t->by_id, s->sid, (uint64_t)(uintptr_t)s)) {
+        pthread_mutex_unlock(&t->mu);
+        pthread_mutex_destroy(&s->mu);
+        djn_free(s, sizeof(*s));
+        return NULL;
+    }
+    t->opened++;
+    pthread_mutex_unlock(&t->mu);
+    return s;
+}
+
+djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms) {
+    uint64_t v;
+    djn_session_t *s = NULL;
+    pthread_mutex_lock(&t->mu);
+    if (djn_map_get(&t->by_id, sid, &v)) {
+        s = (djn_session_t *)(uintptr_t)v;
+        atomic_fetch_add(&s->refs, 1);
+        s->last_seen_ms = now_ms;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return s;
+}
+
+bool djn_sessions_close(djn_sessions_t *t, uint64_t sid) {
+    uint64_t v;
+    pthread_mutex_lock(&t->mu);
+    bool found = djn_map_del(&t->by_id, sid, &v);
+    if (found)
+        t->closed++;
+    pthread_mutex_unlock(&t->mu);
+    if (found) {
+        djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        djn_session_release(&s);
+    }
+    return found;
+}
+
+uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms) {
+    if (!t->lease_ms)
+        return 0;
+    uint32_t n = 0;
+    for (;;) { /* collect one at a time: the map must not change while iterating */
+        uint64_t k, v, victim = 0;
+        pthread_mutex_lock(&t->mu);
+        for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+            djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+            if (now_ms - s->last_seen_ms > (int64_t)t->lease_ms) {
+                victim = k;
+                break;
+            }
+        }
+        if (victim) {
+            djn_map_del(&t->by_id, victim, &v);
+            t->expired++;
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (!victim)
+            return n;
+        djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        djn_session_release(&s);
+        n++;
+    }
+}
+
+void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
+    pthread_mutex_lock(&t->mu);
+    out->open = t->by_id.len;
+    out->opened_total = t->opened;
+    out->closed_total = t->closed;
+    out->expired_total = t->expired;
+    pthread_mutex_unlock(&t->mu);
+    out->handles = atomic_load(&t->handles);
+    out->bytes = atomic_load(&t->bytes);
+}
+
+uint64_t djn_sessions_lease_ms(const djn_sessions_t *t) { return t->lease_ms; }
+
+uint64_t djn_session_id(const djn_session_t *s) { return s->sid; }
+void djn_session_lock(djn_session_t *s) { pthread_mutex_lock(&s->mu); }
+void djn_session_unlock(djn_session_t *s) { pthread_mutex_unlock(&s->mu); }
+
+static s_entry_t *s_entry(djn_session_t *s, uint64_t handle) {
+    uint64_t v;
+    return djn_map_get(&s->handles, handle, &v) ? (s_entry_t *)(uintptr_t)v : NULL;
+}
+
+static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
+    if (e->stor) {
+        atomic_fetch_sub(&s->owner->bytes, e->nbytes);
+        s->bytes -= e->nbytes;
+        djn_stor_release(e->stor);
+    }
+    e->stor = stor;
+    if (stor) {
+        e->nbytes = djn_stor_nbytes(stor);
+        atomic_fetch_add(&s->owner->bytes, e->nbytes);
+        s->bytes += e->nbytes;
+    }
+}
+
+djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nbytes) {
+    if (!handle)
+        return DJN_ERR_HANDLE;
+    s_entry_t *e = s_entry(s, handle);
+    if (e) /* a handle is declared once; re-declaring is a client bug, not fatal */
+        return DJN_ERR_HANDLE;
+    e = djn_calloc(1, sizeof(*e));
+    if (!e)
+        return DJN_ERR_NOMEM;
+    e->nbytes = nbytes;
+    if (!djn_map_put(&s->handles, handle, (uint64_t)(uintptr_t)e)) {
+        djn_free(e, sizeof(*e));
+        return DJN_ERR_NOMEM;
+    }
+    atomic_fetch_add(&s->owner->handles, 1);
+    return DJN_OK;
+}
+
+djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e) {
+        djn_status_t st = djn_session_declare(s, handle, djn_stor_nbytes(stor));
+        if (st != DJN_OK)
+            return st;
+        e = s_entry(s, handle);
+    }
+    djn_stor_t *r = djn_stor_retain(stor);
+    if (!r)
+        return DJN_ERR_NOMEM;
+    s_set_stor(s, e, r);
+    return DJN_OK;
+}
+
+void djn_session_free(djn_session_t *s, uint64_t handle) {
+    uint64_t v;
+    if (!djn_map_del(&s->handles, handle, &v))
+        return; /* unknown frees are harmless: a handle freed before it was ever used */
+    s_entry_t *e = (s_entry_t *)(uintptr_t)v;
+    s_set_stor(s, e, NULL);
+    atomic_fetch_sub(&s->owner->handles, 1);
+    djn_free(e, sizeof(*e));
+}
+
+djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, char *err,
+                                size_t errlen) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e) {
+        snprintf(err, errlen, "unknown handle 0x%" PRIx64 " (not owned by this session)", handle);
+        return NULL;
+    }
+    if (!e->stor) {
+        djn_stor_t *st = NULL;
+        if (djn_exec_alloc(x, e->nbytes, &st, err, errlen) != DJN_OK)
+            return NULL;
+        s_set_stor(s, e, st);
+    }
+    return e->stor;
+}
+
+typedef struct {
+    djn_session_t *s;
+    djn_exec_t *x;
+} s_envctx_t;
+
+static __thread s_envctx_t t_envctx;
+
+static djn_stor_t *s_resolve_fn(void *ctx, uint64_t handle, char *err, size_t errlen) {
+    s_envctx_t *c = ctx;
+    return djn_session_resolve(c->s, c->x, handle, err, errlen);
+}
+
+static int s_is_lazy_fn(void *ctx, uint64_t handle) {
+    s_envctx_t *c = ctx;
+    s_entry_t *e = s_entry(c->s, handle);
+    return e && !e->stor;
+}
+
+static djn_status_t s_bind_fn(void *ctx, uint64_t handle, djn_stor_t *stor) {
+    s_envctx_t *c = ctx;
+    return djn_session_bind(c->s, handle, stor);
+}
+
+static uint64_t s_new_handle_fn(void *ctx, uint64_t nbytes) {
+    s_envctx_t *c = ctx;
+    uint64_t h = c->s->next_dyn;
+    c->s->next_dyn += (nbytes + 511) & ~255ull;
+    return h;
+}
+
+void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env) {
+    t_envctx.s = s;
+    t_envctx.x = x;
+    env->ctx = &t_envctx;
+    env->resolve_fn = s_resolve_fn;
+    env->is_lazy_fn = s_is_lazy_fn;
+    env->bind_fn = s_bind_fn;
+    env->new_handle_fn = s_new_handle_fn;
+    env->gen_slot = &s->gens[device < S_MAX_DEVICES ? device : 0];
+    env->seed = -1;
+}

@@ -1,0 +1,56 @@
+/* djn_session.h: sessions and their handle tables.
+ *
+ * A session is what one client process holds on the server: its handles (each naming a
+ * device storage, or a declared size not yet materialised), its random generators, its
+ * byte count and its lease. A session can name only its own handles: every lookup goes
+ * through its own table, so a guessed or replayed handle of another session is simply
+ * "unknown". Sessions are reference-counted: the table holds one reference, each queued
+ * job one more; closing removes the session from the table and the last release frees
+ * every storage it held. */
+#ifndef DJN_SESSION_H
+#define DJN_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "djn_exec.h"
+#include "djn_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct djn_session djn_session_t;
+typedef struct djn_sessions djn_sessions_t;
+
+typedef struct djn_sessions_stats {
+    uint64_t open, opened_total, closed_total, expired_total, handles, bytes;
+} djn_sessions_stats_t;
+
+djn_sessions_t *djn_sessions_new(uint64_t lease_ms);
+void djn_sessions_destroy(djn_sessions_t **self_p);
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms); /* returns a reference */
+djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms); /* + ref, renews */
+bool djn_sessions_close(djn_sessions_t *t, uint64_t sid);
+uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms); /* returns number reclaimed */
+void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out);
+uint64_t djn_sessions_lease_ms(const djn_sessions_t *t);
+
+uint64_t djn_session_id(const djn_session_t *s);
+void djn_session_release(djn_session_t **s_p);
+void djn_session_lock(djn_session_t *s);
+void djn_session_unlock(djn_session_t *s);
+
+/* Handle operations (caller holds the session lock). */
+djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nbytes);
+djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor); /* retains */
+void djn_session_free(djn_session_t *s, uint64_t handle);
+/* An env for running this session's nodes on executor x. */
+void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env);
+djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, char *err,
+                                size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,523 @@
+// executor.cpp: runs SRG nodes through ATen's boxed dispatcher (see djn_exec.h).
+//
+// Per node:
+//   1. find the operator by (name, overload), cached per executor;
+//   2. convert each wire value to an IValue typed by the schema argument (a number where
+//      a Tensor is expected becomes a wrapped-number scalar, int arrays become int[],
+//      Device becomes this worker's device, a missing Generator the session's);
+//   3. callBoxed under InferenceMode (autograd lives on the client);
+//   4. bind results to the client's output handles: nothing to do when the result is the
+//      storage the handle names (in-place, out=, views); adopt the result's storage when
+//      the handle is fresh and the layout matches; otherwise copy into it.
+// Every failure becomes a status and a message naming the op; nothing here may abort
+// the server on a client's input. Tensor references are checked against their
+// storage's size before a tensor is built over it.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/InlineDeviceGuard.h>
+#include <torch/version.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+
+#include "djn_exec.h"
+
+static_assert(int(at::kByte) == DJN_DTYPE_U8 && int(at::kChar) == DJN_DTYPE_I8 &&
+                  int(at::kShort) == DJN_DTYPE_I16 && int(at::kInt) == DJN_DTYPE_I32 &&
+                  int(at::kLong) == DJN_DTYPE_I64 && int(at::kHalf) == DJN_DTYPE_F16 &&
+                  int(at::kFloat) == DJN_DTYPE_F32 && int(at::kDouble) == DJN_DTYPE_F64 &&
+                  int(at::kComplexHalf) == DJN_DTYPE_C32 &&
+                  int(at::kComplexFloat) == DJN_DTYPE_C64 &&
+                  int(at::kComplexDouble) == DJN_DTYPE_C128 && int(at::kBool) == DJN_DTYPE_BOOL &&
+                  int(at::kBFloat16) == DJN_DTYPE_BF16,
+              "djinn dtype codes must equal c10::ScalarType numbering");
+
+struct djn_stor {
+    c10::Storage storage;
+};
+
+struct djn_exec {
+    c10::Device device{c10::kCPU};
+    std::string name;
+    std::unordered_map<std::string, c10::OperatorHandle> ops;
+};
+
+namespace {
+
+struct OpError : std::runtime_error {
+    djn_status_t st;
+    OpError(djn_status_t s, const std::string &m) : std::runtime_error(m), st(s) {}
+};
+
+djn_stor_t *wrap(c10::Storage s) { return new djn_stor{std::move(s)}; }
+
+void set_err(char *err, size_t errlen, const std::string &m) {
+    if (err && errlen)
+        snprintf(err, errlen, "%s", m.c_str());
+}
+
+// Storage of nbytes on the executor's device, resizable (ops such as nonzero.out resize
+// their outputs).
+c10::Storage new_storage(djn_exec *x, uint64_t nbytes) {
+    auto t = at::empty({(int64_t)nbytes}, at::TensorOptions().dtype(at::kByte).device(x->device));
+    return t.storage();
+}
+
+const char *kind_name(uint8_t k) {
+    switch (k) {
+    case DJN_V_NONE: return "None";
+    case DJN_V_BOOL: return "bool";
+    case DJN_V_INT: return "int";
+    case DJN_V_FLOAT: return "float";
+    case DJN_V_COMPLEX: return "complex";
+    case DJN_V_STR: return "str";
+    case DJN_V_BIN: return "bytes";
+    case DJN_V_LIST: return "list";
+    case DJN_V_MAP: return "map";
+    case DJN_V_TENSOR: return "tensor";
+    }
+    return "?";
+}
+
+struct Ctx {
+    djn_exec *x;
+    djn_exec_env_t *env;
+    const c10::FunctionSchema *schema;
+    std::vector<std::pair<c10::StorageImpl *, uint64_t>> inputs;
+};
+
+at::Tensor make_tensor(Ctx &c, const djn_tref_t &r) {
+    char err[256] = {0};
+    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, r.handle, err, sizeof err);
+    if (!s)
+        throw OpError(DJN_ERR_HANDLE, err[0] ? err : "unknown handle");
+    uint64_t b, e;
+    if (!djn_tref_extent(&r, &b, &e))
+        throw OpError(DJN_ERR_ARGS, "malformed tensor reference");
+    if (e > s->storage.nbytes()) {
+        char m[256];
+        snprintf(m, sizeof m,
+                 "tensor reference to handle 0x%llx reaches byte %llu but its storage holds %zu",
+                 (unsigned long long)r.handle, (unsigned long long)e, s->storage.nbytes());
+        throw OpError(DJN_ERR_ARGS, m);
+    }
+    auto dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(r.dtype));
+    auto ks = c10::DispatchKeySet(c10::computeDispatchKey(
+        static_cast<c10::ScalarType>(r.dtype), c10::kStrided, s->storage.device()));
+    auto t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(s->storage), ks, dtype);
+    t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef(r.sizes, r.ndim),
+                                                   c10::IntArrayRef(r.strides, r.ndim),
+                                                   std::optional<int64_t>(r.offset));
+    c.inputs.emplace_back(s->storage.unsafeGetStorageImpl(), r.handle);
+    return t;
+}
+
+at::Tensor wrapped_scalar(Ctx &c, const djn_value_t &v) {
+    at::Tensor t;
+    switch (v.kind) {
+    case DJN_V_BOOL: t = at::scalar_tensor(at::Scalar(v.u.b), at::TensorOptions().dtype(at::kBool)); break;
+    case DJN_V_INT: t = at::scalar_tensor(at::Scalar(v.u.i), at::TensorOptions().dtype(at::kLong)); break;
+    case DJN_V_FLOAT: t = at::scalar_tensor(at::Scalar(v.u.f), at::TensorOptions().dtype(at::kDouble)); break;
+    case DJN_V_COMPLEX:
+        t = at::scalar_tensor(at::Scalar(c10::complex<double>(v.u.c[0], v.u.c[1])),
+                              at::TensorOptions().dtype(at::kComplexDouble));
+        break;
+    default: throw OpError(DJN_ERR_ARGS, std::string("cannot make a tensor from ") + kind_name(v.kind));
+    }
+    (void)c;
+    t.unsafeGetTensorImpl()->set_wrapped_number(true);
+    return t;
+}
+
+int64_t as_int(const djn_value_t &v, const char *what) {
+    if (v.kind == DJN_V_INT) return v.u.i;
+    if (v.kind == DJN_V_BOOL) return v.u.b;
+    throw OpError(DJN_ERR_ARGS, std::string(what) + " expects an int, got " + kind_name(v.kind));
+}
+
+double as_float(const djn_value_t &v, const char *what) {
+    if (v.kind == DJN_V_FLOAT) return v.u.f;
+    if (v.kind == DJN_V_INT) return (double)v.u.i;
+    throw OpError(DJN_ERR_ARGS, std::string(what) + " expects a float, got " + kind_name(v.kind));
+}
+
+at::Generator &session_gen(Ctx &c) {
+    if (!*c.env->gen_slot) {
+        at::Generator g;
+        if (c.x->device.is_cpu())
+            g = at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+        else
+            g = at::globalContext().defaultGenerator(c.x->device).clone();
+        *c.env->gen_slot = new at::Generator(std::move(g));
+    }
+    return *static_cast<at::Generator *>(*c.env->gen_slot);
+}
+
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name);
+
+c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name) {
+    if (v.kind != DJN_V_LIST)
+        throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' expects a list, got " + kind_name(v.kind));
+    switch (elem->kind()) {
+    case c10::TypeKind::IntType:
+    case c10::TypeKind::SymIntType: {
+        std::vector<int64_t> out;
+        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_int(v.u.items[i], name));
+        return c10::IValue(out);
+    }
+    case c10::TypeKind::FloatType: {
+        std::vector<double> out;
+        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_float(v.u.items[i], name));
+        return c10::IValue(out);
+    }
+    case c10::TypeKind::BoolType: {
+        c10::List<bool> out;
+        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_int(v.u.items[i], name) != 0);
+        return c10::IValue(out);
+    }
+    case c10::TypeKind::TensorType: {
+        c10::List<at::Tensor> out;
+        for (uint32_t i = 0; i < v.len; i++) out.push_back(to_ivalue(c, v.u.items[i], elem, name).toTensor());
+        return c10::IValue(out);
+    }
+    case c10::TypeKind::OptionalType: {
+        auto inner = elem->castRaw<c10::OptionalType>()->getElementType();
+        if (inner->kind() == c10::TypeKind::TensorType) {
+            c10::List<std::optional<at::Tensor>> out;
+            for (uint32_t i = 0; i < v.len; i++) {
+                if (v.u.items[i].kind == DJN_V_NONE) out.push_back(std::nullopt);
+                else out.push_back(to_ivalue(c, v.u.items[i], inner, name).toTensor());
+            }
+            return c10::IValue(out);
+        }
+        break;
+    }
+    default: break;
+    }
+    throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' has unsupported list type " + elem->str());
+}
+
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name) {
+    switch (type->kind()) {
+    case c10::TypeKind::OptionalType: {
+        auto inner = type->castRaw<c10::OptionalType>()->getElementType();
+        if (v.kind == DJN_V_NONE) {
+            if (inner->kind() == c10::TypeKind::GeneratorType)
+                return c10::IValue(session_gen(c));
+            return c10::IValue();
+        }
+        return to_ivalue(c, v, inner, name);
+    }
+    case c10::TypeKind::TensorType:
+        if (v.kind == DJN_V_TENSOR) return c10::IValue(make_tensor(c, *v.u.t));
+        if (v.kind == DJN_V_NONE) return c10::IValue(at::Tensor());
+        return c10::IValue(wrapped_scalar(c, v));
+    case c10::TypeKind::IntType:
+    case c10::TypeKind::SymIntType: return c10::IValue(as_int(v, name));
+    case c10::TypeKind::FloatType: return c10::IValue(as_float(v, name));
+    case c10::TypeKind::BoolType: return c10::IValue(as_int(v, name) != 0);
+    case c10::TypeKind::NumberType:
+        switch (v.kind) {
+        case DJN_V_INT: return c10::IValue(at::Scalar(v.u.i));
+        case DJN_V_FLOAT: return c10::IValue(at::Scalar(v.u.f));
+        case DJN_V_BOOL: return c10::IValue(at::Scalar(v.u.b));
+        case DJN_V_COMPLEX: return c10::IValue(at::Scalar(c10::complex<double>(v.u.c[0], v.u.c[1])));
+        default: break;
+        }
+        break;
+    case c10::TypeKind::StringType:
+        if (v.kind == DJN_V_STR) return c10::IValue(std::string(v.u.s, v.len));
+        break;
+    case c10::TypeKind::DeviceObjType: return c10::IValue(c.x->device);
+    case c10::TypeKind::GeneratorType: return c10::IValue(session_gen(c));
+    case c10::TypeKind::ListType:
+        return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name);
+    default: break;
+    }
+    throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' of type " + type->str() +
+                                    " cannot take a " + kind_name(v.kind));
+}
+
+bool same_layout(const at::Tensor &t, const djn_tref_t &r) {
+    if ((int)t.scalar_type() != r.dtype || t.dim() != r.ndim || t.storage_offset() != r.offset)
+        return false;
+    for (int d = 0; d < r.ndim; d++)
+        if (t.size(d) != r.sizes[d] || (r.sizes[d] > 1 && t.stride(d) != r.strides[d]))
+            return false;
+    return true;
+}
+
+void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
+    if (o.kind == DJN_V_NONE || !t.defined())
+        return;
+    if (o.kind != DJN_V_TENSOR)
+        throw OpError(DJN_ERR_ARGS, "output description must be a tensor reference");
+    const djn_tref_t &r = *o.u.t;
+    if (c.env->is_lazy_fn(c.env->ctx, r.handle)) {
+        uint64_t b, e;
+        djn_tref_extent(&r, &b, &e);
+        if (same_layout(t, r) && t.storage().nbytes() >= e) {
+            djn_stor tmp{t.storage()};
+            djn_status_t st = c.env->bind_fn(c.env->ctx, r.handle, &tmp);
+            if (st != DJN_OK)
+                throw OpError(st, "cannot bind an output");
+            return;
+        }
+    }
+    at::Tensor dst = make_tensor(c, r);
+    if (dst.storage().unsafeGetStorageImpl() == t.storage().unsafeGetStorageImpl())
+        return; // in-place, out= or a view: already there
+    dst.copy_(t);
+}
+
+void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
+    if (v.isTensor()) {
+        const at::Tensor &t = v.toTensor();
+        if (!t.defined()) {
+            djn_enc_nil(out);
+            return;
+        }
+        auto *impl = t.storage().unsafeGetStorageImpl();
+        uint64_t handle = 0;
+        for (auto &in : c.inputs) // a view of an input names the input's handle
+            if (in.first == impl) handle = in.second;
+        if (!handle) {
+            handle = c.env->new_handle_fn(c.env->ctx, t.storage().nbytes());
+            djn_stor tmp{t.storage()};
+            if (c.env->bind_fn(c.env->ctx, handle, &tmp) != DJN_OK)
+                throw OpError(DJN_ERR_NOMEM, "cannot bind a data-dependent result");
+        }
+        djn_enc_array(out, 6);
+        djn_enc_uint(out, handle);
+        djn_enc_int(out, t.storage_offset());
+        djn_enc_uint(out, (uint64_t)t.scalar_type());
+        djn_enc_array(out, (uint32_t)t.dim());
+        for (auto s : t.sizes()) djn_enc_int(out, s);
+        djn_enc_array(out, (uint32_t)t.dim());
+        for (auto s : t.strides()) djn_enc_int(out, s);
+        djn_enc_uint(out, t.storage().nbytes());
+    } else if (v.isTensorList()) {
+        auto l = v.toTensorList();
+        djn_enc_array(out, (uint32_t)l.size());
+        for (size_t i = 0; i < l.size(); i++) encode_result(c, c10::IValue(l.get(i)), out);
+    } else if (v.isNone()) {
+        djn_enc_nil(out);
+    } else if (v.isBool()) {
+        djn_enc_bool(out, v.toBool());
+    } else if (v.isInt()) {
+        djn_enc_int(out, v.toInt());
+    } else if (v.isDouble()) {
+        djn_enc_float(out, v.toDouble());
+    } else if (v.isComplexDouble()) {
+        auto z = v.toComplexDouble();
+        djn_enc_complex(out, z.real(), z.imag());
+    } else if (v.isScalar()) {
+        auto s = v.toScalar();
+        if (s.isBoolean()) djn_enc_bool(out, s.toBool());
+        else if (s.isIntegral(false)) djn_enc_int(out, s.toLong());
+        else djn_enc_float(out, s.toDouble());
+    } else {
+        throw OpError(DJN_ERR_OP, "result of type " + v.tagKind() + " cannot be returned");
+    }
+}
+
+const c10::OperatorHandle &find_op(djn_exec *x, const djn_node_t *n) {
+    std::string key = std::string(n->op) + "." + n->overload;
+    auto it = x->ops.find(key);
+    if (it != x->ops.end())
+        return it->second;
+    auto h = c10::Dispatcher::singleton().findOp(c10::OperatorName(n->op, n->overload));
+    if (!h || !h->hasSchema())
+        throw OpError(DJN_ERR_OP, std::string("unknown operator '") + n->op +
+                                      (n->overload[0] ? "." : "") + n->overload + "'");
+    return x->ops.emplace(key, *h).first->second;
+}
+
+} // namespace
+
+extern "C" {
+
+int djn_exec_cuda_count(void) {
+    try {
+        return at::hasCUDA() ? (int)c10::impl::getDeviceGuardImpl(c10::kCUDA)->deviceCount() : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
+djn_exec_t *djn_exec_new(const char *device, char *err, size_t errlen) {
+    try {
+        auto x = std::make_unique<djn_exec>();
+        x->device = c10::Device(std::string(device));
+        if (x->device.is_cuda() && x->device.index() >= djn_exec_cuda_count()) {
+            set_err(err, errlen, std::string("no such CUDA device: ") + device);
+            return nullptr;
+        }
+        if (!x->device.is_cpu() && !x->device.is_cuda()) {
+            set_err(err, errlen, std::string("unsupported device: ") + device);
+            return nullptr;
+        }
+        if (x->device.is_cuda() && !x->device.has_index())
+            x->device.set_index(0);
+        x->name = x->device.str();
+        return x.release();
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("bad device '") + device + "': " + e.what());
+        return nullptr;
+    }
+}
+
+void djn_exec_destroy(djn_exec_t **self_p) {
+    if (!self_p || !*self_p) return;
+    delete *self_p;
+    *self_p = nullptr;
+}
+
+const char *djn_exec_device(const djn_exec_t *x) { return x->name.c_str(); }
+
+djn_stor_t *djn_stor_retain(djn_stor_t *s) { return new djn_stor{s->storage}; }
+void djn_stor_release(djn_stor_t *s) { delete s; }
+uint64_t djn_stor_nbytes(const djn_stor_t *s) { return s->storage.nbytes(); }
+
+djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, djn_stor_t **out, char *err, size_t errlen) {
+    *out = nullptr;
+    try {
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        *out = wrap(new_storage(x, nbytes));
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " + e.what());
+        return DJN_ERR_OOM;
+    }
+}
+
+djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out, char *err, size_t errlen) {
+    *out = nullptr;
+    try {
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        c10::Storage s = new_storage(x, n);
+        if (n) {
+            if (x->device.is_cpu()) {
+                std::memcpy(s.mutable_data(), bytes, n);
+            } else {
+                auto src = at::from_blob(const_cast<void *>(bytes), {(int64_t)n}, at::TensorOptions().dtype(at::kByte));
+                auto dst = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
+                dst.set_(s, 0, {(int64_t)n}, {1});
+                dst.copy_(src, false);
+            }
+        }
+        *out = wrap(std::move(s));
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("upload of ") + std::to_string(n) + " bytes to " + x->name + " failed: " + e.what());
+        return DJN_ERR_OOM;
+    }
+}
+
+djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst, char *err, size_t errlen) {
+    if (off > s->storage.nbytes() || n > s->storage.nbytes() - off) {
+        set_err(err, errlen, "fetch of bytes [" + std::to_string(off) + ", " + std::to_string(off + n) +
+                                 ") beyond a storage of " + std::to_string(s->storage.nbytes()) + " bytes");
+        return DJN_ERR_ARGS;
+    }
+    if (!n) return DJN_OK;
+    try {
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        if (x->device.is_cpu()) {
+            std::memcpy(dst, static_cast<const uint8_t *>(s->storage.data()) + off, n);
+        } else {
+            auto src = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
+            src.set_(s->storage, (int64_t)off, {(int64_t)n}, {1});
+            auto d = at::from_blob(dst, {(int64_t)n}, at::TensorOptions().dtype(at::kByte));
+            d.copy_(src, false);
+        }
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("read from ") + x->name + " failed: " + e.what());
+        return DJN_ERR_DEVICE;
+    }
+}
+
+void djn_exec_gen_release(void *gen) { delete static_cast<at::Generator *>(gen); }
+
+void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) {
+    if (env->seed < 0) return;
+    Ctx c{x, env, nullptr, {}};
+    auto &g = session_gen(c);
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_current_seed((uint64_t)env->seed);
+}
+
+void djn_exec_sync(djn_exec_t *x) {
+    try {
+        if (!x->device.is_cpu())
+            c10::impl::getDeviceGuardImpl(x->device.type())->synchronizeDevice(x->device.index());
+    } catch (...) {
+    }
+}
+
+djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *env, djn_buf_t *dyn,
+                           char *err, size_t errlen) {
+    std::string opname = std::string(n->op) + (n->overload[0] ? "." : "") + n->overload;
+    try {
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        const auto &op = find_op(x, n);
+        const auto &schema = op.schema();
+        const auto &args = schema.arguments();
+        if (n->nargs != args.size())
+            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(args.size()) + " arguments, got " +
+                                            std::to_string(n->nargs));
+        const auto &rets = schema.returns();
+        bool dynamic = n->flags & DJN_NODE_DYNAMIC;
+        if (!dynamic && n->nouts != rets.size())
+            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(rets.size()) + " outputs, got " +
+                                            std::to_string(n->nouts));
+        Ctx c{x, env, &schema, {}};
+        torch::jit::Stack stack;
+        stack.reserve(args.size());
+        for (size_t i = 0; i < args.size(); i++)
+            stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str()));
+        op.callBoxed(&stack);
+        if (stack.size() != rets.size())
+            throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");
+        if (dynamic) {
+            djn_enc_array(dyn, (uint32_t)stack.size());
+            for (auto &v : stack) encode_result(c, v, dyn);
+            return DJN_OK;
+        }
+        for (size_t i = 0; i < rets.size(); i++) {
+            const djn_value_t &o = n->outs[i];
+            const c10::IValue &v = stack[i];
+            if (v.isTensor()) {
+                bind_result(c, v.toTensor(), o);
+            } else if (v.isTensorList()) {
+                auto l = v.toTensorList();
+                if (o.kind != DJN_V_LIST || o.len != l.size())
+                    throw OpError(DJN_ERR_ARGS, "output list length mismatch");
+                for (size_t j = 0; j < l.size(); j++) bind_result(c, l.get(j), o.u.items[j]);
+            }
+        }
+        return DJN_OK;
+    } catch (const OpError &e) {
+        set_err(err, errlen, opname + ": " + e.what());
+        return e.st;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, opname + " failed: " + e.what_without_backtrace());
+        return DJN_ERR_OP;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, opname + " failed: " + e.what());
+        return DJN_ERR_OP;
+    }
+}
+
+} // extern "C"
