@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -116,7 +117,17 @@ static struct {
     djn_map_t cache; /* handle -> s_cached_t* */
     uint64_t cache_bytes;
     djn_client_counters_t ctr;
-} g = {.mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP, .seed = -1};
+    uint64_t handle_floor; /* handles below it belong to a session that was lost */
+    bool had_session, rec_stale;
+
+    /* heartbeat thread: renews the session's lease over its own socket */
+    pthread_t hb_thread;
+    bool hb_running, hb_stop;
+    pthread_mutex_t hb_mu;
+    pthread_cond_t hb_cv;
+    int hb_ms;
+    _Atomic uint64_t hb_sent, hb_failed;
+} g = {.hb_mu = PTHREAD_MUTEX_INITIALIZER, .hb_cv = PTHREAD_COND_INITIALIZER, .mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP, .seed = -1};
 
 static _Atomic uint64_t s_next_va = S_HANDLE_BASE;
 
@@ -154,6 +165,7 @@ static void s_child_after_fork(void) {
     pthread_mutex_init(&g.mu, &a);
     g.forked = g.connected;
     g.conn = NULL; /* the parent's socket: never touch it here */
+    g.hb_running = false; /* the parent's thread does not exist in the child */
     g.child = 0;
 }
 
@@ -164,6 +176,10 @@ void djn_client_set_server_binary(const char *path) {
     snprintf(g.server_bin, sizeof g.server_bin, "%s", path ? path : "");
     pthread_mutex_unlock(&g.mu);
 }
+
+static void s_cache_drop_all(void);
+static void s_cache_drop(uint64_t h);
+static void s_fragment_reset(void);
 
 /* ------------------------------------------------------------------ request/reply */
 
@@ -313,6 +329,75 @@ static djn_status_t s_simple_request(uint8_t type, djn_buf_t *body_only, int tim
 
 static void s_atexit(void) { djn_client_shutdown(); }
 
+/* The heartbeat thread: one HEARTBEAT per hb_ms on a socket of its own (ZeroMQ sockets
+ * are not shared across threads), so the lease is renewed while the user's thread sits
+ * in a notebook cell or a long CPU computation. No Python, no GIL. */
+static void *s_heartbeat_main(void *arg) {
+    (void)arg;
+    char ep[256];
+    uint64_t sid;
+    pthread_mutex_lock(&g.hb_mu);
+    snprintf(ep, sizeof ep, "%s", g.endpoint);
+    sid = g.sid;
+    int ms = g.hb_ms;
+    pthread_mutex_unlock(&g.hb_mu);
+    djn_conn_t *c = djn_conn_new(ep);
+    uint64_t seq = 0;
+    for (;;) {
+        pthread_mutex_lock(&g.hb_mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += ms / 1000;
+        until.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!g.hb_stop && pthread_cond_timedwait(&g.hb_cv, &g.hb_mu, &until) == 0) {
+        }
+        bool stop = g.hb_stop;
+        pthread_mutex_unlock(&g.hb_mu);
+        if (stop || !c)
+            break;
+        djn_buf_t b = {0};
+        djn_enc_header(&b, DJN_MSG_HEARTBEAT, sid, ++seq);
+        djn_enc_map(&b, 0);
+        if (!b.failed && djn_conn_send(c, b.data, b.len, NULL, 0) == DJN_OK)
+            atomic_fetch_add(&g.hb_sent, 1);
+        else
+            atomic_fetch_add(&g.hb_failed, 1);
+        djn_buf_release(&b);
+        djn_reply_t *r = NULL; /* drain answers; an unknown session shows at the next real use */
+        while (djn_conn_recv(c, 0, &r) == DJN_OK)
+            djn_reply_free(&r);
+    }
+    djn_conn_destroy(&c);
+    return NULL;
+}
+
+static void s_heartbeat_stop(void) {
+    if (!g.hb_running)
+        return;
+    pthread_mutex_lock(&g.hb_mu);
+    g.hb_stop = true;
+    pthread_cond_broadcast(&g.hb_cv);
+    pthread_mutex_unlock(&g.hb_mu);
+    pthread_join(g.hb_thread, NULL);
+    g.hb_running = false;
+}
+
+static void s_heartbeat_start(int ms) {
+    s_heartbeat_stop();
+    if (ms <= 0)
+        return;
+    pthread_mutex_lock(&g.hb_mu);
+    g.hb_stop = false;
+    g.hb_ms = ms;
+    pthread_mutex_unlock(&g.hb_mu);
+    if (pthread_create(&g.hb_thread, NULL, s_heartbeat_main, NULL) == 0)
+        g.hb_running = true;
+}
+
 static djn_status_t s_connect_locked(void) {
     if (g.forked)
         return s_fail(DJN_ERR_SESSION,
@@ -322,8 +407,11 @@ static djn_status_t s_connect_locked(void) {
                       "that use 'remote'.");
     if (g.connected && !g.broken)
         return DJN_OK;
-    if (g.broken) { /* a new session: forget the old one */
+    if (g.broken) { /* a new session: forget the old one and everything it held */
         djn_conn_destroy(&g.conn);
+        s_cache_drop_all();
+        s_fragment_reset();
+        g.pending_st = DJN_OK;
         g.connected = false;
         g.broken = false;
     }
@@ -389,6 +477,10 @@ static djn_status_t s_connect_locked(void) {
         return s_fail(DJN_ERR_PROTO, "djinn: malformed HELLO reply");
     }
     g.sid = (uint64_t)sid->u.i;
+    const djn_value_t *hb = djn_value_get(x.body, "heartbeat_ms"), *lease = djn_value_get(x.body, "lease_ms");
+    int hb_ms = s_env_int("DJINN_HEARTBEAT_MS", hb && hb->kind == DJN_V_INT ? (int)hb->u.i : 1000);
+    if (lease && lease->kind == DJN_V_INT && lease->u.i == 0)
+        hb_ms = 0; /* the server never expires sessions */
     g.ndev = 0;
     for (uint32_t i = 0; i < devs->len && i < S_MAX_DEVICES; i++) {
         const djn_value_t *d = &devs->u.items[i];
@@ -398,6 +490,10 @@ static djn_status_t s_connect_locked(void) {
     s_resp_free(&x);
     g.connected = true;
     g.acked = g.seq;
+    if (g.had_session)
+        g.handle_floor = atomic_load(&s_next_va);
+    g.had_session = true;
+    s_heartbeat_start(hb_ms);
     return DJN_OK;
 }
 
@@ -419,12 +515,11 @@ const char *djn_client_device_name(int i) {
 const char *djn_client_endpoint(void) { return g.endpoint; }
 uint64_t djn_client_session_id(void) { return g.sid; }
 
-static void s_cache_drop_all(void);
-static void s_cache_drop(uint64_t h);
-static void s_fragment_reset(void);
 
 void djn_client_shutdown(void) {
     pthread_mutex_lock(&g.mu);
+    if (!g.forked)
+        s_heartbeat_stop();
     if (g.connected && !g.broken && !g.forked && g.conn) {
         s_resp_t x;
         if (s_simple_request(DJN_MSG_CLOSE, NULL, 2000, &x) == DJN_OK)
@@ -571,6 +666,8 @@ static uint64_t s_slot(uint64_t handle) {
 }
 
 void djn_rec_tensor(const djn_tref_t *t, bool written) {
+    if (t->handle < g.handle_floor || (t->handle >= (1ull << 62) && g.handle_floor))
+        g.rec_stale = true;
     djn_tref_t r = *t;
     r.handle = s_slot(t->handle);
     djn_enc_tref(&g.nodes, &r);
@@ -589,6 +686,14 @@ void djn_rec_note_fresh(uint64_t handle) {
 
 djn_status_t djn_rec_end(uint32_t flags, djn_op_class_t cls, djn_phase_t phase) {
     djn_enc_uint(&g.nodes, flags);
+    if (g.rec_stale) {
+        g.rec_stale = false;
+        djn_rec_abort();
+        return s_fail(DJN_ERR_SESSION,
+                      "djinn: session lost: this remote tensor belongs to a session the server no "
+                      "longer holds (it restarted, or the lease expired); its data is gone. "
+                      "Re-create it from CPU data.");
+    }
     if (g.nodes.failed) {
         djn_rec_abort();
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory recording a node");

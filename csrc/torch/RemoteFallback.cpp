@@ -141,10 +141,11 @@ c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
             see(v.toTensor());
         else if (v.isTensorList())
             for (const at::Tensor &t : v.toTensorList()) see(t);
-        else if (v.isOptionalTensorList())
+        else if (v.isOptionalTensorList()) {
             for (const std::optional<at::Tensor> &t : v.toOptionalTensorList())
-                if (t) see(*t);
-        else if (v.isDevice() && dev < 0 && v.toDevice().type() == kPU1)
+                if (t)
+                    see(*t);
+        } else if (v.isDevice() && dev < 0 && v.toDevice().type() == kPU1)
             dev = v.toDevice().has_index() ? v.toDevice().index() : current_device();
     }
     if (dev < 0)
