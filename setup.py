@@ -31,10 +31,15 @@ class Build(BuildExtension):
         super().build_extensions()
 
 
+# `make` builds the extension in place with `setup.py build_ext --inplace` and then
+# registers the package with `pip install --no-build-isolation -e .`; DJINN_SKIP_EXT=1
+# keeps that second step from compiling everything again.
+EXT_MODULES = [] if os.environ.get("DJINN_SKIP_EXT") == "1" else None
+
 setup(
     packages=["djinn"],
     package_data={"djinn": ["bin/djinn-server"]},
-    ext_modules=[
+    ext_modules=EXT_MODULES if EXT_MODULES is not None else [
         CppExtension(
             "djinn._C",
             CXX_SOURCES,
