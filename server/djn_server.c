@@ -10,8 +10,9 @@
  *
  * Workers: one thread per device with its own executor and PUSH socket. A job runs
  * under its session's lock in message order: declare allocations, bind uploads, run the
- * nodes (stopping at the first failure), apply frees (always, so a failed fragment
- * leaks nothing), read fetches, reply.
+ * nodes (stopping at the first failure), read fetches, then apply frees (always, so a
+ * failed fragment leaks nothing; after the fetches, so a message may read a handle it
+ * also lets go of), reply.
  *
  * Ordering: a client's fragments for one device go to one FIFO worker queue, so they
  * run in the order sent. */
@@ -173,7 +174,7 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         const djn_node_t *n = &g->nodes[i];
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == g->nnodes;
         if (dynamic)
-            has_dyn = true;
+            has_dyn = true; /* a DYNAMIC node elsewhere gets NULL and is refused */
         st = djn_exec_node(w->exec, n, &env, dynamic ? &dyn : NULL, err, sizeof err);
         if (st != DJN_OK)
             bad_node = i;

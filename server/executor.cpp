@@ -479,6 +479,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                                             std::to_string(n->nargs));
         const auto &rets = schema.returns();
         bool dynamic = n->flags & DJN_NODE_DYNAMIC;
+        if (dynamic && !dyn)
+            throw OpError(DJN_ERR_PROTO, "a DYNAMIC node must be the last node of its fragment");
         if (!dynamic && n->nouts != rets.size())
             throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(rets.size()) + " outputs, got " +
                                             std::to_string(n->nouts));

@@ -274,7 +274,9 @@ static djn_status_t s_wait(uint64_t seq, int timeout_ms, s_resp_t *out) {
         if (tv->u.i == DJN_MSG_ERROR) {
             char msg[1024];
             djn_status_t est = s_error_from_reply(x.body, msg, sizeof msg);
-            if (rseq == seq) {
+            /* seq 0: the server could not read our header; it answers the request we
+             * are waiting for (requests are never numbered 0) */
+            if (rseq == seq || rseq == 0) {
                 s_resp_free(&x);
                 if (g.pending_st != DJN_OK) { /* the first error is the cause */
                     djn_status_t pst = g.pending_st;

@@ -489,6 +489,8 @@ static djn_status_t s_parse_graph(s_parse_t *p, djn_value_t *body, djn_graph_req
             if (!s_list(e) || e->len != 2 || !s_uint(&e->u.items[0], &g->allocs[i].handle) ||
                 !s_uint(&e->u.items[1], &g->allocs[i].nbytes))
                 return s_bad(p, "each alloc must be [handle, nbytes]");
+            if (!g->allocs[i].handle || g->allocs[i].handle >= (1ull << 62))
+                return s_bad(p, "client handles must be in [1, 2^62)");
         }
     }
     if ((v = djn_value_get(body, "uploads")) != NULL) {
@@ -503,6 +505,8 @@ static djn_status_t s_parse_graph(s_parse_t *p, djn_value_t *body, djn_graph_req
             if (!s_list(e) || e->len != 2 || !s_uint(&e->u.items[0], &g->uploads[i].handle) ||
                 !s_uint(&e->u.items[1], &u))
                 return s_bad(p, "each upload must be [handle, frame]");
+            if (!g->uploads[i].handle || g->uploads[i].handle >= (1ull << 62))
+                return s_bad(p, "client handles must be in [1, 2^62)");
             if (u < 1 || u > p->nframes) {
                 s_err(p->err, p->errlen, "GRAPH: upload names frame %llu but the message has %u",
                       (unsigned long long)u, p->nframes);

@@ -501,7 +501,10 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const tor
     auto kind = ret.type()->kind();
     if (v.kind == DJN_V_NONE)
         return kind == c10::TypeKind::TensorType ? c10::IValue(at::Tensor()) : c10::IValue();
-    if (v.kind == DJN_V_LIST && v.len == 6 && v.u.items[3].kind == DJN_V_LIST) { // a tensor
+    bool tensor_ret = kind == c10::TypeKind::TensorType ||
+                      (kind == c10::TypeKind::OptionalType &&
+                       ret.type()->castRaw<c10::OptionalType>()->getElementType()->kind() == c10::TypeKind::TensorType);
+    if (tensor_ret && v.kind == DJN_V_LIST && v.len == 6 && v.u.items[3].kind == DJN_V_LIST) {
         const djn_value_t *it = v.u.items;
         uint64_t h = (uint64_t)it[0].u.i;
         int64_t off = it[1].u.i;
@@ -529,9 +532,11 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const tor
         }
         return make_view(adopt_storage(h, nbytes, dev), dtype, sizes, strides, off);
     }
-    if (v.kind == DJN_V_LIST) {
+    if (v.kind == DJN_V_LIST && kind == c10::TypeKind::ListType) {
+        c10::Argument elem(ret.name(), ret.type()->castRaw<c10::ListType>()->getElementType(), std::nullopt,
+                           std::nullopt, false, ret.alias_info() ? std::optional<c10::AliasInfo>(*ret.alias_info()) : std::nullopt);
         c10::List<at::Tensor> l;
-        for (uint32_t i = 0; i < v.len; i++) l.push_back(dyn_result(v.u.items[i], ret, stack, first, dev).toTensor());
+        for (uint32_t i = 0; i < v.len; i++) l.push_back(dyn_result(v.u.items[i], elem, stack, first, dev).toTensor());
         return l;
     }
     switch (v.kind) {
