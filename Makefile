@@ -91,7 +91,7 @@ SERVER_OBJS := $(patsubst server/%.c,$(BUILD)/server/%.o,$(SERVER_C)) \
 
 $(BUILD)/djinn-server: $(SERVER_OBJS)
 	$(CXX) -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
-	@mkdir -p djinn/bin && cp $@ djinn/bin/djinn-server
+	@mkdir -p djinn/bin && cp $@ djinn/bin/.djinn-server.tmp && mv -f djinn/bin/.djinn-server.tmp djinn/bin/djinn-server
 
 server: $(BUILD)/djinn-server
 
@@ -107,10 +107,11 @@ ext: $(BUILD)/.ext
 build: server ext
 
 # ---------------------------------------------------------------- tests
-$(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(HEADERS) test/c/djn_test.h | $(BUILD)/.deps
+$(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(wildcard server/*.c) $(HEADERS) test/c/djn_test.h | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -g -O1 $(SAN) -Wall -Wextra -Icsrc/common -Icsrc/client -Iserver -Itest/c $< \
-	    $(COMMON_SRC) $(if $(findstring client,$*),$(CLIENT_SRC),) -lmsgpackc -lxxhash -lzmq -lpthread -o $@
+	    $(COMMON_SRC) $(wildcard server/djn_$(patsubst test_%,%,$*).c) \
+	    $(if $(findstring client,$*),$(CLIENT_SRC),) -lmsgpackc -lxxhash -lzmq -lpthread -o $@
 
 test-c: $(C_TESTS)
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; $$t; done

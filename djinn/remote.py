@@ -105,6 +105,41 @@ def server_stats():
     return _C._server_stats()
 
 
+def memory_stats(device=None):
+    """Server memory as this session sees it, plus the bytes this process moved.
+
+    Keys: ``session.allocated_bytes`` / ``session.peak_bytes`` (device bytes this
+    session holds privately), ``text.bytes`` / ``text.entries`` / ``text.refs`` (shared,
+    content-addressed weights: one copy however many sessions use them),
+    ``server.private_bytes`` (all sessions' private bytes), ``server.sessions``,
+    ``bytes_sent`` / ``bytes_received`` (this process, over the wire)."""
+    s = server_stats()
+    c = _C._counters()
+    return {
+        "session.allocated_bytes": s.get("session_bytes", 0),
+        "session.peak_bytes": s.get("session_peak_bytes", 0),
+        "session.quota_bytes": s.get("session_quota_bytes", 0),
+        "text.bytes": s.get("text_bytes", 0),
+        "text.entries": s.get("text_entries", 0),
+        "text.refs": s.get("text_refs", 0),
+        "text.hits": s.get("text_hits", 0),
+        "server.private_bytes": s.get("bytes_in_use", 0),
+        "server.sessions": s.get("sessions_open", 0),
+        "bytes_sent": c["bytes_sent"],
+        "bytes_received": c["bytes_received"],
+        "dedup_bytes": c["dedup_bytes"],
+    }
+
+
+def memory_allocated(device=None):
+    """Device bytes this session holds privately on the server (Text weights excluded)."""
+    return memory_stats(device)["session.allocated_bytes"]
+
+
+def max_memory_allocated(device=None):
+    return memory_stats(device)["session.peak_bytes"]
+
+
 def bytes_moved():
     """Bytes this process sent to and received from the server, with message counts."""
     return _C._counters()

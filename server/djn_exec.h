@@ -37,6 +37,8 @@ djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, djn_stor_t **out, ch
                             size_t errlen);
 djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out,
                              char *err, size_t errlen);
+djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
+                           size_t errlen);
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
                            char *err, size_t errlen);
 
@@ -44,8 +46,9 @@ djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t 
 typedef struct djn_exec_env {
     void *ctx;
     /* The storage for a handle (materialising a declared allocation on this device), or
-     * NULL if the session does not own it. Borrowed reference. */
-    djn_stor_t *(*resolve_fn)(void *ctx, uint64_t handle, char *err, size_t errlen);
+     * NULL if the session does not own it. Borrowed reference. `write`: the op will
+     * write to it, so a shared (Text) storage is first copied into the session's own. */
+    djn_stor_t *(*resolve_fn)(void *ctx, uint64_t handle, int write, char *err, size_t errlen);
     /* Whether a handle is declared but has no storage yet (a fresh output). */
     int (*is_lazy_fn)(void *ctx, uint64_t handle);
     /* Bind a handle to a storage (takes its own reference). */

@@ -46,6 +46,7 @@ typedef struct s_job {
     uint32_t nframes;
     djn_msg_t *msg;
     djn_session_t *sess;
+    bool queued; /* counted against the session's queue quota */
 } s_job_t;
 
 typedef struct {
@@ -65,6 +66,7 @@ struct djn_server {
     void *ctx, *router, *pull;
     char endpoint[256];
     djn_sessions_t *sessions;
+    djn_text_t *text;
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
     int nworkers;
     int64_t started_ms;
@@ -117,6 +119,8 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
 /* ------------------------------------------------------------------ workers */
 
 static void s_job_free(s_job_t *j) {
+    if (j->queued && j->sess)
+        djn_session_queue_leave(j->sess);
     zmq_msg_close(&j->ident);
     for (uint32_t i = 0; i < j->nframes; i++)
         zmq_msg_close(&j->frames[i]);
@@ -160,15 +164,39 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         }
     }
     for (uint32_t i = 0; st == DJN_OK && i < g->nuploads; i++) {
-        zmq_msg_t *f = &j->frames[g->uploads[i].frame - 1];
+        const djn_upload_t *u = &g->uploads[i];
+        zmq_msg_t *f = &j->frames[u->frame - 1];
         djn_stor_t *stor = NULL;
-        st = djn_exec_upload(w->exec, zmq_msg_data(f), zmq_msg_size(f), &stor, err, sizeof err);
-        if (st == DJN_OK) {
-            st = djn_session_bind(s, g->uploads[i].handle, stor);
-            djn_stor_release(stor);
-            if (st != DJN_OK)
-                snprintf(err, sizeof err, "cannot bind upload");
+        djn_text_key_t key = {0, 0, w->index};
+        if (u->text) { /* shared content: ours already, or filed now under the hash we compute */
+            djn_text_hash(zmq_msg_data(f), zmq_msg_size(f), &key.hi, &key.lo);
+            djn_stor_t *have = djn_text_acquire(srv->text, &key);
+            if (have) {
+                st = djn_session_bind_text(s, u->handle, &key, have);
+                if (st != DJN_OK) {
+                    djn_text_release(srv->text, &key);
+                    snprintf(err, sizeof err, "upload to handle 0x%" PRIx64 " which is already bound", u->handle);
+                }
+                continue;
+            }
         }
+        st = djn_exec_upload(w->exec, zmq_msg_data(f), zmq_msg_size(f), &stor, err, sizeof err);
+        if (st != DJN_OK)
+            break;
+        if (u->text) {
+            djn_stor_t *filed = djn_text_insert(srv->text, &key, stor);
+            st = filed ? djn_session_bind_text(s, u->handle, &key, filed) : DJN_ERR_NOMEM;
+            if (filed && st != DJN_OK)
+                djn_text_release(srv->text, &key);
+        } else {
+            st = djn_session_bind(s, u->handle, stor);
+        }
+        djn_stor_release(stor);
+        if (st == DJN_ERR_QUOTA)
+            snprintf(err, sizeof err, "session quota exceeded by an upload of %zu bytes (--session-quota-bytes)",
+                     zmq_msg_size(f));
+        else if (st != DJN_OK)
+            snprintf(err, sizeof err, "cannot bind the upload to handle 0x%" PRIx64, u->handle);
     }
     for (uint32_t i = 0; st == DJN_OK && i < g->nnodes; i++) {
         const djn_node_t *n = &g->nodes[i];
@@ -187,7 +215,7 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     }
     for (uint32_t i = 0; st == DJN_OK && i < g->nfetches; i++) {
         const djn_fetch_t *f = &g->fetches[i];
-        djn_stor_t *stor = djn_session_resolve(s, w->exec, f->handle, err, sizeof err);
+        djn_stor_t *stor = djn_session_resolve(s, w->exec, f->handle, 0, err, sizeof err);
         if (!stor) {
             st = DJN_ERR_HANDLE;
             break;
@@ -340,9 +368,28 @@ static void s_enc_kv(djn_buf_t *b, const char *k, uint64_t v) {
 static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *m) {
     djn_sessions_stats_t ss;
     djn_sessions_stats(srv->sessions, &ss);
+    djn_text_stats_t ts;
+    djn_text_stats(srv->text, &ts);
+    djn_session_t *me = m->sid ? djn_sessions_get(srv->sessions, m->sid, s_now_ms()) : NULL;
+    uint64_t my_bytes = 0, my_peak = 0;
+    if (me) {
+        djn_session_lock(me);
+        my_bytes = djn_session_bytes(me);
+        my_peak = djn_session_peak(me);
+        djn_session_unlock(me);
+        djn_session_release(&me);
+    }
     djn_buf_t b = {0};
     djn_enc_header(&b, DJN_MSG_REPLY, m->sid, m->seq);
-    djn_enc_map(&b, 13);
+    djn_enc_map(&b, 21);
+    s_enc_kv(&b, "session_bytes", my_bytes);
+    s_enc_kv(&b, "session_peak_bytes", my_peak);
+    s_enc_kv(&b, "text_entries", ts.entries);
+    s_enc_kv(&b, "text_bytes", ts.bytes);
+    s_enc_kv(&b, "text_refs", ts.refs);
+    s_enc_kv(&b, "text_hits", ts.hits);
+    s_enc_kv(&b, "session_quota_bytes", srv->cfg.session_quota_bytes);
+    s_enc_kv(&b, "session_max_queued", srv->cfg.session_max_queued);
     s_enc_kv(&b, "uptime_ms", (uint64_t)(s_now_ms() - srv->started_ms));
     s_enc_kv(&b, "sessions_open", ss.open);
     s_enc_kv(&b, "sessions_opened", ss.opened_total);
@@ -376,6 +423,54 @@ static void s_reply_empty(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_enc_map(&b, 0);
     s_send_reply(srv->router, ident, &b, NULL, 0, &srv->bytes_out);
     djn_buf_release(&b);
+}
+
+/* HAVE: bind each handle to Text content the server already holds on that device.
+ * Body {dev, items: [[handle, hash_hi, hash_lo, nbytes], ...]}; the reply lists the
+ * indexes of the items it did not have, whose bytes the client then uploads. */
+static void s_reply_have(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *m, djn_session_t *s) {
+    const djn_value_t *dev = djn_value_get(m->body, "dev"), *items = djn_value_get(m->body, "items");
+    if (!dev || dev->kind != DJN_V_INT || dev->u.i < 0 || dev->u.i >= srv->nworkers || !items ||
+        items->kind != DJN_V_LIST) {
+        s_send_error(srv, srv->router, ident, m->sid, m->seq, DJN_ERR_PROTO,
+                     "HAVE needs 'dev' (a device index) and 'items' (an array)");
+        return;
+    }
+    djn_buf_t miss = {0};
+    uint32_t nmiss = 0;
+    djn_session_lock(s);
+    for (uint32_t i = 0; i < items->len; i++) {
+        const djn_value_t *e = &items->u.items[i];
+        if (e->kind != DJN_V_LIST || e->len != 4 || e->u.items[0].kind != DJN_V_INT ||
+            e->u.items[1].kind != DJN_V_INT || e->u.items[2].kind != DJN_V_INT) {
+            djn_session_unlock(s);
+            djn_buf_release(&miss);
+            s_send_error(srv, srv->router, ident, m->sid, m->seq, DJN_ERR_PROTO,
+                         "each HAVE item must be [handle, hash_hi, hash_lo, nbytes]");
+            return;
+        }
+        uint64_t h = (uint64_t)e->u.items[0].u.i;
+        djn_text_key_t key = {(uint64_t)e->u.items[1].u.i, (uint64_t)e->u.items[2].u.i, (uint32_t)dev->u.i};
+        djn_stor_t *have = h && h < (1ull << 62) ? djn_text_acquire(srv->text, &key) : NULL;
+        if (have && djn_session_bind_text(s, h, &key, have) != DJN_OK) {
+            djn_text_release(srv->text, &key);
+            have = NULL;
+        }
+        if (!have) {
+            djn_enc_uint(&miss, i);
+            nmiss++;
+        }
+    }
+    djn_session_unlock(s);
+    djn_buf_t b = {0};
+    djn_enc_header(&b, DJN_MSG_REPLY, m->sid, m->seq);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "missing");
+    djn_enc_array(&b, nmiss);
+    djn_buf_raw(&b, miss.data, miss.len);
+    s_send_reply(srv->router, ident, &b, NULL, 0, &srv->bytes_out);
+    djn_buf_release(&b);
+    djn_buf_release(&miss);
 }
 
 /* Receive the rest of a multipart message from the ROUTER. */
@@ -482,6 +577,10 @@ static void s_handle_client(djn_server_t *srv) {
         s_reply_empty(srv, &ident, m);
         goto done;
     }
+    if (m->type == DJN_MSG_HAVE) {
+        s_reply_have(srv, &ident, m, sess);
+        goto done;
+    }
     if (m->type == DJN_MSG_CLOSE) {
         djn_session_release(&sess);
         djn_sessions_close(srv->sessions, m->sid);
@@ -501,8 +600,15 @@ static void s_handle_client(djn_server_t *srv) {
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_DEVICE, err);
         goto done;
     }
+    if (!djn_session_queue_enter(sess)) {
+        snprintf(err, sizeof err, "session quota exceeded: more than %u fragments queued (--session-max-queued)",
+                 srv->cfg.session_max_queued);
+        s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_QUOTA, err);
+        goto done;
+    }
     s_job_t *j = djn_calloc(1, sizeof(*j));
     if (!j) {
+        djn_session_queue_leave(sess);
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_NOMEM, "out of host memory");
         goto done;
     }
@@ -512,6 +618,7 @@ static void s_handle_client(djn_server_t *srv) {
     j->nframes = nframes;
     j->msg = m;
     j->sess = sess;
+    j->queued = true;
     frames = NULL;
     nframes = cap = 0;
     m = NULL;
@@ -551,7 +658,10 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     srv->cfg = *cfg;
     srv->started_ms = s_now_ms();
-    srv->sessions = djn_sessions_new(cfg->lease_ms);
+    srv->text = djn_text_new();
+    srv->sessions = srv->text ? djn_sessions_new(cfg->lease_ms, cfg->session_quota_bytes,
+                                                 cfg->session_max_queued, srv->text)
+                              : NULL;
     srv->ctx = zmq_ctx_new();
     if (!srv->sessions || !srv->ctx) {
         snprintf(err, errlen, "out of memory");
@@ -662,6 +772,7 @@ void djn_server_destroy(djn_server_t **self_p) {
         pthread_cond_destroy(&w->cv);
     }
     djn_sessions_destroy(&srv->sessions);
+    djn_text_destroy(&srv->text);
     if (srv->router)
         zmq_close(srv->router);
     if (srv->pull)

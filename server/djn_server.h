@@ -24,6 +24,8 @@ typedef struct djn_server_cfg {
     uint64_t max_tensor_bytes; /* largest frame accepted or sent */
     int announce_fd;           /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
     int parent_pid;            /* > 0: exit when that process is gone */
+    uint64_t session_quota_bytes; /* private bytes per session, 0 = unlimited */
+    uint32_t session_max_queued;  /* fragments waiting per session, 0 = unlimited */
     bool verbose;
 } djn_server_cfg_t;
 

@@ -17,6 +17,8 @@
 typedef struct {
     djn_stor_t *stor; /* NULL: declared, not materialised */
     uint64_t nbytes;
+    bool text; /* stor is shared content from the Text segment (read-only) */
+    djn_text_key_t tkey;
 } s_entry_t;
 
 struct djn_session {
@@ -25,10 +27,12 @@ struct djn_session {
     pthread_mutex_t mu;
     djn_map_t handles; /* handle -> s_entry_t* */
     uint64_t bytes;    /* bytes of materialised storages */
+    uint64_t peak;     /* high-water mark of bytes */
     uint64_t next_dyn;
     int64_t last_seen_ms;
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
+    _Atomic uint32_t queued;
 };
 
 struct djn_sessions {
@@ -37,15 +41,22 @@ struct djn_sessions {
     uint64_t next_sid;
     uint64_t lease_ms;
     uint64_t opened, closed, expired;
+    uint64_t quota_bytes; /* per session, 0 = unlimited */
+    uint32_t max_queued;  /* fragments waiting per session, 0 = unlimited */
+    djn_text_t *text;
     _Atomic uint64_t handles, bytes; /* over all sessions */
 };
 
-djn_sessions_t *djn_sessions_new(uint64_t lease_ms) {
+djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32_t max_queued,
+                                 djn_text_t *text) {
     djn_sessions_t *t = djn_calloc(1, sizeof(*t));
     if (!t)
         return NULL;
     pthread_mutex_init(&t->mu, NULL);
     t->lease_ms = lease_ms;
+    t->quota_bytes = quota_bytes;
+    t->max_queued = max_queued;
+    t->text = text;
     /* session ids are not guessable counters: a restarted server must not hand out the
      * id a client of the previous process still holds */
     uint64_t seed = (uint64_t)(uintptr_t)t ^ ((uint64_t)time(NULL) << 20);
@@ -58,7 +69,10 @@ static void s_session_free(djn_session_t *s) {
     for (uint32_t it = 0; djn_map_next(&s->handles, &it, &k, &v);) {
         s_entry_t *e = (s_entry_t *)(uintptr_t)v;
         if (e->stor) {
-            atomic_fetch_sub(&s->owner->bytes, e->nbytes);
+            if (e->text)
+                djn_text_release(s->owner->text, &e->tkey);
+            else
+                atomic_fetch_sub(&s->owner->bytes, e->nbytes);
             djn_stor_release(e->stor);
         }
         atomic_fetch_sub(&s->owner->handles, 1);
@@ -195,8 +209,13 @@ static s_entry_t *s_entry(djn_session_t *s, uint64_t handle) {
 
 static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
     if (e->stor) {
-        atomic_fetch_sub(&s->owner->bytes, e->nbytes);
-        s->bytes -= e->nbytes;
+        if (e->text) {
+            djn_text_release(s->owner->text, &e->tkey);
+            e->text = false;
+        } else {
+            atomic_fetch_sub(&s->owner->bytes, e->nbytes);
+            s->bytes -= e->nbytes;
+        }
         djn_stor_release(e->stor);
     }
     e->stor = stor;
@@ -204,7 +223,22 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
         e->nbytes = djn_stor_nbytes(stor);
         atomic_fetch_add(&s->owner->bytes, e->nbytes);
         s->bytes += e->nbytes;
+        if (s->bytes > s->peak)
+            s->peak = s->bytes;
     }
+}
+
+static djn_status_t s_quota(djn_session_t *s, uint64_t more, char *err, size_t errlen) {
+    uint64_t q = s->owner->quota_bytes;
+    if (q && s->bytes + more > q) {
+        if (err)
+            snprintf(err, errlen,
+                     "session quota exceeded: the session holds %" PRIu64 " bytes, needs %" PRIu64
+                     " more, its quota is %" PRIu64 " bytes (--session-quota-bytes)",
+                     s->bytes, more, q);
+        return DJN_ERR_QUOTA;
+    }
+    return DJN_OK;
 }
 
 djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nbytes) {
@@ -212,7 +246,7 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
         return DJN_ERR_HANDLE;
     s_entry_t *e = s_entry(s, handle);
     if (e) /* a handle is declared once; re-declaring is a client bug, not fatal */
-        return DJN_ERR_HANDLE;
+        return e->text ? DJN_OK : DJN_ERR_HANDLE; /* HAVE may have bound it already */
     e = djn_calloc(1, sizeof(*e));
     if (!e)
         return DJN_ERR_NOMEM;
@@ -227,6 +261,9 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
 
 djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor) {
     s_entry_t *e = s_entry(s, handle);
+    uint64_t have = e && e->stor && !e->text ? e->nbytes : 0, need = djn_stor_nbytes(stor);
+    if (need > have && s_quota(s, need - have, NULL, 0) != DJN_OK)
+        return DJN_ERR_QUOTA;
     if (!e) {
         djn_status_t st = djn_session_declare(s, handle, djn_stor_nbytes(stor));
         if (st != DJN_OK)
@@ -240,6 +277,42 @@ djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *sto
     return DJN_OK;
 }
 
+djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_text_key_t *k,
+                                   djn_stor_t *shared) {
+    s_entry_t *e = s_entry(s, handle);
+    if (e && e->stor)
+        return DJN_ERR_HANDLE;
+    if (!e) {
+        djn_status_t st = djn_session_declare(s, handle, djn_stor_nbytes(shared));
+        if (st != DJN_OK)
+            return st;
+        e = s_entry(s, handle);
+    }
+    djn_stor_t *r = djn_stor_retain(shared);
+    if (!r)
+        return DJN_ERR_NOMEM;
+    e->stor = r;
+    e->nbytes = djn_stor_nbytes(r);
+    e->text = true;
+    e->tkey = *k;
+    return DJN_OK;
+}
+
+bool djn_session_queue_enter(djn_session_t *s) {
+    uint32_t max = s->owner->max_queued;
+    uint32_t n = atomic_fetch_add(&s->queued, 1) + 1;
+    if (max && n > max) {
+        atomic_fetch_sub(&s->queued, 1);
+        return false;
+    }
+    return true;
+}
+
+void djn_session_queue_leave(djn_session_t *s) { atomic_fetch_sub(&s->queued, 1); }
+
+uint64_t djn_session_bytes(const djn_session_t *s) { return s->bytes; }
+uint64_t djn_session_peak(const djn_session_t *s) { return s->peak; }
+
 void djn_session_free(djn_session_t *s, uint64_t handle) {
     uint64_t v;
     if (!djn_map_del(&s->handles, handle, &v))
@@ -250,17 +323,24 @@ void djn_session_free(djn_session_t *s, uint64_t handle) {
     djn_free(e, sizeof(*e));
 }
 
-djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, char *err,
-                                size_t errlen) {
+djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
+                                char *err, size_t errlen) {
     s_entry_t *e = s_entry(s, handle);
     if (!e) {
         snprintf(err, errlen, "unknown handle 0x%" PRIx64 " (not owned by this session)", handle);
         return NULL;
     }
-    if (!e->stor) {
+    if (!e->stor || (write && e->text)) {
+        if (s_quota(s, e->nbytes, err, errlen) != DJN_OK)
+            return NULL;
         djn_stor_t *st = NULL;
         if (djn_exec_alloc(x, e->nbytes, &st, err, errlen) != DJN_OK)
             return NULL;
+        /* copy-on-write: a write to shared Text content goes to a private copy */
+        if (e->stor && djn_exec_copy(x, st, e->stor, e->nbytes, err, errlen) != DJN_OK) {
+            djn_stor_release(st);
+            return NULL;
+        }
         s_set_stor(s, e, st);
     }
     return e->stor;
@@ -273,9 +353,9 @@ typedef struct {
 
 static __thread s_envctx_t t_envctx;
 
-static djn_stor_t *s_resolve_fn(void *ctx, uint64_t handle, char *err, size_t errlen) {
+static djn_stor_t *s_resolve_fn(void *ctx, uint64_t handle, int write, char *err, size_t errlen) {
     s_envctx_t *c = ctx;
-    return djn_session_resolve(c->s, c->x, handle, err, errlen);
+    return djn_session_resolve(c->s, c->x, handle, write, err, errlen);
 }
 
 static int s_is_lazy_fn(void *ctx, uint64_t handle) {

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "djn_exec.h"
+#include "djn_text.h"
 #include "djn_status.h"
 
 #ifdef __cplusplus
@@ -27,7 +28,8 @@ typedef struct djn_sessions_stats {
     uint64_t open, opened_total, closed_total, expired_total, handles, bytes;
 } djn_sessions_stats_t;
 
-djn_sessions_t *djn_sessions_new(uint64_t lease_ms);
+djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32_t max_queued,
+                                 djn_text_t *text);
 void djn_sessions_destroy(djn_sessions_t **self_p);
 djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms); /* returns a reference */
 djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms); /* + ref, renews */
@@ -45,10 +47,19 @@ void djn_session_unlock(djn_session_t *s);
 djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nbytes);
 djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor); /* retains */
 void djn_session_free(djn_session_t *s, uint64_t handle);
+/* Bind a handle to shared Text content; the caller already holds a Text reference for
+ * it (djn_text_acquire/insert), which the session now owns. */
+djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_text_key_t *k,
+                                   djn_stor_t *shared);
+/* Per-session bound on fragments waiting for a worker. */
+bool djn_session_queue_enter(djn_session_t *s);
+void djn_session_queue_leave(djn_session_t *s);
+uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
+uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
 /* An env for running this session's nodes on executor x. */
 void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env);
-djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, char *err,
-                                size_t errlen);
+djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
+                                char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

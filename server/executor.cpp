@@ -92,11 +92,12 @@ struct Ctx {
     std::vector<std::pair<c10::StorageImpl *, uint64_t>> inputs;
 };
 
-at::Tensor make_tensor(Ctx &c, const djn_tref_t &r) {
+at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     char err[256] = {0};
-    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, r.handle, err, sizeof err);
+    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, r.handle, written ? 1 : 0, err, sizeof err);
     if (!s)
-        throw OpError(DJN_ERR_HANDLE, err[0] ? err : "unknown handle");
+        throw OpError(strstr(err, "quota") ? DJN_ERR_QUOTA : strstr(err, "allocate") ? DJN_ERR_OOM : DJN_ERR_HANDLE,
+                      err[0] ? err : "unknown handle");
     uint64_t b, e;
     if (!djn_tref_extent(&r, &b, &e))
         throw OpError(DJN_ERR_ARGS, "malformed tensor reference");
@@ -159,9 +160,9 @@ at::Generator &session_gen(Ctx &c) {
     return *static_cast<at::Generator *>(*c.env->gen_slot);
 }
 
-c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name);
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name, bool written);
 
-c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name) {
+c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name, bool written) {
     if (v.kind != DJN_V_LIST)
         throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' expects a list, got " + kind_name(v.kind));
     switch (elem->kind()) {
@@ -183,7 +184,7 @@ c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &ele
     }
     case c10::TypeKind::TensorType: {
         c10::List<at::Tensor> out;
-        for (uint32_t i = 0; i < v.len; i++) out.push_back(to_ivalue(c, v.u.items[i], elem, name).toTensor());
+        for (uint32_t i = 0; i < v.len; i++) out.push_back(to_ivalue(c, v.u.items[i], elem, name, written).toTensor());
         return c10::IValue(out);
     }
     case c10::TypeKind::OptionalType: {
@@ -192,7 +193,7 @@ c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &ele
             c10::List<std::optional<at::Tensor>> out;
             for (uint32_t i = 0; i < v.len; i++) {
                 if (v.u.items[i].kind == DJN_V_NONE) out.push_back(std::nullopt);
-                else out.push_back(to_ivalue(c, v.u.items[i], inner, name).toTensor());
+                else out.push_back(to_ivalue(c, v.u.items[i], inner, name, written).toTensor());
             }
             return c10::IValue(out);
         }
@@ -203,7 +204,7 @@ c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &ele
     throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' has unsupported list type " + elem->str());
 }
 
-c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name) {
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name, bool written) {
     switch (type->kind()) {
     case c10::TypeKind::OptionalType: {
         auto inner = type->castRaw<c10::OptionalType>()->getElementType();
@@ -212,10 +213,10 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
                 return c10::IValue(session_gen(c));
             return c10::IValue();
         }
-        return to_ivalue(c, v, inner, name);
+        return to_ivalue(c, v, inner, name, written);
     }
     case c10::TypeKind::TensorType:
-        if (v.kind == DJN_V_TENSOR) return c10::IValue(make_tensor(c, *v.u.t));
+        if (v.kind == DJN_V_TENSOR) return c10::IValue(make_tensor(c, *v.u.t, written));
         if (v.kind == DJN_V_NONE) return c10::IValue(at::Tensor());
         return c10::IValue(wrapped_scalar(c, v));
     case c10::TypeKind::IntType:
@@ -237,7 +238,7 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
     case c10::TypeKind::DeviceObjType: return c10::IValue(c.x->device);
     case c10::TypeKind::GeneratorType: return c10::IValue(session_gen(c));
     case c10::TypeKind::ListType:
-        return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name);
+        return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name, written);
     default: break;
     }
     throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' of type " + type->str() +
@@ -270,7 +271,7 @@ void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
             return;
         }
     }
-    at::Tensor dst = make_tensor(c, r);
+    at::Tensor dst = make_tensor(c, r, true);
     if (dst.storage().unsafeGetStorageImpl() == t.storage().unsafeGetStorageImpl())
         return; // in-place, out= or a view: already there
     dst.copy_(t);
@@ -422,6 +423,27 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
     }
 }
 
+djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err, size_t errlen) {
+    if (n > dst->storage.nbytes() || n > src->storage.nbytes()) {
+        set_err(err, errlen, "copy beyond a storage");
+        return DJN_ERR_ARGS;
+    }
+    if (!n) return DJN_OK;
+    try {
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        auto opts = at::TensorOptions().dtype(at::kByte).device(x->device);
+        auto d = at::empty({0}, opts), s = at::empty({0}, opts);
+        d.set_(dst->storage, 0, {(int64_t)n}, {1});
+        s.set_(src->storage, 0, {(int64_t)n}, {1});
+        d.copy_(s);
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("copy on ") + x->name + " failed: " + e.what());
+        return DJN_ERR_DEVICE;
+    }
+}
+
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst, char *err, size_t errlen) {
     if (off > s->storage.nbytes() || n > s->storage.nbytes() - off) {
         set_err(err, errlen, "fetch of bytes [" + std::to_string(off) + ", " + std::to_string(off + n) +
@@ -488,7 +510,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
         torch::jit::Stack stack;
         stack.reserve(args.size());
         for (size_t i = 0; i < args.size(); i++)
-            stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str()));
+            stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str(),
+                                      args[i].alias_info() && args[i].alias_info()->isWrite()));
         op.callBoxed(&stack);
         if (stack.size() != rets.size())
             throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");

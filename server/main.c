@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "djn_exec.h"
+#include "djn_proto.h"
 #include "djn_server.h"
 
 static void s_usage(FILE *f) {
@@ -25,6 +26,10 @@ static void s_usage(FILE *f) {
             "  --heartbeat-ms N     heartbeat interval advised to clients [DJINN_HEARTBEAT_MS]\n"
             "                       (default 1000)\n"
             "  --max-tensor-bytes N largest tensor frame accepted or sent (default 64 GiB)\n"
+            "  --session-quota-bytes N  private device bytes one session may hold; 0 = no limit\n"
+            "                       [DJINN_SESSION_QUOTA_BYTES] (default 0)\n"
+            "  --session-max-queued N   fragments one session may have waiting [DJINN_SESSION_MAX_QUEUED]\n"
+            "                       (default 256)\n"
             "  --verbose            log sessions and error replies to stderr\n"
             "  --stats ENDPOINT     print the counters of a running server and exit\n"
             "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -55,7 +60,9 @@ int main(int argc, char **argv) {
     unsigned long long v;
     cfg.lease_ms = s_parse_u64(s_env("DJINN_LEASE_MS", "10000"), &v) ? v : 10000;
     cfg.heartbeat_ms = s_parse_u64(s_env("DJINN_HEARTBEAT_MS", "1000"), &v) ? v : 1000;
-    cfg.max_tensor_bytes = 64ull << 30;
+    cfg.max_tensor_bytes = DJN_MAX_TENSOR_BYTES;
+    cfg.session_quota_bytes = s_parse_u64(s_env("DJINN_SESSION_QUOTA_BYTES", "0"), &v) ? v : 0;
+    cfg.session_max_queued = s_parse_u64(s_env("DJINN_SESSION_MAX_QUEUED", "256"), &v) ? (uint32_t)v : 256;
     cfg.announce_fd = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -79,7 +86,8 @@ int main(int argc, char **argv) {
             devices = val;
         } else if (!strcmp(a, "--lease-ms") || !strcmp(a, "--heartbeat-ms") ||
                    !strcmp(a, "--max-tensor-bytes") || !strcmp(a, "--announce-fd") ||
-                   !strcmp(a, "--parent-pid")) {
+                   !strcmp(a, "--parent-pid") || !strcmp(a, "--session-quota-bytes") ||
+                   !strcmp(a, "--session-max-queued")) {
             NEEDVAL();
             if (!s_parse_u64(val, &v)) {
                 fprintf(stderr, "djinn-server: %s expects a number, got '%s'\n", a, val);
@@ -89,6 +97,8 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--heartbeat-ms")) cfg.heartbeat_ms = v;
             else if (!strcmp(a, "--max-tensor-bytes")) cfg.max_tensor_bytes = v;
             else if (!strcmp(a, "--announce-fd")) cfg.announce_fd = (int)v;
+            else if (!strcmp(a, "--session-quota-bytes")) cfg.session_quota_bytes = v;
+            else if (!strcmp(a, "--session-max-queued")) cfg.session_max_queued = (uint32_t)v;
             else cfg.parent_pid = (int)v;
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
             cfg.verbose = true;

@@ -46,6 +46,8 @@ typedef struct {
     uint64_t handle;
     uint8_t *bytes;
     uint64_t n;
+    bool text;      /* shared content: offered to the server by hash first (Shadow Sync) */
+    uint64_t hi, lo; /* XXH3-128 of the bytes */
 } s_upload_t;
 
 typedef struct {
@@ -91,6 +93,7 @@ static struct {
     char devnames[S_MAX_DEVICES][32];
     int timeout_ms, connect_timeout_ms;
     uint32_t max_nodes;
+    uint64_t text_min; /* uploads this large are content-addressed (DJINN_TEXT_MIN_BYTES) */
     djn_status_t pending_st; /* first error of an async fragment not yet reported */
     char pending_msg[2048];
 
@@ -422,6 +425,7 @@ static djn_status_t s_connect_locked(void) {
     if (g.connect_timeout_ms <= 0)
         g.connect_timeout_ms = 10000;
     g.max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
+    g.text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
     if (g.max_nodes < 1)
         g.max_nodes = 1;
     const char *ep = getenv("DJINN_SERVER");
@@ -743,9 +747,69 @@ static void s_srg_finish(void) {
     g.last_fp[1] = h.low64;
 }
 
+/* Shadow Sync: offer the hashes of large uploads first; the server binds the handles
+ * of content it already holds (another session's weights, a previous run's) and we
+ * drop those uploads. One round trip per flush that carries large uploads. */
+static djn_status_t s_offer_text(void) {
+    uint32_t n = 0;
+    for (size_t i = 0; i < g.ups.len; i++)
+        n += ((s_upload_t *)g.ups.data)[i].text;
+    if (!n)
+        return DJN_OK;
+    djn_buf_t body = {0};
+    djn_enc_map(&body, 2);
+    djn_enc_cstr(&body, "dev");
+    djn_enc_uint(&body, (uint64_t)g.dev);
+    djn_enc_cstr(&body, "items");
+    djn_enc_array(&body, n);
+    for (size_t i = 0; i < g.ups.len; i++) {
+        s_upload_t *u = &((s_upload_t *)g.ups.data)[i];
+        if (!u->text)
+            continue;
+        djn_enc_array(&body, 4);
+        djn_enc_uint(&body, u->handle);
+        djn_enc_uint(&body, u->hi);
+        djn_enc_uint(&body, u->lo);
+        djn_enc_uint(&body, u->n);
+    }
+    s_resp_t x;
+    djn_status_t st = s_simple_request(DJN_MSG_HAVE, &body, g.timeout_ms, &x);
+    djn_buf_release(&body);
+    if (st != DJN_OK)
+        return st;
+    const djn_value_t *miss = djn_value_get(x.body, "missing");
+    /* keep the uploads the server lacks; the others are bound already */
+    size_t keep = 0;
+    uint32_t k = 0, mi = 0;
+    for (size_t i = 0; i < g.ups.len; i++) {
+        s_upload_t u = ((s_upload_t *)g.ups.data)[i];
+        bool missing = true;
+        if (u.text) {
+            missing = false;
+            if (miss && miss->kind == DJN_V_LIST && mi < miss->len && miss->u.items[mi].u.i == (int64_t)k) {
+                missing = true;
+                mi++;
+            }
+            k++;
+        }
+        if (missing) {
+            ((s_upload_t *)g.ups.data)[keep++] = u;
+        } else {
+            g.ctr.dedup_bytes += u.n;
+            djn_map_del(&g.allocs, u.handle, NULL);
+            djn_free(u.bytes, u.n);
+        }
+    }
+    g.ups.len = keep;
+    s_resp_free(&x);
+    return DJN_OK;
+}
+
 static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t *out) {
     djn_status_t st = s_connect_locked();
     if (st != DJN_OK)
+        return st;
+    if (g.ups.len && (st = s_offer_text()) != DJN_OK)
         return st;
     bool empty = !g.nnodes && !g.allocs.len && !g.frees.len && !g.ups.len && g.seed < 0;
     if (empty && !fetch && !wait)
@@ -800,9 +864,11 @@ static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t
     djn_enc_array(&b, nframes);
     for (uint32_t i = 0; i < nframes; i++) {
         s_upload_t *u = &((s_upload_t *)g.ups.data)[i];
-        djn_enc_array(&b, 2);
+        djn_enc_array(&b, u->text ? 3 : 2);
         djn_enc_uint(&b, u->handle);
         djn_enc_uint(&b, i + 1);
+        if (u->text)
+            djn_enc_bool(&b, true);
         frames[i] = (djn_frame_t){u->bytes, u->n, s_free_bytes, (void *)(uintptr_t)u->n};
         g.ctr.uploads++;
         g.ctr.upload_bytes += u->n;
@@ -976,7 +1042,13 @@ djn_status_t djn_client_upload(int device, uint64_t handle, const void *bytes, u
                         (unsigned long long)n);
         } else {
             memcpy(copy, bytes, n);
-            s_upload_t u = {handle, copy, n};
+            s_upload_t u = {handle, copy, n, false, 0, 0};
+            if (n && n >= g.text_min) {
+                XXH128_hash_t h = XXH3_128bits(copy, n);
+                u.text = true;
+                u.hi = h.high64;
+                u.lo = h.low64;
+            }
             if (!s_vec_push(&g.ups, &u, sizeof u)) {
                 djn_free(copy, n);
                 st = s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");

@@ -502,9 +502,10 @@ static djn_status_t s_parse_graph(s_parse_t *p, djn_value_t *body, djn_graph_req
             return DJN_ERR_NOMEM;
         for (uint32_t i = 0; i < v->len; i++) {
             const djn_value_t *e = &v->u.items[i];
-            if (!s_list(e) || e->len != 2 || !s_uint(&e->u.items[0], &g->uploads[i].handle) ||
-                !s_uint(&e->u.items[1], &u))
-                return s_bad(p, "each upload must be [handle, frame]");
+            if (!s_list(e) || (e->len != 2 && e->len != 3) ||
+                !s_uint(&e->u.items[0], &g->uploads[i].handle) || !s_uint(&e->u.items[1], &u))
+                return s_bad(p, "each upload must be [handle, frame] or [handle, frame, text]");
+            g->uploads[i].text = e->len == 3 && e->u.items[2].kind == DJN_V_BOOL && e->u.items[2].u.b;
             if (!g->uploads[i].handle || g->uploads[i].handle >= (1ull << 62))
                 return s_bad(p, "client handles must be in [1, 2^62)");
             if (u < 1 || u > p->nframes) {
@@ -649,6 +650,7 @@ djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_m
     case DJN_MSG_HEARTBEAT:
     case DJN_MSG_STATS:
     case DJN_MSG_CLOSE:
+    case DJN_MSG_HAVE: /* body checked by the server as it walks it */
         break;
     default:
         s_err(err, errlen, "unknown message type %llu", (unsigned long long)type);

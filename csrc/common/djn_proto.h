@@ -39,7 +39,7 @@ typedef enum djn_msg_type {
     DJN_MSG_GRAPH = 3,        /* execute a fragment: allocs, uploads, nodes, frees, fetches */
     DJN_MSG_GRAPH_CACHED = 4, /* execute a fragment the server holds (reserved, v1 unused) */
     DJN_MSG_UPLOAD = 5,       /* reserved */
-    DJN_MSG_HAVE = 6,         /* reserved */
+    DJN_MSG_HAVE = 6,         /* bind handles to Text content the server already holds */
     DJN_MSG_FETCH = 7,        /* read bytes of a handle */
     DJN_MSG_LOAD_MODEL = 8,   /* reserved */
     DJN_MSG_STATS = 9,        /* server counters */
@@ -121,7 +121,11 @@ typedef struct djn_node {
 } djn_node_t;
 
 typedef struct djn_alloc { uint64_t handle, nbytes; } djn_alloc_t;
-typedef struct djn_upload { uint64_t handle; uint32_t frame; } djn_upload_t;
+typedef struct djn_upload {
+    uint64_t handle;
+    uint32_t frame;
+    bool text; /* file the bytes in the shared Text segment (server hashes them itself) */
+} djn_upload_t;
 typedef struct djn_fetch { uint64_t handle, offset, nbytes; } djn_fetch_t;
 
 typedef struct djn_graph_req {

@@ -91,6 +91,7 @@ PYBIND11_MODULE(_C, m) {
         d["fetch_bytes"] = c.fetch_bytes;
         d["fetch_cache_hits"] = c.cache_hits;
         d["dynamic_syncs"] = c.dynamic_syncs;
+        d["dedup_bytes"] = c.dedup_bytes;
         return d;
     });
     m.def("_reset_counters", []() { djn_client_counters_reset(); });
