@@ -1,195 +1,312 @@
-"""Djinn benchmarks: remote (embedded djinn-server on loopback) side by side with local
-eager PyTorch on the same machine, in one run. Prints a table with ratios and the
-targets from DESIGN section 7, and writes benchmarks/results/<machine>-<date>.json
-plus RESULTS.md. Timings are medians over repeats; nothing here asserts a time.
+"""Djinn benchmarks: the same work in four systems, side by side, in one run.
 
-    python benchmarks/run.py --quick      # make bench (minutes on 2 cores)
-    python benchmarks/run.py --smoke      # one tiny iteration of everything (tests)
+- ``local``: eager PyTorch in this process (cpu; cuda with --gpu): the floor;
+- ``djinn``: ``torch.device('remote')`` on an embedded djinn-server over loopback TCP
+  (``--device cpu`` unless --gpu, so it computes where ``local`` does), or the server
+  named by ``DJINN_SERVER``;
+- ``rpc``: ``torch.distributed.rpc`` (TensorPipe), the model held by a worker process;
+- ``naive``: a server process that receives the pickled module once and, per request,
+  pickled inputs, and returns every output in full (``baselines.py``).
+
+Workloads (``workloads.py``, ``multitenant.py``): capture cost (meta-cache hits and
+misses), 1-op round trip, upload/download bandwidth, MLP forward, a Llama prefill + decode
+loop with a KV cache, a 100+ MB forward, and 1..8 client processes sharing one server.
+``--quick`` and ``--full`` also profile the capture path under callgrind
+(``profile_capture.py`` -> PROFILE.md).
+
+Prints a table with djinn / local, djinn / rpc, djinn / naive and the DESIGN section 7
+target of each row, and writes to ``--out`` (default benchmarks/results/):
+``<machine>-<date>.json``, ``RESULTS.md`` and ``<machine>-*.png`` charts; ``--smoke``
+writes ``*-smoke.*`` names instead. Timings are medians; nothing here asserts a time.
+
+    python benchmarks/run.py --quick      # make bench (under 10 minutes on 2 cores)
+    python benchmarks/run.py --full       # make bench-full: bigger sizes, more repeats
+    python benchmarks/run.py --quick --gpu  # make bench-gpu: local on cuda, server on its GPUs
+    python benchmarks/run.py --smoke      # tiny sizes, one pass of everything (tests)
 """
 import argparse
 import datetime
 import json
 import os
 import platform
-import socket
-import statistics
 import sys
 import time
-
-import torch
-
-import djinn
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 
-def timeit(fn, repeat, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), ts
+class Ctx:
+    """What every workload needs: mode, local device, baseline clients, chart series."""
+
+    def __init__(self, mode, gpu):
+        self.mode = mode
+        self.gpu = gpu
+        self.dev = "cuda" if gpu else "cpu"
+        self.clients = {}
+        self.series = {}
+        self.t0 = time.monotonic()
+
+    def log(self, msg):
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
 
 
-def capture_cost(n_ops, repeat):
-    """µs per captured op (meta-cache hits: the same op on the same shapes), vs eager CPU."""
-    xr = torch.randn(64, device="remote")
-    xc = torch.randn(64)
-    torch.remote.synchronize()
-
-    def remote_ops():
-        y = xr
-        for _ in range(n_ops):
-            y = y + 1.0
-        return y
-
-    def local_ops():
-        y = xc
-        for _ in range(n_ops):
-            y = y + 1.0
-        return y
-
-    t_local, _ = timeit(local_ops, repeat)
-    remote_ops()  # warm the meta cache
-    torch.remote.synchronize()
-    ts = []  # capture only: the synchronize that ships the fragment is outside the timing
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        remote_ops()
-        ts.append(time.perf_counter() - t0)
-        torch.remote.synchronize()
-    t_capture = statistics.median(ts)
-    return {
-        "name": "capture cost per op",
-        "unit": "us/op",
-        "local": 1e6 * t_local / n_ops,
-        "djinn": 1e6 * t_capture / n_ops,
-        "target": "<= 5 us/op with meta-cache hits",
-        "target_value": 5.0,
-    }
+def _fmt(v):
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
 
 
-def round_trip(repeat):
-    """One op, executed and read back: x.add(1).item()."""
-    xr = torch.ones(1, device="remote")
-    xc = torch.ones(1)
-    torch.remote.synchronize()
-    t_local, _ = timeit(lambda: (xc + 1).item(), repeat)
-    t_remote, _ = timeit(lambda: (xr + 1).item(), repeat)
-    return {
-        "name": "1-op round trip (loopback)",
-        "unit": "us",
-        "local": 1e6 * t_local,
-        "djinn": 1e6 * t_remote,
-        "target": "<= 60 us (TensorPipe RPC: 97 us shm, 205 us TCP)",
-        "target_value": 60.0,
-    }
+def _ratio(r):
+    return "-" if r is None else (f"{r:.2f}x" if r < 100 else f"{r:,.0f}x")
 
 
-def mlp_forward(batch, repeat):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                              torch.nn.ReLU(), torch.nn.Linear(512, 10)).eval()
-    x = torch.randn(batch, 256)
-    import copy
-
-    rnet = copy.deepcopy(net).to("remote")
-    with torch.no_grad():
-        t_local, _ = timeit(lambda: net(x), repeat)
-        t_remote, _ = timeit(lambda: rnet(x.to("remote")).cpu(), repeat)
-    return {"name": f"MLP forward, batch {batch}", "unit": "ms", "local": 1e3 * t_local,
-            "djinn": 1e3 * t_remote, "target": "", "target_value": None}
+def _target(r):
+    if not r["target"]:
+        return ""
+    if r["target_met"] is None:
+        return r["target"]
+    return f"{r['target']} **{'met' if r['target_met'] else 'missed'}**"
 
 
-def transformer_forward(repeat, hidden=256, layers=4, seq=32):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=8, num_key_value_heads=4, vocab_size=1024,
-                      max_position_embeddings=512)
-    model = LlamaForCausalLM(cfg).eval()
-    import copy
-
-    rmodel = copy.deepcopy(model).to("remote")
-    ids = torch.randint(0, cfg.vocab_size, (1, seq))
-    rids = ids.to("remote")
-    with torch.no_grad():
-        t_local, _ = timeit(lambda: model(ids).logits[:, -1].argmax(-1), repeat)
-        t_remote, _ = timeit(lambda: rmodel(rids).logits[:, -1].argmax(-1).cpu(), repeat)
-    return {"name": f"small transformer forward (hidden {hidden}, {layers} layers, {seq} tokens)",
-            "unit": "ms", "local": 1e3 * t_local, "djinn": 1e3 * t_remote,
-            "target": "<= local + 0.5 ms (warm plan cache)", "target_value": None,
-            "overhead_ms": 1e3 * (t_remote - t_local)}
+def _unit(r):
+    return r["unit"] + (" ↑" if r["better"] == "higher" else "")
 
 
-def machine_name():
-    gpu = ""
-    if torch.cuda.is_available():
-        gpu = "-" + torch.cuda.get_device_name(0).replace(" ", "_")
-    return f"{socket.gethostname().split('.')[0]}-{platform.machine()}{gpu}"
+COLS = ("local", "djinn", "rpc", "naive")
+RATIOS = ("djinn/local", "djinn/rpc", "djinn/naive")
+
+
+def print_table(rows):
+    w = max(len(r["name"]) for r in rows)
+    w = min(w, 78)
+    hdr = (f"{'workload':{w}s} {'unit':8s}" + "".join(f"{c:>10s}" for c in COLS)
+           + "".join(f"{c:>13s}" for c in ("djinn÷local", "djinn÷rpc", "djinn÷naive")) + "  target")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        name = r["name"] if len(r["name"]) <= w else r["name"][: w - 1] + "…"
+        t = r["target"]
+        if t and r["target_met"] is not None:
+            t += " (met)" if r["target_met"] else " (MISSED)"
+        print(f"{name:{w}s} {_unit(r):8s}" + "".join(f"{_fmt(r['values'][c]):>10s}" for c in COLS)
+              + "".join(f"{_ratio(r['ratios'][k]):>13s}" for k in RATIOS) + f"  {t}")
+
+
+def markdown(result, charts, profile_md):
+    rows = result["rows"]
+    out = [
+        "# Djinn benchmark results",
+        "",
+        f"Machine `{result['machine']}` ({result['cpu_count']} CPUs), server device `{result['server_device']}`, "
+        f"local device `{result['local_device']}`, torch {result['torch']}, transformers {result['transformers']}, "
+        f"{result['date']}, mode `{result['mode']}`, {result['elapsed_s']:.0f} s. Generated by "
+        "`benchmarks/run.py`; the raw numbers are in the JSON next to this file.",
+        "",
+        "Systems, all on this machine in the same run: **local** = eager PyTorch in the benchmark process "
+        "(the floor); **djinn** = the same code on `torch.device('remote')`, served by djinn-server over "
+        "loopback TCP; **rpc** = `torch.distributed.rpc` (TensorPipe), the model held by a worker process "
+        "and called with `rpc_sync`, outputs returned; **naive** = a server process that receives the "
+        "pickled module once, then pickled inputs per request and returns every output pickled. "
+        "Ratios are djinn divided by the other system (below 1: djinn is faster/smaller; rows marked ↑ "
+        "are throughputs, where above 1 is better). Targets are DESIGN.md section 7.",
+        "",
+        "| workload | unit | local | djinn | rpc | naive | djinn÷local | djinn÷rpc | djinn÷naive | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        v, q = r["values"], r["ratios"]
+        out.append(f"| {r['name']} | {_unit(r)} | " + " | ".join(_fmt(v[c]) for c in COLS) + " | "
+                   + " | ".join(_ratio(q[k]) for k in RATIOS) + f" | {_target(r)} |")
+    met = [r for r in rows if r["target_met"] is not None]
+    out += ["", f"Targets met: {sum(r['target_met'] for r in met)} of {len(met)}."]
+    notes = []
+    for r in rows:
+        e = r["extra"]
+        if "djinn_reduction_vs_full_return" in e and e["djinn_reduction_vs_full_return"] is not None:
+            notes.append(f"- Decode bytes: djinn moves {e['djinn_reduction_vs_full_return'] * 100:.2f} % fewer "
+                         f"bytes per step than returning every output ({e['full_return_bytes_per_step']:,.0f} "
+                         f"B of logits + KV cache per step). {e['note']}.")
+        if "tokens_match_local" in e and "per-token p50" in r["name"]:
+            notes.append(f"- Greedy tokens identical to local: {e['tokens_match_local']}. Decode rows pool "
+                         f"{e['runs']} timed run(s) after one warm-up run; first-run p50 (ms): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in e["first_run_p50_ms"].items()) + ".")
+        if "effective GB/s" in e:
+            notes.append(f"- {r['name']}: effective weight bandwidth (weight bytes / forward time), GB/s: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in e["effective GB/s"].items()) + ".")
+        if r["group"] == "multitenant" and "aggregate_tokens_per_s" in e and "p50" in r["name"]:
+            t = e["server_text_fields"]
+            notes.append(f"- {e['tenants']} tenant(s): p99 per-token ms local {_fmt(e['p99_ms']['local'])}, "
+                         f"djinn {_fmt(e['p99_ms']['djinn'])}; server bytes_in_use with all tenants parked "
+                         f"{_fmt((e['server_bytes_in_use'] or 0) / 1e6)} MB vs N x model "
+                         f"{_fmt(e['n_x_model_bytes'] / 1e6)} MB ({_fmt(e['weight_copies_on_server'])} copies)"
+                         + (f"; server text fields {t}" if t else "") + ".")
+    bw = [r for r in rows if r["group"] == "bandwidth"]
+    if bw:
+        notes.append("- Bandwidth, GB/s (" + "; ".join(
+            f"{r['name']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["extra"]["GB/s"].items()) for r in bw)
+            + ").")
+    if notes:
+        out += ["", "## Notes", ""] + notes
+    if result["errors"]:
+        out += ["", "## Workloads that failed", ""] + [f"- {k}: `{v.splitlines()[-1]}`" for k, v in
+                                                        result["errors"].items()]
+    if result["skipped"]:
+        out += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in result["skipped"].items()]
+    if charts:
+        out += ["", "## Charts", ""] + [f"![{os.path.basename(c)}]({os.path.basename(c)})" for c in charts]
+    if profile_md:
+        out += ["", f"Where the client's capture time goes: [{os.path.basename(profile_md)}]"
+                    f"({os.path.basename(profile_md)})."]
+    return "\n".join(out) + "\n"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one iteration (tests)")
-    ap.add_argument("--gpu", action="store_true")
+    ap = argparse.ArgumentParser(description="Djinn benchmarks (see the module docstring)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="make bench: the default")
+    g.add_argument("--full", action="store_true", help="bigger models and sizes, more repeats")
+    g.add_argument("--smoke", action="store_true", help="tiny sizes, one pass of everything (tests)")
+    ap.add_argument("--gpu", action="store_true", help="local baseline on cuda; server on its default devices")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--only", default="", help="comma-separated workloads to run (default: all)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
     args = ap.parse_args()
-    rep = 1 if args.smoke else (30 if args.full else 10)
-    rows = [
-        capture_cost(50 if args.smoke else 2000, rep),
-        round_trip(3 if args.smoke else 200),
-        mlp_forward(1, rep),
-        mlp_forward(32, rep),
-        transformer_forward(rep, hidden=64 if args.smoke else 256, layers=1 if args.smoke else 4,
-                            seq=8 if args.smoke else 32),
+    mode = "smoke" if args.smoke else ("full" if args.full else "quick")
+
+    # Compute where local does: without --gpu the embedded server runs on the CPU even on a
+    # GPU machine. Set before djinn connects (lazily, at the first use of 'remote').
+    if not args.gpu and "DJINN_SERVER" not in os.environ:
+        os.environ.setdefault("DJINN_SERVER_ARGS", "--device cpu")
+
+    import torch
+    import transformers
+
+    import djinn  # noqa: F401 - registers 'remote'
+    import baselines
+    import common as C
+    import multitenant
+    import profile_capture
+    import workloads as W
+
+    if args.gpu and not torch.cuda.is_available():
+        print("--gpu: torch.cuda is not available here", file=sys.stderr)
+        return 2
+    ctx = Ctx(mode, args.gpu)
+    torch.remote.init()
+    server_device = torch.remote.device_name(0)
+    ctx.log(f"mode {mode}; local on {ctx.dev}; djinn server {djinn.remote.endpoint()} ({server_device}); "
+            f"{C.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+
+    errors, skipped = {}, {}
+    for kind, cls in (("naive", baselines.NaiveClient), ("rpc", baselines.RpcClient)):
+        try:
+            ctx.clients[kind] = cls(device=ctx.dev)
+        except Exception as e:  # noqa: BLE001 - the run goes on without that baseline
+            skipped[kind] = f"baseline did not start: {type(e).__name__}: {e}"
+            ctx.log(skipped[kind])
+    plan = [
+        ("capture_hits", W.capture_hits),
+        ("capture_misses", W.capture_misses),
+        ("round_trip", W.round_trip),
+        ("bandwidth", W.bandwidth),
+        ("mlp_b1", lambda c: W.mlp(c, 1)),
+        ("mlp_b32", lambda c: W.mlp(c, 32)),
+        ("transformer", W.transformer),
+        ("large", W.large),
     ]
-    for r in rows:
-        r["ratio_djinn_local"] = r["djinn"] / r["local"] if r["local"] else None
-        tv = r.get("target_value")
-        r["target_met"] = (r["djinn"] <= tv) if tv is not None else None
-    device = torch.remote.device_name(0)
-    result = {
-        "machine": machine_name(),
-        "date": datetime.date.today().isoformat(),
-        "server_device": device,
-        "torch": torch.__version__,
-        "mode": "smoke" if args.smoke else ("full" if args.full else "quick"),
-        "rows": rows,
-    }
-    print(f"\nDjinn benchmarks on {result['machine']} (server device: {device}, torch {torch.__version__})")
-    hdr = f"{'workload':58s} {'unit':6s} {'local':>10s} {'djinn':>10s} {'djinn/local':>12s}  target"
-    print(hdr)
-    print("-" * len(hdr))
-    lines = []
-    for r in rows:
-        ratio = f"{r['ratio_djinn_local']:.2f}x" if r["ratio_djinn_local"] else "-"
-        met = "" if r["target_met"] is None else (" (met)" if r["target_met"] else " (missed)")
-        line = f"{r['name']:58s} {r['unit']:6s} {r['local']:10.2f} {r['djinn']:10.2f} {ratio:>12s}  {r['target']}{met}"
-        print(line)
-        lines.append(f"| {r['name']} | {r['unit']} | {r['local']:.2f} | {r['djinn']:.2f} | {ratio} | {r['target']}{met} |")
+    only = {s for s in args.only.split(",") if s}
+    rows = []
+    try:
+        for name, fn in plan:
+            if only and name not in only:
+                continue
+            ctx.log(f"{name} ...")
+            try:
+                rows += fn(ctx)
+            except Exception:  # noqa: BLE001 - record, keep going, exit non-zero at the end
+                errors[name] = traceback.format_exc()
+                ctx.log(f"{name} FAILED:\n{errors[name]}")
+    finally:
+        for c in ctx.clients.values():
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001
+                ctx.log(f"closing {c.name}: {e}")
+    if not only or "multitenant" in only:
+        ctx.log("multitenant ...")
+        try:
+            rows += multitenant.run(ctx)
+        except Exception:  # noqa: BLE001
+            errors["multitenant"] = traceback.format_exc()
+            ctx.log(f"multitenant FAILED:\n{errors['multitenant']}")
+
     os.makedirs(args.out, exist_ok=True)
-    base = f"{result['machine']}-{result['date']}" + ("-smoke" if args.smoke else "")
-    path = os.path.join(args.out, base + ".json")
+    machine = C.machine_name(args.gpu)
+    date = datetime.date.today().isoformat()
+    suffix = "-smoke" if mode == "smoke" else ""
+    profile_md, profile = None, None
+    if mode != "smoke" and not args.no_profile and (not only or "profile" in only):
+        ctx.log("profile (callgrind) ...")
+        profile_md = os.path.join(args.out, "PROFILE.md")
+        try:
+            profile = profile_capture.profile(profile_md, ops=2000, misses=300, timeout=300, log=ctx.log)
+        except Exception:  # noqa: BLE001
+            errors["profile"] = traceback.format_exc()
+            profile_md = None
+
+    result = {
+        "machine": machine,
+        "date": date,
+        "mode": mode,
+        "gpu": args.gpu,
+        "server_device": server_device,
+        "local_device": ctx.dev,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu_count": C.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "systems": ["local", "djinn"] + [k for k in ("rpc", "naive") if k not in skipped],
+        "rows": rows,
+        "series": ctx.series,
+        "profile": profile,
+        "errors": errors,
+        "skipped": skipped,
+        "elapsed_s": time.monotonic() - ctx.t0,
+    }
+    import charts
+
+    pngs = []
+    try:
+        pngs = charts.draw(result, args.out, machine, suffix)
+    except Exception:  # noqa: BLE001
+        errors["charts"] = traceback.format_exc()
+        ctx.log(f"charts FAILED:\n{errors['charts']}")
+    result["charts"] = [os.path.basename(p) for p in pngs]
+    stem = f"{machine}-{date}{suffix}"
+    path = os.path.join(args.out, stem + ".json")
     with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    md = os.path.join(args.out, "RESULTS.md" if not args.smoke else base + ".md")
+        json.dump(result, f, indent=1)
+    md = os.path.join(args.out, "RESULTS.md" if mode != "smoke" else f"RESULTS{suffix}.md")
     with open(md, "w") as f:
-        f.write(f"# Djinn benchmark results\n\nMachine `{result['machine']}`, server device `{device}`, "
-                f"torch {torch.__version__}, {result['date']}, mode {result['mode']}. "
-                "Local = eager PyTorch in the same process on the same machine; djinn = the same work "
-                "on torch.device('remote') served by an embedded djinn-server over loopback TCP.\n\n"
-                "| workload | unit | local | djinn | djinn/local | target |\n|---|---|---|---|---|---|\n")
-        f.write("\n".join(lines) + "\n")
-    print(f"\nwrote {path} and {md}")
+        f.write(markdown(result, pngs, profile_md))
+    print(f"\nDjinn benchmarks on {machine} (server device {server_device}, local {ctx.dev}, "
+          f"torch {torch.__version__}, mode {mode}, {result['elapsed_s']:.0f} s)\n")
+    print_table(rows)
+    print(f"\nwrote {path}, {md}" + "".join(f", {os.path.basename(p)}" for p in pngs)
+          + (f", {os.path.basename(profile_md)}" if profile_md else ""))
+    if errors:
+        print(f"\nFAILED workloads: {', '.join(errors)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@
 #include "djn_codec.h"
 #include "djn_proto.h"
 #include "djn_status.h"
+#include "djn_vmu.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,8 +34,20 @@ djn_stor_t *djn_stor_retain(djn_stor_t *s);
 void djn_stor_release(djn_stor_t *s);
 uint64_t djn_stor_nbytes(const djn_stor_t *s);
 
-djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, djn_stor_t **out, char *err,
-                            size_t errlen);
+/* Install the c10 CPU allocator that routes worker allocations through their VMU. Call
+ * once, before the workers start. */
+void djn_exec_install_allocator(void);
+/* Give a CPU executor its VMU (NULL: plain allocations); call on the worker thread,
+ * which it binds for allocations. */
+void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v);
+/* Allocation mode of this worker thread: 1 = Stack slab (while nodes run), 0 = Data. */
+void djn_exec_slab_mode(int on);
+int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s);
+
+/* A storage of nbytes: in the Data segment, or at a planned slab offset when
+ * slab_off != UINT64_MAX. */
+djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, djn_stor_t **out,
+                            char *err, size_t errlen);
 djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out,
                              char *err, size_t errlen);
 djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
@@ -55,6 +68,8 @@ typedef struct djn_exec_env {
     djn_status_t (*bind_fn)(void *ctx, uint64_t handle, djn_stor_t *s);
     /* A new server-issued handle for a result of a data-dependent op. */
     uint64_t (*new_handle_fn)(void *ctx, uint64_t nbytes);
+    const uint64_t *binds; /* slot -> handle for the message being run */
+    uint32_t nbinds;
     void **gen_slot; /* the session's generator on this device, created on first use */
     int64_t seed;    /* >= 0: reseed before running */
 } djn_exec_env_t;

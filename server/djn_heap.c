@@ -340,8 +340,7 @@ void djn_heap_stats(const djn_heap_t *h, djn_heap_stats_t *out) {
 
 /* Checks the treap under t within the open key bounds lo/hi (S_NIL: unbounded); counts
  * its nodes into *n. Recursion depth is the treap's height, expected O(log n). */
-static bool s_check_tree(const djn_heap_t *h, uint32_t t, uint32_t lo, uint32_t hi,
-                         uint64_t *n) {
+static bool s_check_tree(const djn_heap_t *h, uint32_t t, uint32_t lo, uint32_t hi, uint64_t *n) {
     if (t == S_NIL)
         return true;
     const s_blk_t *p = h->pool;

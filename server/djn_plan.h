@@ -51,9 +51,8 @@ void djn_plan_destroy(djn_plan_t **plan_p);
  * caller fills it before or after). DJN_ERR_ARGS, with out_reqs untouched, for a NULL
  * array with a non-zero count, a use naming a tensor >= ntensors, or a use at a node
  * before the tensor's def. */
-djn_status_t djn_plan_lifetimes(uint32_t ntensors, const uint32_t *def,
-                                const uint32_t *use_tensor, const uint32_t *use_node,
-                                uint32_t nuses, djn_plan_req_t *out_reqs);
+djn_status_t djn_plan_lifetimes(uint32_t ntensors, const uint32_t *def, const uint32_t *use_tensor,
+                                const uint32_t *use_node, uint32_t nuses, djn_plan_req_t *out_reqs);
 
 #ifdef __cplusplus
 }

@@ -36,6 +36,10 @@
 #include "djn_mem.h"
 #include "djn_proto.h"
 #include "djn_session.h"
+#include "djn_tlb.h"
+#include "djn_map.h"
+#include "djn_plan.h"
+#include "djn_vmu.h"
 
 #define S_REPLY_EP "inproc://djn-replies"
 
@@ -47,6 +51,7 @@ typedef struct s_job {
     djn_msg_t *msg;
     djn_session_t *sess;
     bool queued; /* counted against the session's queue quota */
+    djn_tlb_entry_t *plan; /* GRAPH_CACHED: the cached fragment whose nodes run */
 } s_job_t;
 
 typedef struct {
@@ -58,6 +63,7 @@ typedef struct {
     pthread_cond_t cv;
     s_job_t *head, *tail;
     bool stop;
+    djn_vmu_t *vmu; /* CPU devices: the Data segment and the stack slab */
     _Atomic uint64_t nodes, jobs, errors;
 } s_worker_t;
 
@@ -67,6 +73,7 @@ struct djn_server {
     char endpoint[256];
     djn_sessions_t *sessions;
     djn_text_t *text;
+    djn_tlb_t *tlb;
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
     int nworkers;
     int64_t started_ms;
@@ -118,7 +125,11 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
 
 /* ------------------------------------------------------------------ workers */
 
+static djn_tlb_t *s_tlb_of_jobs; /* for s_job_free: one server per process */
+
 static void s_job_free(s_job_t *j) {
+    if (j->plan)
+        djn_tlb_release(s_tlb_of_jobs, &j->plan);
     if (j->queued && j->sess)
         djn_session_queue_leave(j->sess);
     zmq_msg_close(&j->ident);
@@ -128,6 +139,95 @@ static void s_job_free(s_job_t *j) {
     djn_msg_free(&j->msg);
     djn_session_release(&j->sess);
     djn_free(j, sizeof(*j));
+}
+
+/* ------------------------------------------------------------------ planning */
+
+typedef struct {
+    djn_map_t idx; /* ephemeral handle -> request index + 1 */
+    djn_plan_req_t *reqs;
+    uint64_t *handles;
+    uint32_t n;
+} s_lifetimes_t;
+
+static void s_note_use(s_lifetimes_t *lt, const djn_graph_req_t *g, const djn_value_t *v, uint32_t node,
+                       int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_TENSOR) {
+        if (v->u.t->handle >= g->nbinds)
+            return;
+        uint64_t i;
+        if (djn_map_get(&lt->idx, g->binds[v->u.t->handle], &i)) {
+            djn_plan_req_t *r = &lt->reqs[i - 1];
+            if (r->first == UINT32_MAX)
+                r->first = node;
+            r->last = node;
+        }
+    } else if (v->kind == DJN_V_LIST) {
+        for (uint32_t k = 0; k < v->len; k++)
+            s_note_use(lt, g, &v->u.items[k], node, depth + 1);
+    }
+}
+
+/* The meta-simulator's plan for this fragment: intermediates are the handles declared
+ * and freed by the same message; their lifetimes come from the nodes that name them,
+ * and djn_plan assigns slab offsets. Returns the planned peak (0: nothing planned) and
+ * fills `place` (handle -> offset + 1). */
+static uint64_t s_plan_fragment(s_worker_t *w, const djn_graph_req_t *g, const djn_node_t *nodes,
+                                uint32_t nnodes, djn_map_t *place) {
+    if (!w->vmu || !g->nallocs || !g->nfrees || !nnodes)
+        return 0;
+    djn_map_t freed = {0};
+    for (uint32_t i = 0; i < g->nfrees; i++)
+        djn_map_put(&freed, g->frees[i], 1);
+    s_lifetimes_t lt = {0};
+    lt.reqs = djn_calloc(g->nallocs, sizeof(djn_plan_req_t));
+    lt.handles = djn_calloc(g->nallocs, sizeof(uint64_t));
+    uint64_t peak = 0;
+    if (!lt.reqs || !lt.handles)
+        goto out;
+    for (uint32_t i = 0; i < g->nallocs; i++) {
+        if (!djn_map_get(&freed, g->allocs[i].handle, NULL))
+            continue;
+        lt.reqs[lt.n] = (djn_plan_req_t){g->allocs[i].nbytes, UINT32_MAX, 0};
+        lt.handles[lt.n] = g->allocs[i].handle;
+        djn_map_put(&lt.idx, g->allocs[i].handle, ++lt.n);
+    }
+    for (uint32_t i = 0; i < nnodes; i++) {
+        for (uint32_t a = 0; a < nodes[i].nargs; a++)
+            s_note_use(&lt, g, &nodes[i].args[a], i, 0);
+        for (uint32_t a = 0; a < nodes[i].nouts; a++)
+            s_note_use(&lt, g, &nodes[i].outs[a], i, 0);
+    }
+    uint32_t m = 0; /* keep the requests some node names */
+    for (uint32_t i = 0; i < lt.n; i++)
+        if (lt.reqs[i].first != UINT32_MAX) {
+            lt.reqs[m] = lt.reqs[i];
+            lt.handles[m++] = lt.handles[i];
+        }
+    djn_plan_t *plan = NULL;
+    if (m && djn_plan_build(lt.reqs, m, 256, &plan) == DJN_OK) {
+        uint64_t bump = 0;
+        for (uint32_t i = 0; i < m; i++) {
+            djn_map_put(place, lt.handles[i], plan->offsets[i] + 1);
+            bump += (lt.reqs[i].nbytes + 255) & ~255ull;
+        }
+        peak = plan->peak;
+        if (peak > djn_vmu_slab_capacity(w->vmu)) { /* does not fit: let it fail op by op */
+            djn_map_clear(place);
+            peak = 0;
+        } else {
+            djn_vmu_note_plan(w->vmu, plan->peak, plan->lower_bound, bump);
+        }
+        djn_plan_destroy(&plan);
+    }
+out:
+    djn_map_release(&freed);
+    djn_map_release(&lt.idx);
+    djn_free(lt.reqs, g->nallocs * sizeof(djn_plan_req_t));
+    djn_free(lt.handles, g->nallocs * sizeof(uint64_t));
+    return peak;
 }
 
 static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
@@ -146,9 +246,13 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     }
 
     djn_session_t *s = j->sess;
+    const djn_node_t *nodes = j->plan ? djn_tlb_graph(j->plan)->nodes : g->nodes;
+    uint32_t nnodes = j->plan ? djn_tlb_graph(j->plan)->nnodes : g->nnodes;
     djn_session_lock(s);
     djn_exec_env_t env;
     djn_session_env(s, w->exec, w->index, &env);
+    env.binds = g->binds;
+    env.nbinds = g->nbinds;
     if (st == DJN_OK && g->seed >= 0) {
         env.seed = g->seed;
         djn_exec_reseed(w->exec, &env);
@@ -198,9 +302,19 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         else if (st != DJN_OK)
             snprintf(err, sizeof err, "cannot bind the upload to handle 0x%" PRIx64, u->handle);
     }
-    for (uint32_t i = 0; st == DJN_OK && i < g->nnodes; i++) {
-        const djn_node_t *n = &g->nodes[i];
-        bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == g->nnodes;
+    djn_map_t place = {0};
+    bool planned = false;
+    if (st == DJN_OK && w->vmu) {
+        uint64_t peak = s_plan_fragment(w, g, nodes, nnodes, &place);
+        if (djn_vmu_fragment_begin(w->vmu, peak) != DJN_OK)
+            djn_map_clear(&place); /* the slab was not empty: run unplanned */
+        planned = true;
+        djn_session_set_placements(&place);
+        djn_exec_slab_mode(1);
+    }
+    for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) {
+        const djn_node_t *n = &nodes[i];
+        bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
         if (dynamic)
             has_dyn = true; /* a DYNAMIC node elsewhere gets NULL and is refused */
         st = djn_exec_node(w->exec, n, &env, dynamic ? &dyn : NULL, err, sizeof err);
@@ -208,6 +322,17 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
             bad_node = i;
         else
             atomic_fetch_add(&w->nodes, 1);
+    }
+    djn_exec_slab_mode(0);
+    djn_session_set_placements(NULL);
+    if (planned) { /* what clients still hold leaves the slab before it is reset */
+        uint64_t moved = 0;
+        for (uint32_t i = 0; i < g->nbinds; i++)
+            djn_session_copy_out(s, w->exec, g->binds[i], &moved);
+        for (uint32_t i = 0; i < g->nallocs; i++)
+            djn_session_copy_out(s, w->exec, g->allocs[i].handle, &moved);
+        if (moved)
+            djn_vmu_note_copy_out(w->vmu, moved);
     }
     if (st == DJN_OK && dyn.failed) {
         st = DJN_ERR_NOMEM;
@@ -238,6 +363,11 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     for (uint32_t i = 0; i < g->nfrees; i++)
         djn_session_free(s, g->frees[i]);
     djn_session_unlock(s);
+    if (planned) {
+        djn_exec_sync(w->exec); /* the slab is reused only after the device finished */
+        djn_vmu_fragment_end(w->vmu);
+    }
+    djn_map_release(&place);
     atomic_fetch_add(&w->jobs, 1);
 
     djn_buf_t b = {0};
@@ -263,7 +393,7 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         djn_enc_cstr(&b, "msg");
         djn_enc_cstr(&b, err[0] ? err : djn_status_str(st));
         if (bad_node >= 0) {
-            const djn_node_t *n = &g->nodes[bad_node];
+            const djn_node_t *n = &nodes[bad_node];
             char op[2 * DJN_MAX_NAME + 2];
             snprintf(op, sizeof op, "%s%s%s", n->op, n->overload[0] ? "." : "", n->overload);
             djn_enc_cstr(&b, "node");
@@ -278,11 +408,14 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(out, g->nfetches * sizeof(zmq_msg_t));
     djn_buf_release(&b);
     djn_buf_release(&dyn);
+    if (st == DJN_OK && !j->plan && j->msg->type == DJN_MSG_GRAPH)
+        djn_tlb_insert(srv->tlb, &j->msg); /* a fragment that ran: cache it */
     s_job_free(j);
 }
 
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
+    djn_exec_use_vmu(w->exec, w->vmu);
     void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
     int hwm = 0;
     zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -381,7 +514,14 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     }
     djn_buf_t b = {0};
     djn_enc_header(&b, DJN_MSG_REPLY, m->sid, m->seq);
-    djn_enc_map(&b, 21);
+    djn_tlb_stats_t tl;
+    djn_tlb_stats(srv->tlb, &tl);
+    djn_enc_map(&b, 26);
+    s_enc_kv(&b, "plan_cache_entries", tl.entries);
+    s_enc_kv(&b, "plan_cache_capacity", tl.capacity);
+    s_enc_kv(&b, "plan_cache_hits", tl.hits);
+    s_enc_kv(&b, "plan_cache_misses", tl.misses);
+    s_enc_kv(&b, "plan_cache_evictions", tl.evictions);
     s_enc_kv(&b, "session_bytes", my_bytes);
     s_enc_kv(&b, "session_peak_bytes", my_peak);
     s_enc_kv(&b, "text_entries", ts.entries);
@@ -406,12 +546,35 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_enc_array(&b, (uint32_t)srv->nworkers);
     for (int i = 0; i < srv->nworkers; i++) {
         s_worker_t *w = &srv->workers[i];
-        djn_enc_map(&b, 4);
+        djn_vmu_stats_t vs;
+        memset(&vs, 0, sizeof vs);
+        if (w->vmu)
+            djn_vmu_stats(w->vmu, &vs);
+        djn_enc_map(&b, 22);
         djn_enc_cstr(&b, "name");
         djn_enc_cstr(&b, djn_exec_device(w->exec));
         s_enc_kv(&b, "nodes", atomic_load(&w->nodes));
         s_enc_kv(&b, "fragments", atomic_load(&w->jobs));
         s_enc_kv(&b, "errors", atomic_load(&w->errors));
+        s_enc_kv(&b, "data_capacity", vs.data.capacity);
+        s_enc_kv(&b, "data_used", vs.data.used);
+        s_enc_kv(&b, "data_peak", vs.data.peak);
+        s_enc_kv(&b, "data_free_blocks", vs.data.free_blocks);
+        s_enc_kv(&b, "data_largest_free", vs.data.largest_free);
+        djn_enc_cstr(&b, "data_fragmentation");
+        djn_enc_float(&b, vs.data.fragmentation);
+        s_enc_kv(&b, "slab_capacity", vs.slab.capacity);
+        s_enc_kv(&b, "slab_high_water", vs.slab.high_water);
+        s_enc_kv(&b, "slab_in_use", vs.slab.top);
+        s_enc_kv(&b, "slab_resets", vs.slab.resets);
+        s_enc_kv(&b, "slab_resets_deferred", vs.slab_resets_deferred);
+        s_enc_kv(&b, "planned_fragments", vs.planned_fragments);
+        s_enc_kv(&b, "plan_peak_last", vs.plan_peak_last);
+        s_enc_kv(&b, "plan_lower_bound_last", vs.plan_lower_bound_last);
+        s_enc_kv(&b, "plan_bump_last", vs.plan_bump_last);
+        s_enc_kv(&b, "plan_peak_sum", vs.plan_peak_sum);
+        s_enc_kv(&b, "plan_lower_bound_sum", vs.plan_lower_bound_sum);
+        s_enc_kv(&b, "copied_out_bytes", vs.copied_out_bytes);
     }
     s_send_reply(srv->router, ident, &b, NULL, 0, &srv->bytes_out);
     djn_buf_release(&b);
@@ -589,18 +752,36 @@ static void s_handle_client(djn_server_t *srv) {
         s_reply_empty(srv, &ident, m);
         goto done;
     }
-    if (m->type != DJN_MSG_GRAPH && m->type != DJN_MSG_FETCH) {
+    djn_tlb_entry_t *plan = NULL;
+    if (m->type == DJN_MSG_GRAPH_CACHED) {
+        plan = djn_tlb_lookup(srv->tlb, m->u.graph.fp, m->u.graph.device, m->sid);
+        if (!plan) {
+            snprintf(err, sizeof err, "plan cache miss: fragment %016" PRIx64 "%016" PRIx64
+                     " is not cached (evicted); send the full GRAPH", m->u.graph.fp[0], m->u.graph.fp[1]);
+            s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_EVICTED, err);
+            goto done;
+        }
+        if (djn_tlb_graph(plan)->nslots > m->u.graph.nbinds) {
+            djn_tlb_release(srv->tlb, &plan);
+            s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_PROTO,
+                         "GRAPH_CACHED binds fewer slots than the cached fragment names");
+            goto done;
+        }
+    }
+    if (m->type != DJN_MSG_GRAPH && m->type != DJN_MSG_FETCH && m->type != DJN_MSG_GRAPH_CACHED) {
         snprintf(err, sizeof err, "message type %u is reserved and not served by this version", m->type);
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_PROTO, err);
         goto done;
     }
     if (m->u.graph.device >= (uint32_t)srv->nworkers) {
+        djn_tlb_release(srv->tlb, &plan);
         snprintf(err, sizeof err, "device %u does not exist: this server has %d", m->u.graph.device,
                  srv->nworkers);
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_DEVICE, err);
         goto done;
     }
     if (!djn_session_queue_enter(sess)) {
+        djn_tlb_release(srv->tlb, &plan);
         snprintf(err, sizeof err, "session quota exceeded: more than %u fragments queued (--session-max-queued)",
                  srv->cfg.session_max_queued);
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_QUOTA, err);
@@ -608,6 +789,7 @@ static void s_handle_client(djn_server_t *srv) {
     }
     s_job_t *j = djn_calloc(1, sizeof(*j));
     if (!j) {
+        djn_tlb_release(srv->tlb, &plan);
         djn_session_queue_leave(sess);
         s_send_error(srv, srv->router, &ident, m->sid, m->seq, DJN_ERR_NOMEM, "out of host memory");
         goto done;
@@ -619,6 +801,7 @@ static void s_handle_client(djn_server_t *srv) {
     j->msg = m;
     j->sess = sess;
     j->queued = true;
+    j->plan = plan;
     frames = NULL;
     nframes = cap = 0;
     m = NULL;
@@ -658,7 +841,11 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     srv->cfg = *cfg;
     srv->started_ms = s_now_ms();
+    if (cfg->data_bytes)
+        djn_exec_install_allocator();
     srv->text = djn_text_new();
+    srv->tlb = djn_tlb_new(cfg->plan_cache_entries);
+    s_tlb_of_jobs = srv->tlb;
     srv->sessions = srv->text ? djn_sessions_new(cfg->lease_ms, cfg->session_quota_bytes,
                                                  cfg->session_max_queued, srv->text)
                               : NULL;
@@ -695,6 +882,11 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         w->exec = djn_exec_new(cfg->devices[i], err, errlen);
         if (!w->exec)
             goto fail;
+        if (!strncmp(cfg->devices[i], "cpu", 3) && cfg->data_bytes &&
+            !(w->vmu = djn_vmu_new(cfg->data_bytes, cfg->slab_bytes, err, errlen))) {
+            djn_exec_destroy(&w->exec);
+            goto fail;
+        }
         pthread_mutex_init(&w->mu, NULL);
         pthread_cond_init(&w->cv, NULL);
         if (pthread_create(&w->th, NULL, s_worker_main, w) != 0) {
@@ -768,11 +960,13 @@ void djn_server_destroy(djn_server_t **self_p) {
             s_job_free(j);
         }
         djn_exec_destroy(&w->exec);
+        djn_vmu_destroy(&w->vmu);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
     }
     djn_sessions_destroy(&srv->sessions);
     djn_text_destroy(&srv->text);
+    djn_tlb_destroy(&srv->tlb);
     if (srv->router)
         zmq_close(srv->router);
     if (srv->pull)

@@ -26,6 +26,9 @@ typedef struct djn_server_cfg {
     int parent_pid;            /* > 0: exit when that process is gone */
     uint64_t session_quota_bytes; /* private bytes per session, 0 = unlimited */
     uint32_t session_max_queued;  /* fragments waiting per session, 0 = unlimited */
+    uint32_t plan_cache_entries;  /* fragments kept in the plan cache, 0 = off */
+    uint64_t data_bytes;          /* CPU VMU: Data segment capacity (0: no VMU) */
+    uint64_t slab_bytes;          /* CPU VMU: stack slab capacity */
     bool verbose;
 } djn_server_cfg_t;
 

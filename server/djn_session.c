@@ -323,6 +323,8 @@ void djn_session_free(djn_session_t *s, uint64_t handle) {
     djn_free(e, sizeof(*e));
 }
 
+static __thread const djn_map_t *t_place; /* planned slab offsets (+1) of this fragment */
+
 djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
                                 char *err, size_t errlen) {
     s_entry_t *e = s_entry(s, handle);
@@ -331,10 +333,12 @@ djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle
         return NULL;
     }
     if (!e->stor || (write && e->text)) {
-        if (s_quota(s, e->nbytes, err, errlen) != DJN_OK)
+        uint64_t off = 0;
+        bool planned = !e->stor && t_place && djn_map_get(t_place, handle, &off);
+        if (!planned && s_quota(s, e->nbytes, err, errlen) != DJN_OK)
             return NULL;
         djn_stor_t *st = NULL;
-        if (djn_exec_alloc(x, e->nbytes, &st, err, errlen) != DJN_OK)
+        if (djn_exec_alloc(x, e->nbytes, planned ? off - 1 : UINT64_MAX, &st, err, errlen) != DJN_OK)
             return NULL;
         /* copy-on-write: a write to shared Text content goes to a private copy */
         if (e->stor && djn_exec_copy(x, st, e->stor, e->nbytes, err, errlen) != DJN_OK) {
@@ -374,6 +378,25 @@ static uint64_t s_new_handle_fn(void *ctx, uint64_t nbytes) {
     uint64_t h = c->s->next_dyn;
     c->s->next_dyn += (nbytes + 511) & ~255ull;
     return h;
+}
+
+void djn_session_set_placements(const djn_map_t *place) { t_place = place; }
+
+bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e || !e->stor || e->text || !djn_exec_in_slab(x, e->stor))
+        return true;
+    djn_stor_t *d = NULL;
+    char err[64];
+    if (djn_exec_alloc(x, e->nbytes, UINT64_MAX, &d, err, sizeof err) != DJN_OK)
+        return false;
+    if (djn_exec_copy(x, d, e->stor, e->nbytes, err, sizeof err) != DJN_OK) {
+        djn_stor_release(d);
+        return false;
+    }
+    *bytes += e->nbytes;
+    s_set_stor(s, e, d);
+    return true;
 }
 
 void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env) {

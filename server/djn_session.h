@@ -58,6 +58,12 @@ uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
 uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
 /* An env for running this session's nodes on executor x. */
 void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env);
+/* Planned slab offsets (+1) by handle for the fragment this thread runs, or NULL. */
+struct djn_map;
+void djn_session_set_placements(const struct djn_map *place);
+/* A handle whose storage sits in the stack slab gets a Data copy (the slab is about to
+ * be reset); false if the Data segment is full. Adds the bytes moved to *bytes. */
+bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes);
 djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
                                 char *err, size_t errlen);
 

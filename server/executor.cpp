@@ -15,11 +15,14 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/InlineDeviceGuard.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -46,7 +49,65 @@ struct djn_exec {
     c10::Device device{c10::kCPU};
     std::string name;
     std::unordered_map<std::string, c10::OperatorHandle> ops;
+    djn_vmu_t *vmu = nullptr;
 };
+
+namespace {
+
+// ---------------------------------------------------------------- VMU allocator
+//
+// The c10 CPU allocator of djinn-server. A worker thread allocates from its device's
+// VMU: the Stack slab while nodes run (t_slab), the Data segment otherwise. Any other
+// thread (ATen's intra-op pool, the transport thread) gets plain aligned host memory.
+// The data pointer is also the deleter's context, so freeing finds its segment from
+// the address alone, on whatever thread drops the last reference.
+
+constexpr size_t kAlign = 256;
+djn_vmu_t *g_vmus[64];
+std::atomic<int> g_nvmus{0};
+thread_local djn_vmu_t *t_vmu = nullptr;
+thread_local bool t_slab = false;
+
+void vmu_free(void *p) {
+    if (!p) return;
+    int n = g_nvmus.load();
+    for (int i = 0; i < n; i++)
+        if (djn_vmu_release(g_vmus[i], p)) return;
+    free(p);
+}
+
+void plain_free(void *p) { free(p); }
+
+struct VmuAllocator final : c10::Allocator {
+    c10::DataPtr allocate(size_t n) override {
+        c10::Device cpu(c10::kCPU);
+        if (!t_vmu) {
+            void *p = nullptr;
+            if (posix_memalign(&p, kAlign, n ? n : 1) != 0)
+                TORCH_CHECK_WITH(OutOfMemoryError, false, "djinn-server: out of host memory allocating ", n, " bytes");
+            return {p, p, &plain_free, cpu};
+        }
+        void *p = t_slab ? djn_vmu_slab_alloc(t_vmu, n) : djn_vmu_data_alloc(t_vmu, n);
+        if (!p) {
+            djn_vmu_stats_t st;
+            djn_vmu_stats(t_vmu, &st);
+            if (t_slab)
+                TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the fragment needs more than the stack slab (",
+                                 st.slab.capacity, " bytes, ", st.slab.top, " in use) to allocate ", n,
+                                 " bytes; split the work or start djinn-server with a larger --slab-bytes");
+            TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the Data segment cannot fit ", n, " bytes (",
+                             st.data.used, " of ", st.data.capacity, " used, largest free block ",
+                             st.data.largest_free, "); start djinn-server with a larger --data-bytes");
+        }
+        return {p, p, &vmu_free, cpu};
+    }
+    c10::DeleterFnPtr raw_deleter() const override { return t_vmu ? &vmu_free : &plain_free; }
+    void copy_data(void *dest, const void *src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
+
+VmuAllocator g_vmu_allocator;
+
+} // namespace
 
 namespace {
 
@@ -63,10 +124,33 @@ void set_err(char *err, size_t errlen, const std::string &m) {
 }
 
 // Storage of nbytes on the executor's device, resizable (ops such as nonzero.out resize
-// their outputs).
-c10::Storage new_storage(djn_exec *x, uint64_t nbytes) {
+// their outputs). On a CPU worker with a VMU: in the Data segment (slab_off == none) or
+// at a planned slab offset.
+c10::Storage new_storage(djn_exec *x, uint64_t nbytes, uint64_t slab_off = UINT64_MAX) {
+    if (x->vmu) {
+        void *p = slab_off == UINT64_MAX ? djn_vmu_data_alloc(x->vmu, nbytes) : djn_vmu_slab_at(x->vmu, slab_off, nbytes);
+        if (!p)
+            TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the ",
+                             slab_off == UINT64_MAX ? "Data segment" : "stack slab", " cannot fit ", nbytes, " bytes");
+        return c10::Storage(c10::make_intrusive<c10::StorageImpl>(
+            c10::StorageImpl::use_byte_size_t(), nbytes, c10::DataPtr(p, p, &vmu_free, c10::Device(c10::kCPU)),
+            &g_vmu_allocator, /*resizable=*/true));
+    }
     auto t = at::empty({(int64_t)nbytes}, at::TensorOptions().dtype(at::kByte).device(x->device));
     return t.storage();
+}
+
+// A storage the slab holds, moved to the Data segment (persistent results).
+c10::Storage copy_to_data(djn_exec *x, const c10::Storage &src) {
+    c10::Storage dst = new_storage(x, src.nbytes());
+    if (src.nbytes())
+        std::memcpy(dst.mutable_data(), src.data(), src.nbytes());
+    djn_vmu_note_copy_out(x->vmu, src.nbytes());
+    return dst;
+}
+
+bool storage_in_slab(const djn_exec *x, const c10::Storage &s) {
+    return x->vmu && s.data() && djn_vmu_in_slab(x->vmu, s.data());
 }
 
 const char *kind_name(uint8_t k) {
@@ -92,9 +176,17 @@ struct Ctx {
     std::vector<std::pair<c10::StorageImpl *, uint64_t>> inputs;
 };
 
+uint64_t handle_of_slot(Ctx &c, uint64_t slot) {
+    if (slot >= c.env->nbinds)
+        throw OpError(DJN_ERR_ARGS, "tensor reference names slot " + std::to_string(slot) + " but only " +
+                                        std::to_string(c.env->nbinds) + " are bound");
+    return c.env->binds[slot];
+}
+
 at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     char err[256] = {0};
-    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, r.handle, written ? 1 : 0, err, sizeof err);
+    uint64_t handle = handle_of_slot(c, r.handle);
+    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, handle, written ? 1 : 0, err, sizeof err);
     if (!s)
         throw OpError(strstr(err, "quota") ? DJN_ERR_QUOTA : strstr(err, "allocate") ? DJN_ERR_OOM : DJN_ERR_HANDLE,
                       err[0] ? err : "unknown handle");
@@ -105,7 +197,7 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
         char m[256];
         snprintf(m, sizeof m,
                  "tensor reference to handle 0x%llx reaches byte %llu but its storage holds %zu",
-                 (unsigned long long)r.handle, (unsigned long long)e, s->storage.nbytes());
+                 (unsigned long long)handle, (unsigned long long)e, s->storage.nbytes());
         throw OpError(DJN_ERR_ARGS, m);
     }
     auto dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(r.dtype));
@@ -115,7 +207,7 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef(r.sizes, r.ndim),
                                                    c10::IntArrayRef(r.strides, r.ndim),
                                                    std::optional<int64_t>(r.offset));
-    c.inputs.emplace_back(s->storage.unsafeGetStorageImpl(), r.handle);
+    c.inputs.emplace_back(s->storage.unsafeGetStorageImpl(), handle);
     return t;
 }
 
@@ -260,12 +352,13 @@ void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
     if (o.kind != DJN_V_TENSOR)
         throw OpError(DJN_ERR_ARGS, "output description must be a tensor reference");
     const djn_tref_t &r = *o.u.t;
-    if (c.env->is_lazy_fn(c.env->ctx, r.handle)) {
+    uint64_t handle = handle_of_slot(c, r.handle);
+    if (c.env->is_lazy_fn(c.env->ctx, handle)) {
         uint64_t b, e;
         djn_tref_extent(&r, &b, &e);
         if (same_layout(t, r) && t.storage().nbytes() >= e) {
             djn_stor tmp{t.storage()};
-            djn_status_t st = c.env->bind_fn(c.env->ctx, r.handle, &tmp);
+            djn_status_t st = c.env->bind_fn(c.env->ctx, handle, &tmp);
             if (st != DJN_OK)
                 throw OpError(st, "cannot bind an output");
             return;
@@ -290,7 +383,7 @@ void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
             if (in.first == impl) handle = in.second;
         if (!handle) {
             handle = c.env->new_handle_fn(c.env->ctx, t.storage().nbytes());
-            djn_stor tmp{t.storage()};
+            djn_stor tmp{storage_in_slab(c.x, t.storage()) ? copy_to_data(c.x, t.storage()) : t.storage()};
             if (c.env->bind_fn(c.env->ctx, handle, &tmp) != DJN_OK)
                 throw OpError(DJN_ERR_NOMEM, "cannot bind a data-dependent result");
         }
@@ -386,12 +479,33 @@ djn_stor_t *djn_stor_retain(djn_stor_t *s) { return new djn_stor{s->storage}; }
 void djn_stor_release(djn_stor_t *s) { delete s; }
 uint64_t djn_stor_nbytes(const djn_stor_t *s) { return s->storage.nbytes(); }
 
-djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, djn_stor_t **out, char *err, size_t errlen) {
+void djn_exec_install_allocator(void) { c10::SetCPUAllocator(&g_vmu_allocator, /*priority=*/100); }
+
+void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {
+    if (!x->device.is_cpu())
+        return; // CUDA workers keep ATen's caching allocator (see README)
+    x->vmu = v;
+    t_vmu = v;
+    if (v) {
+        int i = g_nvmus.load();
+        if (i < 64) {
+            g_vmus[i] = v;
+            g_nvmus.store(i + 1);
+        }
+    }
+}
+
+void djn_exec_slab_mode(int on) { t_slab = on && t_vmu; }
+
+int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) { return storage_in_slab(x, s->storage); }
+
+djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, djn_stor_t **out, char *err,
+                            size_t errlen) {
     *out = nullptr;
     try {
         c10::DeviceGuard g(x->device);
         c10::InferenceMode im;
-        *out = wrap(new_storage(x, nbytes));
+        *out = wrap(new_storage(x, nbytes, slab_off));
         return DJN_OK;
     } catch (const std::exception &e) {
         set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " + e.what());

@@ -30,6 +30,13 @@ static void s_usage(FILE *f) {
             "                       [DJINN_SESSION_QUOTA_BYTES] (default 0)\n"
             "  --session-max-queued N   fragments one session may have waiting [DJINN_SESSION_MAX_QUEUED]\n"
             "                       (default 256)\n"
+            "  --data-bytes N       CPU devices: Data segment (weights, KV caches, held outputs);\n"
+            "                       address space reserved, pages used on touch [DJINN_DATA_BYTES]\n"
+            "                       (default 32 GiB; 0 = no VMU, plain allocations)\n"
+            "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
+            "                       [DJINN_SLAB_BYTES] (default 2 GiB)\n"
+            "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off [DJINN_PLAN_CACHE]\n"
+            "                       (default 1024)\n"
             "  --verbose            log sessions and error replies to stderr\n"
             "  --stats ENDPOINT     print the counters of a running server and exit\n"
             "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -62,6 +69,9 @@ int main(int argc, char **argv) {
     cfg.heartbeat_ms = s_parse_u64(s_env("DJINN_HEARTBEAT_MS", "1000"), &v) ? v : 1000;
     cfg.max_tensor_bytes = DJN_MAX_TENSOR_BYTES;
     cfg.session_quota_bytes = s_parse_u64(s_env("DJINN_SESSION_QUOTA_BYTES", "0"), &v) ? v : 0;
+    cfg.data_bytes = s_parse_u64(s_env("DJINN_DATA_BYTES", "34359738368"), &v) ? v : 32ull << 30;
+    cfg.slab_bytes = s_parse_u64(s_env("DJINN_SLAB_BYTES", "2147483648"), &v) ? v : 2ull << 30;
+    cfg.plan_cache_entries = s_parse_u64(s_env("DJINN_PLAN_CACHE", "1024"), &v) ? (uint32_t)v : 1024;
     cfg.session_max_queued = s_parse_u64(s_env("DJINN_SESSION_MAX_QUEUED", "256"), &v) ? (uint32_t)v : 256;
     cfg.announce_fd = -1;
     for (int i = 1; i < argc; i++) {
@@ -87,7 +97,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--lease-ms") || !strcmp(a, "--heartbeat-ms") ||
                    !strcmp(a, "--max-tensor-bytes") || !strcmp(a, "--announce-fd") ||
                    !strcmp(a, "--parent-pid") || !strcmp(a, "--session-quota-bytes") ||
-                   !strcmp(a, "--session-max-queued")) {
+                   !strcmp(a, "--session-max-queued") || !strcmp(a, "--plan-cache") ||
+                   !strcmp(a, "--data-bytes") || !strcmp(a, "--slab-bytes")) {
             NEEDVAL();
             if (!s_parse_u64(val, &v)) {
                 fprintf(stderr, "djinn-server: %s expects a number, got '%s'\n", a, val);
@@ -99,6 +110,9 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--announce-fd")) cfg.announce_fd = (int)v;
             else if (!strcmp(a, "--session-quota-bytes")) cfg.session_quota_bytes = v;
             else if (!strcmp(a, "--session-max-queued")) cfg.session_max_queued = (uint32_t)v;
+            else if (!strcmp(a, "--plan-cache")) cfg.plan_cache_entries = (uint32_t)v;
+            else if (!strcmp(a, "--data-bytes")) cfg.data_bytes = v;
+            else if (!strcmp(a, "--slab-bytes")) cfg.slab_bytes = v;
             else cfg.parent_pid = (int)v;
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
             cfg.verbose = true;

@@ -58,7 +58,7 @@ def poll(fn, timeout=10.0, interval=0.02, desc=None):
         time.sleep(interval)
 
 
-def start_server(*extra_args, port=None, env=None, timeout=30.0):
+def start_server(*extra_args, port=None, env=None, timeout=30.0, preexec_fn=None):
     """Start ``djinn-server`` on loopback and wait until it has bound its socket.
 
     Returns ``(Popen, endpoint)``. Readiness is the server's own announcement on a pipe
@@ -74,6 +74,7 @@ def start_server(*extra_args, port=None, env=None, timeout=30.0):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env if env is not None else _clean_env(),
+        preexec_fn=preexec_fn,
     )
     os.close(w)
     line = b""
@@ -217,6 +218,23 @@ def server():
     """The endpoint of the shared djinn-server (``tcp://127.0.0.1:<port>``)."""
     assert _SERVER["proc"] is not None and _SERVER["proc"].poll() is None, "shared server is down"
     return _SERVER["endpoint"]
+
+
+@pytest.fixture
+def private_server():
+    """Start dedicated servers (``private_server(*flags)`` -> endpoint) for one test;
+    all are stopped at teardown. For tests that may crash, restart or starve a server."""
+    procs = []
+
+    def make(*flags, **kw):
+        proc, endpoint = start_server(*flags, **kw)
+        procs.append(proc)
+        return endpoint
+
+    make.procs = procs
+    yield make
+    for p in procs:
+        stop_server(p)
 
 
 @pytest.fixture(scope="session")

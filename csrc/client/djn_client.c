@@ -117,6 +117,7 @@ static struct {
     uint64_t last_fp[2];
 
     djn_map_t sizes; /* live handle -> nbytes */
+    djn_map_t known; /* fingerprints the server has cached: digest -> fp low half */
     djn_map_t cache; /* handle -> s_cached_t* */
     uint64_t cache_bytes;
     djn_client_counters_t ctr;
@@ -416,6 +417,7 @@ static djn_status_t s_connect_locked(void) {
         djn_conn_destroy(&g.conn);
         s_cache_drop_all();
         s_fragment_reset();
+        djn_map_clear(&g.known);
         g.pending_st = DJN_OK;
         g.connected = false;
         g.broken = false;
@@ -805,6 +807,71 @@ static djn_status_t s_offer_text(void) {
     return DJN_OK;
 }
 
+/* Encode the pending fragment: GRAPH, or GRAPH_CACHED without the nodes. Upload bytes
+ * become zero-copy frames (set up once: a resend has no uploads). */
+static void s_encode_graph(djn_buf_t *b, bool cached, uint64_t seq, const djn_fetch_t *fetch,
+                           const uint64_t fp[2], djn_frame_t *frames) {
+    djn_enc_header(b, cached ? DJN_MSG_GRAPH_CACHED : DJN_MSG_GRAPH, g.sid, seq);
+    djn_enc_map(b, cached ? 8 : 9);
+    djn_enc_cstr(b, "dev");
+    djn_enc_uint(b, (uint64_t)g.dev);
+    djn_enc_cstr(b, "seed");
+    if (g.seed >= 0)
+        djn_enc_int(b, g.seed);
+    else
+        djn_enc_nil(b);
+    djn_enc_cstr(b, "binds");
+    djn_enc_array(b, (uint32_t)g.binds.len);
+    for (size_t i = 0; i < g.binds.len; i++)
+        djn_enc_uint(b, ((uint64_t *)g.binds.data)[i]);
+    djn_enc_cstr(b, "allocs");
+    djn_enc_array(b, g.allocs.len);
+    uint64_t k, v;
+    for (uint32_t it = 0; djn_map_next(&g.allocs, &it, &k, &v);) {
+        djn_enc_array(b, 2);
+        djn_enc_uint(b, k);
+        djn_enc_uint(b, v);
+    }
+    djn_enc_cstr(b, "uploads");
+    djn_enc_array(b, (uint32_t)g.ups.len);
+    for (uint32_t i = 0; i < g.ups.len; i++) {
+        s_upload_t *u = &((s_upload_t *)g.ups.data)[i];
+        djn_enc_array(b, u->text ? 3 : 2);
+        djn_enc_uint(b, u->handle);
+        djn_enc_uint(b, i + 1);
+        if (u->text)
+            djn_enc_bool(b, true);
+        if (u->bytes) {
+            frames[i] = (djn_frame_t){u->bytes, u->n, s_free_bytes, (void *)(uintptr_t)u->n};
+            g.ctr.uploads++;
+            g.ctr.upload_bytes += u->n;
+            u->bytes = NULL; /* owned by the frame now */
+            u->n = 0;
+        }
+    }
+    if (!cached) {
+        djn_enc_cstr(b, "nodes");
+        djn_enc_array(b, g.nnodes);
+        djn_buf_raw(b, g.nodes.data, g.nodes.len);
+    }
+    djn_enc_cstr(b, "frees");
+    djn_enc_array(b, (uint32_t)g.frees.len);
+    for (size_t i = 0; i < g.frees.len; i++)
+        djn_enc_uint(b, ((uint64_t *)g.frees.data)[i]);
+    djn_enc_cstr(b, "fetch");
+    djn_enc_array(b, fetch ? 1 : 0);
+    if (fetch) {
+        djn_enc_array(b, 3);
+        djn_enc_uint(b, fetch->handle);
+        djn_enc_uint(b, fetch->offset);
+        djn_enc_uint(b, fetch->nbytes);
+    }
+    djn_enc_cstr(b, "fp");
+    djn_enc_array(b, 2);
+    djn_enc_uint(b, fp[0]);
+    djn_enc_uint(b, fp[1]);
+}
+
 static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t *out) {
     djn_status_t st = s_connect_locked();
     if (st != DJN_OK)
@@ -829,73 +896,60 @@ static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t
             s_resp_free(&x);
         return st;
     }
-    if (g.nnodes)
+    uint64_t fp[2] = {0, 0};
+    if (g.nnodes) {
         s_srg_finish();
-    djn_buf_t b = {0};
-    uint64_t seq = ++g.seq;
-    djn_enc_header(&b, DJN_MSG_GRAPH, g.sid, seq);
-    djn_enc_map(&b, 9);
-    djn_enc_cstr(&b, "dev");
-    djn_enc_uint(&b, (uint64_t)g.dev);
-    djn_enc_cstr(&b, "seed");
-    if (g.seed >= 0)
-        djn_enc_int(&b, g.seed);
-    else
-        djn_enc_nil(&b);
-    djn_enc_cstr(&b, "binds");
-    djn_enc_array(&b, (uint32_t)g.binds.len);
-    for (size_t i = 0; i < g.binds.len; i++)
-        djn_enc_uint(&b, ((uint64_t *)g.binds.data)[i]);
-    djn_enc_cstr(&b, "allocs");
-    djn_enc_array(&b, g.allocs.len);
-    uint64_t k, v;
-    for (uint32_t it = 0; djn_map_next(&g.allocs, &it, &k, &v);) {
-        djn_enc_array(&b, 2);
-        djn_enc_uint(&b, k);
-        djn_enc_uint(&b, v);
+        fp[0] = g.last_fp[0];
+        fp[1] = g.last_fp[1];
     }
+    /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
+     * nodes. Only for flushes we wait on and without uploads, so that an eviction can
+     * be answered by sending the full GRAPH right away. */
+    bool cached = false;
+    uint64_t known;
+    if (g.nnodes && wait && !g.ups.len && djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
+        known == fp[1])
+        cached = true;
+    djn_buf_t b = {0};
     uint32_t nframes = (uint32_t)g.ups.len;
     djn_frame_t *frames = nframes ? djn_calloc(nframes, sizeof(djn_frame_t)) : NULL;
-    if (nframes && !frames) {
-        djn_buf_release(&b);
+    if (nframes && !frames)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory");
-    }
-    djn_enc_cstr(&b, "uploads");
-    djn_enc_array(&b, nframes);
-    for (uint32_t i = 0; i < nframes; i++) {
-        s_upload_t *u = &((s_upload_t *)g.ups.data)[i];
-        djn_enc_array(&b, u->text ? 3 : 2);
-        djn_enc_uint(&b, u->handle);
-        djn_enc_uint(&b, i + 1);
-        if (u->text)
-            djn_enc_bool(&b, true);
-        frames[i] = (djn_frame_t){u->bytes, u->n, s_free_bytes, (void *)(uintptr_t)u->n};
-        g.ctr.uploads++;
-        g.ctr.upload_bytes += u->n;
-        u->bytes = NULL; /* owned by the frame now */
-        u->n = 0;
-    }
-    djn_enc_cstr(&b, "nodes");
-    djn_enc_array(&b, g.nnodes);
-    djn_buf_raw(&b, g.nodes.data, g.nodes.len);
-    djn_enc_cstr(&b, "frees");
-    djn_enc_array(&b, (uint32_t)g.frees.len);
-    for (size_t i = 0; i < g.frees.len; i++)
-        djn_enc_uint(&b, ((uint64_t *)g.frees.data)[i]);
-    djn_enc_cstr(&b, "fetch");
-    djn_enc_array(&b, fetch ? 1 : 0);
-    if (fetch) {
-        djn_enc_array(&b, 3);
-        djn_enc_uint(&b, fetch->handle);
-        djn_enc_uint(&b, fetch->offset);
-        djn_enc_uint(&b, fetch->nbytes);
-    }
-    djn_enc_cstr(&b, "fp");
-    djn_enc_array(&b, 2);
-    djn_enc_uint(&b, g.last_fp[0]);
-    djn_enc_uint(&b, g.last_fp[1]);
-    g.seed = -1;
+    uint64_t seq;
+resend:
+    seq = ++g.seq;
+    djn_buf_reset(&b);
+    s_encode_graph(&b, cached, seq, fetch, fp, frames);
     st = s_send(&b, frames, nframes);
+    if (cached && st == DJN_OK) {
+        s_resp_t x;
+        st = s_wait(seq, g.timeout_ms, &x);
+        if (st == DJN_ERR_EVICTED) { /* the server dropped it: send it whole, transparently */
+            djn_map_del(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, NULL);
+            g.ctr.plan_evictions++;
+            cached = false;
+            goto resend;
+        }
+        g.ctr.cached_sends++;
+        g.seed = -1;
+        djn_free(frames, nframes * sizeof(djn_frame_t));
+        djn_buf_release(&b);
+        g.ctr.flushes++;
+        s_fragment_reset();
+        if (st != DJN_OK)
+            return st;
+        if (out)
+            *out = x;
+        else
+            s_resp_free(&x);
+        return DJN_OK;
+    }
+    if (g.nnodes && st == DJN_OK) {
+        if (g.known.len > 65536)
+            djn_map_clear(&g.known);
+        djn_map_put(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, fp[1]);
+    }
+    g.seed = -1;
     djn_free(frames, nframes * sizeof(djn_frame_t));
     djn_buf_release(&b);
     g.ctr.flushes++;

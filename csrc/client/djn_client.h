@@ -75,7 +75,8 @@ djn_status_t djn_client_stats(djn_value_t **result, djn_arena_t **arena); /* ser
 /* ---- observability ---- */
 typedef struct djn_client_counters {
     uint64_t bytes_sent, bytes_recv, messages, flushes, nodes, uploads, upload_bytes,
-        fetches, fetch_bytes, cache_hits, dynamic_syncs, dedup_bytes;
+        fetches, fetch_bytes, cache_hits, dynamic_syncs, dedup_bytes, cached_sends,
+        plan_evictions;
 } djn_client_counters_t;
 void djn_client_counters(djn_client_counters_t *out);
 void djn_client_counters_reset(void);

@@ -429,22 +429,24 @@ static djn_status_t s_bad(s_parse_t *p, const char *what) {
     return DJN_ERR_PROTO;
 }
 
-/* Check every tensor reference inside a value (recursively) and translate its slot
- * number into the handle that "binds" names for it. Nodes carry slots, not handles, so
- * that the bytes of a fragment (and so its fingerprint) do not depend on handle values. */
-static bool s_bind_refs(djn_value_t *v, const uint64_t *binds, uint32_t nbinds, int depth) {
+/* Check every tensor reference inside a value (recursively): well-formed, and its slot
+ * number below *max_slot's bound. Nodes carry slots, not handles ("binds" maps slots to
+ * handles), so that the bytes of a fragment (and so its fingerprint) do not depend on
+ * handle values and a cached fragment can run again with other bindings. */
+static bool s_check_refs(const djn_value_t *v, uint32_t nbinds, uint32_t *max_slot, int depth) {
     if (depth > DJN_MAX_DEPTH)
         return false;
     if (v->kind == DJN_V_TENSOR) {
         uint64_t b, e;
         if (v->u.t->handle >= nbinds || !djn_tref_extent(v->u.t, &b, &e))
             return false;
-        v->u.t->handle = binds[v->u.t->handle];
+        if (v->u.t->handle + 1 > *max_slot)
+            *max_slot = (uint32_t)v->u.t->handle + 1;
         return true;
     }
     if (v->kind == DJN_V_LIST)
         for (uint32_t i = 0; i < v->len; i++)
-            if (!s_bind_refs(&v->u.items[i], binds, nbinds, depth + 1))
+            if (!s_check_refs(&v->u.items[i], nbinds, max_slot, depth + 1))
                 return false;
     return true;
 }
@@ -476,6 +478,13 @@ static djn_status_t s_parse_graph(s_parse_t *p, djn_value_t *body, djn_graph_req
         for (uint32_t i = 0; i < v->len; i++)
             if (!s_uint(&v->u.items[i], &binds[i]) || binds[i] == 0)
                 return s_bad(p, "'binds' must hold non-zero handles");
+    }
+    g->binds = binds;
+    g->nbinds = nbinds;
+    if ((v = djn_value_get(body, "fp")) != NULL && v->kind == DJN_V_LIST && v->len == 2 &&
+        v->u.items[0].kind == DJN_V_INT && v->u.items[1].kind == DJN_V_INT) {
+        g->fp[0] = (uint64_t)v->u.items[0].u.i;
+        g->fp[1] = (uint64_t)v->u.items[1].u.i;
     }
     if ((v = djn_value_get(body, "allocs")) != NULL) {
         if (!s_list(v))
@@ -548,8 +557,8 @@ static djn_status_t s_parse_graph(s_parse_t *p, djn_value_t *body, djn_graph_req
             n->nouts = e->u.items[3].len;
             n->outs = e->u.items[3].u.items;
             n->flags = (uint32_t)u;
-            if (!s_bind_refs(&e->u.items[2], binds, nbinds, 0) ||
-                !s_bind_refs(&e->u.items[3], binds, nbinds, 0)) {
+            if (!s_check_refs(&e->u.items[2], nbinds, &g->nslots, 0) ||
+                !s_check_refs(&e->u.items[3], nbinds, &g->nslots, 0)) {
                 s_err(p->err, p->errlen,
                       "GRAPH: node %u (%s) has a malformed tensor reference or unbound slot", i,
                       n->op);
@@ -641,6 +650,7 @@ djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_m
         break;
     }
     case DJN_MSG_GRAPH:
+    case DJN_MSG_GRAPH_CACHED:
     case DJN_MSG_FETCH:
         st = s_parse_graph(&p, (djn_value_t *)body, &m->u.graph);
         if (st == DJN_ERR_NOMEM) s_err(err, errlen, "out of host memory decoding the message");

@@ -37,7 +37,7 @@ typedef enum djn_msg_type {
     DJN_MSG_HELLO = 1,        /* open a session */
     DJN_MSG_HEARTBEAT = 2,    /* renew the session's lease */
     DJN_MSG_GRAPH = 3,        /* execute a fragment: allocs, uploads, nodes, frees, fetches */
-    DJN_MSG_GRAPH_CACHED = 4, /* execute a fragment the server holds (reserved, v1 unused) */
+    DJN_MSG_GRAPH_CACHED = 4, /* execute a fragment the server holds: GRAPH without nodes */
     DJN_MSG_UPLOAD = 5,       /* reserved */
     DJN_MSG_HAVE = 6,         /* bind handles to Text content the server already holds */
     DJN_MSG_FETCH = 7,        /* read bytes of a handle */
@@ -115,6 +115,7 @@ typedef struct djn_node {
     const char *op;       /* "aten::add" (NUL-terminated, in the message arena) */
     const char *overload; /* "out" or "" */
     uint32_t nargs, nouts;
+    /* Tensor references carry a slot: the handle is binds[slot] of the message run. */
     djn_value_t *args; /* in schema order, every argument present */
     djn_value_t *outs; /* per schema return: TENSOR ref, NONE, LIST of refs; or INT handle hint */
     uint32_t flags;
@@ -130,6 +131,9 @@ typedef struct djn_fetch { uint64_t handle, offset, nbytes; } djn_fetch_t;
 
 typedef struct djn_graph_req {
     uint32_t device;
+    uint32_t nbinds, nslots; /* slots named by nodes: nslots <= nbinds */
+    uint64_t *binds;         /* slot -> handle */
+    uint64_t fp[2];          /* fingerprint of the nodes (XXH3-128), 0 if absent */
     int64_t seed; /* >= 0: reseed the session's generator before running */
     uint32_t nallocs, nuploads, nnodes, nfrees, nfetches;
     djn_alloc_t *allocs;

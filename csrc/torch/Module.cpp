@@ -92,6 +92,8 @@ PYBIND11_MODULE(_C, m) {
         d["fetch_cache_hits"] = c.cache_hits;
         d["dynamic_syncs"] = c.dynamic_syncs;
         d["dedup_bytes"] = c.dedup_bytes;
+        d["plan_cache_sends"] = c.cached_sends;
+        d["plan_cache_resends"] = c.plan_evictions;
         return d;
     });
     m.def("_reset_counters", []() { djn_client_counters_reset(); });

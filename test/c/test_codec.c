@@ -3,8 +3,9 @@
  * What is covered, in the order of main():
  *   1. Encoding round trips: every djn_enc_* value through djn_decode_value and back
  *      through djn_enc_value, at every msgpack width boundary.
- *   2. djn_msg_decode on well-formed HELLO, HEARTBEAT, STATS, CLOSE, GRAPH and FETCH
- *      messages, checking every typed field.
+ *   2. djn_msg_decode on well-formed HELLO, HEARTBEAT, STATS, CLOSE, GRAPH, FETCH,
+ *      GRAPH_CACHED and HAVE messages, checking every typed field (nodes keep slot
+ *      numbers in their tensor references; "binds" is handed over as the slot table).
  *   3. Malformed input: each must fail with a status, *out NULL, an error message and
  *      no counted memory held: empty, every truncation, trailing bytes, hostile
  *      lengths, depth, extension payloads, limits, and every protocol-level field error.
@@ -89,7 +90,8 @@ static void enc_node_start(djn_buf_t *b, const char *op, const char *overload) {
 
 /* The canonical well-formed GRAPH used by the truncation, mutation and fault tests.
  * Tensor references in nodes carry slots that "binds" maps to handles (so a fragment's
- * bytes do not depend on handle values); below, tN is the slot bound to handle N:
+ * bytes do not depend on handle values); the decoder keeps the slots and hands "binds"
+ * over as g->binds. Below, tN is the slot bound to handle N (t10 = 0, t11 = 1, t12 = 2):
  *   binds [10, 11, 12], dev 1, seed 1234, allocs [[10,4096],[11,24],[12,24]],
  *   uploads [[10,1],[11,2]],
  *   nodes: aten::add.out(t10, t11, alpha 1.5) -> [t12]            flags 0
@@ -780,7 +782,9 @@ static void test_msg_hello_version_wide(void) {
 }
 
 static void test_msg_bodyless_types(void) {
-    static const uint8_t types[] = {DJN_MSG_HEARTBEAT, DJN_MSG_STATS, DJN_MSG_CLOSE};
+    /* HAVE is here too: the codec keeps its body for the server to check. */
+    static const uint8_t types[] = {DJN_MSG_HEARTBEAT, DJN_MSG_STATS, DJN_MSG_CLOSE,
+                                    DJN_MSG_HAVE};
     djn_buf_t b = {0};
     for (size_t i = 0; i < sizeof types; i++) {
         djn_buf_reset(&b);
@@ -839,6 +843,13 @@ static void test_msg_graph(void) {
     const djn_graph_req_t *g = &m->u.graph;
     CHECK_EQ_INT(g->device, 1);
     CHECK_EQ_INT(g->seed, 1234);
+    /* The slot table: binds [10, 11, 12]; the nodes name slots 0..2. No "fp": 0, 0. */
+    CHECK_EQ_INT(g->nbinds, 3);
+    CHECK_EQ_INT(g->nslots, 3);
+    CHECK(g->binds != NULL);
+    if (g->binds && g->nbinds == 3)
+        CHECK(g->binds[0] == 10 && g->binds[1] == 11 && g->binds[2] == 12);
+    CHECK(g->fp[0] == 0 && g->fp[1] == 0);
 
     CHECK_EQ_INT(g->nallocs, 3);
     if (g->nallocs == 3) {
@@ -850,6 +861,7 @@ static void test_msg_graph(void) {
     if (g->nuploads == 2) {
         CHECK(g->uploads[0].handle == 10 && g->uploads[0].frame == 1);
         CHECK(g->uploads[1].handle == 11 && g->uploads[1].frame == 2);
+        CHECK(!g->uploads[0].text && !g->uploads[1].text); /* [handle, frame]: not Text */
     }
     CHECK_EQ_INT(g->nnodes, 3);
     if (g->nnodes == 3) {
@@ -859,16 +871,17 @@ static void test_msg_graph(void) {
         CHECK_EQ_INT(n->nargs, 3);
         CHECK_EQ_INT(n->nouts, 1);
         CHECK_EQ_INT(n->flags, 0);
-        CHECK(is_2x3(&n->args[0], 10));
-        CHECK(is_2x3(&n->args[1], 11));
+        /* References keep their slots (not translated through binds). */
+        CHECK(is_2x3(&n->args[0], 0));
+        CHECK(is_2x3(&n->args[1], 1));
         CHECK(n->args[2].kind == DJN_V_FLOAT && n->args[2].u.f == 1.5);
-        CHECK(is_2x3(&n->outs[0], 12));
+        CHECK(is_2x3(&n->outs[0], 2));
 
         n = &g->nodes[1];
         CHECK_STR(n->op, "aten::nonzero");
         CHECK_STR(n->overload, "");
         CHECK_EQ_INT(n->nargs, 1);
-        CHECK(is_2x3(&n->args[0], 12));
+        CHECK(is_2x3(&n->args[0], 2));
         CHECK_EQ_INT(n->nouts, 1);
         CHECK(n->outs[0].kind == DJN_V_INT && n->outs[0].u.i == 13);
         CHECK_EQ_INT(n->flags, DJN_NODE_DYNAMIC);
@@ -878,11 +891,11 @@ static void test_msg_graph(void) {
         CHECK_EQ_INT(n->nargs, 2);
         CHECK(n->args[0].kind == DJN_V_LIST && n->args[0].len == 2);
         if (n->args[0].kind == DJN_V_LIST && n->args[0].len == 2) {
-            CHECK(is_2x3(&n->args[0].u.items[0], 10));
+            CHECK(is_2x3(&n->args[0].u.items[0], 0));
             const djn_value_t *t = &n->args[0].u.items[1];
             CHECK(t->kind == DJN_V_TENSOR);
             if (t->kind == DJN_V_TENSOR) {
-                CHECK(t->u.t->handle == 11 && t->u.t->offset == 2 && t->u.t->ndim == 2);
+                CHECK(t->u.t->handle == 1 && t->u.t->offset == 2 && t->u.t->ndim == 2);
                 CHECK(t->u.t->sizes[0] == 3 && t->u.t->strides[0] == -1);
                 CHECK(t->u.t->sizes[1] == 2 && t->u.t->strides[1] == 3);
             }
@@ -923,7 +936,21 @@ static void test_msg_graph_defaults(void) {
         CHECK_EQ_INT(g->seed, -1); /* absent: no reseed */
         CHECK(g->nallocs == 0 && g->nuploads == 0 && g->nnodes == 0 && g->nfrees == 0 &&
               g->nfetches == 0);
+        CHECK(g->nbinds == 0 && g->nslots == 0); /* no binds, no slots */
+        CHECK(g->fp[0] == 0 && g->fp[1] == 0);   /* no "fp": 0, 0 */
     }
+    djn_msg_free(&m);
+
+    /* "seed": nil is the same as no seed (the client sends nil when it has none). */
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_GRAPH, 1, 2);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "seed");
+    djn_enc_nil(&b);
+    m = decode_ok(&b, 0);
+    CHECK(m != NULL);
+    if (m)
+        CHECK_EQ_INT(m->u.graph.seed, -1);
     djn_msg_free(&m);
 
     /* Empty arrays, dev at its limit, seed 0, a node with no args/outs, names at limits. */
@@ -994,6 +1021,298 @@ static void test_msg_fetch(void) {
         CHECK(m->u.graph.nnodes == 0 && m->u.graph.seed == -1);
     }
     djn_msg_free(&m);
+    djn_buf_release(&b);
+}
+
+#define FP_HI 0x0123456789abcdefull
+#define FP_LO 0xfedcba9876543210ull /* above 2^63: travels as uint64, compared bitwise */
+
+/* "fp": [hi, lo] (the fragment's fingerprint) lands in g->fp; absent or [0, 0] is 0, 0. */
+static void test_msg_graph_fp(void) {
+    djn_buf_t b = {0};
+    djn_enc_header(&b, DJN_MSG_GRAPH, 1, 2);
+    djn_enc_map(&b, 3);
+    djn_enc_cstr(&b, "binds");
+    djn_enc_array(&b, 2);
+    djn_enc_uint(&b, 40);
+    djn_enc_uint(&b, 41);
+    djn_enc_cstr(&b, "fp");
+    djn_enc_array(&b, 2);
+    djn_enc_uint(&b, FP_HI);
+    djn_enc_uint(&b, FP_LO);
+    djn_enc_cstr(&b, "nodes");
+    djn_enc_array(&b, 1);
+    enc_node_start(&b, "aten::relu", "");
+    djn_enc_array(&b, 1);
+    enc_tref_2x3(&b, 1);
+    djn_enc_array(&b, 1);
+    enc_tref_2x3(&b, 0);
+    djn_enc_uint(&b, 0);
+    djn_msg_t *m = decode_ok(&b, 0);
+    CHECK(m != NULL);
+    if (m) {
+        const djn_graph_req_t *g = &m->u.graph;
+        CHECK(g->fp[0] == FP_HI);
+        CHECK(g->fp[1] == FP_LO);
+        CHECK_EQ_INT(g->nbinds, 2);
+        CHECK_EQ_INT(g->nslots, 2);
+        CHECK(g->nnodes == 1);
+        if (g->nnodes == 1) {
+            CHECK(is_2x3(&g->nodes[0].args[0], 1));
+            CHECK(is_2x3(&g->nodes[0].outs[0], 0));
+        }
+    }
+    djn_msg_free(&m);
+
+    /* [0, 0] and small values, through both encodings of an integer. */
+    for (int v = 0; v < 2; v++) {
+        djn_buf_reset(&b);
+        djn_enc_header(&b, v ? DJN_MSG_FETCH : DJN_MSG_GRAPH, 1, 2);
+        djn_enc_map(&b, 1);
+        djn_enc_cstr(&b, "fp");
+        djn_enc_array(&b, 2);
+        djn_enc_int(&b, v ? 7 : 0);
+        djn_enc_uint(&b, v ? 9 : 0);
+        m = decode_ok(&b, 0);
+        CHECK(m != NULL);
+        if (m) {
+            CHECK_EQ_INT(m->u.graph.fp[0], v ? 7 : 0);
+            CHECK_EQ_INT(m->u.graph.fp[1], v ? 9 : 0);
+        }
+        djn_msg_free(&m);
+    }
+
+    /* A malformed "fp" must never turn into a fingerprint: it is either refused or
+     * left at 0, 0 (today's codec ignores it; the server then misses its plan cache). */
+    for (int v = 0; v < 6; v++) {
+        djn_buf_reset(&b);
+        djn_enc_header(&b, DJN_MSG_GRAPH, 1, 2);
+        djn_enc_map(&b, 1);
+        djn_enc_cstr(&b, "fp");
+        switch (v) {
+        case 0: djn_enc_uint(&b, FP_HI); break;
+        case 1:
+            djn_enc_array(&b, 1);
+            djn_enc_uint(&b, FP_HI);
+            break;
+        case 2:
+            djn_enc_array(&b, 3);
+            djn_enc_uint(&b, FP_HI);
+            djn_enc_uint(&b, FP_LO);
+            djn_enc_uint(&b, 1);
+            break;
+        case 3:
+            djn_enc_array(&b, 2);
+            djn_enc_uint(&b, FP_HI);
+            djn_enc_cstr(&b, "lo");
+            break;
+        case 4:
+            djn_enc_array(&b, 2);
+            djn_enc_float(&b, 1.0);
+            djn_enc_uint(&b, FP_LO);
+            break;
+        default: djn_enc_nil(&b); break;
+        }
+        m = NULL;
+        char err[ERRLEN] = "";
+        djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, ERRLEN);
+        if (st == DJN_OK) {
+            CHECK(m != NULL);
+            if (m)
+                CHECK(m->u.graph.fp[0] == 0 && m->u.graph.fp[1] == 0);
+        } else {
+            CHECK_EQ_INT(st, DJN_ERR_PROTO);
+            CHECK(m == NULL);
+            CHECK_HAS(err, "GRAPH:");
+        }
+        djn_msg_free(&m);
+    }
+    djn_buf_release(&b);
+}
+
+/* GRAPH_CACHED: a GRAPH without its nodes (the server holds them under "fp"), as the
+ * client sends it: dev, seed nil, binds, fp, allocs, uploads, frees, fetch. */
+static void build_graph_cached(djn_buf_t *b) {
+    djn_enc_header(b, DJN_MSG_GRAPH_CACHED, G_SID, G_SEQ + 1);
+    djn_enc_map(b, 8);
+    djn_enc_cstr(b, "dev");
+    djn_enc_uint(b, 2);
+    djn_enc_cstr(b, "seed");
+    djn_enc_nil(b);
+    djn_enc_cstr(b, "binds");
+    djn_enc_array(b, 4);
+    djn_enc_uint(b, 20);
+    djn_enc_uint(b, 21);
+    djn_enc_uint(b, 22);
+    djn_enc_uint(b, (uint64_t)1 << 62); /* a server-issued handle may be bound too */
+    djn_enc_cstr(b, "fp");
+    djn_enc_array(b, 2);
+    djn_enc_uint(b, FP_HI);
+    djn_enc_uint(b, FP_LO);
+    djn_enc_cstr(b, "allocs");
+    djn_enc_array(b, 2);
+    enc_pair(b, 21, 24);
+    enc_pair(b, 22, 24);
+    djn_enc_cstr(b, "uploads");
+    djn_enc_array(b, 2);
+    djn_enc_array(b, 3);
+    djn_enc_uint(b, 21);
+    djn_enc_uint(b, 1);
+    djn_enc_bool(b, true);
+    enc_pair(b, 22, 2);
+    djn_enc_cstr(b, "frees");
+    djn_enc_array(b, 1);
+    djn_enc_uint(b, 20);
+    djn_enc_cstr(b, "fetch");
+    djn_enc_array(b, 1);
+    djn_enc_array(b, 3);
+    djn_enc_uint(b, 22);
+    djn_enc_uint(b, 4);
+    djn_enc_uint(b, 20);
+}
+
+static void test_msg_graph_cached(void) {
+    djn_buf_t b = {0};
+    build_graph_cached(&b);
+    CHECK(!b.failed);
+    uint64_t seq = 0;
+    djn_msg_t *m = NULL;
+    char err[ERRLEN] = "";
+    CHECK_EQ_INT(djn_msg_decode(b.data, b.len, 2, &m, &seq, err, ERRLEN), DJN_OK);
+    CHECK_EQ_INT(seq, G_SEQ + 1);
+    CHECK(m != NULL);
+    if (!m) {
+        printf("err: %s\n", err);
+        djn_buf_release(&b);
+        return;
+    }
+    CHECK_EQ_INT(m->type, DJN_MSG_GRAPH_CACHED);
+    CHECK(m->sid == G_SID);
+    CHECK_EQ_INT(m->seq, G_SEQ + 1);
+    const djn_graph_req_t *g = &m->u.graph;
+    CHECK_EQ_INT(g->device, 2);
+    CHECK_EQ_INT(g->seed, -1); /* nil: no reseed */
+    CHECK_EQ_INT(g->nbinds, 4);
+    if (g->binds && g->nbinds == 4)
+        CHECK(g->binds[0] == 20 && g->binds[1] == 21 && g->binds[2] == 22 &&
+              g->binds[3] == (uint64_t)1 << 62);
+    CHECK(g->fp[0] == FP_HI && g->fp[1] == FP_LO);
+    CHECK_EQ_INT(g->nnodes, 0); /* the nodes are the server's */
+    CHECK_EQ_INT(g->nslots, 0); /* no node names a slot here */
+    CHECK_EQ_INT(g->nallocs, 2);
+    if (g->nallocs == 2) {
+        CHECK(g->allocs[0].handle == 21 && g->allocs[0].nbytes == 24);
+        CHECK(g->allocs[1].handle == 22 && g->allocs[1].nbytes == 24);
+    }
+    CHECK_EQ_INT(g->nuploads, 2);
+    if (g->nuploads == 2) {
+        CHECK(g->uploads[0].handle == 21 && g->uploads[0].frame == 1 && g->uploads[0].text);
+        CHECK(g->uploads[1].handle == 22 && g->uploads[1].frame == 2 && !g->uploads[1].text);
+    }
+    CHECK_EQ_INT(g->nfrees, 1);
+    if (g->nfrees == 1)
+        CHECK(g->frees[0] == 20);
+    CHECK_EQ_INT(g->nfetches, 1);
+    if (g->nfetches == 1)
+        CHECK(g->fetches[0].handle == 22 && g->fetches[0].offset == 4 &&
+              g->fetches[0].nbytes == 20);
+    CHECK(m->body && djn_value_get(m->body, "nodes") == NULL);
+    djn_msg_free(&m);
+
+    /* GRAPH_CACHED goes through GRAPH's checks: frames, binds, client handles. */
+    EXPECT_REJECT_BUF(&b, 1, DJN_ERR_PROTO, "GRAPH: upload names frame 2 but the message has 1");
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_GRAPH_CACHED, 1, 2);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "binds");
+    djn_enc_array(&b, 2);
+    djn_enc_uint(&b, 3);
+    djn_enc_uint(&b, 0);
+    EXPECT_REJECT_BUF(&b, 0, DJN_ERR_PROTO, "GRAPH: 'binds' must hold non-zero handles");
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_GRAPH_CACHED, 1, 2);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "allocs");
+    djn_enc_array(&b, 1);
+    enc_pair(&b, 0, 8);
+    EXPECT_REJECT_BUF(&b, 0, DJN_ERR_PROTO, "GRAPH: client handles must be in [1, 2^62)");
+
+    /* An empty GRAPH_CACHED body: every field at its default. */
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_GRAPH_CACHED, 1, 2);
+    djn_enc_map(&b, 0);
+    m = decode_ok(&b, 0);
+    CHECK(m != NULL);
+    if (m) {
+        CHECK_EQ_INT(m->type, DJN_MSG_GRAPH_CACHED);
+        const djn_graph_req_t *d = &m->u.graph;
+        CHECK(d->nbinds == 0 && d->nslots == 0 && d->fp[0] == 0 && d->fp[1] == 0);
+        CHECK(d->seed == -1 && d->device == 0 && d->nnodes == 0 && d->nallocs == 0 &&
+              d->nuploads == 0 && d->nfrees == 0 && d->nfetches == 0);
+    }
+    djn_msg_free(&m);
+    djn_buf_release(&b);
+}
+
+/* HAVE: accepted by the codec with its raw body; the server walks the body itself. */
+static void test_msg_have(void) {
+    djn_buf_t b = {0};
+    djn_enc_header(&b, DJN_MSG_HAVE, 5, 6);
+    djn_enc_map(&b, 2);
+    djn_enc_cstr(&b, "dev");
+    djn_enc_uint(&b, 0);
+    djn_enc_cstr(&b, "items");
+    djn_enc_array(&b, 2);
+    for (int i = 0; i < 2; i++) {
+        djn_enc_array(&b, 4);
+        djn_enc_uint(&b, 30 + (uint64_t)i);
+        djn_enc_uint(&b, FP_HI + (uint64_t)i);
+        djn_enc_uint(&b, FP_LO + (uint64_t)i);
+        djn_enc_uint(&b, 4096);
+    }
+    uint64_t seq = 0;
+    djn_msg_t *m = NULL;
+    char err[ERRLEN] = "";
+    CHECK_EQ_INT(djn_msg_decode(b.data, b.len, 0, &m, &seq, err, ERRLEN), DJN_OK);
+    CHECK_EQ_INT(seq, 6);
+    CHECK(m != NULL);
+    if (m) {
+        CHECK_EQ_INT(m->type, DJN_MSG_HAVE);
+        CHECK(m->sid == 5 && m->seq == 6);
+        CHECK(m->body && m->body->kind == DJN_V_MAP && m->body->len == 2);
+        const djn_value_t *dev = djn_value_get(m->body, "dev");
+        CHECK(dev && dev->kind == DJN_V_INT && dev->u.i == 0);
+        const djn_value_t *items = djn_value_get(m->body, "items");
+        CHECK(items && items->kind == DJN_V_LIST && items->len == 2);
+        if (items && items->kind == DJN_V_LIST && items->len == 2) {
+            for (uint32_t i = 0; i < 2; i++) {
+                const djn_value_t *e = &items->u.items[i];
+                CHECK(e->kind == DJN_V_LIST && e->len == 4);
+                if (e->kind == DJN_V_LIST && e->len == 4) {
+                    CHECK((uint64_t)e->u.items[0].u.i == 30 + i);
+                    CHECK((uint64_t)e->u.items[1].u.i == FP_HI + i);
+                    CHECK((uint64_t)e->u.items[2].u.i == FP_LO + i);
+                    CHECK(e->u.items[3].u.i == 4096);
+                }
+            }
+        }
+    }
+    djn_msg_free(&m);
+
+    /* The codec does not check HAVE's body fields (the server answers a bad one)... */
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_HAVE, 5, 7);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "items");
+    djn_enc_cstr(&b, "not an array");
+    m = decode_ok(&b, 0);
+    CHECK(m && m->type == DJN_MSG_HAVE && djn_value_get(m->body, "items") != NULL);
+    djn_msg_free(&m);
+    /* ...but the body must still be a map. */
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_HAVE, 5, 8);
+    djn_enc_array(&b, 0);
+    EXPECT_REJECT_BUF(&b, 0, DJN_ERR_PROTO, "header 'body' must be a map");
     djn_buf_release(&b);
 }
 
@@ -1422,17 +1741,60 @@ static void f_upload_str(djn_buf_t *b) {
     djn_enc_uint(b, 10);
     djn_enc_cstr(b, "1");
 }
-static void f_upload_arity(djn_buf_t *b) {
+static void f_upload_arity(djn_buf_t *b) { /* four elements: too many */
     djn_enc_array(b, 1);
-    djn_enc_array(b, 3);
+    djn_enc_array(b, 4);
     djn_enc_uint(b, 10);
     djn_enc_uint(b, 1);
+    djn_enc_bool(b, true);
     djn_enc_uint(b, 1);
+}
+static void f_upload_arity1(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    djn_enc_array(b, 1);
+    djn_enc_uint(b, 10);
 }
 static void f_upload_notlist(djn_buf_t *b) { djn_enc_map(b, 0); }
 static void f_upload_item_notlist(djn_buf_t *b) {
     djn_enc_array(b, 1);
     djn_enc_uint(b, 10);
+}
+/* [handle, frame, text] with the given handle, frame and third element. */
+static uint64_t s_up_handle, s_up_frame;
+static int s_up_third; /* 0: false, 1: true, 2: the integer 1, 3: the string "1", -1: none */
+static void f_upload_one(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    djn_enc_array(b, s_up_third < 0 ? 2 : 3);
+    djn_enc_uint(b, s_up_handle);
+    djn_enc_uint(b, s_up_frame);
+    switch (s_up_third) {
+    case 0: djn_enc_bool(b, false); break;
+    case 1: djn_enc_bool(b, true); break;
+    case 2: djn_enc_uint(b, 1); break;
+    case 3: djn_enc_cstr(b, "1"); break;
+    default: break;
+    }
+}
+static void f_upload_third_str_frame(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    djn_enc_array(b, 3);
+    djn_enc_uint(b, 10);
+    djn_enc_cstr(b, "1");
+    djn_enc_bool(b, true);
+}
+static void f_upload_neg_handle(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    djn_enc_array(b, 2);
+    djn_enc_int(b, -1);
+    djn_enc_uint(b, 1);
+}
+static void f_upload_two_text(djn_buf_t *b) {
+    djn_enc_array(b, 2);
+    djn_enc_array(b, 3);
+    djn_enc_uint(b, 10);
+    djn_enc_uint(b, 2);
+    djn_enc_bool(b, true);
+    enc_pair(b, 11, 1);
 }
 
 static void test_reject_uploads(void) {
@@ -1453,16 +1815,111 @@ static void test_reject_uploads(void) {
     graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_wide);
     EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "upload names frame 4294967297");
     graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_str);
-    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "GRAPH: each upload must be [handle, frame]");
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO,
+                      "GRAPH: each upload must be [handle, frame] or [handle, frame, text]");
     graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_arity);
-    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "each upload must be [handle, frame]");
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO,
+                      "each upload must be [handle, frame] or [handle, frame, text]");
+    graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_arity1);
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO,
+                      "each upload must be [handle, frame] or [handle, frame, text]");
     graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_item_notlist);
-    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "each upload must be [handle, frame]");
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO,
+                      "each upload must be [handle, frame] or [handle, frame, text]");
+    graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_third_str_frame);
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO,
+                      "each upload must be [handle, frame] or [handle, frame, text]");
     graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_notlist);
     EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "GRAPH: 'uploads' must be an array");
     /* FETCH goes through the same checks. */
     graph_with(&b, DJN_MSG_FETCH, "uploads", f_upload_frame0);
     EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "upload names frame 0");
+
+    /* [handle, frame, text]: text as given; [handle, frame]: not text. */
+    for (int third = -1; third < 2; third++) {
+        for (int t = 0; t < 3; t++) {
+            static const uint8_t types[3] = {DJN_MSG_GRAPH, DJN_MSG_FETCH, DJN_MSG_GRAPH_CACHED};
+            s_up_handle = 10;
+            s_up_frame = 2;
+            s_up_third = third;
+            graph_with(&b, types[t], "uploads", f_upload_one);
+            djn_msg_t *m = decode_ok(&b, 2);
+            CHECK(m != NULL);
+            if (m) {
+                CHECK_EQ_INT(m->u.graph.nuploads, 1);
+                if (m->u.graph.nuploads == 1) {
+                    CHECK(m->u.graph.uploads[0].handle == 10);
+                    CHECK_EQ_INT(m->u.graph.uploads[0].frame, 2);
+                    CHECK_EQ_INT(m->u.graph.uploads[0].text, third == 1);
+                }
+            }
+            djn_msg_free(&m);
+        }
+    }
+    /* Mixed: a text upload next to a plain one. */
+    graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_two_text);
+    {
+        djn_msg_t *m = decode_ok(&b, 2);
+        CHECK(m && m->u.graph.nuploads == 2);
+        if (m && m->u.graph.nuploads == 2) {
+            CHECK(m->u.graph.uploads[0].handle == 10 && m->u.graph.uploads[0].frame == 2 &&
+                  m->u.graph.uploads[0].text);
+            CHECK(m->u.graph.uploads[1].handle == 11 && m->u.graph.uploads[1].frame == 1 &&
+                  !m->u.graph.uploads[1].text);
+        }
+        djn_msg_free(&m);
+    }
+    /* A third element that is not a bool must never mean text: refused, or not text. */
+    for (int third = 2; third < 4; third++) {
+        s_up_handle = 10;
+        s_up_frame = 1;
+        s_up_third = third;
+        graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_one);
+        djn_msg_t *m = NULL;
+        char err[ERRLEN] = "";
+        djn_status_t st = djn_msg_decode(b.data, b.len, 2, &m, NULL, err, ERRLEN);
+        if (st == DJN_OK) {
+            CHECK(m && m->u.graph.nuploads == 1 && !m->u.graph.uploads[0].text);
+        } else {
+            CHECK_EQ_INT(st, DJN_ERR_PROTO);
+            CHECK(m == NULL);
+            CHECK_HAS(err, "each upload must be [handle, frame] or [handle, frame, text]");
+        }
+        djn_msg_free(&m);
+    }
+    /* A text upload still needs a frame in range. */
+    s_up_handle = 10;
+    s_up_frame = 3;
+    s_up_third = 1;
+    graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_one);
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "GRAPH: upload names frame 3 but the message has 2");
+
+    /* Client handles are in [1, 2^62): 0 and server-issued ones (from 2^62) are refused,
+     * with or without the text flag; the edges 1 and 2^62 - 1 are fine. */
+    static const uint64_t bad_handles[] = {0, (uint64_t)1 << 62, ((uint64_t)1 << 62) + 1,
+                                           (uint64_t)1 << 63, UINT64_MAX};
+    for (size_t i = 0; i < sizeof bad_handles / sizeof bad_handles[0]; i++) {
+        for (int third = -1; third < 2; third++) {
+            s_up_handle = bad_handles[i];
+            s_up_frame = 1;
+            s_up_third = third;
+            graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_one);
+            EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "GRAPH: client handles must be in [1, 2^62)");
+        }
+    }
+    graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_neg_handle);
+    EXPECT_REJECT_BUF(&b, 2, DJN_ERR_PROTO, "GRAPH: client handles must be in [1, 2^62)");
+    static const uint64_t good_handles[] = {1, ((uint64_t)1 << 62) - 1};
+    for (size_t i = 0; i < sizeof good_handles / sizeof good_handles[0]; i++) {
+        s_up_handle = good_handles[i];
+        s_up_frame = 1;
+        s_up_third = 1;
+        graph_with(&b, DJN_MSG_GRAPH, "uploads", f_upload_one);
+        djn_msg_t *m = decode_ok(&b, 1);
+        CHECK(m && m->u.graph.nuploads == 1 && m->u.graph.uploads[0].handle == good_handles[i] &&
+              m->u.graph.uploads[0].text);
+        djn_msg_free(&m);
+    }
     djn_buf_release(&b);
 }
 
@@ -1640,6 +2097,8 @@ static void test_reject_nodes(void) {
     djn_buf_release(&b);
 }
 
+static void f_arr_empty(djn_buf_t *b) { djn_enc_array(b, 0); }
+
 /* Slots and binds: a node's tensor slot must index "binds"; binds hold non-zero handles. */
 static void n_slot(djn_buf_t *b, uint64_t slot, int nested_out) {
     enc_node_start(b, "aten::mul", "");
@@ -1675,28 +2134,100 @@ static void f_slot2_nested(djn_buf_t *b) {
     djn_enc_array(b, 1);
     n_slot(b, 2, 1);
 }
+static void f_slot1(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    n_slot(b, 1, 0);
+}
+static void f_slot_two_nodes(djn_buf_t *b) { /* node 0 names slots 0..1, node 1 slot 2 */
+    djn_enc_array(b, 2);
+    n_slot(b, 1, 0);
+    n_slot(b, 2, 0);
+}
+
+/* The decoded slot table must be binds [100, 101, 102] (graph_with's). */
+static void check_binds_100(const djn_graph_req_t *g) {
+    CHECK_EQ_INT(g->nbinds, 3);
+    CHECK(g->binds != NULL);
+    if (g->binds && g->nbinds == 3)
+        CHECK(g->binds[0] == 100 && g->binds[1] == 101 && g->binds[2] == 102);
+}
 
 static void test_binds(void) {
     djn_buf_t b = {0};
+    /* References keep their slots; binds[slot] is the handle; nslots = highest slot + 1. */
     graph_with(&b, DJN_MSG_GRAPH, "nodes", f_slot2);
     djn_msg_t *m = decode_ok(&b, 0);
     CHECK(m && m->u.graph.nnodes == 1);
     if (m && m->u.graph.nnodes == 1) {
-        CHECK(is_2x3(&m->u.graph.nodes[0].args[0], 102));
-        CHECK(is_2x3(&m->u.graph.nodes[0].outs[0], 100));
+        CHECK(is_2x3(&m->u.graph.nodes[0].args[0], 2));
+        CHECK(is_2x3(&m->u.graph.nodes[0].outs[0], 0));
+        check_binds_100(&m->u.graph);
+        if (m->u.graph.nbinds == 3)
+            CHECK(m->u.graph.binds[2] == 102 && m->u.graph.binds[0] == 100);
+        CHECK_EQ_INT(m->u.graph.nslots, 3);
     }
     djn_msg_free(&m);
     graph_with(&b, DJN_MSG_GRAPH, "nodes", f_slot2_nested);
     m = decode_ok(&b, 0);
     CHECK(m && m->u.graph.nnodes == 1);
     if (m && m->u.graph.nnodes == 1) {
+        CHECK(is_2x3(&m->u.graph.nodes[0].args[0], 0));
         const djn_value_t *o = &m->u.graph.nodes[0].outs[0];
         CHECK(o->kind == DJN_V_LIST && o->len == 2);
         if (o->kind == DJN_V_LIST && o->len == 2) {
-            CHECK(is_2x3(&o->u.items[0], 101));
-            CHECK(is_2x3(&o->u.items[1], 102));
+            CHECK(is_2x3(&o->u.items[0], 1));
+            CHECK(is_2x3(&o->u.items[1], 2));
         }
+        check_binds_100(&m->u.graph);
+        CHECK_EQ_INT(m->u.graph.nslots, 3); /* slots inside lists count too */
     }
+    djn_msg_free(&m);
+    /* Fewer slots named than bound: nslots < nbinds. */
+    graph_with(&b, DJN_MSG_GRAPH, "nodes", f_slot1);
+    m = decode_ok(&b, 0);
+    CHECK(m && m->u.graph.nnodes == 1);
+    if (m && m->u.graph.nnodes == 1) {
+        CHECK(is_2x3(&m->u.graph.nodes[0].args[0], 1));
+        CHECK(is_2x3(&m->u.graph.nodes[0].outs[0], 0));
+        check_binds_100(&m->u.graph);
+        CHECK_EQ_INT(m->u.graph.nslots, 2);
+    }
+    djn_msg_free(&m);
+    /* nslots is the maximum over all nodes, not the last node's. */
+    graph_with(&b, DJN_MSG_GRAPH, "nodes", f_slot_two_nodes);
+    m = decode_ok(&b, 0);
+    CHECK(m && m->u.graph.nnodes == 2);
+    if (m && m->u.graph.nnodes == 2) {
+        CHECK(is_2x3(&m->u.graph.nodes[0].args[0], 1));
+        CHECK(is_2x3(&m->u.graph.nodes[1].args[0], 2));
+        check_binds_100(&m->u.graph);
+        CHECK_EQ_INT(m->u.graph.nslots, 3);
+    }
+    djn_msg_free(&m);
+    /* Binds without nodes (a FETCH, or a GRAPH that only allocates): no slots named. */
+    for (int t = 0; t < 2; t++) {
+        graph_with(&b, t ? DJN_MSG_FETCH : DJN_MSG_GRAPH, "frees", f_arr_empty);
+        m = decode_ok(&b, 0);
+        CHECK(m != NULL);
+        if (m) {
+            check_binds_100(&m->u.graph);
+            CHECK_EQ_INT(m->u.graph.nslots, 0);
+            CHECK_EQ_INT(m->u.graph.nnodes, 0);
+        }
+        djn_msg_free(&m);
+    }
+    /* Binds may name server-issued handles (from 2^62): only 0 is refused. */
+    djn_buf_reset(&b);
+    djn_enc_header(&b, DJN_MSG_GRAPH, 1, 2);
+    djn_enc_map(&b, 1);
+    djn_enc_cstr(&b, "binds");
+    djn_enc_array(&b, 2);
+    djn_enc_uint(&b, (uint64_t)1 << 62);
+    djn_enc_uint(&b, UINT64_MAX);
+    m = decode_ok(&b, 0);
+    CHECK(m && m->u.graph.nbinds == 2);
+    if (m && m->u.graph.nbinds == 2)
+        CHECK(m->u.graph.binds[0] == (uint64_t)1 << 62 && m->u.graph.binds[1] == UINT64_MAX);
     djn_msg_free(&m);
     graph_with(&b, DJN_MSG_GRAPH, "nodes", f_slot3);
     EXPECT_REJECT_BUF(&b, 0, DJN_ERR_PROTO, "GRAPH: node 0 (aten::mul) has a malformed tensor");
@@ -1761,6 +2292,28 @@ static void f_alloc_str(djn_buf_t *b) {
     djn_enc_uint(b, 1);
     djn_enc_cstr(b, "8");
 }
+static void f_alloc_h0(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    enc_pair(b, 0, 8);
+}
+static void f_alloc_h62(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    enc_pair(b, (uint64_t)1 << 62, 8);
+}
+static void f_alloc_hmax(djn_buf_t *b) {
+    djn_enc_array(b, 1);
+    enc_pair(b, UINT64_MAX, 8);
+}
+static void f_alloc_second_h0(djn_buf_t *b) {
+    djn_enc_array(b, 2);
+    enc_pair(b, 1, 8);
+    enc_pair(b, 0, 8);
+}
+static void f_alloc_edges(djn_buf_t *b) {
+    djn_enc_array(b, 2);
+    enc_pair(b, 1, 8);
+    enc_pair(b, ((uint64_t)1 << 62) - 1, 16);
+}
 static void f_frees_str(djn_buf_t *b) {
     djn_enc_array(b, 2);
     djn_enc_uint(b, 1);
@@ -1798,6 +2351,10 @@ static void test_reject_graph_fields(void) {
         {"allocs", f_arr_int, "GRAPH: 'allocs' must be an array"},
         {"allocs", f_alloc_arity, "GRAPH: each alloc must be [handle, nbytes]"},
         {"allocs", f_alloc_str, "GRAPH: each alloc must be [handle, nbytes]"},
+        {"allocs", f_alloc_h0, "GRAPH: client handles must be in [1, 2^62)"},
+        {"allocs", f_alloc_h62, "GRAPH: client handles must be in [1, 2^62)"},
+        {"allocs", f_alloc_hmax, "GRAPH: client handles must be in [1, 2^62)"},
+        {"allocs", f_alloc_second_h0, "GRAPH: client handles must be in [1, 2^62)"},
         {"frees", f_arr_map, "GRAPH: 'frees' must be an array"},
         {"frees", f_frees_str, "GRAPH: 'frees' must hold handles"},
         {"frees", f_frees_nil, "GRAPH: 'frees' must hold handles"},
@@ -1807,13 +2364,24 @@ static void test_reject_graph_fields(void) {
         {"nodes", f_arr_int, "GRAPH: 'nodes' must be an array"},
         {"uploads", f_arr_int, "GRAPH: 'uploads' must be an array"},
     };
+    static const uint8_t types[3] = {DJN_MSG_GRAPH, DJN_MSG_FETCH, DJN_MSG_GRAPH_CACHED};
     djn_buf_t b = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        for (int t = 0; t < 2; t++) {
-            graph_with(&b, t ? DJN_MSG_FETCH : DJN_MSG_GRAPH, cases[i].key, cases[i].fn);
+        for (int t = 0; t < 3; t++) {
+            graph_with(&b, types[t], cases[i].key, cases[i].fn);
             EXPECT_REJECT_BUF(&b, 4, DJN_ERR_PROTO, cases[i].sub);
         }
     }
+    /* The edges of the client handle range are fine. */
+    graph_with(&b, DJN_MSG_GRAPH, "allocs", f_alloc_edges);
+    djn_msg_t *m = decode_ok(&b, 0);
+    CHECK(m && m->u.graph.nallocs == 2);
+    if (m && m->u.graph.nallocs == 2) {
+        CHECK(m->u.graph.allocs[0].handle == 1 && m->u.graph.allocs[0].nbytes == 8);
+        CHECK(m->u.graph.allocs[1].handle == ((uint64_t)1 << 62) - 1 &&
+              m->u.graph.allocs[1].nbytes == 16);
+    }
+    djn_msg_free(&m);
     djn_buf_release(&b);
 }
 
@@ -1821,17 +2389,20 @@ static void test_reject_header_fields(void) {
     djn_buf_t b = {0};
     uint64_t seq;
     /* Unknown message types, including reserved and reply numbers. */
+    /* (4 GRAPH_CACHED and 6 HAVE are valid now: see test_msg_graph_cached/test_msg_have.) */
     static const uint64_t unknown[] = {0,
-                                       DJN_MSG_GRAPH_CACHED,
                                        DJN_MSG_UPLOAD,
-                                       DJN_MSG_HAVE,
                                        DJN_MSG_LOAD_MODEL,
                                        11,
+                                       63,
                                        DJN_MSG_REPLY,
                                        DJN_MSG_ERROR,
+                                       66,
                                        99,
                                        255,
                                        256 + DJN_MSG_HELLO,
+                                       256 + DJN_MSG_GRAPH_CACHED,
+                                       256 + DJN_MSG_HAVE,
                                        UINT64_MAX};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         djn_buf_reset(&b);
@@ -1856,6 +2427,7 @@ static void test_reject_header_fields(void) {
         CHECK(djn_msg_decode(b.data, b.len, 0, &m, &seq, err, ERRLEN) == DJN_ERR_PROTO);
         CHECK_EQ_INT(seq, 500 + i);
         CHECK(m == NULL);
+        djn_msg_free(&m); /* in case it was accepted after all: no leak on top */
     }
     /* 'type' not an integer. */
     for (int v = 0; v < 5; v++) {
@@ -2050,6 +2622,19 @@ static void fuzz_report(const char *why, const uint8_t *p, size_t n, uint32_t nf
     printf("\n");
 }
 
+/* Every tensor reference in v names a slot below nslots (the decoder's own bound). */
+static bool fuzz_slots_ok(const djn_value_t *v, uint32_t nslots, int depth) {
+    if (depth > DJN_MAX_DEPTH + 1)
+        return true;
+    if (v->kind == DJN_V_TENSOR)
+        return v->u.t->handle < nslots;
+    if (v->kind == DJN_V_LIST)
+        for (uint32_t i = 0; i < v->len; i++)
+            if (!fuzz_slots_ok(&v->u.items[i], nslots, depth + 1))
+                return false;
+    return true;
+}
+
 /* Decode anything: OK (then free) or a clean failure. Returns 1 if decoded OK. */
 static int fuzz_one(const uint8_t *p, size_t n, uint32_t nframes, int *bad) {
     int64_t mem0 = djn_mem_in_use();
@@ -2063,9 +2648,21 @@ static int fuzz_one(const uint8_t *p, size_t n, uint32_t nframes, int *bad) {
     if (ok) {
         if (!m)
             why = "OK with a NULL message";
-        else if (m->type == DJN_MSG_GRAPH || m->type == DJN_MSG_FETCH) {
+        else if (m->type == DJN_MSG_GRAPH || m->type == DJN_MSG_FETCH ||
+                 m->type == DJN_MSG_GRAPH_CACHED) {
             /* Touch everything a server would read. */
             const djn_graph_req_t *g = &m->u.graph;
+            if (g->nslots > g->nbinds)
+                why = "nslots above nbinds";
+            for (uint32_t i = 0; i < g->nbinds; i++)
+                if (g->binds[i] == 0)
+                    why = "accepted a zero bind";
+            for (uint32_t i = 0; i < g->nallocs; i++)
+                if (g->allocs[i].handle == 0 || g->allocs[i].handle >= (1ull << 62))
+                    why = "accepted an alloc handle outside [1, 2^62)";
+            for (uint32_t i = 0; i < g->nuploads; i++)
+                if (g->uploads[i].handle == 0 || g->uploads[i].handle >= (1ull << 62))
+                    why = "accepted an upload handle outside [1, 2^62)";
             for (uint32_t i = 0; i < g->nuploads; i++)
                 if (g->uploads[i].frame < 1 || g->uploads[i].frame > nframes)
                     why = "accepted an upload frame out of range";
@@ -2079,6 +2676,8 @@ static int fuzz_one(const uint8_t *p, size_t n, uint32_t nframes, int *bad) {
                     uint64_t lo, hi;
                     if (v->kind == DJN_V_TENSOR && !djn_tref_extent(v->u.t, &lo, &hi))
                         why = "accepted a malformed tensor reference";
+                    if (!fuzz_slots_ok(v, g->nslots, 0))
+                        why = "accepted a slot at or above nslots";
                 }
             }
         }
@@ -2184,21 +2783,20 @@ static void enc_random_value(djn_buf_t *b, int depth) {
     }
 }
 
-static void test_fuzz_random_trees(void) {
-    static const char *const keys[] = {"dev",   "seed",  "allocs",  "uploads", "nodes",
-                                       "frees", "fetch", "version", "client",  "binds"};
-    static const uint8_t types[] = {DJN_MSG_HELLO, DJN_MSG_GRAPH,     DJN_MSG_FETCH,
-                                    DJN_MSG_GRAPH, DJN_MSG_HEARTBEAT, 42};
-    rng_seed(0x5eed0002);
+/* Random bodies from `keys` under random header types from `types`; returns how many
+ * decoded OK and adds the findings to *bad. */
+static int fuzz_trees(uint64_t seed, const char *const *keys, uint32_t nkeys,
+                      const uint8_t *types, uint32_t ntypes, int *bad) {
+    rng_seed(seed);
     djn_buf_t b = {0};
-    int bad = 0, ok = 0;
+    int ok = 0;
     for (int i = 0; i < 2000; i++) {
         djn_buf_reset(&b);
-        djn_enc_header(&b, types[rng_below(sizeof types)], rng(), rng());
+        djn_enc_header(&b, types[rng_below(ntypes)], rng(), rng());
         uint32_t n = rng_below(5);
         djn_enc_map(&b, n);
         for (uint32_t j = 0; j < n; j++) {
-            djn_enc_cstr(&b, keys[rng_below(10)]);
+            djn_enc_cstr(&b, keys[rng_below(nkeys)]);
             if (rng_below(3) == 0) { /* a list of things, the common shape */
                 uint32_t m = rng_below(4);
                 djn_enc_array(&b, m);
@@ -2208,11 +2806,33 @@ static void test_fuzz_random_trees(void) {
                 enc_random_value(&b, 1);
             }
         }
-        ok += fuzz_one(b.data, b.len, rng_below(3), &bad);
+        ok += fuzz_one(b.data, b.len, rng_below(3), bad);
     }
+    djn_buf_release(&b);
+    return ok;
+}
+
+static void test_fuzz_random_trees(void) {
+    static const char *const keys[] = {"dev",   "seed",  "allocs",  "uploads", "nodes",
+                                       "frees", "fetch", "version", "client",  "binds"};
+    static const uint8_t types[] = {DJN_MSG_HELLO, DJN_MSG_GRAPH,     DJN_MSG_FETCH,
+                                    DJN_MSG_GRAPH, DJN_MSG_HEARTBEAT, 42};
+    int bad = 0;
+    int ok = fuzz_trees(0x5eed0002, keys, 10, types, sizeof types, &bad);
     CHECK_EQ_INT(bad, 0);
     CHECK(ok > 0); /* some of them are valid messages */
-    djn_buf_release(&b);
+}
+
+/* The same over the newer fields and types: "fp", text uploads, GRAPH_CACHED, HAVE. */
+static void test_fuzz_random_trees_cached(void) {
+    static const char *const keys[] = {"fp",    "binds", "uploads", "nodes", "allocs",
+                                       "seed",  "fetch", "items",   "dev"};
+    static const uint8_t types[] = {DJN_MSG_GRAPH_CACHED, DJN_MSG_GRAPH, DJN_MSG_HAVE,
+                                    DJN_MSG_GRAPH_CACHED, DJN_MSG_FETCH, 5};
+    int bad = 0;
+    int ok = fuzz_trees(0x5eed0004, keys, 9, types, sizeof types, &bad);
+    CHECK_EQ_INT(bad, 0);
+    CHECK(ok > 0);
 }
 
 static void test_fuzz_mutations(void) {
@@ -2548,13 +3168,13 @@ static void build_big_graph(djn_buf_t *b) {
     djn_enc_array(b, 300);
     for (int i = 0; i < 300; i++)
         djn_enc_uint(b, 1000 + (uint64_t)i);
-    djn_enc_cstr(b, "allocs");
+    djn_enc_cstr(b, "allocs"); /* client handles are in [1, 2^62) */
     djn_enc_array(b, 300);
     for (int i = 0; i < 300; i++)
-        enc_pair(b, (uint64_t)i, 24);
+        enc_pair(b, 1 + (uint64_t)i, 24);
     djn_enc_cstr(b, "uploads");
     djn_enc_array(b, 1);
-    enc_pair(b, 0, 1);
+    enc_pair(b, 1, 1);
     djn_enc_cstr(b, "nodes");
     djn_enc_array(b, 200);
     for (int i = 0; i < 200; i++) {
@@ -2594,7 +3214,8 @@ static void test_fault_injection_decode(void) {
             okruns++;
             tail_ok++;
             if (!m || m->u.graph.nnodes != 200 || m->u.graph.nallocs != 300 ||
-                m->u.graph.nfrees != 100 || strcmp(m->u.graph.nodes[199].op, "aten::add") != 0)
+                m->u.graph.nfrees != 100 || m->u.graph.nbinds != 300 ||
+                m->u.graph.nslots != 202 || strcmp(m->u.graph.nodes[199].op, "aten::add") != 0)
                 bad++;
             djn_msg_free(&m);
         } else {
@@ -2828,6 +3449,9 @@ int main(void) {
     RUN(test_msg_graph);
     RUN(test_msg_graph_defaults);
     RUN(test_msg_fetch);
+    RUN(test_msg_graph_fp);
+    RUN(test_msg_graph_cached);
+    RUN(test_msg_have);
     /* 3. malformed */
     RUN(test_reject_empty);
     RUN(test_reject_empty_null);
@@ -2852,6 +3476,7 @@ int main(void) {
     /* 4. fuzzing */
     RUN(test_fuzz_random_buffers);
     RUN(test_fuzz_random_trees);
+    RUN(test_fuzz_random_trees_cached);
     RUN(test_fuzz_mutations);
     /* 5. extents */
     RUN(test_extent_basic);

@@ -1,0 +1,96 @@
+"""Greedy decoding written out step by step, so each step can be timed.
+
+Prefill ``ids`` (1 x P), then ``steps`` decode steps with a KV cache, argmax each time.
+Two ways to run the same loop:
+
+- ``decode_direct(model, ids, steps, device)``: the model and its cache live on
+  ``device`` (local ``cpu``/``cuda``, or ``remote``). Each step reads back only the next
+  token id (``.item()``); on ``remote`` everything else stays on the server.
+- ``decode_client(client, name, ids, steps)``: a baseline server holds
+  ``baselines.StepLM(model)``; every step sends the token and the whole KV cache and gets
+  the logits and the grown KV cache back (what a stateless, return-everything server does).
+
+Each returns a dict: ``tokens``, ``prefill_s``, ``step_s`` (list), ``step_bytes`` (bytes
+moved per decode step where measurable, else None) and ``full_return_bytes`` (logits +
+KV cache bytes of each step's outputs: what returning every output costs).
+"""
+import time
+
+import torch
+
+from baselines import kv_flatten
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _djinn_bytes():
+    import djinn
+
+    c = djinn.bytes_moved()
+    return c["bytes_sent"] + c["bytes_received"]
+
+
+def decode_direct(model, ids, steps, device):
+    remote = torch.device(device).type == "remote"
+    step_s, step_bytes, full = [], [], []
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        x = ids.to(device)
+        out = model(input_ids=x, use_cache=True)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+        tokens = [int(nxt.item())]
+        prefill_s = time.perf_counter() - t0
+        for _ in range(steps):
+            b0 = _djinn_bytes() if remote else 0
+            t0 = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1:].argmax(-1)
+            tokens.append(int(nxt.item()))
+            step_s.append(time.perf_counter() - t0)
+            if remote:
+                step_bytes.append(_djinn_bytes() - b0)
+            else:
+                full.append(out.logits.nbytes + sum(t.nbytes for t in kv_flatten(cache)))
+    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s,
+            "step_bytes": step_bytes or None, "full_return_bytes": full or None}
+
+
+def _nbytes(objs):
+    return sum(t.nbytes for t in objs if isinstance(t, torch.Tensor))
+
+
+def decode_client(client, name, ids, steps):
+    """Decode through a baseline client holding ``StepLM`` under ``name``.
+
+    Bytes per step: measured on the socket for the naive server; for RPC the tensor
+    payload (TensorPipe's framing is not visible), which is a lower bound."""
+    measured = hasattr(client, "bytes_sent")
+    step_s, step_bytes = [], []
+    t0 = time.perf_counter()
+    outs = client.call(name, ids)
+    logits, kv = outs[0], outs[1:]
+    nxt = logits[:, -1:].argmax(-1)
+    tokens = [int(nxt.item())]
+    prefill_s = time.perf_counter() - t0
+    for _ in range(steps):
+        b0 = client.bytes_sent + client.bytes_received if measured else 0
+        t0 = time.perf_counter()
+        outs = client.call(name, nxt, *kv)
+        logits, kv = outs[0], outs[1:]
+        nxt = logits[:, -1:].argmax(-1)
+        tokens.append(int(nxt.item()))
+        step_s.append(time.perf_counter() - t0)
+        if measured:
+            step_bytes.append(client.bytes_sent + client.bytes_received - b0)
+        else:
+            # what went in (token + previous KV) and what came back (logits + new KV)
+            step_bytes.append(nxt.nbytes + 2 * _nbytes(kv) - _nbytes(kv) // max(1, kv[0].shape[-2])
+                              + logits.nbytes)
+    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s, "step_bytes": step_bytes,
+            "full_return_bytes": None}

@@ -1,0 +1,353 @@
+"""The single-client workloads: micro (capture, round trip, bandwidth), small (MLP),
+transformer (prefill + decode with a KV cache) and large (100+ MB of weights).
+
+Every function takes the run context ``ctx`` (mode, local device, baseline clients, a
+logger) and returns a list of rows (``common.row``). The same work is timed in every
+system: ``local`` eager PyTorch on ``ctx.dev`` (cpu, or cuda under --gpu), ``djinn``
+(``torch.device('remote')``), and the baseline servers in ``ctx.clients`` (``rpc``,
+``naive``; absent when they could not start). Nothing here asserts a time.
+"""
+import copy
+import time
+
+import torch
+
+import common as C
+from baselines import AddOne, StepLM
+from decode import decode_client, decode_direct
+
+# DESIGN section 7 targets, as (text, check on the row's values)
+T_CAPTURE = ("<= 5 us/op with meta-cache hits (eager ~2 us/op)", lambda v: v["djinn"] <= 5.0)
+T_RTT = ("<= 60 us (TensorPipe RPC: 97 us shm, 205 us TCP)", lambda v: v["djinn"] <= 60.0)
+T_SMALL = ("<= local + 0.5 ms (warm plan cache)", lambda v: v["djinn"] - v["local"] <= 0.5)
+T_DECODE = ("djinn / local <= 1.3", lambda v: v["djinn"] / v["local"] <= 1.3)
+
+
+def _sync(dev):
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _remote_sync():
+    torch.remote.synchronize()
+
+
+def _each_client(ctx):
+    return list(ctx.clients.items())
+
+
+# ------------------------------------------------------------------ micro
+
+
+def capture_hits(ctx):
+    """µs per captured op when the meta cache hits (the same op on the same shapes).
+
+    Capture only: the fragment is shipped by a synchronize outside the timed region."""
+    n = {"smoke": 50, "quick": 2000, "full": 4000}[ctx.mode]
+    rep = {"smoke": 2, "quick": 10, "full": 30}[ctx.mode]
+    xr = torch.randn(64, device="remote")
+    xl = torch.randn(64, device=ctx.dev)
+    _remote_sync()
+
+    def chain(x):
+        y = x
+        for _ in range(n):
+            y = y + 1.0
+        return y
+
+    def local():
+        chain(xl)
+        _sync(ctx.dev)
+
+    t_local = C.median(C.timeit(local, rep))
+    chain(xr)  # warm the meta cache
+    _remote_sync()
+    ts = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        chain(xr)
+        ts.append(time.perf_counter() - t0)
+        _remote_sync()
+    t_djinn = C.median(ts)
+    return [C.row("capture cost per op, meta-cache hit", "micro", "us/op",
+                  {"local": 1e6 * t_local / n, "djinn": 1e6 * C.median(ts) / n}, *T_CAPTURE,
+                  extra={"ops": n, "repeats": rep, "djinn_total_s": t_djinn})]
+
+
+def capture_misses(ctx):
+    """µs per captured op when every op is new to the meta cache: each op runs on a
+    shape never seen before (views of one buffer, created outside the timed region)."""
+    n = {"smoke": 20, "quick": 500, "full": 2000}[ctx.mode]
+    rep = {"smoke": 1, "quick": 3, "full": 5}[ctx.mode]
+    base = 100_003  # far from any shape the other workloads use
+    total = base + n * (rep + 1)
+    br = torch.zeros(total, device="remote")
+    bl = torch.zeros(total, device=ctx.dev)
+    _remote_sync()
+    t_djinn, t_local = [], []
+    for r in range(rep + 1):  # round 0 only warms the code paths
+        ks = range(base + r * n, base + (r + 1) * n)
+        vr = [br[:k] for k in ks]
+        vl = [bl[:k] for k in ks]
+        t0 = time.perf_counter()
+        for v in vr:
+            v + 1.0
+        t1 = time.perf_counter()
+        _remote_sync()
+        t2 = time.perf_counter()
+        for v in vl:
+            v + 1.0
+        _sync(ctx.dev)
+        t3 = time.perf_counter()
+        if r:
+            t_djinn.append(t1 - t0)
+            t_local.append(t3 - t2)
+    return [C.row("capture cost per op, meta-cache miss (new shape)", "micro", "us/op",
+                  {"local": 1e6 * C.median(t_local) / n, "djinn": 1e6 * C.median(t_djinn) / n},
+                  "- (informational: shape inference on Meta)", extra={"ops": n, "repeats": rep})]
+
+
+def round_trip(ctx):
+    """One op executed and its scalar read back: x.add(1).item().
+
+    Djinn's x already lives on the server; rpc and naive send the one-element input with
+    the request (their servers keep no tensors between calls), which costs them 4 bytes."""
+    rep = {"smoke": 3, "quick": 300, "full": 2000}[ctx.mode]
+    xr = torch.ones(1, device="remote")
+    xl = torch.ones(1, device=ctx.dev)
+    x = torch.ones(1)
+    _remote_sync()
+    vals = {
+        "local": C.median(C.timeit(lambda: xl.add(1).item(), rep, warmup=10)),
+        "djinn": C.median(C.timeit(lambda: xr.add(1).item(), rep, warmup=10)),
+    }
+    for name, c in _each_client(ctx):
+        c.load("add1", AddOne())
+        vals[name] = C.median(C.timeit(lambda: c.call("add1", x).item(), rep, warmup=10))
+        c.drop("add1")
+    return [C.row("1-op round trip x.add(1).item()", "micro", "us",
+                  {k: 1e6 * v for k, v in vals.items()}, *T_RTT, extra={"repeats": rep})]
+
+
+def bandwidth_sizes(mode):
+    if mode == "smoke":
+        return [1 << 10, 64 << 10]
+    if mode == "quick":
+        return [1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20]
+    return [1 << (10 + 2 * i) for i in range(10)]  # 1 KiB .. 256 MiB
+
+
+def bandwidth(ctx):
+    """Upload and download of one float32 tensor of each size.
+
+    djinn upload = t.to('remote') + synchronize; download = .cpu() of a tensor the server
+    just wrote (an in-place op, synchronized outside the timing, defeats the fetch cache).
+    rpc/naive: put (the server stores it) and get (it returns it). local: dst.copy_(src),
+    CPU to CPU."""
+    rows = []
+    for size in bandwidth_sizes(ctx.mode):
+        rep = 2 if ctx.mode == "smoke" else max(3, min(30, (128 << 20) // size))
+        t = torch.randn(size // 4)
+        dst = torch.empty_like(t)
+        ctx.log(f"  bandwidth {C.human_bytes(size)} x{rep}")
+        local = C.median(C.timeit(lambda: dst.copy_(t), rep))
+        up = {"local": local}
+        down = {"local": local}
+
+        def upload():
+            r = t.to("remote")
+            _remote_sync()
+            return r
+
+        up["djinn"] = C.median(C.timeit(upload, rep))
+        r = upload()
+        ts = []
+        for i in range(rep + 1):
+            r.mul_(1)
+            _remote_sync()
+            t0 = time.perf_counter()
+            r.cpu()
+            if i:
+                ts.append(time.perf_counter() - t0)
+        down["djinn"] = C.median(ts)
+        del r
+        for name, c in _each_client(ctx):
+            up[name] = C.median(C.timeit(lambda: c.put("bw", t), rep))
+            down[name] = C.median(C.timeit(lambda: c.get("bw"), rep))
+            c.drop("bw")
+        for direction, vals in (("upload", up), ("download", down)):
+            gbps = {k: size / v / 1e9 for k, v in vals.items() if v}
+            rows.append(C.row(f"{direction} {C.human_bytes(size)}", "bandwidth", "ms",
+                              {k: 1e3 * v for k, v in vals.items()},
+                              extra={"bytes": size, "direction": direction, "GB/s": gbps, "repeats": rep}))
+    return rows
+
+
+# ------------------------------------------------------------------ small
+
+
+def mlp(ctx, batch):
+    rep = {"smoke": 2, "quick": 50, "full": 200}[ctx.mode]
+    net = C.mlp()
+    x = torch.randn(batch, 256)
+    lnet = copy.deepcopy(net).to(ctx.dev)
+    xl = x.to(ctx.dev)
+    rnet = copy.deepcopy(net).to("remote")
+    vals = {}
+    with torch.no_grad():
+        def local():
+            lnet(xl)
+            _sync(ctx.dev)
+
+        vals["local"] = C.median(C.timeit(local, rep, warmup=3))
+        vals["djinn"] = C.median(C.timeit(lambda: rnet(x.to("remote")).cpu(), rep, warmup=3))
+    for name, c in _each_client(ctx):
+        c.load("mlp", net)
+        vals[name] = C.median(C.timeit(lambda: c.call("mlp", x), rep, warmup=3))
+        c.drop("mlp")
+    return [C.row(f"MLP forward 256-512-512-10, batch {batch}", "small", "ms",
+                  {k: 1e3 * v for k, v in vals.items()}, *T_SMALL,
+                  extra={"repeats": rep, "params_bytes": C.module_bytes(net)})]
+
+
+# ------------------------------------------------------------------ transformer
+
+
+def transformer(ctx):
+    """Prefill P tokens, then S greedy decode steps with a KV cache, in every system."""
+    size = {"smoke": "tiny", "quick": "small", "full": "medium"}[ctx.mode]
+    prompt = 16 if ctx.mode == "smoke" else 128
+    steps = 4 if ctx.mode == "smoke" else 64
+    runs = {"smoke": 1, "quick": 2, "full": 3}[ctx.mode]
+    model = C.llama(size)
+    cfg = model.config
+    label = (f"Llama {size} (h{cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+             f"{C.module_bytes(model) / 1e6:.1f} MB)")
+    torch.manual_seed(1)
+    ids = torch.randint(0, cfg.vocab_size, (1, prompt))
+    results = {}
+
+    def run_all(name, fn):
+        fn()  # warm-up run: first-touch, uploads, meta/plan caches
+        rs = [fn() for _ in range(runs)]
+        results[name] = rs
+        ctx.log(f"  decode {name}: p50 {1e3 * C.median(rs[-1]['step_s']):.2f} ms/token")
+
+    lmodel = copy.deepcopy(model).to(ctx.dev)
+    run_all("local", lambda: decode_direct(lmodel, ids, steps, ctx.dev))
+    del lmodel
+    rmodel = copy.deepcopy(model).to("remote")
+    run_all("djinn", lambda: decode_direct(rmodel, ids, steps, "remote"))
+    del rmodel
+    for name, c in _each_client(ctx):
+        c.load("lm", StepLM(model))
+        run_all(name, lambda c=c: decode_client(c, "lm", ids, steps))
+        c.drop("lm")
+
+    def pooled(name, key):
+        return [x for r in results[name] for x in r[key]] if name in results else []
+
+    ref = results["local"][0]["tokens"]
+    match = {k: all(r["tokens"] == ref for r in v) for k, v in results.items()}
+    steps_s = {k: pooled(k, "step_s") for k in results}
+    full_return = sum(pooled("local", "full_return_bytes")) / max(1, len(pooled("local", "full_return_bytes")))
+    bytes_tok = {k: sum(pooled(k, "step_bytes")) / len(pooled(k, "step_bytes"))
+                 for k in results if results[k][0]["step_bytes"]}
+    g = "transformer"
+    extra = {"model": size, "prompt": prompt, "steps": steps, "runs": runs, "tokens_match_local": match}
+    rows = [
+        C.row(f"{label}: prefill {prompt} tokens + first token", g, "ms",
+              {k: 1e3 * C.median([r["prefill_s"] for r in v]) for k, v in results.items()}, extra=extra),
+        C.row(f"{label}: decode per-token p50", g, "ms", {k: 1e3 * C.median(v) for k, v in steps_s.items()},
+              *T_DECODE, extra={**extra, "first_run_p50_ms": {k: 1e3 * C.median(v[0]["step_s"])
+                                                              for k, v in results.items()}}),
+        C.row(f"{label}: decode per-token p99", g, "ms", {k: 1e3 * C.pct(v, 99) for k, v in steps_s.items()},
+              extra=extra),
+        C.row(f"{label}: decode tokens/s", g, "tok/s", {k: len(v) / sum(v) for k, v in steps_s.items()},
+              better="higher", extra=extra),
+    ]
+    reduction = 1 - bytes_tok["djinn"] / full_return if full_return else None
+    rows.append(C.row(
+        f"{label}: bytes moved per decode step", g, "bytes", bytes_tok,
+        ">= 99.7 % less than returning every output (logits + KV)",
+        (lambda v: reduction >= 0.997) if reduction is not None else None,
+        extra={**extra, "full_return_bytes_per_step": full_return, "djinn_reduction_vs_full_return": reduction,
+               "note": "djinn: bytes_moved() deltas (sent + received); naive: measured on its socket, "
+                       "both directions (KV in and out); rpc: tensor payload both directions; "
+                       "full return: logits + KV cache of each step's outputs"}))
+    # per-step series for the chart (the last run of each system)
+    ctx.series["decode"] = {"label": label, **{k: [1e3 * s for s in v[-1]["step_s"]] for k, v in results.items()}}
+    return rows
+
+
+# ------------------------------------------------------------------ large
+
+
+def large(ctx):
+    """A wide Linear stack holding 100+ MB of weights: upload once, then forward.
+
+    A batch-8 forward reads every weight once, so weight bytes / forward time is the
+    effective bandwidth the executor reaches."""
+    width, layers = {"smoke": (256, 2), "quick": (2048, 8), "full": (4096, 4)}[ctx.mode]
+    rep_up = {"smoke": 1, "quick": 2, "full": 3}[ctx.mode]
+    rep_fw = {"smoke": 2, "quick": 5, "full": 10}[ctx.mode]
+    net = C.wide_linear_stack(width, layers)
+    nbytes = C.module_bytes(net)
+    mb = f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e6 else C.human_bytes(nbytes)
+    x = torch.randn(8, width)
+    up, fw = {}, {}
+    params = list(net.parameters())
+
+    def local_up():
+        out = [p.detach().to(ctx.dev, copy=True) for p in params]
+        _sync(ctx.dev)
+        return out
+
+    up["local"] = C.median(C.timeit(local_up, rep_up))
+    lnet = copy.deepcopy(net).to(ctx.dev)
+    xl = x.to(ctx.dev)
+    with torch.no_grad():
+        def lfw():
+            lnet(xl)
+            _sync(ctx.dev)
+
+        fw["local"] = C.median(C.timeit(lfw, rep_fw))
+    del lnet
+
+    ts, moved = [], 0
+    for _ in range(rep_up):
+        fresh = copy.deepcopy(net)
+        import djinn
+
+        b0 = djinn.bytes_moved()["upload_bytes"]
+        t0 = time.perf_counter()
+        rnet = fresh.to("remote")
+        _remote_sync()
+        ts.append(time.perf_counter() - t0)
+        moved = djinn.bytes_moved()["upload_bytes"] - b0
+        del fresh, rnet
+    up["djinn"] = C.median(ts)
+    rnet = copy.deepcopy(net).to("remote")
+    with torch.no_grad():
+        fw["djinn"] = C.median(C.timeit(lambda: rnet(x.to("remote")).cpu(), rep_fw))
+    del rnet
+    for name, c in _each_client(ctx):
+        ts = []
+        for _ in range(rep_up):
+            t0 = time.perf_counter()
+            c.load("big", net)
+            ts.append(time.perf_counter() - t0)
+            c.drop("big")
+        up[name] = C.median(ts)
+        c.load("big", net)
+        fw[name] = C.median(C.timeit(lambda: c.call("big", x), rep_fw))
+        c.drop("big")
+    g = "large"
+    extra = {"weight_bytes": nbytes, "width": width, "layers": layers, "batch": 8,
+             "djinn_upload_bytes_counted": moved}
+    return [
+        C.row(f"large: upload {mb} of weights (once)", g, "ms", {k: 1e3 * v for k, v in up.items()},
+              extra={**extra, "GB/s": {k: nbytes / v / 1e9 for k, v in up.items()}}),
+        C.row(f"large: forward batch 8 through {mb} of weights", g, "ms", {k: 1e3 * v for k, v in fw.items()},
+              extra={**extra, "effective GB/s": {k: nbytes / v / 1e9 for k, v in fw.items()}}),
+    ]

@@ -1,0 +1,177 @@
+/* djn_vmu.c: Data heap + Stack slab over one reserved host region (see djn_vmu.h).
+ *
+ * Layout: [ Data segment: data_bytes ][ Stack slab: slab_bytes ], one mmap.
+ * Invariants:
+ *   1. a Data block is live from djn_vmu_data_alloc to djn_vmu_release, and the heap
+ *      lock covers every heap call (deleters run on any thread);
+ *   2. slab_live counts slab allocations not yet released; the slab is reset only at a
+ *      fragment end with slab_live == 0, so no live tensor ever sees its bytes reused;
+ *   3. on CPU the device is synchronous, so "the device has finished" holds when the
+ *      worker reaches the fragment end (a CUDA VMU would wait on the stream's event). */
+#define _GNU_SOURCE
+#include "djn_vmu.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "djn_mem.h"
+
+#define S_ALIGN 256u
+
+struct djn_vmu {
+    uint8_t *base;
+    uint64_t data_bytes, slab_bytes, total;
+    pthread_mutex_t mu; /* heap and slab bookkeeping */
+    djn_heap_t *heap;
+    djn_slab_t *slab;
+    _Atomic uint64_t slab_live;
+    djn_vmu_stats_t st;
+};
+
+djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size_t errlen) {
+    djn_vmu_t *v = djn_calloc(1, sizeof(*v));
+    if (!v) {
+        snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    data_bytes = (data_bytes + S_ALIGN - 1) & ~(uint64_t)(S_ALIGN - 1);
+    slab_bytes = (slab_bytes + S_ALIGN - 1) & ~(uint64_t)(S_ALIGN - 1);
+    v->data_bytes = data_bytes;
+    v->slab_bytes = slab_bytes;
+    v->total = data_bytes + slab_bytes;
+    pthread_mutex_init(&v->mu, NULL);
+    void *p = mmap(NULL, v->total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        snprintf(err, errlen, "cannot reserve %llu bytes of address space for the VMU",
+                 (unsigned long long)v->total);
+        goto fail;
+    }
+    v->base = p;
+    v->heap = djn_heap_new(data_bytes, S_ALIGN);
+    v->slab = djn_slab_new(slab_bytes, S_ALIGN);
+    if (!v->heap || !v->slab) {
+        snprintf(err, errlen, "cannot create the VMU segments (data %llu, slab %llu bytes)",
+                 (unsigned long long)data_bytes, (unsigned long long)slab_bytes);
+        goto fail;
+    }
+    return v;
+fail:
+    djn_vmu_destroy(&v);
+    return NULL;
+}
+
+void djn_vmu_destroy(djn_vmu_t **self_p) {
+    if (!self_p || !*self_p)
+        return;
+    djn_vmu_t *v = *self_p;
+    djn_heap_destroy(&v->heap);
+    djn_slab_destroy(&v->slab);
+    if (v->base)
+        munmap(v->base, v->total);
+    pthread_mutex_destroy(&v->mu);
+    djn_free(v, sizeof(*v));
+    *self_p = NULL;
+}
+
+void *djn_vmu_data_alloc(djn_vmu_t *v, uint64_t n) {
+    uint64_t off;
+    pthread_mutex_lock(&v->mu);
+    djn_status_t st = djn_heap_alloc(v->heap, n, &off);
+    pthread_mutex_unlock(&v->mu);
+    return st == DJN_OK ? v->base + off : NULL;
+}
+
+void *djn_vmu_slab_alloc(djn_vmu_t *v, uint64_t n) {
+    uint64_t off;
+    pthread_mutex_lock(&v->mu);
+    djn_status_t st = djn_slab_alloc(v->slab, n, &off);
+    pthread_mutex_unlock(&v->mu);
+    if (st != DJN_OK)
+        return NULL;
+    atomic_fetch_add(&v->slab_live, 1);
+    return v->base + v->data_bytes + off;
+}
+
+void *djn_vmu_slab_at(djn_vmu_t *v, uint64_t offset, uint64_t n) {
+    if (offset > v->slab_bytes || n > v->slab_bytes - offset)
+        return NULL;
+    atomic_fetch_add(&v->slab_live, 1);
+    return v->base + v->data_bytes + offset;
+}
+
+bool djn_vmu_in_slab(const djn_vmu_t *v, const void *p) {
+    const uint8_t *q = p;
+    return q >= v->base + v->data_bytes && q < v->base + v->total;
+}
+
+bool djn_vmu_owns(const djn_vmu_t *v, const void *p) {
+    const uint8_t *q = p;
+    return q >= v->base && q < v->base + v->total;
+}
+
+bool djn_vmu_release(djn_vmu_t *v, void *p) {
+    if (!djn_vmu_owns(v, p))
+        return false;
+    if (djn_vmu_in_slab(v, p)) {
+        atomic_fetch_sub(&v->slab_live, 1);
+        return true;
+    }
+    pthread_mutex_lock(&v->mu);
+    djn_heap_free(v->heap, (uint64_t)((uint8_t *)p - v->base));
+    pthread_mutex_unlock(&v->mu);
+    return true;
+}
+
+djn_status_t djn_vmu_fragment_begin(djn_vmu_t *v, uint64_t planned_peak) {
+    pthread_mutex_lock(&v->mu);
+    v->st.fragments++;
+    djn_status_t st = DJN_OK;
+    if (planned_peak) {
+        uint64_t top = djn_slab_mark(v->slab);
+        /* the planned region must start empty: only after a reset */
+        st = top == 0 ? djn_slab_reserve_at(v->slab, 0, planned_peak) : DJN_ERR_OOM;
+    }
+    pthread_mutex_unlock(&v->mu);
+    return st;
+}
+
+void djn_vmu_fragment_end(djn_vmu_t *v) {
+    pthread_mutex_lock(&v->mu);
+    if (atomic_load(&v->slab_live) == 0)
+        djn_slab_reset(v->slab, 0);
+    else
+        v->st.slab_resets_deferred++;
+    pthread_mutex_unlock(&v->mu);
+}
+
+void djn_vmu_note_plan(djn_vmu_t *v, uint64_t peak, uint64_t lower_bound, uint64_t bump) {
+    pthread_mutex_lock(&v->mu);
+    v->st.planned_fragments++;
+    v->st.plan_peak_last = peak;
+    v->st.plan_lower_bound_last = lower_bound;
+    v->st.plan_bump_last = bump;
+    v->st.plan_peak_sum += peak;
+    v->st.plan_lower_bound_sum += lower_bound;
+    v->st.plan_bump_sum += bump;
+    pthread_mutex_unlock(&v->mu);
+}
+
+void djn_vmu_note_copy_out(djn_vmu_t *v, uint64_t n) {
+    pthread_mutex_lock(&v->mu);
+    v->st.copied_out_bytes += n;
+    pthread_mutex_unlock(&v->mu);
+}
+
+void djn_vmu_stats(djn_vmu_t *v, djn_vmu_stats_t *out) {
+    pthread_mutex_lock(&v->mu);
+    *out = v->st;
+    djn_heap_stats(v->heap, &out->data);
+    djn_slab_stats(v->slab, &out->slab);
+    out->slab_live = atomic_load(&v->slab_live);
+    pthread_mutex_unlock(&v->mu);
+}
+
+uint64_t djn_vmu_slab_capacity(const djn_vmu_t *v) { return v->slab_bytes; }

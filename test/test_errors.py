@@ -1,0 +1,601 @@
+"""Failures and their reporting; server lifecycle (embedded, unreachable, restarted,
+leases); the SRG snapshot.
+
+In-process tests use the shared server. Anything that needs its own process (embedded
+server, unreachable server, a session that is expected to break) runs a child Python
+with its own environment.
+"""
+import resource
+import subprocess
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import PYTHON, assert_close, free_port, poll, run_python, start_server, stop_server, subprocess_env
+
+R = "remote"
+
+
+# ------------------------------------------------------------------ op failures
+
+
+def _oob_gather():
+    return torch.gather(torch.randn(2, 2, device=R), 1, torch.tensor([[0, 9]], device=R))
+
+
+def test_failing_op_raises_remote_error_at_next_sync_naming_the_op(remote, djinn_mod):
+    g = _oob_gather()  # recorded, not run: no error yet
+    assert g.shape == (1, 2)
+    with pytest.raises(djinn_mod.RemoteError) as ei:
+        g.cpu()
+    assert isinstance(ei.value, RuntimeError)
+    msg = str(ei.value)
+    assert "gather" in msg and "out of bounds" in msg, msg
+    # the error is reported once, and the session keeps working
+    torch.remote.synchronize()
+    assert_close(torch.arange(4.0, device=R) * 2, torch.arange(4.0) * 2)
+
+
+def test_failing_op_reported_by_synchronize(remote, djinn_mod):
+    torch.randn(3, device=R).index_select(0, torch.tensor([7], device=R))
+    with pytest.raises(djinn_mod.RemoteError, match="index_select"):
+        torch.remote.synchronize()
+    torch.remote.synchronize()  # nothing pending any more
+    assert (torch.ones(2, device=R) + 1).sum().item() == 4.0
+
+
+def test_failing_op_reported_by_item(remote, djinn_mod):
+    e = F.embedding(torch.tensor([70], device=R), torch.randn(3, 2, device=R))
+    with pytest.raises(djinn_mod.RemoteError, match="index_select|embedding"):
+        e.sum().item()
+    assert torch.tensor(5, device=R).item() == 5
+
+
+def test_work_before_the_failing_op_is_kept(remote, djinn_mod):
+    ok = torch.arange(3.0, device=R) * 10
+    bad = _oob_gather()  # noqa: F841
+    with pytest.raises(djinn_mod.RemoteError):
+        torch.remote.synchronize()
+    assert_close(ok, torch.tensor([0.0, 10.0, 20.0]))
+
+
+def test_mm_incompatible_shapes_raises_and_session_survives(remote):
+    a, b = torch.randn(3, 4, device=R), torch.randn(5, 6, device=R)
+    with pytest.raises(RuntimeError):
+        c = torch.mm(a, b)
+        c.cpu()
+    torch.remote.synchronize()
+    assert_close(torch.mm(a, b[:4, :2]), torch.mm(a.cpu(), b.cpu()[:4, :2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.xfail(
+    reason="BUG: torch.mm shape mismatch is caught by the client's meta kernel and raised as a "
+    "plain RuntimeError that does not name the op ('mat1 and mat2 shapes cannot be multiplied')",
+    strict=True,
+)
+def test_mm_incompatible_shapes_error_names_the_op(remote):
+    a, b = torch.randn(3, 4, device=R), torch.randn(5, 6, device=R)
+    with pytest.raises(RuntimeError) as ei:
+        torch.mm(a, b).cpu()
+    assert "mm" in str(ei.value).replace("mat1", "").replace("mat2", "")
+
+
+def test_mm_out_variant_error_comes_from_server_and_names_op(remote, djinn_mod):
+    a, b = torch.randn(3, 4, device=R), torch.randn(5, 6, device=R)
+    with pytest.raises(djinn_mod.RemoteError, match=r"aten::mm\.out"):
+        torch.ops.aten.mm.out(a, b, out=torch.empty(3, 6, device=R))
+        torch.remote.synchronize()
+    torch.remote.synchronize()
+
+
+@pytest.mark.xfail(
+    reason="BUG: after a failed op, tensors recorded after it in the same fragment (and the failed "
+    "op's own output) are never computed, yet later reads return uninitialised memory silently",
+    strict=True,
+)
+def test_values_after_a_failed_op_are_not_silently_wrong(remote, djinn_mod):
+    bad = _oob_gather()
+    y = torch.ones(3, device=R) * 5
+    with pytest.raises(djinn_mod.RemoteError):
+        y.cpu()
+    # reading again must either give the right value or raise again, never garbage
+    for t, expected in ((y, torch.full((3,), 5.0)), (bad, None)):
+        try:
+            got = t.cpu()
+        except djinn_mod.RemoteError:
+            continue
+        assert expected is not None, f"output of the failed op was readable: {got}"
+        assert torch.equal(got, expected), got
+
+
+def test_async_fragment_error_surfaces_at_next_sync(server):
+    # DJINN_MAX_NODES=4: fragments are flushed without waiting; the first error of that
+    # stretch must come out of the next sync point, and the session stays usable
+    code = """
+        import torch, djinn
+        R = 'remote'
+        bad = torch.gather(torch.randn(2, 2, device=R), 1, torch.tensor([[0, 9]], device=R))
+        y = torch.zeros(3, device=R)
+        for _ in range(40):
+            y = y + 1
+        assert djinn.bytes_moved()['flushes'] >= 5, djinn.bytes_moved()
+        try:
+            torch.remote.synchronize()
+        except djinn.RemoteError as e:
+            assert 'gather' in str(e), e
+            print('RAISED')
+        z = torch.arange(3.0, device=R) + 1
+        print(z.cpu().tolist())
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=server, DJINN_MAX_NODES=4, DJINN_CONNECT_TIMEOUT=10))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["RAISED", "[1.0,", "2.0,", "3.0]"], r.stdout
+
+
+def test_error_types_hierarchy(djinn_mod):
+    for cls in (djinn_mod.SessionLost, djinn_mod.ServerUnreachable, djinn_mod.ResourceError):
+        assert issubclass(cls, djinn_mod.RemoteError)
+    assert issubclass(djinn_mod.RemoteError, RuntimeError)
+
+
+# ------------------------------------------------------------------ unreachable server
+
+_UNREACHABLE = """
+    import time, torch, djinn
+    t0 = time.monotonic()
+    try:
+        {op}
+    except djinn.ServerUnreachable as e:
+        assert isinstance(e, djinn.RemoteError)
+        print('UNREACHABLE', round(time.monotonic() - t0, 2))
+        print(str(e))
+    else:
+        print('NO ERROR')
+"""
+
+
+def _run_unreachable(op):
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    env = subprocess_env(DJINN_SERVER=ep, DJINN_CONNECT_TIMEOUT=1)
+    r = run_python(_UNREACHABLE.format(op=op), env, timeout=60)
+    return r, ep
+
+
+def test_unreachable_server_synchronize_and_is_available():
+    r, ep = _run_unreachable("torch.remote.synchronize()")
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("UNREACHABLE"), r.stdout
+    assert float(lines[0].split()[1]) < 5.0
+    assert ep in lines[1]
+    code = """
+        import torch, djinn
+        print(torch.remote.is_available())
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=ep, DJINN_CONNECT_TIMEOUT=1))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "False"
+
+
+@pytest.mark.xfail(
+    reason="BUG: _C._connect releases the GIL twice (call_guard<gil_scoped_release> plus check_py's "
+    "own gil_scoped_release) on failure: 'Fatal Python error: PyEval_SaveThread', SIGABRT",
+    strict=True,
+)
+@pytest.mark.parametrize(
+    "op", ["torch.ones(2, device='remote').cpu()", "torch.ones(2).to('remote').cpu()", "torch.remote.init()"]
+)
+def test_unreachable_server_raises_server_unreachable_quickly(op):
+    r, ep = _run_unreachable(op)
+    assert r.returncode == 0, (r.returncode, r.stderr[-1500:])
+    lines = r.stdout.splitlines()
+    assert lines and lines[0].startswith("UNREACHABLE"), r.stdout
+    assert float(lines[0].split()[1]) < 5.0
+    assert ep in lines[1]
+
+
+# ------------------------------------------------------------------ embedded server
+
+_LIST_CHILD_SERVERS = """
+def child_servers():
+    import os
+    out = []
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            st = open(f'/proc/{p}/stat').read()
+        except OSError:
+            continue
+        comm = st[st.index('(') + 1:st.rindex(')')]
+        ppid = int(st[st.rindex(')') + 2:].split()[1])
+        if ppid == os.getpid() and comm.startswith('djinn-server'):
+            out.append(int(p))
+    return out
+"""
+
+
+def _proc_state(pid):
+    """'R', 'S', ... for a live process; None when gone. A zombie ('Z') has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _gone(pid):
+    return _proc_state(pid) in (None, "Z")
+
+
+def test_embedded_server_default_runs_and_is_stopped_at_exit():
+    code = _LIST_CHILD_SERVERS + textwrap.dedent("""
+        import torch, djinn
+        x = (torch.arange(5, device='remote') * 3).sum().item()
+        print('RESULT', x)
+        print('ENDPOINT', djinn.remote.endpoint())
+        print('CHILDREN', *child_servers())
+    """)
+    r = run_python(code, subprocess_env(DJINN_SERVER=None))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+    assert out["RESULT"] == "30"
+    assert out["ENDPOINT"].startswith("tcp://127.0.0.1:")
+    kids = [int(p) for p in out["CHILDREN"].split()]
+    assert len(kids) == 1, r.stdout
+    poll(lambda: _gone(kids[0]), timeout=10, desc="embedded djinn-server to exit")
+
+
+def test_embedded_server_exits_when_parent_is_killed():
+    code = _LIST_CHILD_SERVERS + textwrap.dedent("""
+        import sys, torch, djinn
+        print((torch.ones(3, device='remote') * 2).sum().item(), flush=True)
+        print(*child_servers(), flush=True)
+        sys.stdin.readline()
+    """)
+    p = subprocess.Popen([PYTHON, "-c", code], env=subprocess_env(DJINN_SERVER=None), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "6.0"
+        kids = [int(x) for x in p.stdout.readline().split()]
+        assert len(kids) == 1
+        assert not _gone(kids[0])
+    finally:
+        p.kill()
+        p.wait()
+    poll(lambda: _gone(kids[0]), timeout=10, desc="orphaned djinn-server to exit")
+
+
+def test_embedded_server_extra_args_two_devices():
+    code = """
+        import torch, djinn
+        print(torch.remote.device_count(), torch.remote.device_name(1))
+        b = torch.arange(4.0, device='remote:1') * 2
+        print(b.device, b.cpu().tolist())
+        print(b.to('remote:0').device, (b.to('remote:0') + 1).cpu().tolist())
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=None, DJINN_SERVER_ARGS="--device cpu,cpu"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == [
+        "2 cpu",
+        "remote:1 [0.0, 2.0, 4.0, 6.0]",
+        "remote:0 [1.0, 3.0, 5.0, 7.0]",
+    ]
+
+
+@pytest.mark.xfail(
+    reason="BUG: a storage allocated while a fragment for another device is pending is declared "
+    "in that fragment, which runs on the other device's worker in no defined order: "
+    "'unknown handle ... (not owned by this session)'",
+    strict=True,
+)
+def test_interleaved_work_on_two_devices():
+    code = """
+        import torch, djinn
+        errors = 0
+        for attempt in range(10):
+            try:
+                x = torch.ones(3, device='remote:0')
+                y = torch.ones(3, device='remote:1')
+                for _ in range(5):
+                    x = x * 2
+                    y = y + 1
+                assert x.cpu().tolist() == [32.0] * 3 and y.cpu().tolist() == [6.0] * 3
+            except djinn.RemoteError as e:
+                errors += 1
+                last = str(e)
+        print('ERRORS', errors, last if errors else '')
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=None, DJINN_SERVER_ARGS="--device cpu,cpu"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("ERRORS 0"), r.stdout
+
+
+# ------------------------------------------------------------------ sessions: lease, restart, fork
+
+
+def test_idle_session_is_kept_alive_by_heartbeats(private_server):
+    ep = private_server("--lease-ms", "2500", "--heartbeat-ms", "250")
+    code = """
+        import time, torch, djinn
+        a = torch.arange(4.0, device='remote') * 2
+        print(a.cpu().tolist())
+        time.sleep(6.5)   # more than two leases without a request from the main thread
+        print((a + 1).cpu().tolist())
+        print(djinn.server_stats()['sessions_expired'])
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=ep))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["[0.0, 2.0, 4.0, 6.0]", "[1.0, 3.0, 5.0, 7.0]", "0"]
+
+
+_RESTART_CLIENT = """
+    import sys, torch, djinn
+    a = torch.arange(3.0, device='remote') * 2
+    print(a.cpu().tolist(), flush=True)
+    sys.stdin.readline()          # the server restarts here
+    def attempt(fn):
+        try:
+            return fn()
+        except djinn.SessionLost:
+            return 'SessionLost'
+        except djinn.RemoteError as e:
+            return 'RemoteError: ' + str(e)[:60]
+    print(attempt(lambda: (a + 1).cpu().tolist()), flush=True)
+    print(attempt(lambda: (torch.arange(3.0, device='remote') * 3).cpu().tolist()), flush=True)
+    print(attempt(lambda: (torch.arange(3.0, device='remote') * 4).cpu().tolist()), flush=True)
+    print(attempt(lambda: a.cpu().tolist()), flush=True)
+"""
+
+
+def _restart_transcript():
+    port = free_port()
+    proc, ep = start_server("--lease-ms", "0", port=port)
+    client = subprocess.Popen([PYTHON, "-c", textwrap.dedent(_RESTART_CLIENT)], env=subprocess_env(DJINN_SERVER=ep),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "[0.0, 2.0, 4.0]"
+        stop_server(proc)
+        proc, _ = start_server("--lease-ms", "0", port=port)
+        out, err = client.communicate("\n", timeout=120)
+        assert client.returncode == 0, err[-2000:]
+        return out.splitlines()
+    finally:
+        if client.poll() is None:
+            client.kill()
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def restart_transcript():
+    return _restart_transcript()
+
+
+def test_server_restart_old_tensor_raises_session_lost(restart_transcript):
+    assert restart_transcript[0] == "SessionLost"
+
+
+def test_server_restart_new_session_eventually_works(restart_transcript):
+    assert "[0.0, 4.0, 8.0]" == restart_transcript[2]
+
+
+@pytest.mark.xfail(
+    reason="BUG: after SessionLost, the first op on a *fresh* tensor fails again with SessionLost: "
+    "its handle is allocated before the reconnect and falls under the new handle_floor",
+    strict=True,
+)
+def test_server_restart_fresh_tensor_works_right_after_session_lost(restart_transcript):
+    assert restart_transcript[1] == "[0.0, 3.0, 6.0]"
+
+
+@pytest.mark.xfail(
+    reason="BUG: reading (fetching) a tensor of the lost session raises a plain RemoteError "
+    "'unknown handle' instead of SessionLost",
+    strict=True,
+)
+def test_server_restart_reading_old_tensor_raises_session_lost(restart_transcript):
+    assert restart_transcript[3] == "SessionLost"
+
+
+def test_forked_child_cannot_use_parents_session(server):
+    code = """
+        import os, torch, djinn
+        a = torch.ones(2, device='remote') * 3
+        print(a.cpu().tolist(), flush=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                (torch.ones(2, device='remote') + 1).cpu()
+                print('CHILD OK', flush=True)
+            except djinn.SessionLost as e:
+                print('CHILD SessionLost' if 'fork' in str(e) else 'CHILD other', flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print('PARENT', (a + 1).cpu().tolist(), flush=True)
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=server))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["[3.0, 3.0]", "CHILD SessionLost", "PARENT [4.0, 4.0]"]
+
+
+# ------------------------------------------------------------------ resources and limits
+
+
+def _limit_address_space():
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+_OOM_CLIENT = """
+    import torch, djinn
+    x = torch.empty(12 << 30, dtype=torch.uint8, device='remote')   # 12 GiB > the server's 8 GiB
+    try:
+        x.fill_(1)
+        torch.remote.synchronize()
+        print('NO ERROR')
+    except djinn.RemoteError as e:
+        print(type(e).__name__)
+        print(repr(str(e)))
+    print((torch.ones(3, device='remote') * 2).cpu().tolist())
+"""
+
+
+@pytest.fixture(scope="module")
+def oom_transcript():
+    proc, ep = start_server("--lease-ms", "0", preexec_fn=_limit_address_space)
+    try:
+        r = run_python(_OOM_CLIENT, subprocess_env(DJINN_SERVER=ep))
+    finally:
+        stop_server(proc)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.splitlines()
+
+
+def test_server_out_of_memory_is_reported_and_session_survives(oom_transcript):
+    assert oom_transcript[0] != "NO ERROR"
+    assert "cannot allocate" in oom_transcript[1]
+    assert oom_transcript[2] == "[2.0, 2.0, 2.0]"
+
+
+def test_server_out_of_memory_raises_resource_error(oom_transcript):
+    assert oom_transcript[0] == "ResourceError"
+
+
+@pytest.mark.xfail(
+    reason="BUG: allocation-failure messages embed a full C++ backtrace ('frame #0: ...') because "
+    "djn_exec_alloc uses e.what() instead of what_without_backtrace()",
+    strict=True,
+)
+def test_server_out_of_memory_message_has_no_backtrace(oom_transcript):
+    assert "frame #0" not in oom_transcript[1]
+
+
+def test_allocation_over_server_limit_is_refused(private_server):
+    ep = private_server("--lease-ms", "0", "--max-tensor-bytes", str(1 << 20))
+    code = """
+        import torch, djinn
+        try:
+            torch.zeros(1 << 20, device='remote').cpu()   # 4 MiB > 1 MiB
+            print('NO ERROR')
+        except djinn.RemoteError as e:
+            print('exceeds' in str(e) and 'limit' in str(e))
+        print((torch.ones(4, device='remote') + 1).cpu().tolist())
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=ep))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["True", "[2.0, 2.0, 2.0, 2.0]"]
+
+
+@pytest.mark.xfail(
+    reason="BUG: >4096 pending uploads (e.g. moving a model with >4096 tensors to 'remote') are "
+    "sent as one GRAPH with >4096 frames, over the server's frame limit: the next read fails with "
+    "'message has 4200 frames, the limit is 4096' (older builds: hung until DJINN_TIMEOUT)",
+    strict=True,
+)
+def test_many_uploads_without_sync(server):
+    code = """
+        import time, torch, djinn
+        ts = [torch.full((2,), float(i)).to('remote') for i in range(4200)]
+        t0 = time.monotonic()
+        try:
+            print(ts[-1].cpu().tolist(), ts[0].cpu().tolist())
+        except djinn.RemoteError as e:
+            print(type(e).__name__, str(e)[:120])
+        print(round(time.monotonic() - t0, 1))
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=server, DJINN_TIMEOUT=15))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == "[4199.0, 4199.0] [0.0, 0.0]", r.stdout
+    assert float(lines[1]) < 10
+
+
+def test_server_stats(remote, djinn_mod):
+    torch.remote.synchronize()
+    st = djinn_mod.server_stats()
+    for k in ("uptime_ms", "sessions_open", "handles", "bytes_in_use", "requests", "errors", "devices", "lease_ms"):
+        assert k in st, k
+    assert st["sessions_open"] >= 1
+    assert st["devices"][0]["name"] == "cpu"
+    assert torch.remote.device_count() == 1
+    assert torch.remote.device_name() == "cpu"
+    assert torch.remote.is_available()
+
+
+# ------------------------------------------------------------------ SRG snapshot
+
+
+def _op(name):
+    return name.split(".")[0]
+
+
+def test_srg_snapshot_classes_and_lifecycle(remote, djinn_mod):
+    a = torch.randn(3, 4, device=R)
+    b = torch.randn(4, 5, device=R)
+    torch.remote.synchronize()
+    c = a @ b
+    tmp = c * 2
+    out = tmp + 1
+    del tmp
+    out.cpu()
+    nodes = djinn_mod.srg.snapshot()
+    assert all(isinstance(n, tuple) and len(n) == 3 for n in nodes)
+    for op, sem, life in nodes:
+        assert isinstance(op, str) and op.startswith("aten::")
+        assert set(sem) >= {"op_class", "phase"}
+        assert sem["op_class"] in ("compute", "memory")
+        assert sem["phase"] in ("none", "prefill", "decode")
+        assert life in ("persistent", "ephemeral")
+    by_op = {_op(op): (sem, life) for op, sem, life in nodes}
+    assert list(by_op) == ["aten::mm", "aten::mul", "aten::add"], nodes
+    assert by_op["aten::mm"][0]["op_class"] == "compute"
+    assert by_op["aten::mul"][0]["op_class"] == "memory"
+    assert by_op["aten::add"][0]["op_class"] == "memory"
+    assert by_op["aten::mm"][1] == "persistent"  # c is still held
+    assert by_op["aten::mul"][1] == "ephemeral"  # tmp was dropped before the flush
+    assert by_op["aten::add"][1] == "persistent"  # out is held
+
+
+def test_srg_snapshot_is_the_last_flushed_fragment(remote, djinn_mod):
+    x = torch.ones(3, device=R)
+    torch.remote.synchronize()
+    before = djinn_mod.srg.snapshot()
+    y = x.relu()  # recorded, not flushed
+    assert djinn_mod.srg.snapshot() == before
+    torch.remote.synchronize()
+    assert [_op(op) for op, _, _ in djinn_mod.srg.snapshot()] == ["aten::relu"]
+    del y
+
+
+def test_srg_fingerprint_depends_on_structure_not_handles(remote, djinn_mod):
+    def fragment(n):
+        a = torch.ones(n, device=R)
+        torch.remote.synchronize()
+        (a * 2 + 1).sum()
+        torch.remote.synchronize()
+        return djinn_mod.srg.fingerprint()
+
+    f1, f2, f3 = fragment(4), fragment(4), fragment(5)
+    assert len(f1) == 32 and int(f1, 16) >= 0
+    assert f1 == f2
+    assert f1 != f3
+
+
+@pytest.mark.xfail(
+    reason="BUG: the SRG phase is always 'none' for F.scaled_dot_product_attention: the phase hint "
+    "is set only in the _fused_sdp_choice kernel, which SDPA never calls for PrivateUse1",
+    strict=True,
+)
+def test_srg_sdpa_phase_prefill_and_decode(remote, djinn_mod):
+    q = torch.randn(1, 2, 4, 8, device=R)
+    k = torch.randn(1, 2, 4, 8, device=R)
+    torch.remote.synchronize()
+    F.scaled_dot_product_attention(q, k, k, is_causal=True)
+    torch.remote.synchronize()
+    prefill = [sem["phase"] for _, sem, _ in djinn_mod.srg.snapshot()]
+    F.scaled_dot_product_attention(q[:, :, -1:], k, k)
+    torch.remote.synchronize()
+    decode = [(sem["phase"], sem["op_class"]) for op, sem, _ in djinn_mod.srg.snapshot() if _op(op) == "aten::bmm"]
+    assert "prefill" in prefill
+    assert decode and all(ph == "decode" and cls == "memory" for ph, cls in decode), decode
