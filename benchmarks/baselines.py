@@ -176,7 +176,8 @@ def naive_serve(port):
     print("READY", flush=True)
     conn, _ = ls.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    handlers = {"load": srv_load, "call": srv_call, "put": srv_put, "get": srv_get, "drop": srv_drop}
+    handlers = {"load": srv_load, "call": srv_call, "put": srv_put, "get": srv_get,
+                "drop": srv_drop}
     while True:
         try:
             frame, _ = _recv_frame(conn)
@@ -211,7 +212,8 @@ def _spawn(kind, port, device, timeout=120):
     env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "baselines.py"), kind, "--port", str(port), "--device", device],
+        [sys.executable, os.path.join(HERE, "baselines.py"), kind, "--port", str(port),
+         "--device", device],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
@@ -263,7 +265,8 @@ class NaiveClient:
         self.bytes_received = 0
 
     def _req(self, op, *args):
-        self.bytes_sent += _send_frame(self.sock, pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
+        payload = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        self.bytes_sent += _send_frame(self.sock, payload)
         frame, n = _recv_frame(self.sock)
         self.bytes_received += n
         status, value = pickle.loads(frame)

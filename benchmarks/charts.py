@@ -19,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"local": "#4c72b0", "djinn": "#dd8452", "rpc": "#55a868", "naive": "#c44e52", "full return": "#8172b3"}
+COLORS = {"local": "#4c72b0", "djinn": "#dd8452", "rpc": "#55a868", "naive": "#c44e52",
+          "full return": "#8172b3"}
 ORDER = ("local", "djinn", "rpc", "naive")
 
 
@@ -41,8 +42,9 @@ def _fmt(v):
 
 
 def latency(rows, path):
-    rows = [r for r in rows if r["group"] in ("micro", "small", "transformer", "large", "multitenant")
-            and r["better"] == "lower" and r["unit"] in ("us", "us/op", "ms")]
+    groups = ("micro", "small", "transformer", "large", "multitenant")
+    rows = [r for r in rows if r["group"] in groups and r["better"] == "lower"
+            and r["unit"] in ("us", "us/op", "ms")]
     if not rows:
         return None
     cols = 3
@@ -55,8 +57,8 @@ def latency(rows, path):
         if vals and min(vals) > 0 and max(vals) / min(vals) > 30:
             ax.set_yscale("log")
         for b, v in zip(bars, vals):
-            ax.annotate(_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                        fontsize=8)
+            ax.annotate(_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                        va="bottom", fontsize=8)
         title = r["name"]
         if r.get("target_met") is not None:
             title += "  [target " + ("met" if r["target_met"] else "missed") + "]"
@@ -75,17 +77,20 @@ def bandwidth(rows, path):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, direction in zip(axes, ("upload", "download")):
-        rs = sorted([r for r in rows if r["extra"]["direction"] == direction], key=lambda r: r["extra"]["bytes"])
+        rs = sorted([r for r in rows if r["extra"]["direction"] == direction],
+                    key=lambda r: r["extra"]["bytes"])
         for s in ORDER:
-            pts = [(r["extra"]["bytes"], r["extra"]["GB/s"].get(s)) for r in rs if r["extra"]["GB/s"].get(s)]
+            pts = [(r["extra"]["bytes"], r["extra"]["GB/s"][s]) for r in rs
+                   if r["extra"]["GB/s"].get(s)]
             if pts:
                 label = "local memcpy (copy_)" if s == "local" else s
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[s], label=label)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[s],
+                        label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tensor size (bytes)")
-        ax.set_title(f"{direction} bandwidth" + (" (t.to('remote') + synchronize)" if direction == "upload"
-                                                   else " (.cpu())"), fontsize=10)
+        how = " (t.to('remote') + synchronize)" if direction == "upload" else " (.cpu())"
+        ax.set_title(f"{direction} bandwidth{how}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("GB/s (higher is better)")
     axes[0].legend(fontsize=8)
@@ -126,10 +131,12 @@ def bytes_moved(rows, path):
     bars = ax.bar(names, vals, color=[COLORS[n] for n in names])
     ax.set_yscale("log")
     for b, v in zip(bars, vals):
-        ax.annotate(f"{v:,.0f} B", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                    fontsize=8)
+        ax.annotate(f"{v:,.0f} B", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
     red = r["extra"].get("djinn_reduction_vs_full_return")
-    sub = f"djinn moves {100 * red:.2f} % less than full return (target >= 99.7 %)" if red is not None else ""
+    sub = ""
+    if red is not None:
+        sub = f"djinn moves {100 * red:.2f} % less than full return (target >= 99.7 %)"
     ax.set_title("Bytes moved per decode step (sent + received)\n" + sub, fontsize=10)
     ax.set_ylabel("bytes per token (log)")
     return _save(fig, path)
@@ -142,8 +149,8 @@ def multitenant(series, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     ax = axes[0]
     for s, key in (("local", "local_tok_s"), ("djinn", "djinn_tok_s")):
-        ax.plot(n, series[key], "o-", color=COLORS[s],
-                label=f"{s}" + (" (N processes, own model each)" if s == "local" else " (N clients, one server)"))
+        how = " (N processes, own model each)" if s == "local" else " (N clients, one server)"
+        ax.plot(n, series[key], "o-", color=COLORS[s], label=s + how)
     ax.set_xlabel("concurrent client processes N")
     ax.set_ylabel("aggregate decode tokens/s (higher is better)")
     ax.set_xticks(n)
@@ -151,11 +158,19 @@ def multitenant(series, path):
     ax.legend(fontsize=8)
     ax.set_title("Multi-tenant decode throughput", fontsize=10)
     ax = axes[1]
-    mb = [b / 1e6 if b is not None else float("nan") for b in series["bytes_in_use"]]
+    def mb(key):
+        return [b / 1e6 if b is not None else float("nan") for b in series.get(key, [])]
+
     ax.plot(n, [b / 1e6 for b in series["n_model_bytes"]], "o--", color=COLORS["local"],
             label="N separate processes (N x model bytes)")
-    ax.plot(n, mb, "o-", color=COLORS["djinn"], label="djinn-server bytes_in_use")
-    ax.axhline(series["model_bytes"] / 1e6, color="grey", lw=0.8, ls=":", label="one copy of the weights")
+    if len(mb("bytes_held")) == len(n):
+        ax.plot(n, mb("bytes_held"), "o-", color=COLORS["djinn"],
+                label="djinn-server: bytes_in_use + text_bytes")
+    if len(mb("bytes_in_use")) == len(n):
+        ax.plot(n, mb("bytes_in_use"), "s:", color=COLORS["djinn"], alpha=0.6,
+                label="djinn-server: bytes_in_use (session-owned)")
+    ax.axhline(series["model_bytes"] / 1e6, color="grey", lw=0.8, ls=":",
+               label="one copy of the weights")
     ax.set_xlabel("concurrent client processes N")
     ax.set_ylabel("MB")
     ax.set_xticks(n)

@@ -110,12 +110,12 @@ def mlp():
 
 LLAMA_SIZES = {
     # the issue's small model; "tiny" keeps --smoke fast; "medium" is --full's larger one
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=256),
-    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, vocab_size=1024),
-    "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                   num_key_value_heads=4, vocab_size=4096),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256),
+    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=4, vocab_size=1024),
+    "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                   num_attention_heads=8, num_key_value_heads=4, vocab_size=4096),
 }
 
 
@@ -137,4 +137,5 @@ def module_bytes(m):
 def wide_linear_stack(width, layers):
     """``layers`` bias-free Linear(width, width): width*width*4*layers bytes of weights."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)]).eval()
+    linears = [torch.nn.Linear(width, width, bias=False) for _ in range(layers)]
+    return torch.nn.Sequential(*linears).eval()

@@ -11,8 +11,9 @@ Two ways to run the same loop:
   the logits and the grown KV cache back (what a stateless, return-everything server does).
 
 Each returns a dict: ``tokens``, ``prefill_s``, ``step_s`` (list), ``step_bytes`` (bytes
-moved per decode step where measurable, else None) and ``full_return_bytes`` (logits +
-KV cache bytes of each step's outputs: what returning every output costs).
+moved per decode step where measurable, else None), ``step_sent`` (djinn: the part of it
+sent) and ``full_return_bytes`` (local: logits + KV cache bytes of each step's outputs,
+what returning every output costs).
 """
 import time
 
@@ -30,12 +31,12 @@ def _djinn_bytes():
     import djinn
 
     c = djinn.bytes_moved()
-    return c["bytes_sent"] + c["bytes_received"]
+    return c["bytes_sent"], c["bytes_received"]
 
 
 def decode_direct(model, ids, steps, device):
     remote = torch.device(device).type == "remote"
-    step_s, step_bytes, full = [], [], []
+    step_s, step_bytes, sent, full = [], [], [], []
     with torch.no_grad():
         _sync(device)
         t0 = time.perf_counter()
@@ -46,7 +47,7 @@ def decode_direct(model, ids, steps, device):
         tokens = [int(nxt.item())]
         prefill_s = time.perf_counter() - t0
         for _ in range(steps):
-            b0 = _djinn_bytes() if remote else 0
+            b0 = _djinn_bytes() if remote else (0, 0)
             t0 = time.perf_counter()
             out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
@@ -54,11 +55,14 @@ def decode_direct(model, ids, steps, device):
             tokens.append(int(nxt.item()))
             step_s.append(time.perf_counter() - t0)
             if remote:
-                step_bytes.append(_djinn_bytes() - b0)
+                b1 = _djinn_bytes()
+                step_bytes.append(b1[0] - b0[0] + b1[1] - b0[1])
+                sent.append(b1[0] - b0[0])
             else:
                 full.append(out.logits.nbytes + sum(t.nbytes for t in kv_flatten(cache)))
     return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s,
-            "step_bytes": step_bytes or None, "full_return_bytes": full or None}
+            "step_bytes": step_bytes or None, "step_sent": sent or None,
+            "full_return_bytes": full or None}
 
 
 def _nbytes(objs):
@@ -89,8 +93,10 @@ def decode_client(client, name, ids, steps):
         if measured:
             step_bytes.append(client.bytes_sent + client.bytes_received - b0)
         else:
-            # what went in (token + previous KV) and what came back (logits + new KV)
-            step_bytes.append(nxt.nbytes + 2 * _nbytes(kv) - _nbytes(kv) // max(1, kv[0].shape[-2])
-                              + logits.nbytes)
-    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s, "step_bytes": step_bytes,
-            "full_return_bytes": None}
+            # what went in (token + previous KV, one position shorter) and what came back
+            # (logits + new KV)
+            kv_bytes = _nbytes(kv)
+            per_position = kv_bytes // max(1, kv[0].shape[-2])
+            step_bytes.append(nxt.nbytes + 2 * kv_bytes - per_position + logits.nbytes)
+    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s,
+            "step_bytes": step_bytes, "step_sent": None, "full_return_bytes": None}

@@ -6,9 +6,10 @@ unless ``--gpu``), then for N in 1, 2, 4, 8 starts N tenant processes with
 on ``remote``, warms up, says READY and waits; when all are ready they are told GO at
 once, decode, drop their KV cache, report per-step times and wait. With every tenant
 parked (sessions open, weights held) one of them reads ``djinn.server_stats()``:
-``bytes_in_use`` (and the ``text_*`` fields of the shared-upload segment, when the server
-has them) against N x model bytes, which is what N separate processes would hold. The baseline is the same N tenants decoding locally, each
-process with its own copy of the model (threads split between them).
+``bytes_in_use`` (what sessions own) plus ``text_bytes`` (uploads shared between sessions
+through the server's content-addressed text segment, counted once) against N x model
+bytes, which is what N separate processes would hold. The baseline is the same N tenants
+decoding locally, each process with its own copy of the model (cores split between them).
 
 Run as a script this file is the tenant: ``multitenant.py tenant --mode djinn|local ...``.
 """
@@ -111,8 +112,8 @@ def start_server(gpu, timeout=30.0):
     args = [SERVER_BIN, "--listen", ep, "--announce-fd", str(w), "--lease-ms", "120000"]
     if not gpu:
         args += ["--device", "cpu"]
-    proc = subprocess.Popen(args, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, pass_fds=(w,), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     sel = selectors.DefaultSelector()
     sel.register(r, selectors.EVENT_READ)
@@ -143,13 +144,17 @@ def _round(ctx, mode, n, ep, size, prompt, steps, timeout):
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     if mode == "djinn":
         env["DJINN_SERVER"] = ep
+    # local tenants split the cores between them (or keep the run's setting if smaller)
     threads = max(1, C.cpu_count() // n) if mode == "local" else 0
-    cmd = [sys.executable, os.path.join(HERE, "multitenant.py"), "tenant", "--mode", mode, "--size", size,
-           "--prompt", str(prompt), "--steps", str(steps), "--threads", str(threads)]
+    if mode == "local" and getattr(ctx, "threads", 0):
+        threads = min(threads, ctx.threads)
+    cmd = [sys.executable, os.path.join(HERE, "multitenant.py"), "tenant", "--mode", mode,
+           "--size", size, "--prompt", str(prompt), "--steps", str(steps),
+           "--threads", str(threads)]
     if ctx.gpu:
         cmd.append("--gpu")
-    procs = [subprocess.Popen(cmd + ["--index", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env) for i in range(n)]
+    procs = [subprocess.Popen(cmd + ["--index", str(i)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for i in range(n)]
     deadline = time.monotonic() + timeout
     try:
         for p in procs:
@@ -176,7 +181,19 @@ def _round(ctx, mode, n, ep, size, prompt, steps, timeout):
                 p.wait()
     steps_all = [s for r in res for s in r["step_s"]]
     span = max(r["end"] for r in res) - min(r["start"] for r in res)
-    return {"step_s": steps_all, "tokens_per_s": len(steps_all) / span if span > 0 else None, "stats": stats}
+    return {"step_s": steps_all, "tokens_per_s": len(steps_all) / span if span > 0 else None,
+            "stats": stats}
+
+
+def _weights_held(st):
+    """Server memory holding the tenants' weights, from djinn.server_stats().
+
+    ``bytes_in_use`` counts what sessions own; uploads shared through the server's
+    content-addressed text segment are counted once, in ``text_bytes``, on top of it (one
+    tenant: bytes_in_use + text_bytes == model bytes)."""
+    session = st.get("bytes_in_use")
+    held = None if session is None else session + st.get("text_bytes", 0)
+    return session, held
 
 
 def run(ctx):
@@ -186,43 +203,55 @@ def run(ctx):
     steps = {"smoke": 3, "quick": 16, "full": 64}[ctx.mode]
     model_bytes = C.module_bytes(C.llama(size))
     proc, ep = start_server(ctx.gpu)
-    rows, series = [], {"n": [], "local_tok_s": [], "djinn_tok_s": [], "bytes_in_use": [], "n_model_bytes": []}
+    series = {"n": [], "local_tok_s": [], "djinn_tok_s": [], "bytes_held": [], "bytes_in_use": [],
+              "n_model_bytes": []}
+    rows = []
     try:
         for n in counts:
             ctx.log(f"  multi-tenant N={n}")
             loc = _round(ctx, "local", n, ep, size, prompt, steps, timeout=300)
             dj = _round(ctx, "djinn", n, ep, size, prompt, steps, timeout=300)
             st = dj["stats"]
-            inuse = st.get("bytes_in_use")
+            session, held = _weights_held(st)
+            tok_s = {"local": loc["tokens_per_s"], "djinn": dj["tokens_per_s"]}
             extra = {
                 "tenants": n, "model": size, "prompt": prompt, "steps": steps,
-                "p99_ms": {"local": 1e3 * C.pct(loc["step_s"], 99), "djinn": 1e3 * C.pct(dj["step_s"], 99)},
-                "aggregate_tokens_per_s": {"local": loc["tokens_per_s"], "djinn": dj["tokens_per_s"]},
-                "server_bytes_in_use": inuse,
+                "p99_ms": {"local": 1e3 * C.pct(loc["step_s"], 99),
+                           "djinn": 1e3 * C.pct(dj["step_s"], 99)},
+                "aggregate_tokens_per_s": tok_s,
+                "server_bytes_in_use": session, "server_text_bytes": st.get("text_bytes"),
+                "server_bytes_held": held,
+                "server_devices_data_used": sum(d.get("data_used", 0)
+                                                for d in st.get("devices", [])) or None,
                 "n_x_model_bytes": n * model_bytes, "model_bytes": model_bytes,
-                "weight_copies_on_server": (inuse / model_bytes) if inuse is not None else None,
-                "server_text_fields": {k: v for k, v in st.items() if k.startswith("text") or "segment" in k},
+                "weight_copies_on_server": (held / model_bytes) if held is not None else None,
+                "server_text_fields": {k: v for k, v in st.items()
+                                       if k.startswith("text") or "segment" in k},
                 "server_stats": st,
             }
-            rows.append(C.row(f"multi-tenant, {n} client process(es): decode per-token p50", "multitenant", "ms",
-                              {"local": 1e3 * C.median(loc["step_s"]), "djinn": 1e3 * C.median(dj["step_s"])},
-                              extra=extra))
-            rows.append(C.row(f"multi-tenant, {n} client process(es): aggregate tokens/s", "multitenant",
-                              "tok/s", extra["aggregate_tokens_per_s"], better="higher", extra=extra))
+            who = f"multi-tenant, {n} client{'s' if n > 1 else ''}"
+            rows.append(C.row(f"{who}: decode per-token p50", "multitenant", "ms",
+                              {"local": 1e3 * C.median(loc["step_s"]),
+                               "djinn": 1e3 * C.median(dj["step_s"])}, extra=extra))
+            rows.append(C.row(f"{who}: aggregate tokens/s", "multitenant", "tok/s", tok_s,
+                              better="higher", extra=extra))
             series["n"].append(n)
             series["local_tok_s"].append(loc["tokens_per_s"])
             series["djinn_tok_s"].append(dj["tokens_per_s"])
-            series["bytes_in_use"].append(inuse)
+            series["bytes_held"].append(held)
+            series["bytes_in_use"].append(session)
             series["n_model_bytes"].append(n * model_bytes)
         n = counts[-1]
-        inuse = series["bytes_in_use"][-1]
+        held = series["bytes_held"][-1]
         rows.append(C.row(
-            f"multi-tenant, {n} clients: weights held (server bytes_in_use vs N separate processes)",
-            "multitenant", "MB", {"local": n * model_bytes / 1e6, "djinn": inuse / 1e6 if inuse is not None else None},
+            f"multi-tenant, {n} clients: weights held (server bytes_in_use + text_bytes "
+            "vs N processes)", "multitenant", "MB",
+            {"local": n * model_bytes / 1e6, "djinn": held / 1e6 if held is not None else None},
             "1 copy for N sessions of one model (<= 1.1 x model bytes)",
             lambda v: v["djinn"] * 1e6 <= 1.1 * model_bytes,
             extra={"model_bytes": model_bytes, "tenants": n,
-                   "note": "tenants parked after decoding with their KV cache dropped: what remains is weights"}))
+                   "note": "tenants parked after decoding with their KV cache dropped: "
+                           "what remains is weights"}))
     finally:
         proc.terminate()
         try:

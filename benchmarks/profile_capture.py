@@ -32,12 +32,14 @@ REPO = os.path.dirname(HERE)
 
 # inclusive costs worth naming, if they appear: (regex on the function, what it is)
 LANDMARKS = [
-    (r"THPVariable_add\(", "torch's Python binding of Tensor.__add__ (argument parsing + all below)"),
+    (r"THPVariable_add\(", "torch's Python binding of Tensor.__add__ (parsing + all below)"),
     (r"at::_ops::add_Tensor::call\(", "dispatcher entry for aten::add.Tensor"),
-    (r"VariableType::.*add_Tensor", "autograd layer (VariableType)"),
+    (r"^torch::autograd::VariableType::.*add_Tensor", "autograd layer (VariableType)"),
     (r"structured_add_Tensor::meta", "ATen structured meta: shape/dtype inference on the client"),
     (r"at::_ops::add_out::call\(", "redispatch to aten::add.out (the out= kernel)"),
     (r"djinn::fallback\(", "djinn's boxed fallback: meta-cache lookup, outputs, node record"),
+    (r"PythonKernelHolder::operator",
+     "a Meta kernel implemented in Python (torch._meta_registrations / _refs)"),
     (r"djinn::.*record\(", "djinn: append the node to the pending fragment (msgpack encode)"),
     (r"djinn::.*(meta|infer)", "djinn: shape inference on Meta (cache miss path)"),
     (r"(djinn|djn)_.*alloc|RemoteAllocator", "djinn: handle allocation"),
@@ -98,7 +100,8 @@ def child(args):
 
 
 def _ctl(*args):
-    subprocess.run(["callgrind_control", *args], capture_output=True, text=True, timeout=60, check=True)
+    subprocess.run(["callgrind_control", *args], capture_output=True, text=True, timeout=60,
+                   check=True)
 
 
 def _readline(proc, deadline):
@@ -123,7 +126,8 @@ _LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*([\d.]+)%\))?\s*(.*)$")
 
 def annotate(path, inclusive):
     """[(Ir, percent, function)] from callgrind_annotate, largest first."""
-    cmd = ["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path]
+    cmd = ["callgrind_annotate", "--threshold=100",
+           f"--inclusive={'yes' if inclusive else 'no'}", path]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
     rows, total, started = [], None, False
     for line in out.splitlines():
@@ -154,10 +158,11 @@ def annotate(path, inclusive):
         elif fn.startswith("???:"):
             fn = fn[4:]
         rows.append((int(m.group(1).replace(",", "")), fn.strip(), lib))
-    # callgrind_annotate lists some functions twice (with and without the source file); keep the first
+    # callgrind_annotate lists some functions twice (with and without the source file); keep the
+    # first. Recursion levels ("f'2") and bare addresses (JIT/unsymbolised) double-count: skip them.
     seen, uniq = set(), []
     for ir, fn, lib in rows:
-        if fn in seen:
+        if fn in seen or re.search(r"'\d+$", fn) or re.match(r"^0x[0-9a-fA-F]+$", fn):
             continue
         seen.add(fn)
         uniq.append((ir, fn, lib))
@@ -183,9 +188,10 @@ def run_callgrind(ops, misses, workdir, timeout):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-           sys.executable, os.path.abspath(__file__), "child", "--ops", str(ops), "--misses", str(misses)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env, cwd=workdir)
+           sys.executable, os.path.abspath(__file__), "child", "--ops", str(ops),
+           "--misses", str(misses)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
     deadline = time.monotonic() + timeout
     dumps = {}
     try:
@@ -217,40 +223,89 @@ def run_callgrind(ops, misses, workdir, timeout):
     return dumps
 
 
+def _landmark(incl, pattern):
+    return next(((ir, fn) for ir, fn, _ in incl if re.search(pattern, fn)), None)
+
+
+def _summary(data, counts):
+    """A few sentences computed from the dumps: what a hit costs against eager, and why."""
+    out = []
+    if "hits" in data and "local" in data:
+        (hits, incl), _ = data["hits"]
+        (local, _), _ = data["local"]
+        h, e = hits / counts["hits"], local / counts["local"]
+        out.append(f"- A captured op with a meta-cache hit costs {h:,.0f} instructions against "
+                   f"{e:,.0f} for the same op run eagerly on a CPU tensor ({h / e:.2f}x).")
+        fb = _landmark(incl, r"djinn::fallback\(")
+        rec = _landmark(incl, r"djinn::.*record\(")
+        meta = _landmark(incl, r"structured_add_Tensor::meta")
+        if fb:
+            part = f"- djinn's own boxed fallback is {fb[0] / counts['hits']:,.0f} of them " \
+                   f"({100.0 * fb[0] / hits:.0f} %)"
+            if rec:
+                part += f", of which recording/encoding the node is {rec[0] / counts['hits']:,.0f}"
+            out.append(part + "; the rest is PyTorch's Python binding, dispatcher and autograd "
+                              "layers that every eager op pays too" +
+                       (f", plus ATen's structured meta (shape inference) at "
+                        f"{meta[0] / counts['hits']:,.0f}" if meta else "") + ".")
+    if "misses" in data:
+        (miss, incl), _ = data["misses"]
+        m = miss / counts["misses"]
+        line = f"- A miss (an op on a shape never seen) costs {m:,.0f} instructions per op"
+        py = _landmark(incl, r"PythonKernelHolder::operator")
+        if py:
+            line += (f"; {100.0 * py[0] / miss:.0f} % of it under `PythonKernelHolder`, i.e. "
+                     "a Meta kernel implemented in Python (torch._meta_registrations / _refs) "
+                     "that the fallback redispatches to for shape inference")
+        out.append(line + ".")
+    return out
+
+
 def write_callgrind_md(md, dumps, ops, misses, elapsed):
     counts = {"hits": ops, "misses": misses, "local": ops}
     data = {ph: (annotate(p, True), annotate(p, False)) for ph, p in dumps.items()}
-    lines = ["# Where the capture path's time goes (callgrind)", "",
-             f"`valgrind --tool=callgrind` on the capture micro-benchmark (`benchmarks/profile_capture.py`), "
-             f"{ops} captured ops with meta-cache hits, {misses} misses (each op on a new shape) and the same "
-             f"{ops} ops eagerly on a CPU tensor for reference; instrumentation switched on only around each "
-             f"phase (`callgrind_control -i on`), so import and setup are not counted. Counts are instructions "
-             f"(Ir) per op, not time. Profiling took {elapsed:.0f} s.", "",
-             "| phase | ops | Ir total | Ir per op |", "|---|---|---|---|"]
+    lines = [
+        "# Where the capture path's time goes (callgrind)", "",
+        "`valgrind --tool=callgrind` on the capture micro-benchmark "
+        f"(`benchmarks/profile_capture.py`): {ops} captured ops with meta-cache hits, {misses} "
+        f"misses (each op on a new shape) and the same {ops} ops eagerly on a CPU tensor for "
+        "reference. Instrumentation is switched on only around each phase "
+        "(`callgrind_control -i on`), so import and setup are not counted; the embedded "
+        "djinn-server is another process and is not traced. Counts are instructions (Ir) per "
+        f"op, not time. Profiling took {elapsed:.0f} s. Written by `benchmarks/run.py` "
+        "(--quick/--full).", "",
+        "| phase | ops | Ir total | Ir per op |", "|---|---|---|---|"]
     for ph, ((total, _), _) in data.items():
         lines.append(f"| {ph} | {counts[ph]} | {total:,} | {total / counts[ph]:,.0f} |")
+    lines += ["", "## Summary", ""] + _summary(data, counts)
     for ph in ("hits", "misses"):
         if ph not in data:
             continue
         (total, incl), (_, excl) = data[ph]
         n = counts[ph]
-        lines += ["", f"## {ph}: landmarks (inclusive)", "", "| function | what | Ir/op | % |", "|---|---|---|---|"]
+
+        def pc(ir):
+            return f"{100.0 * ir / max(1, total):.1f}"
+
+        lines += ["", f"## {ph}: landmarks (inclusive)", "",
+                  "| function | what | Ir/op | % |", "|---|---|---|---|"]
         for pat, what in LANDMARKS:
-            hit = next(((ir, fn) for ir, fn, _ in incl if re.search(pat, fn)), None)
+            hit = _landmark(incl, pat)
             if hit:
                 lines.append(f"| `{_short(hit[1], 90)}` | {what} | {hit[0] / n:,.0f} | "
-                             f"{100.0 * hit[0] / max(1, total):.1f} |")
-        lines += ["", f"## {ph}: top inclusive functions", "", "| Ir/op | % | function | object |",
-                  "|---|---|---|---|"]
+                             f"{pc(hit[0])} |")
+        lines += ["", f"## {ph}: top inclusive functions", "",
+                  "| Ir/op | % | function | object |", "|---|---|---|---|"]
         for ir, fn, lib in incl[:30]:
-            lines.append(f"| {ir / n:,.0f} | {100.0 * ir / max(1, total):.1f} | `{_short(fn)}` | {lib} |")
-        lines += ["", f"## {ph}: top self (exclusive) functions", "", "| Ir/op | % | function | object |",
-                  "|---|---|---|---|"]
+            lines.append(f"| {ir / n:,.0f} | {pc(ir)} | `{_short(fn)}` | {lib} |")
+        lines += ["", f"## {ph}: top self (exclusive) functions", "",
+                  "| Ir/op | % | function | object |", "|---|---|---|---|"]
         for ir, fn, lib in excl[:20]:
-            lines.append(f"| {ir / n:,.0f} | {100.0 * ir / max(1, total):.1f} | `{_short(fn)}` | {lib} |")
+            lines.append(f"| {ir / n:,.0f} | {pc(ir)} | `{_short(fn)}` | {lib} |")
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return {ph: {"ops": counts[ph], "ir_total": d[0][0], "ir_per_op": d[0][0] / counts[ph]} for ph, d in data.items()}
+    return {ph: {"ops": counts[ph], "ir_total": d[0][0], "ir_per_op": d[0][0] / counts[ph]}
+            for ph, d in data.items()}
 
 
 def write_cprofile_md(md, ops, why):
@@ -281,7 +336,8 @@ def write_cprofile_md(md, ops, why):
     pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(25)
     with open(md, "w") as f:
         f.write("# Where the capture path's time goes (cProfile fallback)\n\n"
-                f"callgrind could not be used ({why}); this is cProfile over {ops} captured ops with "
+                f"callgrind could not be used ({why}); this is cProfile over {ops} captured "
+                "ops with "
                 "meta-cache hits. cProfile sees Python frames only: the whole native capture path "
                 "(dispatcher, djinn's fallback, encoding) shows up as the `add` builtin.\n\n```\n"
                 + s.getvalue() + "```\n")
@@ -290,14 +346,16 @@ def write_cprofile_md(md, ops, why):
 
 def profile(md, ops=2000, misses=300, timeout=300, log=print):
     """Write ``md``; returns a summary dict for the JSON."""
-    tools = [t for t in ("valgrind", "callgrind_control", "callgrind_annotate") if not shutil.which(t)]
+    tools = [t for t in ("valgrind", "callgrind_control", "callgrind_annotate")
+             if not shutil.which(t)]
     why = f"missing {', '.join(tools)}" if tools else None
     if not why:
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="djinn-cg-") as wd:
             try:
                 dumps = run_callgrind(ops, misses, wd, timeout)
-                return {"tool": "callgrind", **write_callgrind_md(md, dumps, ops, misses, time.monotonic() - t0)}
+                summary = write_callgrind_md(md, dumps, ops, misses, time.monotonic() - t0)
+                return {"tool": "callgrind", **summary}
             except Exception as e:  # noqa: BLE001 - any failure falls back to cProfile
                 why = f"callgrind failed: {type(e).__name__}: {e}"
                 log(f"  {why}; falling back to cProfile")

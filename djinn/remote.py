@@ -106,28 +106,73 @@ def server_stats():
 
 
 def memory_stats(device=None):
-    """Server memory as this session sees it, plus the bytes this process moved.
+    """Server memory as this process sees it, like ``torch.cuda.memory_stats``.
 
-    Keys: ``session.allocated_bytes`` / ``session.peak_bytes`` (device bytes this
-    session holds privately), ``text.bytes`` / ``text.entries`` / ``text.refs`` (shared,
-    content-addressed weights: one copy however many sessions use them),
-    ``server.private_bytes`` (all sessions' private bytes), ``server.sessions``,
-    ``bytes_sent`` / ``bytes_received`` (this process, over the wire)."""
+    Per device (the VMU of a CPU device; zeros on a CUDA device, which keeps ATen's
+    caching allocator):
+
+    - ``data.*``: the Data segment (weights/Text content, KV caches, outputs clients
+      hold): ``capacity_bytes``, ``used_bytes``, ``peak_bytes``, ``free_blocks``,
+      ``largest_free_bytes`` and ``fragmentation`` (external: 1 - largest free block /
+      free bytes).
+    - ``slab.*``: the stack slab for one fragment's activations: ``capacity_bytes``,
+      ``in_use_bytes``, ``high_water_bytes``, ``resets``, ``resets_deferred`` (fragments
+      after which something still referenced the slab).
+    - ``plan.*``: the meta-simulator's last plan: ``peak_bytes`` (slab bytes it needs),
+      ``lower_bound_bytes`` (most bytes live at once), ``bump_bytes`` (what a plain
+      bump allocator would take), ``fragments`` planned, ``copied_out_bytes`` (results
+      clients hold, moved from the slab to Data).
+
+    Server-wide: ``text.*`` (content-addressed weights shared by all sessions:
+    ``bytes``, ``entries``, ``refs``, ``hits``), ``plan_cache.*`` (``hits``, ``misses``,
+    ``entries``, ``capacity``, ``evictions``), ``sched.us_hit_avg`` /
+    ``sched.us_miss_avg`` (server scheduling time per fragment), ``server.private_bytes``
+    and ``server.sessions``. This session: ``session.allocated_bytes``,
+    ``session.peak_bytes``, ``session.quota_bytes``. This process: ``bytes_sent``,
+    ``bytes_received``, ``dedup_bytes`` (uploads the server already held),
+    ``plan_cache.sends`` (fragments sent as GRAPH_CACHED)."""
     s = server_stats()
     c = _C._counters()
+    devs = s.get("devices", [])
+    idx = current_device() if device is None else _idx(device)
+    d = devs[idx] if 0 <= idx < len(devs) else {}
     return {
-        "session.allocated_bytes": s.get("session_bytes", 0),
-        "session.peak_bytes": s.get("session_peak_bytes", 0),
-        "session.quota_bytes": s.get("session_quota_bytes", 0),
+        "data.capacity_bytes": d.get("data_capacity", 0),
+        "data.used_bytes": d.get("data_used", 0),
+        "data.peak_bytes": d.get("data_peak", 0),
+        "data.free_blocks": d.get("data_free_blocks", 0),
+        "data.largest_free_bytes": d.get("data_largest_free", 0),
+        "data.fragmentation": d.get("data_fragmentation", 0.0),
+        "slab.capacity_bytes": d.get("slab_capacity", 0),
+        "slab.in_use_bytes": d.get("slab_in_use", 0),
+        "slab.high_water_bytes": d.get("slab_high_water", 0),
+        "slab.resets": d.get("slab_resets", 0),
+        "slab.resets_deferred": d.get("slab_resets_deferred", 0),
+        "plan.fragments": d.get("planned_fragments", 0),
+        "plan.peak_bytes": d.get("plan_peak_last", 0),
+        "plan.lower_bound_bytes": d.get("plan_lower_bound_last", 0),
+        "plan.bump_bytes": d.get("plan_bump_last", 0),
+        "plan.copied_out_bytes": d.get("copied_out_bytes", 0),
         "text.bytes": s.get("text_bytes", 0),
         "text.entries": s.get("text_entries", 0),
         "text.refs": s.get("text_refs", 0),
         "text.hits": s.get("text_hits", 0),
+        "plan_cache.hits": s.get("plan_cache_hits", 0),
+        "plan_cache.misses": s.get("plan_cache_misses", 0),
+        "plan_cache.entries": s.get("plan_cache_entries", 0),
+        "plan_cache.capacity": s.get("plan_cache_capacity", 0),
+        "plan_cache.evictions": s.get("plan_cache_evictions", 0),
+        "sched.us_hit_avg": s.get("sched_us_hit_avg", 0),
+        "sched.us_miss_avg": s.get("sched_us_miss_avg", 0),
+        "session.allocated_bytes": s.get("session_bytes", 0),
+        "session.peak_bytes": s.get("session_peak_bytes", 0),
+        "session.quota_bytes": s.get("session_quota_bytes", 0),
         "server.private_bytes": s.get("bytes_in_use", 0),
         "server.sessions": s.get("sessions_open", 0),
         "bytes_sent": c["bytes_sent"],
         "bytes_received": c["bytes_received"],
         "dedup_bytes": c["dedup_bytes"],
+        "plan_cache.sends": c["plan_cache_sends"],
     }
 
 

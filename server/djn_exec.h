@@ -50,6 +50,9 @@ djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, d
                             char *err, size_t errlen);
 djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out,
                              char *err, size_t errlen);
+/* Fill a storage with zeros: memory a session reads before anything wrote it must not
+ * show bytes another session left behind. */
+void djn_exec_zero(djn_exec_t *x, djn_stor_t *s);
 djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
                            size_t errlen);
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
@@ -79,6 +82,10 @@ typedef struct djn_exec_env {
 djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *node, djn_exec_env_t *env,
                            djn_buf_t *dyn, char *err, size_t errlen);
 void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env);
+/* Around the nodes of a fragment: the device's default generator holds the session's
+ * random state (see executor.cpp). */
+void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env);
+void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env);
 void djn_exec_gen_release(void *gen);
 /* Wait for the device to finish queued work. */
 void djn_exec_sync(djn_exec_t *x);

@@ -48,6 +48,7 @@ typedef struct s_job {
     zmq_msg_t ident;
     zmq_msg_t *frames; /* frames after the header */
     uint32_t nframes;
+    uint64_t sched_ns; /* time spent scheduling so far (transport side) */
     djn_msg_t *msg;
     djn_session_t *sess;
     bool queued; /* counted against the session's queue quota */
@@ -78,7 +79,16 @@ struct djn_server {
     int nworkers;
     int64_t started_ms;
     _Atomic uint64_t requests, errors, bytes_in, bytes_out;
+    /* scheduling latency: header decode + plan-cache lookup (transport) and planning
+     * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
+    _Atomic uint64_t sched_ns_hit, sched_n_hit, sched_ns_miss, sched_n_miss;
 };
+
+static uint64_t s_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static volatile sig_atomic_t s_stop_flag;
 
@@ -175,7 +185,7 @@ static void s_note_use(s_lifetimes_t *lt, const djn_graph_req_t *g, const djn_va
  * and djn_plan assigns slab offsets. Returns the planned peak (0: nothing planned) and
  * fills `place` (handle -> offset + 1). */
 static uint64_t s_plan_fragment(s_worker_t *w, const djn_graph_req_t *g, const djn_node_t *nodes,
-                                uint32_t nnodes, djn_map_t *place) {
+                                uint32_t nnodes, djn_map_t *place, uint64_t *too_big) {
     if (!w->vmu || !g->nallocs || !g->nfrees || !nnodes)
         return 0;
     djn_map_t freed = {0};
@@ -214,8 +224,9 @@ static uint64_t s_plan_fragment(s_worker_t *w, const djn_graph_req_t *g, const d
             bump += (lt.reqs[i].nbytes + 255) & ~255ull;
         }
         peak = plan->peak;
-        if (peak > djn_vmu_slab_capacity(w->vmu)) { /* does not fit: let it fail op by op */
+        if (peak > djn_vmu_slab_capacity(w->vmu)) { /* does not fit: refuse the fragment */
             djn_map_clear(place);
+            *too_big = peak;
             peak = 0;
         } else {
             djn_vmu_note_plan(w->vmu, plan->peak, plan->lower_bound, bump);
@@ -228,6 +239,28 @@ out:
     djn_free(lt.reqs, g->nallocs * sizeof(djn_plan_req_t));
     djn_free(lt.handles, g->nallocs * sizeof(uint64_t));
     return peak;
+}
+
+static void s_poison_value(djn_session_t *s, const djn_graph_req_t *g, const djn_value_t *v, const char *why,
+                           bool force, int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_TENSOR && v->u.t->handle < g->nbinds)
+        djn_session_poison(s, g->binds[v->u.t->handle], why, force);
+    else if (v->kind == DJN_V_LIST)
+        for (uint32_t k = 0; k < v->len; k++)
+            s_poison_value(s, g, &v->u.items[k], why, force, depth + 1);
+}
+
+/* The failed node's results (outs, which name in-place and out= targets too) may be
+ * half-written: poisoned whatever they hold. Nodes after it never ran: whatever they
+ * would have produced and has no value yet is poisoned. */
+static void s_poison_outputs(djn_session_t *s, const djn_graph_req_t *g, const djn_node_t *n, const char *why,
+                             bool failed_node) {
+    for (uint32_t a = 0; a < n->nouts; a++)
+        s_poison_value(s, g, &n->outs[a], why, failed_node, 0);
+    for (uint32_t a = 0; a < n->nargs; a++)
+        s_poison_value(s, g, &n->args[a], why, false, 0);
 }
 
 static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
@@ -304,14 +337,36 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     }
     djn_map_t place = {0};
     bool planned = false;
+    uint64_t t_plan = s_now_ns();
     if (st == DJN_OK && w->vmu) {
-        uint64_t peak = s_plan_fragment(w, g, nodes, nnodes, &place);
+        uint64_t too_big = 0;
+        uint64_t peak = s_plan_fragment(w, g, nodes, nnodes, &place, &too_big);
+        if (too_big) {
+            st = DJN_ERR_OOM;
+            snprintf(err, sizeof err,
+                     "out of memory: this fragment's activations need %" PRIu64 " bytes of stack slab "
+                     "(planned peak) but the slab holds %" PRIu64 " bytes; split the work into smaller "
+                     "steps (torch.remote.synchronize()) or start djinn-server with a larger --slab-bytes",
+                     too_big, djn_vmu_slab_capacity(w->vmu));
+        }
         if (djn_vmu_fragment_begin(w->vmu, peak) != DJN_OK)
             djn_map_clear(&place); /* the slab was not empty: run unplanned */
         planned = true;
         djn_session_set_placements(&place);
         djn_exec_slab_mode(1);
     }
+    if (nnodes) {
+        uint64_t ns = j->sched_ns + (s_now_ns() - t_plan);
+        if (j->plan) {
+            atomic_fetch_add(&srv->sched_ns_hit, ns);
+            atomic_fetch_add(&srv->sched_n_hit, 1);
+        } else {
+            atomic_fetch_add(&srv->sched_ns_miss, ns);
+            atomic_fetch_add(&srv->sched_n_miss, 1);
+        }
+    }
+    if (st == DJN_OK && nnodes)
+        djn_exec_rng_enter(w->exec, &env);
     for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) {
         const djn_node_t *n = &nodes[i];
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
@@ -323,6 +378,10 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         else
             atomic_fetch_add(&w->nodes, 1);
     }
+    if (bad_node >= 0) /* what the failed node and those after it should have produced */
+        for (uint32_t i = (uint32_t)bad_node; i < nnodes; i++)
+            s_poison_outputs(s, g, &nodes[i], err, i == (uint32_t)bad_node);
+    djn_exec_rng_exit(w->exec, &env);
     djn_exec_slab_mode(0);
     djn_session_set_placements(NULL);
     if (planned) { /* what clients still hold leaves the slab before it is reset */
@@ -342,7 +401,10 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         const djn_fetch_t *f = &g->fetches[i];
         djn_stor_t *stor = djn_session_resolve(s, w->exec, f->handle, 0, err, sizeof err);
         if (!stor) {
-            st = DJN_ERR_HANDLE;
+            st = strstr(err, "unknown handle") ? DJN_ERR_HANDLE
+                 : strstr(err, "quota")        ? DJN_ERR_QUOTA
+                 : strstr(err, "never computed") ? DJN_ERR_OP
+                                                 : DJN_ERR_OOM;
             break;
         }
         if (f->nbytes > srv->cfg.max_tensor_bytes) {
@@ -516,7 +578,10 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_enc_header(&b, DJN_MSG_REPLY, m->sid, m->seq);
     djn_tlb_stats_t tl;
     djn_tlb_stats(srv->tlb, &tl);
-    djn_enc_map(&b, 26);
+    djn_enc_map(&b, 28);
+    uint64_t nh = atomic_load(&srv->sched_n_hit), nm = atomic_load(&srv->sched_n_miss);
+    s_enc_kv(&b, "sched_us_hit_avg", nh ? atomic_load(&srv->sched_ns_hit) / nh / 1000 : 0);
+    s_enc_kv(&b, "sched_us_miss_avg", nm ? atomic_load(&srv->sched_ns_miss) / nm / 1000 : 0);
     s_enc_kv(&b, "plan_cache_entries", tl.entries);
     s_enc_kv(&b, "plan_cache_capacity", tl.capacity);
     s_enc_kv(&b, "plan_cache_hits", tl.hits);
@@ -690,6 +755,7 @@ static void s_handle_client(djn_server_t *srv) {
         zmq_msg_close(&part);
     }
     atomic_fetch_add(&srv->bytes_in, bytes);
+    uint64_t t0 = s_now_ns();
     djn_msg_t *m = NULL;
     char err[512] = {0};
     uint64_t seq = 0;
@@ -802,6 +868,7 @@ static void s_handle_client(djn_server_t *srv) {
     j->sess = sess;
     j->queued = true;
     j->plan = plan;
+    j->sched_ns = s_now_ns() - t0;
     frames = NULL;
     nframes = cap = 0;
     m = NULL;

@@ -18,6 +18,7 @@ typedef struct {
     djn_stor_t *stor; /* NULL: declared, not materialised */
     uint64_t nbytes;
     bool text; /* stor is shared content from the Text segment (read-only) */
+    bool poisoned; /* an op that should have produced it failed: reading it is an error */
     djn_text_key_t tkey;
 } s_entry_t;
 
@@ -33,6 +34,7 @@ struct djn_session {
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
+    char last_failure[256]; /* why poisoned handles were never computed */
 };
 
 struct djn_sessions {
@@ -120,6 +122,9 @@ djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms) {
     s->owner = t;
     pthread_mutex_lock(&t->mu);
     s->sid = t->next_sid++;
+    /* server-issued handles carry 20 bits of the session id: a client can tell a handle
+     * of a session it lost from one of its current session */
+    s->next_dyn = S_DYN_BASE | ((s->sid & 0xFFFFFull) << 40);
     if (!djn_map_put(&t->by_id, s->sid, (uint64_t)(uintptr_t)s)) {
         pthread_mutex_unlock(&t->mu);
         pthread_mutex_destroy(&s->mu);
@@ -211,6 +216,7 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
     if (e->stor) {
         if (e->text) {
             djn_text_release(s->owner->text, &e->tkey);
+            s->bytes -= e->nbytes;
             e->text = false;
         } else {
             atomic_fetch_sub(&s->owner->bytes, e->nbytes);
@@ -219,6 +225,7 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
         djn_stor_release(e->stor);
     }
     e->stor = stor;
+    e->poisoned = false;
     if (stor) {
         e->nbytes = djn_stor_nbytes(stor);
         atomic_fetch_add(&s->owner->bytes, e->nbytes);
@@ -280,8 +287,12 @@ djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *sto
 djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_text_key_t *k,
                                    djn_stor_t *shared) {
     s_entry_t *e = s_entry(s, handle);
-    if (e && e->stor)
-        return DJN_ERR_HANDLE;
+    uint64_t n = djn_stor_nbytes(shared);
+    /* a session is charged for the shared content it pins, like for its own */
+    if (s_quota(s, n, NULL, 0) != DJN_OK)
+        return DJN_ERR_QUOTA;
+    if (e && e->stor) /* new content for a handle that held some: replace it */
+        s_set_stor(s, e, NULL);
     if (!e) {
         djn_status_t st = djn_session_declare(s, handle, djn_stor_nbytes(shared));
         if (st != DJN_OK)
@@ -292,9 +303,13 @@ djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_
     if (!r)
         return DJN_ERR_NOMEM;
     e->stor = r;
-    e->nbytes = djn_stor_nbytes(r);
+    e->nbytes = n;
     e->text = true;
     e->tkey = *k;
+    e->poisoned = false;
+    s->bytes += n;
+    if (s->bytes > s->peak)
+        s->peak = s->bytes;
     return DJN_OK;
 }
 
@@ -332,6 +347,11 @@ djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle
         snprintf(err, errlen, "unknown handle 0x%" PRIx64 " (not owned by this session)", handle);
         return NULL;
     }
+    if (e->poisoned) {
+        snprintf(err, errlen, "this tensor was never computed because an earlier op failed: %s",
+                 s->last_failure[0] ? s->last_failure : "see the earlier error");
+        return NULL;
+    }
     if (!e->stor || (write && e->text)) {
         uint64_t off = 0;
         bool planned = !e->stor && t_place && djn_map_get(t_place, handle, &off);
@@ -340,11 +360,14 @@ djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle
         djn_stor_t *st = NULL;
         if (djn_exec_alloc(x, e->nbytes, planned ? off - 1 : UINT64_MAX, &st, err, errlen) != DJN_OK)
             return NULL;
-        /* copy-on-write: a write to shared Text content goes to a private copy */
+        /* copy-on-write: a write to shared Text content goes to a private copy; fresh
+         * memory starts as zeros, never as what another session left there */
         if (e->stor && djn_exec_copy(x, st, e->stor, e->nbytes, err, errlen) != DJN_OK) {
             djn_stor_release(st);
             return NULL;
         }
+        if (!e->stor)
+            djn_exec_zero(x, st);
         s_set_stor(s, e, st);
     }
     return e->stor;
@@ -378,6 +401,17 @@ static uint64_t s_new_handle_fn(void *ctx, uint64_t nbytes) {
     uint64_t h = c->s->next_dyn;
     c->s->next_dyn += (nbytes + 511) & ~255ull;
     return h;
+}
+
+void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool force) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e || (e->stor && !force))
+        return; /* only outputs that never got a value, unless the op failed half-way */
+    if (e->stor)
+        s_set_stor(s, e, NULL);
+    e->poisoned = true;
+    if (why)
+        snprintf(s->last_failure, sizeof s->last_failure, "%s", why);
 }
 
 void djn_session_set_placements(const djn_map_t *place) { t_place = place; }

@@ -58,6 +58,10 @@ uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
 uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
 /* An env for running this session's nodes on executor x. */
 void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env);
+/* A declared output of a node that did not run (an earlier node failed), or (force)
+ * any output of the node that failed, which may have written part of it: reading it
+ * later is an error naming `why`, never zeros or half-written bytes. */
+void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool force);
 /* Planned slab offsets (+1) by handle for the fragment this thread runs, or NULL. */
 struct djn_map;
 void djn_session_set_placements(const struct djn_map *place);

@@ -13,6 +13,7 @@
 // the server on a client's input. Tensor references are checked against their
 // storage's size before a tensor is built over it.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <c10/core/CPUAllocator.h>
@@ -25,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -50,6 +52,8 @@ struct djn_exec {
     std::string name;
     std::unordered_map<std::string, c10::OperatorHandle> ops;
     djn_vmu_t *vmu = nullptr;
+    bool rng_active = false; // the default generator holds a session's state
+    at::Tensor rng_saved;
 };
 
 namespace {
@@ -254,6 +258,18 @@ at::Generator &session_gen(Ctx &c) {
 
 c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name, bool written);
 
+// Random numbers. Every op draws from the device's default generator, some without a
+// Generator argument at all (native_dropout). While a session's fragment runs, that
+// default generator holds the session's state (swapped in and out around the fragment,
+// under one lock since CPU devices share it), so each session's stream is its own and
+// torch.manual_seed on the client reproduces it.
+std::mutex g_rng_mu;
+
+at::Generator default_gen(djn_exec *x) {
+    return x->device.is_cpu() ? at::detail::getDefaultCPUGenerator()
+                              : at::globalContext().defaultGenerator(x->device);
+}
+
 c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name, bool written) {
     if (v.kind != DJN_V_LIST)
         throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' expects a list, got " + kind_name(v.kind));
@@ -300,11 +316,8 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
     switch (type->kind()) {
     case c10::TypeKind::OptionalType: {
         auto inner = type->castRaw<c10::OptionalType>()->getElementType();
-        if (v.kind == DJN_V_NONE) {
-            if (inner->kind() == c10::TypeKind::GeneratorType)
-                return c10::IValue(session_gen(c));
-            return c10::IValue();
-        }
+        if (v.kind == DJN_V_NONE)
+            return c10::IValue(); // a missing Generator: the default one, holding the session's state
         return to_ivalue(c, v, inner, name, written);
     }
     case c10::TypeKind::TensorType:
@@ -328,7 +341,7 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
         if (v.kind == DJN_V_STR) return c10::IValue(std::string(v.u.s, v.len));
         break;
     case c10::TypeKind::DeviceObjType: return c10::IValue(c.x->device);
-    case c10::TypeKind::GeneratorType: return c10::IValue(session_gen(c));
+    case c10::TypeKind::GeneratorType: return c10::IValue(default_gen(c.x));
     case c10::TypeKind::ListType:
         return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name, written);
     default: break;
@@ -353,6 +366,11 @@ void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
         throw OpError(DJN_ERR_ARGS, "output description must be a tensor reference");
     const djn_tref_t &r = *o.u.t;
     uint64_t handle = handle_of_slot(c, r.handle);
+    if (t.numel() == 0 && !same_layout(t, r)) {
+        // an auxiliary output the kernel left empty (native_batch_norm's save_mean in
+        // eval mode on CPU): nothing to bind; the handle reads as zeros if ever used
+        return;
+    }
     if (c.env->is_lazy_fn(c.env->ctx, handle)) {
         uint64_t b, e;
         djn_tref_extent(&r, &b, &e);
@@ -421,6 +439,29 @@ void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
     }
 }
 
+// ScalarType, Layout and MemoryFormat travel as ints; ATen indexes tables with them, so
+// an out-of-range value from a client must be refused here, not by a crash.
+void check_enum(const djn_value_t &v, const c10::Argument &a) {
+    if (v.kind != DJN_V_INT)
+        return;
+    c10::TypePtr t = a.real_type();
+    if (t->kind() == c10::TypeKind::OptionalType)
+        t = t->castRaw<c10::OptionalType>()->getElementType();
+    int64_t hi = -1;
+    switch (t->kind()) {
+    case c10::TypeKind::ScalarTypeType:
+        if (v.u.i < 0 || v.u.i >= (int64_t)c10::ScalarType::NumOptions || !djn_dtype_size((uint32_t)v.u.i))
+            throw OpError(DJN_ERR_ARGS, "argument '" + a.name() + "' is not a supported dtype code: " +
+                                            std::to_string(v.u.i));
+        return;
+    case c10::TypeKind::LayoutType: hi = (int64_t)c10::Layout::NumOptions; break;
+    case c10::TypeKind::MemoryFormatType: hi = (int64_t)c10::MemoryFormat::NumOptions; break;
+    default: return;
+    }
+    if (v.u.i < 0 || v.u.i >= hi)
+        throw OpError(DJN_ERR_ARGS, "argument '" + a.name() + "' is out of range: " + std::to_string(v.u.i));
+}
+
 const c10::OperatorHandle &find_op(djn_exec *x, const djn_node_t *n) {
     std::string key = std::string(n->op) + "." + n->overload;
     auto it = x->ops.find(key);
@@ -479,6 +520,23 @@ djn_stor_t *djn_stor_retain(djn_stor_t *s) { return new djn_stor{s->storage}; }
 void djn_stor_release(djn_stor_t *s) { delete s; }
 uint64_t djn_stor_nbytes(const djn_stor_t *s) { return s->storage.nbytes(); }
 
+void djn_exec_zero(djn_exec_t *x, djn_stor_t *s) {
+    size_t n = s->storage.nbytes();
+    if (!n) return;
+    try {
+        if (x->device.is_cpu()) {
+            std::memset(s->storage.mutable_data(), 0, n);
+        } else {
+            c10::DeviceGuard g(x->device);
+            c10::InferenceMode im;
+            auto t = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
+            t.set_(s->storage, 0, {(int64_t)n}, {1});
+            t.zero_();
+        }
+    } catch (...) {
+    }
+}
+
 void djn_exec_install_allocator(void) { c10::SetCPUAllocator(&g_vmu_allocator, /*priority=*/100); }
 
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {
@@ -507,6 +565,10 @@ djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, d
         c10::InferenceMode im;
         *out = wrap(new_storage(x, nbytes, slab_off));
         return DJN_OK;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " +
+                                 e.what_without_backtrace());
+        return DJN_ERR_OOM;
     } catch (const std::exception &e) {
         set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " + e.what());
         return DJN_ERR_OOM;
@@ -531,6 +593,10 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
         }
         *out = wrap(std::move(s));
         return DJN_OK;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, std::string("upload of ") + std::to_string(n) + " bytes to " + x->name + " failed: " +
+                                 e.what_without_backtrace());
+        return DJN_ERR_OOM;
     } catch (const std::exception &e) {
         set_err(err, errlen, std::string("upload of ") + std::to_string(n) + " bytes to " + x->name + " failed: " + e.what());
         return DJN_ERR_OOM;
@@ -593,6 +659,41 @@ void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) {
     g.set_current_seed((uint64_t)env->seed);
 }
 
+void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env) {
+    try {
+        g_rng_mu.lock();
+        Ctx c{x, env, nullptr, {}};
+        at::Generator &sg = session_gen(c);
+        at::Generator d = default_gen(x);
+        std::lock_guard<std::mutex> l1(d.mutex());
+        std::lock_guard<std::mutex> l2(sg.mutex());
+        x->rng_saved = d.get_state();
+        d.set_state(sg.get_state());
+        x->rng_active = true;
+    } catch (...) {
+        x->rng_active = false;
+        g_rng_mu.unlock();
+    }
+}
+
+void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
+    if (!x->rng_active)
+        return;
+    try {
+        Ctx c{x, env, nullptr, {}};
+        at::Generator &sg = session_gen(c);
+        at::Generator d = default_gen(x);
+        std::lock_guard<std::mutex> l1(d.mutex());
+        std::lock_guard<std::mutex> l2(sg.mutex());
+        sg.set_state(d.get_state());
+        d.set_state(x->rng_saved);
+    } catch (...) {
+    }
+    x->rng_saved = at::Tensor();
+    x->rng_active = false;
+    g_rng_mu.unlock();
+}
+
 void djn_exec_sync(djn_exec_t *x) {
     try {
         if (!x->device.is_cpu())
@@ -607,6 +708,20 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
     try {
         c10::DeviceGuard g(x->device);
         c10::InferenceMode im;
+        if (!strcmp(n->op, "djinn::seed")) { // torch.manual_seed, in program order
+            if (n->nargs != 1 || n->args[0].kind != DJN_V_INT)
+                throw OpError(DJN_ERR_ARGS, "expects one integer seed");
+            djn_exec_env_t e2 = *env;
+            e2.seed = n->args[0].u.i & INT64_MAX;
+            if (x->rng_active) {
+                at::Generator d = default_gen(x);
+                std::lock_guard<std::mutex> lock(d.mutex());
+                d.set_current_seed((uint64_t)e2.seed);
+            } else {
+                djn_exec_reseed(x, &e2);
+            }
+            return DJN_OK;
+        }
         const auto &op = find_op(x, n);
         const auto &schema = op.schema();
         const auto &args = schema.arguments();
@@ -623,9 +738,11 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
         Ctx c{x, env, &schema, {}};
         torch::jit::Stack stack;
         stack.reserve(args.size());
-        for (size_t i = 0; i < args.size(); i++)
+        for (size_t i = 0; i < args.size(); i++) {
+            check_enum(n->args[i], args[i]);
             stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str(),
                                       args[i].alias_info() && args[i].alias_info()->isWrite()));
+        }
         op.callBoxed(&stack);
         if (stack.size() != rets.size())
             throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");

@@ -29,7 +29,8 @@ def smoke(tmp_path_factory):
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0, f"run.py --smoke exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, (
+        f"run.py --smoke exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return out, r.stdout
 
 
@@ -40,12 +41,13 @@ def test_smoke_writes_well_formed_json(smoke):
     assert len(paths) == 1, os.listdir(out)
     with open(paths[0]) as f:
         res = json.load(f)
-    for key in ("machine", "date", "mode", "server_device", "local_device", "torch", "systems", "rows",
-                "errors", "skipped", "charts", "series"):
+    for key in ("machine", "date", "mode", "server_device", "local_device", "torch", "systems",
+                "rows", "errors", "skipped", "charts", "series"):
         assert key in res, key
     assert res["mode"] == "smoke"
     assert res["errors"] == {}, res["errors"]
-    assert {"local", "djinn", "rpc", "naive"} <= set(res["systems"]), (res["systems"], res["skipped"])
+    assert {"local", "djinn", "rpc", "naive"} <= set(res["systems"]), (
+        res["systems"], res["skipped"])
     assert {r["group"] for r in res["rows"]} == GROUPS
     seen = set()
     for r in res["rows"]:

@@ -538,11 +538,6 @@ def test_dynamic_flag_on_a_node_that_is_not_last(private_server, zctx):
         c.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: an out-of-range ScalarType argument (e.g. dtype=200 or -1 for aten::ones or "
-    "aten::_to_copy) is passed to ATen unchecked and the server dies with SIGSEGV",
-    strict=True,
-)
 @pytest.mark.parametrize("dtype", [200, -3])
 def test_invalid_scalar_type_argument(private_server, zctx, dtype):
     c = _private(private_server, zctx)
@@ -556,11 +551,6 @@ def test_invalid_scalar_type_argument(private_server, zctx, dtype):
         c.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: a declared-but-never-written handle is materialised as uninitialised memory, so "
-    "fetching it returns bytes another session freed (cross-session data leak)",
-    strict=True,
-)
 def test_fresh_allocation_does_not_leak_other_sessions_data(private_server, zctx):
     ep = private_server("--lease-ms", "0")
     a, b = Raw(ep, zctx), Raw(ep, zctx)

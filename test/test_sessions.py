@@ -4,8 +4,8 @@ notebook kernel and a torchrun job, all against real ``djinn-server`` processes.
 
 Every test starts its own server (``--device cpu``) on a free port with the flags it
 needs, and runs its clients as separate Python processes (``DJINN_SERVER`` set to that
-server), so each client is its own session. Nothing waits on a timer: the test reads the
-server's counters (a raw STATS request over a ZeroMQ DEALER, which needs no session and
+server), so each client is its own session. Nothing is synchronised by a sleep: the test
+reads the server's counters (a raw STATS request over a ZeroMQ DEALER, which needs no session and
 renews no lease) until they show what it expects, within a bounded time. Client
 processes are driven line by line over stdin/stdout.
 """
@@ -243,13 +243,11 @@ _IDLE_CLIENT = """
     b = cpu.to('remote') * 1            # 256 KiB of private bytes
     torch.remote.synchronize()
     print('READY', djinn.remote.session_id(), a.cpu().tolist(), threading.active_count(), flush=True)
-    # idle for IDLE_S seconds holding the GIL (PyDLL does not release it): no Python
+    # idle for argv[1] seconds holding the GIL (PyDLL does not release it): no Python
     # thread can run, so only the client's C heartbeat thread can renew the lease
     ctypes.PyDLL(None).sleep(int(sys.argv[1]))
     print('AFTER', djinn.remote.session_id(), (a + 1).cpu().tolist(), torch.equal(b.cpu(), cpu), flush=True)
 """
-
-
 
 
 @pytest.mark.timeout(120)
@@ -292,6 +290,7 @@ def test_idle_client_keeps_session_and_tensors_by_heartbeats(make_server, client
 _HOLDER = """
     import sys, torch, djinn
     keep = [torch.randn(512, 512).to('remote') * k for k in (2, 3, 4, 5)]   # 4 x 1 MiB private
+    w = torch.randn(256, 256).to('remote')       # 256 KiB of shared (Text) content
     torch.remote.synchronize()
     print('READY', djinn.remote.session_id(), djinn.remote.memory_stats()['session.allocated_bytes'], flush=True)
     how = sys.stdin.readline().strip()
@@ -314,6 +313,7 @@ def test_killed_client_is_reclaimed_within_one_lease(make_server, clients):
     st = srv.stats()
     assert st["sessions_open"] == base["sessions_open"] + 1
     assert st["bytes_in_use"] - base["bytes_in_use"] >= 4 * MiB, st
+    assert st["text_entries"] == base["text_entries"] + 1, st
     c.kill(signal.SIGKILL)
     bound = lease_ms / 1000 + MARGIN
     st, dt = wait_for(srv, lambda s: s["sessions_expired"] == base["sessions_expired"] + 1 and back_to(base)(s),
@@ -556,17 +556,44 @@ _QUOTA_UPLOAD_CLIENT = """
 """
 
 
+@pytest.mark.timeout(120)
+def test_quota_covers_shared_content_a_session_pins(make_server, clients):
+    """Large uploads go to the shared Text segment; a session is still charged for the
+    content it pins, so Text is no way around --session-quota-bytes."""
+    srv = make_server("--lease-ms", "0", "--session-quota-bytes", "1000000")
+    c = clients(_QUOTA_UPLOAD_CLIENT, client_env(srv))
+    line = c.line()
+    assert line.startswith("QUOTA") and "quota" in line[5:], (line, srv.stats())
+
+
+_QUOTA_TEMPS_CLIENT = """
+    import torch, djinn
+    try:   # four 16 MiB intermediates, freed within the fragment; only a 4-byte result is kept
+        print('NO ERROR', ((torch.ones(1 << 22, device='remote') * 3 + 1) * 2).sum().item(), flush=True)
+    except djinn.ResourceError as e:
+        print('QUOTA', repr(str(e)), flush=True)
+    m = djinn.remote.memory_stats()
+    print('PEAK', m['session.peak_bytes'], m['session.quota_bytes'], flush=True)
+"""
+
+
 @pytest.mark.xfail(
-    reason="BUG: uploads of >= DJINN_TEXT_MIN_BYTES go to the shared Text segment, which is not "
-    "charged to any session: one session holds 12 MiB of content nobody else references under a "
-    "1 MB --session-quota-bytes (and the client alone decides what is Text)",
+    reason="BUG: storages placed by the fragment's memory plan skip the quota check "
+    "(djn_session_resolve: '!planned && s_quota') but are charged to the session: a 1 MB quota "
+    "lets one fragment hold 64 MiB of intermediates, and the error then blames the op that "
+    "needed the next 4 bytes",
     strict=True,
 )
 @pytest.mark.timeout(120)
-def test_quota_covers_content_only_this_session_uploaded(make_server, clients):
-    srv = make_server("--lease-ms", "0", "--session-quota-bytes", "1000000")
-    c = clients(_QUOTA_UPLOAD_CLIENT, client_env(srv))
-    assert c.line().startswith("QUOTA"), srv.stats()
+def test_quota_holds_for_intermediates_of_one_fragment(make_server, clients):
+    quota = 1_000_000
+    srv = make_server("--lease-ms", "0", "--session-quota-bytes", str(quota))
+    c = clients(_QUOTA_TEMPS_CLIENT, client_env(srv))
+    first = c.line()
+    peak, q = map(int, c.expect("PEAK").split())
+    assert q == quota
+    assert first.startswith("QUOTA"), first
+    assert peak <= quota, f"the session held {peak} bytes under a quota of {quota}"
 
 
 # ------------------------------------------------------------------ 7. server restart
@@ -574,7 +601,6 @@ def test_quota_covers_content_only_this_session_uploaded(make_server, clients):
 
 _RESTART_CLIENT = """
     import sys, torch, djinn
-    tries = int(sys.argv[1])
     a = torch.arange(3.0, device='remote') * 2
     print('READY', a.cpu().tolist(), djinn.remote.session_id(), flush=True)
     sys.stdin.readline()                      # the server restarts here
@@ -582,29 +608,26 @@ _RESTART_CLIENT = """
         print('NO ERROR', (a + 1).cpu().tolist(), flush=True)
     except djinn.SessionLost as e:
         print('LOST', repr(str(e)), flush=True)
-    for attempt in range(tries):              # new tensors, in the new session
-        try:
-            b = torch.arange(3.0, device='remote') * 3
-            c = torch.ones(2, 2).to('remote') + 1
-            print('NEW', b.cpu().tolist(), c.cpu().tolist(), djinn.remote.session_id(), flush=True)
-            break
-        except djinn.RemoteError as e:
-            print('AGAIN' if attempt + 1 < tries else 'NEW FAILED', type(e).__name__, repr(str(e)), flush=True)
+    try:                                      # new tensors, in a new session
+        b = torch.arange(3.0, device='remote') * 3
+        c = torch.ones(2, 2).to('remote') + 1
+        print('NEW', b.cpu().tolist(), c.cpu().tolist(), djinn.remote.session_id(), flush=True)
+    except djinn.RemoteError as e:
+        print('NEW FAILED', type(e).__name__, repr(str(e)), flush=True)
     sys.stdin.readline()
 """
 
 
-def _restart_and_recover(make_server, clients, tries):
+@pytest.mark.timeout(120)
+def test_server_restart_session_lost_then_new_tensors_work(make_server, clients):
     srv = make_server("--lease-ms", "1500", "--heartbeat-ms", "200")
-    c = clients(_RESTART_CLIENT, client_env(srv), [str(tries)])
+    c = clients(_RESTART_CLIENT, client_env(srv))
     old_sid = c.expect("READY [0.0, 2.0, 4.0]")
     srv.restart()
     c.send()
     msg = c.expect("LOST")
     assert "restarted" in msg and "lease expired" in msg and "gone" in msg, msg
     new = c.line()
-    if tries > 1 and new.startswith("AGAIN SessionLost"):
-        new = c.line()
     assert new.startswith("NEW [0.0, 3.0, 6.0] [[2.0, 2.0], [2.0, 2.0]] "), new
     assert new.split()[-1] != old_sid
     st = srv.stats()
@@ -612,23 +635,6 @@ def _restart_and_recover(make_server, clients, tries):
     c.send()
     assert c.wait() == 0, c.stderr()
     wait_for(srv, lambda s: s["sessions_open"] == 0 and s["sessions_closed"] == 1, 5, "the new session to close")
-
-
-@pytest.mark.xfail(
-    reason="BUG: after SessionLost, the first tensor created afterwards fails with SessionLost "
-    "again: its handle is allocated before the reconnect and falls under the new handle_floor",
-    strict=True,
-)
-@pytest.mark.timeout(120)
-def test_server_restart_session_lost_then_new_tensors_work(make_server, clients):
-    _restart_and_recover(make_server, clients, tries=1)
-
-
-@pytest.mark.timeout(120)
-def test_server_restart_session_lost_then_reuse_recovers(make_server, clients):
-    """The same, tolerating one extra SessionLost on the first fresh tensor (the bug
-    above): the loss is reported, and using 'remote' again opens a working session."""
-    _restart_and_recover(make_server, clients, tries=2)
 
 
 # ------------------------------------------------------------------ 8. many clients
@@ -645,7 +651,7 @@ def test_many_clients_at_once(make_server, clients):
     assert all(r.startswith("OK ") for r in results), results
     assert sorted(int(r.split()[1]) for r in results) == list(range(n))
     assert len({r.split()[2] for r in results}) == n, results  # a session each
-    assert all(int(r.split()[3]) >= n for r in results), results  # all open at once
+    assert all(int(r.split()[3]) >= n for r in results), results  # all opened before any closed
     assert launcher.wait(60) == 0, launcher.stderr()
     st, _ = wait_for(srv, back_to(base), 10, "every client's session to be closed")
     assert st["sessions_opened"] == base["sessions_opened"] + n, st
@@ -730,6 +736,8 @@ def test_torchrun_eval_two_ranks_share_one_copy_of_the_weights(make_server):
 
 
 # ------------------------------------------------------------------ Text and uploads
+# (a regression test: this failed with 'cannot bind the upload to handle ...' while the
+# Text segment refused to rebind a handle that already had a storage)
 
 
 _REUPLOAD_CLIENT = """
@@ -742,18 +750,20 @@ _REUPLOAD_CLIENT = """
             print('COPY', i, torch.equal(r.cpu(), src), flush=True)
         except djinn.RemoteError as e:
             print('COPY', i, 'failed:', str(e), flush=True)
+    m = torch.nn.Linear(256, 256).to('remote')          # load_state_dict copies into it
+    sd = {k: torch.full_like(v, 0.5) for k, v in m.state_dict().items()}
+    try:
+        m.load_state_dict(sd)
+        print('LOAD', bool((m.weight.cpu() == 0.5).all()), bool((m.bias.cpu() == 0.5).all()), flush=True)
+    except djinn.RemoteError as e:
+        print('LOAD failed:', str(e), flush=True)
 """
 
 
-@pytest.mark.xfail(
-    reason="BUG: a second upload of >= DJINN_TEXT_MIN_BYTES into a remote tensor that already holds "
-    "data (copy_ from CPU, load_state_dict on a remote model) fails: 'cannot bind the upload to "
-    "handle ...' (djn_session_bind_text refuses a handle that has a storage)",
-    strict=True,
-)
 @pytest.mark.timeout(120)
 def test_copy_cpu_data_into_the_same_remote_tensor_repeatedly(make_server, clients):
     srv = make_server("--lease-ms", "0")
     c = clients(_REUPLOAD_CLIENT, client_env(srv))
-    got = [c.line() for _ in range(3)]
-    assert got == ["COPY 0 True", "COPY 1 True", "COPY 2 True"], got
+    got = [c.line() for _ in range(4)]
+    assert got == ["COPY 0 True", "COPY 1 True", "COPY 2 True", "LOAD True True"], got
+    assert c.wait() == 0, c.stderr()

@@ -94,6 +94,7 @@ static struct {
     int timeout_ms, connect_timeout_ms;
     uint32_t max_nodes;
     uint64_t text_min; /* uploads this large are content-addressed (DJINN_TEXT_MIN_BYTES) */
+    bool plan_cache;   /* send GRAPH_CACHED for fragments the server holds (DJINN_PLAN_CACHE) */
     djn_status_t pending_st; /* first error of an async fragment not yet reported */
     char pending_msg[2048];
 
@@ -107,6 +108,7 @@ static struct {
     djn_map_t allocs; /* pending allocations: handle -> nbytes */
     s_vec_t frees;   /* uint64_t */
     s_vec_t ups;     /* s_upload_t */
+    uint64_t up_bytes; /* bytes in ups */
     int64_t seed;
     XXH3_state_t *fp;
     s_vec_t srg, srg_outs; /* s_srg_t, uint64_t */
@@ -122,7 +124,8 @@ static struct {
     uint64_t cache_bytes;
     djn_client_counters_t ctr;
     uint64_t handle_floor; /* handles below it belong to a session that was lost */
-    bool had_session, rec_stale;
+    uint64_t lost_sid;
+    bool rec_stale;
 
     /* heartbeat thread: renews the session's lease over its own socket */
     pthread_t hb_thread;
@@ -184,6 +187,7 @@ void djn_client_set_server_binary(const char *path) {
 static void s_cache_drop_all(void);
 static void s_cache_drop(uint64_t h);
 static void s_fragment_reset(void);
+static bool s_stale(uint64_t h);
 
 /* ------------------------------------------------------------------ request/reply */
 
@@ -214,6 +218,18 @@ static djn_status_t s_send(djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes
     for (uint32_t i = 0; i < nframes; i++)
         g.ctr.bytes_sent += frames[i].len;
     return DJN_OK;
+}
+
+/* The server no longer knows our session: every handle that exists now belongs to it
+ * and is gone; handles made from here on belong to the next session. */
+static void s_session_lost(void) {
+    if (g.broken && g.handle_floor == atomic_load(&s_next_va))
+        return;
+    g.broken = true;
+    g.handle_floor = atomic_load(&s_next_va);
+    g.lost_sid = g.sid;
+    s_cache_drop_all();
+    s_fragment_reset();
 }
 
 static djn_status_t s_error_from_reply(const djn_value_t *body, char *msg, size_t len) {
@@ -288,7 +304,7 @@ static djn_status_t s_wait(uint64_t seq, int timeout_ms, s_resp_t *out) {
                     return s_fail(pst, "%s", g.pending_msg);
                 }
                 if (est == DJN_ERR_SESSION)
-                    g.broken = true;
+                    s_session_lost();
                 return s_fail(est, "%s", msg);
             }
             if (g.pending_st == DJN_OK) {
@@ -296,7 +312,7 @@ static djn_status_t s_wait(uint64_t seq, int timeout_ms, s_resp_t *out) {
                 snprintf(g.pending_msg, sizeof g.pending_msg, "%s", msg);
             }
             if (est == DJN_ERR_SESSION)
-                g.broken = true;
+                s_session_lost();
             s_resp_free(&x);
             continue;
         }
@@ -413,10 +429,8 @@ static djn_status_t s_connect_locked(void) {
                       "that use 'remote'.");
     if (g.connected && !g.broken)
         return DJN_OK;
-    if (g.broken) { /* a new session: forget the old one and everything it held */
+    if (g.broken) { /* a new session: forget the old connection */
         djn_conn_destroy(&g.conn);
-        s_cache_drop_all();
-        s_fragment_reset();
         djn_map_clear(&g.known);
         g.pending_st = DJN_OK;
         g.connected = false;
@@ -428,6 +442,7 @@ static djn_status_t s_connect_locked(void) {
         g.connect_timeout_ms = 10000;
     g.max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
     g.text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
+    g.plan_cache = s_env_int("DJINN_PLAN_CACHE", 1) != 0;
     if (g.max_nodes < 1)
         g.max_nodes = 1;
     const char *ep = getenv("DJINN_SERVER");
@@ -498,9 +513,6 @@ static djn_status_t s_connect_locked(void) {
     s_resp_free(&x);
     g.connected = true;
     g.acked = g.seq;
-    if (g.had_session)
-        g.handle_floor = atomic_load(&s_next_va);
-    g.had_session = true;
     s_heartbeat_start(hb_ms);
     return DJN_OK;
 }
@@ -607,7 +619,7 @@ void djn_client_free(uint64_t handle) {
             return;
         }
     }
-    if (!g.forked)
+    if (!g.forked && !s_stale(handle))
         s_vec_push(&g.frees, &handle, sizeof handle);
     pthread_mutex_unlock(&g.mu);
 }
@@ -626,6 +638,7 @@ static void s_fragment_reset(void) {
         djn_free(u->bytes, u->n);
     }
     g.ups.len = 0;
+    g.up_bytes = 0;
     g.srg.len = 0;
     g.srg_outs.len = 0;
     if (!g.fp)
@@ -636,6 +649,19 @@ static void s_fragment_reset(void) {
 
 static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t *out);
 
+/* Work for another device: everything pending or in flight for the current one runs to
+ * completion first. Devices have separate worker queues on the server, so this wait is
+ * what orders a storage declared (or produced) for one device before its use on another. */
+static djn_status_t s_switch_device(int device) {
+    djn_status_t st = DJN_OK;
+    bool pending = g.nnodes || g.allocs.len || g.frees.len || g.ups.len || g.seq > g.acked;
+    if (pending)
+        st = s_flush_locked(true, NULL, NULL);
+    if (st == DJN_OK)
+        g.dev = device;
+    return st;
+}
+
 djn_status_t djn_rec_begin(int device, const char *op, const char *overload, uint32_t nargs) {
     djn_status_t st = s_connect_locked();
     if (st != DJN_OK)
@@ -643,11 +669,8 @@ djn_status_t djn_rec_begin(int device, const char *op, const char *overload, uin
     if (device < 0 || device >= g.ndev)
         return s_fail(DJN_ERR_DEVICE, "djinn: remote:%d does not exist (the server has %d devices)",
                       device, g.ndev);
-    if (g.nnodes && device != g.dev) {
-        st = s_flush_locked(false, NULL, NULL);
-        if (st != DJN_OK)
-            return st;
-    }
+    if (device != g.dev && (st = s_switch_device(device)) != DJN_OK)
+        return st;
     if (!g.fp && (g.fp = XXH3_createState()) != NULL)
         XXH3_128bits_reset(g.fp);
     g.dev = device;
@@ -673,8 +696,23 @@ static uint64_t s_slot(uint64_t handle) {
     return s;
 }
 
+/* A handle of a session this client lost: client handles made before the loss, or
+ * server-issued ones (>= 2^62) whose bits 40..59 name another session. */
+static bool s_stale(uint64_t h) {
+    if (h >= (1ull << 62))
+        return ((h >> 40) & 0xFFFFFull) != (g.sid & 0xFFFFFull);
+    return h < g.handle_floor;
+}
+
+static djn_status_t s_stale_error(void) {
+    return s_fail(DJN_ERR_SESSION,
+                  "djinn: session lost: this remote tensor belongs to a session the server no "
+                  "longer holds (it restarted, or the lease expired); its data is gone. "
+                  "Re-create it from CPU data.");
+}
+
 void djn_rec_tensor(const djn_tref_t *t, bool written) {
-    if (t->handle < g.handle_floor || (t->handle >= (1ull << 62) && g.handle_floor))
+    if (s_stale(t->handle))
         g.rec_stale = true;
     djn_tref_t r = *t;
     r.handle = s_slot(t->handle);
@@ -697,10 +735,7 @@ djn_status_t djn_rec_end(uint32_t flags, djn_op_class_t cls, djn_phase_t phase) 
     if (g.rec_stale) {
         g.rec_stale = false;
         djn_rec_abort();
-        return s_fail(DJN_ERR_SESSION,
-                      "djinn: session lost: this remote tensor belongs to a session the server no "
-                      "longer holds (it restarted, or the lease expired); its data is gone. "
-                      "Re-create it from CPU data.");
+        return s_stale_error();
     }
     if (g.nodes.failed) {
         djn_rec_abort();
@@ -907,7 +942,7 @@ static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t
      * be answered by sending the full GRAPH right away. */
     bool cached = false;
     uint64_t known;
-    if (g.nnodes && wait && !g.ups.len && djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
+    if (g.plan_cache && g.nnodes && wait && !g.ups.len && djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
         known == fp[1])
         cached = true;
     djn_buf_t b = {0};
@@ -1018,6 +1053,11 @@ djn_status_t djn_client_read(int device, uint64_t handle, uint64_t off, uint64_t
         return DJN_OK;
     pthread_mutex_lock(&g.mu);
     djn_status_t st = DJN_OK;
+    if (g.connected && s_stale(handle)) {
+        st = s_stale_error();
+        pthread_mutex_unlock(&g.mu);
+        return st;
+    }
     uint64_t p;
     if (djn_map_get(&g.cache, handle, &p)) {
         s_cached_t *c = (s_cached_t *)(uintptr_t)p;
@@ -1041,8 +1081,8 @@ djn_status_t djn_client_read(int device, uint64_t handle, uint64_t off, uint64_t
         f.offset = 0;
         f.nbytes = total;
     }
-    if (g.nnodes && device != g.dev)
-        st = s_flush_locked(false, NULL, NULL);
+    if (device != g.dev)
+        st = s_switch_device(device);
     if (st == DJN_OK) {
         g.dev = device;
         s_resp_t x;
@@ -1086,7 +1126,9 @@ djn_status_t djn_client_upload(int device, uint64_t handle, const void *bytes, u
     djn_status_t st = s_connect_locked();
     /* an upload replaces the storage before the fragment's nodes run: if a pending node
      * names this storage, that node must run first */
-    if (st == DJN_OK && g.nnodes && (device != g.dev || djn_map_get(&g.slots, handle, NULL)))
+    if (st == DJN_OK && device != g.dev)
+        st = s_switch_device(device);
+    if (st == DJN_OK && g.nnodes && djn_map_get(&g.slots, handle, NULL))
         st = s_flush_locked(false, NULL, NULL);
     if (st == DJN_OK) {
         g.dev = device;
@@ -1096,6 +1138,8 @@ djn_status_t djn_client_upload(int device, uint64_t handle, const void *bytes, u
                         (unsigned long long)n);
         } else {
             memcpy(copy, bytes, n);
+            if (g.ups.len >= 1024 || g.up_bytes + n > (256ull << 20)) /* bound one message */
+                st = s_flush_locked(false, NULL, NULL);
             s_upload_t u = {handle, copy, n, false, 0, 0};
             if (n && n >= g.text_min) {
                 XXH128_hash_t h = XXH3_128bits(copy, n);
@@ -1103,9 +1147,13 @@ djn_status_t djn_client_upload(int device, uint64_t handle, const void *bytes, u
                 u.hi = h.high64;
                 u.lo = h.low64;
             }
-            if (!s_vec_push(&g.ups, &u, sizeof u)) {
+            if (st != DJN_OK) {
+                djn_free(copy, n);
+            } else if (!s_vec_push(&g.ups, &u, sizeof u)) {
                 djn_free(copy, n);
                 st = s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");
+            } else {
+                g.up_bytes += n;
             }
             s_cache_drop(handle);
         }
@@ -1116,7 +1164,20 @@ djn_status_t djn_client_upload(int device, uint64_t handle, const void *bytes, u
 
 void djn_client_seed(uint64_t seed) {
     pthread_mutex_lock(&g.mu);
-    g.seed = (int64_t)(seed & INT64_MAX);
+    if (g.connected && !g.broken && !g.forked) {
+        /* in program order with the ops around it: a node of its own */
+        djn_status_t st = djn_rec_begin(g.dev, "djinn::seed", "", 1);
+        if (st == DJN_OK) {
+            djn_enc_int(&g.nodes, (int64_t)(seed & INT64_MAX));
+            djn_rec_outs(0);
+            st = djn_rec_end(0, DJN_CLASS_MEMORY, DJN_PHASE_NONE);
+        }
+        if (st == DJN_OK) {
+            pthread_mutex_unlock(&g.mu);
+            return;
+        }
+    }
+    g.seed = (int64_t)(seed & INT64_MAX); /* before the first connection: sent with the first fragment */
     pthread_mutex_unlock(&g.mu);
 }
 

@@ -7,7 +7,8 @@
 
 namespace djinn {
 extern PyObject *g_error_types[4];
-}
+PyObject *error_type(djn_status_t st);
+} // namespace djinn
 
 namespace py = pybind11;
 using release = py::call_guard<py::gil_scoped_release>;
@@ -37,10 +38,13 @@ py::object to_py(const djn_value_t *v) {
     }
 }
 
+// Called with the GIL held: set the typed Python exception (djinn.RemoteError & co).
 void check_py(djn_status_t st) {
     if (st != DJN_OK) {
-        py::gil_scoped_release r; // raise() builds a C++ exception only
-        djinn::raise_last();
+        djn_status_t code = djn_client_errcode();
+        const char *msg = djn_client_errmsg();
+        PyErr_SetString(djinn::error_type(code == DJN_OK ? st : code), msg && *msg ? msg : djn_status_str(st));
+        throw py::error_already_set();
     }
 }
 
@@ -59,7 +63,14 @@ PYBIND11_MODULE(_C, m) {
     m.def("_init", []() {
         torch::utils::register_fork_handler_for_device_init(c10::DeviceType::PrivateUse1);
     });
-    m.def("_connect", []() { check_py(djn_client_connect()); }, release());
+    m.def("_connect", []() {
+        djn_status_t st;
+        {
+            py::gil_scoped_release r;
+            st = djn_client_connect();
+        }
+        check_py(st);
+    });
     m.def("_device_count", []() { return djn_client_device_count(); }, release());
     m.def("_device_name", [](int i) { return std::string(djn_client_device_name(i)); });
     m.def("_endpoint", []() { return std::string(djn_client_endpoint()); });

@@ -20,7 +20,7 @@ struct DjinnError : torch::PyTorchError {
 };
 } // namespace
 
-void raise(djn_status_t st, const std::string &msg) {
+static ErrorKind kind_of(djn_status_t st) {
     ErrorKind k = ErrorKind::Remote;
     switch (st) {
     case DJN_ERR_SESSION: k = ErrorKind::SessionLost; break;
@@ -31,7 +31,14 @@ void raise(djn_status_t st, const std::string &msg) {
     case DJN_ERR_NOMEM: k = ErrorKind::Resource; break;
     default: break;
     }
-    throw DjinnError(k, msg);
+    return k;
+}
+
+void raise(djn_status_t st, const std::string &msg) { throw DjinnError(kind_of(st), msg); }
+
+PyObject *error_type(djn_status_t st) {
+    PyObject *t = g_error_types[static_cast<int>(kind_of(st))];
+    return t ? t : PyExc_RuntimeError;
 }
 
 void raise_last() {

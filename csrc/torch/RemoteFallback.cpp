@@ -429,7 +429,8 @@ void enc_out(djn_buf_t *b, const c10::IValue &v) {
 }
 
 djn_phase_t phase_for(const OpInfo &info) {
-    if (t_phase_left > 0 && (info.cls == DJN_CLASS_COMPUTE || info.name == "aten::_softmax")) {
+    if (t_phase_left > 0 && (info.cls == DJN_CLASS_COMPUTE || info.name == "aten::_softmax" ||
+                             info.name == "aten::_safe_softmax")) {
         t_phase_left--;
         return t_phase;
     }

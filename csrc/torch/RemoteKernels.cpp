@@ -4,6 +4,7 @@
 // the C core until a node writes to the storage).
 #include <ATen/EmptyTensor.h>
 #include <ATen/native/Resize.h>
+#include <ATen/native/transformers/attention.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/alias_native.h>
 #include <ATen/ops/as_strided_native.h>
@@ -197,19 +198,16 @@ at::Scalar local_scalar_dense(const at::Tensor &self) {
     return download(self).item();
 }
 
-// SDPA: pick the math backend (composed of ops we capture) and note the phase: a query
-// of length 1 against a longer key is a decode step.
-void fused_sdp_choice(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
-    size_t n = op.schema().arguments().size();
-    const auto &q = (*stack)[stack->size() - n];
-    const auto &k = (*stack)[stack->size() - n + 1];
+// SDPA on 'remote' takes the math path (composed of ops we capture); choosing it is
+// where the phase is visible: a query of length 1 against a longer key is a decode step.
+int64_t fused_sdp_choice(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                         const std::optional<at::Tensor> &mask, double dropout_p, bool is_causal,
+                         std::optional<double> scale, bool enable_gqa) {
     djn_phase_t ph = DJN_PHASE_PREFILL;
-    if (q.isTensor() && k.isTensor() && q.toTensor().dim() >= 2 && q.toTensor().size(-2) == 1 &&
-        k.toTensor().size(-2) > 1)
+    if (q.dim() >= 2 && q.size(-2) == 1 && k.size(-2) > 1)
         ph = DJN_PHASE_DECODE;
     set_phase_hint(ph);
-    torch::jit::drop(*stack, n);
-    stack->emplace_back(static_cast<int64_t>(0)); // sdp::SDPBackend::math
+    return 0; // sdp::SDPBackend::math
 }
 
 } // namespace
@@ -228,7 +226,6 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("_copy_from", TORCH_FN(copy_from));
     m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
     m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
-    m.impl("_fused_sdp_choice", torch::CppFunction::makeFromBoxedFunction<&fused_sdp_choice>());
     // Composite-explicit ops whose PrivateUse1 decomposition would end in an
     // '*_overrideable' stub: capture them whole instead.
     m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&fallback>());
@@ -238,3 +235,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&fallback>()); }
 
 } // namespace djinn
+
+namespace at::native {
+REGISTER_PRIVATEUSE1_DISPATCH(_fused_sdp_choice_stub, &djinn::fused_sdp_choice);
+}

@@ -7,11 +7,11 @@ touches 'remote' (so each child opens a session of its own; importing transforme
 times over would dominate the test on a 2-core host). Each child, seeded with its rank:
 
   * moves a small MLP and a tiny Llama to 'remote';
-  * waits (bounded, polling the server's counters) until all N sessions are open, so the
-    N clients really run at the same time;
+  * waits (bounded, polling the server's counters) until all N sessions have been opened,
+    so the N clients really run at the same time;
   * runs the MLP forward and a greedy generate of 4 tokens with a KV cache, and compares
     both with the same models on the CPU;
-  * prints ``OK <rank> <session id hex> <sessions open at the start>`` or
+  * prints ``OK <rank> <session id hex> <sessions opened on the server>`` or
     ``FAIL <rank> <what differed>``, and exits normally (closing its session).
 
 The launcher waits for every child and exits with the number of children that failed.
@@ -42,10 +42,13 @@ def client(rank, n):
     x = torch.randn(4, 16)
     prompt = torch.randint(0, cfg.vocab_size, (1, 6))
 
+    # sessions_opened, not sessions_open: no client closes before it has seen all n
+    # opened, so when the n-th opens all n are open at once (and a fast client's exit
+    # cannot make a slow one wait for a count that will never come back)
     deadline = time.monotonic() + 120
-    while (opened := djinn.server_stats()["sessions_open"]) < n:
+    while (opened := djinn.server_stats()["sessions_opened"]) < n:
         if time.monotonic() > deadline:
-            problems.append(f"only {opened} of {n} sessions open after 120 s")
+            problems.append(f"only {opened} of {n} sessions opened after 120 s")
             break
         time.sleep(0.05)  # polling interval
 
