@@ -190,8 +190,10 @@ def run_callgrind(ops, misses, workdir, timeout):
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
            sys.executable, os.path.abspath(__file__), "child", "--ops", str(ops),
            "--misses", str(misses)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
+    errpath = os.path.join(workdir, "stderr.txt")
+    errf = open(errpath, "w")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf,
+                            text=True, env=env, cwd=workdir)
     deadline = time.monotonic() + timeout
     dumps = {}
     try:
@@ -213,10 +215,16 @@ def run_callgrind(ops, misses, workdir, timeout):
             proc.stdin.flush()
         proc.stdin.close()
         proc.wait(max(5.0, deadline - time.monotonic()))
+    except Exception as e:
+        errf.flush()
+        with open(errpath) as f:
+            tail = [ln for ln in f.read().splitlines() if not ln.startswith("==")][-5:]
+        raise RuntimeError(f"{e}; its stderr ends: {' | '.join(tail)}") from e
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        errf.close()
     missing = [p for p in dumps.values() if not os.path.exists(p)]
     if missing:
         raise RuntimeError(f"callgrind wrote no dump {missing}")
@@ -315,6 +323,8 @@ def write_cprofile_md(md, ops, why):
     import pstats
 
     import torch
+
+    import djinn  # noqa: F401 - registers 'remote' when run standalone
 
     xr = torch.randn(64, device="remote")
     torch.remote.synchronize()

@@ -80,7 +80,8 @@ def _is_in_bad_fork():
 
 
 def manual_seed(seed):
-    """Seed the server-side generators of this session (all devices)."""
+    """Seed this session's random state on the server, in program order with the ops
+    around it. (On a server with several devices, the current device's.)"""
     _C._manual_seed(int(seed) & ((1 << 63) - 1))
 
 
@@ -153,6 +154,9 @@ def memory_stats(device=None):
         "plan.lower_bound_bytes": d.get("plan_lower_bound_last", 0),
         "plan.bump_bytes": d.get("plan_bump_last", 0),
         "plan.copied_out_bytes": d.get("copied_out_bytes", 0),
+        "plan.peak_bytes_total": d.get("plan_peak_sum", 0),
+        "plan.lower_bound_bytes_total": d.get("plan_lower_bound_sum", 0),
+        "plan.bump_bytes_total": d.get("plan_bump_sum", 0),
         "text.bytes": s.get("text_bytes", 0),
         "text.entries": s.get("text_entries", 0),
         "text.refs": s.get("text_refs", 0),

@@ -43,6 +43,8 @@ void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v);
 /* Allocation mode of this worker thread: 1 = Stack slab (while nodes run), 0 = Data. */
 void djn_exec_slab_mode(int on);
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s);
+/* Whether a storage lives in any device's stack slab (transient: not charged to quotas). */
+int djn_stor_in_slab(const djn_stor_t *s);
 
 /* A storage of nbytes: in the Data segment, or at a planned slab offset when
  * slab_off != UINT64_MAX. */

@@ -4,7 +4,8 @@
  * Transport thread: polls the ROUTER (clients) and a PULL socket (replies from workers).
  * A client message is [identity][header][frames...]. The header is decoded and checked
  * here (djn_msg_decode enforces every protocol limit before allocating); HELLO,
- * HEARTBEAT, STATS and CLOSE are answered on the spot; GRAPH and FETCH become jobs on
+ * HEARTBEAT, STATS, HAVE and CLOSE are answered on the spot; GRAPH, GRAPH_CACHED and
+ * FETCH become jobs on
  * the queue of the worker that owns the requested device. Bad input of any kind gets an
  * ERROR reply naming the problem; nothing a client sends can stop the loop.
  *
@@ -381,15 +382,24 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     if (bad_node >= 0) /* what the failed node and those after it should have produced */
         for (uint32_t i = (uint32_t)bad_node; i < nnodes; i++)
             s_poison_outputs(s, g, &nodes[i], err, i == (uint32_t)bad_node);
+    else if (st != DJN_OK) /* refused before any node ran (plan, allocs, uploads) */
+        for (uint32_t i = 0; i < nnodes; i++)
+            s_poison_outputs(s, g, &nodes[i], err, false);
     djn_exec_rng_exit(w->exec, &env);
     djn_exec_slab_mode(0);
     djn_session_set_placements(NULL);
     if (planned) { /* what clients still hold leaves the slab before it is reset */
         uint64_t moved = 0;
+        djn_map_t freed = {0};
+        for (uint32_t i = 0; i < g->nfrees; i++)
+            djn_map_put(&freed, g->frees[i], 1);
         for (uint32_t i = 0; i < g->nbinds; i++)
-            djn_session_copy_out(s, w->exec, g->binds[i], &moved);
+            if (!djn_map_get(&freed, g->binds[i], NULL))
+                djn_session_copy_out(s, w->exec, g->binds[i], &moved);
         for (uint32_t i = 0; i < g->nallocs; i++)
-            djn_session_copy_out(s, w->exec, g->allocs[i].handle, &moved);
+            if (!djn_map_get(&freed, g->allocs[i].handle, NULL))
+                djn_session_copy_out(s, w->exec, g->allocs[i].handle, &moved);
+        djn_map_release(&freed);
         if (moved)
             djn_vmu_note_copy_out(w->vmu, moved);
     }
@@ -442,6 +452,9 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
             djn_enc_cstr(&b, "dyn");
             djn_buf_raw(&b, dyn.data, dyn.len);
         }
+        /* filed before the reply leaves: the client may send GRAPH_CACHED right after */
+        if (!j->plan && j->msg->type == DJN_MSG_GRAPH)
+            djn_tlb_insert(srv->tlb, &j->msg);
         s_send_reply(push, &j->ident, &b, out, nout, &srv->bytes_out);
     } else {
         for (uint32_t i = 0; i < nout; i++)
@@ -470,8 +483,6 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(out, g->nfetches * sizeof(zmq_msg_t));
     djn_buf_release(&b);
     djn_buf_release(&dyn);
-    if (st == DJN_OK && !j->plan && j->msg->type == DJN_MSG_GRAPH)
-        djn_tlb_insert(srv->tlb, &j->msg); /* a fragment that ran: cache it */
     s_job_free(j);
 }
 
@@ -567,11 +578,9 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_text_stats(srv->text, &ts);
     djn_session_t *me = m->sid ? djn_sessions_get(srv->sessions, m->sid, s_now_ms()) : NULL;
     uint64_t my_bytes = 0, my_peak = 0;
-    if (me) {
-        djn_session_lock(me);
+    if (me) { /* read without the session lock: a running fragment must not stall the transport */
         my_bytes = djn_session_bytes(me);
         my_peak = djn_session_peak(me);
-        djn_session_unlock(me);
         djn_session_release(&me);
     }
     djn_buf_t b = {0};
@@ -615,7 +624,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         memset(&vs, 0, sizeof vs);
         if (w->vmu)
             djn_vmu_stats(w->vmu, &vs);
-        djn_enc_map(&b, 22);
+        djn_enc_map(&b, 23);
         djn_enc_cstr(&b, "name");
         djn_enc_cstr(&b, djn_exec_device(w->exec));
         s_enc_kv(&b, "nodes", atomic_load(&w->nodes));
@@ -639,6 +648,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         s_enc_kv(&b, "plan_bump_last", vs.plan_bump_last);
         s_enc_kv(&b, "plan_peak_sum", vs.plan_peak_sum);
         s_enc_kv(&b, "plan_lower_bound_sum", vs.plan_lower_bound_sum);
+        s_enc_kv(&b, "plan_bump_sum", vs.plan_bump_sum);
         s_enc_kv(&b, "copied_out_bytes", vs.copied_out_bytes);
     }
     s_send_reply(srv->router, ident, &b, NULL, 0, &srv->bytes_out);

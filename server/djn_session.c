@@ -19,6 +19,7 @@ typedef struct {
     uint64_t nbytes;
     bool text; /* stor is shared content from the Text segment (read-only) */
     bool poisoned; /* an op that should have produced it failed: reading it is an error */
+    bool transient; /* stor lives in the stack slab: not charged to the session */
     djn_text_key_t tkey;
 } s_entry_t;
 
@@ -73,7 +74,7 @@ static void s_session_free(djn_session_t *s) {
         if (e->stor) {
             if (e->text)
                 djn_text_release(s->owner->text, &e->tkey);
-            else
+            else if (!e->transient)
                 atomic_fetch_sub(&s->owner->bytes, e->nbytes);
             djn_stor_release(e->stor);
         }
@@ -218,7 +219,7 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
             djn_text_release(s->owner->text, &e->tkey);
             s->bytes -= e->nbytes;
             e->text = false;
-        } else {
+        } else if (!e->transient) {
             atomic_fetch_sub(&s->owner->bytes, e->nbytes);
             s->bytes -= e->nbytes;
         }
@@ -226,12 +227,15 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
     }
     e->stor = stor;
     e->poisoned = false;
+    e->transient = stor && djn_stor_in_slab(stor);
     if (stor) {
         e->nbytes = djn_stor_nbytes(stor);
-        atomic_fetch_add(&s->owner->bytes, e->nbytes);
-        s->bytes += e->nbytes;
-        if (s->bytes > s->peak)
-            s->peak = s->bytes;
+        if (!e->transient) { /* activations in the slab are bounded by the slab, not quotas */
+            atomic_fetch_add(&s->owner->bytes, e->nbytes);
+            s->bytes += e->nbytes;
+            if (s->bytes > s->peak)
+                s->peak = s->bytes;
+        }
     }
 }
 
@@ -268,8 +272,8 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
 
 djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor) {
     s_entry_t *e = s_entry(s, handle);
-    uint64_t have = e && e->stor && !e->text ? e->nbytes : 0, need = djn_stor_nbytes(stor);
-    if (need > have && s_quota(s, need - have, NULL, 0) != DJN_OK)
+    uint64_t have = e && e->stor && !e->text && !e->transient ? e->nbytes : 0, need = djn_stor_nbytes(stor);
+    if (!djn_stor_in_slab(stor) && need > have && s_quota(s, need - have, NULL, 0) != DJN_OK)
         return DJN_ERR_QUOTA;
     if (!e) {
         djn_status_t st = djn_session_declare(s, handle, djn_stor_nbytes(stor));
@@ -422,6 +426,14 @@ bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint
         return true;
     djn_stor_t *d = NULL;
     char err[64];
+    if (s_quota(s, e->nbytes, NULL, 0) != DJN_OK) { /* over quota: the result is lost, say why */
+        s_set_stor(s, e, NULL);
+        e->poisoned = true;
+        snprintf(s->last_failure, sizeof s->last_failure,
+                 "session quota exceeded keeping a result of %" PRIu64 " bytes (--session-quota-bytes)",
+                 e->nbytes);
+        return false;
+    }
     if (djn_exec_alloc(x, e->nbytes, UINT64_MAX, &d, err, sizeof err) != DJN_OK)
         return false;
     if (djn_exec_copy(x, d, e->stor, e->nbytes, err, sizeof err) != DJN_OK) {

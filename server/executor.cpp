@@ -53,6 +53,7 @@ struct djn_exec {
     std::unordered_map<std::string, c10::OperatorHandle> ops;
     djn_vmu_t *vmu = nullptr;
     bool rng_active = false; // the default generator holds a session's state
+    std::mutex own_rng_mu;   // a CUDA device's default generator is its own
     at::Tensor rng_saved;
 };
 
@@ -263,7 +264,9 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
 // default generator holds the session's state (swapped in and out around the fragment,
 // under one lock since CPU devices share it), so each session's stream is its own and
 // torch.manual_seed on the client reproduces it.
-std::mutex g_rng_mu;
+std::mutex g_rng_mu; // CPU devices share one default generator
+
+std::mutex &rng_mu(djn_exec *x) { return x->device.is_cpu() ? g_rng_mu : x->own_rng_mu; }
 
 at::Generator default_gen(djn_exec *x) {
     return x->device.is_cpu() ? at::detail::getDefaultCPUGenerator()
@@ -557,6 +560,14 @@ void djn_exec_slab_mode(int on) { t_slab = on && t_vmu; }
 
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) { return storage_in_slab(x, s->storage); }
 
+int djn_stor_in_slab(const djn_stor_t *s) {
+    const void *p = s->storage.data();
+    int n = g_nvmus.load();
+    for (int i = 0; p && i < n; i++)
+        if (djn_vmu_in_slab(g_vmus[i], p)) return 1;
+    return 0;
+}
+
 djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, djn_stor_t **out, char *err,
                             size_t errlen) {
     *out = nullptr;
@@ -661,7 +672,7 @@ void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) {
 
 void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env) {
     try {
-        g_rng_mu.lock();
+        rng_mu(x).lock();
         Ctx c{x, env, nullptr, {}};
         at::Generator &sg = session_gen(c);
         at::Generator d = default_gen(x);
@@ -672,7 +683,7 @@ void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env) {
         x->rng_active = true;
     } catch (...) {
         x->rng_active = false;
-        g_rng_mu.unlock();
+        rng_mu(x).unlock();
     }
 }
 
@@ -691,7 +702,7 @@ void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
     }
     x->rng_saved = at::Tensor();
     x->rng_active = false;
-    g_rng_mu.unlock();
+    rng_mu(x).unlock();
 }
 
 void djn_exec_sync(djn_exec_t *x) {
@@ -720,6 +731,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             } else {
                 djn_exec_reseed(x, &e2);
             }
+            if (dyn) // a (pointless) DYNAMIC seed node still gets a well-formed, empty result
+                djn_enc_array(dyn, 0);
             return DJN_OK;
         }
         const auto &op = find_op(x, n);

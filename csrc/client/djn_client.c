@@ -429,7 +429,8 @@ static djn_status_t s_connect_locked(void) {
                       "that use 'remote'.");
     if (g.connected && !g.broken)
         return DJN_OK;
-    if (g.broken) { /* a new session: forget the old connection */
+    if (g.broken) { /* a new session: forget the old connection and what it held */
+        s_session_lost();
         djn_conn_destroy(&g.conn);
         djn_map_clear(&g.known);
         g.pending_st = DJN_OK;
@@ -793,6 +794,13 @@ static djn_status_t s_offer_text(void) {
         n += ((s_upload_t *)g.ups.data)[i].text;
     if (!n)
         return DJN_OK;
+    if (g.seq > g.acked) { /* HAVE binds at once: earlier fragments must have run first */
+        s_resp_t d;
+        djn_status_t dst = s_wait(g.seq, g.timeout_ms, &d);
+        if (dst != DJN_OK)
+            return dst;
+        s_resp_free(&d);
+    }
     djn_buf_t body = {0};
     djn_enc_map(&body, 2);
     djn_enc_cstr(&body, "dev");
@@ -942,7 +950,8 @@ static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t
      * be answered by sending the full GRAPH right away. */
     bool cached = false;
     uint64_t known;
-    if (g.plan_cache && g.nnodes && wait && !g.ups.len && djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
+    if (g.plan_cache && g.nnodes && wait && !g.ups.len && g.seq == g.acked && g.pending_st == DJN_OK &&
+        djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
         known == fp[1])
         cached = true;
     djn_buf_t b = {0};

@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define DJN_PROTO_VERSION 1
+#define DJN_PROTO_VERSION 2
 
 /* ---- message types (frozen) ---- */
 typedef enum djn_msg_type {
