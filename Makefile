@@ -127,12 +127,15 @@ demo: build
 
 bench: build
 	$(PYTHON) benchmarks/run.py --quick
+	$(PYTHON) benchmarks/memory_bench.py
 
 bench-full: build
 	$(PYTHON) benchmarks/run.py --full
+	$(PYTHON) benchmarks/memory_bench.py
 
 bench-gpu: build
 	$(PYTHON) benchmarks/run.py --quick --gpu
+	$(PYTHON) benchmarks/memory_bench.py
 
 format:
 	clang-format -i csrc/*/*.[ch] csrc/torch/*.cpp server/*.[ch] server/*.cpp test/c/*.[ch]

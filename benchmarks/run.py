@@ -123,7 +123,7 @@ def _notes(rows):
             gbs = ", ".join(f"{k} {v:.2f}" for k, v in e["effective GB/s"].items())
             notes.append(f"- {r['name']}: effective weight bandwidth (weight bytes / forward "
                          f"time), GB/s: {gbs}.")
-        if "djinn_upload_already_on_server_ms" in e:
+        if "djinn_upload_already_on_server_ms" in e and "GB/s" in e:
             notes.append(f"- Uploading the same {e['weight_bytes'] / 1e6:.0f} MB of weights again "
                          "while the server holds them (a second session of one model): "
                          f"{_fmt(e['djinn_upload_already_on_server_ms'])} ms, "
@@ -145,9 +145,10 @@ def _notes(rows):
                                                      r["extra"]["GB/s"].items())) for r in bw]
         notes.append("- Bandwidth, GB/s (" + "; ".join(parts) + ").")
         dedup = [f"{r['name']} {_fmt(r['extra']['djinn_upload_content_already_on_server_ms'])} ms"
+                 f" ({r['extra']['djinn_upload_content_already_on_server_bytes']:,.0f} B uploaded)"
                  for r in bw if "djinn_upload_content_already_on_server_ms" in r["extra"]]
         if dedup:
-            notes.append("- djinn uploads of content the server already holds (no bytes sent): "
+            notes.append("- djinn uploads of content the server already holds: "
                          + "; ".join(dedup) + ".")
     return notes
 

@@ -125,7 +125,7 @@ static struct {
     djn_client_counters_t ctr;
     uint64_t handle_floor; /* handles below it belong to a session that was lost */
     uint64_t lost_sid;
-    bool rec_stale;
+    bool rec_stale, loss_marked;
 
     /* heartbeat thread: renews the session's lease over its own socket */
     pthread_t hb_thread;
@@ -223,9 +223,10 @@ static djn_status_t s_send(djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes
 /* The server no longer knows our session: every handle that exists now belongs to it
  * and is gone; handles made from here on belong to the next session. */
 static void s_session_lost(void) {
-    if (g.broken && g.handle_floor == atomic_load(&s_next_va))
-        return;
     g.broken = true;
+    if (g.loss_marked) /* once per lost session: handles made since belong to the next one */
+        return;
+    g.loss_marked = true;
     g.handle_floor = atomic_load(&s_next_va);
     g.lost_sid = g.sid;
     s_cache_drop_all();
@@ -514,6 +515,7 @@ static djn_status_t s_connect_locked(void) {
     s_resp_free(&x);
     g.connected = true;
     g.acked = g.seq;
+    g.loss_marked = false;
     s_heartbeat_start(hb_ms);
     return DJN_OK;
 }
