@@ -10,6 +10,8 @@ A request is ``[header, frame1, ...]``; the header is a msgpack map
 nodes, tensor references (ext type 1) carry a *slot* into the body's ``binds`` array,
 not a handle (djn_codec.c, s_bind_refs).
 """
+import os
+import re as _re
 import struct
 
 import msgpack
@@ -18,6 +20,10 @@ import torch
 import zmq
 
 from conftest import assert_close
+
+# the protocol version, read from the one header that defines it
+_HDR = open(os.path.join(os.path.dirname(__file__), "..", "csrc", "common", "djn_proto.h")).read()
+PROTO_VERSION = int(_re.search(r"#define DJN_PROTO_VERSION (\d+)", _HDR).group(1))
 
 HELLO, HEARTBEAT, GRAPH, FETCH, STATS, CLOSE = 1, 2, 3, 7, 9, 10
 REPLY, ERROR = 64, 65
@@ -70,7 +76,7 @@ class Raw:
         return r
 
     def hello(self):
-        h, _ = self.call(HELLO, {"version": 1, "client": "pytest raw"}, sid=0)
+        h, _ = self.call(HELLO, {"version": PROTO_VERSION, "client": "pytest raw"}, sid=0)
         assert h["type"] == REPLY, h
         self.sid = h["body"]["sid"]
         assert h["sid"] == self.sid and self.sid != 0
@@ -150,7 +156,7 @@ def _add_out_graph(h_in, h_out, n=4, fetch=True):
 
 def test_hello_reply_fields(raw):
     body = raw.hello()
-    assert body["version"] == 1
+    assert body["version"] == PROTO_VERSION
     assert body["devices"] == ["cpu"]
     assert isinstance(body["lease_ms"], int) and isinstance(body["heartbeat_ms"], int)
     assert body["server"].startswith("djinn-server")
@@ -255,7 +261,7 @@ def test_empty_header_frame(raw):
 
 
 def test_every_truncated_prefix_of_a_valid_hello(raw):
-    hello = header(HELLO, 0, 7, {"version": 1, "client": "truncation test"})
+    hello = header(HELLO, 0, 7, {"version": PROTO_VERSION, "client": "truncation test"})
     for i in range(1, len(hello)):
         body = assert_error(raw.request([hello[:i]]), E_PROTO)
         assert "truncated msgpack" in body["msg"] or "exceeds the message" in body["msg"], (i, body)
@@ -265,7 +271,7 @@ def test_every_truncated_prefix_of_a_valid_hello(raw):
 
 
 def test_header_that_is_an_array(raw):
-    frame = msgpack.packb([HELLO, 0, 1, {"version": 1}])
+    frame = msgpack.packb([HELLO, 0, 1, {"version": PROTO_VERSION}])
     assert_error(raw.request([frame]), E_PROTO, "header must be a map")
 
 
@@ -292,8 +298,8 @@ def test_unknown_message_type(raw):
 
 
 def test_hello_with_wrong_version(raw):
-    body = assert_error(raw.request([header(HELLO, 0, 9, {"version": 2})]), E_VERSION, "version", seq=9)
-    assert "2" in body["msg"] and "1" in body["msg"]
+    body = assert_error(raw.request([header(HELLO, 0, 9, {"version": PROTO_VERSION + 1})]), E_VERSION, "version", seq=9)
+    assert str(PROTO_VERSION + 1) in body["msg"] and str(PROTO_VERSION) in body["msg"]
 
 
 def test_nesting_too_deep(raw):

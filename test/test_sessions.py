@@ -20,6 +20,11 @@ import textwrap
 import threading
 import time
 
+import re as _re  # noqa: E402
+
+PROTO_VERSION = int(_re.search(r"#define DJN_PROTO_VERSION (\d+)", open(__import__("os").path.join(
+    __import__("os").path.dirname(__file__), "..", "csrc", "common", "djn_proto.h")).read()).group(1))
+
 import pytest
 
 from conftest import PYTHON, REPO, free_port, poll, start_server, stop_server, subprocess_env
@@ -71,7 +76,7 @@ class RawConn:
                 return rep, parts[1:]
 
     def hello(self):
-        rep, _ = self.request(HELLO, {"version": 1, "client": "test_sessions raw"}, sid=0)
+        rep, _ = self.request(HELLO, {"version": PROTO_VERSION, "client": "test_sessions raw"}, sid=0)
         assert rep["type"] == REPLY, rep
         self.sid = rep["body"]["sid"]
         return self.sid
