@@ -917,6 +917,15 @@ static void s_encode_graph(djn_buf_t *b, bool cached, uint64_t seq, const djn_fe
     djn_enc_uint(b, fp[1]);
 }
 
+/* The fragment has left (or failed to): start the next one. */
+static void s_fragment_sent(djn_frame_t *frames, uint32_t nframes, djn_buf_t *b) {
+    g.seed = -1;
+    djn_free(frames, nframes * sizeof(djn_frame_t));
+    djn_buf_release(b);
+    g.ctr.flushes++;
+    s_fragment_reset();
+}
+
 static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t *out) {
     djn_status_t st = s_connect_locked();
     if (st != DJN_OK)
@@ -977,11 +986,7 @@ resend:
             goto resend;
         }
         g.ctr.cached_sends++;
-        g.seed = -1;
-        djn_free(frames, nframes * sizeof(djn_frame_t));
-        djn_buf_release(&b);
-        g.ctr.flushes++;
-        s_fragment_reset();
+        s_fragment_sent(frames, nframes, &b);
         if (st != DJN_OK)
             return st;
         if (out)
@@ -995,11 +1000,7 @@ resend:
             djn_map_clear(&g.known);
         djn_map_put(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, fp[1]);
     }
-    g.seed = -1;
-    djn_free(frames, nframes * sizeof(djn_frame_t));
-    djn_buf_release(&b);
-    g.ctr.flushes++;
-    s_fragment_reset();
+    s_fragment_sent(frames, nframes, &b);
     if (st != DJN_OK)
         return st;
     if (!wait && !out) {

@@ -31,20 +31,6 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-static uint64_t s_rng_state;
-
-static void rng_seed(uint64_t seed) { s_rng_state = seed; }
-
-/* splitmix64: tiny, deterministic, good enough to shake a parser. */
-static uint64_t rng(void) {
-    uint64_t z = (s_rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(uint32_t n) { return n ? (uint32_t)(rng() % n) : 0; }
-
 static djn_tref_t tref_make(uint64_t handle, int64_t offset, uint8_t dtype, uint8_t ndim,
                             const int64_t *sizes, const int64_t *strides) {
     djn_tref_t t;

@@ -35,20 +35,6 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-static uint64_t s_rng_state;
-
-static void rng_seed(uint64_t seed) { s_rng_state = seed; }
-
-/* splitmix64 */
-static uint64_t rng(void) {
-    uint64_t z = (s_rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(uint32_t n) { return n ? (uint32_t)(rng() % n) : 0; }
-
 static uint64_t asize(uint64_t nbytes, uint32_t align) {
     return (nbytes + align - 1) & ~((uint64_t)align - 1);
 }

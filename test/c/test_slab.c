@@ -22,19 +22,6 @@
 #define KiB (1024ull)
 #define MiB (1024ull * 1024ull)
 
-static uint64_t s_rng_state;
-
-static void rng_seed(uint64_t seed) { s_rng_state = seed; }
-
-static uint64_t rng(void) { /* splitmix64 */
-    uint64_t z = (s_rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rng_below(uint64_t n) { return n ? rng() % n : 0; }
-
 static uint64_t rng_size(void) { /* 1 B .. 1 MiB, skewed small */
     uint64_t e = rng_below(21);
     return 1 + rng_below(1ull << e);
