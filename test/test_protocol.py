@@ -590,3 +590,73 @@ def test_zz_normal_client_still_correct_after_bad_input(remote, djinn_mod, serve
     assert_close((x @ x.t()).softmax(-1), (c @ c.t()).softmax(-1))
     assert_close(x[x > 0.4], torch.arange(5.0, 12.0) / 10)
     assert djinn_mod.server_stats()["sessions_open"] >= 1
+
+
+# ------------------------------------------------------------------ HAVE and GRAPH_CACHED
+
+HAVE, GRAPH_CACHED, E_EVICTED = 6, 4, 14
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({}, "HAVE needs 'dev'"),
+        ({"dev": 0}, "HAVE needs 'dev'"),
+        ({"dev": 99, "items": []}, "HAVE needs 'dev'"),
+        ({"dev": 0, "items": "x"}, "HAVE needs 'dev'"),
+        ({"dev": 0, "items": [[1, 2]]}, "each HAVE item must be [handle, hash_hi, hash_lo, nbytes]"),
+        ({"dev": 0, "items": [["h", 1, 2, 3]]}, "each HAVE item must be [handle, hash_hi, hash_lo, nbytes]"),
+    ],
+    ids=["empty", "no_items", "bad_dev", "items_not_list", "short_item", "handle_not_int"],
+)
+def test_have_garbage_gets_an_error(session, body, words):
+    assert_error(session.call(HAVE, body), E_PROTO, words)
+
+
+def test_have_unknown_content_is_reported_missing(session):
+    h, _ = session.call(HAVE, {"dev": 0, "items": [[0x5000, 123, 456, 64], [0, 1, 2, 3], [1 << 63, 1, 2, 3]]})
+    assert h["type"] == REPLY, h
+    assert h["body"]["missing"] == [0, 1, 2]  # nothing held; bad handles are never bound
+
+
+def test_have_before_hello_is_an_unknown_session(raw):
+    assert_error(raw.call(HAVE, {"dev": 0, "items": []}, sid=12345), E_SESSION, "unknown session")
+
+
+def test_graph_cached_miss_says_evicted_and_changes_nothing(session):
+    body = {"dev": 0, "binds": [0x7000], "allocs": [[0x7000, 16]], "fp": [0xDEAD, 0xBEEF],
+            "fetch": [[0x7000, 0, 16]]}
+    assert_error(session.call(GRAPH_CACHED, body), E_EVICTED, "plan cache miss", "send the full GRAPH")
+    # nothing of the refused message was applied: the handle it declared does not exist
+    assert_error(session.graph({"dev": 0, "fetch": [[0x7000, 0, 16]]}), E_HANDLE, "unknown handle")
+
+
+def test_graph_cached_hit_runs_the_cached_nodes_with_new_bindings(session):
+    body = _add_out_graph(0x8000, 0x8100)
+    body["fp"] = [0x1234, 0x5678]
+    h, frames = session.graph(body, frames=[_f32(1, 2, 3, 4)])
+    assert h["type"] == REPLY, h
+    # same nodes, other handles: only the bindings travel
+    cached = {"dev": 0, "binds": [0x9000, 0x9100], "allocs": [[0x9000, 16], [0x9100, 16]],
+              "uploads": [[0x9000, 1]], "fetch": [[0x9100, 0, 16]], "fp": [0x1234, 0x5678]}
+    h, frames = session.call(GRAPH_CACHED, cached, frames=[_f32(10, 20, 30, 40)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<4f", frames[0]) == (20.0, 40.0, 60.0, 80.0)
+
+
+def test_graph_cached_is_per_session(server, zctx):
+    """A fragment one session cached cannot be run, or replaced, by another."""
+    a, b = Raw(server, zctx), Raw(server, zctx)
+    try:
+        a.hello()
+        b.hello()
+        body = _add_out_graph(0xA000, 0xA100)
+        body["fp"] = [0x4242, 0x4343]
+        h, _ = a.graph(body, frames=[_f32(1, 1, 1, 1)])
+        assert h["type"] == REPLY, h
+        cached = {"dev": 0, "binds": [0xB000, 0xB100], "allocs": [[0xB000, 16], [0xB100, 16]],
+                  "uploads": [[0xB000, 1]], "fp": [0x4242, 0x4343]}
+        assert_error(b.call(GRAPH_CACHED, cached, frames=[_f32(1, 1, 1, 1)]), E_EVICTED, "plan cache miss")
+    finally:
+        a.close()
+        b.close()
