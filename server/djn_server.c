@@ -242,6 +242,37 @@ out:
     return peak;
 }
 
+/* A plan-cache hit reuses the fragment's slab plan when it still holds: every planned
+ * slot is bound to a handle this message declares and frees (an intermediate again). */
+static bool s_reuse_plan(const djn_graph_req_t *g, const djn_tlb_entry_t *e, djn_map_t *place,
+                         uint64_t *peak) {
+    const uint64_t *slots;
+    uint32_t n;
+    if (!djn_tlb_plan(e, &slots, &n, peak) || n > g->nbinds)
+        return false;
+    djn_map_t eph = {0};
+    for (uint32_t i = 0; i < g->nfrees; i++)
+        djn_map_put(&eph, g->frees[i], 1);
+    djn_map_t declared = {0};
+    for (uint32_t i = 0; i < g->nallocs; i++)
+        if (djn_map_get(&eph, g->allocs[i].handle, NULL))
+            djn_map_put(&declared, g->allocs[i].handle, 1);
+    bool ok = true;
+    for (uint32_t s = 0; ok && s < n; s++)
+        if (slots[s]) {
+            ok = djn_map_get(&declared, g->binds[s], NULL);
+            if (ok)
+                djn_map_put(place, g->binds[s], slots[s]);
+        }
+    djn_map_release(&eph);
+    djn_map_release(&declared);
+    if (!ok) {
+        djn_map_clear(place);
+        return false;
+    }
+    return true;
+}
+
 static void s_poison_value(djn_session_t *s, const djn_graph_req_t *g, const djn_value_t *v, const char *why,
                            bool force, int depth) {
     if (depth > DJN_MAX_DEPTH)
@@ -339,9 +370,13 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     djn_map_t place = {0};
     bool planned = false;
     uint64_t t_plan = s_now_ns();
+    uint64_t plan_peak = 0;
     if (st == DJN_OK && w->vmu) {
         uint64_t too_big = 0;
-        uint64_t peak = s_plan_fragment(w, g, nodes, nnodes, &place, &too_big);
+        uint64_t peak = 0;
+        if (!(j->plan && s_reuse_plan(g, j->plan, &place, &peak)))
+            peak = s_plan_fragment(w, g, nodes, nnodes, &place, &too_big);
+        plan_peak = peak;
         if (too_big) {
             st = DJN_ERR_OOM;
             snprintf(err, sizeof err,
@@ -439,7 +474,6 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
         djn_exec_sync(w->exec); /* the slab is reused only after the device finished */
         djn_vmu_fragment_end(w->vmu);
     }
-    djn_map_release(&place);
     atomic_fetch_add(&w->jobs, 1);
 
     djn_buf_t b = {0};
@@ -452,9 +486,15 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
             djn_enc_cstr(&b, "dyn");
             djn_buf_raw(&b, dyn.data, dyn.len);
         }
-        /* filed before the reply leaves: the client may send GRAPH_CACHED right after */
-        if (!j->plan && j->msg->type == DJN_MSG_GRAPH)
-            djn_tlb_insert(srv->tlb, &j->msg);
+        /* filed before the reply leaves: the client may send GRAPH_CACHED right after;
+         * with its slab plan by slot, so that a hit plans nothing */
+        if (!j->plan && j->msg->type == DJN_MSG_GRAPH) {
+            uint64_t *slots = place.len && g->nbinds ? djn_calloc(g->nbinds, sizeof(uint64_t)) : NULL;
+            for (uint32_t i = 0; slots && i < g->nbinds; i++)
+                djn_map_get(&place, g->binds[i], &slots[i]);
+            djn_tlb_insert_planned(srv->tlb, &j->msg, slots, slots ? g->nbinds : 0, plan_peak);
+            djn_free(slots, g->nbinds * sizeof(uint64_t));
+        }
         s_send_reply(push, &j->ident, &b, out, nout, &srv->bytes_out);
     } else {
         for (uint32_t i = 0; i < nout; i++)
@@ -483,6 +523,7 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(out, g->nfetches * sizeof(zmq_msg_t));
     djn_buf_release(&b);
     djn_buf_release(&dyn);
+    djn_map_release(&place);
     s_job_free(j);
 }
 

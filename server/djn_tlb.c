@@ -9,6 +9,7 @@
 #include "djn_tlb.h"
 
 #include <pthread.h>
+#include <string.h>
 
 #include "djn_codec.h"
 #include "djn_map.h"
@@ -20,6 +21,9 @@ struct djn_tlb_entry {
     uint32_t dev;
     int refs; /* the table's (while linked) + workers' */
     djn_msg_t *msg;
+    uint64_t *place; /* slot -> planned slab offset + 1, or NULL */
+    uint32_t nplace;
+    uint64_t peak;
 };
 
 struct djn_tlb {
@@ -49,6 +53,7 @@ static void s_push_front(djn_tlb_t *t, djn_tlb_entry_t *e) {
 
 static void s_unref(djn_tlb_entry_t *e) {
     if (--e->refs == 0) {
+        djn_free(e->place, e->nplace * sizeof(uint64_t));
         djn_msg_free(&e->msg);
         djn_free(e, sizeof(*e));
     }
@@ -99,7 +104,10 @@ djn_tlb_entry_t *djn_tlb_lookup(djn_tlb_t *t, const uint64_t fp[2], uint32_t dev
     return e;
 }
 
-void djn_tlb_insert(djn_tlb_t *t, djn_msg_t **msg_p) {
+void djn_tlb_insert(djn_tlb_t *t, djn_msg_t **msg_p) { djn_tlb_insert_planned(t, msg_p, NULL, 0, 0); }
+
+void djn_tlb_insert_planned(djn_tlb_t *t, djn_msg_t **msg_p, const uint64_t *place, uint32_t nslots,
+                            uint64_t peak) {
     djn_msg_t *m = *msg_p;
     const djn_graph_req_t *g = &m->u.graph;
     if (!t->st.capacity || (!g->fp[0] && !g->fp[1]) || !g->nnodes)
@@ -123,6 +131,11 @@ void djn_tlb_insert(djn_tlb_t *t, djn_msg_t **msg_p) {
     e->refs = 1;
     e->msg = m;
     *msg_p = NULL;
+    if (place && nslots && (e->place = djn_malloc(nslots * sizeof(uint64_t))) != NULL) {
+        memcpy(e->place, place, nslots * sizeof(uint64_t));
+        e->nplace = nslots;
+        e->peak = peak;
+    }
     s_push_front(t, e);
     t->st.entries++;
     t->st.inserts++;
@@ -147,6 +160,15 @@ void djn_tlb_release(djn_tlb_t *t, djn_tlb_entry_t **e_p) {
 }
 
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e) { return &e->msg->u.graph; }
+
+bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots, uint64_t *peak) {
+    if (!e->place)
+        return false;
+    *place = e->place;
+    *nslots = e->nplace;
+    *peak = e->peak;
+    return true;
+}
 
 void djn_tlb_stats(djn_tlb_t *t, djn_tlb_stats_t *out) {
     pthread_mutex_lock(&t->mu);

@@ -35,6 +35,11 @@ djn_tlb_entry_t *djn_tlb_lookup(djn_tlb_t *t, const uint64_t fp[2], uint32_t dev
  * the message has no fingerprint; *msg_p is NULL afterwards if it was taken. */
 void djn_tlb_insert(djn_tlb_t *t, djn_msg_t **msg_p);
 void djn_tlb_release(djn_tlb_t *t, djn_tlb_entry_t **e_p);
+/* The slab plan of a cached fragment, by slot: place[slot] = offset + 1 (0: not planned).
+ * Attached when the fragment is filed; a hit reuses it instead of planning again. */
+void djn_tlb_insert_planned(djn_tlb_t *t, djn_msg_t **msg_p, const uint64_t *place, uint32_t nslots,
+                            uint64_t peak);
+bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots, uint64_t *peak);
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
 void djn_tlb_stats(djn_tlb_t *t, djn_tlb_stats_t *out);
 
