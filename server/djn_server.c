@@ -401,8 +401,6 @@ static void s_run_job(s_worker_t *w, void *push, s_job_t *j) {
             atomic_fetch_add(&srv->sched_n_miss, 1);
         }
     }
-    if (st == DJN_OK && nnodes)
-        djn_exec_rng_enter(w->exec, &env);
     for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) {
         const djn_node_t *n = &nodes[i];
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;

@@ -47,10 +47,15 @@ struct djn_stor {
     c10::Storage storage;
 };
 
+struct djn_op_entry {
+    c10::OperatorHandle h;
+    bool rng; // draws random numbers: needs the session's state in the default generator
+};
+
 struct djn_exec {
     c10::Device device{c10::kCPU};
     std::string name;
-    std::unordered_map<std::string, c10::OperatorHandle> ops;
+    std::unordered_map<std::string, djn_op_entry> ops;
     djn_vmu_t *vmu = nullptr;
     bool rng_active = false; // the default generator holds a session's state
     std::mutex own_rng_mu;   // a CUDA device's default generator is its own
@@ -465,7 +470,27 @@ void check_enum(const djn_value_t &v, const c10::Argument &a) {
         throw OpError(DJN_ERR_ARGS, "argument '" + a.name() + "' is out of range: " + std::to_string(v.u.i));
 }
 
-const c10::OperatorHandle &find_op(djn_exec *x, const djn_node_t *n) {
+// Ops that draw from the default generator without taking a Generator argument.
+const char *const kRandomNoGenerator[] = {"aten::native_dropout", "aten::dropout", "aten::feature_dropout",
+                                          "aten::alpha_dropout", "aten::feature_alpha_dropout",
+                                          "aten::rrelu", "aten::rand_like", "aten::randn_like",
+                                          "aten::randint_like"};
+
+bool uses_rng(const c10::FunctionSchema &s) {
+    for (const auto &a : s.arguments()) {
+        c10::TypePtr t = a.type();
+        if (t->kind() == c10::TypeKind::OptionalType)
+            t = t->castRaw<c10::OptionalType>()->getElementType();
+        if (t->kind() == c10::TypeKind::GeneratorType)
+            return true;
+    }
+    for (const char *n : kRandomNoGenerator)
+        if (s.name() == n)
+            return true;
+    return false;
+}
+
+const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
     std::string key = std::string(n->op) + "." + n->overload;
     auto it = x->ops.find(key);
     if (it != x->ops.end())
@@ -474,7 +499,7 @@ const c10::OperatorHandle &find_op(djn_exec *x, const djn_node_t *n) {
     if (!h || !h->hasSchema())
         throw OpError(DJN_ERR_OP, std::string("unknown operator '") + n->op +
                                       (n->overload[0] ? "." : "") + n->overload + "'");
-    return x->ops.emplace(key, *h).first->second;
+    return x->ops.emplace(key, djn_op_entry{*h, uses_rng(h->schema())}).first->second;
 }
 
 } // namespace
@@ -735,8 +760,11 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                 djn_enc_array(dyn, 0);
             return DJN_OK;
         }
-        const auto &op = find_op(x, n);
+        const djn_op_entry &entry = find_op(x, n);
+        const auto &op = entry.h;
         const auto &schema = op.schema();
+        if (entry.rng && !x->rng_active) // the session's random state, swapped in only when needed
+            djn_exec_rng_enter(x, env);
         const auto &args = schema.arguments();
         if (n->nargs != args.size())
             throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(args.size()) + " arguments, got " +
