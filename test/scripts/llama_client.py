@@ -63,11 +63,18 @@ def client(rank, n):
         problems.append(f"generate remote={out[0, 6:].tolist()} cpu={ref[0, 6:].tolist()}")
     sid = djinn.remote.session_id()
     line = f"FAIL {rank} " + "; ".join(problems) if problems else f"OK {rank} {sid:x} {opened}"
-    print(line, flush=True)
+    emit(line)
     return 0 if not problems else 1
 
 
+def emit(line):
+    """One write(2) per line: the forked clients share one pipe, and a line written in
+    one call (under PIPE_BUF) is never interleaved with another's."""
+    os.write(1, (line.replace("\n", " ") + "\n").encode())
+
+
 def main(n):
+    sys.stdout.flush()  # nothing buffered may be inherited by (and repeated from) the children
     pids = []
     for rank in range(n):
         pid = os.fork()
@@ -75,7 +82,7 @@ def main(n):
             try:
                 rc = client(rank, n)
             except BaseException as e:  # noqa: BLE001 - reported, then a normal exit
-                print(f"FAIL {rank} {type(e).__name__}: {e}", flush=True)
+                emit(f"FAIL {rank} {type(e).__name__}: {e}")
                 rc = 1
             sys.stdout.flush()
             sys.exit(rc)  # a normal exit: djinn's atexit handler closes the session
