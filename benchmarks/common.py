@@ -12,6 +12,7 @@ Ratios are always djinn divided by the other system, in the row's unit: below 1 
 better for "lower" rows (times, bytes), above 1 for "higher" rows (throughput).
 """
 import os
+import selectors
 import platform
 import socket
 import statistics
@@ -139,3 +140,20 @@ def wide_linear_stack(width, layers):
     torch.manual_seed(0)
     linears = [torch.nn.Linear(width, width, bias=False) for _ in range(layers)]
     return torch.nn.Sequential(*linears).eval()
+
+
+def readline_until(proc, deadline, who="child process"):
+    """One line from a child's stdout, or an error naming `who` when the deadline
+    (time.monotonic()) passes or the child exits first."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            raise TimeoutError(f"{who} did not answer in time")
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{who} exited (rc={proc.wait()})")
+        return line.strip()
+    finally:
+        sel.close()

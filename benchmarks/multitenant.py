@@ -87,18 +87,7 @@ def tenant(args):
 
 
 def _readline(proc, deadline):
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sel.select(left):
-            raise TimeoutError("tenant did not answer in time")
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"tenant exited (rc={proc.wait()})")
-        return line.strip()
-    finally:
-        sel.close()
+    return C.readline_until(proc, deadline, "tenant")
 
 
 def start_server(gpu, timeout=30.0):

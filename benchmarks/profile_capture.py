@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import common as C
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -105,20 +107,7 @@ def _ctl(*args):
 
 
 def _readline(proc, deadline):
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sel.select(left):
-            raise TimeoutError("profiled process did not answer in time")
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"profiled process exited (rc={proc.wait()})")
-        return line.strip()
-    finally:
-        sel.close()
+    return C.readline_until(proc, deadline, "profiled process")
 
 
 _LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*([\d.]+)%\))?\s*(.*)$")

@@ -917,6 +917,9 @@ static void s_encode_graph(djn_buf_t *b, bool cached, uint64_t seq, const djn_fe
     djn_enc_uint(b, fp[1]);
 }
 
+/* Key of a fingerprint in g.known (the map reserves 0); the value holds fp[1] to confirm. */
+static uint64_t s_fp_key(const uint64_t fp[2]) { return fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1; }
+
 /* The fragment has left (or failed to): start the next one. */
 static void s_fragment_sent(djn_frame_t *frames, uint32_t nframes, djn_buf_t *b) {
     g.seed = -1;
@@ -962,7 +965,7 @@ static djn_status_t s_flush_locked(bool wait, const djn_fetch_t *fetch, s_resp_t
     bool cached = false;
     uint64_t known;
     if (g.plan_cache && g.nnodes && wait && !g.ups.len && g.seq == g.acked && g.pending_st == DJN_OK &&
-        djn_map_get(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, &known) &&
+        djn_map_get(&g.known, s_fp_key(fp), &known) &&
         known == fp[1])
         cached = true;
     djn_buf_t b = {0};
@@ -980,7 +983,7 @@ resend:
         s_resp_t x;
         st = s_wait(seq, g.timeout_ms, &x);
         if (st == DJN_ERR_EVICTED) { /* the server dropped it: send it whole, transparently */
-            djn_map_del(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, NULL);
+            djn_map_del(&g.known, s_fp_key(fp), NULL);
             g.ctr.plan_evictions++;
             cached = false;
             goto resend;
@@ -998,7 +1001,7 @@ resend:
     if (g.nnodes && st == DJN_OK) {
         if (g.known.len > 65536)
             djn_map_clear(&g.known);
-        djn_map_put(&g.known, fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1, fp[1]);
+        djn_map_put(&g.known, s_fp_key(fp), fp[1]);
     }
     s_fragment_sent(frames, nframes, &b);
     if (st != DJN_OK)
