@@ -217,6 +217,11 @@ def main():
                     help="intra-op threads of every process (local, servers, tenants); "
                          "default 1 on machines with 4 CPUs or fewer, else PyTorch's default")
     args = ap.parse_args()
+    known = {"capture_hits", "capture_misses", "round_trip", "bandwidth", "mlp_b1", "mlp_b32", "transformer",
+             "large", "multitenant", "profile"}
+    unknown = {s for s in args.only.split(",") if s} - known
+    if unknown:  # before any server or baseline process starts
+        ap.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
     mode = "smoke" if args.smoke else ("full" if args.full else "quick")
 
     # Client, djinn-server and the baseline servers share the machine's cores. With two
