@@ -13,7 +13,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 TORCH_VERSION ?= 2.13.0
-APT_PKGS := libzmq3-dev libmsgpack-dev libxxhash-dev pkg-config
+APT_PKGS := libzmq3-dev libmsgpack-dev libxxhash-dev pkg-config clang-format-14
 
 ifeq ($(DJINN_USE_SYSTEM_PYTHON),1)
 PYTHON := python3
@@ -38,7 +38,7 @@ TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h) setup.py
 HEADERS := $(wildcard csrc/common/*.h csrc/client/*.h server/*.h)
 C_TESTS := $(patsubst test/c/%.c,$(BUILD)/ctest/%,$(wildcard test/c/test_*.c))
 
-.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format
+.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format format-check
 
 # ---------------------------------------------------------------- environment
 $(BUILD)/.deps:
@@ -54,7 +54,7 @@ deps: $(BUILD)/.deps
 	@test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip setuptools wheel
 	.venv/bin/pip install -q torch==$(TORCH_VERSION) numpy pytest pytest-timeout msgpack pyzmq \
-	    transformers nbclient ipykernel matplotlib
+	    transformers nbclient ipykernel matplotlib ruff
 	@touch $@
 
 build/.sysenv: $(BUILD)/.deps
@@ -81,13 +81,17 @@ $(BUILD)/server/%.o: server/%.c $(HEADERS) | $(BUILD)/.deps
 $(BUILD)/common/%.o: csrc/common/%.c $(HEADERS) | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -c $< -o $@
+$(BUILD)/client/%.o: csrc/client/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -c $< -o $@
 $(BUILD)/server/%.o: server/%.cpp $(HEADERS) $(BUILD)/torch.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_COMMON) $(TORCH_INC) -c $< -o $@
 
 SERVER_OBJS := $(patsubst server/%.c,$(BUILD)/server/%.o,$(SERVER_C)) \
                $(patsubst server/%.cpp,$(BUILD)/server/%.o,$(SERVER_CXX)) \
-               $(patsubst csrc/common/%.c,$(BUILD)/common/%.o,$(COMMON_SRC))
+               $(patsubst csrc/common/%.c,$(BUILD)/common/%.o,$(COMMON_SRC)) \
+               $(BUILD)/client/djn_transport.o
 
 $(BUILD)/djinn-server: $(SERVER_OBJS)
 	$(CXX) -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
@@ -107,7 +111,7 @@ ext: $(BUILD)/.ext
 build: server ext
 
 # ---------------------------------------------------------------- tests
-$(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(wildcard server/*.c) $(HEADERS) test/c/djn_test.h | $(BUILD)/.deps
+$(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(CLIENT_SRC) $(wildcard server/*.c) $(HEADERS) $(wildcard test/c/*.h) | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -g -O1 $(SAN) -Wall -Wextra -Icsrc/common -Icsrc/client -Iserver -Itest/c $< \
 	    $(COMMON_SRC) $(wildcard server/djn_$(patsubst test_%,%,$*).c) \
@@ -119,7 +123,7 @@ test-c: $(C_TESTS)
 test-py: build
 	$(PYTHON) -m pytest -q -x --timeout=600 test
 
-test: test-c test-py
+test: format-check test-c test-py
 
 # ---------------------------------------------------------------- demo and benchmarks
 demo: build
@@ -137,8 +141,17 @@ bench-gpu: build
 	$(PYTHON) benchmarks/run.py --quick --gpu
 	$(PYTHON) benchmarks/memory_bench.py
 
-format:
-	clang-format -i csrc/*/*.[ch] csrc/torch/*.cpp server/*.[ch] server/*.cpp test/c/*.[ch]
+C_FORMATTED := $(wildcard csrc/*/*.[ch] csrc/torch/*.cpp server/*.[ch] server/*.cpp test/c/*.[ch] benchmarks/*.c)
+PY_FORMATTED := djinn test/*.py benchmarks examples
+
+format: $(ENV_STAMP)
+	clang-format-14 -i $(C_FORMATTED)
+	.venv/bin/ruff format $(PY_FORMATTED)
+
+# CI fails on unformatted code: run `make format` and commit
+format-check: $(ENV_STAMP)
+	@clang-format-14 --dry-run -Werror $(C_FORMATTED)
+	@$(PYTHON) -m ruff format --check -q $(PY_FORMATTED) || { echo "run 'make format'"; exit 1; }
 
 clean:
 	rm -rf $(BUILD) djinn/_C*.so djinn/bin *.egg-info

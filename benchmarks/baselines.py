@@ -25,6 +25,7 @@ kv)``, the form both baselines need for decoding with a KV cache.
 Run as a script this file is the server side: ``baselines.py naive --port P`` or
 ``baselines.py rpc --port P``; each prints ``READY`` on stdout once it serves.
 """
+
 import argparse
 import os
 import pickle
@@ -44,8 +45,9 @@ RPC_TRANSPORTS = ["uv"]  # None: TensorPipe's default (shm first, which busy-pol
 def _rpc_options(port):
     import torch.distributed.rpc as rpc
 
-    return rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=600,
-                                           _transports=RPC_TRANSPORTS)
+    return rpc.TensorPipeRpcBackendOptions(
+        init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=600, _transports=RPC_TRANSPORTS
+    )
 
 
 def free_port():
@@ -176,8 +178,13 @@ def naive_serve(port):
     print("READY", flush=True)
     conn, _ = ls.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    handlers = {"load": srv_load, "call": srv_call, "put": srv_put, "get": srv_get,
-                "drop": srv_drop}
+    handlers = {
+        "load": srv_load,
+        "call": srv_call,
+        "put": srv_put,
+        "get": srv_get,
+        "drop": srv_drop,
+    }
     while True:
         try:
             frame, _ = _recv_frame(conn)
@@ -212,8 +219,15 @@ def _spawn(kind, port, device, timeout=120):
     env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "baselines.py"), kind, "--port", str(port),
-         "--device", device],
+        [
+            sys.executable,
+            os.path.join(HERE, "baselines.py"),
+            kind,
+            "--port",
+            str(port),
+            "--device",
+            device,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,

@@ -10,6 +10,7 @@
 
 Returns the paths written.
 """
+
 import math
 import os
 import textwrap
@@ -19,8 +20,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"local": "#4c72b0", "djinn": "#dd8452", "rpc": "#55a868", "naive": "#c44e52",
-          "full return": "#8172b3"}
+COLORS = {
+    "local": "#4c72b0",
+    "djinn": "#dd8452",
+    "rpc": "#55a868",
+    "naive": "#c44e52",
+    "full return": "#8172b3",
+}
 ORDER = ("local", "djinn", "rpc", "naive")
 
 
@@ -43,8 +49,11 @@ def _fmt(v):
 
 def latency(rows, path):
     groups = ("micro", "small", "transformer", "large", "multitenant")
-    rows = [r for r in rows if r["group"] in groups and r["better"] == "lower"
-            and r["unit"] in ("us", "us/op", "ms")]
+    rows = [
+        r
+        for r in rows
+        if r["group"] in groups and r["better"] == "lower" and r["unit"] in ("us", "us/op", "ms")
+    ]
     if not rows:
         return None
     cols = 3
@@ -57,15 +66,20 @@ def latency(rows, path):
         if vals and min(vals) > 0 and max(vals) / min(vals) > 30:
             ax.set_yscale("log")
         for b, v in zip(bars, vals):
-            ax.annotate(_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(
+                _fmt(v),
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         title = r["name"]
         if r.get("target_met") is not None:
             title += "  [target " + ("met" if r["target_met"] else "missed") + "]"
         ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=9)
         ax.set_ylabel(r["unit"] + " (lower is better)", fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(rows):]:
+    for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
     fig.suptitle("Latency per workload, one bar per system (same machine, same run)", fontsize=11)
     return _save(fig, path)
@@ -77,15 +91,21 @@ def bandwidth(rows, path):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, direction in zip(axes, ("upload", "download")):
-        rs = sorted([r for r in rows if r["extra"]["direction"] == direction],
-                    key=lambda r: r["extra"]["bytes"])
+        rs = sorted(
+            [r for r in rows if r["extra"]["direction"] == direction],
+            key=lambda r: r["extra"]["bytes"],
+        )
         for s in ORDER:
-            pts = [(r["extra"]["bytes"], r["extra"]["GB/s"][s]) for r in rs
-                   if r["extra"]["GB/s"].get(s)]
+            pts = [
+                (r["extra"]["bytes"], r["extra"]["GB/s"][s])
+                for r in rs
+                if r["extra"]["GB/s"].get(s)
+            ]
             if pts:
                 label = "local memcpy (copy_)" if s == "local" else s
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[s],
-                        label=label)
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[s], label=label
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tensor size (bytes)")
@@ -131,8 +151,13 @@ def bytes_moved(rows, path):
     bars = ax.bar(names, vals, color=[COLORS[n] for n in names])
     ax.set_yscale("log")
     for b, v in zip(bars, vals):
-        ax.annotate(f"{v:,.0f} B", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{v:,.0f} B",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     red = r["extra"].get("djinn_reduction_vs_full_return")
     sub = ""
     if red is not None:
@@ -158,19 +183,37 @@ def multitenant(series, path):
     ax.legend(fontsize=8)
     ax.set_title("Multi-tenant decode throughput", fontsize=10)
     ax = axes[1]
+
     def mb(key):
         return [b / 1e6 if b is not None else float("nan") for b in series.get(key, [])]
 
-    ax.plot(n, [b / 1e6 for b in series["n_model_bytes"]], "o--", color=COLORS["local"],
-            label="N separate processes (N x model bytes)")
+    ax.plot(
+        n,
+        [b / 1e6 for b in series["n_model_bytes"]],
+        "o--",
+        color=COLORS["local"],
+        label="N separate processes (N x model bytes)",
+    )
     if len(mb("bytes_held")) == len(n):
-        ax.plot(n, mb("bytes_held"), "o-", color=COLORS["djinn"],
-                label="djinn-server: bytes_in_use + text_bytes")
+        ax.plot(
+            n,
+            mb("bytes_held"),
+            "o-",
+            color=COLORS["djinn"],
+            label="djinn-server: bytes_in_use + text_bytes",
+        )
     if len(mb("bytes_in_use")) == len(n):
-        ax.plot(n, mb("bytes_in_use"), "s:", color=COLORS["djinn"], alpha=0.6,
-                label="djinn-server: bytes_in_use (session-owned)")
-    ax.axhline(series["model_bytes"] / 1e6, color="grey", lw=0.8, ls=":",
-               label="one copy of the weights")
+        ax.plot(
+            n,
+            mb("bytes_in_use"),
+            "s:",
+            color=COLORS["djinn"],
+            alpha=0.6,
+            label="djinn-server: bytes_in_use (session-owned)",
+        )
+    ax.axhline(
+        series["model_bytes"] / 1e6, color="grey", lw=0.8, ls=":", label="one copy of the weights"
+    )
     ax.set_xlabel("concurrent client processes N")
     ax.set_ylabel("MB")
     ax.set_xticks(n)

@@ -11,6 +11,7 @@ A *row* is one measured workload, the same work timed in every system that ran i
 Ratios are always djinn divided by the other system, in the row's unit: below 1 is
 better for "lower" rows (times, bytes), above 1 for "higher" rows (throughput).
 """
+
 import os
 import selectors
 import platform
@@ -104,19 +105,40 @@ def cpu_count():
 def mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-        torch.nn.Linear(512, 10)
+        torch.nn.Linear(256, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
     ).eval()
 
 
 LLAMA_SIZES = {
     # the issue's small model; "tiny" keeps --smoke fast; "medium" is --full's larger one
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256),
-    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                  num_attention_heads=8, num_key_value_heads=4, vocab_size=1024),
-    "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                   num_attention_heads=8, num_key_value_heads=4, vocab_size=4096),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=1024,
+    ),
+    "medium": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=4096,
+    ),
 }
 
 

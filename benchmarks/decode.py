@@ -15,6 +15,7 @@ moved per decode step where measurable, else None), ``step_sent`` (djinn: the pa
 sent) and ``full_return_bytes`` (local: logits + KV cache bytes of each step's outputs,
 what returning every output costs).
 """
+
 import time
 
 import torch
@@ -60,9 +61,14 @@ def decode_direct(model, ids, steps, device):
                 sent.append(b1[0] - b0[0])
             else:
                 full.append(out.logits.nbytes + sum(t.nbytes for t in kv_flatten(cache)))
-    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s,
-            "step_bytes": step_bytes or None, "step_sent": sent or None,
-            "full_return_bytes": full or None}
+    return {
+        "tokens": tokens,
+        "prefill_s": prefill_s,
+        "step_s": step_s,
+        "step_bytes": step_bytes or None,
+        "step_sent": sent or None,
+        "full_return_bytes": full or None,
+    }
 
 
 def _nbytes(objs):
@@ -98,5 +104,11 @@ def decode_client(client, name, ids, steps):
             kv_bytes = _nbytes(kv)
             per_position = kv_bytes // max(1, kv[0].shape[-2])
             step_bytes.append(nxt.nbytes + 2 * kv_bytes - per_position + logits.nbytes)
-    return {"tokens": tokens, "prefill_s": prefill_s, "step_s": step_s,
-            "step_bytes": step_bytes, "step_sent": None, "full_return_bytes": None}
+    return {
+        "tokens": tokens,
+        "prefill_s": prefill_s,
+        "step_s": step_s,
+        "step_bytes": step_bytes,
+        "step_sent": None,
+        "full_return_bytes": None,
+    }

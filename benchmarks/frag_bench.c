@@ -126,7 +126,9 @@ static uint64_t s_rng(void) { /* splitmix64 */
     return z ^ (z >> 31);
 }
 
-static uint64_t s_between(uint64_t lo, uint64_t hi) { return lo + s_rng() % (hi - lo + 1); }
+static uint64_t s_between(uint64_t lo, uint64_t hi) {
+    return lo + s_rng() % (hi - lo + 1);
+}
 
 typedef struct {
     int active;

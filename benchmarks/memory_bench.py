@@ -10,6 +10,7 @@
 
     python benchmarks/memory_bench.py [--smoke] [--out DIR]
 """
+
 import argparse
 import json
 import os
@@ -69,9 +70,22 @@ print(json.dumps({"ms_per_token": 1e3 * sum(times) / len(times), "ms_p50": 1e3 *
 
 def start_server():
     r, w = os.pipe()
-    proc = subprocess.Popen([SERVER, "--listen", "tcp://127.0.0.1:*", "--device", "cpu", "--lease-ms", "0",
-                             "--announce-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            SERVER,
+            "--listen",
+            "tcp://127.0.0.1:*",
+            "--device",
+            "cpu",
+            "--lease-ms",
+            "0",
+            "--announce-fd",
+            str(w),
+        ],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     with os.fdopen(r) as f:
         line = f.readline().strip()
@@ -82,8 +96,14 @@ def decode(plan_cache, hidden, layers, steps):
     proc, ep = start_server()
     try:
         env = dict(os.environ, DJINN_SERVER=ep, DJINN_PLAN_CACHE="1" if plan_cache else "0")
-        out = subprocess.run([sys.executable, "-c", DECODE_CLIENT, str(hidden), str(layers), str(steps)],
-                             env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, "-c", DECODE_CLIENT, str(hidden), str(layers), str(steps)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+        )
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,10 +115,24 @@ def decode(plan_cache, hidden, layers, steps):
 def fragmentation(smoke):
     exe = os.path.join(tempfile.gettempdir(), "djn_frag_bench")
     srcs = [os.path.join(HERE, "frag_bench.c"), os.path.join(REPO, "server", "djn_heap.c")] + [
-        os.path.join(REPO, "csrc", "common", f) for f in sorted(os.listdir(os.path.join(REPO, "csrc", "common")))
-        if f.endswith(".c")]
-    subprocess.run(["cc", "-O2", "-I" + os.path.join(REPO, "csrc", "common"), "-I" + os.path.join(REPO, "server"),
-                    *srcs, "-lmsgpackc", "-lxxhash", "-o", exe], check=True)
+        os.path.join(REPO, "csrc", "common", f)
+        for f in sorted(os.listdir(os.path.join(REPO, "csrc", "common")))
+        if f.endswith(".c")
+    ]
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-I" + os.path.join(REPO, "csrc", "common"),
+            "-I" + os.path.join(REPO, "server"),
+            *srcs,
+            "-lmsgpackc",
+            "-lxxhash",
+            "-o",
+            exe,
+        ],
+        check=True,
+    )
     args = [exe, "--json"] + (["--steps", "3000", "--sessions", "4"] if smoke else [])
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True)
     res = json.loads(out.stdout)
@@ -133,8 +167,12 @@ def cuda_caching_fragmentation(smoke):
         live[sid] = torch.empty(n, dtype=torch.float16, device="cuda")
     alloc = torch.cuda.memory_allocated()
     reserved = torch.cuda.memory_reserved()
-    return {"allocator": "pytorch cuda caching", "live_bytes": alloc, "footprint_bytes": reserved,
-            "fragmentation": 1 - alloc / reserved if reserved else 0.0}
+    return {
+        "allocator": "pytorch cuda caching",
+        "live_bytes": alloc,
+        "footprint_bytes": reserved,
+        "fragmentation": 1 - alloc / reserved if reserved else 0.0,
+    }
 
 
 def main():
@@ -147,32 +185,51 @@ def main():
     frag, torch_frag = fragmentation(args.smoke)
     with_cache = decode(True, hidden, layers, steps)
     without = decode(False, hidden, layers, steps)
-    result = {"fragmentation": frag, "fragmentation_pytorch_cuda": torch_frag,
-              "decode_with_plan_cache": with_cache, "decode_without_plan_cache": without,
-              "model": {"hidden": hidden, "layers": layers, "steps": steps}, "seconds": time.time() - t0}
+    result = {
+        "fragmentation": frag,
+        "fragmentation_pytorch_cuda": torch_frag,
+        "decode_with_plan_cache": with_cache,
+        "decode_without_plan_cache": without,
+        "model": {"hidden": hidden, "layers": layers, "steps": steps},
+        "seconds": time.time() - t0,
+    }
     print("\nMemory kernel benchmarks")
     print(f"{'Data-segment fragmentation after KV churn':48s}")
     rows = [r for r in frag.get("results", []) if r.get("ok")]
     base = next((r for r in rows if r["allocator"].startswith("djn")), None)
     for row in rows:
-        ratio = f"  footprint vs djn_heap {row['footprint_bytes'] / base['footprint_bytes']:.3f}x" if base else ""
-        print(f"  {row['allocator']:40s} frag {100 * row['ext_frag']:6.2f} % (mean {100 * row['ext_frag_mean']:.2f} %)"
-              f"{ratio}  target <= 5 %")
+        ratio = (
+            f"  footprint vs djn_heap {row['footprint_bytes'] / base['footprint_bytes']:.3f}x"
+            if base
+            else ""
+        )
+        print(
+            f"  {row['allocator']:40s} frag {100 * row['ext_frag']:6.2f} % (mean {100 * row['ext_frag_mean']:.2f} %)"
+            f"{ratio}  target <= 5 %"
+        )
     if torch_frag:
         print(f"  {'pytorch cuda caching':40s} {torch_frag}")
     else:
         print("  pytorch cuda caching allocator: n/a (no GPU on this machine)")
     w, wo = with_cache, without
-    print(f"{'scheduling per decode fragment (server)':48s} hit {w['sched_us_hit']} us, miss {wo['sched_us_miss']} us"
-          f"  (target: hit < 50 us)")
-    print(f"{'decode ms/token':48s} plan cache {w['ms_per_token']:.2f}, without {wo['ms_per_token']:.2f}"
-          f"  ratio {w['ms_per_token'] / wo['ms_per_token']:.2f}x")
-    print(f"{'bytes sent per token':48s} plan cache {w['bytes_sent_per_token']:.0f}, without "
-          f"{wo['bytes_sent_per_token']:.0f}  ratio {w['bytes_sent_per_token'] / wo['bytes_sent_per_token']:.3f}x")
+    print(
+        f"{'scheduling per decode fragment (server)':48s} hit {w['sched_us_hit']} us, miss {wo['sched_us_miss']} us"
+        f"  (target: hit < 50 us)"
+    )
+    print(
+        f"{'decode ms/token':48s} plan cache {w['ms_per_token']:.2f}, without {wo['ms_per_token']:.2f}"
+        f"  ratio {w['ms_per_token'] / wo['ms_per_token']:.2f}x"
+    )
+    print(
+        f"{'bytes sent per token':48s} plan cache {w['bytes_sent_per_token']:.0f}, without "
+        f"{wo['bytes_sent_per_token']:.0f}  ratio {w['bytes_sent_per_token'] / wo['bytes_sent_per_token']:.3f}x"
+    )
     if w["plan_lb"]:
-        print(f"{'slab peak (sum over fragments)':48s} planner {w['plan_peak']} B, bump {w['plan_bump']} B, "
-              f"lower bound {w['plan_lb']} B  (planner/lb {w['plan_peak'] / w['plan_lb']:.3f}, "
-              f"bump/lb {w['plan_bump'] / w['plan_lb']:.2f})")
+        print(
+            f"{'slab peak (sum over fragments)':48s} planner {w['plan_peak']} B, bump {w['plan_bump']} B, "
+            f"lower bound {w['plan_lb']} B  (planner/lb {w['plan_peak'] / w['plan_lb']:.3f}, "
+            f"bump/lb {w['plan_bump'] / w['plan_lb']:.2f})"
+        )
     os.makedirs(args.out, exist_ok=True)
     name = "memory-smoke.json" if args.smoke else "memory.json"
     with open(os.path.join(args.out, name), "w") as f:

@@ -13,6 +13,7 @@ decoding locally, each process with its own copy of the model (cores split betwe
 
 Run as a script this file is the tenant: ``multitenant.py tenant --mode djinn|local ...``.
 """
+
 import argparse
 import json
 import os
@@ -101,8 +102,13 @@ def start_server(gpu, timeout=30.0):
     args = [SERVER_BIN, "--listen", ep, "--announce-fd", str(w), "--lease-ms", "120000"]
     if not gpu:
         args += ["--device", "cpu"]
-    proc = subprocess.Popen(args, pass_fds=(w,), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        pass_fds=(w,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     sel = selectors.DefaultSelector()
     sel.register(r, selectors.EVENT_READ)
@@ -137,13 +143,33 @@ def _round(ctx, mode, n, ep, size, prompt, steps, timeout):
     threads = max(1, C.cpu_count() // n) if mode == "local" else 0
     if mode == "local" and getattr(ctx, "threads", 0):
         threads = min(threads, ctx.threads)
-    cmd = [sys.executable, os.path.join(HERE, "multitenant.py"), "tenant", "--mode", mode,
-           "--size", size, "--prompt", str(prompt), "--steps", str(steps),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "multitenant.py"),
+        "tenant",
+        "--mode",
+        mode,
+        "--size",
+        size,
+        "--prompt",
+        str(prompt),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
     if ctx.gpu:
         cmd.append("--gpu")
-    procs = [subprocess.Popen(cmd + ["--index", str(i)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--index", str(i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(n)
+    ]
     deadline = time.monotonic() + timeout
     try:
         for p in procs:
@@ -170,8 +196,11 @@ def _round(ctx, mode, n, ep, size, prompt, steps, timeout):
                 p.wait()
     steps_all = [s for r in res for s in r["step_s"]]
     span = max(r["end"] for r in res) - min(r["start"] for r in res)
-    return {"step_s": steps_all, "tokens_per_s": len(steps_all) / span if span > 0 else None,
-            "stats": stats}
+    return {
+        "step_s": steps_all,
+        "tokens_per_s": len(steps_all) / span if span > 0 else None,
+        "stats": stats,
+    }
 
 
 def _weights_held(st):
@@ -192,8 +221,14 @@ def run(ctx):
     steps = {"smoke": 3, "quick": 16, "full": 64}[ctx.mode]
     model_bytes = C.module_bytes(C.llama(size))
     proc, ep = start_server(ctx.gpu)
-    series = {"n": [], "local_tok_s": [], "djinn_tok_s": [], "bytes_held": [], "bytes_in_use": [],
-              "n_model_bytes": []}
+    series = {
+        "n": [],
+        "local_tok_s": [],
+        "djinn_tok_s": [],
+        "bytes_held": [],
+        "bytes_in_use": [],
+        "n_model_bytes": [],
+    }
     rows = []
     try:
         for n in counts:
@@ -204,26 +239,50 @@ def run(ctx):
             session, held = _weights_held(st)
             tok_s = {"local": loc["tokens_per_s"], "djinn": dj["tokens_per_s"]}
             extra = {
-                "tenants": n, "model": size, "prompt": prompt, "steps": steps,
-                "p99_ms": {"local": 1e3 * C.pct(loc["step_s"], 99),
-                           "djinn": 1e3 * C.pct(dj["step_s"], 99)},
+                "tenants": n,
+                "model": size,
+                "prompt": prompt,
+                "steps": steps,
+                "p99_ms": {
+                    "local": 1e3 * C.pct(loc["step_s"], 99),
+                    "djinn": 1e3 * C.pct(dj["step_s"], 99),
+                },
                 "aggregate_tokens_per_s": tok_s,
-                "server_bytes_in_use": session, "server_text_bytes": st.get("text_bytes"),
+                "server_bytes_in_use": session,
+                "server_text_bytes": st.get("text_bytes"),
                 "server_bytes_held": held,
-                "server_devices_data_used": sum(d.get("data_used", 0)
-                                                for d in st.get("devices", [])) or None,
-                "n_x_model_bytes": n * model_bytes, "model_bytes": model_bytes,
+                "server_devices_data_used": sum(
+                    d.get("data_used", 0) for d in st.get("devices", [])
+                )
+                or None,
+                "n_x_model_bytes": n * model_bytes,
+                "model_bytes": model_bytes,
                 "weight_copies_on_server": (held / model_bytes) if held is not None else None,
-                "server_text_fields": {k: v for k, v in st.items()
-                                       if k.startswith("text") or "segment" in k},
+                "server_text_fields": {
+                    k: v for k, v in st.items() if k.startswith("text") or "segment" in k
+                },
                 "server_stats": st,
             }
             who = f"multi-tenant, {n} client{'s' if n > 1 else ''}"
-            rows.append(C.row(f"{who}: decode per-token p50", "multitenant", "ms",
-                              {"local": 1e3 * C.median(loc["step_s"]),
-                               "djinn": 1e3 * C.median(dj["step_s"])}, extra=extra))
-            rows.append(C.row(f"{who}: aggregate tokens/s", "multitenant", "tok/s", tok_s,
-                              better="higher", extra=extra))
+            rows.append(
+                C.row(
+                    f"{who}: decode per-token p50",
+                    "multitenant",
+                    "ms",
+                    {"local": 1e3 * C.median(loc["step_s"]), "djinn": 1e3 * C.median(dj["step_s"])},
+                    extra=extra,
+                )
+            )
+            rows.append(
+                C.row(
+                    f"{who}: aggregate tokens/s",
+                    "multitenant",
+                    "tok/s",
+                    tok_s,
+                    better="higher",
+                    extra=extra,
+                )
+            )
             series["n"].append(n)
             series["local_tok_s"].append(loc["tokens_per_s"])
             series["djinn_tok_s"].append(dj["tokens_per_s"])
@@ -232,15 +291,23 @@ def run(ctx):
             series["n_model_bytes"].append(n * model_bytes)
         n = counts[-1]
         held = series["bytes_held"][-1]
-        rows.append(C.row(
-            f"multi-tenant, {n} clients: weights held (server bytes_in_use + text_bytes "
-            "vs N processes)", "multitenant", "MB",
-            {"local": n * model_bytes / 1e6, "djinn": held / 1e6 if held is not None else None},
-            "1 copy for N sessions of one model (<= 1.1 x model bytes)",
-            lambda v: v["djinn"] * 1e6 <= 1.1 * model_bytes,
-            extra={"model_bytes": model_bytes, "tenants": n,
-                   "note": "tenants parked after decoding with their KV cache dropped: "
-                           "what remains is weights"}))
+        rows.append(
+            C.row(
+                f"multi-tenant, {n} clients: weights held (server bytes_in_use + text_bytes "
+                "vs N processes)",
+                "multitenant",
+                "MB",
+                {"local": n * model_bytes / 1e6, "djinn": held / 1e6 if held is not None else None},
+                "1 copy for N sessions of one model (<= 1.1 x model bytes)",
+                lambda v: v["djinn"] * 1e6 <= 1.1 * model_bytes,
+                extra={
+                    "model_bytes": model_bytes,
+                    "tenants": n,
+                    "note": "tenants parked after decoding with their KV cache dropped: "
+                    "what remains is weights",
+                },
+            )
+        )
     finally:
         proc.terminate()
         try:

@@ -18,6 +18,7 @@ embedded djinn-server is a child process and is not traced. Without valgrind, or
 fails or runs out of time, the hits loop is profiled with cProfile instead (Python-level
 only), and PROFILE.md says so.
 """
+
 import argparse
 import os
 import re
@@ -40,8 +41,10 @@ LANDMARKS = [
     (r"structured_add_Tensor::meta", "ATen structured meta: shape/dtype inference on the client"),
     (r"at::_ops::add_out::call\(", "redispatch to aten::add.out (the out= kernel)"),
     (r"djinn::fallback\(", "djinn's boxed fallback: meta-cache lookup, outputs, node record"),
-    (r"PythonKernelHolder::operator",
-     "a Meta kernel implemented in Python (torch._meta_registrations / _refs)"),
+    (
+        r"PythonKernelHolder::operator",
+        "a Meta kernel implemented in Python (torch._meta_registrations / _refs)",
+    ),
     (r"djinn::.*record\(", "djinn: append the node to the pending fragment (msgpack encode)"),
     (r"djinn::.*(meta|infer)", "djinn: shape inference on Meta (cache miss path)"),
     (r"(djinn|djn)_.*alloc|RemoteAllocator", "djinn: handle allocation"),
@@ -102,8 +105,9 @@ def child(args):
 
 
 def _ctl(*args):
-    subprocess.run(["callgrind_control", *args], capture_output=True, text=True, timeout=60,
-                   check=True)
+    subprocess.run(
+        ["callgrind_control", *args], capture_output=True, text=True, timeout=60, check=True
+    )
 
 
 def _readline(proc, deadline):
@@ -115,8 +119,12 @@ _LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*([\d.]+)%\))?\s*(.*)$")
 
 def annotate(path, inclusive):
     """[(Ir, percent, function)] from callgrind_annotate, largest first."""
-    cmd = ["callgrind_annotate", "--threshold=100",
-           f"--inclusive={'yes' if inclusive else 'no'}", path]
+    cmd = [
+        "callgrind_annotate",
+        "--threshold=100",
+        f"--inclusive={'yes' if inclusive else 'no'}",
+        path,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
     rows, total, started = [], None, False
     for line in out.splitlines():
@@ -168,7 +176,7 @@ def _short(fn, n=150):
             depth += {"(": 1, ")": -1}.get(fn[j], 0)
             if depth == 0:
                 break
-        fn = fn[:i] + "(...)" + fn[j + 1:]
+        fn = fn[:i] + "(...)" + fn[j + 1 :]
     return fn if len(fn) <= n else fn[: n - 3] + "..."
 
 
@@ -176,13 +184,30 @@ def run_callgrind(ops, misses, workdir, timeout):
     out = os.path.join(workdir, "cg.out")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-           sys.executable, os.path.abspath(__file__), "child", "--ops", str(ops),
-           "--misses", str(misses)]
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        os.path.abspath(__file__),
+        "child",
+        "--ops",
+        str(ops),
+        "--misses",
+        str(misses),
+    ]
     errpath = os.path.join(workdir, "stderr.txt")
     errf = open(errpath, "w")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf,
-                            text=True, env=env, cwd=workdir)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errf,
+        text=True,
+        env=env,
+        cwd=workdir,
+    )
     deadline = time.monotonic() + timeout
     dumps = {}
     try:
@@ -231,29 +256,42 @@ def _summary(data, counts):
         (hits, incl), _ = data["hits"]
         (local, _), _ = data["local"]
         h, e = hits / counts["hits"], local / counts["local"]
-        out.append(f"- A captured op with a meta-cache hit costs {h:,.0f} instructions against "
-                   f"{e:,.0f} for the same op run eagerly on a CPU tensor ({h / e:.2f}x).")
+        out.append(
+            f"- A captured op with a meta-cache hit costs {h:,.0f} instructions against "
+            f"{e:,.0f} for the same op run eagerly on a CPU tensor ({h / e:.2f}x)."
+        )
         fb = _landmark(incl, r"djinn::fallback\(")
         rec = _landmark(incl, r"djinn::.*record\(")
         meta = _landmark(incl, r"structured_add_Tensor::meta")
         if fb:
-            part = f"- djinn's own boxed fallback is {fb[0] / counts['hits']:,.0f} of them " \
-                   f"({100.0 * fb[0] / hits:.0f} %)"
+            part = (
+                f"- djinn's own boxed fallback is {fb[0] / counts['hits']:,.0f} of them "
+                f"({100.0 * fb[0] / hits:.0f} %)"
+            )
             if rec:
                 part += f", of which recording/encoding the node is {rec[0] / counts['hits']:,.0f}"
-            out.append(part + "; the rest is PyTorch's Python binding, dispatcher and autograd "
-                              "layers that every eager op pays too" +
-                       (f", plus ATen's structured meta (shape inference) at "
-                        f"{meta[0] / counts['hits']:,.0f}" if meta else "") + ".")
+            out.append(
+                part + "; the rest is PyTorch's Python binding, dispatcher and autograd "
+                "layers that every eager op pays too"
+                + (
+                    f", plus ATen's structured meta (shape inference) at "
+                    f"{meta[0] / counts['hits']:,.0f}"
+                    if meta
+                    else ""
+                )
+                + "."
+            )
     if "misses" in data:
         (miss, incl), _ = data["misses"]
         m = miss / counts["misses"]
         line = f"- A miss (an op on a shape never seen) costs {m:,.0f} instructions per op"
         py = _landmark(incl, r"PythonKernelHolder::operator")
         if py:
-            line += (f"; {100.0 * py[0] / miss:.0f} % of it under `PythonKernelHolder`, i.e. "
-                     "a Meta kernel implemented in Python (torch._meta_registrations / _refs) "
-                     "that the fallback redispatches to for shape inference")
+            line += (
+                f"; {100.0 * py[0] / miss:.0f} % of it under `PythonKernelHolder`, i.e. "
+                "a Meta kernel implemented in Python (torch._meta_registrations / _refs) "
+                "that the fallback redispatches to for shape inference"
+            )
         out.append(line + ".")
     return out
 
@@ -262,7 +300,8 @@ def write_callgrind_md(md, dumps, ops, misses, elapsed):
     counts = {"hits": ops, "misses": misses, "local": ops}
     data = {ph: (annotate(p, True), annotate(p, False)) for ph, p in dumps.items()}
     lines = [
-        "# Where the capture path's time goes (callgrind)", "",
+        "# Where the capture path's time goes (callgrind)",
+        "",
         "`valgrind --tool=callgrind` on the capture micro-benchmark "
         f"(`benchmarks/profile_capture.py`): {ops} captured ops with meta-cache hits, {misses} "
         f"misses (each op on a new shape) and the same {ops} ops eagerly on a CPU tensor for "
@@ -270,8 +309,11 @@ def write_callgrind_md(md, dumps, ops, misses, elapsed):
         "(`callgrind_control -i on`), so import and setup are not counted; the embedded "
         "djinn-server is another process and is not traced. Counts are instructions (Ir) per "
         f"op, not time. Profiling took {elapsed:.0f} s. Written by `benchmarks/run.py` "
-        "(--quick/--full).", "",
-        "| phase | ops | Ir total | Ir per op |", "|---|---|---|---|"]
+        "(--quick/--full).",
+        "",
+        "| phase | ops | Ir total | Ir per op |",
+        "|---|---|---|---|",
+    ]
     for ph, ((total, _), _) in data.items():
         lines.append(f"| {ph} | {counts[ph]} | {total:,} | {total / counts[ph]:,.0f} |")
     lines += ["", "## Summary", ""] + _summary(data, counts)
@@ -284,25 +326,43 @@ def write_callgrind_md(md, dumps, ops, misses, elapsed):
         def pc(ir):
             return f"{100.0 * ir / max(1, total):.1f}"
 
-        lines += ["", f"## {ph}: landmarks (inclusive)", "",
-                  "| function | what | Ir/op | % |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {ph}: landmarks (inclusive)",
+            "",
+            "| function | what | Ir/op | % |",
+            "|---|---|---|---|",
+        ]
         for pat, what in LANDMARKS:
             hit = _landmark(incl, pat)
             if hit:
-                lines.append(f"| `{_short(hit[1], 90)}` | {what} | {hit[0] / n:,.0f} | "
-                             f"{pc(hit[0])} |")
-        lines += ["", f"## {ph}: top inclusive functions", "",
-                  "| Ir/op | % | function | object |", "|---|---|---|---|"]
+                lines.append(
+                    f"| `{_short(hit[1], 90)}` | {what} | {hit[0] / n:,.0f} | {pc(hit[0])} |"
+                )
+        lines += [
+            "",
+            f"## {ph}: top inclusive functions",
+            "",
+            "| Ir/op | % | function | object |",
+            "|---|---|---|---|",
+        ]
         for ir, fn, lib in incl[:30]:
             lines.append(f"| {ir / n:,.0f} | {pc(ir)} | `{_short(fn)}` | {lib} |")
-        lines += ["", f"## {ph}: top self (exclusive) functions", "",
-                  "| Ir/op | % | function | object |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {ph}: top self (exclusive) functions",
+            "",
+            "| Ir/op | % | function | object |",
+            "|---|---|---|---|",
+        ]
         for ir, fn, lib in excl[:20]:
             lines.append(f"| {ir / n:,.0f} | {pc(ir)} | `{_short(fn)}` | {lib} |")
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return {ph: {"ops": counts[ph], "ir_total": d[0][0], "ir_per_op": d[0][0] / counts[ph]}
-            for ph, d in data.items()}
+    return {
+        ph: {"ops": counts[ph], "ir_total": d[0][0], "ir_per_op": d[0][0] / counts[ph]}
+        for ph, d in data.items()
+    }
 
 
 def write_cprofile_md(md, ops, why):
@@ -334,19 +394,23 @@ def write_cprofile_md(md, ops, why):
     s = io.StringIO()
     pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(25)
     with open(md, "w") as f:
-        f.write("# Where the capture path's time goes (cProfile fallback)\n\n"
-                f"callgrind could not be used ({why}); this is cProfile over {ops} captured "
-                "ops with "
-                "meta-cache hits. cProfile sees Python frames only: the whole native capture path "
-                "(dispatcher, djinn's fallback, encoding) shows up as the `add` builtin.\n\n```\n"
-                + s.getvalue() + "```\n")
+        f.write(
+            "# Where the capture path's time goes (cProfile fallback)\n\n"
+            f"callgrind could not be used ({why}); this is cProfile over {ops} captured "
+            "ops with "
+            "meta-cache hits. cProfile sees Python frames only: the whole native capture path "
+            "(dispatcher, djinn's fallback, encoding) shows up as the `add` builtin.\n\n```\n"
+            + s.getvalue()
+            + "```\n"
+        )
     return {"fallback": "cProfile", "reason": why}
 
 
 def profile(md, ops=2000, misses=300, timeout=300, log=print):
     """Write ``md``; returns a summary dict for the JSON."""
-    tools = [t for t in ("valgrind", "callgrind_control", "callgrind_annotate")
-             if not shutil.which(t)]
+    tools = [
+        t for t in ("valgrind", "callgrind_control", "callgrind_annotate") if not shutil.which(t)
+    ]
     why = f"missing {', '.join(tools)}" if tools else None
     if not why:
         t0 = time.monotonic()

@@ -24,6 +24,7 @@ writes ``*-smoke.*`` names instead. Timings are medians; nothing here asserts a 
     python benchmarks/run.py --quick --gpu  # make bench-gpu: local on cuda, server on its GPUs
     python benchmarks/run.py --smoke      # tiny sizes, one pass of everything (tests)
 """
+
 import argparse
 import datetime
 import json
@@ -88,8 +89,12 @@ RATIOS = ("djinn/local", "djinn/rpc", "djinn/naive")
 def print_table(rows):
     w = max(len(r["name"]) for r in rows)
     w = min(w, 78)
-    hdr = (f"{'workload':{w}s} {'unit':8s}" + "".join(f"{c:>10s}" for c in COLS)
-           + "".join(f"{c.replace('/', '÷'):>13s}" for c in RATIOS) + "  target")
+    hdr = (
+        f"{'workload':{w}s} {'unit':8s}"
+        + "".join(f"{c:>10s}" for c in COLS)
+        + "".join(f"{c.replace('/', '÷'):>13s}" for c in RATIOS)
+        + "  target"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -97,8 +102,12 @@ def print_table(rows):
         t = r["target"]
         if t and r["target_met"] is not None:
             t += " (met)" if r["target_met"] else " (MISSED)"
-        print(f"{name:{w}s} {_unit(r):8s}" + "".join(f"{_fmt(r['values'][c]):>10s}" for c in COLS)
-              + "".join(f"{_ratio(r['ratios'][k]):>13s}" for k in RATIOS) + f"  {t}")
+        print(
+            f"{name:{w}s} {_unit(r):8s}"
+            + "".join(f"{_fmt(r['values'][c]):>10s}" for c in COLS)
+            + "".join(f"{_ratio(r['ratios'][k]):>13s}" for k in RATIOS)
+            + f"  {t}"
+        )
 
 
 def _notes(rows):
@@ -113,22 +122,29 @@ def _notes(rows):
                 f"({e['full_return_bytes_per_step']:,.0f} B of logits + KV cache per step); of "
                 f"djinn's {_fmt(r['values']['djinn'])} B per step, "
                 f"{_fmt(e['djinn_sent_per_step'])} B are sent (the captured graph) and the rest "
-                f"received. {e['note']}.")
+                f"received. {e['note']}."
+            )
         if "tokens_match_local" in e and "per-token p50" in r["name"]:
             first = ", ".join(f"{k} {v:.2f}" for k, v in e["first_run_p50_ms"].items())
-            notes.append(f"- Greedy tokens identical to local: {e['tokens_match_local']}. Decode "
-                         f"rows pool {e['runs']} timed run(s) after one warm-up run; first-run "
-                         f"p50 (ms): {first}.")
+            notes.append(
+                f"- Greedy tokens identical to local: {e['tokens_match_local']}. Decode "
+                f"rows pool {e['runs']} timed run(s) after one warm-up run; first-run "
+                f"p50 (ms): {first}."
+            )
         if "effective GB/s" in e:
             gbs = ", ".join(f"{k} {v:.2f}" for k, v in e["effective GB/s"].items())
-            notes.append(f"- {r['name']}: effective weight bandwidth (weight bytes / forward "
-                         f"time), GB/s: {gbs}.")
+            notes.append(
+                f"- {r['name']}: effective weight bandwidth (weight bytes / forward "
+                f"time), GB/s: {gbs}."
+            )
         if "djinn_upload_already_on_server_ms" in e and "GB/s" in e:
-            notes.append(f"- Uploading the same {e['weight_bytes'] / 1e6:.0f} MB of weights again "
-                         "while the server holds them (a second session of one model): "
-                         f"{_fmt(e['djinn_upload_already_on_server_ms'])} ms, "
-                         f"{e['djinn_upload_already_on_server_bytes']:,} bytes uploaded (the "
-                         "server's content-addressed text segment).")
+            notes.append(
+                f"- Uploading the same {e['weight_bytes'] / 1e6:.0f} MB of weights again "
+                "while the server holds them (a second session of one model): "
+                f"{_fmt(e['djinn_upload_already_on_server_ms'])} ms, "
+                f"{e['djinn_upload_already_on_server_bytes']:,} bytes uploaded (the "
+                "server's content-addressed text segment)."
+            )
         if r["group"] == "multitenant" and "p99_ms" in e and "p50" in r["name"]:
             t = e["server_text_fields"]
             mb = lambda k: _fmt((e[k] or 0) / 1e6)  # noqa: E731
@@ -138,18 +154,28 @@ def _notes(rows):
                 f"bytes_in_use {mb('server_bytes_in_use')} MB + text_bytes "
                 f"{mb('server_text_bytes')} MB = {mb('server_bytes_held')} MB vs N x model "
                 f"{mb('n_x_model_bytes')} MB ({_fmt(e['weight_copies_on_server'])} copies)"
-                + (f"; text fields {t}" if t else "") + ".")
+                + (f"; text fields {t}" if t else "")
+                + "."
+            )
     bw = [r for r in rows if r["group"] == "bandwidth"]
     if bw:
-        parts = ["{}: {}".format(r["name"], ", ".join(f"{k} {v:.2f}" for k, v in
-                                                     r["extra"]["GB/s"].items())) for r in bw]
+        parts = [
+            "{}: {}".format(
+                r["name"], ", ".join(f"{k} {v:.2f}" for k, v in r["extra"]["GB/s"].items())
+            )
+            for r in bw
+        ]
         notes.append("- Bandwidth, GB/s (" + "; ".join(parts) + ").")
-        dedup = [f"{r['name']} {_fmt(r['extra']['djinn_upload_content_already_on_server_ms'])} ms"
-                 f" ({r['extra']['djinn_upload_content_already_on_server_bytes']:,.0f} B uploaded)"
-                 for r in bw if "djinn_upload_content_already_on_server_ms" in r["extra"]]
+        dedup = [
+            f"{r['name']} {_fmt(r['extra']['djinn_upload_content_already_on_server_ms'])} ms"
+            f" ({r['extra']['djinn_upload_content_already_on_server_bytes']:,.0f} B uploaded)"
+            for r in bw
+            if "djinn_upload_content_already_on_server_ms" in r["extra"]
+        ]
         if dedup:
-            notes.append("- djinn uploads of content the server already holds: "
-                         + "; ".join(dedup) + ".")
+            notes.append(
+                "- djinn uploads of content the server already holds: " + "; ".join(dedup) + "."
+            )
     return notes
 
 
@@ -180,8 +206,13 @@ def markdown(result, charts, profile_md):
     ]
     for r in rows:
         v, q = r["values"], r["ratios"]
-        out.append(f"| {r['name']} | {_unit(r)} | " + " | ".join(_fmt(v[c]) for c in COLS)
-                   + " | " + " | ".join(_ratio(q[k]) for k in RATIOS) + f" | {_target(r)} |")
+        out.append(
+            f"| {r['name']} | {_unit(r)} | "
+            + " | ".join(_fmt(v[c]) for c in COLS)
+            + " | "
+            + " | ".join(_ratio(q[k]) for k in RATIOS)
+            + f" | {_target(r)} |"
+        )
     met = [r for r in rows if r["target_met"] is not None]
     out += ["", f"Targets met: {sum(r['target_met'] for r in met)} of {len(met)}."]
     notes = _notes(rows)
@@ -206,22 +237,40 @@ def main():
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="make bench: the default")
     g.add_argument("--full", action="store_true", help="bigger models and sizes, more repeats")
-    g.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, one pass of everything (tests)")
-    ap.add_argument("--gpu", action="store_true",
-                    help="local baseline on cuda; server on its default devices")
+    g.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one pass of everything (tests)"
+    )
+    ap.add_argument(
+        "--gpu", action="store_true", help="local baseline on cuda; server on its default devices"
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--only", default="", help="comma-separated workloads to run (default: all)")
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="intra-op threads of every process (local, servers, tenants); "
-                         "default 1 on machines with 4 CPUs or fewer, else PyTorch's default")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of every process (local, servers, tenants); "
+        "default 1 on machines with 4 CPUs or fewer, else PyTorch's default",
+    )
     args = ap.parse_args()
-    known = {"capture_hits", "capture_misses", "round_trip", "bandwidth", "mlp_b1", "mlp_b32", "transformer",
-             "large", "multitenant", "profile"}
+    known = {
+        "capture_hits",
+        "capture_misses",
+        "round_trip",
+        "bandwidth",
+        "mlp_b1",
+        "mlp_b32",
+        "transformer",
+        "large",
+        "multitenant",
+        "profile",
+    }
     unknown = {s for s in args.only.split(",") if s} - known
     if unknown:  # before any server or baseline process starts
-        ap.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
+        ap.error(
+            f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}"
+        )
     mode = "smoke" if args.smoke else ("full" if args.full else "quick")
 
     # Client, djinn-server and the baseline servers share the machine's cores. With two
@@ -259,8 +308,10 @@ def main():
     ctx.threads = threads
     torch.remote.init()
     server_device = torch.remote.device_name(0)
-    ctx.log(f"mode {mode}; local on {ctx.dev}; djinn server {djinn.remote.endpoint()} "
-            f"({server_device}); {C.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    ctx.log(
+        f"mode {mode}; local on {ctx.dev}; djinn server {djinn.remote.endpoint()} "
+        f"({server_device}); {C.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
 
     errors, skipped = {}, {}
     for kind, cls in (("naive", baselines.NaiveClient), ("rpc", baselines.RpcClient)):
@@ -314,8 +365,9 @@ def main():
         ctx.log("profile (callgrind) ...")
         profile_md = os.path.join(args.out, "PROFILE.md")
         try:
-            profile = profile_capture.profile(profile_md, ops=2000, misses=300, timeout=300,
-                                              log=ctx.log)
+            profile = profile_capture.profile(
+                profile_md, ops=2000, misses=300, timeout=300, log=ctx.log
+            )
         except Exception:  # noqa: BLE001
             errors["profile"] = traceback.format_exc()
             profile_md = None
@@ -357,11 +409,16 @@ def main():
     md = os.path.join(args.out, "RESULTS.md" if mode != "smoke" else f"RESULTS{suffix}.md")
     with open(md, "w") as f:
         f.write(markdown(result, pngs, profile_md))
-    print(f"\nDjinn benchmarks on {machine} (server device {server_device}, local {ctx.dev}, "
-          f"torch {torch.__version__}, mode {mode}, {result['elapsed_s']:.0f} s)\n")
+    print(
+        f"\nDjinn benchmarks on {machine} (server device {server_device}, local {ctx.dev}, "
+        f"torch {torch.__version__}, mode {mode}, {result['elapsed_s']:.0f} s)\n"
+    )
     print_table(rows)
-    print(f"\nwrote {path}, {md}" + "".join(f", {os.path.basename(p)}" for p in pngs)
-          + (f", {os.path.basename(profile_md)}" if profile_md else ""))
+    print(
+        f"\nwrote {path}, {md}"
+        + "".join(f", {os.path.basename(p)}" for p in pngs)
+        + (f", {os.path.basename(profile_md)}" if profile_md else "")
+    )
     if errors:
         print(f"\nFAILED workloads: {', '.join(errors)}", file=sys.stderr)
         return 1

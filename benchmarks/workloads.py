@@ -7,6 +7,7 @@ system: ``local`` eager PyTorch on ``ctx.dev`` (cpu, or cuda under --gpu), ``dji
 (``torch.device('remote')``), and the baseline servers in ``ctx.clients`` (``rpc``,
 ``naive``; absent when they could not start). Nothing here asserts a time.
 """
+
 import copy
 import time
 
@@ -18,8 +19,7 @@ from baselines import AddOne, StepLM
 from decode import decode_client, decode_direct
 
 # DESIGN section 7 targets, as (text, check on the row's values)
-T_CAPTURE = ("<= 5 us/op with meta-cache hits (eager ~2 us/op)",
-             lambda v: v["djinn"] <= 5.0)
+T_CAPTURE = ("<= 5 us/op with meta-cache hits (eager ~2 us/op)", lambda v: v["djinn"] <= 5.0)
 T_RTT = ("<= 60 us (TensorPipe RPC: 97 us shm, 205 us TCP)", lambda v: v["djinn"] <= 60.0)
 T_SMALL = ("<= local + 0.5 ms (warm plan cache)", lambda v: v["djinn"] - v["local"] <= 0.5)
 T_DECODE = ("djinn / local <= 1.3", lambda v: v["djinn"] / v["local"] <= 1.3)
@@ -71,9 +71,16 @@ def capture_hits(ctx):
         ts.append(time.perf_counter() - t0)
         _remote_sync()
     t_djinn = C.median(ts)
-    return [C.row("capture cost per op, meta-cache hit", "micro", "us/op",
-                  {"local": 1e6 * t_local / n, "djinn": 1e6 * C.median(ts) / n}, *T_CAPTURE,
-                  extra={"ops": n, "repeats": rep, "djinn_total_s": t_djinn})]
+    return [
+        C.row(
+            "capture cost per op, meta-cache hit",
+            "micro",
+            "us/op",
+            {"local": 1e6 * t_local / n, "djinn": 1e6 * C.median(ts) / n},
+            *T_CAPTURE,
+            extra={"ops": n, "repeats": rep, "djinn_total_s": t_djinn},
+        )
+    ]
 
 
 def capture_misses(ctx):
@@ -104,10 +111,16 @@ def capture_misses(ctx):
         if r:
             t_djinn.append(t1 - t0)
             t_local.append(t3 - t2)
-    return [C.row("capture cost per op, meta-cache miss (new shape)", "micro", "us/op",
-                  {"local": 1e6 * C.median(t_local) / n, "djinn": 1e6 * C.median(t_djinn) / n},
-                  "- (informational: shape inference on Meta)",
-                  extra={"ops": n, "repeats": rep})]
+    return [
+        C.row(
+            "capture cost per op, meta-cache miss (new shape)",
+            "micro",
+            "us/op",
+            {"local": 1e6 * C.median(t_local) / n, "djinn": 1e6 * C.median(t_djinn) / n},
+            "- (informational: shape inference on Meta)",
+            extra={"ops": n, "repeats": rep},
+        )
+    ]
 
 
 def round_trip(ctx):
@@ -128,8 +141,16 @@ def round_trip(ctx):
         c.load("add1", AddOne())
         vals[name] = C.median(C.timeit(lambda: c.call("add1", x).item(), rep, warmup=10))
         c.drop("add1")
-    return [C.row("1-op round trip x.add(1).item()", "micro", "us",
-                  {k: 1e6 * v for k, v in vals.items()}, *T_RTT, extra={"repeats": rep})]
+    return [
+        C.row(
+            "1-op round trip x.add(1).item()",
+            "micro",
+            "us",
+            {k: 1e6 * v for k, v in vals.items()},
+            *T_RTT,
+            extra={"repeats": rep},
+        )
+    ]
 
 
 def bandwidth_sizes(mode):
@@ -195,8 +216,15 @@ def bandwidth(ctx):
             if direction == "upload":
                 extra["djinn_upload_content_already_on_server_ms"] = 1e3 * dedup
                 extra["djinn_upload_content_already_on_server_bytes"] = dedup_bytes
-            rows.append(C.row(f"{direction} {C.human_bytes(size)}", "bandwidth", "ms",
-                              {k: 1e3 * v for k, v in vals.items()}, extra=extra))
+            rows.append(
+                C.row(
+                    f"{direction} {C.human_bytes(size)}",
+                    "bandwidth",
+                    "ms",
+                    {k: 1e3 * v for k, v in vals.items()},
+                    extra=extra,
+                )
+            )
     return rows
 
 
@@ -212,6 +240,7 @@ def mlp(ctx, batch):
     rnet = copy.deepcopy(net).to("remote")
     vals = {}
     with torch.no_grad():
+
         def local():
             lnet(xl)
             _sync(ctx.dev)
@@ -222,9 +251,16 @@ def mlp(ctx, batch):
         c.load("mlp", net)
         vals[name] = C.median(C.timeit(lambda: c.call("mlp", x), rep, warmup=3))
         c.drop("mlp")
-    return [C.row(f"MLP forward 256-512-512-10, batch {batch}", "small", "ms",
-                  {k: 1e3 * v for k, v in vals.items()}, *T_SMALL,
-                  extra={"repeats": rep, "params_bytes": C.module_bytes(net)})]
+    return [
+        C.row(
+            f"MLP forward 256-512-512-10, batch {batch}",
+            "small",
+            "ms",
+            {k: 1e3 * v for k, v in vals.items()},
+            *T_SMALL,
+            extra={"repeats": rep, "params_bytes": C.module_bytes(net)},
+        )
+    ]
 
 
 # ------------------------------------------------------------------ transformer
@@ -238,8 +274,10 @@ def transformer(ctx):
     runs = {"smoke": 1, "quick": 2, "full": 3}[ctx.mode]
     model = C.llama(size)
     cfg = model.config
-    label = (f"Llama {size} (h{cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
-             f"{C.module_bytes(model) / 1e6:.1f} MB)")
+    label = (
+        f"Llama {size} (h{cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+        f"{C.module_bytes(model) / 1e6:.1f} MB)"
+    )
     torch.manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (1, prompt))
     results = {}
@@ -267,41 +305,78 @@ def transformer(ctx):
     ref = results["local"][0]["tokens"]
     match = {k: all(r["tokens"] == ref for r in v) for k, v in results.items()}
     steps_s = {k: pooled(k, "step_s") for k in results}
+
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
     full_return = mean(pooled("local", "full_return_bytes"))
     bytes_tok = {k: mean(pooled(k, "step_bytes")) for k in results if results[k][0]["step_bytes"]}
     g = "transformer"
-    extra = {"model": size, "prompt": prompt, "steps": steps, "runs": runs,
-             "tokens_match_local": match}
+    extra = {
+        "model": size,
+        "prompt": prompt,
+        "steps": steps,
+        "runs": runs,
+        "tokens_match_local": match,
+    }
     first_p50 = {k: 1e3 * C.median(v[0]["step_s"]) for k, v in results.items()}
     rows = [
-        C.row(f"{label}: prefill {prompt} tokens + first token", g, "ms",
-              {k: 1e3 * C.median([r["prefill_s"] for r in v]) for k, v in results.items()},
-              extra=extra),
-        C.row(f"{label}: decode per-token p50", g, "ms",
-              {k: 1e3 * C.median(v) for k, v in steps_s.items()}, *T_DECODE,
-              extra={**extra, "first_run_p50_ms": first_p50}),
-        C.row(f"{label}: decode per-token p99", g, "ms",
-              {k: 1e3 * C.pct(v, 99) for k, v in steps_s.items()}, extra=extra),
-        C.row(f"{label}: decode tokens/s", g, "tok/s",
-              {k: len(v) / sum(v) for k, v in steps_s.items()}, better="higher", extra=extra),
+        C.row(
+            f"{label}: prefill {prompt} tokens + first token",
+            g,
+            "ms",
+            {k: 1e3 * C.median([r["prefill_s"] for r in v]) for k, v in results.items()},
+            extra=extra,
+        ),
+        C.row(
+            f"{label}: decode per-token p50",
+            g,
+            "ms",
+            {k: 1e3 * C.median(v) for k, v in steps_s.items()},
+            *T_DECODE,
+            extra={**extra, "first_run_p50_ms": first_p50},
+        ),
+        C.row(
+            f"{label}: decode per-token p99",
+            g,
+            "ms",
+            {k: 1e3 * C.pct(v, 99) for k, v in steps_s.items()},
+            extra=extra,
+        ),
+        C.row(
+            f"{label}: decode tokens/s",
+            g,
+            "tok/s",
+            {k: len(v) / sum(v) for k, v in steps_s.items()},
+            better="higher",
+            extra=extra,
+        ),
     ]
     reduction = 1 - bytes_tok["djinn"] / full_return if full_return else None
-    rows.append(C.row(
-        f"{label}: bytes moved per decode step", g, "bytes", bytes_tok,
-        ">= 99.7 % less than returning every output (logits + KV)",
-        (lambda v: reduction >= 0.997) if reduction is not None else None,
-        extra={**extra, "full_return_bytes_per_step": full_return,
-               "djinn_reduction_vs_full_return": reduction,
-               "djinn_sent_per_step": mean(pooled("djinn", "step_sent")),
-               "note": "djinn: bytes_moved() deltas (sent + received); naive: measured on its "
-                       "socket, both directions (KV in and out); rpc: tensor payload both "
-                       "directions; full return: logits + KV cache of each step's outputs"}))
+    rows.append(
+        C.row(
+            f"{label}: bytes moved per decode step",
+            g,
+            "bytes",
+            bytes_tok,
+            ">= 99.7 % less than returning every output (logits + KV)",
+            (lambda v: reduction >= 0.997) if reduction is not None else None,
+            extra={
+                **extra,
+                "full_return_bytes_per_step": full_return,
+                "djinn_reduction_vs_full_return": reduction,
+                "djinn_sent_per_step": mean(pooled("djinn", "step_sent")),
+                "note": "djinn: bytes_moved() deltas (sent + received); naive: measured on its "
+                "socket, both directions (KV in and out); rpc: tensor payload both "
+                "directions; full return: logits + KV cache of each step's outputs",
+            },
+        )
+    )
     # per-step series for the chart (the last run of each system)
-    ctx.series["decode"] = {"label": label,
-                            **{k: [1e3 * s for s in v[-1]["step_s"]] for k, v in results.items()}}
+    ctx.series["decode"] = {
+        "label": label,
+        **{k: [1e3 * s for s in v[-1]["step_s"]] for k, v in results.items()},
+    }
     return rows
 
 
@@ -332,6 +407,7 @@ def large(ctx):
     lnet = copy.deepcopy(net).to(ctx.dev)
     xl = x.to(ctx.dev)
     with torch.no_grad():
+
         def lfw():
             lnet(xl)
             _sync(ctx.dev)
@@ -379,15 +455,28 @@ def large(ctx):
         fw[name] = C.median(C.timeit(lambda: c.call("big", x), rep_fw))
         c.drop("big")
     g = "large"
-    extra = {"weight_bytes": nbytes, "width": width, "layers": layers, "batch": 8,
-             "djinn_upload_bytes_counted": moved,
-             "djinn_upload_already_on_server_ms": 1e3 * dedup_s,
-             "djinn_upload_already_on_server_bytes": dedup_bytes}
+    extra = {
+        "weight_bytes": nbytes,
+        "width": width,
+        "layers": layers,
+        "batch": 8,
+        "djinn_upload_bytes_counted": moved,
+        "djinn_upload_already_on_server_ms": 1e3 * dedup_s,
+        "djinn_upload_already_on_server_bytes": dedup_bytes,
+    }
     return [
-        C.row(f"large: upload {mb} of weights (once)", g, "ms",
-              {k: 1e3 * v for k, v in up.items()},
-              extra={**extra, "GB/s": {k: nbytes / v / 1e9 for k, v in up.items()}}),
-        C.row(f"large: forward batch 8 through {mb} of weights", g, "ms",
-              {k: 1e3 * v for k, v in fw.items()},
-              extra={**extra, "effective GB/s": {k: nbytes / v / 1e9 for k, v in fw.items()}}),
+        C.row(
+            f"large: upload {mb} of weights (once)",
+            g,
+            "ms",
+            {k: 1e3 * v for k, v in up.items()},
+            extra={**extra, "GB/s": {k: nbytes / v / 1e9 for k, v in up.items()}},
+        ),
+        C.row(
+            f"large: forward batch 8 through {mb} of weights",
+            g,
+            "ms",
+            {k: 1e3 * v for k, v in fw.items()},
+            extra={**extra, "effective GB/s": {k: nbytes / v / 1e9 for k, v in fw.items()}},
+        ),
     ]

@@ -6,6 +6,7 @@ With ``DJINN_SERVER`` unset that first use starts an embedded ``djinn-server`` o
 loopback, stopped when this process exits; ``DJINN_SERVER=tcp://host:port`` uses a
 running server instead.
 """
+
 import os as _os
 
 import torch as _torch
@@ -36,7 +37,10 @@ _C._register_errors(RemoteError, SessionLost, ServerUnreachable, ResourceError)
 
 def _server_binary():
     here = _os.path.dirname(_os.path.abspath(__file__))
-    for cand in (_os.environ.get("DJINN_SERVER_BIN", ""), _os.path.join(here, "bin", "djinn-server")):
+    for cand in (
+        _os.environ.get("DJINN_SERVER_BIN", ""),
+        _os.path.join(here, "bin", "djinn-server"),
+    ):
         if cand and _os.access(cand, _os.X_OK):
             return cand
     from shutil import which

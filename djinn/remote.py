@@ -1,4 +1,5 @@
 """``torch.remote``: the device module of the ``remote`` backend, mirroring ``torch.cuda``."""
+
 import contextlib
 
 import torch
@@ -106,78 +107,38 @@ def server_stats():
     return _C._server_stats()
 
 
+def _stats_doc():
+    rows = _C._stats_fields()
+    out = []
+    for scope in ("device", "server", "session", "client"):
+        out.append(f"\n    {scope}:\n")
+        out += [f"    - ``{py}``: {doc}\n" for sc, _, py, doc in rows if sc == scope]
+    return "".join(out)
+
+
 def memory_stats(device=None):
-    """Server memory as this process sees it, like ``torch.cuda.memory_stats``.
+    """Server memory and traffic as this process sees it, like ``torch.cuda.memory_stats``.
 
-    Per device (the VMU of a CPU device; zeros on a CUDA device, which keeps ATen's
-    caching allocator):
-
-    - ``data.*``: the Data segment (weights/Text content, KV caches, outputs clients
-      hold): ``capacity_bytes``, ``used_bytes``, ``peak_bytes``, ``free_blocks``,
-      ``largest_free_bytes`` and ``fragmentation`` (external: 1 - largest free block /
-      free bytes).
-    - ``slab.*``: the stack slab for one fragment's activations: ``capacity_bytes``,
-      ``in_use_bytes``, ``high_water_bytes``, ``resets``, ``resets_deferred`` (fragments
-      after which something still referenced the slab).
-    - ``plan.*``: the meta-simulator's last plan: ``peak_bytes`` (slab bytes it needs),
-      ``lower_bound_bytes`` (most bytes live at once), ``bump_bytes`` (what a plain
-      bump allocator would take), ``fragments`` planned, ``copied_out_bytes`` (results
-      clients hold, moved from the slab to Data).
-
-    Server-wide: ``text.*`` (content-addressed weights shared by all sessions:
-    ``bytes``, ``entries``, ``refs``, ``hits``), ``plan_cache.*`` (``hits``, ``misses``,
-    ``entries``, ``capacity``, ``evictions``), ``sched.us_hit_avg`` /
-    ``sched.us_miss_avg`` (server scheduling time per fragment), ``server.private_bytes``
-    and ``server.sessions``. This session: ``session.allocated_bytes``,
-    ``session.peak_bytes``, ``session.quota_bytes``. This process: ``bytes_sent``,
-    ``bytes_received``, ``dedup_bytes`` (uploads the server already held),
-    ``plan_cache.sends`` (fragments sent as GRAPH_CACHED)."""
+    Every key comes from the one descriptor table of counters (csrc/common/djn_stats.h):
+    ``device`` keys describe the chosen device (its VMU; zeros on a CUDA device, which
+    keeps ATen's caching allocator), ``server`` keys the whole server (present only when
+    the server shows them to this client: an operator, or a server without keys),
+    ``session`` keys this session, ``client`` keys the bytes this process moved.
+    """
     s = server_stats()
-    c = _C._counters()
     devs = s.get("devices", [])
     idx = current_device() if device is None else _idx(device)
     d = devs[idx] if 0 <= idx < len(devs) else {}
-    return {
-        "data.capacity_bytes": d.get("data_capacity", 0),
-        "data.used_bytes": d.get("data_used", 0),
-        "data.peak_bytes": d.get("data_peak", 0),
-        "data.free_blocks": d.get("data_free_blocks", 0),
-        "data.largest_free_bytes": d.get("data_largest_free", 0),
-        "data.fragmentation": d.get("data_fragmentation", 0.0),
-        "slab.capacity_bytes": d.get("slab_capacity", 0),
-        "slab.in_use_bytes": d.get("slab_in_use", 0),
-        "slab.high_water_bytes": d.get("slab_high_water", 0),
-        "slab.resets": d.get("slab_resets", 0),
-        "slab.resets_deferred": d.get("slab_resets_deferred", 0),
-        "plan.fragments": d.get("planned_fragments", 0),
-        "plan.peak_bytes": d.get("plan_peak_last", 0),
-        "plan.lower_bound_bytes": d.get("plan_lower_bound_last", 0),
-        "plan.bump_bytes": d.get("plan_bump_last", 0),
-        "plan.copied_out_bytes": d.get("copied_out_bytes", 0),
-        "plan.peak_bytes_total": d.get("plan_peak_sum", 0),
-        "plan.lower_bound_bytes_total": d.get("plan_lower_bound_sum", 0),
-        "plan.bump_bytes_total": d.get("plan_bump_sum", 0),
-        "text.bytes": s.get("text_bytes", 0),
-        "text.entries": s.get("text_entries", 0),
-        "text.refs": s.get("text_refs", 0),
-        "text.hits": s.get("text_hits", 0),
-        "plan_cache.hits": s.get("plan_cache_hits", 0),
-        "plan_cache.misses": s.get("plan_cache_misses", 0),
-        "plan_cache.entries": s.get("plan_cache_entries", 0),
-        "plan_cache.capacity": s.get("plan_cache_capacity", 0),
-        "plan_cache.evictions": s.get("plan_cache_evictions", 0),
-        "sched.us_hit_avg": s.get("sched_us_hit_avg", 0),
-        "sched.us_miss_avg": s.get("sched_us_miss_avg", 0),
-        "session.allocated_bytes": s.get("session_bytes", 0),
-        "session.peak_bytes": s.get("session_peak_bytes", 0),
-        "session.quota_bytes": s.get("session_quota_bytes", 0),
-        "server.private_bytes": s.get("bytes_in_use", 0),
-        "server.sessions": s.get("sessions_open", 0),
-        "bytes_sent": c["bytes_sent"],
-        "bytes_received": c["bytes_received"],
-        "dedup_bytes": c["dedup_bytes"],
-        "plan_cache.sends": c["plan_cache_sends"],
-    }
+    counters = _C._counters()
+    out = {}
+    for scope, name, py, _ in _C._stats_fields():
+        src = {"device": d, "server": s, "session": s, "client": counters}[scope]
+        if name in src:
+            out[py] = src[name]
+    return out
+
+
+memory_stats.__doc__ += _stats_doc()
 
 
 def memory_allocated(device=None):

@@ -5,6 +5,7 @@ compute- or memory-bound; ``phase``: prefill, decode or none) and lifecycle
 (``persistent`` if the client still held its output when the fragment was flushed,
 else ``ephemeral``).
 """
+
 from . import _C
 
 

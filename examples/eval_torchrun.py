@@ -21,6 +21,7 @@ the hashes of their weights and send no bytes (``dedup_bytes_per_rank``).
 
 Options: --sequences N (64), --seq-len L (16), --batch B (8), --seed S (0).
 """
+
 import argparse
 import copy
 import json
@@ -38,8 +39,15 @@ def build_model(seed):
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # norms start as all-ones: make them distinct, as in a trained model
@@ -60,11 +68,16 @@ def evaluate(model, seqs, batch, device):
     loss = torch.zeros((), dtype=torch.float64)
     correct = count = 0
     for i in range(0, len(seqs), batch):
-        x = seqs[i:i + batch].to(device)
+        x = seqs[i : i + batch].to(device)
         logits = model(x).logits[:, :-1]
         target = x[:, 1:]
-        loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                reduction="sum").cpu().double()
+        loss += (
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+            )
+            .cpu()
+            .double()
+        )
         correct += int((logits.argmax(-1) == target).sum().item())
         count += target.numel()
     return torch.tensor([loss.item(), float(correct), float(count)], dtype=torch.float64)
@@ -114,7 +127,9 @@ def main():
     # here every rank's session is open and holds the weights
     stats = djinn.remote.memory_stats() if rank == 0 else None
     moved = [None] * world
-    dist.all_gather_object(moved, {k: djinn.bytes_moved()[k] for k in ("upload_bytes", "dedup_bytes")})
+    dist.all_gather_object(
+        moved, {k: djinn.bytes_moved()[k] for k in ("upload_bytes", "dedup_bytes")}
+    )
     dist.barrier()  # nobody uploads data before rank 0 has read the counters
 
     seqs = dataset(args.sequences, args.seq_len, cpu_model.config.vocab_size, args.seed)
@@ -128,23 +143,36 @@ def main():
         ref = evaluate(cpu_model, seqs, args.batch, "cpu")
         loss, acc = total[0].item() / total[2].item(), total[1].item() / total[2].item()
         ref_loss, ref_acc = ref[0].item() / ref[2].item(), ref[1].item() / ref[2].item()
-        match = (torch.allclose(total, ref, rtol=1e-5, atol=1e-6)  # loss sums
-                 and total[1].item() == ref[1].item() and total[2].item() == ref[2].item()
-                 and torch.allclose(torch.stack(parts).sum(0), total, rtol=1e-9))
-        print(json.dumps({
-            "match": match,
-            "world_size": world,
-            "loss": loss, "accuracy": acc, "cpu_loss": ref_loss, "cpu_accuracy": ref_acc,
-            "tokens": int(total[2].item()),
-            "per_rank": [p.tolist() for p in parts],
-            "upload_bytes_per_rank": [m["upload_bytes"] for m in moved],
-            "dedup_bytes_per_rank": [m["dedup_bytes"] for m in moved],
-            "memory_stats": stats,
-            "text_bytes": stats["text.bytes"], "text_entries": stats["text.entries"],
-            "text_refs": stats["text.refs"], "sessions_open": stats["server.sessions"],
-            **text_expectation(cpu_model),
-            "session": f"{djinn.remote.session_id():x}",
-        }), flush=True)
+        match = (
+            torch.allclose(total, ref, rtol=1e-5, atol=1e-6)  # loss sums
+            and total[1].item() == ref[1].item()
+            and total[2].item() == ref[2].item()
+            and torch.allclose(torch.stack(parts).sum(0), total, rtol=1e-9)
+        )
+        print(
+            json.dumps(
+                {
+                    "match": match,
+                    "world_size": world,
+                    "loss": loss,
+                    "accuracy": acc,
+                    "cpu_loss": ref_loss,
+                    "cpu_accuracy": ref_acc,
+                    "tokens": int(total[2].item()),
+                    "per_rank": [p.tolist() for p in parts],
+                    "upload_bytes_per_rank": [m["upload_bytes"] for m in moved],
+                    "dedup_bytes_per_rank": [m["dedup_bytes"] for m in moved],
+                    "memory_stats": stats,
+                    "text_bytes": stats["text.bytes"],
+                    "text_entries": stats["text.entries"],
+                    "text_refs": stats["text.refs"],
+                    "sessions_open": stats["server.sessions"],
+                    **text_expectation(cpu_model),
+                    "session": f"{djinn.remote.session_id():x}",
+                }
+            ),
+            flush=True,
+        )
     dist.barrier()
     dist.destroy_process_group()
 

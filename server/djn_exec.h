@@ -38,10 +38,9 @@ uint64_t djn_stor_nbytes(const djn_stor_t *s);
  * once, before the workers start. */
 void djn_exec_install_allocator(void);
 /* Give a CPU executor its VMU (NULL: plain allocations); call on the worker thread,
- * which it binds for allocations. */
+ * which it binds for allocations (in Data mode; djn_exec_node switches to the slab for
+ * the nodes of a planned fragment). */
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v);
-/* Allocation mode of this worker thread: 1 = Stack slab (while nodes run), 0 = Data. */
-void djn_exec_slab_mode(int on);
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s);
 /* Whether a storage lives in any device's stack slab (transient: not charged to quotas). */
 int djn_stor_in_slab(const djn_stor_t *s);
@@ -54,29 +53,31 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
                              char *err, size_t errlen);
 /* Fill a storage with zeros: memory a session reads before anything wrote it must not
  * show bytes another session left behind. */
-void djn_exec_zero(djn_exec_t *x, djn_stor_t *s);
+djn_status_t djn_exec_zero(djn_exec_t *x, djn_stor_t *s, char *err, size_t errlen);
 djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
                            size_t errlen);
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
                            char *err, size_t errlen);
 
-/* What a node needs from the session that runs it. */
+/* What a node needs from the fragment that runs it (djn_frag.c fills it). */
 typedef struct djn_exec_env {
     void *ctx;
-    /* The storage for a handle (materialising a declared allocation on this device), or
-     * NULL if the session does not own it. Borrowed reference. `write`: the op will
+    /* The storage for a handle (materialising a declared allocation on this device, at
+     * its planned slab offset if it has one). Borrowed reference. `write`: the op will
      * write to it, so a shared (Text) storage is first copied into the session's own. */
-    djn_stor_t *(*resolve_fn)(void *ctx, uint64_t handle, int write, char *err, size_t errlen);
+    djn_status_t (*resolve_fn)(void *ctx, uint64_t handle, int write, djn_stor_t **out, char *err,
+                               size_t errlen);
     /* Whether a handle is declared but has no storage yet (a fresh output). */
     int (*is_lazy_fn)(void *ctx, uint64_t handle);
     /* Bind a handle to a storage (takes its own reference). */
     djn_status_t (*bind_fn)(void *ctx, uint64_t handle, djn_stor_t *s);
     /* A new server-issued handle for a result of a data-dependent op. */
-    uint64_t (*new_handle_fn)(void *ctx, uint64_t nbytes);
+    djn_status_t (*new_handle_fn)(void *ctx, uint64_t nbytes, uint64_t *out);
     const uint64_t *binds; /* slot -> handle for the message being run */
     uint32_t nbinds;
     void **gen_slot; /* the session's generator on this device, created on first use */
     int64_t seed;    /* >= 0: reseed before running */
+    bool slab;       /* ATen allocations of the nodes go to the stack slab */
 } djn_exec_env_t;
 
 /* Run one node. For a DJN_NODE_DYNAMIC node, the results' description is encoded into

@@ -165,9 +165,13 @@ static void s_sort_hits(s_ctx_t *c, uint32_t k) {
     }
 }
 
-static void *s_alloc(size_t count, size_t size) { return djn_calloc(count ? count : 1, size); }
+static void *s_alloc(size_t count, size_t size) {
+    return djn_calloc(count ? count : 1, size);
+}
 
-static void s_free(void *p, size_t count, size_t size) { djn_free(p, (count ? count : 1) * size); }
+static void s_free(void *p, size_t count, size_t size) {
+    djn_free(p, (count ? count : 1) * size);
+}
 
 /* Feeds one placed block to the walk; `hit` says whether it conflicts (0: ignored). Written
  * without branches: on the scan path whether a block conflicts is a coin toss for the

@@ -19,16 +19,18 @@ typedef struct djn_server_cfg {
     const char *listen;                          /* ZeroMQ endpoint to bind */
     const char *devices[DJN_SERVER_MAX_DEVICES]; /* "cpu", "cuda:0", ... */
     int ndevices;
-    uint64_t lease_ms;         /* 0: sessions never expire */
-    uint64_t heartbeat_ms;     /* advised to clients */
-    uint64_t max_tensor_bytes; /* largest frame accepted or sent */
-    int announce_fd;           /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
-    int parent_pid;            /* > 0: exit when that process is gone */
+    uint64_t lease_ms;            /* 0: sessions never expire */
+    uint64_t heartbeat_ms;        /* advised to clients */
+    uint64_t max_tensor_bytes;    /* largest frame accepted or sent */
+    int announce_fd;              /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
+    int parent_pid;               /* > 0: exit when that process is gone */
     uint64_t session_quota_bytes; /* private bytes per session, 0 = unlimited */
     uint32_t session_max_queued;  /* fragments waiting per session, 0 = unlimited */
     uint32_t plan_cache_entries;  /* fragments kept in the plan cache, 0 = off */
     uint64_t data_bytes;          /* CPU VMU: Data segment capacity (0: no VMU) */
     uint64_t slab_bytes;          /* CPU VMU: stack slab capacity */
+    bool remove_ipc_dir;          /* embedded: remove the ipc socket's directory at exit */
+    const char *keys_dir;         /* CURVE keys (djn_auth.h); NULL: none */
     bool verbose;
 } djn_server_cfg_t;
 
@@ -40,8 +42,10 @@ djn_status_t djn_server_run(djn_server_t *srv);
 void djn_server_stop(void);
 void djn_server_destroy(djn_server_t **self_p);
 
-/* `djinn-server --stats ENDPOINT`: print a running server's counters. */
-int djn_server_print_stats(const char *endpoint, int timeout_ms);
+/* Command-line tools (djn_cli.c); keys_dir may be NULL. Return the exit status. */
+int djn_server_print_stats(const char *endpoint, const char *keys_dir, int timeout_ms);
+int djn_server_check(const char *endpoint, const char *keys_dir, int timeout_ms);
+int djn_server_keygen(const char *dir, const char *name, bool is_operator, bool realtime);
 
 #ifdef __cplusplus
 }

@@ -1,31 +1,35 @@
 /* djn_session.c: session table and per-session handle tables (see djn_session.h). */
 #include "djn_session.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "djn_map.h"
 #include "djn_mem.h"
 
 #define S_MAX_DEVICES 64
-#define S_DYN_BASE (1ull << 62) /* server-issued handles live above client ones */
 
 typedef struct {
     djn_stor_t *stor; /* NULL: declared, not materialised */
     uint64_t nbytes;
-    bool text; /* stor is shared content from the Text segment (read-only) */
-    bool poisoned; /* an op that should have produced it failed: reading it is an error */
+    bool text;      /* stor is shared content from the Text segment (read-only) */
+    bool poisoned;  /* an op that should have produced it failed: reading it is an error */
     bool transient; /* stor lives in the stack slab: not charged to the session */
     djn_text_key_t tkey;
 } s_entry_t;
 
 struct djn_session {
     uint64_t sid;
+    djn_peer_t peer; /* the tenant and connection that opened it: only they may use it */
     _Atomic int refs;
+    _Atomic uint64_t cache_bytes; /* plan-cache bytes charged to this session */
+    djn_session_t *reap_next;
     pthread_mutex_t mu;
     djn_map_t handles; /* handle -> s_entry_t* */
     uint64_t bytes;    /* bytes of materialised storages */
@@ -41,8 +45,13 @@ struct djn_session {
 struct djn_sessions {
     pthread_mutex_t mu;
     djn_map_t by_id; /* sid -> djn_session_t* */
-    uint64_t next_sid;
     uint64_t lease_ms;
+    /* the reaper: sessions whose last reference went away are freed on this thread, so
+     * that releasing gigabytes never stalls the transport thread */
+    pthread_t reaper;
+    bool reaper_on, reaper_stop;
+    pthread_cond_t reap_cv;
+    djn_session_t *reap_head;
     uint64_t opened, closed, expired;
     uint64_t quota_bytes; /* per session, 0 = unlimited */
     uint32_t max_queued;  /* fragments waiting per session, 0 = unlimited */
@@ -56,14 +65,11 @@ djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32
     if (!t)
         return NULL;
     pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->reap_cv, NULL);
     t->lease_ms = lease_ms;
     t->quota_bytes = quota_bytes;
     t->max_queued = max_queued;
     t->text = text;
-    /* session ids are not guessable counters: a restarted server must not hand out the
-     * id a client of the previous process still holds */
-    uint64_t seed = (uint64_t)(uintptr_t)t ^ ((uint64_t)time(NULL) << 20);
-    t->next_sid = (seed & 0xffffffffull) << 16 | 1;
     return t;
 }
 
@@ -89,12 +95,54 @@ static void s_session_free(djn_session_t *s) {
     djn_free(s, sizeof(*s));
 }
 
+static void *s_reaper_main(void *arg) {
+    djn_sessions_t *t = arg;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->reap_head && !t->reaper_stop)
+            pthread_cond_wait(&t->reap_cv, &t->mu);
+        djn_session_t *s = t->reap_head;
+        if (!s)
+            break; /* stopping, nothing left */
+        t->reap_head = s->reap_next;
+        pthread_mutex_unlock(&t->mu);
+        s_session_free(s);
+        pthread_mutex_lock(&t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+bool djn_sessions_start_reaper(djn_sessions_t *t) {
+    if (pthread_create(&t->reaper, NULL, s_reaper_main, t) != 0)
+        return false;
+    t->reaper_on = true;
+    return true;
+}
+
+djn_session_t *djn_session_retain(djn_session_t *s) {
+    atomic_fetch_add(&s->refs, 1);
+    return s;
+}
+
 void djn_session_release(djn_session_t **s_p) {
     if (!s_p || !*s_p)
         return;
-    if (atomic_fetch_sub(&(*s_p)->refs, 1) == 1)
-        s_session_free(*s_p);
+    djn_session_t *s = *s_p;
     *s_p = NULL;
+    if (atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    djn_sessions_t *t = s->owner;
+    pthread_mutex_lock(&t->mu);
+    if (t->reaper_on && !t->reaper_stop) {
+        s->reap_next = t->reap_head;
+        t->reap_head = s;
+        pthread_cond_signal(&t->reap_cv);
+        s = NULL;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (s)
+        s_session_free(s);
 }
 
 void djn_sessions_destroy(djn_sessions_t **self_p) {
@@ -102,30 +150,61 @@ void djn_sessions_destroy(djn_sessions_t **self_p) {
         return;
     djn_sessions_t *t = *self_p;
     uint64_t k, v;
-    for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+    pthread_mutex_lock(&t->mu);
+    djn_map_t all = t->by_id;
+    memset(&t->by_id, 0, sizeof t->by_id);
+    pthread_mutex_unlock(&t->mu);
+    for (uint32_t it = 0; djn_map_next(&all, &it, &k, &v);) {
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
         djn_session_release(&s);
     }
-    djn_map_release(&t->by_id);
+    djn_map_release(&all);
+    if (t->reaper_on) { /* frees what is queued, then stops */
+        pthread_mutex_lock(&t->mu);
+        t->reaper_stop = true;
+        pthread_cond_signal(&t->reap_cv);
+        pthread_mutex_unlock(&t->mu);
+        pthread_join(t->reaper, NULL);
+    }
+    pthread_cond_destroy(&t->reap_cv);
     pthread_mutex_destroy(&t->mu);
     djn_free(t, sizeof(*t));
     *self_p = NULL;
 }
 
-djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms) {
+static bool s_same_peer(const djn_peer_t *a, const djn_peer_t *b) {
+    return strcmp(a->tenant, b->tenant) == 0 && a->rid_len == b->rid_len &&
+           memcmp(a->rid, b->rid, a->rid_len) == 0;
+}
+
+/* A random non-zero id: session ids must not be guessable (and a restarted server must
+ * not hand out an id a client of the previous process still holds). */
+static uint64_t s_random_sid(void) {
+    uint64_t v = 0;
+    while (v == 0) {
+        ssize_t n = getrandom(&v, sizeof v, 0);
+        if (n != (ssize_t)sizeof v && errno != EINTR)
+            v = ((uint64_t)time(NULL) << 32) ^ (uint64_t)(uintptr_t)&v ^ (uint64_t)clock();
+    }
+    return v;
+}
+
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer) {
     djn_session_t *s = djn_calloc(1, sizeof(*s));
     if (!s)
         return NULL;
     pthread_mutex_init(&s->mu, NULL);
     s->refs = 2; /* the table's and the caller's */
-    s->next_dyn = S_DYN_BASE;
     s->last_seen_ms = now_ms;
     s->owner = t;
+    s->peer = *peer;
     pthread_mutex_lock(&t->mu);
-    s->sid = t->next_sid++;
+    do
+        s->sid = s_random_sid();
+    while (djn_map_get(&t->by_id, s->sid, NULL));
     /* server-issued handles carry 20 bits of the session id: a client can tell a handle
      * of a session it lost from one of its current session */
-    s->next_dyn = S_DYN_BASE | ((s->sid & 0xFFFFFull) << 40);
+    s->next_dyn = djn_handle_server_base(s->sid);
     if (!djn_map_put(&t->by_id, s->sid, (uint64_t)(uintptr_t)s)) {
         pthread_mutex_unlock(&t->mu);
         pthread_mutex_destroy(&s->mu);
@@ -137,23 +216,30 @@ djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms) {
     return s;
 }
 
-djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms) {
+djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms,
+                                const djn_peer_t *peer) {
     uint64_t v;
     djn_session_t *s = NULL;
     pthread_mutex_lock(&t->mu);
     if (djn_map_get(&t->by_id, sid, &v)) {
         s = (djn_session_t *)(uintptr_t)v;
-        atomic_fetch_add(&s->refs, 1);
-        s->last_seen_ms = now_ms;
+        if (!s_same_peer(&s->peer, peer)) {
+            s = NULL; /* another tenant's or connection's: as if it did not exist */
+        } else {
+            atomic_fetch_add(&s->refs, 1);
+            s->last_seen_ms = now_ms;
+        }
     }
     pthread_mutex_unlock(&t->mu);
     return s;
 }
 
-bool djn_sessions_close(djn_sessions_t *t, uint64_t sid) {
+bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer) {
     uint64_t v;
     pthread_mutex_lock(&t->mu);
-    bool found = djn_map_del(&t->by_id, sid, &v);
+    bool found = djn_map_get(&t->by_id, sid, &v) &&
+                 s_same_peer(&((djn_session_t *)(uintptr_t)v)->peer, peer) &&
+                 djn_map_del(&t->by_id, sid, &v);
     if (found)
         t->closed++;
     pthread_mutex_unlock(&t->mu);
@@ -164,7 +250,7 @@ bool djn_sessions_close(djn_sessions_t *t, uint64_t sid) {
     return found;
 }
 
-uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms) {
+uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap) {
     if (!t->lease_ms)
         return 0;
     uint32_t n = 0;
@@ -187,6 +273,8 @@ uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms) {
             return n;
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
         djn_session_release(&s);
+        if (n < cap)
+            gone[n] = victim;
         n++;
     }
 }
@@ -202,11 +290,19 @@ void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
     out->bytes = atomic_load(&t->bytes);
 }
 
-uint64_t djn_sessions_lease_ms(const djn_sessions_t *t) { return t->lease_ms; }
+uint64_t djn_sessions_lease_ms(const djn_sessions_t *t) {
+    return t->lease_ms;
+}
 
-uint64_t djn_session_id(const djn_session_t *s) { return s->sid; }
-void djn_session_lock(djn_session_t *s) { pthread_mutex_lock(&s->mu); }
-void djn_session_unlock(djn_session_t *s) { pthread_mutex_unlock(&s->mu); }
+uint64_t djn_session_id(const djn_session_t *s) {
+    return s->sid;
+}
+void djn_session_lock(djn_session_t *s) {
+    pthread_mutex_lock(&s->mu);
+}
+void djn_session_unlock(djn_session_t *s) {
+    pthread_mutex_unlock(&s->mu);
+}
 
 static s_entry_t *s_entry(djn_session_t *s, uint64_t handle) {
     uint64_t v;
@@ -240,13 +336,13 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
 }
 
 static djn_status_t s_quota(djn_session_t *s, uint64_t more, char *err, size_t errlen) {
-    uint64_t q = s->owner->quota_bytes;
-    if (q && s->bytes + more > q) {
+    uint64_t q = s->owner->quota_bytes, held = s->bytes + atomic_load(&s->cache_bytes);
+    if (q && held + more > q) {
         if (err)
             snprintf(err, errlen,
                      "session quota exceeded: the session holds %" PRIu64 " bytes, needs %" PRIu64
                      " more, its quota is %" PRIu64 " bytes (--session-quota-bytes)",
-                     s->bytes, more, q);
+                     held, more, q);
         return DJN_ERR_QUOTA;
     }
     return DJN_OK;
@@ -272,7 +368,8 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
 
 djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor) {
     s_entry_t *e = s_entry(s, handle);
-    uint64_t have = e && e->stor && !e->text && !e->transient ? e->nbytes : 0, need = djn_stor_nbytes(stor);
+    uint64_t have = e && e->stor && !e->text && !e->transient ? e->nbytes : 0,
+             need = djn_stor_nbytes(stor);
     if (!djn_stor_in_slab(stor) && need > have && s_quota(s, need - have, NULL, 0) != DJN_OK)
         return DJN_ERR_QUOTA;
     if (!e) {
@@ -327,10 +424,16 @@ bool djn_session_queue_enter(djn_session_t *s) {
     return true;
 }
 
-void djn_session_queue_leave(djn_session_t *s) { atomic_fetch_sub(&s->queued, 1); }
+void djn_session_queue_leave(djn_session_t *s) {
+    atomic_fetch_sub(&s->queued, 1);
+}
 
-uint64_t djn_session_bytes(const djn_session_t *s) { return s->bytes; }
-uint64_t djn_session_peak(const djn_session_t *s) { return s->peak; }
+uint64_t djn_session_bytes(const djn_session_t *s) {
+    return s->bytes;
+}
+uint64_t djn_session_peak(const djn_session_t *s) {
+    return s->peak;
+}
 
 void djn_session_free(djn_session_t *s, uint64_t handle) {
     uint64_t v;
@@ -342,69 +445,64 @@ void djn_session_free(djn_session_t *s, uint64_t handle) {
     djn_free(e, sizeof(*e));
 }
 
-static __thread const djn_map_t *t_place; /* planned slab offsets (+1) of this fragment */
-
-djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
-                                char *err, size_t errlen) {
+djn_status_t djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
+                                 uint64_t slab_off, djn_stor_t **out, char *err, size_t errlen) {
+    *out = NULL;
     s_entry_t *e = s_entry(s, handle);
     if (!e) {
         snprintf(err, errlen, "unknown handle 0x%" PRIx64 " (not owned by this session)", handle);
-        return NULL;
+        return DJN_ERR_HANDLE;
     }
     if (e->poisoned) {
         snprintf(err, errlen, "this tensor was never computed because an earlier op failed: %s",
                  s->last_failure[0] ? s->last_failure : "see the earlier error");
-        return NULL;
+        return DJN_ERR_OP;
     }
     if (!e->stor || (write && e->text)) {
-        uint64_t off = 0;
-        bool planned = !e->stor && t_place && djn_map_get(t_place, handle, &off);
-        if (!planned && s_quota(s, e->nbytes, err, errlen) != DJN_OK)
-            return NULL;
-        djn_stor_t *st = NULL;
-        if (djn_exec_alloc(x, e->nbytes, planned ? off - 1 : UINT64_MAX, &st, err, errlen) != DJN_OK)
-            return NULL;
+        bool planned = !e->stor && slab_off != UINT64_MAX;
+        djn_status_t st;
+        if (!planned && (st = s_quota(s, e->nbytes, err, errlen)) != DJN_OK)
+            return st;
+        djn_stor_t *stor = NULL;
+        if ((st = djn_exec_alloc(x, e->nbytes, planned ? slab_off : UINT64_MAX, &stor, err,
+                                 errlen)) != DJN_OK)
+            return st;
         /* copy-on-write: a write to shared Text content goes to a private copy; fresh
          * memory starts as zeros, never as what another session left there */
-        if (e->stor && djn_exec_copy(x, st, e->stor, e->nbytes, err, errlen) != DJN_OK) {
-            djn_stor_release(st);
-            return NULL;
+        if (e->stor)
+            st = djn_exec_copy(x, stor, e->stor, e->nbytes, err, errlen);
+        else
+            st = djn_exec_zero(x, stor, err, errlen);
+        if (st != DJN_OK) {
+            djn_stor_release(stor);
+            return st;
         }
-        if (!e->stor)
-            djn_exec_zero(x, st);
-        s_set_stor(s, e, st);
+        s_set_stor(s, e, stor);
     }
-    return e->stor;
+    *out = e->stor;
+    return DJN_OK;
 }
 
-typedef struct {
-    djn_session_t *s;
-    djn_exec_t *x;
-} s_envctx_t;
-
-static __thread s_envctx_t t_envctx;
-
-static djn_stor_t *s_resolve_fn(void *ctx, uint64_t handle, int write, char *err, size_t errlen) {
-    s_envctx_t *c = ctx;
-    return djn_session_resolve(c->s, c->x, handle, write, err, errlen);
-}
-
-static int s_is_lazy_fn(void *ctx, uint64_t handle) {
-    s_envctx_t *c = ctx;
-    s_entry_t *e = s_entry(c->s, handle);
+bool djn_session_is_lazy(djn_session_t *s, uint64_t handle) {
+    s_entry_t *e = s_entry(s, handle);
     return e && !e->stor;
 }
 
-static djn_status_t s_bind_fn(void *ctx, uint64_t handle, djn_stor_t *stor) {
-    s_envctx_t *c = ctx;
-    return djn_session_bind(c->s, handle, stor);
+djn_status_t djn_session_new_handle(djn_session_t *s, uint64_t nbytes, uint64_t *out) {
+    uint64_t span = (nbytes + 511) & ~255ull;
+    if (s->next_dyn + span < s->next_dyn)
+        return DJN_ERR_LIMIT;
+    *out = s->next_dyn;
+    s->next_dyn += span;
+    return DJN_OK;
 }
 
-static uint64_t s_new_handle_fn(void *ctx, uint64_t nbytes) {
-    s_envctx_t *c = ctx;
-    uint64_t h = c->s->next_dyn;
-    c->s->next_dyn += (nbytes + 511) & ~255ull;
-    return h;
+void **djn_session_gen_slot(djn_session_t *s, uint32_t device) {
+    return &s->gens[device < S_MAX_DEVICES ? device : 0];
+}
+
+uint64_t djn_session_quota(const djn_session_t *s) {
+    return s->owner->quota_bytes;
 }
 
 void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool force) {
@@ -418,19 +516,18 @@ void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool
         snprintf(s->last_failure, sizeof s->last_failure, "%s", why);
 }
 
-void djn_session_set_placements(const djn_map_t *place) { t_place = place; }
-
 bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes) {
     s_entry_t *e = s_entry(s, handle);
     if (!e || !e->stor || e->text || !djn_exec_in_slab(x, e->stor))
         return true;
     djn_stor_t *d = NULL;
-    char err[64];
+    char err[128];
     if (s_quota(s, e->nbytes, NULL, 0) != DJN_OK) { /* over quota: the result is lost, say why */
         s_set_stor(s, e, NULL);
         e->poisoned = true;
         snprintf(s->last_failure, sizeof s->last_failure,
-                 "session quota exceeded keeping a result of %" PRIu64 " bytes (--session-quota-bytes)",
+                 "session quota exceeded keeping a result of %" PRIu64
+                 " bytes (--session-quota-bytes)",
                  e->nbytes);
         return false;
     }
@@ -445,14 +542,24 @@ bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint
     return true;
 }
 
-void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env) {
-    t_envctx.s = s;
-    t_envctx.x = x;
-    env->ctx = &t_envctx;
-    env->resolve_fn = s_resolve_fn;
-    env->is_lazy_fn = s_is_lazy_fn;
-    env->bind_fn = s_bind_fn;
-    env->new_handle_fn = s_new_handle_fn;
-    env->gen_slot = &s->gens[device < S_MAX_DEVICES ? device : 0];
-    env->seed = -1;
+const djn_peer_t *djn_session_peer(const djn_session_t *s) {
+    return &s->peer;
+}
+
+bool djn_session_charge_cache(djn_session_t *s, uint64_t bytes) {
+    uint64_t q = s->owner->quota_bytes;
+    uint64_t cur = atomic_load(&s->cache_bytes);
+    do {
+        if (q && s->bytes + cur + bytes > q) /* s->bytes read unlocked: a charge is a bound */
+            return false;
+    } while (!atomic_compare_exchange_weak(&s->cache_bytes, &cur, cur + bytes));
+    return true;
+}
+
+void djn_session_uncharge_cache(djn_session_t *s, uint64_t bytes) {
+    atomic_fetch_sub(&s->cache_bytes, bytes);
+}
+
+uint64_t djn_session_cache_bytes(const djn_session_t *s) {
+    return atomic_load(&s->cache_bytes);
 }

@@ -14,8 +14,8 @@
 #include <stdint.h>
 
 #include "djn_exec.h"
-#include "djn_text.h"
 #include "djn_status.h"
+#include "djn_text.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +24,17 @@ extern "C" {
 typedef struct djn_session djn_session_t;
 typedef struct djn_sessions djn_sessions_t;
 
+/* Who sent a message: the authenticated tenant ("" on a server without keys) and the
+ * connection (ZeroMQ routing id). A session belongs to the peer that opened it; any
+ * other peer naming its id gets exactly the answer an unknown id gets. */
+typedef struct djn_peer {
+    char tenant[64];
+    uint8_t rid[255];
+    uint8_t rid_len;
+    bool is_operator; /* may read server-wide STATS */
+    bool realtime;    /* may claim the realtime class */
+} djn_peer_t;
+
 typedef struct djn_sessions_stats {
     uint64_t open, opened_total, closed_total, expired_total, handles, bytes;
 } djn_sessions_stats_t;
@@ -31,14 +42,21 @@ typedef struct djn_sessions_stats {
 djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32_t max_queued,
                                  djn_text_t *text);
 void djn_sessions_destroy(djn_sessions_t **self_p);
-djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms); /* returns a reference */
-djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms); /* + ref, renews */
-bool djn_sessions_close(djn_sessions_t *t, uint64_t sid);
-uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms); /* returns number reclaimed */
+/* Free released sessions on a thread of their own (the server does; unit tests need not). */
+bool djn_sessions_start_reaper(djn_sessions_t *t);
+/* A new session with a random id, owned by peer; returns a reference. */
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer);
+/* The session `sid` if peer owns it (+ ref, renews its lease), else NULL. */
+djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms,
+                                const djn_peer_t *peer);
+bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer);
+/* Reclaim sessions whose lease ran out; returns how many, their ids in gone[0..cap). */
+uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap);
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out);
 uint64_t djn_sessions_lease_ms(const djn_sessions_t *t);
 
 uint64_t djn_session_id(const djn_session_t *s);
+djn_session_t *djn_session_retain(djn_session_t *s); /* + ref, returns s */
 void djn_session_release(djn_session_t **s_p);
 void djn_session_lock(djn_session_t *s);
 void djn_session_unlock(djn_session_t *s);
@@ -56,20 +74,33 @@ bool djn_session_queue_enter(djn_session_t *s);
 void djn_session_queue_leave(djn_session_t *s);
 uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
 uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
-/* An env for running this session's nodes on executor x. */
-void djn_session_env(djn_session_t *s, djn_exec_t *x, uint32_t device, djn_exec_env_t *env);
+uint64_t djn_session_quota(const djn_session_t *s);
+const djn_peer_t *djn_session_peer(const djn_session_t *s);
+/* Host bytes the plan cache keeps for this session count against its quota: false (and
+ * nothing charged) if they do not fit. */
+bool djn_session_charge_cache(djn_session_t *s, uint64_t bytes);
+void djn_session_uncharge_cache(djn_session_t *s, uint64_t bytes);
+uint64_t djn_session_cache_bytes(const djn_session_t *s);
+/* The session's generator slot for a device (created by the executor on first use). */
+void **djn_session_gen_slot(djn_session_t *s, uint32_t device);
+/* A new server-issued handle for a result of nbytes whose size only the server knew. */
+djn_status_t djn_session_new_handle(djn_session_t *s, uint64_t nbytes, uint64_t *out);
+/* Declared but not materialised (a fresh output). */
+bool djn_session_is_lazy(djn_session_t *s, uint64_t handle);
 /* A declared output of a node that did not run (an earlier node failed), or (force)
  * any output of the node that failed, which may have written part of it: reading it
  * later is an error naming `why`, never zeros or half-written bytes. */
 void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool force);
-/* Planned slab offsets (+1) by handle for the fragment this thread runs, or NULL. */
-struct djn_map;
-void djn_session_set_placements(const struct djn_map *place);
 /* A handle whose storage sits in the stack slab gets a Data copy (the slab is about to
  * be reset); false if the Data segment is full. Adds the bytes moved to *bytes. */
 bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes);
-djn_stor_t *djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
-                                char *err, size_t errlen);
+/* The storage of a handle, materialising a declared one on x's device (at the planned
+ * slab offset when slab_off != UINT64_MAX, else in Data, zero-filled); `write`: a write
+ * to shared Text content first copies it into the session's own memory. Errors:
+ * DJN_ERR_HANDLE (not this session's), DJN_ERR_OP (poisoned: never computed),
+ * DJN_ERR_QUOTA, DJN_ERR_OOM, DJN_ERR_DEVICE; err says which. Borrowed reference. */
+djn_status_t djn_session_resolve(djn_session_t *s, djn_exec_t *x, uint64_t handle, int write,
+                                 uint64_t slab_off, djn_stor_t **out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

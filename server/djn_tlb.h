@@ -2,16 +2,18 @@
  *
  * A client that knows the server holds a fragment sends GRAPH_CACHED: the fingerprint
  * and the new bindings, no nodes. A hit skips decoding the nodes (and, with the VMU,
- * planning). Entries are the decoded messages of full GRAPHs that ran successfully,
- * keyed by (XXH3-128 fingerprint, device, session); the fingerprint covers every op,
- * shape, dtype, scalar and the wiring between nodes, so equal keys mean equal
- * fragments. The session is part of the key because the fingerprint is the client's
- * word: one tenant must not be able to file nodes under a fingerprint another uses.
+ * planning). An entry keeps only what a hit needs: a compact copy of the nodes (not the
+ * message they came in) and the slab plan by slot, keyed by (XXH3-128 fingerprint,
+ * device, session); the fingerprint covers every op, shape, dtype, scalar and the wiring
+ * between nodes, so equal keys mean equal fragments. The session is part of the key
+ * because the fingerprint is the client's word: one tenant must not be able to file
+ * nodes under a fingerprint another uses; and a session's entries leave with it.
  * Bounded LRU; entries are reference-counted so eviction never frees a fragment a
  * worker is running. */
 #ifndef DJN_TLB_H
 #define DJN_TLB_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "djn_proto.h"
@@ -23,24 +25,38 @@ extern "C" {
 typedef struct djn_tlb djn_tlb_t;
 typedef struct djn_tlb_entry djn_tlb_entry_t;
 
-typedef struct djn_tlb_stats {
-    uint64_t entries, capacity, hits, misses, inserts, evictions;
-} djn_tlb_stats_t;
-
 djn_tlb_t *djn_tlb_new(uint32_t capacity);
 void djn_tlb_destroy(djn_tlb_t **self_p);
 /* Hit: a reference to the entry (release it when done); miss: NULL. */
 djn_tlb_entry_t *djn_tlb_lookup(djn_tlb_t *t, const uint64_t fp[2], uint32_t dev, uint64_t sid);
-/* Take ownership of a decoded GRAPH (its nodes are kept). No-op if already present or
- * the message has no fingerprint; *msg_p is NULL afterwards if it was taken. */
-void djn_tlb_insert(djn_tlb_t *t, djn_msg_t **msg_p);
+/* Who pays for an entry: charge_fn may refuse its host bytes (then nothing is filed).
+ * release_fn is called exactly once per insert that names an owner: when the entry is
+ * gone (evicted, dropped, destroyed) with the bytes charged, or at once with 0 when
+ * nothing was filed. */
+typedef struct djn_tlb_owner {
+    void *ctx;
+    bool (*charge_fn)(void *ctx, uint64_t bytes);
+    void (*release_fn)(void *ctx, uint64_t bytes);
+} djn_tlb_owner_t;
+
+/* File the nodes of a GRAPH that ran (copied), with its slab plan by slot
+ * (place[slot] = offset + 1, 0: not planned; NULL/0 for none). No-op if the key is
+ * present, the cache is off, the fragment has no nodes or no fingerprint, the owner
+ * refuses the bytes, or on OOM. owner may be NULL. */
+void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
+                    uint32_t nslots, uint64_t peak, const djn_tlb_owner_t *owner);
+/* Drop every entry of a session (closed or expired). */
+void djn_tlb_drop_session(djn_tlb_t *t, uint64_t sid);
+uint32_t djn_tlb_session_entries(djn_tlb_t *t, uint64_t sid);
 void djn_tlb_release(djn_tlb_t *t, djn_tlb_entry_t **e_p);
-/* The slab plan of a cached fragment, by slot: place[slot] = offset + 1 (0: not planned).
- * Attached when the fragment is filed; a hit reuses it instead of planning again. */
-void djn_tlb_insert_planned(djn_tlb_t *t, djn_msg_t **msg_p, const uint64_t *place, uint32_t nslots,
-                            uint64_t peak);
-bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots, uint64_t *peak);
+bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots,
+                  uint64_t *peak);
+/* The cached fragment: nodes, nnodes, nslots and fp (nothing else is kept). */
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
+
+typedef struct djn_tlb_stats {
+    uint64_t entries, capacity, hits, misses, inserts, evictions, bytes;
+} djn_tlb_stats_t;
 void djn_tlb_stats(djn_tlb_t *t, djn_tlb_stats_t *out);
 
 #ifdef __cplusplus

@@ -20,6 +20,7 @@
 #include "djn_mem.h"
 
 #define S_ALIGN 256u
+#define S_MAX_VMUS 64
 
 struct djn_vmu {
     uint8_t *base;
@@ -28,8 +29,38 @@ struct djn_vmu {
     djn_heap_t *heap;
     djn_slab_t *slab;
     _Atomic uint64_t slab_live;
+    bool in_planned;   /* between a planned fragment's begin and end */
+    uint64_t frag_top; /* the highest slab top since that begin */
     djn_vmu_stats_t st;
 };
+
+/* The registry behind djn_vmu_find: slots written at new/destroy, read lock-free. */
+static djn_vmu_t *_Atomic s_registry[S_MAX_VMUS];
+
+djn_vmu_t *djn_vmu_find(const void *p) {
+    for (int i = 0; i < S_MAX_VMUS; i++) {
+        djn_vmu_t *v = atomic_load_explicit(&s_registry[i], memory_order_acquire);
+        if (v && djn_vmu_owns(v, p))
+            return v;
+    }
+    return NULL;
+}
+
+static bool s_register(djn_vmu_t *v) {
+    for (int i = 0; i < S_MAX_VMUS; i++) {
+        djn_vmu_t *empty = NULL;
+        if (atomic_compare_exchange_strong(&s_registry[i], &empty, v))
+            return true;
+    }
+    return false;
+}
+
+static void s_unregister(djn_vmu_t *v) {
+    for (int i = 0; i < S_MAX_VMUS; i++) {
+        djn_vmu_t *self = v;
+        atomic_compare_exchange_strong(&s_registry[i], &self, NULL);
+    }
+}
 
 djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size_t errlen) {
     djn_vmu_t *v = djn_calloc(1, sizeof(*v));
@@ -43,7 +74,8 @@ djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size
     v->slab_bytes = slab_bytes;
     v->total = data_bytes + slab_bytes;
     pthread_mutex_init(&v->mu, NULL);
-    void *p = mmap(NULL, v->total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(NULL, v->total, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
         snprintf(err, errlen, "cannot reserve %llu bytes of address space for the VMU",
                  (unsigned long long)v->total);
@@ -57,6 +89,10 @@ djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size
                  (unsigned long long)data_bytes, (unsigned long long)slab_bytes);
         goto fail;
     }
+    if (!s_register(v)) {
+        snprintf(err, errlen, "more than %d VMUs in one process", S_MAX_VMUS);
+        goto fail;
+    }
     return v;
 fail:
     djn_vmu_destroy(&v);
@@ -67,6 +103,7 @@ void djn_vmu_destroy(djn_vmu_t **self_p) {
     if (!self_p || !*self_p)
         return;
     djn_vmu_t *v = *self_p;
+    s_unregister(v);
     djn_heap_destroy(&v->heap);
     djn_slab_destroy(&v->slab);
     if (v->base)
@@ -88,6 +125,8 @@ void *djn_vmu_slab_alloc(djn_vmu_t *v, uint64_t n) {
     uint64_t off;
     pthread_mutex_lock(&v->mu);
     djn_status_t st = djn_slab_alloc(v->slab, n, &off);
+    if (st == DJN_OK && v->in_planned && djn_slab_mark(v->slab) > v->frag_top)
+        v->frag_top = djn_slab_mark(v->slab);
     pthread_mutex_unlock(&v->mu);
     if (st != DJN_OK)
         return NULL;
@@ -133,6 +172,8 @@ djn_status_t djn_vmu_fragment_begin(djn_vmu_t *v, uint64_t planned_peak) {
         uint64_t top = djn_slab_mark(v->slab);
         /* the planned region must start empty: only after a reset */
         st = top == 0 ? djn_slab_reserve_at(v->slab, 0, planned_peak) : DJN_ERR_OOM;
+        v->in_planned = st == DJN_OK;
+        v->frag_top = st == DJN_OK ? planned_peak : 0;
     }
     pthread_mutex_unlock(&v->mu);
     return st;
@@ -140,6 +181,11 @@ djn_status_t djn_vmu_fragment_begin(djn_vmu_t *v, uint64_t planned_peak) {
 
 void djn_vmu_fragment_end(djn_vmu_t *v) {
     pthread_mutex_lock(&v->mu);
+    if (v->in_planned) {
+        v->st.plan_high_water_last = v->frag_top;
+        v->st.plan_high_water_sum += v->frag_top;
+        v->in_planned = false;
+    }
     if (atomic_load(&v->slab_live) == 0)
         djn_slab_reset(v->slab, 0);
     else
@@ -174,4 +220,6 @@ void djn_vmu_stats(djn_vmu_t *v, djn_vmu_stats_t *out) {
     pthread_mutex_unlock(&v->mu);
 }
 
-uint64_t djn_vmu_slab_capacity(const djn_vmu_t *v) { return v->slab_bytes; }
+uint64_t djn_vmu_slab_capacity(const djn_vmu_t *v) {
+    return v->slab_bytes;
+}

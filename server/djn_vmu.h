@@ -31,11 +31,14 @@ typedef struct djn_vmu djn_vmu_t;
 typedef struct djn_vmu_stats {
     djn_heap_stats_t data;
     djn_slab_stats_t slab;
-    uint64_t slab_live;           /* slab allocations not yet released */
+    uint64_t slab_live;            /* slab allocations not yet released */
     uint64_t slab_resets_deferred; /* fragments after which something still held the slab */
     uint64_t fragments, planned_fragments;
     uint64_t plan_peak_last, plan_lower_bound_last, plan_bump_last; /* last planned fragment */
     uint64_t plan_peak_sum, plan_lower_bound_sum, plan_bump_sum;
+    /* measured: the slab top a planned fragment really reached (its planned placements
+     * plus whatever ATen allocated above them while its nodes ran) */
+    uint64_t plan_high_water_last, plan_high_water_sum;
     uint64_t copied_out_bytes; /* persistent results moved from slab to Data */
 } djn_vmu_stats_t;
 
@@ -45,6 +48,11 @@ void djn_vmu_destroy(djn_vmu_t **self_p);
 void *djn_vmu_data_alloc(djn_vmu_t *v, uint64_t n); /* NULL when the segment is full */
 void *djn_vmu_slab_alloc(djn_vmu_t *v, uint64_t n); /* bump above the planned region */
 void *djn_vmu_slab_at(djn_vmu_t *v, uint64_t offset, uint64_t n); /* a planned placement */
+/* The VMU whose region holds p, or NULL: how a deleter running on any thread finds the
+ * segment of an address. A VMU is findable from djn_vmu_new to djn_vmu_destroy, which
+ * must come after every storage in it was released (the server destroys sessions, the
+ * Text segment and the plan cache first). */
+djn_vmu_t *djn_vmu_find(const void *p);
 /* Free memory from either segment (the address tells which); false if not ours. */
 bool djn_vmu_release(djn_vmu_t *v, void *p);
 bool djn_vmu_in_slab(const djn_vmu_t *v, const void *p);

@@ -73,20 +73,29 @@ namespace {
 // the address alone, on whatever thread drops the last reference.
 
 constexpr size_t kAlign = 256;
-djn_vmu_t *g_vmus[64];
-std::atomic<int> g_nvmus{0};
-thread_local djn_vmu_t *t_vmu = nullptr;
-thread_local bool t_slab = false;
+thread_local djn_vmu_t *t_vmu = nullptr; // this worker's VMU (the c10 allocator has no context)
+thread_local bool t_slab = false;        // set by djn_exec_node from env->slab
 
 void vmu_free(void *p) {
-    if (!p) return;
-    int n = g_nvmus.load();
-    for (int i = 0; i < n; i++)
-        if (djn_vmu_release(g_vmus[i], p)) return;
-    free(p);
+    if (!p)
+        return;
+    djn_vmu_t *v = djn_vmu_find(p);
+    if (v)
+        djn_vmu_release(v, p);
+    else
+        free(p);
 }
 
-void plain_free(void *p) { free(p); }
+// The allocation mode of this worker for the duration of one node.
+struct SlabMode {
+    bool prev;
+    explicit SlabMode(bool on) : prev(t_slab) { t_slab = on && t_vmu; }
+    ~SlabMode() { t_slab = prev; }
+};
+
+void plain_free(void *p) {
+    free(p);
+}
 
 struct VmuAllocator final : c10::Allocator {
     c10::DataPtr allocate(size_t n) override {
@@ -94,7 +103,8 @@ struct VmuAllocator final : c10::Allocator {
         if (!t_vmu) {
             void *p = nullptr;
             if (posix_memalign(&p, kAlign, n ? n : 1) != 0)
-                TORCH_CHECK_WITH(OutOfMemoryError, false, "djinn-server: out of host memory allocating ", n, " bytes");
+                TORCH_CHECK_WITH(OutOfMemoryError, false,
+                                 "djinn-server: out of host memory allocating ", n, " bytes");
             return {p, p, &plain_free, cpu};
         }
         void *p = t_slab ? djn_vmu_slab_alloc(t_vmu, n) : djn_vmu_data_alloc(t_vmu, n);
@@ -102,17 +112,22 @@ struct VmuAllocator final : c10::Allocator {
             djn_vmu_stats_t st;
             djn_vmu_stats(t_vmu, &st);
             if (t_slab)
-                TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the fragment needs more than the stack slab (",
-                                 st.slab.capacity, " bytes, ", st.slab.top, " in use) to allocate ", n,
-                                 " bytes; split the work or start djinn-server with a larger --slab-bytes");
-            TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the Data segment cannot fit ", n, " bytes (",
-                             st.data.used, " of ", st.data.capacity, " used, largest free block ",
-                             st.data.largest_free, "); start djinn-server with a larger --data-bytes");
+                TORCH_CHECK_WITH(
+                    OutOfMemoryError, false,
+                    "out of memory: the fragment needs more than the stack slab (",
+                    st.slab.capacity, " bytes, ", st.slab.top, " in use) to allocate ", n,
+                    " bytes; split the work or start djinn-server with a larger --slab-bytes");
+            TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the Data segment cannot fit ",
+                             n, " bytes (", st.data.used, " of ", st.data.capacity,
+                             " used, largest free block ", st.data.largest_free,
+                             "); start djinn-server with a larger --data-bytes");
         }
         return {p, p, &vmu_free, cpu};
     }
     c10::DeleterFnPtr raw_deleter() const override { return t_vmu ? &vmu_free : &plain_free; }
-    void copy_data(void *dest, const void *src, std::size_t count) const override { std::memcpy(dest, src, count); }
+    void copy_data(void *dest, const void *src, std::size_t count) const override {
+        std::memcpy(dest, src, count);
+    }
 };
 
 VmuAllocator g_vmu_allocator;
@@ -126,7 +141,9 @@ struct OpError : std::runtime_error {
     OpError(djn_status_t s, const std::string &m) : std::runtime_error(m), st(s) {}
 };
 
-djn_stor_t *wrap(c10::Storage s) { return new djn_stor{std::move(s)}; }
+djn_stor_t *wrap(c10::Storage s) {
+    return new djn_stor{std::move(s)};
+}
 
 void set_err(char *err, size_t errlen, const std::string &m) {
     if (err && errlen)
@@ -138,13 +155,16 @@ void set_err(char *err, size_t errlen, const std::string &m) {
 // at a planned slab offset.
 c10::Storage new_storage(djn_exec *x, uint64_t nbytes, uint64_t slab_off = UINT64_MAX) {
     if (x->vmu) {
-        void *p = slab_off == UINT64_MAX ? djn_vmu_data_alloc(x->vmu, nbytes) : djn_vmu_slab_at(x->vmu, slab_off, nbytes);
+        void *p = slab_off == UINT64_MAX ? djn_vmu_data_alloc(x->vmu, nbytes)
+                                         : djn_vmu_slab_at(x->vmu, slab_off, nbytes);
         if (!p)
             TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory: the ",
-                             slab_off == UINT64_MAX ? "Data segment" : "stack slab", " cannot fit ", nbytes, " bytes");
+                             slab_off == UINT64_MAX ? "Data segment" : "stack slab", " cannot fit ",
+                             nbytes, " bytes");
         return c10::Storage(c10::make_intrusive<c10::StorageImpl>(
-            c10::StorageImpl::use_byte_size_t(), nbytes, c10::DataPtr(p, p, &vmu_free, c10::Device(c10::kCPU)),
-            &g_vmu_allocator, /*resizable=*/true));
+            c10::StorageImpl::use_byte_size_t(), nbytes,
+            c10::DataPtr(p, p, &vmu_free, c10::Device(c10::kCPU)), &g_vmu_allocator,
+            /*resizable=*/true));
     }
     auto t = at::empty({(int64_t)nbytes}, at::TensorOptions().dtype(at::kByte).device(x->device));
     return t.storage();
@@ -165,16 +185,26 @@ bool storage_in_slab(const djn_exec *x, const c10::Storage &s) {
 
 const char *kind_name(uint8_t k) {
     switch (k) {
-    case DJN_V_NONE: return "None";
-    case DJN_V_BOOL: return "bool";
-    case DJN_V_INT: return "int";
-    case DJN_V_FLOAT: return "float";
-    case DJN_V_COMPLEX: return "complex";
-    case DJN_V_STR: return "str";
-    case DJN_V_BIN: return "bytes";
-    case DJN_V_LIST: return "list";
-    case DJN_V_MAP: return "map";
-    case DJN_V_TENSOR: return "tensor";
+    case DJN_V_NONE:
+        return "None";
+    case DJN_V_BOOL:
+        return "bool";
+    case DJN_V_INT:
+        return "int";
+    case DJN_V_FLOAT:
+        return "float";
+    case DJN_V_COMPLEX:
+        return "complex";
+    case DJN_V_STR:
+        return "str";
+    case DJN_V_BIN:
+        return "bytes";
+    case DJN_V_LIST:
+        return "list";
+    case DJN_V_MAP:
+        return "map";
+    case DJN_V_TENSOR:
+        return "tensor";
     }
     return "?";
 }
@@ -188,18 +218,19 @@ struct Ctx {
 
 uint64_t handle_of_slot(Ctx &c, uint64_t slot) {
     if (slot >= c.env->nbinds)
-        throw OpError(DJN_ERR_ARGS, "tensor reference names slot " + std::to_string(slot) + " but only " +
-                                        std::to_string(c.env->nbinds) + " are bound");
+        throw OpError(DJN_ERR_ARGS, "tensor reference names slot " + std::to_string(slot) +
+                                        " but only " + std::to_string(c.env->nbinds) +
+                                        " are bound");
     return c.env->binds[slot];
 }
 
 at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     char err[256] = {0};
     uint64_t handle = handle_of_slot(c, r.handle);
-    djn_stor_t *s = c.env->resolve_fn(c.env->ctx, handle, written ? 1 : 0, err, sizeof err);
-    if (!s)
-        throw OpError(strstr(err, "quota") ? DJN_ERR_QUOTA : strstr(err, "allocate") ? DJN_ERR_OOM : DJN_ERR_HANDLE,
-                      err[0] ? err : "unknown handle");
+    djn_stor_t *s = nullptr;
+    djn_status_t st = c.env->resolve_fn(c.env->ctx, handle, written ? 1 : 0, &s, err, sizeof err);
+    if (st != DJN_OK)
+        throw OpError(st, err[0] ? err : djn_status_str(st));
     uint64_t b, e;
     if (!djn_tref_extent(&r, &b, &e))
         throw OpError(DJN_ERR_ARGS, "malformed tensor reference");
@@ -211,8 +242,8 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
         throw OpError(DJN_ERR_ARGS, m);
     }
     auto dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(r.dtype));
-    auto ks = c10::DispatchKeySet(c10::computeDispatchKey(
-        static_cast<c10::ScalarType>(r.dtype), c10::kStrided, s->storage.device()));
+    auto ks = c10::DispatchKeySet(c10::computeDispatchKey(static_cast<c10::ScalarType>(r.dtype),
+                                                          c10::kStrided, s->storage.device()));
     auto t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(s->storage), ks, dtype);
     t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef(r.sizes, r.ndim),
                                                    c10::IntArrayRef(r.strides, r.ndim),
@@ -224,14 +255,21 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
 at::Tensor wrapped_scalar(Ctx &c, const djn_value_t &v) {
     at::Tensor t;
     switch (v.kind) {
-    case DJN_V_BOOL: t = at::scalar_tensor(at::Scalar(v.u.b), at::TensorOptions().dtype(at::kBool)); break;
-    case DJN_V_INT: t = at::scalar_tensor(at::Scalar(v.u.i), at::TensorOptions().dtype(at::kLong)); break;
-    case DJN_V_FLOAT: t = at::scalar_tensor(at::Scalar(v.u.f), at::TensorOptions().dtype(at::kDouble)); break;
+    case DJN_V_BOOL:
+        t = at::scalar_tensor(at::Scalar(v.u.b), at::TensorOptions().dtype(at::kBool));
+        break;
+    case DJN_V_INT:
+        t = at::scalar_tensor(at::Scalar(v.u.i), at::TensorOptions().dtype(at::kLong));
+        break;
+    case DJN_V_FLOAT:
+        t = at::scalar_tensor(at::Scalar(v.u.f), at::TensorOptions().dtype(at::kDouble));
+        break;
     case DJN_V_COMPLEX:
         t = at::scalar_tensor(at::Scalar(c10::complex<double>(v.u.c[0], v.u.c[1])),
                               at::TensorOptions().dtype(at::kComplexDouble));
         break;
-    default: throw OpError(DJN_ERR_ARGS, std::string("cannot make a tensor from ") + kind_name(v.kind));
+    default:
+        throw OpError(DJN_ERR_ARGS, std::string("cannot make a tensor from ") + kind_name(v.kind));
     }
     (void)c;
     t.unsafeGetTensorImpl()->set_wrapped_number(true);
@@ -239,14 +277,18 @@ at::Tensor wrapped_scalar(Ctx &c, const djn_value_t &v) {
 }
 
 int64_t as_int(const djn_value_t &v, const char *what) {
-    if (v.kind == DJN_V_INT) return v.u.i;
-    if (v.kind == DJN_V_BOOL) return v.u.b;
+    if (v.kind == DJN_V_INT)
+        return v.u.i;
+    if (v.kind == DJN_V_BOOL)
+        return v.u.b;
     throw OpError(DJN_ERR_ARGS, std::string(what) + " expects an int, got " + kind_name(v.kind));
 }
 
 double as_float(const djn_value_t &v, const char *what) {
-    if (v.kind == DJN_V_FLOAT) return v.u.f;
-    if (v.kind == DJN_V_INT) return (double)v.u.i;
+    if (v.kind == DJN_V_FLOAT)
+        return v.u.f;
+    if (v.kind == DJN_V_INT)
+        return (double)v.u.i;
     throw OpError(DJN_ERR_ARGS, std::string(what) + " expects a float, got " + kind_name(v.kind));
 }
 
@@ -262,7 +304,8 @@ at::Generator &session_gen(Ctx &c) {
     return *static_cast<at::Generator *>(*c.env->gen_slot);
 }
 
-c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name, bool written);
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name,
+                      bool written);
 
 // Random numbers. Every op draws from the device's default generator, some without a
 // Generator argument at all (native_dropout). While a session's fragment runs, that
@@ -271,36 +314,44 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
 // torch.manual_seed on the client reproduces it.
 std::mutex g_rng_mu; // CPU devices share one default generator
 
-std::mutex &rng_mu(djn_exec *x) { return x->device.is_cpu() ? g_rng_mu : x->own_rng_mu; }
+std::mutex &rng_mu(djn_exec *x) {
+    return x->device.is_cpu() ? g_rng_mu : x->own_rng_mu;
+}
 
 at::Generator default_gen(djn_exec *x) {
     return x->device.is_cpu() ? at::detail::getDefaultCPUGenerator()
                               : at::globalContext().defaultGenerator(x->device);
 }
 
-c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name, bool written) {
+c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &elem, const char *name,
+                           bool written) {
     if (v.kind != DJN_V_LIST)
-        throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' expects a list, got " + kind_name(v.kind));
+        throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' expects a list, got " +
+                                        kind_name(v.kind));
     switch (elem->kind()) {
     case c10::TypeKind::IntType:
     case c10::TypeKind::SymIntType: {
         std::vector<int64_t> out;
-        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_int(v.u.items[i], name));
+        for (uint32_t i = 0; i < v.len; i++)
+            out.push_back(as_int(v.u.items[i], name));
         return c10::IValue(out);
     }
     case c10::TypeKind::FloatType: {
         std::vector<double> out;
-        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_float(v.u.items[i], name));
+        for (uint32_t i = 0; i < v.len; i++)
+            out.push_back(as_float(v.u.items[i], name));
         return c10::IValue(out);
     }
     case c10::TypeKind::BoolType: {
         c10::List<bool> out;
-        for (uint32_t i = 0; i < v.len; i++) out.push_back(as_int(v.u.items[i], name) != 0);
+        for (uint32_t i = 0; i < v.len; i++)
+            out.push_back(as_int(v.u.items[i], name) != 0);
         return c10::IValue(out);
     }
     case c10::TypeKind::TensorType: {
         c10::List<at::Tensor> out;
-        for (uint32_t i = 0; i < v.len; i++) out.push_back(to_ivalue(c, v.u.items[i], elem, name, written).toTensor());
+        for (uint32_t i = 0; i < v.len; i++)
+            out.push_back(to_ivalue(c, v.u.items[i], elem, name, written).toTensor());
         return c10::IValue(out);
     }
     case c10::TypeKind::OptionalType: {
@@ -308,51 +359,72 @@ c10::IValue list_to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &ele
         if (inner->kind() == c10::TypeKind::TensorType) {
             c10::List<std::optional<at::Tensor>> out;
             for (uint32_t i = 0; i < v.len; i++) {
-                if (v.u.items[i].kind == DJN_V_NONE) out.push_back(std::nullopt);
-                else out.push_back(to_ivalue(c, v.u.items[i], inner, name, written).toTensor());
+                if (v.u.items[i].kind == DJN_V_NONE)
+                    out.push_back(std::nullopt);
+                else
+                    out.push_back(to_ivalue(c, v.u.items[i], inner, name, written).toTensor());
             }
             return c10::IValue(out);
         }
         break;
     }
-    default: break;
+    default:
+        break;
     }
-    throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' has unsupported list type " + elem->str());
+    throw OpError(DJN_ERR_ARGS,
+                  std::string("argument '") + name + "' has unsupported list type " + elem->str());
 }
 
-c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name, bool written) {
+c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name,
+                      bool written) {
     switch (type->kind()) {
     case c10::TypeKind::OptionalType: {
         auto inner = type->castRaw<c10::OptionalType>()->getElementType();
         if (v.kind == DJN_V_NONE)
-            return c10::IValue(); // a missing Generator: the default one, holding the session's state
+            return c10::IValue(); // a missing Generator: the default one, holding the session's
+                                  // state
         return to_ivalue(c, v, inner, name, written);
     }
     case c10::TypeKind::TensorType:
-        if (v.kind == DJN_V_TENSOR) return c10::IValue(make_tensor(c, *v.u.t, written));
-        if (v.kind == DJN_V_NONE) return c10::IValue(at::Tensor());
+        if (v.kind == DJN_V_TENSOR)
+            return c10::IValue(make_tensor(c, *v.u.t, written));
+        if (v.kind == DJN_V_NONE)
+            return c10::IValue(at::Tensor());
         return c10::IValue(wrapped_scalar(c, v));
     case c10::TypeKind::IntType:
-    case c10::TypeKind::SymIntType: return c10::IValue(as_int(v, name));
-    case c10::TypeKind::FloatType: return c10::IValue(as_float(v, name));
-    case c10::TypeKind::BoolType: return c10::IValue(as_int(v, name) != 0);
+    case c10::TypeKind::SymIntType:
+        return c10::IValue(as_int(v, name));
+    case c10::TypeKind::FloatType:
+        return c10::IValue(as_float(v, name));
+    case c10::TypeKind::BoolType:
+        return c10::IValue(as_int(v, name) != 0);
     case c10::TypeKind::NumberType:
         switch (v.kind) {
-        case DJN_V_INT: return c10::IValue(at::Scalar(v.u.i));
-        case DJN_V_FLOAT: return c10::IValue(at::Scalar(v.u.f));
-        case DJN_V_BOOL: return c10::IValue(at::Scalar(v.u.b));
-        case DJN_V_COMPLEX: return c10::IValue(at::Scalar(c10::complex<double>(v.u.c[0], v.u.c[1])));
-        default: break;
+        case DJN_V_INT:
+            return c10::IValue(at::Scalar(v.u.i));
+        case DJN_V_FLOAT:
+            return c10::IValue(at::Scalar(v.u.f));
+        case DJN_V_BOOL:
+            return c10::IValue(at::Scalar(v.u.b));
+        case DJN_V_COMPLEX:
+            return c10::IValue(at::Scalar(c10::complex<double>(v.u.c[0], v.u.c[1])));
+        default:
+            break;
         }
         break;
     case c10::TypeKind::StringType:
-        if (v.kind == DJN_V_STR) return c10::IValue(std::string(v.u.s, v.len));
+        if (v.kind == DJN_V_STR)
+            return c10::IValue(std::string(v.u.s, v.len));
         break;
-    case c10::TypeKind::DeviceObjType: return c10::IValue(c.x->device);
-    case c10::TypeKind::GeneratorType: return c10::IValue(default_gen(c.x));
+    case c10::TypeKind::DeviceObjType:
+        return c10::IValue(c.x->device);
+    case c10::TypeKind::GeneratorType:
+        return c10::IValue(default_gen(c.x));
     case c10::TypeKind::ListType:
-        return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name, written);
-    default: break;
+        return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name,
+                              written);
+    default:
+        break;
     }
     throw OpError(DJN_ERR_ARGS, std::string("argument '") + name + "' of type " + type->str() +
                                     " cannot take a " + kind_name(v.kind));
@@ -406,26 +478,35 @@ void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
         auto *impl = t.storage().unsafeGetStorageImpl();
         uint64_t handle = 0;
         for (auto &in : c.inputs) // a view of an input names the input's handle
-            if (in.first == impl) handle = in.second;
+            if (in.first == impl)
+                handle = in.second;
         if (!handle) {
-            handle = c.env->new_handle_fn(c.env->ctx, t.storage().nbytes());
-            djn_stor tmp{storage_in_slab(c.x, t.storage()) ? copy_to_data(c.x, t.storage()) : t.storage()};
-            if (c.env->bind_fn(c.env->ctx, handle, &tmp) != DJN_OK)
-                throw OpError(DJN_ERR_NOMEM, "cannot bind a data-dependent result");
+            djn_status_t st = c.env->new_handle_fn(c.env->ctx, t.storage().nbytes(), &handle);
+            if (st != DJN_OK)
+                throw OpError(st, "no server handle left for a data-dependent result");
+            djn_stor tmp{storage_in_slab(c.x, t.storage()) ? copy_to_data(c.x, t.storage())
+                                                           : t.storage()};
+            st = c.env->bind_fn(c.env->ctx, handle, &tmp);
+            if (st != DJN_OK)
+                throw OpError(st, "cannot bind a data-dependent result");
         }
-        djn_enc_array(out, 6);
-        djn_enc_uint(out, handle);
-        djn_enc_int(out, t.storage_offset());
-        djn_enc_uint(out, (uint64_t)t.scalar_type());
-        djn_enc_array(out, (uint32_t)t.dim());
-        for (auto s : t.sizes()) djn_enc_int(out, s);
-        djn_enc_array(out, (uint32_t)t.dim());
-        for (auto s : t.strides()) djn_enc_int(out, s);
-        djn_enc_uint(out, t.storage().nbytes());
+        TORCH_CHECK(t.dim() <= DJN_MAX_DIMS, "a result of rank ", t.dim(), " cannot be described");
+        djn_dyn_tensor_t d{};
+        d.ref.handle = handle;
+        d.ref.offset = t.storage_offset();
+        d.ref.dtype = (uint8_t)t.scalar_type();
+        d.ref.ndim = (uint8_t)t.dim();
+        for (int64_t i = 0; i < t.dim(); i++) {
+            d.ref.sizes[i] = t.size(i);
+            d.ref.strides[i] = t.stride(i);
+        }
+        d.nbytes = t.storage().nbytes();
+        djn_dyn_tensor_encode(out, &d);
     } else if (v.isTensorList()) {
         auto l = v.toTensorList();
         djn_enc_array(out, (uint32_t)l.size());
-        for (size_t i = 0; i < l.size(); i++) encode_result(c, c10::IValue(l.get(i)), out);
+        for (size_t i = 0; i < l.size(); i++)
+            encode_result(c, c10::IValue(l.get(i)), out);
     } else if (v.isNone()) {
         djn_enc_nil(out);
     } else if (v.isBool()) {
@@ -439,9 +520,12 @@ void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
         djn_enc_complex(out, z.real(), z.imag());
     } else if (v.isScalar()) {
         auto s = v.toScalar();
-        if (s.isBoolean()) djn_enc_bool(out, s.toBool());
-        else if (s.isIntegral(false)) djn_enc_int(out, s.toLong());
-        else djn_enc_float(out, s.toDouble());
+        if (s.isBoolean())
+            djn_enc_bool(out, s.toBool());
+        else if (s.isIntegral(false))
+            djn_enc_int(out, s.toLong());
+        else
+            djn_enc_float(out, s.toDouble());
     } else {
         throw OpError(DJN_ERR_OP, "result of type " + v.tagKind() + " cannot be returned");
     }
@@ -458,23 +542,31 @@ void check_enum(const djn_value_t &v, const c10::Argument &a) {
     int64_t hi = -1;
     switch (t->kind()) {
     case c10::TypeKind::ScalarTypeType:
-        if (v.u.i < 0 || v.u.i >= (int64_t)c10::ScalarType::NumOptions || !djn_dtype_size((uint32_t)v.u.i))
-            throw OpError(DJN_ERR_ARGS, "argument '" + a.name() + "' is not a supported dtype code: " +
-                                            std::to_string(v.u.i));
+        if (v.u.i < 0 || v.u.i >= (int64_t)c10::ScalarType::NumOptions ||
+            !djn_dtype_size((uint32_t)v.u.i))
+            throw OpError(DJN_ERR_ARGS,
+                          "argument '" + a.name() +
+                              "' is not a supported dtype code: " + std::to_string(v.u.i));
         return;
-    case c10::TypeKind::LayoutType: hi = (int64_t)c10::Layout::NumOptions; break;
-    case c10::TypeKind::MemoryFormatType: hi = (int64_t)c10::MemoryFormat::NumOptions; break;
-    default: return;
+    case c10::TypeKind::LayoutType:
+        hi = (int64_t)c10::Layout::NumOptions;
+        break;
+    case c10::TypeKind::MemoryFormatType:
+        hi = (int64_t)c10::MemoryFormat::NumOptions;
+        break;
+    default:
+        return;
     }
     if (v.u.i < 0 || v.u.i >= hi)
-        throw OpError(DJN_ERR_ARGS, "argument '" + a.name() + "' is out of range: " + std::to_string(v.u.i));
+        throw OpError(DJN_ERR_ARGS,
+                      "argument '" + a.name() + "' is out of range: " + std::to_string(v.u.i));
 }
 
 // Ops that draw from the default generator without taking a Generator argument.
-const char *const kRandomNoGenerator[] = {"aten::native_dropout", "aten::dropout", "aten::feature_dropout",
-                                          "aten::alpha_dropout", "aten::feature_alpha_dropout",
-                                          "aten::rrelu", "aten::rand_like", "aten::randn_like",
-                                          "aten::randint_like"};
+const char *const kRandomNoGenerator[] = {
+    "aten::native_dropout",        "aten::dropout", "aten::feature_dropout", "aten::alpha_dropout",
+    "aten::feature_alpha_dropout", "aten::rrelu",   "aten::rand_like",       "aten::randn_like",
+    "aten::randint_like"};
 
 bool uses_rng(const c10::FunctionSchema &s) {
     for (const auto &a : s.arguments()) {
@@ -537,20 +629,30 @@ djn_exec_t *djn_exec_new(const char *device, char *err, size_t errlen) {
 }
 
 void djn_exec_destroy(djn_exec_t **self_p) {
-    if (!self_p || !*self_p) return;
+    if (!self_p || !*self_p)
+        return;
     delete *self_p;
     *self_p = nullptr;
 }
 
-const char *djn_exec_device(const djn_exec_t *x) { return x->name.c_str(); }
+const char *djn_exec_device(const djn_exec_t *x) {
+    return x->name.c_str();
+}
 
-djn_stor_t *djn_stor_retain(djn_stor_t *s) { return new djn_stor{s->storage}; }
-void djn_stor_release(djn_stor_t *s) { delete s; }
-uint64_t djn_stor_nbytes(const djn_stor_t *s) { return s->storage.nbytes(); }
+djn_stor_t *djn_stor_retain(djn_stor_t *s) {
+    return new djn_stor{s->storage};
+}
+void djn_stor_release(djn_stor_t *s) {
+    delete s;
+}
+uint64_t djn_stor_nbytes(const djn_stor_t *s) {
+    return s->storage.nbytes();
+}
 
-void djn_exec_zero(djn_exec_t *x, djn_stor_t *s) {
+djn_status_t djn_exec_zero(djn_exec_t *x, djn_stor_t *s, char *err, size_t errlen) {
     size_t n = s->storage.nbytes();
-    if (!n) return;
+    if (!n)
+        return DJN_OK;
     try {
         if (x->device.is_cpu()) {
             std::memset(s->storage.mutable_data(), 0, n);
@@ -561,40 +663,38 @@ void djn_exec_zero(djn_exec_t *x, djn_stor_t *s) {
             t.set_(s->storage, 0, {(int64_t)n}, {1});
             t.zero_();
         }
-    } catch (...) {
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen,
+                std::string("zero-filling ") + std::to_string(n) + " bytes on " + x->name +
+                    " failed: " + e.what());
+        return DJN_ERR_DEVICE;
     }
 }
 
-void djn_exec_install_allocator(void) { c10::SetCPUAllocator(&g_vmu_allocator, /*priority=*/100); }
+void djn_exec_install_allocator(void) {
+    c10::SetCPUAllocator(&g_vmu_allocator, /*priority=*/100);
+}
 
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {
     if (!x->device.is_cpu())
         return; // CUDA workers keep ATen's caching allocator (see README)
     x->vmu = v;
     t_vmu = v;
-    if (v) {
-        int i = g_nvmus.load();
-        if (i < 64) {
-            g_vmus[i] = v;
-            g_nvmus.store(i + 1);
-        }
-    }
 }
 
-void djn_exec_slab_mode(int on) { t_slab = on && t_vmu; }
-
-int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) { return storage_in_slab(x, s->storage); }
+int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) {
+    return storage_in_slab(x, s->storage);
+}
 
 int djn_stor_in_slab(const djn_stor_t *s) {
     const void *p = s->storage.data();
-    int n = g_nvmus.load();
-    for (int i = 0; p && i < n; i++)
-        if (djn_vmu_in_slab(g_vmus[i], p)) return 1;
-    return 0;
+    djn_vmu_t *v = p ? djn_vmu_find(p) : nullptr;
+    return v && djn_vmu_in_slab(v, p);
 }
 
-djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, djn_stor_t **out, char *err,
-                            size_t errlen) {
+djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, djn_stor_t **out,
+                            char *err, size_t errlen) {
     *out = nullptr;
     try {
         c10::DeviceGuard g(x->device);
@@ -602,16 +702,20 @@ djn_status_t djn_exec_alloc(djn_exec_t *x, uint64_t nbytes, uint64_t slab_off, d
         *out = wrap(new_storage(x, nbytes, slab_off));
         return DJN_OK;
     } catch (const c10::Error &e) {
-        set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " +
-                                 e.what_without_backtrace());
+        set_err(err, errlen,
+                std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name +
+                    ": " + e.what_without_backtrace());
         return DJN_ERR_OOM;
     } catch (const std::exception &e) {
-        set_err(err, errlen, std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name + ": " + e.what());
+        set_err(err, errlen,
+                std::string("cannot allocate ") + std::to_string(nbytes) + " bytes on " + x->name +
+                    ": " + e.what());
         return DJN_ERR_OOM;
     }
 }
 
-djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out, char *err, size_t errlen) {
+djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_stor_t **out,
+                             char *err, size_t errlen) {
     *out = nullptr;
     try {
         c10::DeviceGuard g(x->device);
@@ -621,7 +725,8 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
             if (x->device.is_cpu()) {
                 std::memcpy(s.mutable_data(), bytes, n);
             } else {
-                auto src = at::from_blob(const_cast<void *>(bytes), {(int64_t)n}, at::TensorOptions().dtype(at::kByte));
+                auto src = at::from_blob(const_cast<void *>(bytes), {(int64_t)n},
+                                         at::TensorOptions().dtype(at::kByte));
                 auto dst = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
                 dst.set_(s, 0, {(int64_t)n}, {1});
                 dst.copy_(src, false);
@@ -630,21 +735,26 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
         *out = wrap(std::move(s));
         return DJN_OK;
     } catch (const c10::Error &e) {
-        set_err(err, errlen, std::string("upload of ") + std::to_string(n) + " bytes to " + x->name + " failed: " +
-                                 e.what_without_backtrace());
+        set_err(err, errlen,
+                std::string("upload of ") + std::to_string(n) + " bytes to " + x->name +
+                    " failed: " + e.what_without_backtrace());
         return DJN_ERR_OOM;
     } catch (const std::exception &e) {
-        set_err(err, errlen, std::string("upload of ") + std::to_string(n) + " bytes to " + x->name + " failed: " + e.what());
+        set_err(err, errlen,
+                std::string("upload of ") + std::to_string(n) + " bytes to " + x->name +
+                    " failed: " + e.what());
         return DJN_ERR_OOM;
     }
 }
 
-djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err, size_t errlen) {
+djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
+                           size_t errlen) {
     if (n > dst->storage.nbytes() || n > src->storage.nbytes()) {
         set_err(err, errlen, "copy beyond a storage");
         return DJN_ERR_ARGS;
     }
-    if (!n) return DJN_OK;
+    if (!n)
+        return DJN_OK;
     try {
         c10::DeviceGuard g(x->device);
         c10::InferenceMode im;
@@ -660,13 +770,16 @@ djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint
     }
 }
 
-djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst, char *err, size_t errlen) {
+djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
+                           char *err, size_t errlen) {
     if (off > s->storage.nbytes() || n > s->storage.nbytes() - off) {
-        set_err(err, errlen, "fetch of bytes [" + std::to_string(off) + ", " + std::to_string(off + n) +
-                                 ") beyond a storage of " + std::to_string(s->storage.nbytes()) + " bytes");
+        set_err(err, errlen,
+                "fetch of bytes [" + std::to_string(off) + ", " + std::to_string(off + n) +
+                    ") beyond a storage of " + std::to_string(s->storage.nbytes()) + " bytes");
         return DJN_ERR_ARGS;
     }
-    if (!n) return DJN_OK;
+    if (!n)
+        return DJN_OK;
     try {
         c10::DeviceGuard g(x->device);
         c10::InferenceMode im;
@@ -685,10 +798,13 @@ djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t 
     }
 }
 
-void djn_exec_gen_release(void *gen) { delete static_cast<at::Generator *>(gen); }
+void djn_exec_gen_release(void *gen) {
+    delete static_cast<at::Generator *>(gen);
+}
 
 void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) {
-    if (env->seed < 0) return;
+    if (env->seed < 0)
+        return;
     Ctx c{x, env, nullptr, {}};
     auto &g = session_gen(c);
     std::lock_guard<std::mutex> lock(g.mutex());
@@ -767,16 +883,17 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             djn_exec_rng_enter(x, env);
         const auto &args = schema.arguments();
         if (n->nargs != args.size())
-            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(args.size()) + " arguments, got " +
-                                            std::to_string(n->nargs));
+            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(args.size()) +
+                                            " arguments, got " + std::to_string(n->nargs));
         const auto &rets = schema.returns();
         bool dynamic = n->flags & DJN_NODE_DYNAMIC;
         if (dynamic && !dyn)
             throw OpError(DJN_ERR_PROTO, "a DYNAMIC node must be the last node of its fragment");
         if (!dynamic && n->nouts != rets.size())
-            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(rets.size()) + " outputs, got " +
-                                            std::to_string(n->nouts));
+            throw OpError(DJN_ERR_ARGS, "expects " + std::to_string(rets.size()) +
+                                            " outputs, got " + std::to_string(n->nouts));
         Ctx c{x, env, &schema, {}};
+        SlabMode slab(env->slab);
         torch::jit::Stack stack;
         stack.reserve(args.size());
         for (size_t i = 0; i < args.size(); i++) {
@@ -789,7 +906,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");
         if (dynamic) {
             djn_enc_array(dyn, (uint32_t)stack.size());
-            for (auto &v : stack) encode_result(c, v, dyn);
+            for (auto &v : stack)
+                encode_result(c, v, dyn);
             return DJN_OK;
         }
         for (size_t i = 0; i < rets.size(); i++) {
@@ -801,7 +919,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                 auto l = v.toTensorList();
                 if (o.kind != DJN_V_LIST || o.len != l.size())
                     throw OpError(DJN_ERR_ARGS, "output list length mismatch");
-                for (size_t j = 0; j < l.size(); j++) bind_result(c, l.get(j), o.u.items[j]);
+                for (size_t j = 0; j < l.size(); j++)
+                    bind_result(c, l.get(j), o.u.items[j]);
             }
         }
         return DJN_OK;

@@ -1,47 +1,69 @@
-/* main.c: djinn-server's command line. */
+/* main.c: djinn-server's command line: options and their defaults, then the server.
+ *
+ * Defaults are chosen to keep a host alive: the CPU Data segment is half of the host's
+ * memory (or of the cgroup's limit), the stack slab an eighth of that (at most 2 GiB),
+ * and one session may hold half of the Data segment unless --session-quota-bytes says
+ * otherwise (an embedded server, which serves only its parent, gives it all). A server
+ * that listens beyond this host must have keys, or be told --insecure. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "djn_exec.h"
 #include "djn_proto.h"
 #include "djn_server.h"
 
 static void s_usage(FILE *f) {
-    fprintf(f,
-            "usage: djinn-server [options]\n"
-            "       djinn-server --stats ENDPOINT\n"
-            "\n"
-            "Executes PyTorch graphs sent by Djinn clients (torch.device('remote')).\n"
-            "\n"
-            "options (environment variable in brackets):\n"
-            "  --listen EP          ZeroMQ endpoint to bind [DJINN_LISTEN]\n"
-            "                       (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for all)\n"
-            "  --device LIST        comma-separated devices: cpu, cuda:0, ... [DJINN_DEVICES]\n"
-            "                       (default: every CUDA device, else cpu)\n"
-            "  --lease-ms N         a session without traffic for N ms is reclaimed; 0 = never\n"
-            "                       [DJINN_LEASE_MS] (default 10000)\n"
-            "  --heartbeat-ms N     heartbeat interval advised to clients [DJINN_HEARTBEAT_MS]\n"
-            "                       (default 1000)\n"
-            "  --max-tensor-bytes N largest tensor frame accepted or sent (default 64 GiB)\n"
-            "  --session-quota-bytes N  private device bytes one session may hold; 0 = no limit\n"
-            "                       [DJINN_SESSION_QUOTA_BYTES] (default 0)\n"
-            "  --session-max-queued N   fragments one session may have waiting [DJINN_SESSION_MAX_QUEUED]\n"
-            "                       (default 256)\n"
-            "  --data-bytes N       CPU devices: Data segment (weights, KV caches, held outputs);\n"
-            "                       address space reserved, pages used on touch [DJINN_DATA_BYTES]\n"
-            "                       (default 32 GiB; 0 = no VMU, plain allocations)\n"
-            "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
-            "                       [DJINN_SLAB_BYTES] (default 2 GiB)\n"
-            "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off [DJINN_PLAN_CACHE]\n"
-            "                       (default 1024)\n"
-            "  --verbose            log sessions and error replies to stderr\n"
-            "  --stats ENDPOINT     print the counters of a running server and exit\n"
-            "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
-            "  --parent-pid PID     exit when process PID is gone (embedded servers)\n"
-            "  --help               this text\n");
+    fprintf(
+        f,
+        "usage: djinn-server [options]\n"
+        "       djinn-server --stats ENDPOINT [--keys DIR]\n"
+        "       djinn-server --check ENDPOINT [--keys DIR]\n"
+        "       djinn-server keygen DIR NAME [--operator] [--realtime]\n"
+        "\n"
+        "Executes PyTorch graphs sent by Djinn clients (torch.device('remote')).\n"
+        "\n"
+        "options (environment variable in brackets):\n"
+        "  --listen EP          ZeroMQ endpoint to bind [DJINN_LISTEN]\n"
+        "                       (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for all)\n"
+        "  --keys DIR           CURVE authentication: DIR/server.key_secret is this server's\n"
+        "                       keypair, DIR/clients/NAME.key the tenants it admits [DJINN_KEYS]\n"
+        "  --insecure           listen beyond this host without keys (anyone who can reach\n"
+        "                       the port can use the server)\n"
+        "  --device LIST        comma-separated devices: cpu, cuda:0, ... [DJINN_DEVICES]\n"
+        "                       (default: every CUDA device, else cpu)\n"
+        "  --lease-ms N         a session without traffic for N ms is reclaimed; 0 = never\n"
+        "                       [DJINN_LEASE_MS] (default 10000)\n"
+        "  --heartbeat-ms N     heartbeat interval advised to clients [DJINN_HEARTBEAT_MS]\n"
+        "                       (default 1000)\n"
+        "  --max-tensor-bytes N largest tensor frame accepted or sent (default 64 GiB)\n"
+        "  --session-quota-bytes N  device bytes one session may hold; 0 = no limit\n"
+        "                       [DJINN_SESSION_QUOTA_BYTES] (default: half the Data segment)\n"
+        "  --session-max-queued N   fragments one session may have waiting\n"
+        "                       [DJINN_SESSION_MAX_QUEUED] (default 256)\n"
+        "  --data-bytes N       CPU devices: Data segment (weights, KV caches, held outputs)\n"
+        "                       [DJINN_DATA_BYTES] (default: half the host's memory; 0 = no\n"
+        "                       VMU, plain allocations)\n"
+        "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
+        "                       [DJINN_SLAB_BYTES] (default: an eighth of the Data segment,\n"
+        "                       at most 2 GiB)\n"
+        "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off\n"
+        "                       [DJINN_PLAN_CACHE] (default 1024)\n"
+        "  --verbose            log sessions and error replies to stderr\n"
+        "  --stats ENDPOINT     print the counters of a running server and exit\n"
+        "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
+        "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
+        "  --parent-pid PID     exit when process PID is gone (embedded servers)\n"
+        "  --remove-ipc-dir     at exit, remove the ipc endpoint's directory (embedded)\n"
+        "  --help               this text\n"
+        "\n"
+        "keygen writes DIR/NAME.key (public: give it to the server, in its clients/\n"
+        "directory) and DIR/NAME.key_secret (secret, mode 0600). Name the server's own pair\n"
+        "'server'. --operator lets the tenant read server-wide STATS; --realtime lets it\n"
+        "claim the realtime class.\n");
 }
 
 static void s_on_signal(int sig) {
@@ -56,74 +78,154 @@ static const char *s_env(const char *name, const char *dflt) {
 
 static int s_parse_u64(const char *s, unsigned long long *out) {
     char *end;
+    if (!s || !*s || *s == '-')
+        return 0;
     *out = strtoull(s, &end, 10);
     return end != s && *end == 0;
 }
 
+/* The host memory this process may use: physical memory, or a lower cgroup limit. */
+static unsigned long long s_host_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    unsigned long long total = pages > 0 && psz > 0 ? (unsigned long long)pages * psz : 8ull << 30;
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "r");
+    if (f) {
+        unsigned long long lim;
+        if (fscanf(f, "%llu", &lim) == 1 && lim < total)
+            total = lim;
+        fclose(f);
+    }
+    return total;
+}
+
+/* tcp:// endpoints on a loopback address (or ipc://, inproc://) stay on this host. */
+static int s_local_endpoint(const char *ep) {
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return 1;
+    const char *h = ep + 6;
+    return !strncmp(h, "127.", 4) || !strncmp(h, "localhost:", 10) || !strncmp(h, "[::1]:", 6);
+}
+
+typedef struct {
+    const char *flag, *env;
+    unsigned long long *dst;
+} s_num_opt_t;
+
 int main(int argc, char **argv) {
-    djn_server_cfg_t cfg = {0};
-    cfg.listen = s_env("DJINN_LISTEN", "tcp://127.0.0.1:5555");
-    const char *devices = s_env("DJINN_DEVICES", NULL);
-    unsigned long long v;
-    cfg.lease_ms = s_parse_u64(s_env("DJINN_LEASE_MS", "10000"), &v) ? v : 10000;
-    cfg.heartbeat_ms = s_parse_u64(s_env("DJINN_HEARTBEAT_MS", "1000"), &v) ? v : 1000;
-    cfg.max_tensor_bytes = DJN_MAX_TENSOR_BYTES;
-    cfg.session_quota_bytes = s_parse_u64(s_env("DJINN_SESSION_QUOTA_BYTES", "0"), &v) ? v : 0;
-    cfg.data_bytes = s_parse_u64(s_env("DJINN_DATA_BYTES", "34359738368"), &v) ? v : 32ull << 30;
-    cfg.slab_bytes = s_parse_u64(s_env("DJINN_SLAB_BYTES", "2147483648"), &v) ? v : 2ull << 30;
-    cfg.plan_cache_entries = s_parse_u64(s_env("DJINN_PLAN_CACHE", "1024"), &v) ? (uint32_t)v : 1024;
-    cfg.session_max_queued = s_parse_u64(s_env("DJINN_SESSION_MAX_QUEUED", "256"), &v) ? (uint32_t)v : 256;
-    cfg.announce_fd = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEEDVAL()                                                                                  \
-    do {                                                                                           \
-        if (!val) {                                                                                \
-            fprintf(stderr, "djinn-server: %s needs a value\n", a);                                \
-            return 2;                                                                              \
-        }                                                                                          \
-        i++;                                                                                       \
-    } while (0)
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            s_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--listen")) {
-            NEEDVAL();
-            cfg.listen = val;
-        } else if (!strcmp(a, "--device") || !strcmp(a, "--devices")) {
-            NEEDVAL();
-            devices = val;
-        } else if (!strcmp(a, "--lease-ms") || !strcmp(a, "--heartbeat-ms") ||
-                   !strcmp(a, "--max-tensor-bytes") || !strcmp(a, "--announce-fd") ||
-                   !strcmp(a, "--parent-pid") || !strcmp(a, "--session-quota-bytes") ||
-                   !strcmp(a, "--session-max-queued") || !strcmp(a, "--plan-cache") ||
-                   !strcmp(a, "--data-bytes") || !strcmp(a, "--slab-bytes")) {
-            NEEDVAL();
-            if (!s_parse_u64(val, &v)) {
-                fprintf(stderr, "djinn-server: %s expects a number, got '%s'\n", a, val);
+    if (argc >= 2 && !strcmp(argv[1], "keygen")) {
+        if (argc < 4) {
+            fprintf(stderr, "usage: djinn-server keygen DIR NAME [--operator] [--realtime]\n");
+            return 2;
+        }
+        int op = 0, rt = 0;
+        for (int i = 4; i < argc; i++) {
+            if (!strcmp(argv[i], "--operator"))
+                op = 1;
+            else if (!strcmp(argv[i], "--realtime"))
+                rt = 1;
+            else {
+                fprintf(stderr, "djinn-server keygen: unknown option '%s'\n", argv[i]);
                 return 2;
             }
-            if (!strcmp(a, "--lease-ms")) cfg.lease_ms = v;
-            else if (!strcmp(a, "--heartbeat-ms")) cfg.heartbeat_ms = v;
-            else if (!strcmp(a, "--max-tensor-bytes")) cfg.max_tensor_bytes = v;
-            else if (!strcmp(a, "--announce-fd")) cfg.announce_fd = (int)v;
-            else if (!strcmp(a, "--session-quota-bytes")) cfg.session_quota_bytes = v;
-            else if (!strcmp(a, "--session-max-queued")) cfg.session_max_queued = (uint32_t)v;
-            else if (!strcmp(a, "--plan-cache")) cfg.plan_cache_entries = (uint32_t)v;
-            else if (!strcmp(a, "--data-bytes")) cfg.data_bytes = v;
-            else if (!strcmp(a, "--slab-bytes")) cfg.slab_bytes = v;
-            else cfg.parent_pid = (int)v;
+        }
+        return djn_server_keygen(argv[2], argv[3], op, rt);
+    }
+    djn_server_cfg_t cfg = {0};
+    cfg.listen = s_env("DJINN_LISTEN", "tcp://127.0.0.1:5555");
+    cfg.keys_dir = s_env("DJINN_KEYS", NULL);
+    const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
+    unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
+                       data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0;
+    int insecure = 0;
+    s_num_opt_t nums[] = {
+        {"--lease-ms", "DJINN_LEASE_MS", &lease},
+        {"--heartbeat-ms", "DJINN_HEARTBEAT_MS", &hb},
+        {"--max-tensor-bytes", NULL, &maxt},
+        {"--session-quota-bytes", "DJINN_SESSION_QUOTA_BYTES", &quota},
+        {"--session-max-queued", "DJINN_SESSION_MAX_QUEUED", &queued},
+        {"--data-bytes", "DJINN_DATA_BYTES", &data},
+        {"--slab-bytes", "DJINN_SLAB_BYTES", &slab},
+        {"--plan-cache", "DJINN_PLAN_CACHE", &plan},
+        {"--announce-fd", NULL, &fd},
+        {"--parent-pid", NULL, &ppid},
+    };
+    const int nnums = (int)(sizeof nums / sizeof nums[0]);
+    for (int k = 0; k < nnums; k++) {
+        const char *v = nums[k].env ? getenv(nums[k].env) : NULL;
+        if (v && *v && !s_parse_u64(v, nums[k].dst)) {
+            fprintf(stderr, "djinn-server: %s expects a number, got '%s'\n", nums[k].env, v);
+            return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int k;
+        for (k = 0; k < nnums && strcmp(a, nums[k].flag); k++) {
+        }
+        if (k < nnums) {
+            if (!s_parse_u64(val, nums[k].dst)) {
+                fprintf(stderr, "djinn-server: %s expects a number, got '%s'\n", a,
+                        val ? val : "nothing");
+                return 2;
+            }
+            i++;
+            continue;
+        }
+        const char **str = !strcmp(a, "--listen")                              ? &cfg.listen
+                           : !strcmp(a, "--device") || !strcmp(a, "--devices") ? &devices
+                           : !strcmp(a, "--keys")                              ? &cfg.keys_dir
+                           : !strcmp(a, "--stats")                             ? &stats_ep
+                           : !strcmp(a, "--check")                             ? &check_ep
+                                                                               : NULL;
+        if (str) {
+            if (!val) {
+                fprintf(stderr, "djinn-server: %s needs a value\n", a);
+                return 2;
+            }
+            *str = val;
+            i++;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            s_usage(stdout);
+            return 0;
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
             cfg.verbose = true;
-        } else if (!strcmp(a, "--stats")) {
-            NEEDVAL();
-            return djn_server_print_stats(val, 3000);
+        } else if (!strcmp(a, "--insecure")) {
+            insecure = 1;
+        } else if (!strcmp(a, "--remove-ipc-dir")) {
+            cfg.remove_ipc_dir = true;
         } else {
             fprintf(stderr, "djinn-server: unknown option '%s' (see --help)\n", a);
             return 2;
         }
     }
+    if (stats_ep)
+        return djn_server_print_stats(stats_ep, cfg.keys_dir, 3000);
+    if (check_ep)
+        return djn_server_check(check_ep, cfg.keys_dir, 3000);
+    if (!cfg.keys_dir && !insecure && !s_local_endpoint(cfg.listen)) {
+        fprintf(stderr,
+                "djinn-server: refusing to listen on '%s' without keys: anyone who can reach it "
+                "could read and write every tenant's tensors. Give --keys DIR (make them with "
+                "'djinn-server keygen'), listen on 127.0.0.1, or pass --insecure.\n",
+                cfg.listen);
+        return 2;
+    }
+    if (data == ~0ull)
+        data = s_host_bytes() / 2;
+    if (slab == ~0ull)
+        slab = data / 8 < (2ull << 30) ? data / 8 : 2ull << 30;
+    if (quota == ~0ull)
+        quota = ppid ? 0 : data / 2; /* an embedded server serves only its parent */
+    cfg.lease_ms = lease;
+    cfg.heartbeat_ms = hb;
+    cfg.max_tensor_bytes = maxt;
+    cfg.session_quota_bytes = quota;
+    cfg.session_max_queued = (uint32_t)queued;
+    cfg.data_bytes = data;
+    cfg.slab_bytes = slab;
+    cfg.plan_cache_entries = (uint32_t)plan;
+    cfg.announce_fd = fd == ~0ull ? -1 : (int)fd;
+    cfg.parent_pid = (int)ppid;
     char devbuf[1024];
     if (!devices) {
         int n = djn_exec_cuda_count();
@@ -141,12 +243,14 @@ int main(int argc, char **argv) {
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (cfg.ndevices == DJN_SERVER_MAX_DEVICES) {
             fprintf(stderr, "djinn-server: at most %d devices\n", DJN_SERVER_MAX_DEVICES);
+            free(copy);
             return 2;
         }
         cfg.devices[cfg.ndevices++] = tok;
     }
     if (!cfg.ndevices) {
         fprintf(stderr, "djinn-server: --device needs at least one device\n");
+        free(copy);
         return 2;
     }
     struct sigaction sa;

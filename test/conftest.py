@@ -10,6 +10,7 @@ The shared server runs with ``--lease-ms 0``: the Python client sends no heartbe
 tests that spend a few seconds in subprocesses must not lose the in-process session
 (the lease itself is tested in ``test_errors.py`` against a dedicated server).
 """
+
 import os
 import socket
 import subprocess
@@ -66,7 +67,16 @@ def start_server(*extra_args, port=None, env=None, timeout=30.0, preexec_fn=None
     port = port or free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     r, w = os.pipe()
-    args = [SERVER_BIN, "--listen", endpoint, "--device", "cpu", "--announce-fd", str(w), *extra_args]
+    args = [
+        SERVER_BIN,
+        "--listen",
+        endpoint,
+        "--device",
+        "cpu",
+        "--announce-fd",
+        str(w),
+        *extra_args,
+    ]
     proc = subprocess.Popen(
         args,
         pass_fds=(w,),
@@ -87,7 +97,9 @@ def start_server(*extra_args, port=None, env=None, timeout=30.0, preexec_fn=None
         while b"\n" not in line:
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
-                raise RuntimeError(f"djinn-server on {endpoint} did not announce itself in {timeout}s")
+                raise RuntimeError(
+                    f"djinn-server on {endpoint} did not announce itself in {timeout}s"
+                )
             chunk = os.read(r, 512)
             if not chunk:
                 raise RuntimeError(f"djinn-server on {endpoint} exited early (rc={proc.poll()})")
@@ -115,7 +127,13 @@ def stop_server(proc, timeout=10.0):
 
 def _clean_env():
     env = dict(os.environ)
-    for k in ("DJINN_SERVER", "DJINN_LISTEN", "DJINN_DEVICES", "DJINN_LEASE_MS", "DJINN_SERVER_ARGS"):
+    for k in (
+        "DJINN_SERVER",
+        "DJINN_LISTEN",
+        "DJINN_DEVICES",
+        "DJINN_LEASE_MS",
+        "DJINN_SERVER_ARGS",
+    ):
         env.pop(k, None)
     return env
 

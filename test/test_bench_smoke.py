@@ -5,6 +5,7 @@ measured, a markdown table, PNG charts), never a time: benchmarks compare, tests
 that they run. The subprocess gets its own embedded server (``DJINN_SERVER`` unset), as
 ``make bench`` does.
 """
+
 import glob
 import json
 import math
@@ -30,7 +31,8 @@ def smoke(tmp_path_factory):
         timeout=300,
     )
     assert r.returncode == 0, (
-        f"run.py --smoke exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+        f"run.py --smoke exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    )
     return out, r.stdout
 
 
@@ -41,13 +43,27 @@ def test_smoke_writes_well_formed_json(smoke):
     assert len(paths) == 1, os.listdir(out)
     with open(paths[0]) as f:
         res = json.load(f)
-    for key in ("machine", "date", "mode", "server_device", "local_device", "torch", "systems",
-                "rows", "errors", "skipped", "charts", "series"):
+    for key in (
+        "machine",
+        "date",
+        "mode",
+        "server_device",
+        "local_device",
+        "torch",
+        "systems",
+        "rows",
+        "errors",
+        "skipped",
+        "charts",
+        "series",
+    ):
         assert key in res, key
     assert res["mode"] == "smoke"
     assert res["errors"] == {}, res["errors"]
     assert {"local", "djinn", "rpc", "naive"} <= set(res["systems"]), (
-        res["systems"], res["skipped"])
+        res["systems"],
+        res["skipped"],
+    )
     assert {r["group"] for r in res["rows"]} == GROUPS
     seen = set()
     for r in res["rows"]:

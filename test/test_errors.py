@@ -5,6 +5,7 @@ In-process tests use the shared server. Anything that needs its own process (emb
 server, unreachable server, a session that is expected to break) runs a child Python
 with its own environment.
 """
+
 import resource
 import subprocess
 import textwrap
@@ -13,7 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PYTHON, assert_close, free_port, poll, run_python, start_server, stop_server, subprocess_env
+from conftest import (
+    PYTHON,
+    assert_close,
+    free_port,
+    poll,
+    run_python,
+    start_server,
+    stop_server,
+    subprocess_env,
+)
 
 R = "remote"
 
@@ -123,7 +133,9 @@ def test_async_fragment_error_surfaces_at_next_sync(server):
         z = torch.arange(3.0, device=R) + 1
         print(z.cpu().tolist())
     """
-    r = run_python(code, subprocess_env(DJINN_SERVER=server, DJINN_MAX_NODES=4, DJINN_CONNECT_TIMEOUT=10))
+    r = run_python(
+        code, subprocess_env(DJINN_SERVER=server, DJINN_MAX_NODES=4, DJINN_CONNECT_TIMEOUT=10)
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["RAISED", "[1.0,", "2.0,", "3.0]"], r.stdout
 
@@ -174,7 +186,12 @@ def test_unreachable_server_synchronize_and_is_available():
 
 
 @pytest.mark.parametrize(
-    "op", ["torch.ones(2, device='remote').cpu()", "torch.ones(2).to('remote').cpu()", "torch.remote.init()"]
+    "op",
+    [
+        "torch.ones(2, device='remote').cpu()",
+        "torch.ones(2).to('remote').cpu()",
+        "torch.remote.init()",
+    ],
 )
 def test_unreachable_server_raises_server_unreachable_quickly(op):
     r, ep = _run_unreachable(op)
@@ -224,17 +241,26 @@ def test_embedded_server_default_runs_and_is_stopped_at_exit():
         import torch, djinn
         x = (torch.arange(5, device='remote') * 3).sum().item()
         print('RESULT', x)
-        print('ENDPOINT', djinn.remote.endpoint())
+        import os, stat
+        ep = djinn.remote.endpoint()
+        print('ENDPOINT', ep)
+        print('DIRMODE', oct(stat.S_IMODE(os.stat(os.path.dirname(ep[len('ipc://'):])).st_mode)))
         print('CHILDREN', *child_servers())
     """)
     r = run_python(code, subprocess_env(DJINN_SERVER=None))
     assert r.returncode == 0, r.stderr[-2000:]
     out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
     assert out["RESULT"] == "30"
-    assert out["ENDPOINT"].startswith("tcp://127.0.0.1:")
+    # reachable only by its parent's user: an ipc socket in a private directory, no port
+    assert out["ENDPOINT"].startswith("ipc://") and out["ENDPOINT"].endswith("/djinn.sock")
+    assert out["DIRMODE"] == "0o700"
     kids = [int(p) for p in out["CHILDREN"].split()]
     assert len(kids) == 1, r.stdout
     poll(lambda: _gone(kids[0]), timeout=10, desc="embedded djinn-server to exit")
+    # and it leaves nothing behind
+    import os
+
+    assert not os.path.exists(os.path.dirname(out["ENDPOINT"][len("ipc://") :]))
 
 
 def test_embedded_server_exits_when_parent_is_killed():
@@ -244,8 +270,14 @@ def test_embedded_server_exits_when_parent_is_killed():
         print(*child_servers(), flush=True)
         sys.stdin.readline()
     """)
-    p = subprocess.Popen([PYTHON, "-c", code], env=subprocess_env(DJINN_SERVER=None), stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        [PYTHON, "-c", code],
+        env=subprocess_env(DJINN_SERVER=None),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "6.0"
         kids = [int(x) for x in p.stdout.readline().split()]
@@ -336,8 +368,14 @@ _RESTART_CLIENT = """
 def _restart_transcript():
     port = free_port()
     proc, ep = start_server("--lease-ms", "0", port=port)
-    client = subprocess.Popen([PYTHON, "-c", textwrap.dedent(_RESTART_CLIENT)], env=subprocess_env(DJINN_SERVER=ep),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(_RESTART_CLIENT)],
+        env=subprocess_env(DJINN_SERVER=ep),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert client.stdout.readline().strip() == "[0.0, 2.0, 4.0]"
         stop_server(proc)
@@ -421,7 +459,17 @@ _OOM_CLIENT = """
 # and the VMU with a 1 GiB Data segment
 _OOM_SERVERS = {
     "plain": (("--data-bytes", "0"), _limit_address_space),
-    "vmu": (("--data-bytes", str(1 << 30), "--slab-bytes", str(256 << 20)), None),
+    "vmu": (
+        (
+            "--data-bytes",
+            str(1 << 30),
+            "--slab-bytes",
+            str(256 << 20),
+            "--session-quota-bytes",
+            "0",
+        ),
+        None,
+    ),
 }
 
 
@@ -496,7 +544,16 @@ def test_many_uploads_without_sync(server):
 def test_server_stats(remote, djinn_mod):
     torch.remote.synchronize()
     st = djinn_mod.server_stats()
-    for k in ("uptime_ms", "sessions_open", "handles", "bytes_in_use", "requests", "errors", "devices", "lease_ms"):
+    for k in (
+        "uptime_ms",
+        "sessions_open",
+        "handles",
+        "bytes_in_use",
+        "requests",
+        "errors",
+        "devices",
+        "lease_ms",
+    ):
         assert k in st, k
     assert st["sessions_open"] >= 1
     assert st["devices"][0]["name"] == "cpu"
@@ -573,6 +630,10 @@ def test_srg_sdpa_phase_prefill_and_decode(remote, djinn_mod):
     prefill = [sem["phase"] for _, sem, _ in djinn_mod.srg.snapshot()]
     F.scaled_dot_product_attention(q[:, :, -1:], k, k)
     torch.remote.synchronize()
-    decode = [(sem["phase"], sem["op_class"]) for op, sem, _ in djinn_mod.srg.snapshot() if _op(op) == "aten::bmm"]
+    decode = [
+        (sem["phase"], sem["op_class"])
+        for op, sem, _ in djinn_mod.srg.snapshot()
+        if _op(op) == "aten::bmm"
+    ]
     assert "prefill" in prefill
     assert decode and all(ph == "decode" and cls == "memory" for ph, cls in decode), decode

@@ -3,6 +3,7 @@ the Data segment, the stack slab and its planner, and the plan cache.
 
 Clients run as subprocesses against a private server so each test sees its own
 counters; waits poll the server's counters with a bound, never sleep."""
+
 import json
 import textwrap
 
@@ -21,8 +22,14 @@ STATS = """
 
 def _py(code, env, timeout=240, args=()):
     """Run code in a fresh interpreter; its stdout, or an assertion with its stderr."""
-    p = subprocess.run([PYTHON, "-c", textwrap.dedent(code), *args], env=env, cwd=REPO, capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, f"client failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return p.stdout
 
@@ -55,8 +62,13 @@ def test_two_sessions_share_one_copy_of_the_weights(srv):
     sys.stdin.readline()                         # stay alive until told
     """
     env = subprocess_env(DJINN_SERVER=srv)
-    first = subprocess.Popen([PYTHON, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             env=env, text=True)
+    first = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         one = json.loads(first.stdout.readline())
         two = _run(code.replace("sys.stdin.readline()", "pass"), srv)
@@ -80,9 +92,21 @@ def test_in_place_write_is_invisible_to_the_other_session(srv):
     print(json.dumps({"sum": float(a.sum()), "expect": float((w * (2 if sys.argv[-1] == "writer" else 1)).sum())}))
     """
     env = subprocess_env(DJINN_SERVER=srv)
-    reader = subprocess.Popen([PYTHON, "-c", textwrap.dedent(code).replace("torch.remote.synchronize()",
-                               "torch.remote.synchronize(); sys.stdin.readline()") + "\n", "reader"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    reader = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            textwrap.dedent(code).replace(
+                "torch.remote.synchronize()", "torch.remote.synchronize(); sys.stdin.readline()"
+            )
+            + "\n",
+            "reader",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         wr = json.loads(_py(code, env, timeout=120, args=["writer"]).strip().splitlines()[-1])
         out, _ = reader.communicate("\n", timeout=60)
@@ -91,11 +115,15 @@ def test_in_place_write_is_invisible_to_the_other_session(srv):
             reader.kill()
     rd = json.loads(out.strip().splitlines()[-1])
     assert wr["sum"] == pytest.approx(wr["expect"], rel=1e-5)
-    assert rd["sum"] == pytest.approx(rd["expect"], rel=1e-5), "the reader saw the writer's mutation"
+    assert rd["sum"] == pytest.approx(rd["expect"], rel=1e-5), (
+        "the reader saw the writer's mutation"
+    )
 
 
 def test_identical_forward_hits_the_plan_cache_and_sends_no_graph(srv):
-    r = _run(STATS + """
+    r = _run(
+        STATS
+        + """
     import json, torch, djinn
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 8)).to('remote')
@@ -110,7 +138,9 @@ def test_identical_forward_hits_the_plan_cache_and_sends_no_graph(srv):
     print(json.dumps({"same": bool(torch.equal(y1, y2)), "sent1": c1["bytes_sent"], "sent2": c2["bytes_sent"],
                       "cached2": c2["plan_cache_sends"], "hits": s["plan_cache_hits"],
                       "hit_us": s["sched_us_hit_avg"], "miss_us": s["sched_us_miss_avg"]}))
-    """, srv)
+    """,
+        srv,
+    )
     assert r["same"]
     assert r["cached2"] == 1 and r["hits"] >= 1
     assert r["sent2"] < r["sent1"] / 3, r  # bindings only: no nodes on the wire
@@ -119,7 +149,8 @@ def test_identical_forward_hits_the_plan_cache_and_sends_no_graph(srv):
 def test_plan_cache_eviction_is_transparent():
     proc, ep = start_server("--lease-ms", "0", "--plan-cache", "1")
     try:
-        r = _run("""
+        r = _run(
+            """
         import json, torch, djinn
         x = torch.randn(8, 8).to('remote')
         outs = []
@@ -127,7 +158,9 @@ def test_plan_cache_eviction_is_transparent():
             outs.append(float((x * 2).sum().cpu())); outs.append(float((x + 1).sum().cpu()))
         c = djinn.bytes_moved()
         print(json.dumps({"outs": outs, "resends": c["plan_cache_resends"], "ok": float((x * 2).sum()) == outs[0]}))
-        """, ep)
+        """,
+            ep,
+        )
     finally:
         stop_server(proc)
     assert r["outs"][0::2] == [r["outs"][0]] * 3 and r["outs"][1::2] == [r["outs"][1]] * 3
@@ -135,7 +168,9 @@ def test_plan_cache_eviction_is_transparent():
 
 
 def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
-    r = _run(STATS + """
+    r = _run(
+        STATS
+        + """
     import copy, json, torch, djinn
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
@@ -157,29 +192,43 @@ def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
                       "planned": d2["planned_fragments"], "peak": d2["plan_peak_sum"],
                       "lb": d2["plan_lower_bound_sum"], "deferred": d2["slab_resets_deferred"],
                       "same": bool(torch.equal(ref, gen))}))
-    """, srv)
+    """,
+        srv,
+    )
     assert r["same"]
-    kv_bytes = 2 * 2 * 1 * 2 * 6 * 16 * 4  # layers x (k,v) x batch x kv heads x seq x head_dim x f32
+    kv_bytes = (
+        2 * 2 * 1 * 2 * 6 * 16 * 4
+    )  # layers x (k,v) x batch x kv heads x seq x head_dim x f32
     assert r["session_bytes"] >= kv_bytes, "the KV cache is not held in the session's Data segment"
     assert r["data_used"] >= r["session_bytes"]
-    assert r["slab_in_use"] == 0 and r["deferred"] == 0, "the slab was not reset after the fragments"
+    assert r["slab_in_use"] == 0 and r["deferred"] == 0, (
+        "the slab was not reset after the fragments"
+    )
     assert r["planned"] > 0 and r["slab_high"] > 0
     assert r["peak"] <= 1.15 * r["lb"], "planned slab peak above 1.15x the lower bound"
     # the client has exited: its session closed and its Data bytes went back
-    poll(lambda: _server_private_bytes(srv) == 0, timeout=20, desc="Data bytes of closed sessions back to zero")
+    poll(
+        lambda: _server_private_bytes(srv) == 0,
+        timeout=20,
+        desc="Data bytes of closed sessions back to zero",
+    )
 
 
 def _server_private_bytes(ep):
     """Private bytes held by all sessions, as a fresh client (holding nothing) sees them."""
-    out = _py("import torch, djinn, json; s = torch.remote.server_stats(); print(json.dumps(s['bytes_in_use']))",
-              subprocess_env(DJINN_SERVER=ep), timeout=60)
+    out = _py(
+        "import torch, djinn, json; s = torch.remote.server_stats(); print(json.dumps(s['bytes_in_use']))",
+        subprocess_env(DJINN_SERVER=ep),
+        timeout=60,
+    )
     return json.loads(out.strip().splitlines()[-1])
 
 
 def test_fragment_larger_than_the_slab_fails_clearly_and_the_session_continues():
     proc, ep = start_server("--lease-ms", "0", "--slab-bytes", str(1 << 20))
     try:
-        r = _run("""
+        r = _run(
+            """
         import json, torch, djinn
         x = torch.randn(512, 512).to('remote')          # 1 MiB input, lives in Data
         err = ""
@@ -191,7 +240,9 @@ def test_fragment_larger_than_the_slab_fails_clearly_and_the_session_continues()
             err = str(e)
         ok = float((torch.ones(4, device='remote') * 3).sum())   # the session keeps working
         print(json.dumps({"err": err, "ok": ok}))
-        """, ep)
+        """,
+            ep,
+        )
     finally:
         stop_server(proc)
     assert "stack slab" in r["err"] and "out of memory" in r["err"], r["err"]

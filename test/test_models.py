@@ -1,5 +1,6 @@
 """Whole models on 'remote' against the same models on CPU: forward, generate, autograd,
 optimizers, serialization and seeding. Models are tiny (2 CPU cores on the test host)."""
+
 import copy
 import io
 
@@ -16,7 +17,9 @@ R = "remote"
 
 
 def _mlp():
-    return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
 
 
 class _CNN(nn.Module):
@@ -86,7 +89,8 @@ def test_cnn_forward_train_mode_updates_batchnorm_buffers():
 
 @pytest.fixture(scope="module")
 def llama():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     cfg = transformers.LlamaConfig(
         hidden_size=64,
         intermediate_size=128,

@@ -4,6 +4,7 @@ The shared server runs ``--device cpu``, so seeded random ops draw from a CPU ge
 seeded exactly like ``torch.manual_seed`` seeds the local one: remote random results
 equal local ones bit for bit in this configuration.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,8 +82,19 @@ def test_randn_same_seed_same_values_different_seed_differs():
 
 
 def test_to_remote_and_back_roundtrip_all_dtypes():
-    for dt in [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
-               torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64]:
+    for dt in [
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+    ]:
         c = (torch.arange(-3, 9) % 5).to(dt)
         r = c.to(R)
         assert r.device.type == "remote" and r.dtype == dt
@@ -103,18 +115,52 @@ def test_to_remote_and_back_roundtrip_all_dtypes():
         ("half_times_int_scalar", lambda d: torch.arange(5, dtype=torch.float16, device=d) * 2),
         ("half_plus_float_scalar", lambda d: torch.arange(5, dtype=torch.float16, device=d) + 0.5),
         ("bf16_times_scalar", lambda d: torch.arange(5, dtype=torch.bfloat16, device=d) * 1.5),
-        ("bool_and_int", lambda d: torch.tensor([True, False, True], device=d)
-         & torch.tensor([1, 1, 0], device=d)),
-        ("bool_or_bool", lambda d: torch.tensor([True, False], device=d) | torch.tensor([False, False], device=d)),
+        (
+            "bool_and_int",
+            lambda d: (
+                torch.tensor([True, False, True], device=d) & torch.tensor([1, 1, 0], device=d)
+            ),
+        ),
+        (
+            "bool_or_bool",
+            lambda d: (
+                torch.tensor([True, False], device=d) | torch.tensor([False, False], device=d)
+            ),
+        ),
         ("bool_plus_int_scalar", lambda d: torch.tensor([True, False], device=d) + 1),
         ("uint8_wraps", lambda d: torch.tensor([250, 3], dtype=torch.uint8, device=d) + 10),
-        ("int32_plus_int64", lambda d: torch.arange(3, dtype=torch.int32, device=d)
-         + torch.arange(3, dtype=torch.int64, device=d)),
-        ("float_plus_double_tensor", lambda d: torch.ones(3, device=d) + torch.ones(3, dtype=torch.float64, device=d)),
-        ("half_plus_float_tensor", lambda d: torch.ones(3, dtype=torch.float16, device=d) + torch.ones(3, device=d)),
-        ("broadcast_row", lambda d: torch.arange(6.0, device=d).reshape(2, 3) + torch.arange(3.0, device=d)),
-        ("broadcast_col", lambda d: torch.arange(6.0, device=d).reshape(2, 3) * torch.tensor([[2.0], [3.0]], device=d)),
-        ("broadcast_3d", lambda d: torch.arange(4.0, device=d).reshape(4, 1, 1) - torch.arange(6.0, device=d).reshape(2, 3)),
+        (
+            "int32_plus_int64",
+            lambda d: (
+                torch.arange(3, dtype=torch.int32, device=d)
+                + torch.arange(3, dtype=torch.int64, device=d)
+            ),
+        ),
+        (
+            "float_plus_double_tensor",
+            lambda d: torch.ones(3, device=d) + torch.ones(3, dtype=torch.float64, device=d),
+        ),
+        (
+            "half_plus_float_tensor",
+            lambda d: torch.ones(3, dtype=torch.float16, device=d) + torch.ones(3, device=d),
+        ),
+        (
+            "broadcast_row",
+            lambda d: torch.arange(6.0, device=d).reshape(2, 3) + torch.arange(3.0, device=d),
+        ),
+        (
+            "broadcast_col",
+            lambda d: (
+                torch.arange(6.0, device=d).reshape(2, 3) * torch.tensor([[2.0], [3.0]], device=d)
+            ),
+        ),
+        (
+            "broadcast_3d",
+            lambda d: (
+                torch.arange(4.0, device=d).reshape(4, 1, 1)
+                - torch.arange(6.0, device=d).reshape(2, 3)
+            ),
+        ),
         ("broadcast_0dim_tensor", lambda d: _x(d) * torch.tensor(2.0, device=d)),
         ("rsub", lambda d: 1 - _x(d)),
         ("rdiv", lambda d: 1 / (_x(d) + 0.5)),
@@ -122,15 +168,26 @@ def test_to_remote_and_back_roundtrip_all_dtypes():
         ("rpow", lambda d: 2 ** torch.arange(5, device=d)),
         ("neg_abs_sign", lambda d: (-_x(d)).abs() * _x(d).sign()),
         ("exp_log", lambda d: (_x(d) / 10).exp().log()),
-        ("sqrt_rsqrt", lambda d: torch.arange(1.0, 5.0, device=d).sqrt() + torch.arange(1.0, 5.0, device=d).rsqrt()),
+        (
+            "sqrt_rsqrt",
+            lambda d: (
+                torch.arange(1.0, 5.0, device=d).sqrt() + torch.arange(1.0, 5.0, device=d).rsqrt()
+            ),
+        ),
         ("sin_cos_tanh", lambda d: _x(d).sin() + _x(d).cos() * _x(d).tanh()),
         ("sigmoid", lambda d: torch.sigmoid(_x(d) / 3)),
         ("clamp", lambda d: _x(d).clamp(-2, 3)),
         ("clamp_min_tensor", lambda d: torch.clamp(_x(d), min=torch.zeros(5, device=d))),
-        ("minimum_maximum", lambda d: torch.minimum(_x(d), -_x(d)) + torch.maximum(_x(d), _x(d) * 0)),
+        (
+            "minimum_maximum",
+            lambda d: torch.minimum(_x(d), -_x(d)) + torch.maximum(_x(d), _x(d) * 0),
+        ),
         ("compare", lambda d: (_x(d) > 0, _x(d) <= 2, _x(d) == 3, _x(d) != 3)),
         ("logical", lambda d: torch.logical_xor(_x(d) > 0, _x(d) < 5)),
-        ("bitwise_int", lambda d: (torch.arange(8, device=d) & 3) | (torch.arange(8, device=d) ^ 5)),
+        (
+            "bitwise_int",
+            lambda d: (torch.arange(8, device=d) & 3) | (torch.arange(8, device=d) ^ 5),
+        ),
         ("shift", lambda d: torch.arange(8, device=d) << 2),
         ("where_tensor", lambda d: torch.where(_x(d) > 2, _x(d), torch.zeros(4, 5, device=d))),
         ("where_scalar", lambda d: torch.where(_x(d) > 2, _x(d), 0.0)),
@@ -245,16 +302,29 @@ def _mats(d, *shapes):
     [
         ("matmul_2d", lambda d: (lambda a, b: a @ b)(*_mats(d, (3, 4), (4, 5)))),
         ("mm", lambda d: torch.mm(*_mats(d, (3, 4), (4, 5)))),
-        ("mm_transposed_input", lambda d: (lambda a, b: torch.mm(a.t(), b))(*_mats(d, (4, 3), (4, 5)))),
+        (
+            "mm_transposed_input",
+            lambda d: (lambda a, b: torch.mm(a.t(), b))(*_mats(d, (4, 3), (4, 5))),
+        ),
         ("bmm", lambda d: torch.bmm(*_mats(d, (2, 3, 4), (2, 4, 5)))),
         ("matmul_broadcast", lambda d: (lambda a, b: a @ b)(*_mats(d, (2, 3, 4), (4, 5)))),
         ("matmul_vec", lambda d: (lambda a, b: a @ b)(*_mats(d, (3, 4), (4,)))),
-        ("addmm", lambda d: (lambda c, a, b: torch.addmm(c, a, b, beta=0.5, alpha=2))(*_mats(d, (5,), (3, 4), (4, 5)))),
+        (
+            "addmm",
+            lambda d: (lambda c, a, b: torch.addmm(c, a, b, beta=0.5, alpha=2))(
+                *_mats(d, (5,), (3, 4), (4, 5))
+            ),
+        ),
         ("addmm_full_bias", lambda d: torch.addmm(*_mats(d, (3, 5), (3, 4), (4, 5)))),
         ("linear", lambda d: F.linear(*_mats(d, (2, 4), (3, 4), (3,)))),
         ("einsum", lambda d: torch.einsum("bij,bjk->bik", *_mats(d, (2, 3, 4), (2, 4, 2)))),
         ("mm_float64", lambda d: torch.mm(*[m.double() for m in _mats(d, (3, 4), (4, 2))])),
-        ("mm_int", lambda d: torch.mm(torch.arange(6, device=d).reshape(2, 3), torch.arange(6, device=d).reshape(3, 2))),
+        (
+            "mm_int",
+            lambda d: torch.mm(
+                torch.arange(6, device=d).reshape(2, 3), torch.arange(6, device=d).reshape(3, 2)
+            ),
+        ),
         ("outer", lambda d: torch.outer(torch.arange(3.0, device=d), torch.arange(4.0, device=d))),
     ],
 )
@@ -405,20 +475,41 @@ def test_inplace_returns_same_object_and_keeps_identity():
         ("negative_index", lambda d: _x(d)[-1, -2]),
         ("tensor_index_remote", lambda d: _x(d)[torch.tensor([0, 2, 2], device=d)]),
         ("tensor_index_cpu_indices", lambda d: _x(d)[torch.tensor([0, 2, 2])]),
-        ("two_tensor_indices", lambda d: _x(d)[torch.tensor([0, 2], device=d), torch.tensor([1, 4], device=d)]),
+        (
+            "two_tensor_indices",
+            lambda d: _x(d)[torch.tensor([0, 2], device=d), torch.tensor([1, 4], device=d)],
+        ),
         ("list_index", lambda d: _x(d)[[0, 3]]),
         ("mixed_slice_tensor", lambda d: _x(d)[1:, torch.tensor([0, 4], device=d)]),
         ("none_ellipsis", lambda d: _x(d)[None, ..., 1]),
         ("index_select", lambda d: _x(d).index_select(1, torch.tensor([4, 0], device=d))),
-        ("gather", lambda d: _x(d).gather(1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d))),
-        ("scatter_value", lambda d: torch.zeros(4, 5, device=d).scatter(
-            1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d), 1.5)),
-        ("scatter_src_", lambda d: torch.zeros(4, 5, device=d).scatter_(
-            1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d), _x(d))),
-        ("scatter_add", lambda d: torch.zeros(3, device=d).scatter_add(
-            0, torch.tensor([0, 1, 0, 2], device=d), torch.ones(4, device=d))),
+        (
+            "gather",
+            lambda d: _x(d).gather(1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d)),
+        ),
+        (
+            "scatter_value",
+            lambda d: torch.zeros(4, 5, device=d).scatter(
+                1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d), 1.5
+            ),
+        ),
+        (
+            "scatter_src_",
+            lambda d: torch.zeros(4, 5, device=d).scatter_(
+                1, torch.tensor([[0, 1], [2, 3], [4, 4], [1, 0]], device=d), _x(d)
+            ),
+        ),
+        (
+            "scatter_add",
+            lambda d: torch.zeros(3, device=d).scatter_add(
+                0, torch.tensor([0, 1, 0, 2], device=d), torch.ones(4, device=d)
+            ),
+        ),
         ("masked_fill", lambda d: _x(d).masked_fill(_x(d) < 0, -7.0)),
-        ("masked_fill_tensor_value", lambda d: _x(d).masked_fill(_x(d) < 0, torch.tensor(-7.0, device=d))),
+        (
+            "masked_fill_tensor_value",
+            lambda d: _x(d).masked_fill(_x(d) < 0, torch.tensor(-7.0, device=d)),
+        ),
         ("bool_mask_getitem", lambda d: _x(d)[_x(d) > 0]),
         ("bool_mask_row", lambda d: _x(d)[torch.tensor([True, False, True, False], device=d)]),
         ("take_along_dim", lambda d: torch.take_along_dim(_x(d), _x(d).argmax(1, keepdim=True), 1)),
@@ -431,7 +522,10 @@ def test_indexing(name, fn):
 def test_index_put_with_tensor_indices():
     def fn(d):
         t = _x(d).clone()
-        t.index_put_((torch.tensor([0, 3], device=d), torch.tensor([1, 2], device=d)), torch.tensor(99.0, device=d))
+        t.index_put_(
+            (torch.tensor([0, 3], device=d), torch.tensor([1, 2], device=d)),
+            torch.tensor(99.0, device=d),
+        )
         t[torch.tensor([1, 2], device=d)] = torch.ones(5, device=d)
         u = torch.zeros(3, device=d)
         u.index_put_((torch.tensor([0, 0, 2], device=d),), torch.ones(3, device=d), accumulate=True)
@@ -473,7 +567,10 @@ def test_setitem_scalar_and_slices():
     [
         ("cat0", lambda d: torch.cat([_x(d), _x(d) * 2], 0)),
         ("cat1", lambda d: torch.cat([_x(d), _x(d)[:, :2]], 1)),
-        ("cat_mixed_dtype", lambda d: torch.cat([torch.ones(2, device=d), torch.arange(2, device=d)])),
+        (
+            "cat_mixed_dtype",
+            lambda d: torch.cat([torch.ones(2, device=d), torch.arange(2, device=d)]),
+        ),
         ("cat_with_empty", lambda d: torch.cat([torch.ones(0, device=d), torch.ones(2, device=d)])),
         ("stack", lambda d: torch.stack([_x(d), -_x(d)], 1)),
         ("split_int", lambda d: _x(d).split(2, 1)),
@@ -515,7 +612,12 @@ def _act_in(d):
         ("log_softmax", lambda t: F.log_softmax(t, 1)),
         ("softmax_half", lambda t: t.half().softmax(-1)),
         ("layer_norm", lambda t: F.layer_norm(t, (8,))),
-        ("layer_norm_affine", lambda t: F.layer_norm(t, (8,), torch.arange(8.0, device=t.device), torch.ones(8, device=t.device))),
+        (
+            "layer_norm_affine",
+            lambda t: F.layer_norm(
+                t, (8,), torch.arange(8.0, device=t.device), torch.ones(8, device=t.device)
+            ),
+        ),
         ("rms_norm", lambda t: F.rms_norm(t, (8,), eps=1e-6)),
         ("gelu", lambda t: F.gelu(t)),
         ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh")),
@@ -525,7 +627,10 @@ def _act_in(d):
         ("tanh", lambda t: torch.tanh(t)),
         ("dropout_eval", lambda t: F.dropout(t, 0.5, training=False)),
         ("normalize", lambda t: F.normalize(t, dim=-1)),
-        ("cross_entropy", lambda t: F.cross_entropy(t.reshape(12, 8), torch.arange(12, device=t.device) % 8)),
+        (
+            "cross_entropy",
+            lambda t: F.cross_entropy(t.reshape(12, 8), torch.arange(12, device=t.device) % 8),
+        ),
         ("mse_loss", lambda t: F.mse_loss(t, torch.zeros_like(t))),
     ],
 )
@@ -562,7 +667,8 @@ def test_embedding():
     def fn(d):
         w = torch.arange(30.0).reshape(10, 3).to(d)
         return F.embedding(torch.tensor([[1, 3], [0, 9]], device=d), w), F.embedding(
-            torch.tensor([2, 0], device=d), w, padding_idx=0)
+            torch.tensor([2, 0], device=d), w, padding_idx=0
+        )
 
     both(fn)
 
@@ -601,12 +707,23 @@ def test_conv_and_pooling():
         ("where_cond_only", lambda d: torch.where(_x(d) > 2)),
         ("argwhere", lambda d: torch.argwhere(_x(d) < -6)),
         ("unique", lambda d: torch.tensor([3, 1, 2, 3, 1], device=d).unique()),
-        ("unique_inverse_counts", lambda d: torch.tensor([3, 1, 2, 3, 1], device=d).unique(
-            return_inverse=True, return_counts=True)),
-        ("unique_consecutive", lambda d: torch.tensor([1, 1, 2, 2, 3, 1], device=d).unique_consecutive()),
+        (
+            "unique_inverse_counts",
+            lambda d: torch.tensor([3, 1, 2, 3, 1], device=d).unique(
+                return_inverse=True, return_counts=True
+            ),
+        ),
+        (
+            "unique_consecutive",
+            lambda d: torch.tensor([1, 1, 2, 2, 3, 1], device=d).unique_consecutive(),
+        ),
         ("bincount", lambda d: torch.tensor([0, 1, 1, 3], device=d).bincount()),
-        ("repeat_interleave_tensor", lambda d: torch.arange(3, device=d).repeat_interleave(
-            torch.tensor([1, 0, 2], device=d))),
+        (
+            "repeat_interleave_tensor",
+            lambda d: torch.arange(3, device=d).repeat_interleave(
+                torch.tensor([1, 0, 2], device=d)
+            ),
+        ),
     ],
 )
 def test_data_dependent(name, fn):
@@ -630,7 +747,16 @@ def test_integer_dtypes(dtype):
     def fn(d):
         a = (torch.arange(12, device=d) % 7).to(dtype)
         b = torch.full((12,), 3, dtype=dtype, device=d)
-        return a + b, a * b, a // 2, a.sum(), a.max(), a.reshape(3, 4).t().contiguous(), (a > 3), a.to(torch.float32)
+        return (
+            a + b,
+            a * b,
+            a // 2,
+            a.sum(),
+            a.max(),
+            a.reshape(3, 4).t().contiguous(),
+            (a > 3),
+            a.to(torch.float32),
+        )
 
     both(fn)
 
@@ -639,7 +765,17 @@ def test_bool_dtype():
     def fn(d):
         a = torch.tensor([True, False, True, True], device=d)
         b = torch.tensor([False, False, True, False], device=d)
-        return a & b, a | b, a ^ b, ~a, a.sum(), a.any(), a.all(), a.long(), torch.where(a, 1.0, -1.0)
+        return (
+            a & b,
+            a | b,
+            a ^ b,
+            ~a,
+            a.sum(),
+            a.any(),
+            a.all(),
+            a.long(),
+            torch.where(a, 1.0, -1.0),
+        )
 
     both(fn)
 
@@ -650,7 +786,17 @@ def test_low_precision_dtypes(dtype):
         g = torch.Generator().manual_seed(4)
         a = torch.randn(4, 8, generator=g).to(dtype).to(d)
         b = torch.randn(8, 3, generator=g).to(dtype).to(d)
-        return a + 1, a * a, a @ b, a.sum(1), a.softmax(-1), a.float(), F.gelu(a), a.max(), a.to(torch.float64)
+        return (
+            a + 1,
+            a * a,
+            a @ b,
+            a.sum(1),
+            a.softmax(-1),
+            a.float(),
+            F.gelu(a),
+            a.max(),
+            a.to(torch.float64),
+        )
 
     both(fn)
 
@@ -799,12 +945,23 @@ _BIG = 40_000  # 160 KB of float32: large uploads are content-addressed and may 
         lambda a: a[0:10].add_(1),
         lambda a: torch.add(torch.ones(_BIG, device=R), 1, out=a),
         lambda a: a.copy_(torch.ones(_BIG, device=R)),
-        lambda a: a.index_put_((torch.tensor([0, 1], device=R),), torch.tensor(5.0), accumulate=True),
+        lambda a: a.index_put_(
+            (torch.tensor([0, 1], device=R),), torch.tensor(5.0), accumulate=True
+        ),
         lambda a: a.__setitem__(5, 3.0),
         lambda a: a.view(200, 200).t()[0].fill_(2),
         lambda a: torch.nn.init.normal_(a),
     ],
-    ids=["add_", "view_add_", "out=", "copy_", "index_put_", "setitem", "strided_fill_", "init_normal_"],
+    ids=[
+        "add_",
+        "view_add_",
+        "out=",
+        "copy_",
+        "index_put_",
+        "setitem",
+        "strided_fill_",
+        "init_normal_",
+    ],
 )
 def test_identical_uploads_stay_independent(mutate):
     host = torch.zeros(_BIG)

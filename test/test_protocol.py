@@ -1,17 +1,15 @@
-"""The wire protocol, spoken by hand with pyzmq (DEALER) and msgpack.
+"""The wire protocol, spoken by hand with pyzmq (DEALER).
 
 Bad input of every kind must get an ERROR reply (type 65) whose body has a status
 ``code`` and a ``msg`` naming the problem, and must never take the server down: the
 last test runs a normal djinn client computation against the same (shared) server.
 Inputs that are known or suspected to crash a server are sent to a private one.
 
-A request is ``[header, frame1, ...]``; the header is a msgpack map
-``{type, sid, seq, body}`` (csrc/common/djn_proto.h, docs/PROTOCOL.md). Inside GRAPH
-nodes, tensor references (ext type 1) carry a *slot* into the body's ``binds`` array,
-not a handle (djn_codec.c, s_bind_refs).
+Well-formed requests are built by the protocol's own encoders (test/proto.py); only the
+deliberately malformed ones are packed by hand. Inside GRAPH nodes, tensor references
+(ext type 1) carry a *slot* into the body's ``binds`` array, not a handle.
 """
-import os
-import re as _re
+
 import struct
 
 import msgpack
@@ -20,77 +18,41 @@ import torch
 import zmq
 
 from conftest import assert_close
+from proto import (
+    CLOSE,
+    DYNAMIC,
+    E_ARGS,
+    E_DEVICE,
+    E_EVICTED,
+    E_HANDLE,
+    E_LIMIT,
+    E_OP,
+    E_PROTO,
+    E_SESSION,
+    E_VERSION,
+    ERROR,
+    F32,
+    FETCH,
+    GRAPH,
+    GRAPH_CACHED,
+    H0,
+    HAVE,
+    HEARTBEAT,
+    HELLO,
+    I64,
+    PROTO_VERSION,
+    REPLY,
+    STATS,
+    Raw,
+    assert_error,
+    dyn_tensor,
+    encode,
+    raw_header,
+    tref,
+)
+from proto import f32 as _f32
 
-# the protocol version, read from the one header that defines it
-_HDR = open(os.path.join(os.path.dirname(__file__), "..", "csrc", "common", "djn_proto.h")).read()
-PROTO_VERSION = int(_re.search(r"#define DJN_PROTO_VERSION (\d+)", _HDR).group(1))
-
-HELLO, HEARTBEAT, GRAPH, FETCH, STATS, CLOSE = 1, 2, 3, 7, 9, 10
-REPLY, ERROR = 64, 65
-# status codes (csrc/common/djn_status.h)
-E_PROTO, E_VERSION, E_LIMIT, E_SESSION, E_HANDLE, E_OP, E_ARGS, E_DEVICE = 2, 3, 4, 5, 6, 7, 8, 9
-F32, I64, BOOL = 6, 4, 11
-H0 = 1 << 44  # client handles are any non-zero value below 2^62
-
-
-def tref(slot, dtype, sizes, strides=None, offset=0):
-    """Extension type 1: u64 handle/slot | i64 offset | u8 dtype | u8 ndim | i64 sizes | i64 strides."""
-    if strides is None:
-        strides, acc = [], 1
-        for s in reversed(sizes):
-            strides.insert(0, acc)
-            acc *= s
-    payload = struct.pack("<QqBB", slot, offset, dtype, len(sizes))
-    payload += b"".join(struct.pack("<q", s) for s in sizes)
-    payload += b"".join(struct.pack("<q", s) for s in strides)
-    return msgpack.ExtType(1, payload)
-
-
-def header(type_, sid=0, seq=1, body=None, **extra):
-    return msgpack.packb({"type": type_, "sid": sid, "seq": seq, "body": {} if body is None else body, **extra},
-                         use_bin_type=True)
-
-
-class Raw:
-    """One DEALER connection to a server; one request in flight at a time."""
-
-    def __init__(self, endpoint, ctx):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
-        self.seq = 100
-
-    def request(self, frames, timeout_ms=20000):
-        """Send one multipart message; returns (header dict, [data frames]) or None on timeout."""
-        self.sock.send_multipart(frames, copy=False)
-        if not self.sock.poll(timeout_ms):
-            return None
-        parts = self.sock.recv_multipart()
-        return msgpack.unpackb(parts[0], raw=False, strict_map_key=False), [bytes(p) for p in parts[1:]]
-
-    def call(self, type_, body=None, sid=None, frames=(), seq=None):
-        self.seq += 1
-        hdr = header(type_, self.sid if sid is None else sid, self.seq if seq is None else seq, body)
-        r = self.request([hdr, *frames])
-        assert r is not None, "no reply from the server"
-        return r
-
-    def hello(self):
-        h, _ = self.call(HELLO, {"version": PROTO_VERSION, "client": "pytest raw"}, sid=0)
-        assert h["type"] == REPLY, h
-        self.sid = h["body"]["sid"]
-        assert h["sid"] == self.sid and self.sid != 0
-        return h["body"]
-
-    def graph(self, body, frames=()):
-        return self.call(GRAPH, body, frames=frames)
-
-    def alive(self):
-        h, _ = self.call(STATS, sid=0)
-        return h["type"] == REPLY and "uptime_ms" in h["body"]
-
-    def close(self):
-        self.sock.close(0)
+header = raw_header  # hand-packed frame 0: for malformed messages only
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +65,6 @@ def zctx():
 @pytest.fixture
 def raw(server, zctx):
     c = Raw(server, zctx)
-    c.sid = 0
     yield c
     # whatever the test sent, the shared server must still answer
     assert c.alive(), "the shared server stopped answering"
@@ -114,25 +75,6 @@ def raw(server, zctx):
 def session(raw):
     raw.hello()
     return raw
-
-
-def assert_error(reply, code, *substrings, seq=None):
-    assert reply is not None, "no reply"
-    h, frames = reply
-    assert h["type"] == ERROR, h
-    assert frames == []
-    body = h["body"]
-    assert isinstance(body.get("code"), int) and isinstance(body.get("msg"), str), body
-    assert body["code"] == code, body
-    for s in substrings:
-        assert s in body["msg"], body
-    if seq is not None:
-        assert h["seq"] == seq, h
-    return body
-
-
-def _f32(*vals):
-    return struct.pack(f"<{len(vals)}f", *vals)
 
 
 def _add_out_graph(h_in, h_out, n=4, fetch=True):
@@ -176,9 +118,13 @@ def test_hand_built_graph_across_messages_and_frees(session):
     assert h["type"] == REPLY, h
     # a later message sees the earlier one's results; 2x2 view, strided read of b
     t = tref(0, F32, [2, 2], [1, 2])  # b viewed transposed
-    body = {"binds": [b, c], "allocs": [[c, 16]],
-            "nodes": [["aten::mul", "out", [t, 3.0, tref(1, F32, [2, 2])], [tref(1, F32, [2, 2])], 0]],
-            "fetch": [[c, 0, 16], [b, 4, 8]], "frees": [a, b]}
+    body = {
+        "binds": [b, c],
+        "allocs": [[c, 16]],
+        "nodes": [["aten::mul", "out", [t, 3.0, tref(1, F32, [2, 2])], [tref(1, F32, [2, 2])], 0]],
+        "fetch": [[c, 0, 16], [b, 4, 8]],
+        "frees": [a, b],
+    }
     h, frames = session.graph(body)
     assert h["type"] == REPLY, h
     assert h["body"]["fetched"] == 2
@@ -199,12 +145,15 @@ def test_fetch_message_type_behaves_like_graph(session):
 
 def test_dynamic_node_reports_result_metadata(session):
     x = H0 + 0x30000
-    body = {"binds": [x], "uploads": [[x, 1]],
-            "nodes": [["aten::nonzero", "", [tref(0, F32, [2, 2])], [], 1]]}
+    body = {
+        "binds": [x],
+        "uploads": [[x, 1]],
+        "nodes": [["aten::nonzero", "", [tref(0, F32, [2, 2])], [], DYNAMIC]],
+    }
     h, _ = session.graph(body, frames=[_f32(1, 0, 2, 3)])
     assert h["type"] == REPLY, h
     (res,) = h["body"]["dyn"]
-    handle, offset, dtype, sizes, strides, nbytes = res
+    handle, offset, dtype, sizes, strides, nbytes = dyn_tensor(res)
     assert handle >= 1 << 62  # server-issued
     assert (offset, dtype, sizes) == (0, I64, [3, 2])
     assert nbytes >= 48
@@ -243,13 +192,26 @@ def test_reply_echoes_sequence_number(session):
         (b"\x00" * 64, "trailing bytes"),
         (bytes(range(256)), ""),
         (b"\xdd\xff\xff\xff\xff", "exceeds the message"),  # array claiming 2^32 items
-        (b"\x84\xa4type\x09\xa3sid\x00\xa3seq\x01\xa4body\xdf\xff\xff\xff\xff", "exceeds the message"),
+        (
+            b"\x84\xa4type\x09\xa3sid\x00\xa3seq\x01\xa4body\xdf\xff\xff\xff\xff",
+            "exceeds the message",
+        ),
         (b"\xd4\x05\x00", "unknown msgpack extension type 5"),
         (b"\xd4\x01\x00", "malformed tensor reference"),
         (b"\xc7\x03\x02abc", "malformed complex number"),
     ],
-    ids=["trailing", "bad_byte", "bad_first_byte", "zeros", "all_bytes", "huge_array", "huge_map",
-         "unknown_ext", "short_tensor_ext", "short_complex_ext"],
+    ids=[
+        "trailing",
+        "bad_byte",
+        "bad_first_byte",
+        "zeros",
+        "all_bytes",
+        "huge_array",
+        "huge_map",
+        "unknown_ext",
+        "short_tensor_ext",
+        "short_complex_ext",
+    ],
 )
 def test_garbage_frames(raw, frame, needle):
     body = assert_error(raw.request([frame]), E_PROTO, needle)
@@ -261,7 +223,7 @@ def test_empty_header_frame(raw):
 
 
 def test_every_truncated_prefix_of_a_valid_hello(raw):
-    hello = header(HELLO, 0, 7, {"version": PROTO_VERSION, "client": "truncation test"})
+    hello = encode(HELLO, 0, 7, {"version": PROTO_VERSION, "client": "truncation test"})
     for i in range(1, len(hello)):
         body = assert_error(raw.request([hello[:i]]), E_PROTO)
         assert "truncated msgpack" in body["msg"] or "exceeds the message" in body["msg"], (i, body)
@@ -286,7 +248,15 @@ def test_header_that_is_an_array(raw):
         ({"type": HELLO, "sid": 0, "seq": 1, "body": {}}, "HELLO needs an integer 'version'"),
         ({"type": HELLO, "sid": 0, "seq": 1, "body": {"version": 1 << 40}}, "version"),
     ],
-    ids=["no_body", "body_array", "type_str", "no_type", "seq_float", "hello_no_version", "hello_version_huge"],
+    ids=[
+        "no_body",
+        "body_array",
+        "type_str",
+        "no_type",
+        "seq_float",
+        "hello_no_version",
+        "hello_version_huge",
+    ],
 )
 def test_header_field_types(raw, hdr, needle):
     assert_error(raw.request([msgpack.packb(hdr)]), E_PROTO, needle)
@@ -298,7 +268,12 @@ def test_unknown_message_type(raw):
 
 
 def test_hello_with_wrong_version(raw):
-    body = assert_error(raw.request([header(HELLO, 0, 9, {"version": PROTO_VERSION + 1})]), E_VERSION, "version", seq=9)
+    body = assert_error(
+        raw.request([header(HELLO, 0, 9, {"version": PROTO_VERSION + 1})]),
+        E_VERSION,
+        "version",
+        seq=9,
+    )
     assert str(PROTO_VERSION + 1) in body["msg"] and str(PROTO_VERSION) in body["msg"]
 
 
@@ -320,25 +295,45 @@ def test_graph_for_unknown_session(raw):
 
 
 def test_graph_with_unknown_op(session):
-    body = assert_error(session.graph({"nodes": [["aten::does_not_exist", "", [], [], 0]]}), E_OP,
-                        "unknown operator", "aten::does_not_exist")
+    body = assert_error(
+        session.graph({"nodes": [["aten::does_not_exist", "", [], [], 0]]}),
+        E_OP,
+        "unknown operator",
+        "aten::does_not_exist",
+    )
     assert body["node"] == 0 and body["op"] == "aten::does_not_exist"
 
 
 def test_graph_with_unknown_overload(session):
-    assert_error(session.graph({"nodes": [["aten::add", "no_such_overload", [], [], 0]]}), E_OP,
-                 "unknown operator", "aten::add.no_such_overload")
+    assert_error(
+        session.graph({"nodes": [["aten::add", "no_such_overload", [], [], 0]]}),
+        E_OP,
+        "unknown operator",
+        "aten::add.no_such_overload",
+    )
 
 
 def test_graph_wrong_arity(session):
     x = H0 + 0x40000
     body = {"binds": [x], "allocs": [[x, 16]]}
-    assert_error(session.graph({**body, "nodes": [["aten::neg", "", [], [None], 0]]}), E_ARGS,
-                 "aten::neg", "expects 1 arguments, got 0")
-    assert_error(session.graph({"binds": [x], "nodes": [["aten::neg", "", [tref(0, F32, [4]), 1], [None], 0]]}),
-                 E_ARGS, "expects 1 arguments, got 2")
-    assert_error(session.graph({"binds": [x], "nodes": [["aten::neg", "", [tref(0, F32, [4])], [], 0]]}),
-                 E_ARGS, "expects 1 outputs, got 0")
+    assert_error(
+        session.graph({**body, "nodes": [["aten::neg", "", [], [None], 0]]}),
+        E_ARGS,
+        "aten::neg",
+        "expects 1 arguments, got 0",
+    )
+    assert_error(
+        session.graph(
+            {"binds": [x], "nodes": [["aten::neg", "", [tref(0, F32, [4]), 1], [None], 0]]}
+        ),
+        E_ARGS,
+        "expects 1 arguments, got 2",
+    )
+    assert_error(
+        session.graph({"binds": [x], "nodes": [["aten::neg", "", [tref(0, F32, [4])], [], 0]]}),
+        E_ARGS,
+        "expects 1 outputs, got 0",
+    )
 
 
 @pytest.mark.parametrize(
@@ -388,7 +383,11 @@ def test_malformed_tensor_reference(session, ref):
 
 def test_tensor_ref_beyond_its_storage(session):
     x = H0 + 0x60000
-    body = {"binds": [x], "allocs": [[x, 8]], "nodes": [["aten::neg", "", [tref(0, F32, [4])], [None], 0]]}
+    body = {
+        "binds": [x],
+        "allocs": [[x, 8]],
+        "nodes": [["aten::neg", "", [tref(0, F32, [4])], [None], 0]],
+    }
     assert_error(session.graph(body), E_ARGS, "reaches byte 16 but its storage holds 8")
 
 
@@ -400,8 +399,16 @@ def test_handle_of_another_session_is_unknown(server, zctx):
         h_in, h_out = H0 + 0x70000, H0 + 0x70200
         h, _ = a.graph(_add_out_graph(h_in, h_out, fetch=False), frames=[_f32(1, 2, 3, 4)])
         assert h["type"] == REPLY
-        assert_error(b.graph({"fetch": [[h_out, 0, 16]]}), E_HANDLE, "unknown handle", "not owned by this session")
-        body = {"binds": [h_out], "nodes": [["aten::neg_", "", [tref(0, F32, [4])], [tref(0, F32, [4])], 0]]}
+        assert_error(
+            b.graph({"fetch": [[h_out, 0, 16]]}),
+            E_HANDLE,
+            "unknown handle",
+            "not owned by this session",
+        )
+        body = {
+            "binds": [h_out],
+            "nodes": [["aten::neg_", "", [tref(0, F32, [4])], [tref(0, F32, [4])], 0]],
+        }
         assert_error(b.graph(body), E_HANDLE, "unknown handle")
         # a's data is untouched
         h, frames = a.graph({"fetch": [[h_out, 0, 16]]})
@@ -415,7 +422,9 @@ def test_handle_of_another_session_is_unknown(server, zctx):
     "body,code,needle",
     [
         ({"dev": 3}, E_DEVICE, "device 3 does not exist"),
-        ({"dev": -1}, E_PROTO, "'dev' must be a small unsigned integer"),
+        ({"dev": -1}, E_PROTO, "'dev' must be a device index"),
+        ({"dev": 64}, E_PROTO, "'dev' must be a device index"),
+        ({"fp": [1]}, E_PROTO, "'fp' must be [hi, lo]"),
         ({"seed": "x"}, E_PROTO, "'seed' must be an integer"),
         ({"binds": [0]}, E_PROTO, "'binds' must hold non-zero handles"),
         ({"binds": 5}, E_PROTO, "'binds' must be an array"),
@@ -423,7 +432,11 @@ def test_handle_of_another_session_is_unknown(server, zctx):
         ({"uploads": [[H0, 2]]}, E_PROTO, "upload names frame 2 but the message has 0"),
         ({"uploads": [[H0]]}, E_PROTO, "each upload must be [handle, frame]"),
         ({"nodes": {"a": 1}}, E_PROTO, "'nodes' must be an array"),
-        ({"nodes": [["aten::neg"]]}, E_PROTO, "node 0 must be [op, overload, [args], [outs], flags]"),
+        (
+            {"nodes": [["aten::neg"]]},
+            E_PROTO,
+            "node 0 must be [op, overload, [args], [outs], flags]",
+        ),
         ({"nodes": [["", "", [], [], 0]]}, E_PROTO, "bad operator name"),
         ({"nodes": [["aten::neg\x00x", "", [], [], 0]]}, E_PROTO, "bad operator name"),
         ({"nodes": [["aten::" + "x" * 300, "", [], [], 0]]}, E_PROTO, "bad operator name"),
@@ -432,17 +445,39 @@ def test_handle_of_another_session_is_unknown(server, zctx):
         ({"fetch": [[12345, 0, 4]]}, E_HANDLE, "unknown handle 0x3039"),
         ({"allocs": [[H0 + 0x80000, 1 << 40]]}, E_LIMIT, "exceeds the server's limit"),
     ],
-    ids=["dev_out_of_range", "dev_negative", "seed_str", "bind_zero", "binds_int", "alloc_short", "upload_frame",
-         "upload_short", "nodes_map", "node_short", "op_empty", "op_nul", "op_long", "frees_str",
-         "fetch_short", "fetch_unknown", "alloc_over_limit"],
+    ids=[
+        "dev_out_of_range",
+        "dev_negative",
+        "dev_too_big",
+        "fp_short",
+        "seed_str",
+        "bind_zero",
+        "binds_int",
+        "alloc_short",
+        "upload_frame",
+        "upload_short",
+        "nodes_map",
+        "node_short",
+        "op_empty",
+        "op_nul",
+        "op_long",
+        "frees_str",
+        "fetch_short",
+        "fetch_unknown",
+        "alloc_over_limit",
+    ],
 )
 def test_graph_body_checks(session, body, code, needle):
-    assert_error(session.graph(body), code, needle)
+    assert_error(session.call_raw(GRAPH, body), code, needle)
 
 
 def test_fetch_beyond_storage(session):
     x = H0 + 0x90000
-    assert_error(session.graph({"allocs": [[x, 16]], "fetch": [[x, 8, 16]]}), E_ARGS, "beyond a storage of 16 bytes")
+    assert_error(
+        session.graph({"allocs": [[x, 16]], "fetch": [[x, 8, 16]]}),
+        E_ARGS,
+        "beyond a storage of 16 bytes",
+    )
     assert_error(session.graph({"fetch": [[x, (1 << 64) - 1, 2]]}), E_ARGS, "beyond a storage")
 
 
@@ -465,10 +500,16 @@ def test_alloc_of_handle_zero_message(session):
 def test_failing_node_reports_index_and_later_messages_run(session):
     x, y = H0 + 0xB0000, H0 + 0xB0200
     t = tref(0, F32, [4])
-    body = {"binds": [x, y], "uploads": [[x, 1]], "allocs": [[y, 16]],
-            "nodes": [["aten::neg", "", [t], [None], 0],
-                      ["aten::does_not_exist", "", [], [], 0],
-                      ["aten::neg_", "", [t], [t], 0]]}
+    body = {
+        "binds": [x, y],
+        "uploads": [[x, 1]],
+        "allocs": [[y, 16]],
+        "nodes": [
+            ["aten::neg", "", [t], [None], 0],
+            ["aten::does_not_exist", "", [], [], 0],
+            ["aten::neg_", "", [t], [t], 0],
+        ],
+    }
     err = assert_error(session.graph(body, frames=[_f32(1, 2, 3, 4)]), E_OP, "unknown operator")
     assert err["node"] == 1 and err["op"] == "aten::does_not_exist"
     # the upload before the failure kept its effect; the node after it did not run
@@ -481,8 +522,10 @@ def test_failing_node_reports_index_and_later_messages_run(session):
 
 
 def test_oversize_header(raw):
-    frame = msgpack.packb({"type": STATS, "sid": 0, "seq": 5, "body": {}, "pad": b"\0" * (16 << 20)},
-                          use_bin_type=True)
+    frame = msgpack.packb(
+        {"type": STATS, "sid": 0, "seq": 5, "body": {}, "pad": b"\0" * (16 << 20)},
+        use_bin_type=True,
+    )
     assert len(frame) > 16 << 20
     body = assert_error(raw.request([frame]), E_LIMIT, "exceeds the limit of 16777216")
     assert str(len(frame)) in body["msg"]
@@ -490,7 +533,9 @@ def test_oversize_header(raw):
 
 def test_header_just_under_the_limit_is_accepted(raw):
     pad = (16 << 20) - 64
-    frame = msgpack.packb({"type": STATS, "sid": 0, "seq": 5, "body": {}, "pad": b"\0" * pad}, use_bin_type=True)
+    frame = msgpack.packb(
+        {"type": STATS, "sid": 0, "seq": 5, "body": {}, "pad": b"\0" * pad}, use_bin_type=True
+    )
     assert len(frame) <= 16 << 20
     h, _ = raw.request([frame])
     assert h["type"] == REPLY, h
@@ -508,9 +553,14 @@ def test_frame_over_the_tensor_limit(private_server, zctx):
     c = Raw(ep, zctx)
     try:
         c.hello()
-        assert_error(c.graph({"uploads": [[H0, 1]]}, frames=[b"\0" * 2048]), E_LIMIT,
-                     "frame 1 of 2048 bytes exceeds the limit of 1024")
-        assert_error(c.graph({"allocs": [[H0, 4096]]}), E_LIMIT, "exceeds the server's limit of 1024")
+        assert_error(
+            c.graph({"uploads": [[H0, 1]]}, frames=[b"\0" * 2048]),
+            E_LIMIT,
+            "frame 1 of 2048 bytes exceeds the limit of 1024",
+        )
+        assert_error(
+            c.graph({"allocs": [[H0, 4096]]}), E_LIMIT, "exceeds the server's limit of 1024"
+        )
         assert c.alive()
     finally:
         c.close()
@@ -568,7 +618,9 @@ def test_fresh_allocation_does_not_leak_other_sessions_data(private_server, zctx
             secret = (b"SECRET!" * (size // 7 + 1))[:size]
             for k in range(3):
                 h = H0 + size * 16 + k * 8
-                r, _ = a.graph({"uploads": [[h, 1]], "frees": [h]}, frames=[secret])  # write, then let go
+                r, _ = a.graph(
+                    {"uploads": [[h, 1]], "frees": [h]}, frames=[secret]
+                )  # write, then let go
                 assert r["type"] == REPLY, r
                 r, frames = b.graph({"allocs": [[h, size]], "fetch": [[h, 0, size]], "frees": [h]})
                 assert r["type"] == REPLY, r
@@ -594,29 +646,44 @@ def test_zz_normal_client_still_correct_after_bad_input(remote, djinn_mod, serve
 
 # ------------------------------------------------------------------ HAVE and GRAPH_CACHED
 
-HAVE, GRAPH_CACHED, E_EVICTED = 6, 4, 14
-
 
 @pytest.mark.parametrize(
     "body, words",
     [
-        ({}, "HAVE needs 'dev'"),
-        ({"dev": 0}, "HAVE needs 'dev'"),
-        ({"dev": 99, "items": []}, "HAVE needs 'dev'"),
-        ({"dev": 0, "items": "x"}, "HAVE needs 'dev'"),
-        ({"dev": 0, "items": [[1, 2]]}, "each HAVE item must be [handle, hash_hi, hash_lo, nbytes]"),
-        ({"dev": 0, "items": [["h", 1, 2, 3]]}, "each HAVE item must be [handle, hash_hi, hash_lo, nbytes]"),
+        ({}, "HAVE: needs 'dev'"),
+        ({"dev": 0}, "HAVE: needs 'dev'"),
+        ({"dev": 99, "items": []}, "HAVE: needs 'dev'"),
+        ({"dev": 0, "items": "x"}, "HAVE: needs 'dev'"),
+        (
+            {"dev": 0, "items": [[1, 2]]},
+            "HAVE: each item must be [handle, hash_hi, hash_lo, nbytes]",
+        ),
+        (
+            {"dev": 0, "items": [["h", 1, 2, 3]]},
+            "HAVE: each item must be [handle, hash_hi, hash_lo, nbytes]",
+        ),
+        ({"dev": 0, "items": [[0, 1, 2, 3]]}, "client handles must be in [1, 2^62)"),
+        ({"dev": 0, "items": [[1 << 63, 1, 2, 3]]}, "client handles must be in [1, 2^62)"),
     ],
-    ids=["empty", "no_items", "bad_dev", "items_not_list", "short_item", "handle_not_int"],
+    ids=[
+        "empty",
+        "no_items",
+        "bad_dev",
+        "items_not_list",
+        "short_item",
+        "handle_not_int",
+        "handle_zero",
+        "server_handle",
+    ],
 )
 def test_have_garbage_gets_an_error(session, body, words):
-    assert_error(session.call(HAVE, body), E_PROTO, words)
+    assert_error(session.call_raw(HAVE, body), E_PROTO, words)
 
 
 def test_have_unknown_content_is_reported_missing(session):
-    h, _ = session.call(HAVE, {"dev": 0, "items": [[0x5000, 123, 456, 64], [0, 1, 2, 3], [1 << 63, 1, 2, 3]]})
+    h, _ = session.call(HAVE, {"dev": 0, "items": [(0x5000, 123, 456, 64), (0x6000, 1, 2, 3)]})
     assert h["type"] == REPLY, h
-    assert h["body"]["missing"] == [0, 1, 2]  # nothing held; bad handles are never bound
+    assert h["body"]["missing"] == [0, 1]  # nothing held
 
 
 def test_have_before_hello_is_an_unknown_session(raw):
@@ -624,9 +691,16 @@ def test_have_before_hello_is_an_unknown_session(raw):
 
 
 def test_graph_cached_miss_says_evicted_and_changes_nothing(session):
-    body = {"dev": 0, "binds": [0x7000], "allocs": [[0x7000, 16]], "fp": [0xDEAD, 0xBEEF],
-            "fetch": [[0x7000, 0, 16]]}
-    assert_error(session.call(GRAPH_CACHED, body), E_EVICTED, "plan cache miss", "send the full GRAPH")
+    body = {
+        "dev": 0,
+        "binds": [0x7000],
+        "allocs": [[0x7000, 16]],
+        "fp": [0xDEAD, 0xBEEF],
+        "fetch": [[0x7000, 0, 16]],
+    }
+    assert_error(
+        session.call(GRAPH_CACHED, body), E_EVICTED, "plan cache miss", "send the full GRAPH"
+    )
     # nothing of the refused message was applied: the handle it declared does not exist
     assert_error(session.graph({"dev": 0, "fetch": [[0x7000, 0, 16]]}), E_HANDLE, "unknown handle")
 
@@ -637,8 +711,14 @@ def test_graph_cached_hit_runs_the_cached_nodes_with_new_bindings(session):
     h, frames = session.graph(body, frames=[_f32(1, 2, 3, 4)])
     assert h["type"] == REPLY, h
     # same nodes, other handles: only the bindings travel
-    cached = {"dev": 0, "binds": [0x9000, 0x9100], "allocs": [[0x9000, 16], [0x9100, 16]],
-              "uploads": [[0x9000, 1]], "fetch": [[0x9100, 0, 16]], "fp": [0x1234, 0x5678]}
+    cached = {
+        "dev": 0,
+        "binds": [0x9000, 0x9100],
+        "allocs": [[0x9000, 16], [0x9100, 16]],
+        "uploads": [[0x9000, 1]],
+        "fetch": [[0x9100, 0, 16]],
+        "fp": [0x1234, 0x5678],
+    }
     h, frames = session.call(GRAPH_CACHED, cached, frames=[_f32(10, 20, 30, 40)])
     assert h["type"] == REPLY, h
     assert struct.unpack("<4f", frames[0]) == (20.0, 40.0, 60.0, 80.0)
@@ -654,9 +734,16 @@ def test_graph_cached_is_per_session(server, zctx):
         body["fp"] = [0x4242, 0x4343]
         h, _ = a.graph(body, frames=[_f32(1, 1, 1, 1)])
         assert h["type"] == REPLY, h
-        cached = {"dev": 0, "binds": [0xB000, 0xB100], "allocs": [[0xB000, 16], [0xB100, 16]],
-                  "uploads": [[0xB000, 1]], "fp": [0x4242, 0x4343]}
-        assert_error(b.call(GRAPH_CACHED, cached, frames=[_f32(1, 1, 1, 1)]), E_EVICTED, "plan cache miss")
+        cached = {
+            "dev": 0,
+            "binds": [0xB000, 0xB100],
+            "allocs": [[0xB000, 16], [0xB100, 16]],
+            "uploads": [[0xB000, 1]],
+            "fp": [0x4242, 0x4343],
+        }
+        assert_error(
+            b.call(GRAPH_CACHED, cached, frames=[_f32(1, 1, 1, 1)]), E_EVICTED, "plan cache miss"
+        )
     finally:
         a.close()
         b.close()

@@ -9,76 +9,46 @@ reads the server's counters (a raw STATS request over a ZeroMQ DEALER, which nee
 renews no lease) until they show what it expects, within a bounded time. Client
 processes are driven line by line over stdin/stdout.
 """
+
 import json
 import os
 import queue
 import signal
 import struct
 import subprocess
-import sys
 import textwrap
 import threading
 import time
 
-import re as _re  # noqa: E402
-
-PROTO_VERSION = int(_re.search(r"#define DJN_PROTO_VERSION (\d+)", open(__import__("os").path.join(
-    __import__("os").path.dirname(__file__), "..", "csrc", "common", "djn_proto.h")).read()).group(1))
-
 import pytest
-
 from conftest import PYTHON, REPO, free_port, poll, start_server, stop_server, subprocess_env
-
-msgpack = pytest.importorskip("msgpack")
-zmq = pytest.importorskip("zmq")
+from proto import CLOSE, E_HANDLE, ERROR, F32, GRAPH, REPLY, STATS, Raw
+from proto import tref as _tref
 
 MiB = 1 << 20
 MARGIN = 2.0  # seconds on top of a lease: heartbeat period, the 250 ms expiry tick, a loaded host
-
-# message types and status codes (csrc/common/djn_proto.h, djn_status.h)
-HELLO, HEARTBEAT, GRAPH, STATS, CLOSE, REPLY, ERROR = 1, 2, 3, 9, 10, 64, 65
-ERR_HANDLE = 6
-F32 = 6
+ERR_HANDLE = E_HANDLE
 
 
 # ------------------------------------------------------------------ raw protocol
 
 
-class RawConn:
-    """A DEALER speaking the wire protocol (docs/PROTOCOL.md) directly; replies are
-    matched by ``seq``."""
-
-    _ctx = None
+class RawConn(Raw):
+    """A DEALER speaking the wire protocol (test/proto.py); replies matched by ``seq``."""
 
     def __init__(self, endpoint, timeout=10.0):
-        if RawConn._ctx is None:
-            RawConn._ctx = zmq.Context()
-        self.sock = RawConn._ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.timeout = timeout
+        super().__init__(endpoint, timeout=timeout)
         self.seq = 0
-        self.sid = 0
 
     def request(self, mtype, body=None, frames=(), sid=None):
-        """Send one request; returns (reply header dict, [data frames as bytes])."""
-        self.seq += 1
-        hdr = {"type": mtype, "sid": self.sid if sid is None else sid, "seq": self.seq, "body": body or {}}
-        self.sock.send_multipart([msgpack.packb(hdr, use_bin_type=True), *frames])
-        deadline = time.monotonic() + self.timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
-                raise TimeoutError(f"no reply to message type {mtype} within {self.timeout}s")
-            parts = self.sock.recv_multipart()
-            rep = msgpack.unpackb(parts[0], raw=False, strict_map_key=False)
-            if rep["seq"] == self.seq:
-                return rep, parts[1:]
+        """Send one well-formed request; returns (reply header dict, [data frames])."""
+        r = self.call(mtype, body, sid=sid, frames=frames)
+        if r is None:
+            raise TimeoutError(f"no reply to message type {mtype} within {self.timeout}s")
+        return r
 
     def hello(self):
-        rep, _ = self.request(HELLO, {"version": PROTO_VERSION, "client": "test_sessions raw"}, sid=0)
-        assert rep["type"] == REPLY, rep
-        self.sid = rep["body"]["sid"]
+        super().hello()
         return self.sid
 
     def stats(self):
@@ -87,24 +57,21 @@ class RawConn:
         return rep["body"]
 
     def graph(self, binds=(), allocs=(), uploads=(), nodes=(), frees=(), fetch=(), frames=()):
-        body = {"dev": 0, "seed": None, "binds": list(binds), "allocs": [list(a) for a in allocs],
-                "uploads": [list(u) for u in uploads], "nodes": list(nodes), "frees": list(frees),
-                "fetch": [list(f) for f in fetch]}
+        body = {
+            "dev": 0,
+            "binds": list(binds),
+            "allocs": list(allocs),
+            "uploads": list(uploads),
+            "nodes": list(nodes),
+            "frees": list(frees),
+            "fetch": list(fetch),
+        }
         return self.request(GRAPH, body, frames=frames)
-
-    def close(self):
-        self.sock.close(0)
 
 
 def tref(slot, sizes, dtype=F32, offset=0):
-    """Extension type 1: a contiguous tensor reference (a slot inside nodes)."""
-    strides, acc = [], 1
-    for s in reversed(sizes):
-        strides.insert(0, acc)
-        acc *= s
-    n = len(sizes)
-    payload = struct.pack(f"<QqBB{n}q{n}q", slot, offset, dtype, n, *sizes, *strides)
-    return msgpack.ExtType(1, payload)
+    """A contiguous tensor reference (a slot inside nodes)."""
+    return _tref(slot, dtype, sizes, offset=offset)
 
 
 def f32(*values):
@@ -153,7 +120,9 @@ def make_server():
 
 
 def client_env(server, **extra):
-    return subprocess_env(DJINN_SERVER=server.endpoint, DJINN_CONNECT_TIMEOUT=20, OMP_NUM_THREADS=1, **extra)
+    return subprocess_env(
+        DJINN_SERVER=server.endpoint, DJINN_CONNECT_TIMEOUT=20, OMP_NUM_THREADS=1, **extra
+    )
 
 
 class Client:
@@ -162,13 +131,23 @@ class Client:
 
     def __init__(self, code, env, argv=()):
         cmd = [PYTHON, "-u", "-c", textwrap.dedent(code), *argv] if code else [PYTHON, "-u", *argv]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines = queue.Queue()
         self.err = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err.append), daemon=True).start()
+        threading.Thread(
+            target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True
+        ).start()
+        threading.Thread(
+            target=self._pump, args=(self.proc.stderr, self.err.append), daemon=True
+        ).start()
 
     @staticmethod
     def _pump(stream, put):
@@ -180,16 +159,20 @@ class Client:
         try:
             ln = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no output from the client in {timeout}s; stderr:\n{self.stderr()}") from None
+            raise AssertionError(
+                f"no output from the client in {timeout}s; stderr:\n{self.stderr()}"
+            ) from None
         if ln is None:
             self.proc.wait(10)
-            raise AssertionError(f"client exited (rc={self.proc.returncode}); stderr:\n{self.stderr()}")
+            raise AssertionError(
+                f"client exited (rc={self.proc.returncode}); stderr:\n{self.stderr()}"
+            )
         return ln
 
     def expect(self, prefix, timeout=120):
         ln = self.line(timeout)
         assert ln.startswith(prefix), f"expected {prefix!r}, got {ln!r}; stderr:\n{self.stderr()}"
-        return ln[len(prefix):].strip()
+        return ln[len(prefix) :].strip()
 
     def send(self, text="go"):
         self.proc.stdin.write(text + "\n")
@@ -228,14 +211,23 @@ def clients():
 def wait_for(server, pred, timeout, desc):
     """Poll the server's STATS until ``pred(stats)`` holds; returns (stats, seconds)."""
     t0 = time.monotonic()
-    st = poll(lambda: (lambda s: s if pred(s) else None)(server.stats()), timeout=timeout, interval=0.02, desc=desc)
+    st = poll(
+        lambda: (lambda s: s if pred(s) else None)(server.stats()),
+        timeout=timeout,
+        interval=0.02,
+        desc=desc,
+    )
     return st, time.monotonic() - t0
 
 
 def back_to(base):
     """Predicate: no session, handle, private byte or Text entry left beyond ``base``."""
-    return lambda s: (s["sessions_open"] == base["sessions_open"] and s["handles"] == base["handles"]
-                      and s["bytes_in_use"] == base["bytes_in_use"] and s["text_entries"] == base["text_entries"])
+    return lambda s: (
+        s["sessions_open"] == base["sessions_open"]
+        and s["handles"] == base["handles"]
+        and s["bytes_in_use"] == base["bytes_in_use"]
+        and s["text_entries"] == base["text_entries"]
+    )
 
 
 # ------------------------------------------------------------------ 1. leases
@@ -321,8 +313,12 @@ def test_killed_client_is_reclaimed_within_one_lease(make_server, clients):
     assert st["text_entries"] == base["text_entries"] + 1, st
     c.kill(signal.SIGKILL)
     bound = lease_ms / 1000 + MARGIN
-    st, dt = wait_for(srv, lambda s: s["sessions_expired"] == base["sessions_expired"] + 1 and back_to(base)(s),
-                      bound + 10, "the killed client's session to be reclaimed")
+    st, dt = wait_for(
+        srv,
+        lambda s: s["sessions_expired"] == base["sessions_expired"] + 1 and back_to(base)(s),
+        bound + 10,
+        "the killed client's session to be reclaimed",
+    )
     assert dt <= bound, f"reclaimed after {dt:.2f}s, lease {lease_ms} ms"
     assert st["sessions_closed"] == base["sessions_closed"], st
     assert st["bytes_in_use"] == base["bytes_in_use"] and st["text_bytes"] == base["text_bytes"], st
@@ -340,8 +336,12 @@ def _exit_and_check_closed(make_server, clients, how, rc):
     assert srv.stats()["bytes_in_use"] - base["bytes_in_use"] >= 4 * MiB
     c.send(how)
     assert c.wait() == rc, c.stderr()
-    st, dt = wait_for(srv, lambda s: s["sessions_closed"] == base["sessions_closed"] + 1 and back_to(base)(s),
-                      lease_ms / 1000 / 2, "the session to be closed at exit")
+    st, dt = wait_for(
+        srv,
+        lambda s: s["sessions_closed"] == base["sessions_closed"] + 1 and back_to(base)(s),
+        lease_ms / 1000 / 2,
+        "the session to be closed at exit",
+    )
     assert dt < 1.0, f"closed {dt:.2f}s after the process exited (lease {lease_ms} ms)"
     assert st["sessions_expired"] == base["sessions_expired"], st
     return c
@@ -370,8 +370,12 @@ def test_sigterm_session_is_reclaimed_within_one_lease(make_server, clients):
     assert c.proc.returncode == -signal.SIGTERM
     bound = lease_ms / 1000 + MARGIN
     gone = base["sessions_closed"] + base["sessions_expired"] + 1
-    st, dt = wait_for(srv, lambda s: s["sessions_closed"] + s["sessions_expired"] == gone and back_to(base)(s),
-                      bound + 10, "the SIGTERMed client's session to be reclaimed")
+    st, dt = wait_for(
+        srv,
+        lambda s: s["sessions_closed"] + s["sessions_expired"] == gone and back_to(base)(s),
+        bound + 10,
+        "the SIGTERMed client's session to be reclaimed",
+    )
     assert dt <= bound, f"reclaimed after {dt:.2f}s, lease {lease_ms} ms"
 
 
@@ -458,10 +462,14 @@ def test_session_cannot_touch_another_sessions_handles(make_server):
         rep, fr = b.graph(fetch=[(H, 0, 16)])
         assert _is_unknown_handle(rep) and fr == [], rep
         # B names it as a node input
-        rep, _ = b.graph(binds=[H, H2], allocs=[(H2, 16)], nodes=[_add_out(0, 1)], fetch=[(H2, 0, 16)])
+        rep, _ = b.graph(
+            binds=[H, H2], allocs=[(H2, 16)], nodes=[_add_out(0, 1)], fetch=[(H2, 0, 16)]
+        )
         assert _is_unknown_handle(rep) and rep["body"]["node"] == 0, rep
         # B names it as the output of a node (a write into A's storage)
-        rep, _ = b.graph(binds=[H2, H], uploads=[(H2, 1)], nodes=[_add_out(0, 1)], frames=[f32(7, 7, 7, 7)])
+        rep, _ = b.graph(
+            binds=[H2, H], uploads=[(H2, 1)], nodes=[_add_out(0, 1)], frames=[f32(7, 7, 7, 7)]
+        )
         assert _is_unknown_handle(rep), rep
         # B frees it: unknown frees are ignored by design
         rep, _ = b.graph(frees=[H, H2])
@@ -475,10 +483,19 @@ def test_session_cannot_touch_another_sessions_handles(make_server):
 
         rep, fr = a.graph(fetch=[(H, 0, 16)])
         assert rep["type"] == REPLY and fr == [data], (rep, fr)
-        rep, fr = a.graph(binds=[H, H2], allocs=[(H2, 16)], nodes=[_add_out(0, 1)], fetch=[(H2, 0, 16)], frees=[H2])
+        rep, fr = a.graph(
+            binds=[H, H2],
+            allocs=[(H2, 16)],
+            nodes=[_add_out(0, 1)],
+            fetch=[(H2, 0, 16)],
+            frees=[H2],
+        )
         assert rep["type"] == REPLY and fr == [f32(2, 4, 6, 8)], rep
         st = srv.stats()
-        assert st["handles"] == base["handles"] and st["bytes_in_use"] == base["bytes_in_use"], (base, st)
+        assert st["handles"] == base["handles"] and st["bytes_in_use"] == base["bytes_in_use"], (
+            base,
+            st,
+        )
         assert st["sessions_open"] == 1
     finally:
         a.close()
@@ -634,7 +651,12 @@ def test_server_restart_session_lost_then_new_tensors_work(make_server, clients)
     assert st["sessions_open"] == 1 and st["sessions_opened"] == 1, st
     c.send()
     assert c.wait() == 0, c.stderr()
-    wait_for(srv, lambda s: s["sessions_open"] == 0 and s["sessions_closed"] == 1, 5, "the new session to close")
+    wait_for(
+        srv,
+        lambda s: s["sessions_open"] == 0 and s["sessions_closed"] == 1,
+        5,
+        "the new session to close",
+    )
 
 
 # ------------------------------------------------------------------ 8. many clients
@@ -664,19 +686,24 @@ def test_many_clients_at_once(make_server, clients):
 
 
 def _cell_text(cell):
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    return "".join(
+        o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
+    )
 
 
 @pytest.mark.timeout(240)
 def test_notebook_kv_cache_across_cells_then_kernel_killed(make_server):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+    import nbclient
+
     lease_ms = 2000
     srv = make_server("--lease-ms", str(lease_ms), "--heartbeat-ms", "250")
     base = srv.stats()
     nb = nbformat.read(os.path.join(REPO, "test", "notebooks", "kv_session.ipynb"), as_version=4)
     # 'python3' is ipykernel's own kernel; jupyter_client runs it with this interpreter
-    nbc = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": REPO}})
+    nbc = nbclient.NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": REPO}}
+    )
     with nbc.setup_kernel(env=client_env(srv)):
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         assert len(code) == 4
@@ -693,8 +720,12 @@ def test_notebook_kv_cache_across_cells_then_kernel_killed(make_server):
         proc.wait(30)
         t0 = time.monotonic()
         bound = lease_ms / 1000 + MARGIN
-        st, _ = wait_for(srv, lambda s: s["sessions_expired"] == base["sessions_expired"] + 1 and back_to(base)(s),
-                         bound + 10, "the dead kernel's session to be reclaimed")
+        st, _ = wait_for(
+            srv,
+            lambda s: s["sessions_expired"] == base["sessions_expired"] + 1 and back_to(base)(s),
+            bound + 10,
+            "the dead kernel's session to be reclaimed",
+        )
         dt = time.monotonic() - t0
         assert dt <= bound, f"reclaimed after {dt:.2f}s, lease {lease_ms} ms"
         assert st["sessions_closed"] == base["sessions_closed"], st
@@ -709,8 +740,15 @@ def test_torchrun_eval_two_ranks_share_one_copy_of_the_weights(make_server):
     srv = make_server("--lease-ms", "10000", "--heartbeat-ms", "500")
     base = srv.stats()
     env = client_env(srv, DJINN_TEXT_MIN_BYTES=0)
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", os.path.join(REPO, "examples", "eval_torchrun.py")]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        os.path.join(REPO, "examples", "eval_torchrun.py"),
+    ]
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=220)
     assert r.returncode == 0, r.stderr[-4000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]

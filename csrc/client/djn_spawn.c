@@ -31,6 +31,19 @@ djn_status_t djn_spawn_server(const char *bin, int timeout_ms, pid_t *pid_out, c
     }
     char ppid[32];
     snprintf(ppid, sizeof ppid, "%d", (int)getpid());
+    /* the embedded server listens where only this user can reach it: an ipc socket in a
+     * fresh directory of mode 0700 (never a loopback port, which every local user sees) */
+    const char *tmp = getenv("XDG_RUNTIME_DIR");
+    char dir[256], listen[320];
+    snprintf(dir, sizeof dir, "%s/djinn-XXXXXX", tmp && *tmp && strlen(tmp) < 64 ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        snprintf(err, errlen, "cannot make a private directory for the embedded server: %s",
+                 strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return DJN_ERR_IO;
+    }
+    snprintf(listen, sizeof listen, "ipc://%s/djinn.sock", dir);
     /* extra flags for the embedded server, e.g. "--device cpu,cpu" */
     const char *extra = getenv("DJINN_SERVER_ARGS");
     char *extra_copy = extra ? strdup(extra) : NULL;
@@ -38,7 +51,8 @@ djn_status_t djn_spawn_server(const char *bin, int timeout_ms, pid_t *pid_out, c
     int argc = 0;
     argv[argc++] = (char *)bin;
     argv[argc++] = "--listen";
-    argv[argc++] = "tcp://127.0.0.1:*";
+    argv[argc++] = listen;
+    argv[argc++] = "--remove-ipc-dir";
     argv[argc++] = "--parent-pid";
     argv[argc++] = ppid;
     argv[argc++] = "--announce-fd";
@@ -61,6 +75,7 @@ djn_status_t djn_spawn_server(const char *bin, int timeout_ms, pid_t *pid_out, c
     close(fds[1]);
     if (rc != 0) {
         close(fds[0]);
+        rmdir(dir);
         snprintf(err, errlen, "cannot start the embedded server '%s': %s", bin, strerror(rc));
         return DJN_ERR_IO;
     }
@@ -112,13 +127,40 @@ djn_status_t djn_spawn_server(const char *bin, int timeout_ms, pid_t *pid_out, c
                      "(see its messages above)",
                      bin, WEXITSTATUS(status));
         else
-            snprintf(err, errlen, "the embedded server '%s' did not announce an endpoint within %d ms",
-                     bin, timeout_ms);
+            snprintf(err, errlen,
+                     "the embedded server '%s' did not announce an endpoint within %d ms", bin,
+                     timeout_ms);
         djn_spawn_stop(pid, 1000);
+        djn_spawn_cleanup(listen);
         return st;
     }
     *pid_out = pid;
     return DJN_OK;
+}
+
+void djn_spawn_cleanup(const char *endpoint) {
+    if (!endpoint || strncmp(endpoint, "ipc://", 6) != 0)
+        return;
+    char path[512];
+    snprintf(path, sizeof path, "%s", endpoint + 6);
+    unlink(path); /* the server removes both itself; a server killed hard cannot */
+    char *slash = strrchr(path, '/');
+    if (slash) {
+        *slash = 0;
+        rmdir(path);
+    }
+}
+
+bool djn_spawn_exited(pid_t pid, char *why, size_t len) {
+    int status;
+    if (pid <= 0 || waitpid(pid, &status, WNOHANG) != pid)
+        return false;
+    if (WIFSIGNALED(status))
+        snprintf(why, len, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(why, len, "exited with status %d", WEXITSTATUS(status));
+    return true;
 }
 
 void djn_spawn_stop(pid_t pid, int timeout_ms) {

@@ -23,8 +23,8 @@ typedef struct djn_map {
 bool djn_map_put(djn_map_t *m, uint64_t key, uint64_t val); /* false on OOM */
 bool djn_map_get(const djn_map_t *m, uint64_t key, uint64_t *val);
 bool djn_map_del(djn_map_t *m, uint64_t key, uint64_t *val); /* false if absent */
-void djn_map_clear(djn_map_t *m);                           /* keeps capacity */
-void djn_map_release(djn_map_t *m);                         /* frees memory */
+void djn_map_clear(djn_map_t *m);                            /* keeps capacity */
+void djn_map_release(djn_map_t *m);                          /* frees memory */
 /* Iterate: for (uint32_t i = 0; djn_map_next(m, &i, &k, &v);) ... (no mutation inside) */
 bool djn_map_next(const djn_map_t *m, uint32_t *it, uint64_t *key, uint64_t *val);
 

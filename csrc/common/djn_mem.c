@@ -43,8 +43,7 @@ void *djn_realloc(void *p, size_t old_n, size_t new_n) {
         return NULL;
     void *q = realloc(p, new_n ? new_n : 1);
     if (q)
-        atomic_fetch_add_explicit(&s_in_use, (int64_t)new_n - (int64_t)old_n,
-                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&s_in_use, (int64_t)new_n - (int64_t)old_n, memory_order_relaxed);
     return q;
 }
 
@@ -68,6 +67,10 @@ void djn_strfree(char *s) {
         djn_free(s, strlen(s) + 1);
 }
 
-int64_t djn_mem_in_use(void) { return atomic_load(&s_in_use); }
+int64_t djn_mem_in_use(void) {
+    return atomic_load(&s_in_use);
+}
 
-void djn_mem_fail_after(int64_t n) { atomic_store(&s_fail_countdown, n); }
+void djn_mem_fail_after(int64_t n) {
+    atomic_store(&s_fail_countdown, n);
+}

@@ -5,8 +5,11 @@
  * and frames 1..n are raw tensor bytes that the body refers to by index. A reply has
  * the same shape with type DJN_MSG_REPLY or DJN_MSG_ERROR and the request's seq.
  *
- * Message numbers, dtype codes and status codes are frozen: append, never renumber.
- * Any change a peer could misread bumps DJN_PROTO_VERSION; HELLO refuses a mismatch.
+ * Every message has a typed request struct and, where it answers with more than an
+ * empty map, a typed reply struct below; djn_codec.h has one encoder and one decoder for
+ * each, and nothing else writes or reads a message. Message numbers, dtype codes and
+ * status codes are frozen: append, never renumber. Any change a peer could misread
+ * bumps DJN_PROTO_VERSION; HELLO refuses a mismatch.
  *
  * Values. Operator arguments travel as plain msgpack values (nil, bool, int, float,
  * str, array) plus two extension types:
@@ -26,11 +29,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "djn_status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define DJN_PROTO_VERSION 2
+#define DJN_PROTO_VERSION 3
 
 /* ---- message types (frozen) ---- */
 typedef enum djn_msg_type {
@@ -39,25 +44,47 @@ typedef enum djn_msg_type {
     DJN_MSG_GRAPH = 3,        /* execute a fragment: allocs, uploads, nodes, frees, fetches */
     DJN_MSG_GRAPH_CACHED = 4, /* execute a fragment the server holds: GRAPH without nodes */
     DJN_MSG_UPLOAD = 5,       /* reserved */
-    DJN_MSG_HAVE = 6,         /* bind handles to Text content the server already holds */
-    DJN_MSG_FETCH = 7,        /* read bytes of a handle */
+    DJN_MSG_HAVE = 6,         /* bind handles to Text content this tenant uploaded before */
+    DJN_MSG_FETCH = 7,        /* read bytes of a handle (a GRAPH with only fetches) */
     DJN_MSG_LOAD_MODEL = 8,   /* reserved */
-    DJN_MSG_STATS = 9,        /* server counters */
+    DJN_MSG_STATS = 9,        /* counters: the session's, and the server's for operators */
     DJN_MSG_CLOSE = 10,       /* close the session, freeing everything it holds */
     DJN_MSG_REPLY = 64,
     DJN_MSG_ERROR = 65,
 } djn_msg_type_t;
 
 /* ---- limits, checked before anything is allocated ---- */
-#define DJN_MAX_HEADER_BYTES (16u << 20) /* frame 0 */
-#define DJN_MAX_FRAMES 4096u             /* frames after the header */
+#define DJN_MAX_HEADER_BYTES (16u << 20)   /* frame 0 */
+#define DJN_MAX_FRAMES 4096u               /* frames after the header */
 #define DJN_MAX_TENSOR_BYTES (64ull << 30) /* default; the server flag may lower it */
-#define DJN_MAX_NODES 65536u             /* nodes in one GRAPH */
-#define DJN_MAX_ITEMS 65536u             /* elements of any one array or map */
-#define DJN_MAX_DEPTH 8                  /* nesting of arrays/maps */
-#define DJN_MAX_DIMS 16                  /* tensor rank */
-#define DJN_MAX_NAME 256                 /* operator name bytes */
-#define DJN_MAX_OBJECTS (1u << 22)       /* msgpack objects in one header */
+#define DJN_MAX_NODES 65536u               /* nodes in one GRAPH */
+#define DJN_MAX_ITEMS 65536u               /* elements of any one array or map */
+#define DJN_MAX_DEPTH 8                    /* nesting of arrays/maps */
+#define DJN_MAX_DIMS 16                    /* tensor rank */
+#define DJN_MAX_NAME 256                   /* operator name bytes */
+#define DJN_MAX_OBJECTS (1u << 22)         /* msgpack objects in one header */
+#define DJN_MAX_DEVICES 64                 /* devices of one server */
+
+/* ---- handle space ----
+ * A handle names a storage of one session. The client picks its own handles in
+ * [1, DJN_HANDLE_CLIENT_END); the server issues handles for results whose size it alone
+ * knows (data-dependent ops) at DJN_HANDLE_SERVER_BASE and above, with the low
+ * DJN_HANDLE_SID_BITS of the session id at DJN_HANDLE_SID_SHIFT, so a client can tell a
+ * server handle of a session it lost from one of its current session. */
+#define DJN_HANDLE_CLIENT_END (1ull << 62)
+#define DJN_HANDLE_SERVER_BASE (1ull << 62)
+#define DJN_HANDLE_SID_SHIFT 40
+#define DJN_HANDLE_SID_MASK 0xFFFFFull
+
+static inline bool djn_handle_is_client(uint64_t h) {
+    return h != 0 && h < DJN_HANDLE_CLIENT_END;
+}
+static inline uint64_t djn_handle_server_base(uint64_t sid) {
+    return DJN_HANDLE_SERVER_BASE | ((sid & DJN_HANDLE_SID_MASK) << DJN_HANDLE_SID_SHIFT);
+}
+static inline bool djn_handle_of_session(uint64_t h, uint64_t sid) {
+    return ((h >> DJN_HANDLE_SID_SHIFT) & DJN_HANDLE_SID_MASK) == (sid & DJN_HANDLE_SID_MASK);
+}
 
 /* ---- extension types ---- */
 #define DJN_EXT_TENSOR 1
@@ -65,9 +92,18 @@ typedef enum djn_msg_type {
 
 /* ---- dtype codes (frozen; equal to c10::ScalarType numbering, checked at build) ---- */
 typedef enum djn_dtype {
-    DJN_DTYPE_U8 = 0, DJN_DTYPE_I8 = 1, DJN_DTYPE_I16 = 2, DJN_DTYPE_I32 = 3,
-    DJN_DTYPE_I64 = 4, DJN_DTYPE_F16 = 5, DJN_DTYPE_F32 = 6, DJN_DTYPE_F64 = 7,
-    DJN_DTYPE_C32 = 8, DJN_DTYPE_C64 = 9, DJN_DTYPE_C128 = 10, DJN_DTYPE_BOOL = 11,
+    DJN_DTYPE_U8 = 0,
+    DJN_DTYPE_I8 = 1,
+    DJN_DTYPE_I16 = 2,
+    DJN_DTYPE_I32 = 3,
+    DJN_DTYPE_I64 = 4,
+    DJN_DTYPE_F16 = 5,
+    DJN_DTYPE_F32 = 6,
+    DJN_DTYPE_F64 = 7,
+    DJN_DTYPE_C32 = 8,
+    DJN_DTYPE_C64 = 9,
+    DJN_DTYPE_C128 = 10,
+    DJN_DTYPE_BOOL = 11,
     DJN_DTYPE_BF16 = 15,
 } djn_dtype_t;
 
@@ -76,8 +112,16 @@ size_t djn_dtype_size(uint32_t dtype);
 
 /* ---- decoded values ---- */
 typedef enum djn_vkind {
-    DJN_V_NONE = 0, DJN_V_BOOL, DJN_V_INT, DJN_V_FLOAT, DJN_V_COMPLEX,
-    DJN_V_STR, DJN_V_BIN, DJN_V_LIST, DJN_V_MAP, DJN_V_TENSOR,
+    DJN_V_NONE = 0,
+    DJN_V_BOOL,
+    DJN_V_INT,
+    DJN_V_FLOAT,
+    DJN_V_COMPLEX,
+    DJN_V_STR,
+    DJN_V_BIN,
+    DJN_V_LIST,
+    DJN_V_MAP,
+    DJN_V_TENSOR,
 } djn_vkind_t;
 
 typedef struct djn_tref {
@@ -98,17 +142,31 @@ struct djn_value {
         int64_t i;
         double f;
         double c[2];
-        const char *s;       /* STR (not NUL-terminated: use len) and BIN */
-        djn_value_t *items;  /* LIST: len items; MAP: 2*len (key, value, key, ...) */
+        const char *s;      /* STR (NUL-terminated after len bytes) and BIN */
+        djn_value_t *items; /* LIST: len items; MAP: 2*len (key, value, key, ...) */
         djn_tref_t *t;
     } u;
 };
 
-/* Byte extent a reference touches in its storage: offset*itemsize .. end. False if the
- * reference is malformed (negative size, unknown dtype, overflow). */
+/* Byte extent [*begin, *end) a reference touches in its storage. False if the reference
+ * is malformed: unknown dtype, rank above DJN_MAX_DIMS, a negative size, stride or
+ * offset (PyTorch has no negative strides, and ATen would store their magnitude), or a
+ * span that overflows. */
 bool djn_tref_extent(const djn_tref_t *t, uint64_t *begin, uint64_t *end);
 
-/* ---- typed requests ---- */
+/* ---- requests ---- */
+typedef struct djn_msg_hdr {
+    uint8_t type;
+    uint64_t sid, seq;
+} djn_msg_hdr_t;
+
+/* HELLO: open a session. */
+typedef struct djn_hello_req {
+    uint32_t version;
+    const char *client; /* free text: "djinn-client pid 1234" */
+} djn_hello_req_t;
+
+/* A node: one operator call, [op, overload, [args], [outs], flags] on the wire. */
 #define DJN_NODE_DYNAMIC 1u /* server reports the results' metadata (data-dependent op) */
 
 typedef struct djn_node {
@@ -117,47 +175,102 @@ typedef struct djn_node {
     uint32_t nargs, nouts;
     /* Tensor references carry a slot: the handle is binds[slot] of the message run. */
     djn_value_t *args; /* in schema order, every argument present */
-    djn_value_t *outs; /* per schema return: TENSOR ref, NONE, LIST of refs; or INT handle hint */
+    djn_value_t *outs; /* per schema return: TENSOR ref, NONE, LIST of refs */
     uint32_t flags;
 } djn_node_t;
 
-typedef struct djn_alloc { uint64_t handle, nbytes; } djn_alloc_t;
+typedef struct djn_alloc {
+    uint64_t handle, nbytes;
+} djn_alloc_t;
 typedef struct djn_upload {
     uint64_t handle;
-    uint32_t frame;
-    bool text; /* file the bytes in the shared Text segment (server hashes them itself) */
+    uint32_t frame; /* 1-based index of the data frame */
+    bool text;      /* shared content: deduplicated in the Text segment */
 } djn_upload_t;
-typedef struct djn_fetch { uint64_t handle, offset, nbytes; } djn_fetch_t;
+typedef struct djn_fetch {
+    uint64_t handle, offset, nbytes;
+} djn_fetch_t;
 
+/* GRAPH, GRAPH_CACHED (no nodes: the server's cached ones run) and FETCH. */
 typedef struct djn_graph_req {
     uint32_t device;
-    uint32_t nbinds, nslots; /* slots named by nodes: nslots <= nbinds */
-    uint64_t *binds;         /* slot -> handle */
+    uint32_t nbinds, nslots; /* slots named by nodes: nslots <= nbinds (decoder output) */
+    const uint64_t *binds;   /* slot -> handle */
     uint64_t fp[2];          /* fingerprint of the nodes (XXH3-128), 0 if absent */
-    int64_t seed; /* >= 0: reseed the session's generator before running */
+    int64_t seed;            /* >= 0: reseed the session's generator before running */
     uint32_t nallocs, nuploads, nnodes, nfrees, nfetches;
-    djn_alloc_t *allocs;
-    djn_upload_t *uploads;
-    djn_node_t *nodes;
-    uint64_t *frees;
-    djn_fetch_t *fetches;
+    const djn_alloc_t *allocs;
+    const djn_upload_t *uploads;
+    const djn_node_t *nodes;
+    const uint64_t *frees;
+    const djn_fetch_t *fetches;
+    /* Encoding only: nodes already encoded as msgpack (the client's recorder writes
+     * them as ops are captured); used instead of `nodes` when set. */
+    const uint8_t *nodes_raw;
+    size_t nodes_raw_len;
 } djn_graph_req_t;
 
-typedef struct djn_hello_req {
-    uint32_t version;
-    const char *client; /* free text: "djinn-python 0.1 pid 1234" */
-} djn_hello_req_t;
+/* HAVE: bind handles to content this tenant uploaded before, by its XXH3-128. */
+typedef struct djn_have_item {
+    uint64_t handle, hi, lo, nbytes;
+} djn_have_item_t;
+typedef struct djn_have_req {
+    uint32_t device;
+    uint32_t nitems;
+    const djn_have_item_t *items;
+} djn_have_req_t;
 
+/* A decoded request. HEARTBEAT, STATS and CLOSE carry an empty body. */
 typedef struct djn_msg {
     uint8_t type;
     uint64_t sid, seq;
     union {
         djn_hello_req_t hello;
-        djn_graph_req_t graph; /* GRAPH and FETCH (a FETCH is a graph with only fetches) */
+        djn_graph_req_t graph;
+        djn_have_req_t have;
     } u;
-    djn_value_t *body; /* the raw body tree, for messages without a typed struct */
-    void *arena;       /* owns every pointer above */
+    void *arena; /* owns every pointer above */
 } djn_msg_t;
+
+/* ---- replies ---- */
+typedef struct djn_hello_rep {
+    uint64_t sid;
+    uint32_t version;
+    const char *server;
+    uint64_t lease_ms, heartbeat_ms;
+    uint32_t ndevices;
+    const char *const *devices; /* names in index order: "cpu", "cuda:0" */
+} djn_hello_rep_t;
+
+/* GRAPH / GRAPH_CACHED / FETCH: frames 1..fetched hold the fetched bytes in request
+ * order; dyn holds the results of a DYNAMIC last node (djn_dyn_* below). */
+typedef struct djn_graph_rep {
+    uint32_t fetched;
+    const djn_value_t *dyn; /* NULL when the last node was not DYNAMIC */
+    /* Encoding only: the dyn value already encoded as msgpack (0 bytes: no dyn). */
+    const uint8_t *dyn_raw;
+    size_t dyn_raw_len;
+} djn_graph_rep_t;
+
+typedef struct djn_have_rep {
+    uint32_t nmissing;
+    const uint32_t *missing; /* indexes of the items the client must upload */
+} djn_have_rep_t;
+
+/* ERROR: code, words, and for a failed node its index and "op.overload". */
+typedef struct djn_error_rep {
+    djn_status_t code;
+    const char *msg;
+    int64_t node; /* -1: not about a node */
+    const char *op;
+} djn_error_rep_t;
+
+/* A data-dependent result tensor: where it lives and how big its storage is. In the dyn
+ * tree it is a map {"ref": ext TENSOR (handle, not slot), "nbytes": uint}. */
+typedef struct djn_dyn_tensor {
+    djn_tref_t ref;
+    uint64_t nbytes;
+} djn_dyn_tensor_t;
 
 #ifdef __cplusplus
 }

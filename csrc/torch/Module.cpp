@@ -8,6 +8,7 @@
 namespace djinn {
 extern PyObject *g_error_types[4];
 PyObject *error_type(djn_status_t st);
+void register_proto(pybind11::module_ &m); // Proto.cpp
 } // namespace djinn
 
 namespace py = pybind11;
@@ -15,27 +16,25 @@ using release = py::call_guard<py::gil_scoped_release>;
 
 namespace {
 
-py::object to_py(const djn_value_t *v) {
-    if (!v)
-        return py::none();
-    switch (v->kind) {
-    case DJN_V_NONE: return py::none();
-    case DJN_V_BOOL: return py::bool_(v->u.b);
-    case DJN_V_INT: return py::int_(v->u.i);
-    case DJN_V_FLOAT: return py::float_(v->u.f);
-    case DJN_V_STR: return py::str(std::string(v->u.s, v->len));
-    case DJN_V_LIST: {
-        py::list l;
-        for (uint32_t i = 0; i < v->len; i++) l.append(to_py(&v->u.items[i]));
-        return l;
+djn_client_t *C() {
+    return djn_client_default();
+}
+
+// A struct of counters as a dict, by the descriptor table (djn_stats.h).
+py::dict fields_to_py(djn_stats_scope_t scope, const void *base) {
+    uint32_t n;
+    const djn_stats_field_t *f = djn_stats_fields(&n);
+    py::dict d;
+    for (uint32_t i = 0; i < n; i++) {
+        if (f[i].scope != scope)
+            continue;
+        const char *p = static_cast<const char *>(base) + f[i].offset;
+        if (f[i].is_float)
+            d[f[i].name] = *reinterpret_cast<const double *>(p);
+        else
+            d[f[i].name] = *reinterpret_cast<const uint64_t *>(p);
     }
-    case DJN_V_MAP: {
-        py::dict d;
-        for (uint32_t i = 0; i < v->len; i++) d[to_py(&v->u.items[2 * i])] = to_py(&v->u.items[2 * i + 1]);
-        return d;
-    }
-    default: return py::none();
-    }
+    return d;
 }
 
 // Called with the GIL held: set the typed Python exception (djinn.RemoteError & co).
@@ -43,7 +42,8 @@ void check_py(djn_status_t st) {
     if (st != DJN_OK) {
         djn_status_t code = djn_client_errcode();
         const char *msg = djn_client_errmsg();
-        PyErr_SetString(djinn::error_type(code == DJN_OK ? st : code), msg && *msg ? msg : djn_status_str(st));
+        PyErr_SetString(djinn::error_type(code == DJN_OK ? st : code),
+                        msg && *msg ? msg : djn_status_str(st));
         throw py::error_already_set();
     }
 }
@@ -52,14 +52,16 @@ void check_py(djn_status_t st) {
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "Djinn's native core: the 'remote' PrivateUse1 backend";
-    m.def("_register_errors", [](py::object remote, py::object lost, py::object unreachable, py::object resource) {
-        py::object objs[4] = {remote, lost, unreachable, resource};
-        for (int i = 0; i < 4; i++) {
-            Py_XINCREF(objs[i].ptr());
-            djinn::g_error_types[i] = objs[i].ptr();
-        }
-    });
-    m.def("_set_server_binary", [](const std::string &p) { djn_client_set_server_binary(p.c_str()); });
+    m.def("_register_errors",
+          [](py::object remote, py::object lost, py::object unreachable, py::object resource) {
+              py::object objs[4] = {remote, lost, unreachable, resource};
+              for (int i = 0; i < 4; i++) {
+                  Py_XINCREF(objs[i].ptr());
+                  djinn::g_error_types[i] = objs[i].ptr();
+              }
+          });
+    m.def("_set_server_binary",
+          [](const std::string &p) { djn_client_set_server_binary(C(), p.c_str()); });
     m.def("_init", []() {
         torch::utils::register_fork_handler_for_device_init(c10::DeviceType::PrivateUse1);
     });
@@ -67,51 +69,48 @@ PYBIND11_MODULE(_C, m) {
         djn_status_t st;
         {
             py::gil_scoped_release r;
-            st = djn_client_connect();
+            st = djn_client_connect(C());
         }
         check_py(st);
     });
-    m.def("_device_count", []() { return djn_client_device_count(); }, release());
-    m.def("_device_name", [](int i) { return std::string(djn_client_device_name(i)); });
-    m.def("_endpoint", []() { return std::string(djn_client_endpoint()); });
-    m.def("_session_id", []() { return djn_client_session_id(); });
+    m.def(
+        "_device_count", []() { return djn_client_device_count(C()); }, release());
+    m.def("_device_name", [](int i) { return std::string(djn_client_device_name(C(), i)); });
+    m.def("_endpoint", []() { return std::string(djn_client_endpoint(C())); });
+    m.def("_session_id", []() { return djn_client_session_id(C()); });
     m.def("_get_device", []() { return (int)djinn::current_device(); });
     m.def("_set_device", [](int d) { djinn::set_current_device((c10::DeviceIndex)d); });
     m.def("_synchronize", []() {
         djn_status_t st;
         {
             py::gil_scoped_release r;
-            st = djn_client_flush(true);
+            st = djn_client_flush(C(), true);
         }
         check_py(st);
     });
-    m.def("_manual_seed", [](uint64_t s) { djn_client_seed(s); });
-    m.def("_shutdown", []() { djn_client_shutdown(); }, release());
+    m.def("_manual_seed", [](uint64_t s) { djn_client_seed(C(), s); });
+    m.def(
+        "_shutdown", []() { djn_client_shutdown(C()); }, release());
     m.def("_counters", []() {
-        djn_client_counters_t c;
-        djn_client_counters(&c);
-        py::dict d;
-        d["bytes_sent"] = c.bytes_sent;
-        d["bytes_received"] = c.bytes_recv;
-        d["messages"] = c.messages;
-        d["flushes"] = c.flushes;
-        d["nodes"] = c.nodes;
-        d["uploads"] = c.uploads;
-        d["upload_bytes"] = c.upload_bytes;
-        d["fetches"] = c.fetches;
-        d["fetch_bytes"] = c.fetch_bytes;
-        d["fetch_cache_hits"] = c.cache_hits;
-        d["dynamic_syncs"] = c.dynamic_syncs;
-        d["dedup_bytes"] = c.dedup_bytes;
-        d["plan_cache_sends"] = c.cached_sends;
-        d["plan_cache_resends"] = c.plan_evictions;
-        return d;
+        djn_stats_client_t c;
+        djn_client_counters(C(), &c);
+        return fields_to_py(DJN_STATS_SCOPE_CLIENT, &c);
     });
-    m.def("_reset_counters", []() { djn_client_counters_reset(); });
+    m.def("_reset_counters", []() { djn_client_counters_reset(C()); });
+    m.def("_stats_fields", []() {
+        // the descriptor table: [(scope, wire name, python key, doc)]
+        static const char *scopes[] = {"server", "session", "device", "client"};
+        uint32_t n;
+        const djn_stats_field_t *f = djn_stats_fields(&n);
+        py::list l;
+        for (uint32_t i = 0; i < n; i++)
+            l.append(py::make_tuple(scopes[f[i].scope], f[i].name, f[i].py, f[i].doc));
+        return l;
+    });
     m.def("_srg", []() {
         std::vector<djn_srg_node_t> nodes(65536);
         uint64_t fp[2];
-        uint32_t n = djn_client_srg(nodes.data(), (uint32_t)nodes.size(), fp);
+        uint32_t n = djn_client_srg(C(), nodes.data(), (uint32_t)nodes.size(), fp);
         py::list l;
         static const char *phases[] = {"none", "prefill", "decode"};
         for (uint32_t i = 0; i < n && i < nodes.size(); i++) {
@@ -123,20 +122,30 @@ PYBIND11_MODULE(_C, m) {
             l.append(py::make_tuple(op, sem, x.persistent ? "persistent" : "ephemeral"));
         }
         char hex[40];
-        snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)fp[0], (unsigned long long)fp[1]);
+        snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)fp[0],
+                 (unsigned long long)fp[1]);
         return py::make_tuple(l, std::string(hex));
     });
     m.def("_server_stats", []() {
-        djn_value_t *v = nullptr;
-        djn_arena_t *a = nullptr;
+        auto rep = std::make_unique<djn_stats_rep_t>();
         djn_status_t st;
         {
             py::gil_scoped_release r;
-            st = djn_client_stats(&v, &a);
+            st = djn_client_stats(C(), rep.get());
         }
         check_py(st);
-        py::object o = to_py(v);
-        djn_arena_destroy(&a);
-        return o;
+        py::dict d = fields_to_py(DJN_STATS_SCOPE_SESSION, &rep->session);
+        if (rep->has_server)
+            for (auto kv : fields_to_py(DJN_STATS_SCOPE_SERVER, &rep->server))
+                d[kv.first] = kv.second;
+        py::list devs;
+        for (uint32_t i = 0; i < rep->ndevices; i++) {
+            py::dict dd = fields_to_py(DJN_STATS_SCOPE_DEVICE, &rep->devices[i]);
+            dd["name"] = std::string(rep->devices[i].name);
+            devs.append(dd);
+        }
+        d["devices"] = devs;
+        return d;
     });
+    djinn::register_proto(m);
 }

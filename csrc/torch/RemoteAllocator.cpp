@@ -11,11 +11,15 @@
 namespace djinn {
 namespace {
 
-void delete_handle(void *ctx) { djn_client_free(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ctx))); }
+void delete_handle(void *ctx) {
+    djn_client_free(client(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ctx)));
+}
 
 struct RemoteAllocator final : c10::Allocator {
     c10::DataPtr allocate(size_t nbytes) override {
-        uint64_t h = djn_client_alloc(nbytes);
+        uint64_t h = djn_client_alloc(client(), nbytes);
+        if (!h)
+            raise(DJN_ERR_NOMEM, "djinn: out of host memory allocating a remote storage");
         void *p = reinterpret_cast<void *>(static_cast<uintptr_t>(h));
         return {p, p, &delete_handle, c10::Device(c10::DeviceType::PrivateUse1, current_device())};
     }
@@ -30,10 +34,12 @@ RemoteAllocator g_allocator;
 
 } // namespace
 
-c10::Allocator *allocator() { return &g_allocator; }
+c10::Allocator *allocator() {
+    return &g_allocator;
+}
 
 c10::Storage adopt_storage(uint64_t handle, uint64_t nbytes, c10::DeviceIndex device) {
-    djn_client_adopt(handle, nbytes);
+    djn_client_adopt(client(), handle, nbytes);
     void *p = reinterpret_cast<void *>(static_cast<uintptr_t>(handle));
     c10::DataPtr dp(p, p, &delete_handle, c10::Device(c10::DeviceType::PrivateUse1, device));
     return c10::Storage(c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(),

@@ -23,18 +23,27 @@ struct DjinnError : torch::PyTorchError {
 static ErrorKind kind_of(djn_status_t st) {
     ErrorKind k = ErrorKind::Remote;
     switch (st) {
-    case DJN_ERR_SESSION: k = ErrorKind::SessionLost; break;
+    case DJN_ERR_SESSION:
+        k = ErrorKind::SessionLost;
+        break;
     case DJN_ERR_TIMEOUT:
-    case DJN_ERR_IO: k = ErrorKind::Unreachable; break;
+    case DJN_ERR_IO:
+        k = ErrorKind::Unreachable;
+        break;
     case DJN_ERR_OOM:
     case DJN_ERR_QUOTA:
-    case DJN_ERR_NOMEM: k = ErrorKind::Resource; break;
-    default: break;
+    case DJN_ERR_NOMEM:
+        k = ErrorKind::Resource;
+        break;
+    default:
+        break;
     }
     return k;
 }
 
-void raise(djn_status_t st, const std::string &msg) { throw DjinnError(kind_of(st), msg); }
+void raise(djn_status_t st, const std::string &msg) {
+    throw DjinnError(kind_of(st), msg);
+}
 
 PyObject *error_type(djn_status_t st) {
     PyObject *t = g_error_types[static_cast<int>(kind_of(st))];

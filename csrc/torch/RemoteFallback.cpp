@@ -70,16 +70,29 @@ thread_local djn_phase_t t_phase = DJN_PHASE_NONE;
 thread_local int t_phase_left = 0;
 
 const std::unordered_set<std::string> kComputeBound = {
-    "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::matmul",
-    "aten::linear", "aten::convolution", "aten::convolution_backward", "aten::_convolution",
-    "aten::einsum", "aten::addmv", "aten::mv", "aten::dot"};
+    "aten::mm",           "aten::bmm",         "aten::addmm",
+    "aten::baddbmm",      "aten::addbmm",      "aten::matmul",
+    "aten::linear",       "aten::convolution", "aten::convolution_backward",
+    "aten::_convolution", "aten::einsum",      "aten::addmv",
+    "aten::mv",           "aten::dot"};
 
-const std::unordered_set<std::string> kDataDependent = {
-    "aten::nonzero", "aten::masked_select", "aten::unique", "aten::_unique", "aten::_unique2",
-    "aten::unique_consecutive", "aten::unique_dim", "aten::unique_dim_consecutive",
-    "aten::bincount", "aten::repeat_interleave", "aten::equal", "aten::argwhere",
-    "aten::nonzero_numpy", "aten::is_nonzero", "aten::allclose", "aten::_assert_async",
-    "aten::_local_scalar_dense"};
+const std::unordered_set<std::string> kDataDependent = {"aten::nonzero",
+                                                        "aten::masked_select",
+                                                        "aten::unique",
+                                                        "aten::_unique",
+                                                        "aten::_unique2",
+                                                        "aten::unique_consecutive",
+                                                        "aten::unique_dim",
+                                                        "aten::unique_dim_consecutive",
+                                                        "aten::bincount",
+                                                        "aten::repeat_interleave",
+                                                        "aten::equal",
+                                                        "aten::argwhere",
+                                                        "aten::nonzero_numpy",
+                                                        "aten::is_nonzero",
+                                                        "aten::allclose",
+                                                        "aten::_assert_async",
+                                                        "aten::_local_scalar_dense"};
 
 const OpInfo &op_info(const c10::OperatorHandle &op) {
     const c10::FunctionSchema *key = &op.schema();
@@ -99,9 +112,11 @@ const OpInfo &op_info(const c10::OperatorHandle &op) {
         auto k = r.type()->kind();
         bool tensorish = k == c10::TypeKind::TensorType ||
                          (k == c10::TypeKind::ListType &&
-                          r.type()->castRaw<c10::ListType>()->getElementType()->kind() == c10::TypeKind::TensorType) ||
+                          r.type()->castRaw<c10::ListType>()->getElementType()->kind() ==
+                              c10::TypeKind::TensorType) ||
                          (k == c10::TypeKind::OptionalType &&
-                          r.type()->castRaw<c10::OptionalType>()->getElementType()->kind() == c10::TypeKind::TensorType);
+                          r.type()->castRaw<c10::OptionalType>()->getElementType()->kind() ==
+                              c10::TypeKind::TensorType);
         if (!tensorish)
             info.data_dependent = true; // returns a Python number: ask the server
     }
@@ -111,7 +126,9 @@ const OpInfo &op_info(const c10::OperatorHandle &op) {
     return g_ops.emplace(key, std::move(info)).first->second;
 }
 
-bool is_remote(const at::Tensor &t) { return t.defined() && t.device().type() == kPU1; }
+bool is_remote(const at::Tensor &t) {
+    return t.defined() && t.device().type() == kPU1;
+}
 
 bool is_scalar_cpu(const at::Tensor &t) {
     return t.defined() && t.device().is_cpu() && t.unsafeGetTensorImpl()->is_wrapped_number();
@@ -140,7 +157,8 @@ c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
         if (v.isTensor())
             see(v.toTensor());
         else if (v.isTensorList())
-            for (const at::Tensor &t : v.toTensorList()) see(t);
+            for (const at::Tensor &t : v.toTensorList())
+                see(t);
         else if (v.isOptionalTensorList()) {
             for (const std::optional<at::Tensor> &t : v.toOptionalTensorList())
                 if (t)
@@ -158,17 +176,20 @@ c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
     for (size_t i = first; i < stack.size(); i++) {
         auto &v = stack[i];
         if (v.isTensor()) {
-            if (auto u = fix(v.toTensor())) v = *u;
+            if (auto u = fix(v.toTensor()))
+                v = *u;
         } else if (v.isTensorList()) {
             auto l = v.toTensorList();
             for (size_t j = 0; j < l.size(); j++)
-                if (auto u = fix(l.get(j))) l.set(j, *u);
+                if (auto u = fix(l.get(j)))
+                    l.set(j, *u);
         } else if (v.isOptionalTensorList()) {
             auto l = v.toOptionalTensorList();
             for (size_t j = 0; j < l.size(); j++) {
                 std::optional<at::Tensor> t = l.get(j);
                 if (t)
-                    if (auto u = fix(*t)) l.set(j, std::optional<at::Tensor>(*u));
+                    if (auto u = fix(*t))
+                        l.set(j, std::optional<at::Tensor>(*u));
             }
         }
     }
@@ -194,13 +215,16 @@ struct KeyBuilder {
         k.push_back('T');
         put((int8_t)t.scalar_type());
         put((int8_t)t.dim());
-        for (auto s : t.sizes()) put(s);
-        for (auto s : t.strides()) put(s);
+        for (auto s : t.sizes())
+            put(s);
+        for (auto s : t.strides())
+            put(s);
         put(t.storage_offset());
         const c10::StorageImpl *impl = t.storage().unsafeGetStorageImpl();
         int32_t g = -1;
         for (size_t i = 0; i < groups.size(); i++)
-            if (groups[i] == impl) g = (int32_t)i;
+            if (groups[i] == impl)
+                g = (int32_t)i;
         if (g < 0) {
             g = (int32_t)groups.size();
             groups.push_back(impl);
@@ -209,23 +233,68 @@ struct KeyBuilder {
         put((uint64_t)t.storage().nbytes());
     }
     void value(const c10::IValue &v) {
-        if (v.isTensor()) tensor(v.toTensor());
-        else if (v.isNone()) k.push_back('N');
-        else if (v.isBool()) { k.push_back('b'); put(v.toBool()); }
-        else if (v.isInt()) { k.push_back('i'); put(v.toInt()); }
-        else if (v.isDouble()) { k.push_back('d'); put(v.toDouble()); }
-        else if (v.isComplexDouble()) { k.push_back('c'); put(v.toComplexDouble()); }
-        else if (v.isSymInt()) { k.push_back('i'); put(v.toSymInt().guard_int(__FILE__, __LINE__)); }
-        else if (v.isSymFloat()) { k.push_back('d'); put(v.toSymFloat().guard_float(__FILE__, __LINE__)); }
-        else if (v.isString()) { k.push_back('s'); k.append(v.toStringRef()); k.push_back(0); }
-        else if (v.isDevice()) k.push_back('D');
-        else if (v.isGenerator()) k.push_back('G');
-        else if (v.isIntList()) { k.push_back('I'); auto l = v.toIntVector(); put((uint32_t)l.size()); for (auto x : l) put(x); }
-        else if (v.isDoubleList()) { k.push_back('F'); auto l = v.toDoubleVector(); put((uint32_t)l.size()); for (auto x : l) put(x); }
-        else if (v.isBoolList()) { k.push_back('B'); auto l = v.toBoolList(); put((uint32_t)l.size()); for (bool x : l) put(x); }
-        else if (v.isTensorList()) { k.push_back('L'); auto l = v.toTensorList(); put((uint32_t)l.size()); for (const at::Tensor &t : l) tensor(t); }
-        else if (v.isList()) { k.push_back('l'); auto l = v.toListRef(); put((uint32_t)l.size()); for (const auto &x : l) value(x); }
-        else TORCH_CHECK(false, "djinn: unsupported argument of kind ", v.tagKind());
+        if (v.isTensor())
+            tensor(v.toTensor());
+        else if (v.isNone())
+            k.push_back('N');
+        else if (v.isBool()) {
+            k.push_back('b');
+            put(v.toBool());
+        } else if (v.isInt()) {
+            k.push_back('i');
+            put(v.toInt());
+        } else if (v.isDouble()) {
+            k.push_back('d');
+            put(v.toDouble());
+        } else if (v.isComplexDouble()) {
+            k.push_back('c');
+            put(v.toComplexDouble());
+        } else if (v.isSymInt()) {
+            k.push_back('i');
+            put(v.toSymInt().guard_int(__FILE__, __LINE__));
+        } else if (v.isSymFloat()) {
+            k.push_back('d');
+            put(v.toSymFloat().guard_float(__FILE__, __LINE__));
+        } else if (v.isString()) {
+            k.push_back('s');
+            k.append(v.toStringRef());
+            k.push_back(0);
+        } else if (v.isDevice())
+            k.push_back('D');
+        else if (v.isGenerator())
+            k.push_back('G');
+        else if (v.isIntList()) {
+            k.push_back('I');
+            auto l = v.toIntVector();
+            put((uint32_t)l.size());
+            for (auto x : l)
+                put(x);
+        } else if (v.isDoubleList()) {
+            k.push_back('F');
+            auto l = v.toDoubleVector();
+            put((uint32_t)l.size());
+            for (auto x : l)
+                put(x);
+        } else if (v.isBoolList()) {
+            k.push_back('B');
+            auto l = v.toBoolList();
+            put((uint32_t)l.size());
+            for (bool x : l)
+                put(x);
+        } else if (v.isTensorList()) {
+            k.push_back('L');
+            auto l = v.toTensorList();
+            put((uint32_t)l.size());
+            for (const at::Tensor &t : l)
+                tensor(t);
+        } else if (v.isList()) {
+            k.push_back('l');
+            auto l = v.toListRef();
+            put((uint32_t)l.size());
+            for (const auto &x : l)
+                value(x);
+        } else
+            TORCH_CHECK(false, "djinn: unsupported argument of kind ", v.tagKind());
     }
 };
 
@@ -233,8 +302,8 @@ struct KeyBuilder {
 
 struct MetaCtx {
     std::vector<std::pair<const c10::StorageImpl *, c10::Storage>> storages; // real -> meta
-    std::vector<std::tuple<const c10::StorageImpl *, int, int>> owners;        // meta -> (arg, elem)
-    std::vector<std::tuple<int, int, at::Tensor>> mirrors;                     // (arg, elem, meta)
+    std::vector<std::tuple<const c10::StorageImpl *, int, int>> owners;      // meta -> (arg, elem)
+    std::vector<std::tuple<int, int, at::Tensor>> mirrors;                   // (arg, elem, meta)
 };
 
 at::Tensor meta_of(const at::Tensor &t, MetaCtx &mc, int arg, int elem) {
@@ -243,7 +312,8 @@ at::Tensor meta_of(const at::Tensor &t, MetaCtx &mc, int arg, int elem) {
     const c10::StorageImpl *impl = t.storage().unsafeGetStorageImpl();
     c10::Storage ms;
     for (auto &p : mc.storages)
-        if (p.first == impl) ms = p.second;
+        if (p.first == impl)
+            ms = p.second;
     if (!ms) {
         ms = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
             c10::StorageImpl::use_byte_size_t(), t.storage().nbytes(),
@@ -251,8 +321,10 @@ at::Tensor meta_of(const at::Tensor &t, MetaCtx &mc, int arg, int elem) {
         mc.storages.emplace_back(impl, ms);
         mc.owners.emplace_back(ms.unsafeGetStorageImpl(), arg, elem);
     }
-    auto m = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(ms), c10::DispatchKeySet(c10::DispatchKey::Meta), t.dtype());
-    m.unsafeGetTensorImpl()->set_sizes_and_strides(t.sizes(), t.strides(), std::optional<int64_t>(t.storage_offset()));
+    auto m = at::detail::make_tensor<c10::TensorImpl>(
+        c10::Storage(ms), c10::DispatchKeySet(c10::DispatchKey::Meta), t.dtype());
+    m.unsafeGetTensorImpl()->set_sizes_and_strides(t.sizes(), t.strides(),
+                                                   std::optional<int64_t>(t.storage_offset()));
     mc.mirrors.emplace_back(arg, elem, m);
     return m;
 }
@@ -263,7 +335,8 @@ c10::IValue meta_value(const c10::IValue &v, MetaCtx &mc, int arg) {
     if (v.isTensorList()) {
         c10::List<at::Tensor> out;
         int j = 0;
-        for (const at::Tensor &t : v.toTensorList()) out.push_back(meta_of(t, mc, arg, j++));
+        for (const at::Tensor &t : v.toTensorList())
+            out.push_back(meta_of(t, mc, arg, j++));
         return out;
     }
     if (v.isOptionalTensorList()) {
@@ -308,7 +381,8 @@ OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias) {
     return o;
 }
 
-MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch::jit::Stack &stack, size_t first) {
+MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch::jit::Stack &stack,
+                 size_t first) {
     MetaResult res;
     if (info.data_dependent) {
         res.dynamic = true;
@@ -320,7 +394,8 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
     for (size_t i = first; i < stack.size(); i++)
         ms.push_back(meta_value(stack[i], mc, (int)(i - first)));
     try {
-        c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+        c10::impl::ExcludeDispatchKeyGuard no_autograd(
+            c10::autograd_dispatch_keyset_with_ADInplaceOrView);
         op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::Meta), &ms);
     } catch (const std::exception &) {
         res.dynamic = true; // no Meta kernel, or data-dependent: let the server decide
@@ -339,7 +414,8 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
         } else if (v.isTensorList()) {
             OutSpec l;
             l.kind = Kind::List;
-            for (const at::Tensor &t : v.toTensorList()) l.items.push_back(classify(t, mc, w));
+            for (const at::Tensor &t : v.toTensorList())
+                l.items.push_back(classify(t, mc, w));
             res.outs.push_back(std::move(l));
         } else if (v.isNone()) {
             res.outs.emplace_back();
@@ -353,8 +429,11 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
         if (!info.written[a])
             continue;
         const c10::IValue &v = stack[first + a];
-        at::Tensor real = e < 0 ? v.toTensor() : v.isTensorList() ? v.toTensorList().get(e) : *v.toOptionalTensorList().get(e);
-        if (real.sizes() != m.sizes() || real.strides() != m.strides() || real.storage_offset() != m.storage_offset())
+        at::Tensor real = e < 0              ? v.toTensor()
+                          : v.isTensorList() ? v.toTensorList().get(e)
+                                             : *v.toOptionalTensorList().get(e);
+        if (real.sizes() != m.sizes() || real.strides() != m.strides() ||
+            real.storage_offset() != m.storage_offset())
             res.resizes.push_back({a, e, m.sizes().vec(), m.strides().vec(), m.storage_offset()});
     }
     return res;
@@ -373,10 +452,15 @@ at::Tensor arg_tensor(const torch::jit::Stack &stack, size_t first, int arg, int
 
 void enc_scalar_tensor(djn_buf_t *b, const at::Tensor &t) {
     auto s = t.item();
-    if (s.isBoolean()) djn_enc_bool(b, s.toBool());
-    else if (s.isIntegral(false)) djn_enc_int(b, s.toLong());
-    else if (s.isComplex()) { auto z = s.toComplexDouble(); djn_enc_complex(b, z.real(), z.imag()); }
-    else djn_enc_float(b, s.toDouble());
+    if (s.isBoolean())
+        djn_enc_bool(b, s.toBool());
+    else if (s.isIntegral(false))
+        djn_enc_int(b, s.toLong());
+    else if (s.isComplex()) {
+        auto z = s.toComplexDouble();
+        djn_enc_complex(b, z.real(), z.imag());
+    } else
+        djn_enc_float(b, s.toDouble());
 }
 
 void enc_tensor(djn_buf_t *b, const at::Tensor &t, bool written) {
@@ -384,30 +468,63 @@ void enc_tensor(djn_buf_t *b, const at::Tensor &t, bool written) {
         djn_enc_nil(b);
     } else if (is_remote(t)) {
         djn_tref_t r = tref_of(t);
-        djn_rec_tensor(&r, written);
+        djn_client_rec_tensor(client(), &r, written);
     } else {
         enc_scalar_tensor(b, t);
     }
 }
 
 void enc_value(djn_buf_t *b, const c10::IValue &v, bool written) {
-    if (v.isTensor()) enc_tensor(b, v.toTensor(), written);
-    else if (v.isNone()) djn_enc_nil(b);
-    else if (v.isBool()) djn_enc_bool(b, v.toBool());
-    else if (v.isInt()) djn_enc_int(b, v.toInt());
-    else if (v.isDouble()) djn_enc_float(b, v.toDouble());
-    else if (v.isComplexDouble()) { auto z = v.toComplexDouble(); djn_enc_complex(b, z.real(), z.imag()); }
-    else if (v.isSymInt()) djn_enc_int(b, v.toSymInt().guard_int(__FILE__, __LINE__));
-    else if (v.isSymFloat()) djn_enc_float(b, v.toSymFloat().guard_float(__FILE__, __LINE__));
-    else if (v.isString()) djn_enc_cstr(b, v.toStringRef().c_str());
-    else if (v.isDevice()) djn_enc_int(b, v.toDevice().has_index() ? v.toDevice().index() : 0);
-    else if (v.isGenerator()) djn_enc_nil(b);
-    else if (v.isIntList()) { auto l = v.toIntVector(); djn_enc_array(b, (uint32_t)l.size()); for (auto x : l) djn_enc_int(b, x); }
-    else if (v.isDoubleList()) { auto l = v.toDoubleVector(); djn_enc_array(b, (uint32_t)l.size()); for (auto x : l) djn_enc_float(b, x); }
-    else if (v.isBoolList()) { auto l = v.toBoolList(); djn_enc_array(b, (uint32_t)l.size()); for (bool x : l) djn_enc_bool(b, x); }
-    else if (v.isTensorList()) { auto l = v.toTensorList(); djn_enc_array(b, (uint32_t)l.size()); for (const at::Tensor &t : l) enc_tensor(b, t, written); }
-    else if (v.isList()) { auto l = v.toListRef(); djn_enc_array(b, (uint32_t)l.size()); for (const auto &x : l) enc_value(b, x, written); }
-    else TORCH_CHECK(false, "djinn: cannot send an argument of kind ", v.tagKind());
+    if (v.isTensor())
+        enc_tensor(b, v.toTensor(), written);
+    else if (v.isNone())
+        djn_enc_nil(b);
+    else if (v.isBool())
+        djn_enc_bool(b, v.toBool());
+    else if (v.isInt())
+        djn_enc_int(b, v.toInt());
+    else if (v.isDouble())
+        djn_enc_float(b, v.toDouble());
+    else if (v.isComplexDouble()) {
+        auto z = v.toComplexDouble();
+        djn_enc_complex(b, z.real(), z.imag());
+    } else if (v.isSymInt())
+        djn_enc_int(b, v.toSymInt().guard_int(__FILE__, __LINE__));
+    else if (v.isSymFloat())
+        djn_enc_float(b, v.toSymFloat().guard_float(__FILE__, __LINE__));
+    else if (v.isString())
+        djn_enc_cstr(b, v.toStringRef().c_str());
+    else if (v.isDevice())
+        djn_enc_int(b, v.toDevice().has_index() ? v.toDevice().index() : 0);
+    else if (v.isGenerator())
+        djn_enc_nil(b);
+    else if (v.isIntList()) {
+        auto l = v.toIntVector();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (auto x : l)
+            djn_enc_int(b, x);
+    } else if (v.isDoubleList()) {
+        auto l = v.toDoubleVector();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (auto x : l)
+            djn_enc_float(b, x);
+    } else if (v.isBoolList()) {
+        auto l = v.toBoolList();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (bool x : l)
+            djn_enc_bool(b, x);
+    } else if (v.isTensorList()) {
+        auto l = v.toTensorList();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (const at::Tensor &t : l)
+            enc_tensor(b, t, written);
+    } else if (v.isList()) {
+        auto l = v.toListRef();
+        djn_enc_array(b, (uint32_t)l.size());
+        for (const auto &x : l)
+            enc_value(b, x, written);
+    } else
+        TORCH_CHECK(false, "djinn: cannot send an argument of kind ", v.tagKind());
 }
 
 void enc_out(djn_buf_t *b, const c10::IValue &v) {
@@ -418,11 +535,12 @@ void enc_out(djn_buf_t *b, const c10::IValue &v) {
             return;
         }
         djn_tref_t r = tref_of(t);
-        djn_rec_tensor(&r, true);
+        djn_client_rec_tensor(client(), &r, true);
     } else if (v.isTensorList()) {
         auto l = v.toTensorList();
         djn_enc_array(b, (uint32_t)l.size());
-        for (const at::Tensor &t : l) enc_out(b, c10::IValue(t));
+        for (const at::Tensor &t : l)
+            enc_out(b, c10::IValue(t));
     } else {
         djn_enc_nil(b);
     }
@@ -437,83 +555,93 @@ djn_phase_t phase_for(const OpInfo &info) {
     return DJN_PHASE_NONE;
 }
 
-struct Unlock {
-    ~Unlock() { djn_client_unlock(); }
+struct Locked {
+    djn_client_t *c;
+    explicit Locked(djn_client_t *cl) : c(cl) { djn_client_lock(c); }
+    ~Locked() { djn_client_unlock(c); }
 };
 
 void record(const OpInfo &info, c10::DeviceIndex dev, const torch::jit::Stack &stack, size_t first,
-            const std::vector<c10::IValue> &outs, const std::vector<uint64_t> &fresh, uint32_t flags) {
-    djn_client_lock();
-    Unlock unlock;
+            const std::vector<c10::IValue> &outs, const std::vector<uint64_t> &fresh,
+            uint32_t flags) {
+    djn_client_t *C = client();
+    Locked lock(C);
     size_t nargs = stack.size() - first;
-    check(djn_rec_begin(dev, info.name.c_str(), info.overload.c_str(), (uint32_t)nargs));
-    djn_buf_t *b = djn_rec_buf();
+    check(djn_client_rec_begin(C, dev, info.name.c_str(), info.overload.c_str(), (uint32_t)nargs));
+    djn_buf_t *b = djn_client_rec_buf(C);
     try {
         for (size_t i = 0; i < nargs; i++)
             enc_value(b, stack[first + i], info.written[i]);
-        djn_rec_outs((uint32_t)outs.size());
+        djn_client_rec_outs(C, (uint32_t)outs.size());
         for (const auto &o : outs)
             enc_out(b, o);
     } catch (...) {
-        djn_rec_abort();
+        djn_client_rec_abort(C);
         throw;
     }
     djn_op_class_t cls = info.cls;
     djn_phase_t ph = phase_for(info);
     if (ph == DJN_PHASE_DECODE && cls == DJN_CLASS_COMPUTE)
         cls = DJN_CLASS_MEMORY; // decode attention is bandwidth-bound
-    check(djn_rec_end(flags, cls, ph));
+    check(djn_client_rec_end(C, flags, cls, ph));
 }
 
 at::Tensor make_fresh(const OutSpec &o, c10::DeviceIndex dev, std::vector<uint64_t> &fresh) {
     c10::DeviceGuard g(c10::Device(kPU1, dev));
-    at::Tensor t = at::detail::empty_strided_generic(o.sizes, o.strides, allocator(),
-                                                     c10::DispatchKeySet(c10::DispatchKey::PrivateUse1), o.dtype);
+    at::Tensor t = at::detail::empty_strided_generic(
+        o.sizes, o.strides, allocator(), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+        o.dtype);
     if (o.offset) // rare: a fresh result with a storage offset
-        t.unsafeGetTensorImpl()->set_sizes_and_strides(o.sizes, o.strides, std::optional<int64_t>(o.offset));
+        t.unsafeGetTensorImpl()->set_sizes_and_strides(o.sizes, o.strides,
+                                                       std::optional<int64_t>(o.offset));
     fresh.push_back(handle_of(t.storage()));
     return t;
 }
 
-c10::IValue build_out(const OutSpec &o, const torch::jit::Stack &stack, size_t first, c10::DeviceIndex dev,
-                      std::vector<uint64_t> &fresh) {
+c10::IValue build_out(const OutSpec &o, const torch::jit::Stack &stack, size_t first,
+                      c10::DeviceIndex dev, std::vector<uint64_t> &fresh) {
     switch (o.kind) {
-    case Kind::Undef: return c10::IValue(at::Tensor());
-    case Kind::Fresh: return make_fresh(o, dev, fresh);
-    case Kind::Inplace: return arg_tensor(stack, first, o.arg, o.elem);
+    case Kind::Undef:
+        return c10::IValue(at::Tensor());
+    case Kind::Fresh:
+        return make_fresh(o, dev, fresh);
+    case Kind::Inplace:
+        return arg_tensor(stack, first, o.arg, o.elem);
     case Kind::View: {
         at::Tensor src = arg_tensor(stack, first, o.arg, o.elem);
         return make_view(src.storage(), o.dtype, o.sizes, o.strides, o.offset);
     }
     case Kind::List: {
         c10::List<at::Tensor> l;
-        for (const auto &it : o.items) l.push_back(build_out(it, stack, first, dev, fresh).toTensor());
+        for (const auto &it : o.items)
+            l.push_back(build_out(it, stack, first, dev, fresh).toTensor());
         return l;
     }
-    default: break;
+    default:
+        break;
     }
     TORCH_CHECK(false, "djinn: internal error building outputs");
 }
 
 // ---------------------------------------------------------------- data-dependent ops
 
-c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const torch::jit::Stack &stack, size_t first,
-                       c10::DeviceIndex dev) {
+c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret,
+                       const torch::jit::Stack &stack, size_t first, c10::DeviceIndex dev) {
     auto kind = ret.type()->kind();
     if (v.kind == DJN_V_NONE)
         return kind == c10::TypeKind::TensorType ? c10::IValue(at::Tensor()) : c10::IValue();
     bool tensor_ret = kind == c10::TypeKind::TensorType ||
                       (kind == c10::TypeKind::OptionalType &&
-                       ret.type()->castRaw<c10::OptionalType>()->getElementType()->kind() == c10::TypeKind::TensorType);
-    if (tensor_ret && v.kind == DJN_V_LIST && v.len == 6 && v.u.items[3].kind == DJN_V_LIST) {
-        const djn_value_t *it = v.u.items;
-        uint64_t h = (uint64_t)it[0].u.i;
-        int64_t off = it[1].u.i;
-        auto dtype = static_cast<at::ScalarType>(it[2].u.i);
-        std::vector<int64_t> sizes, strides;
-        for (uint32_t i = 0; i < it[3].len; i++) sizes.push_back(it[3].u.items[i].u.i);
-        for (uint32_t i = 0; i < it[4].len; i++) strides.push_back(it[4].u.items[i].u.i);
-        uint64_t nbytes = (uint64_t)it[5].u.i;
+                       ret.type()->castRaw<c10::OptionalType>()->getElementType()->kind() ==
+                           c10::TypeKind::TensorType);
+    djn_dyn_tensor_t dt;
+    if (tensor_ret && djn_dyn_tensor_decode(&v, &dt)) {
+        uint64_t h = dt.ref.handle;
+        int64_t off = dt.ref.offset;
+        auto dtype = static_cast<at::ScalarType>(dt.ref.dtype);
+        std::vector<int64_t> sizes(dt.ref.sizes, dt.ref.sizes + dt.ref.ndim);
+        std::vector<int64_t> strides(dt.ref.strides, dt.ref.strides + dt.ref.ndim);
+        uint64_t nbytes = dt.nbytes;
         bool write = ret.alias_info() && ret.alias_info()->isWrite();
         for (size_t i = first; i < stack.size(); i++) { // a view of, or the very, input
             if (!stack[i].isTensor() || !is_remote(stack[i].toTensor()))
@@ -523,10 +651,11 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const tor
                 continue;
             if (nbytes > in.storage().nbytes()) {
                 in.storage().unsafeGetStorageImpl()->set_nbytes(nbytes);
-                djn_client_adopt(h, nbytes);
+                djn_client_adopt(client(), h, nbytes);
             }
             if (write) {
-                in.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, std::optional<int64_t>(off));
+                in.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides,
+                                                                std::optional<int64_t>(off));
                 return in;
             }
             return make_view(in.storage(), dtype, sizes, strides, off);
@@ -534,41 +663,53 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret, const tor
         return make_view(adopt_storage(h, nbytes, dev), dtype, sizes, strides, off);
     }
     if (v.kind == DJN_V_LIST && kind == c10::TypeKind::ListType) {
-        c10::Argument elem(ret.name(), ret.type()->castRaw<c10::ListType>()->getElementType(), std::nullopt,
-                           std::nullopt, false, ret.alias_info() ? std::optional<c10::AliasInfo>(*ret.alias_info()) : std::nullopt);
+        c10::Argument elem(ret.name(), ret.type()->castRaw<c10::ListType>()->getElementType(),
+                           std::nullopt, std::nullopt, false,
+                           ret.alias_info() ? std::optional<c10::AliasInfo>(*ret.alias_info())
+                                            : std::nullopt);
         c10::List<at::Tensor> l;
-        for (uint32_t i = 0; i < v.len; i++) l.push_back(dyn_result(v.u.items[i], elem, stack, first, dev).toTensor());
+        for (uint32_t i = 0; i < v.len; i++)
+            l.push_back(dyn_result(v.u.items[i], elem, stack, first, dev).toTensor());
         return l;
     }
     switch (v.kind) {
-    case DJN_V_BOOL: return c10::IValue(v.u.b);
-    case DJN_V_INT: return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.i)) : c10::IValue(v.u.i);
-    case DJN_V_FLOAT: return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.f)) : c10::IValue(v.u.f);
-    case DJN_V_COMPLEX: return c10::IValue(c10::complex<double>(v.u.c[0], v.u.c[1]));
-    default: break;
+    case DJN_V_BOOL:
+        return c10::IValue(v.u.b);
+    case DJN_V_INT:
+        return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.i))
+                                                 : c10::IValue(v.u.i);
+    case DJN_V_FLOAT:
+        return kind == c10::TypeKind::NumberType ? c10::IValue(at::Scalar(v.u.f))
+                                                 : c10::IValue(v.u.f);
+    case DJN_V_COMPLEX:
+        return c10::IValue(c10::complex<double>(v.u.c[0], v.u.c[1]));
+    default:
+        break;
     }
     TORCH_CHECK(false, "djinn: unexpected result from the server for ", ret.name());
 }
 
-void run_dynamic(const c10::OperatorHandle &op, const OpInfo &info, torch::jit::Stack *stack, size_t first,
-                 c10::DeviceIndex dev) {
-    djn_client_lock();
-    Unlock unlock;
+void run_dynamic(const c10::OperatorHandle &op, const OpInfo &info, torch::jit::Stack *stack,
+                 size_t first, c10::DeviceIndex dev) {
+    djn_client_t *C = client();
+    Locked lock(C);
     record(info, dev, *stack, first, {}, {}, DJN_NODE_DYNAMIC);
-    djn_value_t *res = nullptr;
-    djn_arena_t *arena = nullptr;
-    check(djn_client_run_dynamic(&res, &arena));
+    djn_reply_t *reply = nullptr;
+    const djn_value_t *res = nullptr;
+    check(djn_client_run_dynamic(C, &reply, &res));
     struct Free {
-        djn_arena_t *a;
-        ~Free() { djn_arena_destroy(&a); }
-    } f{arena};
+        djn_reply_t *r;
+        ~Free() { djn_reply_free(&r); }
+    } f{reply};
     const auto &rets = op.schema().returns();
-    TORCH_CHECK(res->kind == DJN_V_LIST && res->len == rets.size(), "djinn: malformed results for ", info.name);
+    TORCH_CHECK(res->kind == DJN_V_LIST && res->len == rets.size(), "djinn: malformed results for ",
+                info.name);
     std::vector<c10::IValue> outs;
     for (size_t i = 0; i < rets.size(); i++)
         outs.push_back(dyn_result(res->u.items[i], rets[i], *stack, first, dev));
     torch::jit::drop(*stack, stack->size() - first);
-    for (auto &o : outs) stack->push_back(std::move(o));
+    for (auto &o : outs)
+        stack->push_back(std::move(o));
 }
 
 } // namespace
@@ -586,7 +727,8 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
 
     KeyBuilder kb;
     kb.put(&op.schema());
-    for (size_t i = first; i < stack->size(); i++) kb.value((*stack)[i]);
+    for (size_t i = first; i < stack->size(); i++)
+        kb.value((*stack)[i]);
     const MetaResult *mr = nullptr;
     {
         std::shared_lock<std::shared_mutex> lock(g_mu);
@@ -607,22 +749,27 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     }
     for (const auto &rz : mr->resizes) {
         at::Tensor t = arg_tensor(*stack, first, rz.arg, rz.elem);
-        t.unsafeGetTensorImpl()->set_sizes_and_strides(rz.sizes, rz.strides, std::optional<int64_t>(rz.offset));
-        size_t needed = at::detail::computeStorageNbytes(t.sizes(), t.strides(), t.itemsize(), t.storage_offset());
+        t.unsafeGetTensorImpl()->set_sizes_and_strides(rz.sizes, rz.strides,
+                                                       std::optional<int64_t>(rz.offset));
+        size_t needed = at::detail::computeStorageNbytes(t.sizes(), t.strides(), t.itemsize(),
+                                                         t.storage_offset());
         if (needed > t.storage().nbytes())
             resize_storage_bytes(t.storage(), needed);
     }
     std::vector<uint64_t> fresh;
     std::vector<c10::IValue> outs;
     outs.reserve(mr->outs.size());
-    for (const auto &o : mr->outs) outs.push_back(build_out(o, *stack, first, dev, fresh));
+    for (const auto &o : mr->outs)
+        outs.push_back(build_out(o, *stack, first, dev, fresh));
     record(info, dev, *stack, first, outs, fresh, 0);
     torch::jit::drop(*stack, nargs);
-    for (auto &o : outs) stack->push_back(std::move(o));
+    for (auto &o : outs)
+        stack->push_back(std::move(o));
 }
 
 void record_copy(const at::Tensor &dst, const at::Tensor &src) {
-    static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
     torch::jit::Stack s;
     s.emplace_back(dst);
     s.emplace_back(src);

@@ -37,7 +37,7 @@ struct RemoteGuardImpl final : c10::impl::DeviceGuardImplInterface {
     // that never use 'remote', so before the first connection this reports the most
     // devices a server can have; idle engine threads cost nothing.
     c10::DeviceIndex deviceCount() const noexcept override {
-        int n = djn_client_session_id() ? djn_client_device_count() : 16;
+        int n = djn_client_session_id(client()) ? djn_client_device_count(client()) : 16;
         return static_cast<c10::DeviceIndex>(n);
     }
     void record(void **, const c10::Stream &, const c10::DeviceIndex,
@@ -46,14 +46,22 @@ struct RemoteGuardImpl final : c10::impl::DeviceGuardImplInterface {
     bool queryEvent(void *) const override { return true; }
     void destroyEvent(void *, const c10::DeviceIndex) const noexcept override {}
     bool queryStream(const c10::Stream &) const override { return true; }
-    void synchronizeStream(const c10::Stream &) const override { check(djn_client_flush(true)); }
-    void synchronizeDevice(const c10::DeviceIndex) const override { check(djn_client_flush(true)); }
+    void synchronizeStream(const c10::Stream &) const override {
+        check(djn_client_flush(client(), true));
+    }
+    void synchronizeDevice(const c10::DeviceIndex) const override {
+        check(djn_client_flush(client(), true));
+    }
 };
 
 } // namespace
 
-c10::DeviceIndex current_device() { return t_device; }
-void set_current_device(c10::DeviceIndex d) { t_device = d; }
+c10::DeviceIndex current_device() {
+    return t_device;
+}
+void set_current_device(c10::DeviceIndex d) {
+    t_device = d;
+}
 
 C10_REGISTER_GUARD_IMPL(PrivateUse1, RemoteGuardImpl);
 

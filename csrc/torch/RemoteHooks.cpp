@@ -17,10 +17,10 @@ namespace {
 
 struct RemoteHooks final : at::PrivateUse1HooksInterface {
     bool isBuilt() const override { return true; }
-    bool isAvailable() const override { return djn_client_device_count() > 0; }
+    bool isAvailable() const override { return djn_client_device_count(client()) > 0; }
     bool hasPrimaryContext(c10::DeviceIndex) const override { return true; }
     c10::DeviceIndex deviceCount() const override {
-        return static_cast<c10::DeviceIndex>(djn_client_device_count());
+        return static_cast<c10::DeviceIndex>(djn_client_device_count(client()));
     }
     void setCurrentDevice(c10::DeviceIndex d) const override { set_current_device(d); }
     c10::DeviceIndex getCurrentDevice() const override { return current_device(); }
@@ -29,7 +29,9 @@ struct RemoteHooks final : at::PrivateUse1HooksInterface {
         set_current_device(d);
         return old;
     }
-    c10::DeviceIndex maybeExchangeDevice(c10::DeviceIndex d) const override { return exchangeDevice(d); }
+    c10::DeviceIndex maybeExchangeDevice(c10::DeviceIndex d) const override {
+        return exchangeDevice(d);
+    }
     const at::Generator &getDefaultGenerator(c10::DeviceIndex idx) const override {
         static std::mutex mu;
         static std::vector<at::Generator> gens;

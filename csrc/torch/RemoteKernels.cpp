@@ -19,7 +19,8 @@ namespace djinn {
 djn_tref_t tref_of(const at::Tensor &t) {
     djn_tref_t r;
     std::memset(&r, 0, sizeof r);
-    TORCH_CHECK(t.dim() <= DJN_MAX_DIMS, "djinn: tensors of rank > ", DJN_MAX_DIMS, " are not supported");
+    TORCH_CHECK(t.dim() <= DJN_MAX_DIMS, "djinn: tensors of rank > ", DJN_MAX_DIMS,
+                " are not supported");
     r.handle = handle_of(t.storage());
     r.offset = t.storage_offset();
     r.dtype = static_cast<uint8_t>(t.scalar_type());
@@ -55,13 +56,14 @@ at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<at::ScalarTy
     TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
     c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
     (void)pin_memory;
-    return at::detail::empty_generic(size, allocator(), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+    return at::detail::empty_generic(size, allocator(),
+                                     c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
                                      c10::dtype_or_default(dtype), memory_format);
 }
 
-at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride, std::optional<at::ScalarType> dtype,
-                         std::optional<at::Layout> layout, std::optional<at::Device> device,
-                         std::optional<bool> pin_memory) {
+at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride,
+                         std::optional<at::ScalarType> dtype, std::optional<at::Layout> layout,
+                         std::optional<at::Device> device, std::optional<bool> pin_memory) {
     TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
     c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
     (void)pin_memory;
@@ -75,13 +77,17 @@ at::Tensor as_strided(const at::Tensor &self, c10::IntArrayRef size, c10::IntArr
     return at::native::as_strided_tensorimpl(self, size, stride, storage_offset);
 }
 
-at::Tensor view(const at::Tensor &self, c10::IntArrayRef size) { return at::native::view(self, size); }
+at::Tensor view(const at::Tensor &self, c10::IntArrayRef size) {
+    return at::native::view(self, size);
+}
 
 at::Tensor reshape_alias(const at::Tensor &self, c10::IntArrayRef size, c10::IntArrayRef stride) {
     return at::native::_reshape_alias(self, size, stride);
 }
 
-at::Tensor alias(const at::Tensor &self) { return at::native::alias(self); }
+at::Tensor alias(const at::Tensor &self) {
+    return at::native::alias(self);
+}
 
 void ensure_storage(const at::Tensor &self) {
     auto *impl = self.unsafeGetTensorImpl();
@@ -103,8 +109,8 @@ const at::Tensor &resize_(const at::Tensor &self, c10::IntArrayRef size,
     return self;
 }
 
-at::Tensor &set_storage_offset(at::Tensor &self, c10::Storage source, int64_t offset, c10::IntArrayRef size,
-                               c10::IntArrayRef stride) {
+at::Tensor &set_storage_offset(at::Tensor &self, c10::Storage source, int64_t offset,
+                               c10::IntArrayRef size, c10::IntArrayRef stride) {
     auto *impl = self.unsafeGetTensorImpl();
     if (!impl->storage().is_alias_of(source))
         impl->set_storage_keep_dtype(std::move(source));
@@ -121,12 +127,14 @@ at::Tensor &set_storage(at::Tensor &self, c10::Storage source) {
 at::Tensor &set_tensor(at::Tensor &self, const at::Tensor &src) {
     if (self.unsafeGetTensorImpl() == src.unsafeGetTensorImpl())
         return self;
-    return set_storage_offset(self, src.storage(), src.storage_offset(), src.sizes(), src.strides());
+    return set_storage_offset(self, src.storage(), src.storage_offset(), src.sizes(),
+                              src.strides());
 }
 
 bool whole_storage(const at::Tensor &t) {
     return t.is_contiguous() && t.storage_offset() == 0 &&
-           static_cast<size_t>(t.numel()) * t.itemsize() == t.storage().nbytes() && !t.is_conj() && !t.is_neg();
+           static_cast<size_t>(t.numel()) * t.itemsize() == t.storage().nbytes() && !t.is_conj() &&
+           !t.is_neg();
 }
 
 void upload_into(const at::Tensor &dst, const at::Tensor &src_cpu) {
@@ -136,14 +144,15 @@ void upload_into(const at::Tensor &dst, const at::Tensor &src_cpu) {
     src = src.expand(dst.sizes()).contiguous();
     auto dev = dst.device().index();
     if (whole_storage(dst)) {
-        check(djn_client_upload(dev, handle_of(dst.storage()), src.data_ptr(), src.nbytes()));
+        check(djn_client_upload(client(), dev, handle_of(dst.storage()), src.data_ptr(),
+                                src.nbytes()));
         return;
     }
     c10::DeviceGuard g(dst.device());
     at::Tensor tmp = at::detail::empty_generic(dst.sizes(), allocator(),
                                                c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
                                                dst.scalar_type(), std::nullopt);
-    check(djn_client_upload(dev, handle_of(tmp.storage()), src.data_ptr(), src.nbytes()));
+    check(djn_client_upload(client(), dev, handle_of(tmp.storage()), src.data_ptr(), src.nbytes()));
     record_copy(dst, tmp);
 }
 
@@ -155,7 +164,7 @@ at::Tensor download(const at::Tensor &src) {
     size_t isz = src.itemsize();
     auto buf = at::empty({static_cast<int64_t>(e - b)}, at::TensorOptions().dtype(at::kByte));
     if (e > b)
-        check(djn_client_read(src.device().index(), r.handle, b, e - b, buf.data_ptr()));
+        check(djn_client_read(client(), src.device().index(), r.handle, b, e - b, buf.data_ptr()));
     int64_t off = src.storage_offset() - static_cast<int64_t>(b / isz);
     auto out = at::empty({0}, at::TensorOptions().dtype(src.scalar_type()));
     out.set_(buf.storage(), 0, {static_cast<int64_t>((e - b) / isz)}, {1});
@@ -179,10 +188,12 @@ at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blo
             upload_into(dst, download(self));
         }
     } else if (dst_remote) {
-        TORCH_CHECK(self.device().is_cpu(), "djinn: cannot copy from ", self.device(), " to remote; copy to cpu first");
+        TORCH_CHECK(self.device().is_cpu(), "djinn: cannot copy from ", self.device(),
+                    " to remote; copy to cpu first");
         upload_into(dst, self);
     } else {
-        TORCH_CHECK(dst.device().is_cpu(), "djinn: cannot copy from remote to ", dst.device(), "; copy to cpu first");
+        TORCH_CHECK(dst.device().is_cpu(), "djinn: cannot copy from remote to ", dst.device(),
+                    "; copy to cpu first");
         dst.copy_(download(self));
     }
     return dst;
@@ -194,7 +205,8 @@ at::Tensor copy_from_and_resize(const at::Tensor &self, const at::Tensor &dst) {
 }
 
 at::Scalar local_scalar_dense(const at::Tensor &self) {
-    TORCH_CHECK(self.numel() == 1, "djinn: a tensor with ", self.numel(), " elements cannot be converted to a scalar");
+    TORCH_CHECK(self.numel() == 1, "djinn: a tensor with ", self.numel(),
+                " elements cannot be converted to a scalar");
     return download(self).item();
 }
 
@@ -232,7 +244,9 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("convolution_backward", torch::CppFunction::makeFromBoxedFunction<&fallback>());
 }
 
-TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&fallback>()); }
+TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
+    m.fallback(torch::CppFunction::makeFromBoxedFunction<&fallback>());
+}
 
 } // namespace djinn
 

@@ -14,6 +14,11 @@ extern "C" {
 
 namespace djinn {
 
+// The process's client core (djn_client.h): one connection, one session.
+inline djn_client_t *client() {
+    return djn_client_default();
+}
+
 // Python exception classes, by kind (set from djinn/__init__.py at import).
 enum class ErrorKind { Remote = 0, SessionLost = 1, Unreachable = 2, Resource = 3 };
 

@@ -36,14 +36,18 @@
 
 /* A tiny deterministic PRNG (splitmix64) for randomized traces and fuzzing. */
 static uint64_t djn_t_rng_state;
-static inline void rng_seed(uint64_t seed) { djn_t_rng_state = seed; }
+static inline void rng_seed(uint64_t seed) {
+    djn_t_rng_state = seed;
+}
 static inline uint64_t rng(void) {
     uint64_t z = (djn_t_rng_state += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-static inline uint64_t rng_below(uint64_t n) { return n ? rng() % n : 0; }
+static inline uint64_t rng_below(uint64_t n) {
+    return n ? rng() % n : 0;
+}
 
 static int djn_t_checks_failed; /* failed checks in the running test */
 static int djn_t_passed, djn_t_failed;

@@ -40,9 +40,13 @@ static uint64_t rng_size(void) {
     return 1 + rng_below(1ull << e);
 }
 
-static uint64_t round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+static uint64_t round_up(uint64_t n, uint64_t a) {
+    return (n + a - 1) / a * a;
+}
 
-static void stats_of(const djn_heap_t *h, djn_heap_stats_t *st) { djn_heap_stats(h, st); }
+static void stats_of(const djn_heap_t *h, djn_heap_stats_t *st) {
+    djn_heap_stats(h, st);
+}
 
 static int stats_equal(const djn_heap_stats_t *a, const djn_heap_stats_t *b) {
     return a->capacity == b->capacity && a->used == b->used && a->peak == b->peak &&
@@ -610,11 +614,21 @@ static void run_trace(const trace_cfg_t *cfg) {
         if (r == 0) {
             uint64_t off;
             switch (rng_below(5)) {
-            case 0: off = last_freed; break;                                   /* double free */
-            case 1: off = M.n ? M.off[rng_below(M.n)] + cfg->align : 0; break; /* interior */
-            case 2: off = M.n ? M.off[rng_below(M.n)] + 1 : 1; break;          /* misaligned */
-            case 3: off = cfg->capacity + rng_below(1000) * cfg->align; break;
-            default: off = rng() & ~(uint64_t)(cfg->align - 1); break;
+            case 0:
+                off = last_freed;
+                break; /* double free */
+            case 1:
+                off = M.n ? M.off[rng_below(M.n)] + cfg->align : 0;
+                break; /* interior */
+            case 2:
+                off = M.n ? M.off[rng_below(M.n)] + 1 : 1;
+                break; /* misaligned */
+            case 3:
+                off = cfg->capacity + rng_below(1000) * cfg->align;
+                break;
+            default:
+                off = rng() & ~(uint64_t)(cfg->align - 1);
+                break;
             }
             fine = model_bogus_free(h, off);
             bogus++;

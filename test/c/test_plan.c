@@ -512,7 +512,9 @@ static struct {
     uint32_t use_tensor[G_MAXU], use_node[G_MAXU];
 } g;
 
-static void g_reset(void) { memset(&g, 0, sizeof g); }
+static void g_reset(void) {
+    memset(&g, 0, sizeof g);
+}
 
 static uint32_t g_op(uint64_t nbytes, const uint32_t *ins, size_t nin) {
     uint32_t node = g.nnodes++;

@@ -1,0 +1,492 @@
+/* djn_frag.c: the fragment runtime (see djn_frag.h).
+ *
+ * A fragment runs in these steps, under its session's lock, in message order:
+ *   1. declare: each alloc becomes a lazy handle (no memory until first use);
+ *   2. uploads: each data frame becomes a storage; Text uploads are hashed by the server
+ *      itself and deduplicated against the shared segment;
+ *   3. plan (devices with a VMU): the intermediates (handles declared and freed by this
+ *      message) get slab offsets from their lifetimes over the nodes (djn_plan); a plan
+ *      cache hit reuses the cached fragment's plan when its slots are intermediates
+ *      again; a plan that does not fit the slab refuses the fragment before any node runs;
+ *   4. nodes, in order, stopping at the first failure;
+ *   5. poison: the outputs of the failed node and of every node after it read as an
+ *      error naming the cause, never as zeros or half-written bytes;
+ *   6. copy-out: results the client still holds that sit in the slab move to Data;
+ *   7. fetches: bytes of the requested handles, bounded by the real storage;
+ *   8. frees, always (after a failure too, and after the fetches, so a message may read
+ *      a handle it also lets go of);
+ *   9. slab reset, once the device finished and nothing references the slab;
+ *  10. a successful GRAPH with nodes is filed in the plan cache (before the reply leaves:
+ *      the client may send GRAPH_CACHED right after), with its slab plan by slot.
+ * Any failure of steps 1-4 stops the later ones except 5, 6, 8, 9. */
+#include "djn_frag.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "djn_map.h"
+#include "djn_mem.h"
+#include "djn_plan.h"
+#include "djn_vec.h"
+
+static uint64_t s_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* What the executor's callbacks need: the session, and this fragment's placements. */
+typedef struct {
+    djn_session_t *s;
+    djn_exec_t *x;
+    const djn_map_t *place; /* handle -> planned slab offset + 1 */
+} s_ctx_t;
+
+static djn_status_t s_resolve_fn(void *ctx, uint64_t handle, int write, djn_stor_t **out, char *err,
+                                 size_t errlen) {
+    s_ctx_t *c = ctx;
+    uint64_t off = 0;
+    bool planned = c->place && djn_map_get(c->place, handle, &off);
+    return djn_session_resolve(c->s, c->x, handle, write, planned ? off - 1 : UINT64_MAX, out, err,
+                               errlen);
+}
+
+static int s_is_lazy_fn(void *ctx, uint64_t handle) {
+    return djn_session_is_lazy(((s_ctx_t *)ctx)->s, handle);
+}
+
+static djn_status_t s_bind_fn(void *ctx, uint64_t handle, djn_stor_t *stor) {
+    return djn_session_bind(((s_ctx_t *)ctx)->s, handle, stor);
+}
+
+static djn_status_t s_new_handle_fn(void *ctx, uint64_t nbytes, uint64_t *out) {
+    return djn_session_new_handle(((s_ctx_t *)ctx)->s, nbytes, out);
+}
+
+/* The plan cache's entries are charged to the session that filed them; each holds a
+ * reference to it until it leaves the cache. */
+static bool s_cache_charge_fn(void *ctx, uint64_t bytes) {
+    return djn_session_charge_cache(ctx, bytes);
+}
+
+static void s_cache_release_fn(void *ctx, uint64_t bytes) {
+    djn_session_t *s = ctx;
+    djn_session_uncharge_cache(s, bytes);
+    djn_session_release(&s);
+}
+
+/* ------------------------------------------------------------------ step 3: plan */
+
+typedef struct {
+    djn_map_t index;        /* intermediate handle -> tensor index + 1 */
+    djn_map_t eph;          /* handles declared and freed by this message */
+    djn_vec_t handle;       /* uint64_t, by tensor index */
+    djn_vec_t def;          /* uint32_t: first node naming the tensor */
+    djn_vec_t use_t, use_n; /* uint32_t pairs: (tensor, node) */
+    bool oom;
+} s_walk_t;
+
+static void s_walk_value(s_walk_t *w, const djn_graph_req_t *g, const djn_value_t *v, uint32_t node,
+                         int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_LIST) {
+        for (uint32_t k = 0; k < v->len; k++)
+            s_walk_value(w, g, &v->u.items[k], node, depth + 1);
+        return;
+    }
+    if (v->kind != DJN_V_TENSOR || v->u.t->handle >= g->nbinds)
+        return;
+    uint64_t h = g->binds[v->u.t->handle], t;
+    if (!djn_map_get(&w->eph, h, NULL))
+        return;
+    if (!djn_map_get(&w->index, h, &t)) {
+        t = w->handle.len + 1;
+        w->oom |= !djn_map_put(&w->index, h, t) || !djn_vec_push(&w->handle, &h) ||
+                  !djn_vec_push(&w->def, &node);
+    }
+    uint32_t ti = (uint32_t)(t - 1);
+    w->oom |= !djn_vec_push(&w->use_t, &ti) || !djn_vec_push(&w->use_n, &node);
+}
+
+/* The meta-simulator's plan for this fragment: fills `place` (handle -> offset + 1),
+ * returns the planned peak (0: nothing planned) and the bytes a plan that does not fit
+ * would need in *too_big. */
+static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, const djn_node_t *nodes,
+                       uint32_t nnodes, djn_map_t *place, uint64_t *too_big) {
+    if (!env->vmu || !g->nallocs || !g->nfrees || !nnodes)
+        return 0;
+    s_walk_t w = {0};
+    w.handle = DJN_VEC(uint64_t);
+    w.def = w.use_t = w.use_n = DJN_VEC(uint32_t);
+    djn_map_t freed = {0};
+    bool ok = true;
+    for (uint32_t i = 0; i < g->nfrees; i++)
+        ok &= djn_map_put(&freed, g->frees[i], 1);
+    djn_map_t size = {0};
+    for (uint32_t i = 0; i < g->nallocs; i++)
+        if (djn_map_get(&freed, g->allocs[i].handle, NULL))
+            ok &= djn_map_put(&w.eph, g->allocs[i].handle, 1) &&
+                  djn_map_put(&size, g->allocs[i].handle, g->allocs[i].nbytes);
+    for (uint32_t i = 0; ok && i < nnodes; i++) {
+        for (uint32_t a = 0; a < nodes[i].nargs; a++)
+            s_walk_value(&w, g, &nodes[i].args[a], i, 0);
+        for (uint32_t a = 0; a < nodes[i].nouts; a++)
+            s_walk_value(&w, g, &nodes[i].outs[a], i, 0);
+    }
+    uint64_t peak = 0;
+    uint32_t n = (uint32_t)w.handle.len;
+    djn_plan_req_t *reqs = n ? djn_calloc(n, sizeof(djn_plan_req_t)) : NULL;
+    djn_plan_t *plan = NULL;
+    if (ok && !w.oom && n && reqs &&
+        djn_plan_lifetimes(n, w.def.data, w.use_t.data, w.use_n.data, (uint32_t)w.use_t.len,
+                           reqs) == DJN_OK) {
+        uint64_t bump = 0;
+        for (uint32_t t = 0; t < n; t++) {
+            djn_map_get(&size, DJN_VEC_AT(&w.handle, uint64_t, t), &reqs[t].nbytes);
+            bump += (reqs[t].nbytes + 255) & ~255ull;
+        }
+        if (djn_plan_build(reqs, n, 256, &plan) == DJN_OK) {
+            if (plan->peak > djn_vmu_slab_capacity(env->vmu)) { /* refuse the fragment */
+                *too_big = plan->peak;
+            } else {
+                for (uint32_t t = 0; t < n; t++)
+                    djn_map_put(place, DJN_VEC_AT(&w.handle, uint64_t, t), plan->offsets[t] + 1);
+                peak = plan->peak;
+                djn_vmu_note_plan(env->vmu, plan->peak, plan->lower_bound, bump);
+            }
+            djn_plan_destroy(&plan);
+        }
+    }
+    djn_free(reqs, n * sizeof(djn_plan_req_t));
+    djn_map_release(&freed);
+    djn_map_release(&size);
+    djn_map_release(&w.index);
+    djn_map_release(&w.eph);
+    djn_vec_release(&w.handle);
+    djn_vec_release(&w.def);
+    djn_vec_release(&w.use_t);
+    djn_vec_release(&w.use_n);
+    return peak;
+}
+
+/* A plan-cache hit reuses the fragment's slab plan when it still holds: every planned
+ * slot is bound to a handle this message declares and frees (an intermediate again). */
+static bool s_reuse_plan(const djn_graph_req_t *g, const djn_tlb_entry_t *e, djn_map_t *place,
+                         uint64_t *peak) {
+    const uint64_t *slots;
+    uint32_t n;
+    if (!djn_tlb_plan(e, &slots, &n, peak) || n > g->nbinds)
+        return false;
+    djn_map_t eph = {0}, declared = {0};
+    bool ok = true;
+    for (uint32_t i = 0; i < g->nfrees; i++)
+        ok &= djn_map_put(&eph, g->frees[i], 1);
+    for (uint32_t i = 0; i < g->nallocs; i++)
+        if (djn_map_get(&eph, g->allocs[i].handle, NULL))
+            ok &= djn_map_put(&declared, g->allocs[i].handle, 1);
+    for (uint32_t s = 0; ok && s < n; s++)
+        if (slots[s])
+            ok = djn_map_get(&declared, g->binds[s], NULL) &&
+                 djn_map_put(place, g->binds[s], slots[s]);
+    djn_map_release(&eph);
+    djn_map_release(&declared);
+    if (!ok)
+        djn_map_clear(place);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ step 5: poison */
+
+static void s_poison_value(djn_session_t *s, const djn_graph_req_t *g, const djn_value_t *v,
+                           const char *why, bool force, int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_TENSOR && v->u.t->handle < g->nbinds)
+        djn_session_poison(s, g->binds[v->u.t->handle], why, force);
+    else if (v->kind == DJN_V_LIST)
+        for (uint32_t k = 0; k < v->len; k++)
+            s_poison_value(s, g, &v->u.items[k], why, force, depth + 1);
+}
+
+/* The failed node's results (outs, which name in-place and out= targets too) may be
+ * half-written: poisoned whatever they hold. Nodes after it never ran: whatever they
+ * would have produced and has no value yet is poisoned. */
+static void s_poison_node(djn_session_t *s, const djn_graph_req_t *g, const djn_node_t *n,
+                          const char *why, bool failed_node) {
+    for (uint32_t a = 0; a < n->nouts; a++)
+        s_poison_value(s, g, &n->outs[a], why, failed_node, 0);
+    for (uint32_t a = 0; a < n->nargs; a++)
+        s_poison_value(s, g, &n->args[a], why, false, 0);
+}
+
+/* ------------------------------------------------------------------ the steps */
+
+static djn_status_t s_declare(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                              djn_frag_out_t *out) {
+    const djn_graph_req_t *g = in->g;
+    for (uint32_t i = 0; i < g->nallocs; i++) {
+        if (g->allocs[i].nbytes > env->max_tensor_bytes) {
+            snprintf(out->err, sizeof out->err,
+                     "allocation of %" PRIu64 " bytes exceeds the server's limit of %" PRIu64,
+                     g->allocs[i].nbytes, env->max_tensor_bytes);
+            return DJN_ERR_LIMIT;
+        }
+        djn_status_t st = djn_session_declare(in->sess, g->allocs[i].handle, g->allocs[i].nbytes);
+        if (st == DJN_ERR_HANDLE) {
+            snprintf(out->err, sizeof out->err, "handle 0x%" PRIx64 " declared twice",
+                     g->allocs[i].handle);
+            return st;
+        }
+        if (st != DJN_OK) {
+            snprintf(out->err, sizeof out->err, "cannot declare handle 0x%" PRIx64 ": %s",
+                     g->allocs[i].handle, djn_status_str(st));
+            return st;
+        }
+    }
+    return DJN_OK;
+}
+
+static djn_status_t s_uploads(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                              djn_frag_out_t *out) {
+    const djn_graph_req_t *g = in->g;
+    for (uint32_t i = 0; i < g->nuploads; i++) {
+        const djn_upload_t *u = &g->uploads[i];
+        const djn_blob_t *f = &in->frames[u->frame - 1];
+        djn_stor_t *stor = NULL;
+        djn_status_t st;
+        djn_text_key_t key = {0, 0, env->device};
+        if (u->text) { /* shared content: ours already, or filed now under the hash we compute */
+            djn_text_hash(f->data, f->len, &key.hi, &key.lo);
+            djn_stor_t *have = djn_text_acquire(env->text, &key);
+            if (have) {
+                st = djn_session_bind_text(in->sess, u->handle, &key, have);
+                if (st != DJN_OK) {
+                    djn_text_release(env->text, &key);
+                    snprintf(out->err, sizeof out->err,
+                             "cannot bind the upload to handle 0x%" PRIx64 ": %s", u->handle,
+                             djn_status_str(st));
+                    return st;
+                }
+                continue;
+            }
+        }
+        st = djn_exec_upload(env->exec, f->data, f->len, &stor, out->err, sizeof out->err);
+        if (st != DJN_OK)
+            return st;
+        if (u->text) {
+            djn_stor_t *filed = djn_text_insert(env->text, &key, stor);
+            st = filed ? djn_session_bind_text(in->sess, u->handle, &key, filed) : DJN_ERR_NOMEM;
+            if (filed && st != DJN_OK)
+                djn_text_release(env->text, &key);
+        } else {
+            st = djn_session_bind(in->sess, u->handle, stor);
+        }
+        djn_stor_release(stor);
+        if (st == DJN_ERR_QUOTA)
+            snprintf(out->err, sizeof out->err,
+                     "session quota exceeded by an upload of %zu bytes (--session-quota-bytes)",
+                     f->len);
+        else if (st != DJN_OK)
+            snprintf(out->err, sizeof out->err,
+                     "cannot bind the upload to handle 0x%" PRIx64 ": %s", u->handle,
+                     djn_status_str(st));
+        if (st != DJN_OK)
+            return st;
+    }
+    return DJN_OK;
+}
+
+static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                              djn_frag_out_t *out) {
+    const djn_graph_req_t *g = in->g;
+    if (!g->nfetches)
+        return DJN_OK;
+    out->fetch_cap = g->nfetches;
+    out->fetched = djn_calloc(g->nfetches, sizeof(uint8_t *));
+    out->fetched_len = djn_calloc(g->nfetches, sizeof(uint64_t));
+    if (!out->fetched || !out->fetched_len) {
+        snprintf(out->err, sizeof out->err, "out of host memory");
+        return DJN_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; i < g->nfetches; i++) {
+        const djn_fetch_t *f = &g->fetches[i];
+        if (f->nbytes > env->max_tensor_bytes) {
+            snprintf(out->err, sizeof out->err, "fetch of %" PRIu64 " bytes exceeds the limit",
+                     f->nbytes);
+            return DJN_ERR_LIMIT;
+        }
+        djn_stor_t *stor = NULL;
+        djn_status_t st = djn_session_resolve(in->sess, env->exec, f->handle, 0, UINT64_MAX, &stor,
+                                              out->err, sizeof out->err);
+        if (st != DJN_OK)
+            return st;
+        uint8_t *buf = djn_malloc(f->nbytes);
+        if (!buf) {
+            snprintf(out->err, sizeof out->err,
+                     "out of host memory for a fetch of %" PRIu64 " bytes", f->nbytes);
+            return DJN_ERR_NOMEM;
+        }
+        out->fetched[i] = buf;
+        out->fetched_len[i] = f->nbytes;
+        out->nfetched = i + 1;
+        st = djn_exec_read(env->exec, stor, f->offset, f->nbytes, buf, out->err, sizeof out->err);
+        if (st != DJN_OK)
+            return st;
+    }
+    return DJN_OK;
+}
+
+void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_out_t *out) {
+    memset(out, 0, sizeof(*out));
+    out->bad_node = -1;
+    const djn_graph_req_t *g = in->g;
+    const djn_graph_req_t *cg = in->cached ? djn_tlb_graph(in->cached) : NULL;
+    const djn_node_t *nodes = cg ? cg->nodes : g->nodes;
+    uint32_t nnodes = cg ? cg->nnodes : g->nnodes;
+    djn_session_t *s = in->sess;
+    djn_map_t place = {0};
+    s_ctx_t ctx = {s, env->exec, &place};
+    djn_exec_env_t xe = {
+        .ctx = &ctx,
+        .resolve_fn = s_resolve_fn,
+        .is_lazy_fn = s_is_lazy_fn,
+        .bind_fn = s_bind_fn,
+        .new_handle_fn = s_new_handle_fn,
+        .binds = g->binds,
+        .nbinds = g->nbinds,
+        .gen_slot = djn_session_gen_slot(s, env->device),
+        .seed = g->seed,
+        .slab = false,
+    };
+    djn_session_lock(s);
+    if (g->seed >= 0)
+        djn_exec_reseed(env->exec, &xe);
+    djn_status_t st = s_declare(env, in, out); /* 1 */
+    if (st == DJN_OK)
+        st = s_uploads(env, in, out); /* 2 */
+    bool planned = false;
+    uint64_t peak = 0;
+    uint64_t t0 = s_now_ns();
+    if (st == DJN_OK && env->vmu) { /* 3 */
+        uint64_t too_big = 0;
+        if (!(in->cached && s_reuse_plan(g, in->cached, &place, &peak)))
+            peak = s_plan(env, g, nodes, nnodes, &place, &too_big);
+        if (too_big) {
+            st = DJN_ERR_OOM;
+            snprintf(out->err, sizeof out->err,
+                     "out of memory: this fragment's activations need %" PRIu64 " bytes of stack "
+                     "slab (planned peak) but the slab holds %" PRIu64 " bytes; split the work "
+                     "into smaller steps (torch.remote.synchronize()) or start djinn-server with "
+                     "a larger --slab-bytes",
+                     too_big, djn_vmu_slab_capacity(env->vmu));
+        } else {
+            if (djn_vmu_fragment_begin(env->vmu, peak) != DJN_OK)
+                djn_map_clear(&place); /* the slab was not empty: run unplanned */
+            planned = true;
+            xe.slab = true;
+        }
+    }
+    out->plan_ns = s_now_ns() - t0;
+    for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) { /* 4 */
+        const djn_node_t *n = &nodes[i];
+        bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
+        st =
+            djn_exec_node(env->exec, n, &xe, dynamic ? &out->dyn : NULL, out->err, sizeof out->err);
+        if (st != DJN_OK) {
+            out->bad_node = i;
+            snprintf(out->op, sizeof out->op, "%s%s%s", n->op, n->overload[0] ? "." : "",
+                     n->overload);
+        } else {
+            out->nodes_run++;
+        }
+    }
+    if (st != DJN_OK) { /* 5 */
+        uint32_t from = out->bad_node >= 0 ? (uint32_t)out->bad_node : 0;
+        for (uint32_t i = from; i < nnodes; i++)
+            s_poison_node(s, g, &nodes[i], out->err, out->bad_node == (int64_t)i);
+    }
+    djn_exec_rng_exit(env->exec, &xe);
+    if (planned) { /* 6: what the client still holds leaves the slab before it is reset */
+        uint64_t moved = 0;
+        djn_map_t freed = {0};
+        for (uint32_t i = 0; i < g->nfrees; i++)
+            djn_map_put(&freed, g->frees[i], 1);
+        for (uint32_t i = 0; i < g->nbinds; i++)
+            if (!djn_map_get(&freed, g->binds[i], NULL))
+                djn_session_copy_out(s, env->exec, g->binds[i], &moved);
+        for (uint32_t i = 0; i < g->nallocs; i++)
+            if (!djn_map_get(&freed, g->allocs[i].handle, NULL))
+                djn_session_copy_out(s, env->exec, g->allocs[i].handle, &moved);
+        djn_map_release(&freed);
+        if (moved)
+            djn_vmu_note_copy_out(env->vmu, moved);
+    }
+    if (st == DJN_OK && out->dyn.failed) {
+        st = DJN_ERR_NOMEM;
+        snprintf(out->err, sizeof out->err, "out of host memory encoding results");
+    }
+    if (st == DJN_OK)
+        st = s_fetches(env, in, out);        /* 7 */
+    for (uint32_t i = 0; i < g->nfrees; i++) /* 8 */
+        djn_session_free(s, g->frees[i]);
+    djn_session_unlock(s);
+    if (planned) {                /* 9 */
+        djn_exec_sync(env->exec); /* the slab is reused only after the device finished */
+        djn_vmu_fragment_end(env->vmu);
+    }
+    if (st == DJN_OK && !in->cached && in->type == DJN_MSG_GRAPH && nnodes) { /* 10 */
+        uint64_t *slots = place.len && g->nbinds ? djn_calloc(g->nbinds, sizeof(uint64_t)) : NULL;
+        for (uint32_t i = 0; slots && i < g->nbinds; i++)
+            djn_map_get(&place, g->binds[i], &slots[i]);
+        djn_tlb_owner_t owner = {djn_session_retain(s), s_cache_charge_fn, s_cache_release_fn};
+        djn_tlb_insert(env->tlb, djn_session_id(s), g, slots, slots ? g->nbinds : 0, peak, &owner);
+        djn_free(slots, g->nbinds * sizeof(uint64_t));
+    }
+    djn_map_release(&place);
+    out->st = st;
+    if (st != DJN_OK) {
+        if (!out->err[0])
+            snprintf(out->err, sizeof out->err, "%s", djn_status_str(st));
+        for (uint32_t i = 0; i < out->nfetched; i++) {
+            djn_free(out->fetched[i], out->fetched_len[i]);
+            out->fetched[i] = NULL;
+        }
+        out->nfetched = 0;
+    }
+}
+
+void djn_frag_out_release(djn_frag_out_t *out) {
+    for (uint32_t i = 0; i < out->nfetched; i++)
+        djn_free(out->fetched[i], out->fetched_len[i]); /* NULL once taken */
+    djn_free(out->fetched, out->fetch_cap * sizeof(uint8_t *));
+    djn_free(out->fetched_len, out->fetch_cap * sizeof(uint64_t));
+    out->fetched = NULL;
+    out->fetched_len = NULL;
+    out->nfetched = out->fetch_cap = 0;
+    djn_buf_release(&out->dyn);
+}
+
+djn_status_t djn_frag_have(const djn_frag_env_t *env, djn_session_t *s, const djn_have_req_t *h,
+                           uint32_t **missing, uint32_t *nmissing) {
+    *nmissing = 0;
+    *missing = h->nitems ? djn_calloc(h->nitems, sizeof(uint32_t)) : NULL;
+    if (h->nitems && !*missing)
+        return DJN_ERR_NOMEM;
+    djn_session_lock(s);
+    for (uint32_t i = 0; i < h->nitems; i++) {
+        const djn_have_item_t *it = &h->items[i];
+        djn_text_key_t key = {it->hi, it->lo, env->device};
+        djn_stor_t *have = djn_text_acquire(env->text, &key);
+        if (have && djn_session_bind_text(s, it->handle, &key, have) != DJN_OK) {
+            djn_text_release(env->text, &key);
+            have = NULL;
+        }
+        if (!have)
+            (*missing)[(*nmissing)++] = i;
+    }
+    djn_session_unlock(s);
+    return DJN_OK;
+}

@@ -1,0 +1,369 @@
+/* test_sched.c: the device work queues (server/djn_sched.c).
+ *
+ * Covers: FIFO order per device and independence of devices; depth; take never waits;
+ * pop waits until a push (or a stop) and then returns exactly the pushed item; stop
+ * wakes every waiter on every device, after which pop returns NULL while take still
+ * drains what is left; push stamps enq_ns in order; many producers and one consumer per
+ * device keep each producer's order with nothing lost or duplicated; create/destroy and
+ * allocation failure.
+ *
+ * Threads are plain pthreads. Every wait for another thread is bounded (S_WAIT_MS): a
+ * broken queue fails the test instead of hanging it. The one place that needs time to
+ * pass is the check that pop is still blocked before any push: it waits S_BLOCK_MS and
+ * asserts that nothing came back, which can only produce a false pass, never a false
+ * failure. */
+#include "djn_test.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
+
+#include "djn_proto.h"
+#include "djn_sched.h"
+
+#define S_WAIT_MS 10000
+#define S_BLOCK_MS 50
+
+typedef struct {
+    djn_sched_item_t it; /* first: the queue links items through it */
+    uint32_t producer, seq;
+} job_t;
+
+/* ------------------------------------------------------------------ a bounded latch */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int count;
+} latch_t;
+
+static void latch_init(latch_t *l) {
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    l->count = 0;
+}
+static void latch_destroy(latch_t *l) {
+    pthread_cond_destroy(&l->cv);
+    pthread_mutex_destroy(&l->mu);
+}
+static void latch_add(latch_t *l) {
+    pthread_mutex_lock(&l->mu);
+    l->count++;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+/* Wait until count >= n or ms pass; returns the count seen. */
+static int latch_wait(latch_t *l, int n, int ms) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += ms / 1000;
+    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&l->mu);
+    while (l->count < n)
+        if (pthread_cond_timedwait(&l->cv, &l->mu, &dl) != 0)
+            break;
+    int c = l->count;
+    pthread_mutex_unlock(&l->mu);
+    return c;
+}
+
+/* ------------------------------------------------------------------ waiters */
+
+typedef struct {
+    djn_sched_t *s;
+    uint32_t dev;
+    latch_t *started, *done;
+    djn_sched_item_t *got; /* written before `done` is counted */
+} waiter_t;
+
+static void *s_waiter_fn(void *arg) {
+    waiter_t *w = arg;
+    latch_add(w->started);
+    w->got = djn_sched_pop(w->s, w->dev);
+    latch_add(w->done);
+    return NULL;
+}
+
+/* Join the threads that finished; a thread stuck in pop (a failed test) is left to die
+ * with the child process rather than hanging the run. */
+static bool s_join_all(pthread_t *th, int n, latch_t *done) {
+    if (latch_wait(done, n, S_WAIT_MS) < n)
+        return false;
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+    return true;
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void test_fifo_per_device(void) {
+    djn_sched_t *s = djn_sched_new(3);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    job_t jobs[12];
+    for (uint32_t i = 0; i < 12; i++) {
+        jobs[i].producer = i % 3; /* device */
+        jobs[i].seq = i;
+        djn_sched_push(s, i % 3, &jobs[i].it);
+    }
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 4);
+    CHECK_EQ_INT(djn_sched_depth(s, 1), 4);
+    CHECK_EQ_INT(djn_sched_depth(s, 2), 4);
+    /* Device 1 first: the others are untouched. */
+    for (uint32_t k = 0; k < 4; k++) {
+        job_t *j = (job_t *)djn_sched_pop(s, 1);
+        CHECK(j == &jobs[1 + 3 * k]);
+        CHECK(j && j->it.next == NULL); /* unlinked when handed out */
+        CHECK_EQ_INT(djn_sched_depth(s, 1), 3 - k);
+    }
+    CHECK(djn_sched_take(s, 1) == NULL);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 4);
+    /* Interleaved pop and take on device 0, pushes in between on device 2. */
+    CHECK(djn_sched_take(s, 0) == &jobs[0].it);
+    CHECK(djn_sched_pop(s, 0) == &jobs[3].it);
+    job_t late = {.producer = 2, .seq = 99};
+    djn_sched_push(s, 2, &late.it);
+    CHECK_EQ_INT(djn_sched_depth(s, 2), 5);
+    CHECK(djn_sched_take(s, 0) == &jobs[6].it);
+    CHECK(djn_sched_pop(s, 0) == &jobs[9].it);
+    CHECK(djn_sched_take(s, 0) == NULL);
+    for (uint32_t k = 0; k < 4; k++)
+        CHECK(djn_sched_take(s, 2) == &jobs[2 + 3 * k].it);
+    CHECK(djn_sched_take(s, 2) == &late.it);
+    CHECK(djn_sched_take(s, 2) == NULL);
+    for (uint32_t d = 0; d < 3; d++)
+        CHECK_EQ_INT(djn_sched_depth(s, d), 0);
+    /* A queue emptied and refilled keeps working (head and tail reset). */
+    djn_sched_push(s, 0, &jobs[0].it);
+    djn_sched_push(s, 0, &jobs[1].it);
+    CHECK(djn_sched_take(s, 0) == &jobs[0].it);
+    djn_sched_push(s, 0, &jobs[2].it);
+    CHECK(djn_sched_take(s, 0) == &jobs[1].it);
+    CHECK(djn_sched_take(s, 0) == &jobs[2].it);
+    CHECK(djn_sched_take(s, 0) == NULL);
+    djn_sched_destroy(&s);
+    CHECK(s == NULL);
+    djn_sched_destroy(&s);
+    djn_sched_destroy(NULL);
+}
+
+static uint64_t s_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* push stamps enq_ns with the monotonic clock, in push order. */
+static void test_enqueue_time(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    job_t a, b;
+    a.it.enq_ns = b.it.enq_ns = 0;
+    uint64_t t0 = s_now_ns();
+    djn_sched_push(s, 0, &a.it);
+    djn_sched_push(s, 0, &b.it);
+    uint64_t t1 = s_now_ns();
+    CHECK(a.it.enq_ns >= t0 && a.it.enq_ns <= t1);
+    CHECK(b.it.enq_ns >= a.it.enq_ns && b.it.enq_ns <= t1);
+    CHECK(djn_sched_take(s, 0) == &a.it);
+    CHECK(djn_sched_take(s, 0) == &b.it);
+    djn_sched_destroy(&s);
+}
+
+/* pop waits for a push on its own device, and returns that item. */
+static void test_pop_blocks_until_push(void) {
+    djn_sched_t *s = djn_sched_new(2);
+    latch_t started, done;
+    latch_init(&started);
+    latch_init(&done);
+    waiter_t w = {s, 1, &started, &done, NULL};
+    pthread_t th;
+    CHECK_EQ_INT(pthread_create(&th, NULL, s_waiter_fn, &w), 0);
+    CHECK_EQ_INT(latch_wait(&started, 1, S_WAIT_MS), 1);
+    /* Nothing queued: still waiting after a while; a push on device 0 does not wake it. */
+    CHECK_EQ_INT(latch_wait(&done, 1, S_BLOCK_MS), 0);
+    job_t other, mine;
+    djn_sched_push(s, 0, &other.it);
+    CHECK_EQ_INT(latch_wait(&done, 1, S_BLOCK_MS), 0);
+    djn_sched_push(s, 1, &mine.it);
+    bool joined = s_join_all(&th, 1, &done);
+    CHECK(joined);
+    CHECK(w.got == &mine.it);
+    CHECK_EQ_INT(djn_sched_depth(s, 1), 0);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 1);
+    CHECK(djn_sched_take(s, 0) == &other.it);
+    if (joined) {
+        djn_sched_destroy(&s);
+        latch_destroy(&started);
+        latch_destroy(&done);
+    }
+}
+
+/* An item pushed before pop is returned at once. */
+static void test_pop_does_not_wait_when_queued(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    job_t j;
+    djn_sched_push(s, 0, &j.it);
+    CHECK(djn_sched_pop(s, 0) == &j.it); /* would hang the test if it waited */
+    CHECK(djn_sched_take(s, 0) == NULL);
+    djn_sched_destroy(&s);
+}
+
+/* stop wakes every waiter on every device; pop then returns NULL, take still drains. */
+static void test_stop_wakes_waiters(void) {
+    enum { NDEV = 3, PER = 2, N = NDEV * PER };
+    djn_sched_t *s = djn_sched_new(NDEV);
+    latch_t started, done;
+    latch_init(&started);
+    latch_init(&done);
+    waiter_t w[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (waiter_t){s, (uint32_t)(i % NDEV), &started, &done, (djn_sched_item_t *)&w[i]};
+        CHECK_EQ_INT(pthread_create(&th[i], NULL, s_waiter_fn, &w[i]), 0);
+    }
+    CHECK_EQ_INT(latch_wait(&started, N, S_WAIT_MS), N);
+    CHECK_EQ_INT(latch_wait(&done, 1, S_BLOCK_MS), 0);
+    djn_sched_stop(s);
+    bool joined = s_join_all(th, N, &done);
+    CHECK(joined);
+    for (int i = 0; i < N; i++)
+        CHECK(w[i].got == NULL);
+    /* After stop: pop returns NULL at once even with work queued; take drains it. */
+    job_t a, b;
+    djn_sched_push(s, 2, &a.it);
+    djn_sched_push(s, 2, &b.it);
+    CHECK(djn_sched_pop(s, 2) == NULL);
+    CHECK_EQ_INT(djn_sched_depth(s, 2), 2);
+    CHECK(djn_sched_take(s, 2) == &a.it);
+    CHECK(djn_sched_take(s, 2) == &b.it);
+    CHECK(djn_sched_take(s, 2) == NULL);
+    djn_sched_stop(s); /* twice is harmless */
+    if (joined) {
+        djn_sched_destroy(&s);
+        latch_destroy(&started);
+        latch_destroy(&done);
+    }
+}
+
+/* Producers push concurrently; one consumer per device pops. Each producer's items come
+ * out in its order, and every item comes out exactly once. */
+enum { P_PRODUCERS = 4, P_DEVICES = 2, P_ITEMS = 2000 };
+
+typedef struct {
+    djn_sched_t *s;
+    uint32_t id;
+    job_t *jobs; /* P_ITEMS */
+} producer_t;
+
+typedef struct {
+    djn_sched_t *s;
+    uint32_t dev;
+    uint32_t expect; /* items this consumer must see */
+    uint32_t got, out_of_order, wrong_device;
+    uint32_t next_seq[P_PRODUCERS];
+    latch_t *done;
+} consumer_t;
+
+static void *s_producer_fn(void *arg) {
+    producer_t *p = arg;
+    for (uint32_t i = 0; i < P_ITEMS; i++) {
+        p->jobs[i].producer = p->id;
+        p->jobs[i].seq = i;
+        djn_sched_push(p->s, (p->id + i) % P_DEVICES, &p->jobs[i].it);
+    }
+    return NULL;
+}
+
+static void *s_consumer_fn(void *arg) {
+    consumer_t *c = arg;
+    while (c->got < c->expect) {
+        job_t *j = (job_t *)djn_sched_pop(c->s, c->dev);
+        if (!j)
+            break; /* stopped */
+        if ((j->producer + j->seq) % P_DEVICES != c->dev)
+            c->wrong_device++;
+        if (j->seq < c->next_seq[j->producer])
+            c->out_of_order++;
+        c->next_seq[j->producer] = j->seq + 1;
+        c->got++;
+    }
+    latch_add(c->done);
+    return NULL;
+}
+
+static void test_many_producers(void) {
+    djn_sched_t *s = djn_sched_new(P_DEVICES);
+    static job_t jobs[P_PRODUCERS][P_ITEMS];
+    latch_t done;
+    latch_init(&done);
+    consumer_t cons[P_DEVICES];
+    pthread_t cth[P_DEVICES], pth[P_PRODUCERS];
+    for (uint32_t d = 0; d < P_DEVICES; d++) {
+        cons[d] = (consumer_t){.s = s, .dev = d, .done = &done};
+        cons[d].expect = P_PRODUCERS * P_ITEMS / P_DEVICES;
+        CHECK_EQ_INT(pthread_create(&cth[d], NULL, s_consumer_fn, &cons[d]), 0);
+    }
+    producer_t prod[P_PRODUCERS];
+    for (uint32_t p = 0; p < P_PRODUCERS; p++) {
+        prod[p] = (producer_t){s, p, jobs[p]};
+        CHECK_EQ_INT(pthread_create(&pth[p], NULL, s_producer_fn, &prod[p]), 0);
+    }
+    for (uint32_t p = 0; p < P_PRODUCERS; p++)
+        pthread_join(pth[p], NULL); /* producers never block */
+    bool finished = latch_wait(&done, P_DEVICES, S_WAIT_MS) == P_DEVICES;
+    CHECK(finished);
+    if (!finished)
+        djn_sched_stop(s); /* release the consumers before joining them */
+    for (uint32_t d = 0; d < P_DEVICES; d++)
+        pthread_join(cth[d], NULL);
+    uint32_t total = 0;
+    for (uint32_t d = 0; d < P_DEVICES; d++) {
+        CHECK_EQ_INT(cons[d].got, cons[d].expect);
+        CHECK_EQ_INT(cons[d].out_of_order, 0);
+        CHECK_EQ_INT(cons[d].wrong_device, 0);
+        CHECK_EQ_INT(djn_sched_depth(s, d), 0);
+        CHECK(djn_sched_take(s, d) == NULL);
+        total += cons[d].got;
+    }
+    CHECK_EQ_INT(total, P_PRODUCERS * P_ITEMS);
+    djn_sched_destroy(&s);
+    latch_destroy(&done);
+}
+
+static void test_new_and_fault_injection(void) {
+    int64_t mem0 = djn_mem_in_use();
+    for (int64_t n = 0; n < 2; n++) { /* the scheduler, then its queues */
+        djn_mem_fail_after(n);
+        djn_sched_t *s = djn_sched_new(4);
+        djn_mem_fail_after(-1);
+        CHECK(s == NULL);
+        CHECK_EQ_INT(djn_mem_in_use(), mem0);
+    }
+    djn_sched_t *s = djn_sched_new(DJN_MAX_DEVICES);
+    CHECK(s != NULL);
+    CHECK(djn_mem_in_use() > mem0);
+    if (s) {
+        job_t j;
+        djn_sched_push(s, DJN_MAX_DEVICES - 1, &j.it);
+        CHECK_EQ_INT(djn_sched_depth(s, DJN_MAX_DEVICES - 1), 1);
+        CHECK(djn_sched_take(s, DJN_MAX_DEVICES - 1) == &j.it);
+    }
+    djn_sched_destroy(&s);
+    CHECK_EQ_INT(djn_mem_in_use(), mem0);
+}
+
+int main(void) {
+    RUN(test_fifo_per_device);
+    RUN(test_enqueue_time);
+    RUN(test_pop_blocks_until_push);
+    RUN(test_pop_does_not_wait_when_queued);
+    RUN(test_stop_wakes_waiters);
+    RUN(test_many_producers);
+    RUN(test_new_and_fault_injection);
+    return djn_test_report();
+}
