@@ -956,7 +956,8 @@ def markdown(doc):
     lines = [
         "# OpInfo survey: `remote` against CPU",
         "",
-        f"torch {meta['torch']}, {meta['date']}, first {meta['max_samples']} samples per op, "
+        f"djinn {meta.get('commit')}, torch {meta['torch']}, {meta['date']}, "
+        f"first {meta['max_samples']} samples per op, "
         f"{meta['wall_s']:.0f} s wall (`{meta['command']}`).",
         "",
         "| run | ops run | deterministic on CPU | passed | % | mismatch | remote error | crash "
@@ -999,6 +1000,16 @@ def markdown(doc):
                 "",
             ]
     return "\n".join(lines) + "\n"
+
+
+def _git_head():
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
 
 
 def main(argv=None):
@@ -1051,6 +1062,7 @@ def main(argv=None):
             "max_samples": opts.max_samples,
             "timeout_s": opts.timeout,
             "wall_s": round(wall, 1),
+            "commit": _git_head(),
             "command": "python test/opinfo_harness.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             **restarts,
