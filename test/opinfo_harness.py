@@ -503,6 +503,7 @@ def health_check():
 
 
 def worker_main():
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # crashes are expected: no core files
     # the protocol goes over the original stdout; anything the ops print goes to stderr
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -619,11 +620,6 @@ def _start_server(extra_env):
     return start_server(env=env)
 
 
-def _no_core():
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.setsid()
-
-
 class Slot:
     """One djinn-server and one worker process talking to it."""
 
@@ -671,7 +667,7 @@ class Slot:
             stderr=self.errfile,
             env=env,
             cwd=REPO,
-            preexec_fn=_no_core,
+            start_new_session=True,
         )
         self.buf = b""
         ev = self._read_event(120)
