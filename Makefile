@@ -155,3 +155,19 @@ format-check: $(ENV_STAMP)
 
 clean:
 	rm -rf $(BUILD) djinn/_C*.so djinn/bin *.egg-info
+
+# ---------------------------------------------------------------- OpInfo survey (issue 9)
+# PyTorch's op_db against 'remote' (test/opinfo_harness.py): every op in float32,
+# bfloat16, complex64 and int64, and gradients in float32. test/test_opinfo.py runs a
+# subset in `make test`. torch.testing._internal needs expecttest.
+$(BUILD)/.opinfo-deps: $(ENV_STAMP)
+	@$(PYTHON) -c "import expecttest" 2>/dev/null || $(PYTHON) -m pip install -q expecttest
+	@touch $@
+
+test-py: $(BUILD)/.opinfo-deps
+
+test-ops: build $(BUILD)/.opinfo-deps
+	$(PYTHON) test/opinfo_harness.py --json benchmarks/results/opinfo.json \
+	    --md benchmarks/results/opinfo.md
+
+.PHONY: test-ops
