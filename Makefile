@@ -143,3 +143,18 @@ format:
 
 clean:
 	rm -rf $(BUILD) djinn/_C*.so djinn/bin *.egg-info
+
+# ---------------------------------------------------------------- deployment (docs/DEPLOY.md)
+# A wheel that installs with pip where there is no compiler: the client, the server
+# binary and the C runtime libraries it needs (bundled by auditwheel, see
+# deploy/wheel/repair_wheel.py); torch is the one the target installs first.
+.PHONY: wheel
+$(BUILD)/.wheel: $(BUILD)/djinn-server $(BUILD)/.ext $(wildcard djinn/*.py) setup.py pyproject.toml \
+                 README.md deploy/wheel/djinn-server deploy/wheel/repair_wheel.py
+	rm -rf $(BUILD)/wheel-raw
+	$(PYTHON) -m build --wheel --no-isolation --outdir $(BUILD)/wheel-raw .
+	rm -f dist/djinn-*.whl
+	$(PYTHON) deploy/wheel/repair_wheel.py $(BUILD)/wheel-raw/djinn-*.whl --out dist
+	@touch $@
+wheel: $(BUILD)/.wheel
+	@ls dist/djinn-*.whl
