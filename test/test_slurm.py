@@ -121,7 +121,7 @@ def test_one_server_per_node_listed_for_the_job_and_stopped_after(slurm, tmp_pat
     assert eps_file.read_text().strip() == ",".join(uptimes)
     assert f"djinn: 3 servers: {','.join(uptimes)}" in r.stdout
     # one step, one task per node, overlapping the job's other steps
-    (step,) = [json.loads(x) for x in open(slurm.log)]
+    (step,) = [json.loads(x) for x in slurm.log.read_text().splitlines()]
     assert step["cmd"] == ["bash"]
     for opt, val in (
         ("--overlap", ""),
