@@ -15,6 +15,20 @@ import msgpack
 import zmq
 from conftest import PYTHON, REPO, poll, subprocess_env
 
+
+def _load(relpath, name):
+    """Import a script of the repository (deploy/...) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+make_secrets = _load("deploy/kubernetes/make_secrets.py", "make_secrets")
+write_cert = make_secrets.write_cert
+
 STATS, REPLY, ERROR = 9, 64, 65
 
 
@@ -219,21 +233,3 @@ def server_supports(flag):
         [SERVER_BIN, "--help"], capture_output=True, text=True, timeout=30, check=False
     )
     return flag in out.stdout
-
-
-def write_cert(path_base, public, secret=None, metadata=None):
-    """Write a czmq/pyzmq certificate pair (``.key`` public, ``.key_secret`` secret)
-    with ``metadata`` in both files; returns the paths written."""
-    meta = "".join(f'    {k} = "{v}"\n' for k, v in (metadata or {}).items())
-    paths = [path_base + ".key"]
-    with open(paths[0], "w") as f:
-        f.write(f'metadata\n{meta}curve\n    public-key = "{public.decode()}"\n')
-    if secret is not None:
-        paths.append(path_base + ".key_secret")
-        with open(paths[1], "w") as f:
-            f.write(
-                f'metadata\n{meta}curve\n    public-key = "{public.decode()}"\n'
-                f'    secret-key = "{secret.decode()}"\n'
-            )
-        os.chmod(paths[1], 0o600)
-    return paths
