@@ -407,7 +407,15 @@ def main(argv=None):
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    httpd, thread = start_http_server(args.port, addr=args.listen_address, registry=registry)
+    try:
+        httpd, thread = start_http_server(args.port, addr=args.listen_address, registry=registry)
+    except OSError as e:
+        print(
+            f"djinn-exporter: cannot serve on {args.listen_address}:{args.port}: {e}",
+            file=sys.stderr,
+        )
+        collector.close()
+        return 2
     host, port = httpd.server_address[:2]
     # one line that scripts (and the tests) wait for: the URL that now answers
     print(f"DJINN_EXPORTER http://{host}:{port}/metrics", flush=True)
