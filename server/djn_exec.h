@@ -8,6 +8,7 @@
 #ifndef DJN_EXEC_H
 #define DJN_EXEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,8 @@ const char *djn_exec_device(const djn_exec_t *x);
 djn_stor_t *djn_stor_retain(djn_stor_t *s);
 void djn_stor_release(djn_stor_t *s);
 uint64_t djn_stor_nbytes(const djn_stor_t *s);
+/* The identity of the device storage (equal for every djn_stor_t of one storage). */
+uint64_t djn_stor_id(const djn_stor_t *s);
 
 /* Install the c10 CPU allocator that routes worker allocations through their VMU. Call
  * once, before the workers start. */
@@ -56,6 +59,8 @@ djn_status_t djn_exec_upload(djn_exec_t *x, const void *bytes, uint64_t n, djn_s
 djn_status_t djn_exec_zero(djn_exec_t *x, djn_stor_t *s, char *err, size_t errlen);
 djn_status_t djn_exec_copy(djn_exec_t *x, djn_stor_t *dst, djn_stor_t *src, uint64_t n, char *err,
                            size_t errlen);
+/* Whether the storage's first n bytes equal `bytes` (n must not exceed its size). */
+bool djn_exec_same(djn_exec_t *x, djn_stor_t *s, const void *bytes, uint64_t n);
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
                            char *err, size_t errlen);
 
@@ -71,6 +76,9 @@ typedef struct djn_exec_env {
     int (*is_lazy_fn)(void *ctx, uint64_t handle);
     /* Bind a handle to a storage (takes its own reference). */
     djn_status_t (*bind_fn)(void *ctx, uint64_t handle, djn_stor_t *s);
+    /* After a node wrote to a handle: its storage may have grown (an out= kernel
+     * resizes), so the session's accounting and quota follow the real size. */
+    djn_status_t (*written_fn)(void *ctx, uint64_t handle, char *err, size_t errlen);
     /* A new server-issued handle for a result of a data-dependent op. */
     djn_status_t (*new_handle_fn)(void *ctx, uint64_t nbytes, uint64_t *out);
     const uint64_t *binds; /* slot -> handle for the message being run */

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "djn_crash.h"
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_plan.h"
@@ -59,6 +60,10 @@ static int s_is_lazy_fn(void *ctx, uint64_t handle) {
 
 static djn_status_t s_bind_fn(void *ctx, uint64_t handle, djn_stor_t *stor) {
     return djn_session_bind(((s_ctx_t *)ctx)->s, handle, stor);
+}
+
+static djn_status_t s_written_fn(void *ctx, uint64_t handle, char *err, size_t errlen) {
+    return djn_session_recheck(((s_ctx_t *)ctx)->s, handle, err, errlen);
 }
 
 static djn_status_t s_new_handle_fn(void *ctx, uint64_t nbytes, uint64_t *out) {
@@ -249,41 +254,68 @@ static djn_status_t s_declare(const djn_frag_env_t *env, const djn_frag_in_t *in
     return DJN_OK;
 }
 
+typedef struct {
+    djn_exec_t *x;
+    const djn_blob_t *f;
+} s_same_t;
+
+static bool s_same_fn(void *ctx, djn_stor_t *filed) {
+    s_same_t *c = ctx;
+    return djn_exec_same(c->x, filed, c->f->data, c->f->len);
+}
+
+/* A Text upload: the bytes another upload of identical content filed already, or these
+ * bytes filed now, under the keyed hash the server computes itself. */
+static djn_status_t s_upload_text(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                                  const djn_upload_t *u, const djn_blob_t *f, djn_frag_out_t *out) {
+    djn_text_key_t key = {0, 0, env->device, 0};
+    uint64_t plain[2];
+    djn_text_hash(env->text, f->data, f->len, &key, plain);
+    uint32_t tenant = djn_text_tenant(env->text, djn_session_peer(in->sess)->tenant);
+    s_same_t same = {env->exec, f};
+    djn_stor_t *filed = djn_text_share(env->text, &key, tenant, s_same_fn, &same);
+    djn_status_t st = DJN_OK;
+    if (!filed) {
+        djn_stor_t *stor = NULL;
+        st = djn_exec_upload(env->exec, f->data, f->len, &stor, out->err, sizeof out->err);
+        if (st != DJN_OK)
+            return st;
+        filed = djn_text_insert(env->text, &key, plain, tenant, stor);
+        djn_stor_release(stor);
+        if (!filed) {
+            snprintf(out->err, sizeof out->err, "out of host memory filing an upload");
+            return DJN_ERR_NOMEM;
+        }
+    }
+    st = djn_session_bind_text(in->sess, u->handle, &key, filed);
+    if (st != DJN_OK) {
+        djn_text_release(env->text, &key);
+        snprintf(out->err, sizeof out->err,
+                 st == DJN_ERR_QUOTA ? "session quota exceeded by an upload of %zu bytes "
+                                       "(--session-quota-bytes)"
+                                     : "cannot bind an upload of %zu bytes",
+                 f->len);
+    }
+    return st;
+}
+
 static djn_status_t s_uploads(const djn_frag_env_t *env, const djn_frag_in_t *in,
                               djn_frag_out_t *out) {
     const djn_graph_req_t *g = in->g;
     for (uint32_t i = 0; i < g->nuploads; i++) {
         const djn_upload_t *u = &g->uploads[i];
         const djn_blob_t *f = &in->frames[u->frame - 1];
-        djn_stor_t *stor = NULL;
         djn_status_t st;
-        djn_text_key_t key = {0, 0, env->device};
-        if (u->text) { /* shared content: ours already, or filed now under the hash we compute */
-            djn_text_hash(f->data, f->len, &key.hi, &key.lo);
-            djn_stor_t *have = djn_text_acquire(env->text, &key);
-            if (have) {
-                st = djn_session_bind_text(in->sess, u->handle, &key, have);
-                if (st != DJN_OK) {
-                    djn_text_release(env->text, &key);
-                    snprintf(out->err, sizeof out->err,
-                             "cannot bind the upload to handle 0x%" PRIx64 ": %s", u->handle,
-                             djn_status_str(st));
-                    return st;
-                }
-                continue;
-            }
+        if (u->text) {
+            if ((st = s_upload_text(env, in, u, f, out)) != DJN_OK)
+                return st;
+            continue;
         }
+        djn_stor_t *stor = NULL;
         st = djn_exec_upload(env->exec, f->data, f->len, &stor, out->err, sizeof out->err);
         if (st != DJN_OK)
             return st;
-        if (u->text) {
-            djn_stor_t *filed = djn_text_insert(env->text, &key, stor);
-            st = filed ? djn_session_bind_text(in->sess, u->handle, &key, filed) : DJN_ERR_NOMEM;
-            if (filed && st != DJN_OK)
-                djn_text_release(env->text, &key);
-        } else {
-            st = djn_session_bind(in->sess, u->handle, stor);
-        }
+        st = djn_session_bind(in->sess, u->handle, stor);
         djn_stor_release(stor);
         if (st == DJN_ERR_QUOTA)
             snprintf(out->err, sizeof out->err,
@@ -318,12 +350,22 @@ static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in
                      f->nbytes);
             return DJN_ERR_LIMIT;
         }
+        uint64_t declared;
+        bool lazy = djn_session_lazy_size(in->sess, f->handle, &declared);
         djn_stor_t *stor = NULL;
-        djn_status_t st = djn_session_resolve(in->sess, env->exec, f->handle, 0, UINT64_MAX, &stor,
-                                              out->err, sizeof out->err);
-        if (st != DJN_OK)
+        djn_status_t st = DJN_OK;
+        if (lazy && (f->offset > declared || f->nbytes > declared - f->offset)) {
+            snprintf(out->err, sizeof out->err,
+                     "fetch of bytes [%" PRIu64 ", %" PRIu64 ") beyond a storage of %" PRIu64
+                     " bytes",
+                     f->offset, f->offset + f->nbytes, declared);
+            return DJN_ERR_ARGS;
+        }
+        /* a handle nothing wrote yet reads as zeros: no memory is taken to say so */
+        if (!lazy && (st = djn_session_resolve(in->sess, env->exec, f->handle, 0, UINT64_MAX, &stor,
+                                               out->err, sizeof out->err)) != DJN_OK)
             return st;
-        uint8_t *buf = djn_malloc(f->nbytes);
+        uint8_t *buf = lazy ? djn_calloc(1, f->nbytes) : djn_malloc(f->nbytes);
         if (!buf) {
             snprintf(out->err, sizeof out->err,
                      "out of host memory for a fetch of %" PRIu64 " bytes", f->nbytes);
@@ -332,8 +374,8 @@ static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in
         out->fetched[i] = buf;
         out->fetched_len[i] = f->nbytes;
         out->nfetched = i + 1;
-        st = djn_exec_read(env->exec, stor, f->offset, f->nbytes, buf, out->err, sizeof out->err);
-        if (st != DJN_OK)
+        if (!lazy && (st = djn_exec_read(env->exec, stor, f->offset, f->nbytes, buf, out->err,
+                                         sizeof out->err)) != DJN_OK)
             return st;
     }
     return DJN_OK;
@@ -354,6 +396,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         .resolve_fn = s_resolve_fn,
         .is_lazy_fn = s_is_lazy_fn,
         .bind_fn = s_bind_fn,
+        .written_fn = s_written_fn,
         .new_handle_fn = s_new_handle_fn,
         .binds = g->binds,
         .nbinds = g->nbinds,
@@ -393,6 +436,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) { /* 4 */
         const djn_node_t *n = &nodes[i];
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
+        djn_crash_note(n->op, n->overload, djn_session_id(s), djn_session_peer(s)->tenant);
         st =
             djn_exec_node(env->exec, n, &xe, dynamic ? &out->dyn : NULL, out->err, sizeof out->err);
         if (st != DJN_OK) {
@@ -403,6 +447,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
             out->nodes_run++;
         }
     }
+    djn_crash_note(NULL, NULL, 0, NULL);
     if (st != DJN_OK) { /* 5 */
         uint32_t from = out->bad_node >= 0 ? (uint32_t)out->bad_node : 0;
         for (uint32_t i = from; i < nnodes; i++)
@@ -475,12 +520,16 @@ djn_status_t djn_frag_have(const djn_frag_env_t *env, djn_session_t *s, const dj
     *missing = h->nitems ? djn_calloc(h->nitems, sizeof(uint32_t)) : NULL;
     if (h->nitems && !*missing)
         return DJN_ERR_NOMEM;
+    /* only content this tenant uploaded before: HAVE must not tell who holds what */
+    uint32_t tenant = djn_text_tenant(env->text, djn_session_peer(s)->tenant);
     djn_session_lock(s);
     for (uint32_t i = 0; i < h->nitems; i++) {
         const djn_have_item_t *it = &h->items[i];
-        djn_text_key_t key = {it->hi, it->lo, env->device};
-        djn_stor_t *have = djn_text_acquire(env->text, &key);
-        if (have && djn_session_bind_text(s, it->handle, &key, have) != DJN_OK) {
+        uint64_t plain[2] = {it->hi, it->lo};
+        djn_text_key_t key;
+        djn_stor_t *have = djn_text_acquire_owned(env->text, env->device, plain, tenant, &key);
+        if (have && (djn_stor_nbytes(have) != it->nbytes ||
+                     djn_session_bind_text(s, it->handle, &key, have) != DJN_OK)) {
             djn_text_release(env->text, &key);
             have = NULL;
         }

@@ -30,6 +30,7 @@
 
 #include "djn_auth.h"
 #include "djn_codec.h"
+#include "djn_crash.h"
 #include "djn_exec.h"
 #include "djn_frag.h"
 #include "djn_mem.h"
@@ -241,6 +242,7 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j) {
 
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
+    djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
     void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
     int hwm = 0, linger = 0;
@@ -457,6 +459,8 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         d->plan_bump_sum = vs.plan_bump_sum;
         d->plan_high_water_sum = vs.plan_high_water_sum;
         d->copied_out_bytes = vs.copied_out_bytes;
+        d->scrub_bytes = vs.scrub_bytes;
+        d->scrub_ns = vs.scrub_ns;
     }
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
@@ -711,6 +715,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     srv->cfg = *cfg;
     srv->started_ms = s_now_ms();
+    djn_crash_install();
     if (cfg->data_bytes)
         djn_exec_install_allocator();
     srv->text = djn_text_new();

@@ -367,6 +367,16 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
 }
 
 djn_status_t djn_session_bind(djn_session_t *s, uint64_t handle, djn_stor_t *stor) {
+    /* a storage of the shared Text segment stays shared, whatever path led to it (an
+     * alias, a view a kernel returned): writes to it copy first */
+    djn_text_key_t key;
+    djn_stor_t *shared = djn_text_acquire_storage(s->owner->text, stor, &key);
+    if (shared) {
+        djn_status_t st = djn_session_bind_text(s, handle, &key, shared);
+        if (st != DJN_OK)
+            djn_text_release(s->owner->text, &key);
+        return st;
+    }
     s_entry_t *e = s_entry(s, handle);
     uint64_t have = e && e->stor && !e->text && !e->transient ? e->nbytes : 0,
              need = djn_stor_nbytes(stor);
@@ -562,4 +572,32 @@ void djn_session_uncharge_cache(djn_session_t *s, uint64_t bytes) {
 
 uint64_t djn_session_cache_bytes(const djn_session_t *s) {
     return atomic_load(&s->cache_bytes);
+}
+
+djn_status_t djn_session_recheck(djn_session_t *s, uint64_t handle, char *err, size_t errlen) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e || !e->stor || e->text)
+        return DJN_OK;
+    uint64_t now = djn_stor_nbytes(e->stor);
+    if (now == e->nbytes)
+        return DJN_OK;
+    djn_status_t st = DJN_OK;
+    if (!e->transient) {
+        if (now > e->nbytes)
+            st = s_quota(s, now - e->nbytes, err, errlen);
+        atomic_fetch_add(&s->owner->bytes, now - e->nbytes); /* wraps back for a shrink */
+        s->bytes += now - e->nbytes;
+        if (s->bytes > s->peak)
+            s->peak = s->bytes;
+    }
+    e->nbytes = now;
+    return st;
+}
+
+bool djn_session_lazy_size(djn_session_t *s, uint64_t handle, uint64_t *nbytes) {
+    s_entry_t *e = s_entry(s, handle);
+    if (!e || e->stor || e->poisoned)
+        return false;
+    *nbytes = e->nbytes;
+    return true;
 }

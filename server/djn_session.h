@@ -87,10 +87,15 @@ void **djn_session_gen_slot(djn_session_t *s, uint32_t device);
 djn_status_t djn_session_new_handle(djn_session_t *s, uint64_t nbytes, uint64_t *out);
 /* Declared but not materialised (a fresh output). */
 bool djn_session_is_lazy(djn_session_t *s, uint64_t handle);
+/* The same, with the declared size in *nbytes (poisoned handles are not lazy). */
+bool djn_session_lazy_size(djn_session_t *s, uint64_t handle, uint64_t *nbytes);
 /* A declared output of a node that did not run (an earlier node failed), or (force)
  * any output of the node that failed, which may have written part of it: reading it
  * later is an error naming `why`, never zeros or half-written bytes. */
 void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool force);
+/* After a node wrote to a handle: take its storage's real size (a kernel may have grown
+ * it) into the session's bytes; DJN_ERR_QUOTA if that passes the quota. */
+djn_status_t djn_session_recheck(djn_session_t *s, uint64_t handle, char *err, size_t errlen);
 /* A handle whose storage sits in the stack slab gets a Data copy (the slab is about to
  * be reset); false if the Data segment is full. Adds the bytes moved to *bytes. */
 bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes);

@@ -1,52 +1,71 @@
 /* djn_text.c: Text segment index (see djn_text.h).
  *
- * A djn_map keyed by a 64-bit digest of (hash, device) holds the head of a short chain
- * of entries, so a digest collision costs a comparison, never a wrong answer. One mutex
- * guards the table: acquire/insert/release are a handful of instructions, and only
- * uploads and frees of Text tensors take it, never op execution. */
+ * Three djn_maps lead to the entries: a digest of (key, dev) to a chain of entries
+ * sharing that digest (`next`), a digest of (plain hash, dev) to a chain (`pnext`), and
+ * the storage's identity to its entry. A digest collision costs a comparison, never a
+ * wrong answer; a collision of the keyed hash itself costs a byte comparison (the
+ * caller's `same`), never a wrong share. One mutex guards the table: only uploads, HAVE,
+ * binds of shared storages and frees take it, never op execution.
+ *
+ * Tenants are interned to small ids; an entry's owners are the ids that uploaded its
+ * bytes (or were granted it by HAVE, which needs ownership already). */
 #include "djn_text.h"
 
 #include <pthread.h>
+#include <string.h>
+#include <sys/random.h>
 #include <xxhash.h>
 
 #include "djn_map.h"
 #include "djn_mem.h"
+#include "djn_vec.h"
+
+#define S_SECRET_BYTES 192
 
 typedef struct s_entry {
-    struct s_entry *next;
+    struct s_entry *next, *pnext;
     djn_text_key_t key;
+    uint64_t plain[2];
     djn_stor_t *stor;
     uint64_t nbytes, refs;
+    djn_vec_t owners; /* uint32_t tenant ids */
 } s_entry_t;
 
 struct djn_text {
     pthread_mutex_t mu;
-    djn_map_t heads; /* digest -> s_entry_t* */
+    uint8_t secret[S_SECRET_BYTES];
+    djn_map_t by_key, by_plain, by_stor; /* digest -> chain head; storage id -> entry */
+    uint32_t serial;
+    djn_vec_t tenants; /* char[64] names by id */
     djn_text_stats_t st;
 };
 
-static uint64_t s_digest(const djn_text_key_t *k) {
-    uint64_t d = k->hi ^ (k->lo * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)k->dev << 56);
+static uint64_t s_mix(uint64_t a, uint64_t b, uint32_t dev) {
+    uint64_t d = a ^ (b * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)dev << 56);
     return d ? d : 1; /* 0 is the map's empty key */
 }
 
-static s_entry_t *s_find(djn_text_t *t, const djn_text_key_t *k, s_entry_t ***link) {
-    uint64_t head = 0;
-    djn_map_get(&t->heads, s_digest(k), &head);
-    s_entry_t *e = (s_entry_t *)(uintptr_t)head;
-    if (link)
-        *link = NULL;
-    for (; e; e = e->next)
-        if (e->key.hi == k->hi && e->key.lo == k->lo && e->key.dev == k->dev)
-            return e;
-    return NULL;
+static uint64_t s_kdigest(const djn_text_key_t *k) {
+    return s_mix(k->hi, k->lo, k->dev);
 }
 
 djn_text_t *djn_text_new(void) {
     djn_text_t *t = djn_calloc(1, sizeof(*t));
-    if (t)
-        pthread_mutex_init(&t->mu, NULL);
+    if (!t)
+        return NULL;
+    if (getrandom(t->secret, sizeof t->secret, 0) != (ssize_t)sizeof t->secret) {
+        djn_free(t, sizeof(*t));
+        return NULL;
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    t->tenants = (djn_vec_t){NULL, 0, 0, 64};
     return t;
+}
+
+static void s_entry_free(s_entry_t *e) {
+    djn_stor_release(e->stor);
+    djn_vec_release(&e->owners);
+    djn_free(e, sizeof(*e));
 }
 
 void djn_text_destroy(djn_text_t **self_p) {
@@ -54,59 +73,124 @@ void djn_text_destroy(djn_text_t **self_p) {
         return;
     djn_text_t *t = *self_p;
     uint64_t k, v;
-    for (uint32_t it = 0; djn_map_next(&t->heads, &it, &k, &v);) {
-        s_entry_t *e = (s_entry_t *)(uintptr_t)v;
-        while (e) {
-            s_entry_t *n = e->next;
-            djn_stor_release(e->stor);
-            djn_free(e, sizeof(*e));
-            e = n;
-        }
-    }
-    djn_map_release(&t->heads);
+    for (uint32_t it = 0; djn_map_next(&t->by_stor, &it, &k, &v);)
+        s_entry_free((s_entry_t *)(uintptr_t)v);
+    djn_map_release(&t->by_key);
+    djn_map_release(&t->by_plain);
+    djn_map_release(&t->by_stor);
+    djn_vec_release(&t->tenants);
     pthread_mutex_destroy(&t->mu);
+    memset(t->secret, 0, sizeof t->secret);
     djn_free(t, sizeof(*t));
     *self_p = NULL;
 }
 
-djn_stor_t *djn_text_acquire(djn_text_t *t, const djn_text_key_t *k) {
+void djn_text_hash(const djn_text_t *t, const void *bytes, uint64_t n, djn_text_key_t *key,
+                   uint64_t plain[2]) {
+    XXH128_hash_t h = XXH3_128bits_withSecret(bytes, (size_t)n, t->secret, sizeof t->secret);
+    key->hi = h.high64;
+    key->lo = h.low64;
+    key->serial = 0;
+    XXH128_hash_t p = XXH3_128bits(bytes, (size_t)n);
+    plain[0] = p.high64;
+    plain[1] = p.low64;
+}
+
+uint32_t djn_text_tenant(djn_text_t *t, const char *name) {
     pthread_mutex_lock(&t->mu);
-    s_entry_t *e = s_find(t, k, NULL);
+    uint32_t id;
+    for (id = 0; id < t->tenants.len; id++)
+        if (!strncmp((const char *)t->tenants.data + 64 * id, name, 63))
+            break;
+    if (id == t->tenants.len) {
+        char n[64] = {0};
+        strncpy(n, name, 63);
+        if (!djn_vec_push(&t->tenants, n))
+            id = UINT32_MAX; /* out of memory: an id that owns nothing */
+    }
+    pthread_mutex_unlock(&t->mu);
+    return id;
+}
+
+static bool s_owned(const s_entry_t *e, uint32_t tenant) {
+    for (size_t i = 0; i < e->owners.len; i++)
+        if (DJN_VEC_AT(&e->owners, uint32_t, i) == tenant)
+            return true;
+    return false;
+}
+
+static void s_add_owner(s_entry_t *e, uint32_t tenant) {
+    if (tenant != UINT32_MAX && !s_owned(e, tenant))
+        djn_vec_push(&e->owners, &tenant); /* OOM: the tenant just re-uploads next time */
+}
+
+static s_entry_t *s_chain(djn_map_t *m, uint64_t digest) {
+    uint64_t head = 0;
+    djn_map_get(m, digest, &head);
+    return (s_entry_t *)(uintptr_t)head;
+}
+
+djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
+                           djn_text_same_fn same, void *ctx) {
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e = s_chain(&t->by_key, s_kdigest(key));
+    for (; e; e = e->next) {
+        if (e->key.hi != key->hi || e->key.lo != key->lo || e->key.dev != key->dev)
+            continue;
+        if (same(ctx, e->stor)) /* the bytes themselves, not only their hash */
+            break;
+    }
     if (e) {
         e->refs++;
         t->st.refs++;
         t->st.hits++;
+        t->st.verified_bytes += e->nbytes;
+        s_add_owner(e, tenant);
+        *key = e->key;
     }
     pthread_mutex_unlock(&t->mu);
     return e ? e->stor : NULL;
 }
 
-djn_stor_t *djn_text_insert(djn_text_t *t, const djn_text_key_t *k, djn_stor_t *stor) {
-    pthread_mutex_lock(&t->mu);
-    s_entry_t *e = s_find(t, k, NULL);
-    if (e) {
-        e->refs++;
-        t->st.refs++;
-        t->st.hits++;
-        pthread_mutex_unlock(&t->mu);
-        return e->stor;
-    }
-    e = djn_calloc(1, sizeof(*e));
+djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t plain[2],
+                            uint32_t tenant, djn_stor_t *stor) {
+    s_entry_t *e = djn_calloc(1, sizeof(*e));
     djn_stor_t *r = e ? djn_stor_retain(stor) : NULL;
-    uint64_t d = s_digest(k), head = 0;
-    djn_map_get(&t->heads, d, &head);
-    if (!e || !r || !djn_map_put(&t->heads, d, (uint64_t)(uintptr_t)e)) {
-        if (r)
-            djn_stor_release(r);
+    if (!r) {
         djn_free(e, sizeof(*e));
-        pthread_mutex_unlock(&t->mu);
         return NULL;
     }
-    e->next = (s_entry_t *)(uintptr_t)head;
-    e->key = *k;
+    e->owners = DJN_VEC(uint32_t);
     e->stor = r;
     e->nbytes = djn_stor_nbytes(r);
     e->refs = 1;
+    e->plain[0] = plain[0];
+    e->plain[1] = plain[1];
+    pthread_mutex_lock(&t->mu);
+    key->serial = ++t->serial;
+    e->key = *key;
+    uint64_t kd = s_kdigest(key), pd = s_mix(plain[0], plain[1], key->dev);
+    s_entry_t *kh = s_chain(&t->by_key, kd), *ph = s_chain(&t->by_plain, pd);
+    bool ok = djn_map_put(&t->by_key, kd, (uint64_t)(uintptr_t)e);
+    ok = ok && djn_map_put(&t->by_plain, pd, (uint64_t)(uintptr_t)e);
+    ok = ok && djn_map_put(&t->by_stor, djn_stor_id(r), (uint64_t)(uintptr_t)e);
+    if (!ok) { /* put every chain head back as it was */
+        if (kh)
+            djn_map_put(&t->by_key, kd, (uint64_t)(uintptr_t)kh);
+        else
+            djn_map_del(&t->by_key, kd, NULL);
+        if (ph)
+            djn_map_put(&t->by_plain, pd, (uint64_t)(uintptr_t)ph);
+        else
+            djn_map_del(&t->by_plain, pd, NULL);
+        djn_map_del(&t->by_stor, djn_stor_id(r), NULL);
+        pthread_mutex_unlock(&t->mu);
+        s_entry_free(e);
+        return NULL;
+    }
+    e->next = kh;
+    e->pnext = ph;
+    s_add_owner(e, tenant);
     t->st.entries++;
     t->st.bytes += e->nbytes;
     t->st.refs++;
@@ -115,41 +199,85 @@ djn_stor_t *djn_text_insert(djn_text_t *t, const djn_text_key_t *k, djn_stor_t *
     return r;
 }
 
-void djn_text_release(djn_text_t *t, const djn_text_key_t *k) {
+djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t plain[2],
+                                   uint32_t tenant, djn_text_key_t *key_out) {
     pthread_mutex_lock(&t->mu);
-    uint64_t d = s_digest(k), head = 0;
-    djn_map_get(&t->heads, d, &head);
-    s_entry_t **pp = (s_entry_t **)&head, *e = *pp;
-    s_entry_t *prev = NULL;
-    for (e = (s_entry_t *)(uintptr_t)head; e; prev = e, e = e->next)
-        if (e->key.hi == k->hi && e->key.lo == k->lo && e->key.dev == k->dev)
+    s_entry_t *e = s_chain(&t->by_plain, s_mix(plain[0], plain[1], dev));
+    for (; e; e = e->pnext)
+        if (e->plain[0] == plain[0] && e->plain[1] == plain[1] && e->key.dev == dev &&
+            s_owned(e, tenant))
             break;
-    (void)pp;
-    if (e && --e->refs == 0) {
-        if (prev)
-            prev->next = e->next;
-        else if (e->next)
-            djn_map_put(&t->heads, d, (uint64_t)(uintptr_t)e->next);
-        else
-            djn_map_del(&t->heads, d, NULL);
-        t->st.entries--;
-        t->st.bytes -= e->nbytes;
-        djn_stor_release(e->stor);
-        djn_free(e, sizeof(*e));
+    if (e) {
+        e->refs++;
+        t->st.refs++;
+        t->st.hits++;
+        *key_out = e->key;
     }
-    if (e)
-        t->st.refs--;
     pthread_mutex_unlock(&t->mu);
+    return e ? e->stor : NULL;
+}
+
+djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
+                                     djn_text_key_t *key_out) {
+    uint64_t v;
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e =
+        djn_map_get(&t->by_stor, djn_stor_id(stor), &v) ? (s_entry_t *)(uintptr_t)v : NULL;
+    if (e) {
+        e->refs++;
+        t->st.refs++;
+        *key_out = e->key;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return e ? e->stor : NULL;
+}
+
+/* Unlink e from the chain that `link_of` follows in map m under digest d. */
+static void s_unchain(djn_map_t *m, uint64_t d, s_entry_t *e, bool plain_chain) {
+    s_entry_t *head = s_chain(m, d), *prev = NULL;
+    for (s_entry_t *x = head; x; prev = x, x = plain_chain ? x->pnext : x->next) {
+        if (x != e)
+            continue;
+        s_entry_t *after = plain_chain ? e->pnext : e->next;
+        if (prev) {
+            if (plain_chain)
+                prev->pnext = after;
+            else
+                prev->next = after;
+        } else if (after) {
+            djn_map_put(m, d, (uint64_t)(uintptr_t)after); /* replaces: never allocates */
+        } else {
+            djn_map_del(m, d, NULL);
+        }
+        return;
+    }
+}
+
+void djn_text_release(djn_text_t *t, const djn_text_key_t *key) {
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e = s_chain(&t->by_key, s_kdigest(key));
+    while (e && (e->key.hi != key->hi || e->key.lo != key->lo || e->key.dev != key->dev ||
+                 e->key.serial != key->serial))
+        e = e->next;
+    if (e) {
+        t->st.refs--;
+        if (--e->refs == 0) {
+            s_unchain(&t->by_key, s_kdigest(key), e, false);
+            s_unchain(&t->by_plain, s_mix(e->plain[0], e->plain[1], e->key.dev), e, true);
+            djn_map_del(&t->by_stor, djn_stor_id(e->stor), NULL);
+            t->st.entries--;
+            t->st.bytes -= e->nbytes;
+        } else {
+            e = NULL;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (e)
+        s_entry_free(e); /* outside the lock: freeing device memory scrubs it */
 }
 
 void djn_text_stats(djn_text_t *t, djn_text_stats_t *out) {
     pthread_mutex_lock(&t->mu);
     *out = t->st;
     pthread_mutex_unlock(&t->mu);
-}
-
-void djn_text_hash(const void *bytes, uint64_t n, uint64_t *hi, uint64_t *lo) {
-    XXH128_hash_t h = XXH3_128bits(bytes, (size_t)n);
-    *hi = h.high64;
-    *lo = h.low64;
 }

@@ -1,15 +1,23 @@
 /* djn_text.h: the Text segment's index: content-addressed, read-only, reference-counted
  * storages shared by every session on a device.
  *
- * Weights uploaded by N sessions (N notebooks, N torchrun ranks) are stored once. The
- * key is the XXH3-128 of the bytes plus the device; the server computes the hash of
- * every upload itself before an entry is created, so a client cannot file bytes under
- * another content's name. A session that writes to a Text tensor first receives a
- * private copy (copy-on-write, done by the session layer); entries die with their last
- * reference. */
+ * Weights uploaded by N sessions (N notebooks, N torchrun ranks, N tenants) are stored
+ * once. Sharing must leak nothing, so an entry is found three ways, each for one use:
+ *   - by its key, a keyed hash of the bytes (XXH3-128 with a random secret drawn when
+ *     the server starts, which no client knows): an upload of identical bytes finds the
+ *     entry, and the bytes are compared before they are shared (djn_text_same_fn), so
+ *     not even a crafted collision can make one tenant's upload read another's content;
+ *   - by the plain XXH3-128 a client offers in HAVE, *and* the tenant: an entry answers
+ *     only the tenants that uploaded its bytes before (its owners), so HAVE is no oracle
+ *     for what others hold;
+ *   - by storage: a handle bound to a shared storage by any path (an alias, a view a
+ *     kernel returned) is recognised as shared, so writes to it copy first.
+ * Entries die with their last reference. A session that writes to a Text tensor first
+ * receives a private copy (copy-on-write, done by the session layer). */
 #ifndef DJN_TEXT_H
 #define DJN_TEXT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "djn_exec.h"
@@ -21,26 +29,46 @@ extern "C" {
 
 typedef struct djn_text djn_text_t;
 typedef struct djn_text_key {
-    uint64_t hi, lo;
+    uint64_t hi, lo; /* keyed hash of the content */
     uint32_t dev;
+    uint32_t serial; /* tells apart entries whose keys collide (content differs) */
 } djn_text_key_t;
 
 typedef struct djn_text_stats {
-    uint64_t entries, bytes, refs, hits, inserts;
+    uint64_t entries, bytes, refs, hits, inserts, verified_bytes;
 } djn_text_stats_t;
 
-djn_text_t *djn_text_new(void);
+/* Does the filed storage hold the same bytes as the caller's? */
+typedef bool (*djn_text_same_fn)(void *ctx, djn_stor_t *filed);
+
+djn_text_t *djn_text_new(void); /* draws the secret */
 void djn_text_destroy(djn_text_t **self_p);
-/* A new reference to the content, or NULL if absent. The storage is borrowed: valid
- * while the reference is held. */
-djn_stor_t *djn_text_acquire(djn_text_t *t, const djn_text_key_t *k);
-/* File a storage under its content (retained); if the content is already there the
- * existing entry gains a reference instead. Returns the storage now filed, borrowed. */
-djn_stor_t *djn_text_insert(djn_text_t *t, const djn_text_key_t *k, djn_stor_t *stor);
-void djn_text_release(djn_text_t *t, const djn_text_key_t *k);
+
+/* The keyed hash of some bytes (key->dev is left alone), and their plain XXH3-128 (the
+ * hash a client offers in HAVE). */
+void djn_text_hash(const djn_text_t *t, const void *bytes, uint64_t n, djn_text_key_t *key,
+                   uint64_t plain[2]);
+/* Share an upload's bytes: an entry under key whose content `same` confirms gains a
+ * reference and the tenant as an owner; *key gets its serial.
+ * NULL: none holds these bytes. The storage is borrowed: valid while the reference is
+ * held. */
+djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
+                           djn_text_same_fn same, void *ctx);
+/* File a new storage (retained) under key, owned by tenant; *key gets its serial.
+ * Returns the storage filed (borrowed) with one reference for the caller, NULL on OOM. */
+djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t plain[2],
+                            uint32_t tenant, djn_stor_t *stor);
+/* HAVE: a new reference to content of this plain hash on dev that `tenant` uploaded
+ * before, or NULL (whether or not another tenant holds it). */
+djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t plain[2],
+                                   uint32_t tenant, djn_text_key_t *key_out);
+/* A new reference to the entry holding this very storage, or NULL if it is not shared. */
+djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
+                                     djn_text_key_t *key_out);
+void djn_text_release(djn_text_t *t, const djn_text_key_t *key);
+/* A small id for a tenant name ("" is the one tenant of a server without keys). */
+uint32_t djn_text_tenant(djn_text_t *t, const char *name);
 void djn_text_stats(djn_text_t *t, djn_text_stats_t *out);
-/* XXH3-128 of bytes (what clients and the server both compute). */
-void djn_text_hash(const void *bytes, uint64_t n, uint64_t *hi, uint64_t *lo);
 
 #ifdef __cplusplus
 }

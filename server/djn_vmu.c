@@ -7,7 +7,13 @@
  *   2. slab_live counts slab allocations not yet released; the slab is reset only at a
  *      fragment end with slab_live == 0, so no live tensor ever sees its bytes reused;
  *   3. on CPU the device is synchronous, so "the device has finished" holds when the
- *      worker reaches the fragment end (a CUDA VMU would wait on the stream's event). */
+ *      worker reaches the fragment end (a CUDA VMU would wait on the stream's event);
+ *   4. memory is scrubbed before it can change hands, so no allocation ever holds bytes
+ *      of a previous owner: a Data block is zeroed when freed (its range given back to
+ *      the kernel past S_MADVISE_MIN: the next touch maps zero pages), and the slab's
+ *      used range [0, top) when it is reset. Everything above the slab's top and every
+ *      free Data block is zero. (A fragment reusing its own intermediates' slab bytes
+ *      sees its own data: one session, one fragment.) */
 #define _GNU_SOURCE
 #include "djn_vmu.h"
 
@@ -16,11 +22,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "djn_mem.h"
 
 #define S_ALIGN 256u
 #define S_MAX_VMUS 64
+#define S_MADVISE_MIN (1u << 20)
 
 struct djn_vmu {
     uint8_t *base;
@@ -29,6 +37,7 @@ struct djn_vmu {
     djn_heap_t *heap;
     djn_slab_t *slab;
     _Atomic uint64_t slab_live;
+    _Atomic uint64_t scrub_bytes, scrub_ns;
     bool in_planned;   /* between a planned fragment's begin and end */
     uint64_t frag_top; /* the highest slab top since that begin */
     djn_vmu_stats_t st;
@@ -113,6 +122,31 @@ void djn_vmu_destroy(djn_vmu_t **self_p) {
     *self_p = NULL;
 }
 
+static uint64_t s_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Zero [p, p + n): small ranges by memset, large ones by giving their whole pages back
+ * to the kernel (a private anonymous mapping reads as zeros after MADV_DONTNEED, and
+ * the pages stop counting as used memory until touched again). */
+static void s_scrub(djn_vmu_t *v, uint8_t *p, uint64_t n) {
+    if (!n)
+        return;
+    uint64_t t0 = s_now_ns();
+    const uintptr_t pg = 4096;
+    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), b = ((uintptr_t)p + n) & ~(pg - 1);
+    if (n >= S_MADVISE_MIN && b > a && madvise((void *)a, b - a, MADV_DONTNEED) == 0) {
+        memset(p, 0, a - (uintptr_t)p);
+        memset((void *)b, 0, (uintptr_t)p + n - b);
+    } else {
+        memset(p, 0, n);
+    }
+    atomic_fetch_add(&v->scrub_bytes, n);
+    atomic_fetch_add(&v->scrub_ns, s_now_ns() - t0);
+}
+
 void *djn_vmu_data_alloc(djn_vmu_t *v, uint64_t n) {
     uint64_t off;
     pthread_mutex_lock(&v->mu);
@@ -158,8 +192,13 @@ bool djn_vmu_release(djn_vmu_t *v, void *p) {
         atomic_fetch_sub(&v->slab_live, 1);
         return true;
     }
+    uint64_t off = (uint64_t)((uint8_t *)p - v->base);
     pthread_mutex_lock(&v->mu);
-    djn_heap_free(v->heap, (uint64_t)((uint8_t *)p - v->base));
+    uint64_t n = djn_heap_size_of(v->heap, off);
+    pthread_mutex_unlock(&v->mu);
+    s_scrub(v, p, n); /* still ours: nobody else can be handed this block yet */
+    pthread_mutex_lock(&v->mu);
+    djn_heap_free(v->heap, off);
     pthread_mutex_unlock(&v->mu);
     return true;
 }
@@ -186,11 +225,16 @@ void djn_vmu_fragment_end(djn_vmu_t *v) {
         v->st.plan_high_water_sum += v->frag_top;
         v->in_planned = false;
     }
-    if (atomic_load(&v->slab_live) == 0)
+    uint64_t dirty = 0;
+    if (atomic_load(&v->slab_live) == 0) {
+        dirty = djn_slab_mark(v->slab); /* slab allocations only bump: top is all used */
         djn_slab_reset(v->slab, 0);
-    else
+    } else {
         v->st.slab_resets_deferred++;
+    }
     pthread_mutex_unlock(&v->mu);
+    /* only this worker allocates in the slab, and it is here: scrub without the lock */
+    s_scrub(v, v->base + v->data_bytes, dirty);
 }
 
 void djn_vmu_note_plan(djn_vmu_t *v, uint64_t peak, uint64_t lower_bound, uint64_t bump) {
@@ -217,6 +261,8 @@ void djn_vmu_stats(djn_vmu_t *v, djn_vmu_stats_t *out) {
     djn_heap_stats(v->heap, &out->data);
     djn_slab_stats(v->slab, &out->slab);
     out->slab_live = atomic_load(&v->slab_live);
+    out->scrub_bytes = atomic_load(&v->scrub_bytes);
+    out->scrub_ns = atomic_load(&v->scrub_ns);
     pthread_mutex_unlock(&v->mu);
 }
 

@@ -39,7 +39,8 @@ typedef struct djn_vmu_stats {
     /* measured: the slab top a planned fragment really reached (its planned placements
      * plus whatever ATen allocated above them while its nodes ran) */
     uint64_t plan_high_water_last, plan_high_water_sum;
-    uint64_t copied_out_bytes; /* persistent results moved from slab to Data */
+    uint64_t copied_out_bytes;      /* persistent results moved from slab to Data */
+    uint64_t scrub_bytes, scrub_ns; /* memory zeroed before it changed hands, and the time */
 } djn_vmu_stats_t;
 
 djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size_t errlen);

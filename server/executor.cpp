@@ -32,6 +32,7 @@
 #include <unordered_map>
 
 #include "djn_exec.h"
+#include "djn_policy.h"
 
 static_assert(int(at::kByte) == DJN_DTYPE_U8 && int(at::kChar) == DJN_DTYPE_I8 &&
                   int(at::kShort) == DJN_DTYPE_I16 && int(at::kInt) == DJN_DTYPE_I32 &&
@@ -49,7 +50,9 @@ struct djn_stor {
 
 struct djn_op_entry {
     c10::OperatorHandle h;
-    bool rng; // draws random numbers: needs the session's state in the default generator
+    bool rng;           // draws random numbers: needs the session's state in the default generator
+    const char *denied; // the policy's reason (djn_policy.h), NULL: may run
+    bool uninit;        // returns memory it did not write (empty*): zeroed where no VMU scrubs
 };
 
 struct djn_exec {
@@ -105,6 +108,7 @@ struct VmuAllocator final : c10::Allocator {
             if (posix_memalign(&p, kAlign, n ? n : 1) != 0)
                 TORCH_CHECK_WITH(OutOfMemoryError, false,
                                  "djinn-server: out of host memory allocating ", n, " bytes");
+            std::memset(p, 0, n); /* malloc recycles: never hand out a previous owner's bytes */
             return {p, p, &plain_free, cpu};
         }
         void *p = t_slab ? djn_vmu_slab_alloc(t_vmu, n) : djn_vmu_data_alloc(t_vmu, n);
@@ -214,6 +218,7 @@ struct Ctx {
     djn_exec_env_t *env;
     const c10::FunctionSchema *schema;
     std::vector<std::pair<c10::StorageImpl *, uint64_t>> inputs;
+    std::vector<uint64_t> written; // handles the node may write (and grow)
 };
 
 uint64_t handle_of_slot(Ctx &c, uint64_t slot) {
@@ -222,6 +227,33 @@ uint64_t handle_of_slot(Ctx &c, uint64_t slot) {
                                         " but only " + std::to_string(c.env->nbinds) +
                                         " are bound");
     return c.env->binds[slot];
+}
+
+// The bytes a tensor reaches, checked on the TensorImpl ATen will use (what it stored,
+// not what the client asked for): no negative stride, no overflow, nothing past the
+// storage's real size now. An empty tensor reaches nothing.
+void check_bounds(const at::Tensor &t, uint64_t handle) {
+    auto *impl = t.unsafeGetTensorImpl();
+    if (impl->numel() == 0)
+        return;
+    for (auto st : impl->strides())
+        if (st < 0)
+            throw OpError(DJN_ERR_ARGS, "tensor reference to handle has a negative stride");
+    size_t need = 0;
+    try {
+        need = at::detail::computeStorageNbytes(impl->sizes(), impl->strides(), impl->itemsize(),
+                                                impl->storage_offset());
+    } catch (const c10::Error &) {
+        throw OpError(DJN_ERR_ARGS, "tensor reference overflows");
+    }
+    const c10::Storage &s = impl->storage();
+    if (need > s.nbytes() || !s.data()) {
+        char m[256];
+        snprintf(m, sizeof m,
+                 "tensor reference to handle 0x%llx reaches byte %zu but its storage holds %zu",
+                 (unsigned long long)handle, need, s.nbytes());
+        throw OpError(DJN_ERR_ARGS, m);
+    }
 }
 
 at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
@@ -234,13 +266,6 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     uint64_t b, e;
     if (!djn_tref_extent(&r, &b, &e))
         throw OpError(DJN_ERR_ARGS, "malformed tensor reference");
-    if (e > s->storage.nbytes()) {
-        char m[256];
-        snprintf(m, sizeof m,
-                 "tensor reference to handle 0x%llx reaches byte %llu but its storage holds %zu",
-                 (unsigned long long)handle, (unsigned long long)e, s->storage.nbytes());
-        throw OpError(DJN_ERR_ARGS, m);
-    }
     auto dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(r.dtype));
     auto ks = c10::DispatchKeySet(c10::computeDispatchKey(static_cast<c10::ScalarType>(r.dtype),
                                                           c10::kStrided, s->storage.device()));
@@ -248,7 +273,10 @@ at::Tensor make_tensor(Ctx &c, const djn_tref_t &r, bool written) {
     t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef(r.sizes, r.ndim),
                                                    c10::IntArrayRef(r.strides, r.ndim),
                                                    std::optional<int64_t>(r.offset));
+    check_bounds(t, handle);
     c.inputs.emplace_back(s->storage.unsafeGetStorageImpl(), handle);
+    if (written)
+        c.written.push_back(handle);
     return t;
 }
 
@@ -439,22 +467,55 @@ bool same_layout(const at::Tensor &t, const djn_tref_t &r) {
     return true;
 }
 
-void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
-    if (o.kind == DJN_V_NONE || !t.defined())
+std::string dims(c10::IntArrayRef d) {
+    std::string s = "[";
+    for (size_t i = 0; i < d.size(); i++)
+        s += (i ? ", " : "") + std::to_string(d[i]);
+    return s + "]";
+}
+
+// A kernel's result as plain bytes on this device: an efficient zero tensor (ZeroTensor,
+// whose storage holds nothing) becomes real zeros, conjugate and negative views are
+// resolved (their storage bytes are not their values), a tensor of another device is
+// left for a copy; one without memory or of another layout is refused, naming it.
+at::Tensor materialize(Ctx &c, at::Tensor t) {
+    if (t._is_zerotensor())
+        return at::zeros(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).device(c.x->device));
+    if (t.is_meta())
+        throw OpError(DJN_ERR_OP, "the kernel returned a tensor without memory (meta)");
+    if (t.layout() != c10::kStrided)
+        throw OpError(DJN_ERR_OP,
+                      "the kernel returned a non-strided tensor, which this server does not keep");
+    if (t.is_conj())
+        t = t.resolve_conj();
+    if (t.is_neg())
+        t = t.resolve_neg();
+    return t;
+}
+
+void bind_result(Ctx &c, const at::Tensor &result, const djn_value_t &o) {
+    if (o.kind == DJN_V_NONE || !result.defined())
         return;
     if (o.kind != DJN_V_TENSOR)
         throw OpError(DJN_ERR_ARGS, "output description must be a tensor reference");
     const djn_tref_t &r = *o.u.t;
     uint64_t handle = handle_of_slot(c, r.handle);
-    if (t.numel() == 0 && !same_layout(t, r)) {
-        // an auxiliary output the kernel left empty (native_batch_norm's save_mean in
-        // eval mode on CPU): nothing to bind; the handle reads as zeros if ever used
-        return;
+    at::Tensor t = materialize(c, result);
+    if (t.sizes() != c10::IntArrayRef(r.sizes, r.ndim)) {
+        if (t.numel() == 0) {
+            // an auxiliary output the kernel left empty (native_batch_norm's save_mean in
+            // eval mode on CPU): nothing to bind; the handle reads as zeros if ever used
+            return;
+        }
+        // never reinterpret: a shape other than the one the client holds is an error
+        throw OpError(DJN_ERR_OP, "returned an output of shape " + dims(t.sizes()) +
+                                      " where the client expects " +
+                                      dims(c10::IntArrayRef(r.sizes, r.ndim)));
     }
-    if (c.env->is_lazy_fn(c.env->ctx, handle)) {
+    if (c.env->is_lazy_fn(c.env->ctx, handle) && t.device() == c.x->device) {
         uint64_t b, e;
         djn_tref_extent(&r, &b, &e);
-        if (same_layout(t, r) && t.storage().nbytes() >= e) {
+        if (same_layout(t, r) && t.storage().nbytes() >= e && t.storage().data()) {
             djn_stor tmp{t.storage()};
             djn_status_t st = c.env->bind_fn(c.env->ctx, handle, &tmp);
             if (st != DJN_OK)
@@ -463,14 +524,23 @@ void bind_result(Ctx &c, const at::Tensor &t, const djn_value_t &o) {
         }
     }
     at::Tensor dst = make_tensor(c, r, true);
-    if (dst.storage().unsafeGetStorageImpl() == t.storage().unsafeGetStorageImpl())
-        return; // in-place, out= or a view: already there
-    dst.copy_(t);
+    if (dst.storage().unsafeGetStorageImpl() == t.storage().unsafeGetStorageImpl()) {
+        if (same_layout(t, r))
+            return;    // in-place, out= or a view: already there
+        t = t.clone(); // another view of the same bytes: copy through a temporary
+    }
+    dst.copy_(t); // converts a dtype other than the declared one; same shape (checked)
 }
 
 void encode_result(Ctx &c, const c10::IValue &v, djn_buf_t *out) {
     if (v.isTensor()) {
-        const at::Tensor &t = v.toTensor();
+        if (!v.toTensor().defined()) {
+            djn_enc_nil(out);
+            return;
+        }
+        at::Tensor t = materialize(c, v.toTensor());
+        if (t.device() != c.x->device)
+            t = t.to(c.x->device);
         if (!t.defined()) {
             djn_enc_nil(out);
             return;
@@ -549,8 +619,12 @@ void check_enum(const djn_value_t &v, const c10::Argument &a) {
                               "' is not a supported dtype code: " + std::to_string(v.u.i));
         return;
     case c10::TypeKind::LayoutType:
-        hi = (int64_t)c10::Layout::NumOptions;
-        break;
+        if (v.u.i != (int64_t)c10::kStrided)
+            throw OpError(DJN_ERR_ARGS,
+                          "argument '" + a.name() +
+                              "': only strided tensors live on this server, got layout " +
+                              std::to_string(v.u.i));
+        return;
     case c10::TypeKind::MemoryFormatType:
         hi = (int64_t)c10::MemoryFormat::NumOptions;
         break;
@@ -591,7 +665,11 @@ const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
     if (!h || !h->hasSchema())
         throw OpError(DJN_ERR_OP, std::string("unknown operator '") + n->op +
                                       (n->overload[0] ? "." : "") + n->overload + "'");
-    return x->ops.emplace(key, djn_op_entry{*h, uses_rng(h->schema())}).first->second;
+    bool uninit = std::string(n->op).find("empty") != std::string::npos;
+    return x->ops
+        .emplace(key, djn_op_entry{*h, uses_rng(h->schema()), djn_policy_check(n->op, n->overload),
+                                   uninit})
+        .first->second;
 }
 
 } // namespace
@@ -649,10 +727,37 @@ uint64_t djn_stor_nbytes(const djn_stor_t *s) {
     return s->storage.nbytes();
 }
 
+uint64_t djn_stor_id(const djn_stor_t *s) {
+    return (uint64_t)(uintptr_t)s->storage.unsafeGetStorageImpl();
+}
+
+bool djn_exec_same(djn_exec_t *x, djn_stor_t *s, const void *bytes, uint64_t n) {
+    if (n != s->storage.nbytes())
+        return false;
+    if (!n)
+        return true;
+    try {
+        if (x->device.is_cpu())
+            return std::memcmp(s->storage.data(), bytes, n) == 0;
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        auto mine = at::from_blob(const_cast<void *>(bytes), {(int64_t)n},
+                                  at::TensorOptions().dtype(at::kByte));
+        auto filed = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
+        filed.set_(s->storage, 0, {(int64_t)n}, {1});
+        return at::equal(filed, mine.to(x->device));
+    } catch (...) {
+        return false; /* not shown equal: not shared */
+    }
+}
+
 djn_status_t djn_exec_zero(djn_exec_t *x, djn_stor_t *s, char *err, size_t errlen) {
     size_t n = s->storage.nbytes();
     if (!n)
         return DJN_OK;
+    djn_vmu_t *v = x->vmu && s->storage.data() ? djn_vmu_find(s->storage.data()) : nullptr;
+    if (v && !djn_vmu_in_slab(v, s->storage.data()))
+        return DJN_OK; /* a fresh Data block: scrubbed when it was last freed (djn_vmu.c) */
     try {
         if (x->device.is_cpu()) {
             std::memset(s->storage.mutable_data(), 0, n);
@@ -877,6 +982,9 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             return DJN_OK;
         }
         const djn_op_entry &entry = find_op(x, n);
+        if (entry.denied)
+            throw OpError(DJN_ERR_DENIED,
+                          std::string("refused by the server's operator policy: ") + entry.denied);
         const auto &op = entry.h;
         const auto &schema = op.schema();
         if (entry.rng && !x->rng_active) // the session's random state, swapped in only when needed
@@ -904,6 +1012,10 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
         op.callBoxed(&stack);
         if (stack.size() != rets.size())
             throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");
+        if (entry.uninit && !x->vmu) // ATen's caching allocator recycles other sessions' bytes
+            for (auto &v : stack)
+                if (v.isTensor() && v.toTensor().defined())
+                    v.toTensor().zero_();
         if (dynamic) {
             djn_enc_array(dyn, (uint32_t)stack.size());
             for (auto &v : stack)
@@ -922,6 +1034,12 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                 for (size_t j = 0; j < l.size(); j++)
                     bind_result(c, l.get(j), o.u.items[j]);
             }
+        }
+        for (uint64_t h : c.written) { // a kernel may have grown an out= storage: account it
+            char m[256] = {0};
+            djn_status_t st = env->written_fn(env->ctx, h, m, sizeof m);
+            if (st != DJN_OK)
+                throw OpError(st, m);
         }
         return DJN_OK;
     } catch (const OpError &e) {

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "djn_exec.h"
+#include "djn_policy.h"
 #include "djn_proto.h"
 #include "djn_server.h"
 
@@ -191,6 +192,10 @@ int main(int argc, char **argv) {
             cfg.verbose = true;
         } else if (!strcmp(a, "--insecure")) {
             insecure = 1;
+        } else if (!strcmp(a, "--list-ops")) {
+            int n = djn_policy_list(stdout);
+            fprintf(stderr, "djinn-server: %d operators allowed\n", n);
+            return 0;
         } else if (!strcmp(a, "--remove-ipc-dir")) {
             cfg.remove_ipc_dir = true;
         } else {

@@ -13,6 +13,7 @@ import time
 
 import msgpack
 import zmq
+import zmq.auth as zmq_auth
 from djinn._C import _proto
 
 K = _proto.constants
@@ -75,13 +76,19 @@ class Raw:
 
     _ctx = None
 
-    def __init__(self, endpoint, ctx=None, timeout=20.0):
+    def __init__(self, endpoint, ctx=None, timeout=20.0, cert=None, server_cert=None):
+        """``cert``: this client's .key_secret file, ``server_cert``: the server's .key
+        (CURVE); both None for a server without keys."""
         if ctx is None:
             if Raw._ctx is None:
                 Raw._ctx = zmq.Context()
             ctx = Raw._ctx
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if cert:
+            pub, sec = zmq_auth.load_certificate(cert)
+            self.sock.curve_publickey, self.sock.curve_secretkey = pub, sec
+            self.sock.curve_serverkey = zmq_auth.load_certificate(server_cert)[0]
         self.sock.connect(endpoint)
         self.seq = 100
         self.sid = 0

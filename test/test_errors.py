@@ -451,7 +451,7 @@ _OOM_CLIENT = """
     x = torch.empty(12 << 30, dtype=torch.uint8, device='remote')   # 12 GiB: more than the server has
     attempt(lambda: (x.fill_(1), torch.remote.synchronize()))       # materialised by a node
     y = torch.empty(12 << 30, dtype=torch.uint8, device='remote')
-    attempt(lambda: y[:4].cpu())                                    # materialised by a fetch
+    print(y[:4].cpu().tolist())      # never written: reads as zeros, takes no server memory
     print((torch.ones(3, device='remote') * 2).cpu().tolist())
 """
 
@@ -483,14 +483,13 @@ def oom_transcript(request):
         stop_server(proc)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
-    return {"node": lines[0:2], "fetch": lines[2:4], "after": lines[4]}
+    return {"node": lines[0:2], "fetch": lines[2], "after": lines[3]}
 
 
 def test_server_out_of_memory_is_reported_and_session_survives(oom_transcript):
-    for path in ("node", "fetch"):
-        kind, msg = oom_transcript[path]
-        assert kind != "NO ERROR", path
-        assert "cannot allocate" in msg, (path, msg)
+    kind, msg = oom_transcript["node"]
+    assert kind != "NO ERROR"
+    assert "cannot allocate" in msg, msg
     assert oom_transcript["after"] == "[2.0, 2.0, 2.0]"
 
 
@@ -498,13 +497,13 @@ def test_server_out_of_memory_in_a_node_raises_resource_error(oom_transcript):
     assert oom_transcript["node"][0] == "ResourceError", oom_transcript["node"]
 
 
-def test_server_out_of_memory_on_read_raises_resource_error(oom_transcript):
-    assert oom_transcript["fetch"][0] == "ResourceError", oom_transcript["fetch"]
+def test_reading_a_huge_unwritten_tensor_takes_no_server_memory(oom_transcript):
+    # a fetch of bytes nothing wrote answers zeros without materialising 12 GiB
+    assert oom_transcript["fetch"] == "[0, 0, 0, 0]"
 
 
 def test_server_out_of_memory_message_has_no_backtrace(oom_transcript):
-    for path in ("node", "fetch"):
-        assert "frame #0" not in oom_transcript[path][1], path
+    assert "frame #0" not in oom_transcript["node"][1]
 
 
 def test_allocation_over_server_limit_is_refused(private_server):

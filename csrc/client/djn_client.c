@@ -564,7 +564,7 @@ static djn_status_t s_find_keys(djn_curve_t *k, bool *use, char *err, size_t err
     djn_cert_t cert, server;
     djn_status_t st = djn_cert_read(cpath, &cert, err, errlen);
     if (st == DJN_OK && !cert.has_secret) {
-        snprintf(err, errlen, "'%s' holds no secret-key: give this client's .key_secret file",
+        snprintf(err, errlen, "'%.300s' holds no secret-key: give this client's .key_secret file",
                  cpath);
         st = DJN_ERR_ARGS;
     }

@@ -94,7 +94,10 @@ extern "C" {
     X(plan_bump_sum, U64, "plan.bump_bytes_total", "sum of bump-allocator sizes")                  \
     X(plan_high_water_sum, U64, "plan.high_water_bytes_total", "sum of measured high-water marks") \
     X(copied_out_bytes, U64, "plan.copied_out_bytes",                                              \
-      "bytes copied from the slab to the Data segment (results that outlive a fragment)")
+      "bytes copied from the slab to the Data segment (results that outlive a fragment)")          \
+    X(scrub_bytes, U64, "scrub.bytes",                                                             \
+      "bytes zeroed before they changed hands (tenant isolation)")                                 \
+    X(scrub_ns, U64, "scrub.ns", "time spent zeroing them, ns")
 
 /* Client-side counters (djinn.bytes_moved()); the field is also the Python key. */
 #define DJN_STATS_CLIENT(X)                                                                        \
