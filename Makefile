@@ -13,7 +13,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 TORCH_VERSION ?= 2.13.0
-APT_PKGS := libzmq3-dev libmsgpack-dev libxxhash-dev pkg-config clang-format-14
+APT_PKGS := libzmq3-dev libmsgpack-dev libxxhash-dev pkg-config clang-format-14 clang-14 libclang-rt-14-dev
 
 ifeq ($(DJINN_USE_SYSTEM_PYTHON),1)
 PYTHON := python3
@@ -38,7 +38,7 @@ TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h) setup.py
 HEADERS := $(wildcard csrc/common/*.h csrc/client/*.h server/*.h)
 C_TESTS := $(patsubst test/c/%.c,$(BUILD)/ctest/%,$(wildcard test/c/test_*.c))
 
-.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format format-check
+.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format format-check fuzz fuzz-smoke fuzz-seeds
 
 # ---------------------------------------------------------------- environment
 $(BUILD)/.deps:
@@ -100,6 +100,25 @@ $(BUILD)/djinn-server: $(SERVER_OBJS)
 
 server: $(BUILD)/djinn-server
 
+# the same server under AddressSanitizer, for the shutdown tests (test/test_shutdown.py)
+ASAN_FLAGS := -O1 -g -fsanitize=address -fno-omit-frame-pointer
+ASAN_OBJS := $(patsubst %.o,$(BUILD)/asan/%.o,$(notdir $(SERVER_OBJS)))
+$(BUILD)/asan/%.o: server/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
+$(BUILD)/asan/%.o: csrc/common/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
+$(BUILD)/asan/%.o: csrc/client/%.c $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
+$(BUILD)/asan/%.o: server/%.cpp $(HEADERS) $(BUILD)/torch.mk
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -fPIC $(ASAN_FLAGS) -Wno-unused-parameter -Icsrc/common -Iserver $(TORCH_INC) -c $< -o $@
+$(BUILD)/asan/djinn-server: $(ASAN_OBJS)
+	$(CXX) -fsanitize=address -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
+asan-server: $(BUILD)/asan/djinn-server
+
 # ---------------------------------------------------------------- client extension
 $(BUILD)/.ext: $(ENV_STAMP) $(COMMON_SRC) $(CLIENT_SRC) $(TORCH_SRC) $(HEADERS)
 	$(PYTHON) setup.py -q build_ext --inplace -j 2
@@ -118,13 +137,52 @@ $(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(CLIENT_SRC) $(wildcard server/*.c) 
 	    $(COMMON_SRC) $(wildcard server/djn_$(patsubst test_%,%,$*).c) \
 	    $(if $(findstring client,$*),$(CLIENT_SRC),) -lmsgpackc -lxxhash -lzmq -lpthread -o $@
 
+# ---------------------------------------------------------------- fuzzing (libFuzzer)
+# fuzz_decode: the message layer; fuzz_server: the server's message handling below the
+# socket (fragment runtime, sessions, Text, plan cache, VMU) with a stub executor.
+FUZZ_CC := clang-14 -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc/common -Icsrc/client -Iserver
+FUZZ_SERVER_SRC := fuzz/exec_stub.c $(filter-out server/djn_server.c server/main.c server/djn_cli.c \
+                   server/djn_auth.c server/djn_sched.c,$(SERVER_C))
+$(BUILD)/fuzz/fuzz_decode: fuzz/fuzz_decode.c $(COMMON_SRC) $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $< $(COMMON_SRC) -lmsgpackc -lxxhash -o $@
+$(BUILD)/fuzz/fuzz_server: fuzz/fuzz_server.c $(FUZZ_SERVER_SRC) $(COMMON_SRC) $(HEADERS) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $< $(FUZZ_SERVER_SRC) $(COMMON_SRC) -lmsgpackc -lxxhash -lpthread -o $@
+FUZZERS := $(BUILD)/fuzz/fuzz_decode $(BUILD)/fuzz/fuzz_server
+
+# a few seconds each, from the committed seeds (make test)
+fuzz-smoke: $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$$(basename $$f); rm -rf $(BUILD)/fuzz/$$n.work; \
+	  mkdir -p $(BUILD)/fuzz/$$n.work; echo "== $$n (10 s)"; \
+	  $$f -max_total_time=10 -print_final_stats=1 $(BUILD)/fuzz/$$n.work fuzz/corpus/$${n#fuzz_} \
+	    > $(BUILD)/fuzz/$$n.log 2>&1 || { tail -40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
+	  grep -E "^Done" $(BUILD)/fuzz/$$n.log; done
+
+# a million inputs each (make fuzz); the figures go to benchmarks/results/fuzz.md
+FUZZ_RUNS ?= 1000000
+fuzz: $(FUZZERS)
+	@set -e; out=benchmarks/results/fuzz.md; \
+	  echo "| target | inputs | seconds | new coverage units | crashes, leaks |" > $$out.tmp; \
+	  echo "|---|---:|---:|---:|---|" >> $$out.tmp; \
+	  for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p $(BUILD)/fuzz/$$n.work; \
+	  s=$$(date +%s); $$f -runs=$(FUZZ_RUNS) -print_final_stats=1 $(BUILD)/fuzz/$$n.work fuzz/corpus/$${n#fuzz_} \
+	    > $(BUILD)/fuzz/$$n.log 2>&1 || { tail -40 $(BUILD)/fuzz/$$n.log; exit 1; }; e=$$(date +%s); \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(BUILD)/fuzz/$$n.log); \
+	  units=$$(sed -n 's/^stat::new_units_added: *//p' $(BUILD)/fuzz/$$n.log); \
+	  echo "| $$n | $$runs | $$((e - s)) | $$units | 0 |" >> $$out.tmp; \
+	  echo "== $$n: $$runs inputs in $$((e - s)) s, 0 crashes"; done; mv $$out.tmp $$out
+
+fuzz-seeds: build
+	$(PYTHON) fuzz/make_seeds.py
+
 test-c: $(C_TESTS)
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; $$t; done
 
-test-py: build
+test-py: build $(BUILD)/asan/djinn-server
 	$(PYTHON) -m pytest -q -x --timeout=600 test
 
-test: format-check test-c test-py
+test: format-check test-c fuzz-smoke test-py
 
 # ---------------------------------------------------------------- demo and benchmarks
 demo: build

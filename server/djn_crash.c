@@ -46,8 +46,9 @@ static void s_handler(int sig) {
 }
 
 void djn_crash_thread(void) {
-    if (t_altstack)
-        return;
+    stack_t cur;
+    if (t_altstack || (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)))
+        return; /* this thread has one (a sanitizer's, say): keep it */
     size_t sz = 64 * 1024;
     t_altstack = malloc(sz);
     if (!t_altstack)

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "djn_exec.h"
+#include "djn_mem.h"
 #include "djn_policy.h"
 #include "djn_proto.h"
 #include "djn_server.h"
@@ -274,6 +275,10 @@ int main(int argc, char **argv) {
     djn_server_run(srv);
     djn_server_destroy(&srv);
     free(copy);
+    int64_t held = djn_mem_in_use();
+    if (held) /* every counted host byte comes back when the server stops: a leak says so */
+        fprintf(stderr, "djinn-server: %lld bytes of host memory were not given back\n",
+                (long long)held);
     fprintf(stderr, "djinn-server: stopped\n");
     return 0;
 }

@@ -227,9 +227,37 @@ static void s_free_bytes(void *data, void *hint) {
     djn_free(data, (size_t)(uintptr_t)hint);
 }
 
+/* DJINN_RECORD_DIR: write every request to a file of its own, in the framing of the
+ * server fuzzer's inputs ([u8 frames - 1][u16 length][bytes]..., data frames cut at
+ * 64 KiB): real client messages seed fuzz/corpus (make fuzz-seeds). */
+static void s_record(const djn_buf_t *hdr, const djn_frame_t *frames, uint32_t nframes) {
+    static _Atomic uint32_t n;
+    const char *dir = getenv("DJINN_RECORD_DIR");
+    if (!dir || !*dir || hdr->len > 0xFFFF)
+        return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%d-%06u", dir, (int)getpid(), atomic_fetch_add(&n, 1));
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return;
+    uint32_t nf = nframes < 7 ? nframes : 7;
+    fputc((int)nf, f);
+    fputc((int)(hdr->len & 0xFF), f);
+    fputc((int)(hdr->len >> 8), f);
+    fwrite(hdr->data, 1, hdr->len, f);
+    for (uint32_t i = 0; i < nf; i++) {
+        size_t l = frames[i].len < 0xFFFF ? frames[i].len : 0xFFFF;
+        fputc((int)(l & 0xFF), f);
+        fputc((int)(l >> 8), f);
+        fwrite(frames[i].data, 1, l, f);
+    }
+    fclose(f);
+}
+
 static djn_status_t s_send(djn_client_t *c, djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes) {
     if (hdr->failed)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory encoding a request");
+    s_record(hdr, frames, nframes);
     djn_status_t st = djn_conn_send(c->conn, hdr->data, hdr->len, frames, nframes);
     if (st != DJN_OK) {
         c->broken = true;

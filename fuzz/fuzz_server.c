@@ -1,0 +1,146 @@
+/* fuzz_server.c: libFuzzer target for the server's message handling below the socket.
+ *
+ * One input is a short conversation: up to 8 messages, each [u8 nframes][u16 len][frame
+ * 0][u16 len][data frame]... (an input that does not parse that way is one message, the
+ * whole input as frame 0). The harness plays the transport: a session is opened for the
+ * input (its id and owner written into every message, so the fuzzer reaches past the
+ * session check), each message is decoded by djn_msg_decode and run through the real
+ * fragment runtime (djn_frag.c), sessions, Text, plan cache and VMU, with the stub
+ * executor (exec_stub.c) behind the djn_exec.h seam. After the input the session is
+ * closed, and every handle, device byte and Text entry must be back (a leak is a crash;
+ * host memory is LeakSanitizer's). Seeds are real client messages (fuzz/corpus/server,
+ * `make fuzz-seeds`). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "djn_codec.h"
+#include "djn_frag.h"
+#include "djn_mem.h"
+#include "djn_session.h"
+#include "djn_text.h"
+#include "djn_tlb.h"
+#include "djn_vmu.h"
+
+static struct {
+    djn_sessions_t *sessions;
+    djn_text_t *text;
+    djn_tlb_t *tlb;
+    djn_vmu_t *vmu;
+    djn_exec_t *exec;
+} g;
+
+static void s_setup(void) {
+    if (g.sessions)
+        return;
+    char err[256];
+    g.text = djn_text_new();
+    g.tlb = djn_tlb_new(8);
+    g.sessions = djn_sessions_new(0, 32u << 20, 0, g.text);
+    g.vmu = djn_vmu_new(64u << 20, 8u << 20, err, sizeof err);
+    g.exec = djn_exec_new("cpu", err, sizeof err);
+    if (!g.text || !g.tlb || !g.sessions || !g.vmu || !g.exec)
+        abort();
+    djn_exec_use_vmu(g.exec, g.vmu);
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} s_span_t;
+
+static bool s_take(const uint8_t **p, size_t *left, size_t n, s_span_t *out) {
+    if (*left < n)
+        return false;
+    out->p = *p;
+    out->n = n;
+    *p += n;
+    *left -= n;
+    return true;
+}
+
+static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
+    djn_msg_t *m = NULL;
+    char err[512];
+    uint64_t seq;
+    if (djn_msg_decode(frames[0].p, frames[0].n, nframes - 1, &m, &seq, err, sizeof err) != DJN_OK)
+        return;
+    djn_frag_env_t env = {g.exec, g.vmu, 0, g.text, g.tlb, 1u << 24};
+    djn_blob_t blobs[8];
+    for (uint32_t i = 1; i < nframes; i++)
+        blobs[i - 1] = (djn_blob_t){frames[i].p, frames[i].n};
+    if (m->type == DJN_MSG_GRAPH || m->type == DJN_MSG_FETCH || m->type == DJN_MSG_GRAPH_CACHED) {
+        djn_tlb_entry_t *cached = NULL;
+        if (m->type == DJN_MSG_GRAPH_CACHED) {
+            cached = djn_tlb_lookup(g.tlb, m->u.graph.fp, m->u.graph.device, djn_session_id(s));
+            if (!cached || djn_tlb_graph(cached)->nslots > m->u.graph.nbinds) {
+                djn_tlb_release(g.tlb, &cached);
+                djn_msg_free(&m);
+                return;
+            }
+        }
+        if (m->u.graph.device == 0) {
+            djn_frag_in_t in = {m->type, s, &m->u.graph, cached, blobs, nframes - 1};
+            djn_frag_out_t out;
+            djn_frag_run(&env, &in, &out);
+            djn_frag_out_release(&out);
+        }
+        djn_tlb_release(g.tlb, &cached);
+    } else if (m->type == DJN_MSG_HAVE && m->u.have.device == 0) {
+        uint32_t *missing = NULL, n = 0;
+        if (djn_frag_have(&env, s, &m->u.have, &missing, &n) == DJN_OK)
+            djn_free(missing, m->u.have.nitems * sizeof(uint32_t));
+    }
+    djn_msg_free(&m);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    s_setup();
+    djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1};
+    djn_session_t *s = djn_sessions_open(g.sessions, 0, &peer);
+    if (!s)
+        return 0;
+    const uint8_t *p = data;
+    size_t left = size;
+    int nmsg = 0;
+    while (left && nmsg < 8) {
+        s_span_t frames[8], hdr;
+        if (!s_take(&p, &left, 1, &hdr))
+            break;
+        uint32_t nframes = (hdr.p[0] & 7) + 1, k;
+        for (k = 0; k < nframes; k++) {
+            s_span_t len;
+            if (!s_take(&p, &left, 2, &len) ||
+                !s_take(&p, &left, (size_t)len.p[0] | (size_t)len.p[1] << 8, &frames[k]))
+                break;
+        }
+        if (k < nframes)
+            break;
+        s_run(s, frames, nframes);
+        nmsg++;
+    }
+    if (nmsg == 0) { /* not framed: the whole input is one header */
+        s_span_t whole = {data, size};
+        s_run(s, &whole, 1);
+    }
+    uint64_t sid = djn_session_id(s);
+    djn_session_release(&s);
+    djn_sessions_close(g.sessions, sid, &peer);
+    djn_tlb_drop_session(g.tlb, sid);
+    djn_text_stats_t ts;
+    djn_text_stats(g.text, &ts);
+    djn_vmu_stats_t vs;
+    djn_vmu_stats(g.vmu, &vs);
+    djn_sessions_stats_t ss;
+    djn_sessions_stats(g.sessions, &ss);
+    if (ss.handles || ss.bytes || ts.entries || ts.refs || vs.data.used || vs.slab_live) {
+        fprintf(stderr, "leak: %llu handles, %llu session bytes, text %llu entries %llu refs, "
+                        "data %llu bytes, %llu slab blocks\n",
+                (unsigned long long)ss.handles, (unsigned long long)ss.bytes,
+                (unsigned long long)ts.entries, (unsigned long long)ts.refs,
+                (unsigned long long)vs.data.used, (unsigned long long)vs.slab_live);
+        abort();
+    }
+    return 0;
+}
