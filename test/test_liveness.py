@@ -1,0 +1,137 @@
+"""A dead server is noticed in seconds, a busy one is not mistaken for dead (issue 16).
+
+Each test runs a client in a fresh process, makes its server die (or stall, or work for
+a long time) while the client waits for a reply, and checks what the client raises and
+how long it took to say so. DJINN_TIMEOUT stays at its default of 600 s: nothing here
+may wait for it."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import PYTHON, REPO, start_server, stop_server, subprocess_env
+
+# The client: one computation, then, on a line from stdin, a long wait for the server
+# (a big matmul chain, so the reply is still pending when the server is killed).
+_CLIENT = textwrap.dedent("""
+    import os, sys, time, torch, djinn
+    x = torch.randn({size}, {size}, device='remote') / {size} ** 0.5
+    print((x * 2).sum().item() == (x * 2).sum().item(), flush=True)
+    print(os.getpid(), djinn.remote.endpoint(), flush=True)
+    sys.stdin.readline()
+    y = x
+    for _ in range({n}):
+        y = (y @ x).tanh()
+    t0 = time.monotonic()
+    try:
+        y.cpu()
+        print('OK', round(time.monotonic() - t0, 2), flush=True)
+    except djinn.RemoteError as e:
+        print(type(e).__name__, round(time.monotonic() - t0, 2), str(e).replace(chr(10), ' '), flush=True)
+""")
+
+
+def _client(env, n, size=512):
+    p = subprocess.Popen(
+        [PYTHON, "-c", _CLIENT.format(n=n, size=size)],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline().strip() == "True", p.stderr.read()[-2000:]
+    pid, ep = p.stdout.readline().split()
+    return p, int(pid), ep
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "djinn-server" in line]
+
+
+def _verdict(p, timeout=60):
+    out, err = p.communicate("\n", timeout=timeout)
+    kind, seconds, *msg = out.strip().splitlines()[-1].split(" ", 2)
+    return kind, float(seconds), (msg[0] if msg else ""), err
+
+
+def test_embedded_server_killed_is_reported_at_once_with_its_signal():
+    p, pid, ep = _client(subprocess_env(DJINN_SERVER=None), n=400)
+    (server,) = _children(pid)
+    p.stdin.write("\n")
+    p.stdin.flush()
+    time.sleep(0.3)  # let the chain reach the server: the point is a wait in progress
+    os.kill(server, signal.SIGSEGV)
+    kind, seconds, msg, err = _verdict(p)
+    assert kind == "ServerUnreachable", (kind, msg, err[-1500:])
+    assert "killed by signal 11" in msg and "Segmentation fault" in msg, msg
+    assert seconds < 3.0, seconds
+    # and the server said what it was doing when it died
+    assert "djinn-server: fatal signal 11 (SIGSEGV)" in err, err[-2000:]
+
+
+def test_remote_server_killed_is_reported_within_seconds():
+    proc, ep = start_server("--lease-ms", "0")
+    try:
+        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=400)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        time.sleep(0.3)
+        proc.kill()
+        kind, seconds, msg, err = _verdict(p)
+        assert kind == "ServerUnreachable", (kind, msg, err[-1500:])
+        assert "stopped answering" in msg and ep in msg, msg
+        assert seconds < 8.0, seconds  # the link drops at once; 3 s for it to come back
+    finally:
+        stop_server(proc)
+
+
+def test_remote_server_frozen_is_reported_within_a_few_heartbeats():
+    """SIGSTOP: the TCP connection stays up but nothing answers, not even ZMTP pings."""
+    proc, ep = start_server("--lease-ms", "0")
+    try:
+        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        kind, seconds, msg, err = _verdict(p)
+        assert kind == "ServerUnreachable", (kind, msg, err[-1500:])
+        assert seconds < 15.0, seconds  # ZMTP heartbeat timeout (5 s) + 3 s without a link
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_server(proc)
+
+
+def test_busy_server_is_not_mistaken_for_a_dead_one():
+    """A fragment that runs longer than the liveness bounds still gets its answer."""
+    proc, ep = start_server("--lease-ms", "2000", "--heartbeat-ms", "250")
+    try:
+        # one fragment of ~300 nodes that computes for longer than the liveness bounds
+        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=500, size=1200)
+        kind, seconds, msg, err = _verdict(p, timeout=300)
+        assert kind == "OK", (kind, msg, err[-1500:])
+        assert seconds > 8.0, f"the work took {seconds} s: too short to show anything"
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
+
+
+def test_server_restart_during_a_wait_is_reported_as_session_lost():
+    proc, ep = start_server("--lease-ms", "0")
+    port = int(ep.rsplit(":", 1)[1])
+    try:
+        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=400)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        proc, _ = start_server("--lease-ms", "0", port=port)
+        kind, seconds, msg, err = _verdict(p)
+        assert kind in ("SessionLost", "ServerUnreachable"), (kind, msg, err[-1500:])
+        assert seconds < 8.0, seconds
+    finally:
+        stop_server(proc)
