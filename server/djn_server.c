@@ -264,6 +264,9 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
 
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
+    char name[16]; /* "djn-worker-<i>" in top, gdb and /proc/<pid>/task/<tid>/comm */
+    snprintf(name, sizeof name, "djn-worker-%u", (unsigned)w->index);
+    pthread_setname_np(pthread_self(), name);
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
     void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
