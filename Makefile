@@ -6,6 +6,7 @@
 #   make test     C unit tests under ASan/UBSan, then pytest against real servers
 #   make demo     a Llama-architecture model generating on torch.device('remote')
 #   make bench    benchmarks side by side with local eager PyTorch (results/)
+#   make check-cuda  server and extension built against the CUDA build of torch (no GPU)
 #
 # DJINN_USE_SYSTEM_PYTHON=1 skips apt and the venv and builds against the current
 # python3 and its torch (the GPU machine: see ../shared/device/README.md).
@@ -38,7 +39,7 @@ TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h) setup.py
 HEADERS := $(wildcard csrc/common/*.h csrc/client/*.h server/*.h)
 C_TESTS := $(patsubst test/c/%.c,$(BUILD)/ctest/%,$(wildcard test/c/test_*.c))
 
-.PHONY: deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format format-check fuzz fuzz-smoke fuzz-seeds
+.PHONY: check-cuda deps venv build server ext test test-c test-py demo bench bench-full bench-gpu clean format format-check fuzz fuzz-smoke fuzz-seeds
 
 # ---------------------------------------------------------------- environment
 $(BUILD)/.deps:
@@ -195,6 +196,12 @@ bench: build
 bench-full: build
 	$(PYTHON) benchmarks/run.py --full
 	$(PYTHON) benchmarks/memory_bench.py
+
+# djinn-server and djinn._C built and linked against the CUDA build of torch (its own
+# environment, .venv-cuda, ~530 MB from PyPI); compile and link only, no GPU needed.
+# Not part of `make test` or CI.
+check-cuda: $(BUILD)/.deps
+	./scripts/check-cuda.sh
 
 bench-gpu: build
 	$(PYTHON) benchmarks/run.py --quick --gpu
