@@ -52,6 +52,7 @@ typedef struct s_job {
     djn_msg_t *msg;
     djn_session_t *sess;
     djn_tlb_entry_t *plan; /* GRAPH_CACHED: the cached fragment whose nodes run */
+    uint64_t frame_bytes;  /* its data frames, charged to the session while queued */
 } s_job_t;
 
 typedef struct {
@@ -158,7 +159,7 @@ static void s_send_simple(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
 static void s_job_free(djn_server_t *srv, s_job_t *j) {
     djn_tlb_release(srv->tlb, &j->plan);
     if (j->sess)
-        djn_session_queue_leave(j->sess);
+        djn_session_queue_leave(j->sess, j->frame_bytes);
     zmq_msg_close(&j->ident);
     for (uint32_t i = 0; i < j->nframes; i++)
         zmq_msg_close(&j->frames[i]);
@@ -560,17 +561,108 @@ static void s_recv_rest(djn_server_t *srv, zmq_msg_t *ident, s_rx_t *rx) {
 #define S_INLINE_RUN_NS 100000ull    /* cached fragments that ran faster than this ... */
 #define S_INLINE_BYTES (64ull << 10) /* ... moving at most this many bytes */
 
+/* Operators whose cost is fixed by the shapes in the cached nodes, whatever the values
+ * bound to them: pointwise arithmetic, views, copies, reductions, products. The time of
+ * the last run predicts the next only for these: a degree, a count or an iteration
+ * limit held in a tensor (orthogonal polynomials, repeat_interleave, linalg's iterative
+ * solvers) could make the same nodes run for hours on the transport thread. */
+static const char *const s_shape_cost_ops[] = {"_local_scalar_dense",
+                                               "_log_softmax",
+                                               "_softmax",
+                                               "_to_copy",
+                                               "_unsafe_view",
+                                               "abs",
+                                               "add",
+                                               "add_",
+                                               "addmm",
+                                               "alias",
+                                               "amax",
+                                               "amin",
+                                               "argmax",
+                                               "as_strided",
+                                               "bmm",
+                                               "cat",
+                                               "clone",
+                                               "contiguous",
+                                               "copy_",
+                                               "cos",
+                                               "detach",
+                                               "div",
+                                               "div_",
+                                               "embedding",
+                                               "eq",
+                                               "exp",
+                                               "expand",
+                                               "fill_",
+                                               "ge",
+                                               "gelu",
+                                               "gt",
+                                               "index_select",
+                                               "le",
+                                               "linear",
+                                               "log",
+                                               "lt",
+                                               "masked_fill",
+                                               "matmul",
+                                               "max",
+                                               "mean",
+                                               "min",
+                                               "mm",
+                                               "mul",
+                                               "mul_",
+                                               "ne",
+                                               "neg",
+                                               "permute",
+                                               "pow",
+                                               "reciprocal",
+                                               "relu",
+                                               "reshape",
+                                               "rsqrt",
+                                               "select",
+                                               "sigmoid",
+                                               "silu",
+                                               "sin",
+                                               "slice",
+                                               "sqrt",
+                                               "squeeze",
+                                               "stack",
+                                               "sub",
+                                               "sub_",
+                                               "sum",
+                                               "t",
+                                               "tanh",
+                                               "transpose",
+                                               "unsqueeze",
+                                               "view",
+                                               "where",
+                                               "zero_"};
+
+static bool s_shape_cost(const djn_graph_req_t *g) {
+    for (uint32_t i = 0; i < g->nnodes; i++) {
+        const char *op = g->nodes[i].op;
+        if (strncmp(op, "aten::", 6) != 0)
+            return false;
+        bool found = false;
+        for (size_t k = 0; !found && k < sizeof s_shape_cost_ops / sizeof *s_shape_cost_ops; k++)
+            found = strcmp(op + 6, s_shape_cost_ops[k]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
 /* Whether the transport may run a job itself: a plan-cache hit whose nodes ran in under
- * S_INLINE_RUN_NS last time, with small uploads and fetches, on an idle device (nothing
- * queued or running: the order is kept), whose session's lock is free. A fragment whose
- * cost may depend on its data (a DYNAMIC node: repeat_interleave, nonzero) or that draws
- * random numbers (it would wait for the generator's lock) never runs inline. On true the
- * device is claimed and the session locked. */
+ * S_INLINE_RUN_NS last time, all of operators whose cost the shapes fix (above), with
+ * small uploads and fetches, on an idle device (nothing queued or running: the order is
+ * kept), whose session's lock is free. A fragment whose cost may depend on its data (a
+ * DYNAMIC node: repeat_interleave, nonzero) or that draws random numbers (it would wait
+ * for the generator's lock) never runs inline. On true the device is claimed and the
+ * session locked. */
 static bool s_inline_ok(djn_server_t *srv, s_job_t *j, uint32_t device) {
     if (!j->plan || !srv->cfg.inline_small)
         return false;
     uint64_t run = djn_tlb_run_ns(j->plan), bytes = 0;
-    if (!run || run > S_INLINE_RUN_NS)
+    if (!run || run > S_INLINE_RUN_NS || !s_shape_cost(djn_tlb_graph(j->plan)))
         return false;
     const djn_graph_req_t *g = &j->msg->u.graph;
     for (uint32_t i = 0; i < j->nframes; i++)
@@ -616,18 +708,19 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
         s_send_simple(srv, ident, m, DJN_ERR_DEVICE, err);
         return;
     }
-    if (!djn_session_queue_enter(*sess_p)) {
+    uint64_t frame_bytes = 0;
+    for (uint32_t i = 0; i < rx->nframes; i++)
+        frame_bytes += zmq_msg_size(&rx->frames[i]);
+    djn_status_t qst = djn_session_queue_enter(*sess_p, frame_bytes, err, sizeof err);
+    if (qst != DJN_OK) {
         djn_tlb_release(srv->tlb, &plan);
-        snprintf(err, sizeof err,
-                 "session quota exceeded: more than %u fragments queued (--session-max-queued)",
-                 srv->cfg.session_max_queued);
-        s_send_simple(srv, ident, m, DJN_ERR_QUOTA, err);
+        s_send_simple(srv, ident, m, qst, err);
         return;
     }
     s_job_t *j = djn_calloc(1, sizeof(*j));
     if (!j) {
         djn_tlb_release(srv->tlb, &plan);
-        djn_session_queue_leave(*sess_p);
+        djn_session_queue_leave(*sess_p, frame_bytes);
         s_send_simple(srv, ident, m, DJN_ERR_NOMEM, "out of host memory");
         return;
     }
@@ -638,6 +731,7 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     j->msg = m;
     j->sess = *sess_p;
     j->plan = plan;
+    j->frame_bytes = frame_bytes;
     j->sched_ns = s_now_ns() - t0;
     j->frames_cap = rx->cap;
     rx->frames = NULL;

@@ -42,9 +42,10 @@ struct djn_session {
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
-    _Atomic bool closed;    /* left the table: nothing more may be filed for it */
-    uint64_t peer_key;      /* s_peer_key(peer) */
-    char last_failure[256]; /* why poisoned handles were never computed */
+    _Atomic uint64_t queued_bytes; /* data frames of the queued messages */
+    _Atomic bool closed;           /* left the table: nothing more may be filed for it */
+    uint64_t peer_key;             /* s_peer_key(peer) */
+    char last_failure[256];        /* why poisoned handles were never computed */
 };
 
 struct djn_sessions {
@@ -497,18 +498,34 @@ djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_
     return DJN_OK;
 }
 
-bool djn_session_queue_enter(djn_session_t *s) {
+djn_status_t djn_session_queue_enter(djn_session_t *s, uint64_t frame_bytes, char *err,
+                                     size_t errlen) {
     uint32_t max = s->owner->max_queued;
     uint32_t n = atomic_fetch_add(&s->queued, 1) + 1;
     if (max && n > max) {
         atomic_fetch_sub(&s->queued, 1);
-        return false;
+        snprintf(err, errlen,
+                 "session quota exceeded: more than %u fragments queued (--session-max-queued)",
+                 max);
+        return DJN_ERR_QUOTA;
     }
-    return true;
+    uint64_t q = s->owner->quota_bytes, cur = atomic_load(&s->queued_bytes);
+    do {
+        if (q && (frame_bytes > q || cur > q - frame_bytes)) {
+            atomic_fetch_sub(&s->queued, 1);
+            snprintf(err, errlen,
+                     "session quota exceeded: %" PRIu64 " bytes of uploads queued and %" PRIu64
+                     " more would pass the quota of %" PRIu64 " bytes (--session-quota-bytes)",
+                     cur, frame_bytes, q);
+            return DJN_ERR_QUOTA;
+        }
+    } while (!atomic_compare_exchange_weak(&s->queued_bytes, &cur, cur + frame_bytes));
+    return DJN_OK;
 }
 
-void djn_session_queue_leave(djn_session_t *s) {
+void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes) {
     atomic_fetch_sub(&s->queued, 1);
+    atomic_fetch_sub(&s->queued_bytes, frame_bytes);
 }
 
 uint64_t djn_session_bytes(const djn_session_t *s) {

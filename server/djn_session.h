@@ -87,9 +87,13 @@ void djn_session_free(djn_session_t *s, uint64_t handle);
  * it (djn_text_acquire/insert), which the session now owns. */
 djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_text_key_t *k,
                                    djn_stor_t *shared);
-/* Per-session bound on fragments waiting for a worker. */
-bool djn_session_queue_enter(djn_session_t *s);
-void djn_session_queue_leave(djn_session_t *s);
+/* A message of the session enters its device's queue holding `frame_bytes` bytes of data
+ * frames: refused (DJN_ERR_QUOTA, err says why) past --session-max-queued messages, or
+ * when the frames of its queued messages would pass the session's quota (ZeroMQ has
+ * received them already; queued, they are the session's host memory). */
+djn_status_t djn_session_queue_enter(djn_session_t *s, uint64_t frame_bytes, char *err,
+                                     size_t errlen);
+void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes);
 uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
 uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
 uint64_t djn_session_quota(const djn_session_t *s);

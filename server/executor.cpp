@@ -509,6 +509,18 @@ at::Tensor materialize(Ctx &c, at::Tensor t) {
     return t;
 }
 
+// Whether an op may write an argument: its schema says so (Tensor(a!)), or it is a
+// normalisation's running statistics, which batch_norm, native_batch_norm,
+// _batch_norm_impl_index, instance_norm and their cuDNN/MIOpen forms update in place in
+// training mode though their schemas declare them read-only. A written argument that
+// names shared (Text) content gets the session's own copy first (copy-on-write).
+bool writes_arg(const c10::Argument &a) {
+    if (a.alias_info() && a.alias_info()->isWrite())
+        return true;
+    const std::string &n = a.name();
+    return n == "running_mean" || n == "running_var" || n == "running_min" || n == "running_max";
+}
+
 // CPU's _embedding_bag skips offset2bag on its fast 'sum' path (it returns it empty, and
 // its backward rebuilds it when given an empty one), where the meta kernel declares one
 // entry per index. The client then holds, and hands to the backward, a tensor of that
@@ -1050,7 +1062,7 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
         for (size_t i = 0; i < args.size(); i++) {
             check_enum(n->args[i], args[i]);
             stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str(),
-                                      args[i].alias_info() && args[i].alias_info()->isWrite()));
+                                      writes_arg(args[i])));
         }
         if (entry.guarded) {
             try {

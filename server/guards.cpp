@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <cmath>
 #include <string>
 #include <unordered_map>
 
@@ -277,6 +278,139 @@ void g_segment(const Args &a) {
              " segments along 'axis'");
 }
 
+// Backward kernels that walk their gradient and saved tensors by the shape of one of
+// them (softmax's, layer and batch norm's, pdist's, cdist's, weight norm's): every
+// tensor must have the shape the forward gave it.
+void g_softmax_backward(const Args &a) {
+    at::Tensor g = a.t("grad_output"), out = a.t("output");
+    same_shape(g, "grad_output", out, "output");
+    dim_ok(a.i("dim"), out.dim());
+}
+
+void numel_is(const at::Tensor &t, const char *name, int64_t n) {
+    if (t.defined() && t.numel() != n)
+        fail(std::string("'") + name + "' has " + std::to_string(t.numel()) + " elements where " +
+             std::to_string(n) + " are needed");
+}
+
+void g_layer_norm_backward(const Args &a) {
+    at::Tensor g = a.t("grad_out"), in = a.t("input");
+    same_shape(g, "grad_out", in, "input");
+    std::vector<int64_t> ns = a.get("normalized_shape").toIntVector();
+    int64_t k = (int64_t)ns.size();
+    if (k < 1 || k > in.dim())
+        fail("'normalized_shape' " + dims(ns) + " does not fit an input of shape " +
+             dims(in.sizes()));
+    int64_t m = 1, n = 1;
+    for (int64_t d = 0; d < in.dim(); d++) {
+        if (d < in.dim() - k) {
+            m *= in.size(d);
+        } else {
+            if (in.size(d) != ns[d - (in.dim() - k)])
+                fail("'normalized_shape' " + dims(ns) + " is not the end of the input's shape " +
+                     dims(in.sizes()));
+            n *= in.size(d);
+        }
+    }
+    numel_is(a.t("mean"), "mean", m);
+    numel_is(a.t("rstd"), "rstd", m);
+    numel_is(a.t("weight"), "weight", n);
+    numel_is(a.t("bias"), "bias", n);
+}
+
+void g_batch_norm_backward(const Args &a) {
+    at::Tensor g = a.t("grad_out"), in = a.t("input");
+    same_shape(g, "grad_out", in, "input");
+    if (in.dim() < 2)
+        fail("'input' must have a channel dimension");
+    int64_t c = in.size(1);
+    numel_is(a.t("weight"), "weight", c);
+    bool train = a.get("train").toBool();
+    // the kernel reads the saved statistics in training, the running ones otherwise
+    const char *used[2] = {train ? "save_mean" : "running_mean",
+                           train ? "save_invstd" : "running_var"};
+    for (const char *n : used) {
+        at::Tensor t = a.t(n);
+        if (!t.defined())
+            fail(std::string("'") + n + "' is needed");
+        numel_is(t, n, c);
+    }
+    for (const char *n : {"running_mean", "running_var", "save_mean", "save_invstd"}) {
+        at::Tensor t = a.t(n);
+        if (t.defined() && t.numel() != 0)
+            numel_is(t, n, c);
+    }
+}
+
+void g_pdist_backward(const Args &a) {
+    at::Tensor g = a.t("grad"), x = a.t("self"), d = a.t("pdist");
+    if (x.dim() != 2)
+        fail("'self' must be 2-D");
+    int64_t n = x.size(0);
+    numel_is(g, "grad", n * (n - 1) / 2);
+    numel_is(d, "pdist", n * (n - 1) / 2);
+}
+
+void g_cdist_backward(const Args &a) {
+    at::Tensor g = a.t("grad"), x1 = a.t("x1"), x2 = a.t("x2"), d = a.t("cdist");
+    if (x1.dim() < 2 || x1.dim() != x2.dim() || x1.size(-1) != x2.size(-1))
+        fail("'x1' " + dims(x1.sizes()) + " and 'x2' " + dims(x2.sizes()) +
+             " must be [..., r, m] alike");
+    std::vector<int64_t> want(x1.sizes().begin(), x1.sizes().end() - 1);
+    want.push_back(x2.size(-2));
+    for (int64_t k = 0; k < x1.dim() - 2; k++)
+        if (x1.size(k) != x2.size(k))
+            fail("'x1' and 'x2' must have the same batch shape");
+    if (g.sizes() != c10::IntArrayRef(want))
+        fail("'grad' has shape " + dims(g.sizes()) + " where " + dims(want) + " is needed");
+    same_shape(d, "cdist", g, "grad");
+}
+
+// weight norm: g and the norms hold one value per slice of v along dim (0 or the last)
+void g_weight_norm(const Args &a) {
+    at::Tensor v = a.t(a.has("saved_v") ? "saved_v" : "v");
+    at::Tensor g = a.t(a.has("saved_g") ? "saved_g" : "g");
+    int64_t dim = a.i("dim");
+    if (v.dim() < 1)
+        fail("'v' must have a dimension");
+    dim_ok(dim, v.dim());
+    if (dim < 0)
+        dim += v.dim();
+    numel_is(g, "g", v.size(dim));
+    if (a.has("saved_norms")) {
+        numel_is(a.t("saved_norms"), "saved_norms", v.size(dim));
+        same_shape(a.t("grad_w"), "grad_w", v, "saved_v");
+    }
+}
+
+// matrix_exp's helper: input [k, ...] combined by coefficients [m, k]
+void g_linear_combination(const Args &a) {
+    at::Tensor in = a.t("input"), c = a.t("coefficients");
+    if (c.dim() != 2 || in.dim() < 1 || c.size(1) != in.size(0))
+        fail("'coefficients' " + dims(c.sizes()) + " must be [m, " +
+             std::to_string(in.dim() ? in.size(0) : 0) + "] for an input of shape " +
+             dims(in.sizes()));
+}
+
+// Orthogonal polynomials of degree n loop n times per element when no closed form
+// applies: a degree is data, so a few bytes could hold the worker (or the transport
+// thread, for an inline run) for days. Degrees are bounded.
+constexpr double kMaxDegree = 4096;
+void g_polynomial(const Args &a) {
+    const c10::IValue &n = a.get("n");
+    double top = 0;
+    if (n.isTensor()) {
+        at::Tensor t = n.toTensor();
+        if (t.numel())
+            top = at::abs(t.to(at::kDouble)).max().item<double>();
+    } else {
+        top = std::abs(n.toScalar().toDouble());
+    }
+    if (!(top <= kMaxDegree)) // NaN too
+        fail("degree 'n' of " + std::to_string(top) + " is above this server's limit of " +
+             std::to_string((int)kMaxDegree));
+}
+
 using Guard = void (*)(const Args &);
 
 const std::unordered_map<std::string, Guard> &table() {
@@ -307,6 +441,27 @@ const std::unordered_map<std::string, Guard> &table() {
         {"aten::_ctc_loss_backward", g_ctc},
         {"aten::segment_reduce", g_segment},
         {"aten::_segment_reduce_backward", g_segment},
+        {"aten::_softmax_backward_data", g_softmax_backward},
+        {"aten::_log_softmax_backward_data", g_softmax_backward},
+        {"aten::native_layer_norm_backward", g_layer_norm_backward},
+        {"aten::native_batch_norm_backward", g_batch_norm_backward},
+        {"aten::_pdist_backward", g_pdist_backward},
+        {"aten::_cdist_backward", g_cdist_backward},
+        {"aten::_weight_norm_interface", g_weight_norm},
+        {"aten::_weight_norm_interface_backward", g_weight_norm},
+        {"aten::_compute_linear_combination", g_linear_combination},
+        {"aten::special_chebyshev_polynomial_t", g_polynomial},
+        {"aten::special_chebyshev_polynomial_u", g_polynomial},
+        {"aten::special_chebyshev_polynomial_v", g_polynomial},
+        {"aten::special_chebyshev_polynomial_w", g_polynomial},
+        {"aten::special_shifted_chebyshev_polynomial_t", g_polynomial},
+        {"aten::special_shifted_chebyshev_polynomial_u", g_polynomial},
+        {"aten::special_shifted_chebyshev_polynomial_v", g_polynomial},
+        {"aten::special_shifted_chebyshev_polynomial_w", g_polynomial},
+        {"aten::special_hermite_polynomial_h", g_polynomial},
+        {"aten::special_hermite_polynomial_he", g_polynomial},
+        {"aten::special_laguerre_polynomial_l", g_polynomial},
+        {"aten::special_legendre_polynomial_p", g_polynomial},
     };
     return t;
 }

@@ -74,6 +74,10 @@ const Prefix kDenyPrefix[] = {
     {"aten::to_mkldnn", "mkldnn tensors are not kept by this server"},
     {"aten::_record_function", "profiling is not served"},
     {"aten::_sobol_engine_", "its kernels trust the shapes of their state tensors"},
+    // sparse index helpers: the index values are positions written in the output, unchecked
+    {"aten::_convert_indices_from_", "sparse layouts are not kept by this server"},
+    // builds an unchecked view from the given sizes and strides, then copies it out
+    {"aten::_reshape_alias_copy", "it reads through an unchecked view"},
 };
 
 // Names PyTorch gives string arguments that select a mode (checked against every aten

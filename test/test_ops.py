@@ -1055,6 +1055,28 @@ GUARDED = {
         (3, 3),
     ),
     "ctc_loss": _grads(_ctc, (10, 2, 5)),
+    "log_softmax_grad": _grads(lambda d, x: F.log_softmax(x, 1), (3, 7)),
+    "softmax_grad": _grads(lambda d, x: F.softmax(x, 0), (3, 7)),
+    "layer_norm_grad": _grads(
+        lambda d, x, w, b: F.layer_norm(x, (4, 5), w, b), (2, 3, 4, 5), (4, 5), (4, 5)
+    ),
+    "batch_norm_train_grad": _grads(
+        lambda d, x, w: F.batch_norm(
+            x, torch.zeros(3, device=d), torch.ones(3, device=d), w, None, training=True
+        ),
+        (4, 3, 5),
+        (3,),
+    ),
+    "batch_norm_eval_grad": _grads(
+        lambda d, x: F.batch_norm(
+            x, torch.full((3,), 0.5, device=d), torch.full((3,), 2.0, device=d), training=False
+        ),
+        (4, 3, 5),
+    ),
+    "pdist_grad": _grads(lambda d, x: F.pdist(x), (5, 3)),
+    "cdist_grad": _grads(lambda d, a, b: torch.cdist(a, b), (2, 4, 3), (2, 5, 3)),
+    "weight_norm_grad": _grads(lambda d, v, g: torch._weight_norm(v, g, 0), (4, 3), (4, 1)),
+    "matrix_exp": _grads(lambda d, x: torch.linalg.matrix_exp(x * 0.1), (2, 4, 4)),
     "segment_reduce_sum": _grads(
         lambda d, x: torch.segment_reduce(
             x, "sum", lengths=torch.tensor([2, 0, 3], device=d), unsafe=True, initial=0.0
@@ -1067,6 +1089,19 @@ GUARDED = {
 @pytest.mark.parametrize("name", list(GUARDED))
 def test_guarded_kernels_serve_honest_programs(name):
     both(GUARDED[name])
+
+
+def test_polynomials_up_to_the_degree_limit_match_cpu():
+    def run(d):
+        x = torch.linspace(-0.9, 0.9, 7).to(d)
+        return [
+            torch.special.chebyshev_polynomial_t(x, 7),
+            torch.special.hermite_polynomial_h(x, torch.tensor([3.0], device=d)),
+            torch.special.laguerre_polynomial_l(x, 5),
+            torch.special.legendre_polynomial_p(x, 4096),
+        ]
+
+    both(run)
 
 
 @pytest.mark.parametrize("opt", ["adam", "adamw", "sgd", "adagrad"])

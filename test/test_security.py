@@ -1022,6 +1022,18 @@ def _cow_attack(name):
             [node("aten::index_put_", "", [w, [tref(3, I64, [1])], t32(2, [1]), False], [w])]
         ],
         "input_and_out_are_both_shared": [[node("aten::mul", "out", [w, w, w], [w])]],
+        # batch norm's schema says running_mean is read-only; in training the kernel
+        # writes the batch statistics into it (momentum 1: the batch mean, all ones)
+        "batch_norm_running_stats": [
+            [
+                node(
+                    "aten::native_batch_norm",
+                    "",
+                    [t32(2, [WN, WN]), None, None, t32(0, [WN]), t32(2, [WN]), True, 1.0, 1e-5],
+                    [m, None, None],
+                )
+            ]
+        ],
     }[name]
 
 
@@ -1036,6 +1048,7 @@ COW_ATTACKS = [
     "copy_into_shared",
     "index_put_",
     "input_and_out_are_both_shared",
+    "batch_norm_running_stats",
 ]
 
 
@@ -1596,6 +1609,41 @@ def test_9_fetch_replies_are_bounded(make_server):
     assert_serves(srv)
 
 
+def test_9_queued_uploads_count_against_the_quota(make_server):
+    """ZeroMQ has received a queued message's frames: while the session's worker is busy
+    they are its memory, so messages whose frames would pass the quota are refused."""
+    srv = make_server("--session-quota-bytes", str(8 * MiB))
+    s = srv.session()
+    n = 512
+    a, out = s.put(f32(*[0.001] * (n * n))), H()
+    mm = node("aten::mm", "out", [t32(0, [n, n]), t32(0, [n, n]), t32(1, [n, n])], [t32(1, [n, n])])
+    busy = {"dev": 0, "binds": [a, out], "allocs": [[out, 4 * n * n]], "nodes": [mm] * 300}
+    s.seq += 1
+    s.sock.send_multipart([encode(GRAPH, s.sid, s.seq, busy)])
+    first, seqs = s.seq, []
+    for _ in range(24):  # 24 x 1 MiB behind it, three times the quota
+        h = H()
+        s.seq += 1
+        body = {"dev": 0, "binds": [h], "allocs": [[h, MiB]], "uploads": [[h, 1]], "frees": [h]}
+        s.sock.send_multipart([encode(GRAPH, s.sid, s.seq, body), b"\x07" * MiB])
+        seqs.append(s.seq)
+    replies = {}
+    deadline = time.monotonic() + 120
+    while len(replies) < len(seqs) + 1 and time.monotonic() < deadline:
+        if s.sock.poll(1000):
+            parts = s.sock.recv_multipart()
+            hd = msgpack.unpackb(parts[0], raw=False, strict_map_key=False)
+            replies[hd["seq"]] = hd
+    assert replies[first]["type"] == REPLY, replies[first]
+    refused = [replies[q] for q in seqs if replies[q]["type"] != REPLY]
+    assert refused, "24 MiB of uploads queued behind a busy worker on an 8 MiB quota"
+    for r in refused:
+        assert r["body"]["code"] == E_QUOTA, r
+        assert "bytes of uploads queued" in r["body"]["msg"], r
+    assert len(refused) >= 24 - 8, len(refused)
+    assert_serves(srv)
+
+
 def test_9_declared_handles_are_bounded(make_server):
     srv = make_server("--session-quota-bytes", str(MiB))
     s = srv.session()
@@ -1700,6 +1748,24 @@ def test_10_a_cached_fragment_cannot_stall_the_transport(make_server):
         th.join(30)
     assert dyn_tensor(body["dyn"][0])[3] == [min(100_000_000, slab // 16)]
     assert worst[0] < max(0.25, took / 4), f"STATS waited {worst[0]:.2f}s behind {took:.2f}s"
+    assert_serves(srv)
+
+
+def test_10_a_data_dependent_degree_is_bounded_and_never_inline(make_server):
+    """An orthogonal polynomial loops its degree (a tensor value) times per element: it is
+    never run on the transport thread, and degrees past 4096 are refused."""
+    srv = make_server()
+    a = srv.session()
+    x, n1, big, y = a.put(f32(0.5)), a.put(f32(1)), a.put(f32(2e8)), H()
+    fp = [0x9017, 0xCAFE]
+    nd = node("aten::special_laguerre_polynomial_l", "", [t32(0, [1]), t32(1, [1])], [t32(2, [1])])
+    a.ok(binds=[x, n1, y], allocs=[[y, 4]], nodes=[nd], fp=fp)
+    before = srv.stats()["inline_runs"]
+    for _ in range(20):
+        a.ok(type_=GRAPH_CACHED, binds=[x, n1, y], fp=fp)
+    assert srv.stats()["inline_runs"] == before, "a polynomial of data-dependent cost ran inline"
+    rep = a.g(type_=GRAPH_CACHED, binds=[x, big, y], fp=fp)
+    expect_refused(rep, (E_ARGS,), "degree 'n'", "above this server's limit of 4096")
     assert_serves(srv)
 
 
@@ -2075,6 +2141,124 @@ OOB_KERNELS = {
             )
         ],
         "aten::max_pool3d_with_indices_backward",
+    ),
+    # found by an attacker's review after the guards above: each of these wrote into,
+    # read from, or crashed on another tenant's bytes
+    "_convert_indices_from_coo_to_csr": (
+        [i64(0, 0, 80), bytes(12)],
+        [
+            node(
+                "aten::_convert_indices_from_coo_to_csr",
+                "out",
+                [tref(0, I64, [3]), 2, True, tref(1, 3, [3])],  # 3: int32
+                [tref(1, 3, [3])],
+            )
+        ],
+        "aten::_convert_indices_from_coo_to_csr",
+    ),
+    "_reshape_alias_copy": (
+        [f32(1), bytes(4 * N_SPRAY)],
+        [
+            node(
+                "aten::_reshape_alias_copy",
+                "out",
+                [t32(0, [1]), [N_SPRAY], [1], t32(1, [N_SPRAY])],
+                [t32(1, [N_SPRAY])],
+            )
+        ],
+        "aten::_reshape_alias_copy",
+    ),
+    "_weight_norm_interface_backward": (
+        [f32(1), f32(*[1] * N_SPRAY), bytes(4 * N_SPRAY), bytes(4 * N_SPRAY)],
+        [
+            node(
+                "aten::_weight_norm_interface_backward",
+                "",
+                [t32(1, [N_SPRAY, 1]), t32(1, [N_SPRAY, 1]), t32(1, [N_SPRAY, 1]), t32(0, [1]), 0],
+                [t32(2, [N_SPRAY, 1]), t32(3, [N_SPRAY, 1])],
+            )
+        ],
+        "aten::_weight_norm_interface_backward",
+    ),
+    "_compute_linear_combination": (
+        [f32(1), f32(1), bytes(4)],
+        [
+            node(
+                "aten::_compute_linear_combination",
+                "",
+                [t32(0, [1, 1]), t32(1, [1, 1 << 28], [0, 0])],
+                [t32(2, [1, 1])],
+            )
+        ],
+        "aten::_compute_linear_combination",
+    ),
+    "_log_softmax_backward_data": (
+        [f32(1), f32(1), bytes(4 * N_SPRAY)],
+        [
+            node(
+                "aten::_log_softmax_backward_data",
+                "",
+                [t32(0, [1]), t32(1, [N_SPRAY], [0]), 0, F32],
+                [t32(2, [N_SPRAY])],
+            )
+        ],
+        "aten::_log_softmax_backward_data",
+    ),
+    "native_layer_norm_backward": (
+        [f32(*[1] * 64), f32(1), bytes(4 * 64)],
+        [
+            node(
+                "aten::native_layer_norm_backward",
+                "",
+                [
+                    t32(0, [64, 1]),
+                    t32(0, [64, 1]),
+                    [1],
+                    t32(1, [1]),
+                    t32(1, [1]),
+                    None,
+                    None,
+                    [True, False, False],
+                ],
+                [t32(2, [64, 1]), None, None],
+            )
+        ],
+        "aten::native_layer_norm_backward",
+    ),
+    "native_batch_norm_backward": (
+        [f32(*[1] * 64), f32(1), bytes(4 * 64)],
+        [
+            node(
+                "aten::native_batch_norm_backward",
+                "",
+                [
+                    t32(0, [1, 64]),
+                    t32(0, [1, 64]),
+                    None,
+                    None,
+                    None,
+                    t32(1, [1]),
+                    t32(1, [1]),
+                    True,
+                    1e-5,
+                    [True, False, False],
+                ],
+                [t32(2, [1, 64]), None, None],
+            )
+        ],
+        "aten::native_batch_norm_backward",
+    ),
+    "_pdist_backward": (
+        [f32(*[1] * 64), f32(1), bytes(4 * 64)],
+        [
+            node(
+                "aten::_pdist_backward",
+                "",
+                [t32(1, [1]), t32(0, [32, 2]), 2.0, t32(1, [1])],
+                [t32(2, [32, 2])],
+            )
+        ],
+        "aten::_pdist_backward",
     ),
 }
 
