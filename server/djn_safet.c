@@ -440,9 +440,9 @@ static const struct {
     const char *name;
     uint8_t code;
 } s_dtypes[] = {
-    {"F64", DJN_DTYPE_F64}, {"F32", DJN_DTYPE_F32}, {"F16", DJN_DTYPE_F16},
+    {"F64", DJN_DTYPE_F64},   {"F32", DJN_DTYPE_F32}, {"F16", DJN_DTYPE_F16},
     {"BF16", DJN_DTYPE_BF16}, {"I64", DJN_DTYPE_I64}, {"I32", DJN_DTYPE_I32},
-    {"I16", DJN_DTYPE_I16}, {"I8", DJN_DTYPE_I8},   {"U8", DJN_DTYPE_U8},
+    {"I16", DJN_DTYPE_I16},   {"I8", DJN_DTYPE_I8},   {"U8", DJN_DTYPE_U8},
     {"BOOL", DJN_DTYPE_BOOL},
 };
 
@@ -487,9 +487,8 @@ static djn_status_t s_bad_tensor(char *err, size_t errlen, const char *name, con
     return DJN_ERR_PROTO;
 }
 
-djn_status_t djn_safet_parse(const char *header, uint64_t hlen, uint64_t file_size,
-                             djn_arena_t *a, djn_safet_tensor_t **tensors, uint32_t *n,
-                             char *err, size_t errlen) {
+djn_status_t djn_safet_parse(const char *header, uint64_t hlen, uint64_t file_size, djn_arena_t *a,
+                             djn_safet_tensor_t **tensors, uint32_t *n, char *err, size_t errlen) {
     *tensors = NULL;
     *n = 0;
     if (hlen > DJN_SAFET_MAX_HEADER || file_size < 8 || hlen > file_size - 8) {
@@ -558,10 +557,11 @@ djn_status_t djn_safet_parse(const char *header, uint64_t hlen, uint64_t file_si
         uint64_t esz = djn_dtype_size(t->dtype);
         if (overflow || (numel && esz > UINT64_MAX / numel))
             return s_bad_tensor(err, errlen, name, "shape overflows");
-        if (!off || off->kind != DJN_V_LIST || off->len != 2 ||
-            off->u.items[0].kind != DJN_V_INT || off->u.items[1].kind != DJN_V_INT ||
-            off->u.items[0].u.i < 0 || off->u.items[1].u.i < off->u.items[0].u.i)
-            return s_bad_tensor(err, errlen, name, "data_offsets must be [begin, end], begin <= end");
+        if (!off || off->kind != DJN_V_LIST || off->len != 2 || off->u.items[0].kind != DJN_V_INT ||
+            off->u.items[1].kind != DJN_V_INT || off->u.items[0].u.i < 0 ||
+            off->u.items[1].u.i < off->u.items[0].u.i)
+            return s_bad_tensor(err, errlen, name,
+                                "data_offsets must be [begin, end], begin <= end");
         uint64_t b = (uint64_t)off->u.items[0].u.i, e = (uint64_t)off->u.items[1].u.i;
         if (e > data_len)
             return s_bad_tensor(err, errlen, name, "data_offsets run past the end of the file");

@@ -30,7 +30,7 @@ extern "C" {
 
 #define DJN_SAFET_MAX_HEADER (100u << 20) /* the format's own limit */
 #define DJN_SAFET_MAX_TENSORS 65536u
-#define DJN_SAFET_MAX_NAME 512u
+#define DJN_SAFET_MAX_NAME DJN_MAX_TENSOR_NAME
 
 typedef struct djn_safet_tensor {
     const char *name; /* NUL-terminated, in the caller's arena */
@@ -53,9 +53,8 @@ djn_status_t djn_safet_header_len(const uint8_t first8[8], uint64_t file_size, u
                                   char *err, size_t errlen);
 /* Parse the JSON header (hlen bytes, what follows the length) of a file of file_size
  * bytes. *tensors (in `a`) gets *n tensors in header order. */
-djn_status_t djn_safet_parse(const char *header, uint64_t hlen, uint64_t file_size,
-                             djn_arena_t *a, djn_safet_tensor_t **tensors, uint32_t *n,
-                             char *err, size_t errlen);
+djn_status_t djn_safet_parse(const char *header, uint64_t hlen, uint64_t file_size, djn_arena_t *a,
+                             djn_safet_tensor_t **tensors, uint32_t *n, char *err, size_t errlen);
 /* The dtype code of a safetensors dtype name ("F32", "BF16"...); false if unknown. */
 bool djn_safet_dtype(const char *name, uint8_t *out);
 

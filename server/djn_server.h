@@ -31,6 +31,8 @@ typedef struct djn_server_cfg {
     uint64_t slab_bytes;          /* CPU VMU: stack slab capacity */
     bool remove_ipc_dir;          /* embedded: remove the ipc socket's directory at exit */
     const char *keys_dir;         /* CURVE keys (djn_auth.h); NULL: none */
+    const char *models_dir;       /* the model store (djn_models.h); NULL: none */
+    uint64_t text_cache_bytes;    /* unreferenced Text kept for reuse (LRU); 0: none */
     bool verbose;
 } djn_server_cfg_t;
 

@@ -52,6 +52,11 @@ static void s_usage(FILE *f) {
         "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
         "                       [DJINN_SLAB_BYTES] (default: an eighth of the Data segment,\n"
         "                       at most 2 GiB)\n"
+        "  --models DIR         model store for ghost loading: Hugging Face folders\n"
+        "                       (config.json + *.safetensors) read by the server [DJINN_MODELS]\n"
+        "  --text-cache-bytes N shared weights (Text) kept after their last session, LRU:\n"
+        "                       a rerun uploads nothing (default 4 GiB with --models, else 0)\n"
+        "                       [DJINN_TEXT_CACHE_BYTES]\n"
         "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off\n"
         "                       [DJINN_PLAN_CACHE] (default 1024)\n"
         "  --verbose            log sessions and error replies to stderr\n"
@@ -135,9 +140,11 @@ int main(int argc, char **argv) {
     djn_server_cfg_t cfg = {0};
     cfg.listen = s_env("DJINN_LISTEN", "tcp://127.0.0.1:5555");
     cfg.keys_dir = s_env("DJINN_KEYS", NULL);
+    cfg.models_dir = s_env("DJINN_MODELS", NULL);
     const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
-                       data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0;
+                       data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
+                       tcache = ~0ull;
     int insecure = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -148,6 +155,7 @@ int main(int argc, char **argv) {
         {"--data-bytes", "DJINN_DATA_BYTES", &data},
         {"--slab-bytes", "DJINN_SLAB_BYTES", &slab},
         {"--plan-cache", "DJINN_PLAN_CACHE", &plan},
+        {"--text-cache-bytes", "DJINN_TEXT_CACHE_BYTES", &tcache},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
     };
@@ -176,6 +184,7 @@ int main(int argc, char **argv) {
         const char **str = !strcmp(a, "--listen")                              ? &cfg.listen
                            : !strcmp(a, "--device") || !strcmp(a, "--devices") ? &devices
                            : !strcmp(a, "--keys")                              ? &cfg.keys_dir
+                           : !strcmp(a, "--models")                            ? &cfg.models_dir
                            : !strcmp(a, "--stats")                             ? &stats_ep
                            : !strcmp(a, "--check")                             ? &check_ep
                                                                                : NULL;
@@ -230,6 +239,7 @@ int main(int argc, char **argv) {
     cfg.data_bytes = data;
     cfg.slab_bytes = slab;
     cfg.plan_cache_entries = (uint32_t)plan;
+    cfg.text_cache_bytes = tcache != ~0ull ? tcache : cfg.models_dir ? 4ull << 30 : 0;
     cfg.announce_fd = fd == ~0ull ? -1 : (int)fd;
     cfg.parent_pid = (int)ppid;
     char devbuf[1024];

@@ -244,8 +244,7 @@ static void test_reject_load_rep(void) {
         {12, 4, 1, "malformed reply: LOAD_MODEL tensors must be [name, dtype, [sizes]]"},
         {256 + DJN_DTYPE_F32, 4, 1,
          "malformed reply: LOAD_MODEL tensors must be [name, dtype, [sizes]]"},
-        {DJN_DTYPE_F32, -1, 1,
-         "malformed reply: LOAD_MODEL sizes must be non-negative integers"},
+        {DJN_DTYPE_F32, -1, 1, "malformed reply: LOAD_MODEL sizes must be non-negative integers"},
         {DJN_DTYPE_F32, 1, DJN_MAX_DIMS + 1,
          "malformed reply: LOAD_MODEL tensors must be [name, dtype, [sizes]]"},
     };

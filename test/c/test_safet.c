@@ -84,13 +84,12 @@ static void test_json_rejects(void) {
 }
 
 /* A header and a file size that fits it: tensors w (F32 [2,3]) and b (BF16 [3]). */
-static const char *S_GOOD =
-    "{\"__metadata__\":{\"format\":\"pt\"},"
-    "\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
-    "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[24,30]}}";
+static const char *S_GOOD = "{\"__metadata__\":{\"format\":\"pt\"},"
+                            "\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                            "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[24,30]}}";
 
-static djn_status_t s_parse(const char *h, uint64_t data_bytes, djn_safet_tensor_t **t,
-                            uint32_t *n, djn_arena_t *a, char *err) {
+static djn_status_t s_parse(const char *h, uint64_t data_bytes, djn_safet_tensor_t **t, uint32_t *n,
+                            djn_arena_t *a, char *err) {
     uint64_t hl = strlen(h);
     return djn_safet_parse(h, hl, 8 + hl + data_bytes, a, t, n, err, 256);
 }
@@ -160,8 +159,8 @@ static void test_safet_hostile(void) {
          "safetensors tensor 'w': shape holds a non-integer or negative"},
         {"{\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 8,
          "safetensors tensor 'w': shape holds a non-integer or negative"},
-        {"{\"w\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}",
-         8, "safetensors tensor 'w': shape overflows"},
+        {"{\"w\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}", 8,
+         "safetensors tensor 'w': shape overflows"},
         {"{\"w\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904],\"data_offsets\":[0,0]}}", 8,
          "safetensors tensor 'w': shape overflows"},
         {"{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
@@ -224,8 +223,8 @@ static void test_safet_mutations(void) {
         memcpy(buf, S_GOOD, len);
         int edits = 1 + (int)rng_below(4);
         for (int e = 0; e < edits; e++)
-            buf[rng_below(len)] = (char)(rng_below(4) ? "{}[]\",:0123456789-.e\\u"[rng_below(23)]
-                                                      : (char)rng());
+            buf[rng_below(len)] =
+                (char)(rng_below(4) ? "{}[]\",:0123456789-.e\\u"[rng_below(23)] : (char)rng());
         djn_arena_t *a = djn_arena_new();
         djn_safet_tensor_t *t;
         uint32_t n;
