@@ -38,6 +38,7 @@
 #include "djn_proto.h"
 #include "djn_sched.h"
 #include "djn_session.h"
+#include "djn_tcache.h"
 #include "djn_tlb.h"
 #include "djn_vmu.h"
 
@@ -73,6 +74,7 @@ struct djn_server {
     djn_sessions_t *sessions;
     djn_text_t *text;
     djn_models_t *models; /* --models: ghost loading (djn_models.h) */
+    djn_tcache_t *tcache; /* --text-cache DIR: Text uploads on disk (djn_tcache.h) */
     djn_tlb_t *tlb;
     djn_sched_t *sched;
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
@@ -768,6 +770,12 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     djn_text_set_cache(srv->text, cfg->text_cache_bytes);
     if (!(srv->models = djn_models_new(cfg->models_dir, srv->text, err, errlen)))
         goto fail;
+    if (cfg->text_cache_dir && *cfg->text_cache_dir) {
+        if (!(srv->tcache = djn_tcache_new(cfg->text_cache_dir, err, errlen)))
+            goto fail;
+        djn_text_store_t store = djn_tcache_store(srv->tcache);
+        djn_text_set_store(srv->text, &store);
+    }
     srv->router = zmq_socket(srv->ctx, ZMQ_ROUTER);
     srv->pull = zmq_socket(srv->ctx, ZMQ_PULL);
     int hwm = 0, linger = 0, mandatory = 0;
@@ -814,6 +822,8 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         if (!w->exec)
             goto fail;
         srv->nworkers++;
+        if (srv->tcache)
+            djn_tcache_set_exec(srv->tcache, (uint32_t)i, w->exec);
         if (!strncmp(cfg->devices[i], "cpu", 3) && cfg->data_bytes &&
             !(w->vmu = djn_vmu_new(cfg->data_bytes, cfg->slab_bytes, err, errlen)))
             goto fail;
@@ -908,6 +918,7 @@ void djn_server_destroy(djn_server_t **self_p) {
     djn_sessions_destroy(&srv->sessions);
     djn_models_destroy(&srv->models);
     djn_text_destroy(&srv->text);
+    djn_tcache_destroy(&srv->tcache);
     for (int i = 0; i < srv->nworkers; i++) {
         djn_exec_destroy(&srv->workers[i].exec);
         djn_vmu_destroy(&srv->workers[i].vmu);

@@ -52,6 +52,7 @@ struct djn_text {
     djn_vec_t tenants; /* char[64] names by id */
     djn_text_stats_t st;
     uint64_t cache_budget;
+    djn_text_store_t store;         /* save_fn NULL: none */
     s_entry_t *lru_head, *lru_tail; /* unreferenced entries, least recently released first */
 };
 
@@ -156,6 +157,14 @@ uint32_t djn_text_tenant(djn_text_t *t, const char *name) {
     return id;
 }
 
+/* The name of a tenant id into out[64] (lock held). */
+static void s_tenant_name(const djn_text_t *t, uint32_t id, char out[64]) {
+    out[0] = 0;
+    if (id < t->tenants.len)
+        memcpy(out, (const char *)t->tenants.data + 64 * id, 64);
+    out[63] = 0;
+}
+
 static bool s_owned(const s_entry_t *e, uint32_t tenant) {
     for (size_t i = 0; i < e->owners.len; i++)
         if (DJN_VEC_AT(&e->owners, uint32_t, i) == tenant)
@@ -240,7 +249,12 @@ djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t p
     t->st.bytes += e->nbytes;
     t->st.refs++;
     t->st.inserts++;
+    djn_text_store_t store = t->store;
+    char name[64];
+    s_tenant_name(t, tenant, name);
     pthread_mutex_unlock(&t->mu);
+    if (store.save_fn && tenant != UINT32_MAX) /* the entry holds a reference: r stays */
+        store.save_fn(store.ctx, key, plain, name, r);
     return r;
 }
 
@@ -259,8 +273,23 @@ djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t p
         t->st.hits++;
         *key_out = e->key;
     }
+    djn_text_store_t store = t->store;
+    char name[64];
+    s_tenant_name(t, tenant, name);
     pthread_mutex_unlock(&t->mu);
-    return e ? e->stor : NULL;
+    if (e || !store.load_fn || tenant == UINT32_MAX)
+        return e ? e->stor : NULL;
+    /* not in memory: content this tenant saved before the server restarted? */
+    djn_text_key_t key = {0, 0, dev, 0};
+    djn_stor_t *stor = store.load_fn(store.ctx, t, dev, plain, name, &key);
+    if (!stor)
+        return NULL;
+    key.dev = dev;
+    djn_stor_t *filed = djn_text_insert(t, &key, plain, tenant, stor);
+    djn_stor_release(stor);
+    if (filed)
+        *key_out = key;
+    return filed;
 }
 
 djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
@@ -371,6 +400,12 @@ djn_stor_t *djn_text_acquire_key(djn_text_t *t, const djn_text_key_t *key) {
     }
     pthread_mutex_unlock(&t->mu);
     return e ? e->stor : NULL;
+}
+
+void djn_text_set_store(djn_text_t *t, const djn_text_store_t *store) {
+    pthread_mutex_lock(&t->mu);
+    t->store = store ? *store : (djn_text_store_t){0};
+    pthread_mutex_unlock(&t->mu);
 }
 
 void djn_text_set_cache(djn_text_t *t, uint64_t bytes) {

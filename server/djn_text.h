@@ -75,6 +75,20 @@ void djn_text_release(djn_text_t *t, const djn_text_key_t *key);
 djn_stor_t *djn_text_acquire_key(djn_text_t *t, const djn_text_key_t *key);
 /* Bytes of unreferenced entries kept for reuse (LRU); 0: none (the default). */
 void djn_text_set_cache(djn_text_t *t, uint64_t bytes);
+
+/* A store that outlives the process (djn_tcache.h, --text-cache DIR): every entry a
+ * tenant uploads is saved (save_fn, after it is filed, outside the lock, on the worker
+ * of its device), and a HAVE that finds nothing in memory asks load_fn for content this
+ * tenant uploaded before: a new storage on dev with its keyed hash in *key (computed
+ * with djn_text_hash), or NULL. Model store content (no owner) is never saved. */
+typedef struct djn_text_store {
+    void *ctx;
+    void (*save_fn)(void *ctx, const djn_text_key_t *key, const uint64_t plain[2],
+                    const char *tenant, djn_stor_t *stor);
+    djn_stor_t *(*load_fn)(void *ctx, djn_text_t *t, uint32_t dev, const uint64_t plain[2],
+                           const char *tenant, djn_text_key_t *key);
+} djn_text_store_t;
+void djn_text_set_store(djn_text_t *t, const djn_text_store_t *store);
 /* A small id for a tenant name ("" is the one tenant of a server without keys). */
 uint32_t djn_text_tenant(djn_text_t *t, const char *name);
 void djn_text_stats(djn_text_t *t, djn_text_stats_t *out);

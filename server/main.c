@@ -57,6 +57,8 @@ static void s_usage(FILE *f) {
         "  --text-cache-bytes N shared weights (Text) kept after their last session, LRU:\n"
         "                       a rerun uploads nothing (default 4 GiB with --models, else 0)\n"
         "                       [DJINN_TEXT_CACHE_BYTES]\n"
+        "  --text-cache DIR     also keep uploaded weights on disk: after a restart, a client\n"
+        "                       resuming an upload sends only the rest [DJINN_TEXT_CACHE]\n"
         "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off\n"
         "                       [DJINN_PLAN_CACHE] (default 1024)\n"
         "  --verbose            log sessions and error replies to stderr\n"
@@ -141,6 +143,7 @@ int main(int argc, char **argv) {
     cfg.listen = s_env("DJINN_LISTEN", "tcp://127.0.0.1:5555");
     cfg.keys_dir = s_env("DJINN_KEYS", NULL);
     cfg.models_dir = s_env("DJINN_MODELS", NULL);
+    cfg.text_cache_dir = s_env("DJINN_TEXT_CACHE", NULL);
     const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
@@ -185,6 +188,7 @@ int main(int argc, char **argv) {
                            : !strcmp(a, "--device") || !strcmp(a, "--devices") ? &devices
                            : !strcmp(a, "--keys")                              ? &cfg.keys_dir
                            : !strcmp(a, "--models")                            ? &cfg.models_dir
+                           : !strcmp(a, "--text-cache")                        ? &cfg.text_cache_dir
                            : !strcmp(a, "--stats")                             ? &stats_ep
                            : !strcmp(a, "--check")                             ? &check_ep
                                                                                : NULL;

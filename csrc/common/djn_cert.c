@@ -98,7 +98,7 @@ djn_status_t djn_cert_read(const char *path, djn_cert_t *out, char *err, size_t 
             }
             out->has_secret = true;
         } else if (in_meta && s_kv(line, "role", val, sizeof val)) {
-            snprintf(out->role, sizeof out->role, "%s", val);
+            snprintf(out->role, sizeof out->role, "%.127s", val);
             out->is_operator = strcmp(val, "operator") == 0;
         } else if (in_meta && s_kv(line, "realtime", val, sizeof val)) {
             out->realtime = strcmp(val, "yes") == 0 || strcmp(val, "true") == 0;
