@@ -32,7 +32,7 @@ import torch
 
 from . import _C
 
-__all__ = ["from_pretrained", "ShadowSync", "patch_transformers"]
+__all__ = ["ShadowSync", "from_pretrained", "patch_transformers"]
 
 # wire dtype codes (c10::ScalarType numbering, djn_proto.h)
 _DTYPES = {
@@ -144,7 +144,7 @@ def _plan(model, ckpt):
         if ck is None:
             (upload if e["kind"] == "buffer" else missing).append(e)
             continue
-        dtype, shape = ckpt[ck][:2]
+        shape = ckpt[ck][1]
         if tuple(shape) != tuple(e["tensor"].shape):
             raise ValueError(
                 f"djinn: checkpoint tensor '{ck}' has shape {tuple(shape)} but the model "

@@ -205,8 +205,10 @@ def test_access_by_certificate(model_dir, servers, tmp_path):
     )
     assert r["all-MiniLM-L6-v2"] == [
         "RemoteError",
-        "model 'all-MiniLM-L6-v2' is not available to tenant 'alice' (the server's certificate "
-        "for it lists the models it may load)",
+        (
+            "model 'all-MiniLM-L6-v2' is not available to tenant 'alice' (the server's "
+            "certificate for it lists the models it may load)"
+        ),
     ]
     # an unknown name lists only what this tenant may load
     assert r["nope"] == [
@@ -273,6 +275,28 @@ def test_shadow_sync_resumes_after_a_dropped_connection(servers, tmp_path):
     assert r2["sent"] <= r2["total"] - r1["done"] + r2["total"] * 0.02, (r1, r2)
 
 
+def test_shadow_sync_resumes_after_a_server_restart(tmp_path):
+    # the upload is cut by a server restart; the new server process finds what arrived
+    # in its --text-cache directory, so the rerun sends only the rest
+    path = str(tmp_path / "minilm-local")
+    shutil.copytree(os.path.realpath(MINILM), path)
+    cache = str(tmp_path / "text-cache")
+    proc, ep = start_server("--text-cache", cache, "--text-cache-bytes", "0")
+    port = ep.rsplit(":", 1)[1]
+    try:
+        r1 = _run(_prelude() + SYNC_DROP.format(path=path), ep)
+    finally:
+        stop_server(proc)
+    assert any(f.endswith(".bin") for f in os.listdir(cache))
+    proc, ep2 = start_server("--text-cache", cache, "--text-cache-bytes", "0", port=int(port))
+    try:
+        r2 = _run(_prelude() + SYNC_RESUME.format(path=path), ep2)
+    finally:
+        stop_server(proc)
+    assert r2["sent"] <= r2["total"] - r1["done"] + r2["total"] * 0.02, (r1, r2)
+    assert r1["done"] >= r2["total"] // 2
+
+
 def test_server_refuses_a_hostile_model_dir(servers, tmp_path):
     bad = tmp_path / "models" / "broken"
     bad.mkdir(parents=True)
@@ -301,6 +325,7 @@ def test_server_help_names_the_flags():
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     ).stdout
     assert "--models DIR" in out and "--text-cache-bytes N" in out
     assert PYTHON  # the interpreter the tests use runs the clients
