@@ -69,9 +69,11 @@ def servers():
         stop_server(p)
 
 
-def _run(code, ep, **env):
+def _run(code, ep, stderr=None, **env):
     r = run_python(code, subprocess_env(DJINN_SERVER=ep, **env), timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
+    if stderr is not None:
+        stderr.append(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -257,12 +259,43 @@ def test_shadow_sync_background_and_resume(servers, tmp_path):
     path = str(tmp_path / "minilm-local")
     shutil.copytree(os.path.realpath(MINILM), path)
     ep = servers("--text-cache-bytes", str(1 << 30), "--lease-ms", "2000")
-    r = _run(_prelude() + SYNC_FIRST.format(path=path), ep)
+    err = []
+    r = _run(_prelude() + SYNC_FIRST.format(path=path), ep, stderr=err)
     assert r["sent"] >= r["total"] * 0.95, r  # a server without the model: all of it went up
+    assert "djinn shadow sync" in err[0] and "100%" in err[0], err[0][-2000:]  # the tqdm bar
     # a new client finds what the first uploaded (Text cache): only the small tensors
     # (below the content-addressing threshold) travel again
     r2 = _run(_prelude() + SYNC_RESUME.format(path=path), ep)
     assert r2["sent"] < r2["total"] * 0.02, r2
+
+
+HOOK = r"""
+model = djinn.from_pretrained({path!r})
+s = model.djinn_sync
+p0 = s.progress()
+ref = transformers.AutoModel.from_pretrained({path!r}).eval()
+emb = model.embeddings.word_embeddings.weight
+row = emb[7].cpu()  # needs one weight: that one goes up, nothing else
+p1 = s.progress()
+assert torch.equal(row, ref.embeddings.word_embeddings.weight[7])
+e = embed(model, "remote").cpu()  # needs them all: each goes first
+torch.testing.assert_close(e, embed(ref, "cpu"), rtol=1e-4, atol=1e-5)
+p2 = s.progress()
+s.stop()
+print(json.dumps(dict(p0=p0, p1=p1, p2=p2, emb=emb.numel() * emb.element_size())))
+"""
+
+
+def test_an_op_waits_only_for_the_weights_it_needs(servers, tmp_path):
+    # the background thread is held back: only the client's hook uploads, weight by
+    # weight, in front of the node (or the read) that names it
+    ep = servers()
+    r = _run(
+        _prelude() + HOOK.format(path=os.path.realpath(MINILM)), ep, DJINN_SYNC_PAUSE_MS=600000
+    )
+    assert r["p0"]["items_done"] == 0, r["p0"]
+    assert r["p1"]["items_done"] == 1 and r["p1"]["bytes_done"] == r["emb"], r["p1"]
+    assert r["p2"]["items_done"] == r["p2"]["items"], r["p2"]
 
 
 def test_shadow_sync_resumes_after_a_dropped_connection(servers, tmp_path):

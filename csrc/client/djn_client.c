@@ -1047,7 +1047,6 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
     if (n == 0)
         return DJN_OK;
     pthread_mutex_lock(&c->mu);
-    djn_sync_need(c, handle); /* a weight still syncing: its upload goes first */
     djn_status_t st = DJN_OK;
     if (c->connected && s_stale(c, handle)) {
         st = s_stale_error();
@@ -1072,6 +1071,8 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
     }
     if (device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
+    if (st == DJN_OK)
+        djn_sync_need(c, handle); /* a weight still syncing: its upload goes first */
     if (st == DJN_OK) {
         s_resp_t x = {0};
         st = s_flush_locked(c, true, &f, &x);

@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -136,6 +137,23 @@ static void s_finish(djn_sync_t *s) {
 static void *s_main(void *arg) {
     djn_sync_t *s = arg;
     djn_status_t st = DJN_OK;
+    /* DJINN_SYNC_PAUSE_MS: the thread starts that late (tests: only the hook uploads) */
+    const char *pause = getenv("DJINN_SYNC_PAUSE_MS");
+    long ms = pause && *pause ? strtol(pause, NULL, 10) : 0;
+    if (ms > 0) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += ms / 1000;
+        dl.tv_nsec += (ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&s->mu);
+        while (!atomic_load(&s->stop) && pthread_cond_timedwait(&s->cv, &s->mu, &dl) != ETIMEDOUT) {
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
     while (st == DJN_OK && s->next < s->n && !atomic_load(&s->stop)) {
         djn_client_lock(s->c); /* 1 */
         uint64_t bytes = 0;
@@ -248,7 +266,10 @@ void djn_sync_destroy(djn_sync_t **self_p) {
     if (!self_p || !*self_p)
         return;
     djn_sync_t *s = *self_p;
+    pthread_mutex_lock(&s->mu);
     atomic_store(&s->stop, true);
+    pthread_cond_broadcast(&s->cv); /* a paused thread wakes up */
+    pthread_mutex_unlock(&s->mu);
     if (s->listed)
         s_unlist(s);
     if (s->started)
