@@ -45,6 +45,9 @@ if mode != "local":
     import djinn
     torch.zeros(1, device="remote").cpu()
     djinn.reset_bytes_moved()
+# transformers imports lazily: import what loading uses before the clock starts, in
+# every mode (import djinn does it for the others when it hooks from_pretrained)
+transformers.AutoModel, transformers.BertModel, transformers.modeling_utils
 dev = "cpu" if mode == "local" else "remote"
 rss0 = status("VmRSS:")
 t0 = time.perf_counter()
@@ -81,30 +84,46 @@ def run_client(mode, arg, env):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each way; the fastest is shown")
     args = ap.parse_args()
     from conftest import start_server, stop_server, subprocess_env
 
     models = tempfile.mkdtemp(prefix="djinn-models-")
     os.symlink(os.path.realpath(MINILM), os.path.join(models, "all-MiniLM-L6-v2"))
-    rows = {}
-    p_store, ep_store = start_server("--models", models, "--text-cache-bytes", str(1 << 30))
-    p_bare, ep_bare = start_server("--text-cache-bytes", "0")
-    try:
-        rows["local"] = run_client("local", MINILM, subprocess_env())
-        rows["upload"] = run_client("upload", MINILM, subprocess_env(DJINN_SERVER=ep_bare))
-        rows["shadow sync"] = run_client("shadow", MINILM, subprocess_env(DJINN_SERVER=ep_bare))
-        rows["ghost (cold)"] = run_client(
-            "ghost", "all-MiniLM-L6-v2", subprocess_env(DJINN_SERVER=ep_store)
-        )
-        rows["ghost (warm)"] = run_client(
-            "ghost", "all-MiniLM-L6-v2", subprocess_env(DJINN_SERVER=ep_store)
-        )
-    finally:
-        stop_server(p_store)
-        stop_server(p_bare)
+    runs = {}
+    for _ in range(args.rounds):  # fresh servers each round: "cold" is cold every time
+        p_store, ep_store = start_server("--models", models, "--text-cache-bytes", str(1 << 30))
+        p_bare, ep_bare = start_server("--text-cache-bytes", "0")
+        try:
+            ways = [
+                ("local", "local", MINILM, subprocess_env()),
+                ("upload", "upload", MINILM, subprocess_env(DJINN_SERVER=ep_bare)),
+                ("shadow sync", "shadow", MINILM, subprocess_env(DJINN_SERVER=ep_bare)),
+                (
+                    "ghost (cold)",
+                    "ghost",
+                    "all-MiniLM-L6-v2",
+                    subprocess_env(DJINN_SERVER=ep_store),
+                ),
+                (
+                    "ghost (warm)",
+                    "ghost",
+                    "all-MiniLM-L6-v2",
+                    subprocess_env(DJINN_SERVER=ep_store),
+                ),
+            ]
+            for label, mode, arg, env in ways:
+                runs.setdefault(label, []).append(run_client(mode, arg, env))
+        finally:
+            stop_server(p_store)
+            stop_server(p_bare)
+    rows = {k: min(v, key=lambda r: r["ttfo_s"]) for k, v in runs.items()}
     norms = {k: v["norm"] for k, v in rows.items()}
     ref = rows["local"]
-    print("\nall-MiniLM-L6-v2 (90.9 MB safetensors), fresh client each, one run")
+    print(
+        f"\nall-MiniLM-L6-v2 (90.9 MB safetensors), a fresh client each, "
+        f"fastest of {args.rounds} rounds (ways interleaved)"
+    )
     print(
         f"{'way':<14} {'first output':>13} {'vs local':>9} {'peak RSS':>10} "
         f"{'RSS growth':>11} {'bytes sent':>12}"
@@ -126,6 +145,7 @@ def main():
                 "date": time.strftime("%Y-%m-%d"),
                 "model": "all-MiniLM-L6-v2",
                 "rows": rows,
+                "runs": runs,
             },
             f,
             indent=2,
