@@ -50,7 +50,9 @@ def _client(env, n, size=512):
 
 
 def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True
+    )
     return [int(line.split()[0]) for line in out.stdout.splitlines() if "djinn-server" in line]
 
 
