@@ -150,15 +150,11 @@ SUBSET = {
 I9 = "issue 9: "
 _CONJ = I9 + "conj/neg views recurse in MathOpFallback via _copy_from -> client SIGSEGV"
 _CONJ_DROP = I9 + "conj bit dropped when a conj view reaches the fallback or copy (wrong values)"
-_EMPTY_OFS = I9 + "empty view with storage_offset > 0 on a 0-byte storage refused by the server"
 _COPY_OUT = I9 + "server copy_out truncates out= storages resized by a kernel to the declared size"
-_EBAG = I9 + "Meta output shapes of _embedding_bag* differ from CPU's: server copy_ fails"
 _FORK_RNG = I9 + "torch.remote has no get_rng_state, so torch.random.fork_rng() breaks"
 _BF16_NORM = I9 + "CompositeExplicitAutograd decomposition on the client: bf16 norm differs"
 _SPARSE = I9 + "sparse layouts: server error instead of a clear client error"
 _U64 = I9 + "uint64 result not supported by the wire; half-recorded node breaks the next flush"
-_ZERO = I9 + "server adopts a ZeroTensor's null storage -> djinn-server SIGSEGV"
-_CPU_CONJ = I9 + "server adopts a CPU kernel's conj-view result without resolving it"
 _LN_DECOMP = I9 + "native_layer_norm decomposed on the client via native_batch_norm (rounding)"
 _LN_DTYPE = I9 + "client decomposition: float32 mean/rstd where CPU's kernel returns bfloat16"
 
@@ -177,17 +173,9 @@ KNOWN = {
     ("grad-float32", "fft.ifft"): ("crash", _CONJ),
     ("grad-float32", "polar"): ("crash", _CONJ),
     ("complex64", "cov"): ("mismatch", _CONJ_DROP),
-    ("complex64", "linalg.lu_solve"): ("mismatch", _CPU_CONJ),
-    ("grad-float32", "sgn"): ("server-crash", _ZERO),
-    ("complex64", "isfinite"): ("remote-error", _EMPTY_OFS),
-    ("complex64", "isreal"): ("remote-error", _EMPTY_OFS),
-    ("grad-float32", "combinations"): ("remote-error", _EMPTY_OFS),
     ("float32", "linalg.lstsq"): ("remote-error", _COPY_OUT),
     ("complex64", "linalg.lstsq"): ("remote-error", _COPY_OUT),
     ("grad-float32", "linalg.lstsq"): ("remote-error", _COPY_OUT),
-    ("float32", "nn.functional.embedding_bag"): ("remote-error", _EBAG),
-    ("bfloat16", "nn.functional.embedding_bag"): ("remote-error", _EBAG),
-    ("grad-float32", "nn.functional.embedding_bag"): ("remote-error", _EBAG),
     ("float32", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
     ("bfloat16", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
     ("grad-float32", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
