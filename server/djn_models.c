@@ -272,7 +272,9 @@ static djn_status_t s_list_files(s_model_t *x, djn_vec_t *names, char *err, size
             (st = djn_json_parse(text, len, x->arena, &root, err, errlen)) == DJN_OK) {
             const djn_value_t *wm = djn_value_get(root, "weight_map");
             if (!wm || wm->kind != DJN_V_MAP) {
-                snprintf(err, errlen, "model.safetensors.index.json has no 'weight_map' object");
+                snprintf(err, errlen,
+                         "model '%s': model.safetensors.index.json has no 'weight_map' object",
+                         x->name);
                 return DJN_ERR_PROTO;
             }
             for (uint32_t i = 0; i < wm->len; i++) {
@@ -280,8 +282,9 @@ static djn_status_t s_list_files(s_model_t *x, djn_vec_t *names, char *err, size
                 if (f->kind != DJN_V_STR || !f->len || strchr(f->u.s, '/') ||
                     !strcmp(f->u.s, "..") || f->u.s[0] == '.') {
                     snprintf(err, errlen,
-                             "model.safetensors.index.json names a file that is not a plain "
-                             "file name in the model's folder");
+                             "model '%s': model.safetensors.index.json names a file that is not "
+                             "a plain file name in the model's folder",
+                             x->name);
                     return DJN_ERR_PROTO;
                 }
                 bool seen = false;
@@ -402,15 +405,24 @@ static djn_status_t s_parse(s_model_t *x, char *err, size_t errlen) {
     if (st == DJN_OK)
         st = s_list_files(x, &names, err, errlen);
     if (st == DJN_OK && (names.len == 0 || names.len > S_MAX_FILES)) {
-        snprintf(err, errlen, "model '%s' has no safetensors files", x->name);
-        st = DJN_ERR_IO;
+        if (names.len)
+            snprintf(err, errlen, "model '%s' has %zu safetensors files, the limit is %u", x->name,
+                     names.len, S_MAX_FILES);
+        else
+            snprintf(err, errlen, "model '%s' has no safetensors files", x->name);
+        st = names.len ? DJN_ERR_LIMIT : DJN_ERR_IO;
     }
     if (st == DJN_OK && !(x->files = djn_arena_alloc(x->arena, names.len * sizeof(s_file_t))))
         st = DJN_ERR_NOMEM;
     for (size_t i = 0; st == DJN_OK && i < names.len; i++) {
-        snprintf(x->files[i].path, sizeof x->files[i].path, "%s/%s", x->dir,
-                 DJN_VEC_AT(&names, const char *, i));
         x->nfiles = (uint32_t)i + 1;
+        if (snprintf(x->files[i].path, sizeof x->files[i].path, "%s/%s", x->dir,
+                     DJN_VEC_AT(&names, const char *, i)) >= (int)sizeof x->files[i].path) {
+            snprintf(err, errlen, "model '%s': a file path is longer than %d bytes", x->name,
+                     PATH_MAX - 1);
+            st = DJN_ERR_LIMIT;
+            break;
+        }
         st = s_parse_file(x, (uint32_t)i, &all, err, errlen);
     }
     if (st == DJN_OK && all.len) {
@@ -591,7 +603,9 @@ static djn_status_t s_bind(djn_models_t *m, s_model_t *x, djn_exec_t *ex, uint32
             snprintf(err, errlen,
                      st == DJN_ERR_QUOTA
                          ? "session quota exceeded binding model '%s' (--session-quota-bytes)"
-                         : "cannot bind a tensor of model '%s'",
+                     : st == DJN_ERR_LIMIT ? "session handle limit reached binding model '%s' "
+                                             "(--session-max-handles)"
+                                           : "cannot bind a tensor of model '%s'",
                      x->name);
             break;
         }

@@ -336,20 +336,46 @@ def test_server_refuses_a_hostile_model_dir(servers, tmp_path):
     (bad / "config.json").write_text('{"model_type": "bert"}')
     hdr = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,64]}}'
     (bad / "model.safetensors").write_bytes(len(hdr).to_bytes(8, "little") + hdr + bytes(16))
+    # an index naming a file outside the model's folder (the file exists and is valid)
+    esc = tmp_path / "models" / "escape"
+    esc.mkdir()
+    (esc / "config.json").write_text('{"model_type": "bert"}')
+    hdr = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+    (tmp_path / "models" / "outside.safetensors").write_bytes(
+        len(hdr).to_bytes(8, "little") + hdr + bytes(16)
+    )
+    (esc / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"w": "../outside.safetensors"}}'
+    )
     ep = servers("--models", str(tmp_path / "models"))
     code = r"""
 import json, djinn, torch
-try:
-    djinn.from_pretrained("broken")
-except djinn.RemoteError as e:
-    print(json.dumps(str(e)))
+errs = {}
+# the LOAD_MODEL request itself (from_pretrained would take a path to a local folder)
+for name in ("broken", "escape", "../models/broken", "broken/../broken", "/etc", ".", "..",
+             "broken/", "org/../broken"):
+    try:
+        djinn._C._model_describe(0, name)
+        errs[name] = "loaded"
+    except djinn.RemoteError as e:
+        errs[name] = str(e)
+print(json.dumps(errs))
 """
     r = run_python(code, subprocess_env(DJINN_SERVER=ep), timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == (
+    errs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert errs.pop("broken") == (
         "model 'broken', file 'model.safetensors': safetensors tensor 'w': data_offsets run "
         "past the end of the file"
     )
+    assert errs.pop("escape") == (
+        "model 'escape': model.safetensors.index.json names a file that is not a plain file "
+        "name in the model's folder"
+    )
+    # names are looked up in the store's list, never joined to a path: a traversal is
+    # just an unknown name
+    for name, msg in errs.items():
+        assert msg == f"unknown model '{name}': this server offers 'broken', 'escape'", msg
 
 
 def test_server_help_names_the_flags():
