@@ -186,7 +186,15 @@ for name in ("all-MiniLM-L6-v2", "nope"):
         djinn.from_pretrained(name)
     except djinn.RemoteError as ex:
         errs[name] = [type(ex).__name__, str(ex)]
+errs["read"] = ok.djinn_server_read_bytes
 print(json.dumps(errs))
+"""
+
+SECOND_TENANT = r"""
+import json, djinn, torch
+m = djinn.from_pretrained("tiny-bert")
+out = m(torch.tensor([[1, 2, 3]], device="remote")).last_hidden_state.cpu()
+print(json.dumps(dict(read=m.djinn_server_read_bytes, norm=float(out.norm()))))
 """
 
 
@@ -198,6 +206,9 @@ def test_access_by_certificate(model_dir, servers, tmp_path):
     write_cert(str(keys / "server"), srv_pub, srv_sec)
     write_cert(str(keys / "clients" / "alice"), pub, metadata={"models": "tiny-bert, tiny-gpt2"})
     write_cert(str(tmp_path / "alice"), pub, sec)
+    bob_pub, bob_sec = zmq.curve_keypair()
+    write_cert(str(keys / "clients" / "bob"), bob_pub, metadata={"models": "*"})
+    write_cert(str(tmp_path / "bob"), bob_pub, bob_sec)
     ep = servers("--models", model_dir, "--keys", str(keys))
     r = _run(
         _prelude() + ACCESS.format(models=model_dir),
@@ -205,6 +216,15 @@ def test_access_by_certificate(model_dir, servers, tmp_path):
         DJINN_CLIENT_CERT=tmp_path / "alice.key_secret",
         DJINN_SERVER_CERT=keys / "server.key",
     )
+    assert r.pop("read") > 0  # the first load of tiny-bert: the server read its file
+    # another tenant finds the same model in Text: read once for every tenant
+    b = _run(
+        SECOND_TENANT,
+        ep,
+        DJINN_CLIENT_CERT=tmp_path / "bob.key_secret",
+        DJINN_SERVER_CERT=keys / "server.key",
+    )
+    assert b["read"] == 0 and b["norm"] > 0, b
     assert r["all-MiniLM-L6-v2"] == [
         "RemoteError",
         (
