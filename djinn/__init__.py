@@ -60,6 +60,10 @@ _C._init()
 remote._patch_printing()
 
 from .remote import bytes_moved, reset_bytes_moved, server_stats, synchronize  # noqa: E402
+from . import models  # noqa: E402
+from .models import from_pretrained  # noqa: E402
+
+models._install_hook()
 
 __all__ = [
     "RemoteError",
@@ -72,4 +76,6 @@ __all__ = [
     "server_stats",
     "bytes_moved",
     "reset_bytes_moved",
+    "from_pretrained",
+    "models",
 ]

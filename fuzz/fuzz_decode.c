@@ -21,6 +21,7 @@ static void s_roundtrip(const djn_msg_t *m, uint32_t nframes) {
     case DJN_MSG_FETCH:
     case DJN_MSG_GRAPH_CACHED: djn_graph_req_encode(&b, &h, &m->u.graph); break;
     case DJN_MSG_HAVE: djn_have_req_encode(&b, &h, &m->u.have); break;
+    case DJN_MSG_LOAD_MODEL: djn_load_req_encode(&b, &h, &m->u.load); break;
     default: djn_empty_encode(&b, &h); break;
     }
     if (b.failed) {
@@ -41,6 +42,15 @@ static void s_roundtrip(const djn_msg_t *m, uint32_t nframes) {
             abort();
         for (uint32_t i = 0; i < a->nnodes; i++)
             if (strcmp(a->nodes[i].op, z->nodes[i].op) || a->nodes[i].nargs != z->nodes[i].nargs)
+                abort();
+    }
+    if (m->type == DJN_MSG_LOAD_MODEL) {
+        const djn_load_req_t *a = &m->u.load, *z = &again->u.load;
+        if (a->device != z->device || strcmp(a->name, z->name) || a->nbinds != z->nbinds)
+            abort();
+        for (uint32_t i = 0; i < a->nbinds; i++)
+            if (strcmp(a->binds[i].name, z->binds[i].name) ||
+                a->binds[i].handle != z->binds[i].handle)
                 abort();
     }
     djn_msg_free(&again);
@@ -74,6 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     djn_dyn_tensor_decode(&g.dyn->u.items[i], &d);
         }
         djn_have_rep_parse(r, &v, err, sizeof err);
+        djn_load_rep_t lr;
+        djn_load_rep_parse(r, &lr, err, sizeof err);
         if (st)
             djn_stats_rep_parse(r, st, err, sizeof err);
         djn_free(st, sizeof(*st));

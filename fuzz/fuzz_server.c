@@ -8,16 +8,21 @@
  * fragment runtime (djn_frag.c), sessions, Text, plan cache and VMU, with the stub
  * executor (exec_stub.c) behind the djn_exec.h seam. After the input the session is
  * closed, and every handle, device byte and Text entry must be back (a leak is a crash;
- * host memory is LeakSanitizer's). Seeds are real client messages (fuzz/corpus/server,
- * `make fuzz-seeds`). */
+ * host memory is LeakSanitizer's). LOAD_MODEL runs against a small model store the
+ * harness writes at start (djn_models.c: access list, parse, describe, bind into Text
+ * without a cache, so its entries must go with the session too). Seeds are real client
+ * messages (fuzz/corpus/server, `make fuzz-seeds`) and LOAD_MODEL requests. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "djn_codec.h"
 #include "djn_frag.h"
 #include "djn_mem.h"
+#include "djn_models.h"
 #include "djn_session.h"
 #include "djn_text.h"
 #include "djn_tlb.h"
@@ -29,7 +34,58 @@ static struct {
     djn_tlb_t *tlb;
     djn_vmu_t *vmu;
     djn_exec_t *exec;
+    djn_models_t *models;
+    char store[64];
 } g;
+
+/* The model store: "tiny" and "org/tiny" (a tensor of each kind of span: empty, small,
+ * 4 KiB), and "secret", which the fuzzed tenant may not load. */
+static void s_write(const char *dir, const char *name, const void *p, size_t n) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0)
+        abort();
+}
+
+static void s_model(const char *name) {
+    static const char hdr[] = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                              "\"b\":{\"dtype\":\"BF16\",\"shape\":[0],\"data_offsets\":[24,24]},"
+                              "\"w\":{\"dtype\":\"I64\",\"shape\":[512],\"data_offsets\":[24,4120]},"
+                              "\"__metadata__\":{\"format\":\"pt\"}}";
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/%s", g.store, name);
+    if (mkdir(dir, 0700) != 0)
+        abort();
+    static const char cfg[] = "{\"model_type\": \"bert\"}";
+    s_write(dir, "config.json", cfg, sizeof cfg - 1);
+    size_t hl = sizeof hdr - 1, n = 8 + hl + 4120;
+    uint8_t *f = calloc(1, n);
+    if (!f)
+        abort();
+    for (int i = 0; i < 8; i++)
+        f[i] = (uint8_t)(hl >> (8 * i));
+    memcpy(f + 8, hdr, hl);
+    for (size_t i = 8 + hl; i < n; i++)
+        f[i] = (uint8_t)(i * 7);
+    s_write(dir, "model.safetensors", f, n);
+    free(f);
+}
+
+static void s_rm_store(void) {
+    static const char *paths[] = {"tiny/config.json",        "tiny/model.safetensors",
+                                  "tiny",                    "secret/config.json",
+                                  "secret/model.safetensors", "secret",
+                                  "org/tiny/config.json",    "org/tiny/model.safetensors",
+                                  "org/tiny",                "org"};
+    char path[256];
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        snprintf(path, sizeof path, "%s/%s", g.store, paths[i]);
+        remove(path);
+    }
+    djn_models_destroy(&g.models);
+    rmdir(g.store);
+}
 
 static void s_setup(void) {
     if (g.sessions)
@@ -44,6 +100,20 @@ static void s_setup(void) {
     if (!g.text || !g.tlb || !g.sessions || !g.vmu || !g.exec)
         abort();
     djn_exec_use_vmu(g.exec, g.vmu);
+    snprintf(g.store, sizeof g.store, "/tmp/djinn-fuzz-models-XXXXXX");
+    if (!mkdtemp(g.store))
+        abort();
+    s_model("tiny");
+    s_model("secret");
+    char org[128];
+    snprintf(org, sizeof org, "%s/org", g.store);
+    if (mkdir(org, 0700) != 0)
+        abort();
+    s_model("org/tiny");
+    if (!(g.models = djn_models_new(g.store, g.text, err, sizeof err)) ||
+        djn_models_count(g.models) != 3)
+        abort();
+    atexit(s_rm_store);
 }
 
 typedef struct {
@@ -92,6 +162,17 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
         uint32_t *missing = NULL, n = 0;
         if (djn_frag_have(&env, s, &m->u.have, &missing, &n) == DJN_OK)
             djn_free(missing, m->u.have.nitems * sizeof(uint32_t));
+    } else if (m->type == DJN_MSG_LOAD_MODEL && m->u.load.device == 0) {
+        djn_arena_t *a = djn_arena_new();
+        djn_load_rep_t rep;
+        char why[4096];
+        djn_status_t st = a ? djn_models_load(g.models, g.exec, 0, s, &m->u.load, "tiny, org/tiny",
+                                              "fuzz", a, &rep, why, sizeof why)
+                            : DJN_ERR_NOMEM;
+        /* a success did what was asked: every bind, or the whole description */
+        if (st == DJN_OK && (m->u.load.nbinds ? rep.bound != m->u.load.nbinds : rep.ntensors != 3))
+            abort();
+        djn_arena_destroy(&a);
     }
     djn_msg_free(&m);
 }

@@ -63,7 +63,58 @@ def main():
         hlen = data[1] | data[2] << 8
         open(os.path.join(root, "corpus", "decode", h[:16]), "wb").write(data[3 : 3 + hlen])
     shutil.rmtree(rec)
-    print(f"{len(kept)} seeds from {len(seen)} distinct messages")
+    n = _load_model_seeds(root)
+    print(f"{len(kept)} seeds from {len(seen)} distinct messages, {n} LOAD_MODEL seeds")
+
+
+def _load_model_seeds(root):
+    """LOAD_MODEL conversations for the model store fuzz_server writes at start ("tiny",
+    "org/tiny", "secret"; tensors "a", "b", "w"), and a LOAD_MODEL reply for fuzz_decode.
+    The recording client has no server with --models, so these are written by hand."""
+    import msgpack
+
+    sid, h0 = 12345, 1 << 44
+
+    def hdr(type_, seq, body):
+        return msgpack.packb({"type": type_, "sid": sid, "seq": seq, "body": body})
+
+    def load(seq, name, binds=None):
+        body = {"dev": 0, "name": name}
+        if binds is not None:
+            body["binds"] = binds
+        return hdr(8, seq, body)
+
+    def frees(seq, handles):
+        body = {"dev": 0, "seed": None, "binds": [], "allocs": [], "uploads": [], "nodes": []}
+        body["frees"] = handles
+        return hdr(3, seq, body)
+
+    convs = [
+        [load(1, "tiny")],
+        [load(1, "tiny", [["a", h0], ["b", h0 + 512], ["w", h0 + 1024]])],
+        [load(1, "org/tiny", [["w", h0], ["w", h0 + 512]]), load(2, "tiny", [["w", h0 + 1024]])],
+        [load(1, "tiny", [["a", h0]]), frees(2, [h0]), load(3, "tiny", [["a", h0]])],
+        [load(1, "tiny", [["a", h0], ["nope", h0 + 512]])],
+        [load(1, "secret"), load(2, "../tiny"), load(3, "tiny", [["a", h0], ["a", h0]])],
+    ]
+    n = 0
+    for conv in convs:
+        data = b"".join(bytes([0]) + len(m).to_bytes(2, "little") + m for m in conv)
+        name = hashlib.sha256(data).hexdigest()[:16]
+        open(os.path.join(root, "corpus", "server", name), "wb").write(data)
+        for m in conv:
+            name = hashlib.sha256(m).hexdigest()[:16]
+            open(os.path.join(root, "corpus", "decode", name), "wb").write(m)
+        n += 1
+    reply = {
+        "config": '{"model_type": "bert"}',
+        "tensors": [["w", 6, [2, 3]], ["b", 15, [3]]],
+        "bound": 0,
+        "read_bytes": 0,
+    }
+    m = hdr(64, 7, reply)
+    open(os.path.join(root, "corpus", "decode", hashlib.sha256(m).hexdigest()[:16]), "wb").write(m)
+    return n + 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ static bool s_add(djn_auth_t *a, const char *name, const djn_cert_t *c) {
     memcpy(t->pub, c->pub, DJN_KEY_BYTES);
     t->is_operator = c->is_operator;
     t->realtime = c->realtime;
+    snprintf(t->models, sizeof t->models, "%s", c->models);
     return true;
 }
 

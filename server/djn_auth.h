@@ -27,6 +27,7 @@ typedef struct djn_tenant {
     char name[DJN_TENANT_NAME];
     uint8_t pub[DJN_KEY_BYTES];
     bool is_operator, realtime;
+    char models[1024]; /* the models it may load: "a,b", "*", or "" for none */
 } djn_tenant_t;
 
 typedef struct djn_auth djn_auth_t;

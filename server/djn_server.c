@@ -34,9 +34,11 @@
 #include "djn_exec.h"
 #include "djn_frag.h"
 #include "djn_mem.h"
+#include "djn_models.h"
 #include "djn_proto.h"
 #include "djn_sched.h"
 #include "djn_session.h"
+#include "djn_tcache.h"
 #include "djn_tlb.h"
 #include "djn_vmu.h"
 
@@ -72,6 +74,8 @@ struct djn_server {
     char endpoint[256];
     djn_sessions_t *sessions;
     djn_text_t *text;
+    djn_models_t *models; /* --models: ghost loading (djn_models.h) */
+    djn_tcache_t *tcache; /* --text-cache DIR: Text uploads on disk (djn_tcache.h) */
     djn_tlb_t *tlb;
     djn_sched_t *sched;
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
@@ -263,6 +267,32 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
     djn_frag_out_release(&out);
 }
 
+/* LOAD_MODEL: the model store answers, for the tenant's access list (its certificate's
+ * `models`; every model on a server without keys). */
+static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
+    djn_server_t *srv = w->srv;
+    const djn_peer_t *peer = djn_session_peer(j->sess);
+    const djn_tenant_t *t = srv->auth ? djn_auth_by_name(srv->auth, peer->tenant) : NULL;
+    const char *acl = srv->auth ? (t ? t->models : "") : "*";
+    djn_arena_t *a = djn_arena_new();
+    djn_load_rep_t rep;
+    char err[4096] = "out of host memory";
+    djn_status_t st = a ? djn_models_load(srv->models, w->exec, w->index, j->sess, &j->msg->u.load,
+                                          acl, peer->tenant, a, &rep, err, sizeof err)
+                        : DJN_ERR_NOMEM;
+    atomic_fetch_add(&w->jobs, 1);
+    if (st != DJN_OK) {
+        s_send_error(srv, push, &j->ident, j->msg->sid, j->msg->seq, st, err, -1, NULL);
+    } else {
+        djn_buf_t b = {0};
+        djn_msg_hdr_t h = {DJN_MSG_REPLY, j->msg->sid, j->msg->seq};
+        djn_load_rep_encode(&b, &h, &rep);
+        s_send_reply(srv, push, &j->ident, &b, NULL, 0);
+        djn_buf_release(&b);
+    }
+    djn_arena_destroy(&a);
+}
+
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
     char name[16]; /* "djn-worker-<i>" in top, gdb and /proc/<pid>/task/<tid>/comm */
@@ -279,6 +309,8 @@ static void *s_worker_main(void *arg) {
         s_job_t *j = (s_job_t *)it;
         if (j->msg->type == DJN_MSG_HAVE)
             s_run_have(w, push, j);
+        else if (j->msg->type == DJN_MSG_LOAD_MODEL)
+            s_run_load(w, push, j);
         else
             s_run_graph(w, push, j, false);
         s_job_free(w->srv, j);
@@ -682,7 +714,9 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                           djn_session_t **sess_p, s_rx_t *rx, uint64_t t0) {
     djn_msg_t *m = *m_p;
     char err[512];
-    uint32_t device = m->type == DJN_MSG_HAVE ? m->u.have.device : m->u.graph.device;
+    uint32_t device = m->type == DJN_MSG_HAVE         ? m->u.have.device
+                      : m->type == DJN_MSG_LOAD_MODEL ? m->u.load.device
+                                                      : m->u.graph.device;
     djn_tlb_entry_t *plan = NULL;
     if (m->type == DJN_MSG_GRAPH_CACHED) {
         plan = djn_tlb_lookup(srv->tlb, m->u.graph.fp, m->u.graph.device, m->sid);
@@ -835,6 +869,7 @@ static void s_handle_client(djn_server_t *srv) {
     case DJN_MSG_GRAPH_CACHED:
     case DJN_MSG_FETCH:
     case DJN_MSG_HAVE:
+    case DJN_MSG_LOAD_MODEL:
         s_enqueue_job(srv, &ident, &m, &sess, &rx, t0);
         break;
     default:
@@ -896,6 +931,15 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     if (cfg->keys_dir && !(srv->auth = djn_auth_load(cfg->keys_dir, err, errlen)))
         goto fail;
+    djn_text_set_cache(srv->text, cfg->text_cache_bytes);
+    if (!(srv->models = djn_models_new(cfg->models_dir, srv->text, err, errlen)))
+        goto fail;
+    if (cfg->text_cache_dir && *cfg->text_cache_dir) {
+        if (!(srv->tcache = djn_tcache_new(cfg->text_cache_dir, err, errlen)))
+            goto fail;
+        djn_text_store_t store = djn_tcache_store(srv->tcache);
+        djn_text_set_store(srv->text, &store);
+    }
     srv->router = zmq_socket(srv->ctx, ZMQ_ROUTER);
     srv->pull = zmq_socket(srv->ctx, ZMQ_PULL);
     int hwm = 0, linger = 0, mandatory = 0;
@@ -942,6 +986,8 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         if (!w->exec)
             goto fail;
         srv->nworkers++;
+        if (srv->tcache)
+            djn_tcache_set_exec(srv->tcache, (uint32_t)i, w->exec);
         if (!strncmp(cfg->devices[i], "cpu", 3) && cfg->data_bytes &&
             !(w->vmu = djn_vmu_new(cfg->data_bytes, cfg->slab_bytes, err, errlen)))
             goto fail;
@@ -1022,7 +1068,9 @@ void djn_server_destroy(djn_server_t **self_p) {
     }
     djn_tlb_destroy(&srv->tlb); /* its entries hold session references */
     djn_sessions_destroy(&srv->sessions);
+    djn_models_destroy(&srv->models);
     djn_text_destroy(&srv->text);
+    djn_tcache_destroy(&srv->tcache);
     for (int i = 0; i < srv->nworkers; i++) {
         djn_exec_destroy(&srv->workers[i].exec);
         djn_vmu_destroy(&srv->workers[i].vmu);

@@ -35,6 +35,9 @@ typedef struct djn_server_cfg {
     bool inline_small;                    /* run tiny cached fragments on the transport thread */
     bool remove_ipc_dir;                  /* embedded: remove the ipc socket's directory at exit */
     const char *keys_dir;                 /* CURVE keys (djn_auth.h); NULL: none */
+    const char *models_dir;               /* the model store (djn_models.h); NULL: none */
+    uint64_t text_cache_bytes;            /* unreferenced Text kept for reuse (LRU); 0: none */
+    const char *text_cache_dir;           /* Text uploads also kept on disk (djn_tcache.h); NULL */
     bool verbose;
 } djn_server_cfg_t;
 

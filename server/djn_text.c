@@ -8,7 +8,19 @@
  * binds of shared storages and frees take it, never op execution.
  *
  * Tenants are interned to small ids; an entry's owners are the ids that uploaded its
- * bytes (or were granted it by HAVE, which needs ownership already). */
+ * bytes (or were granted it by HAVE, which needs ownership already).
+ *
+ * The cache of unreferenced entries, in steps:
+ *   1. the release of an entry's last reference links it at the tail of an LRU list
+ *      (it stays in the three maps, so every lookup still finds it) when the budget is
+ *      not 0 and the entry alone fits it;
+ *   2. entries are unlinked from the head, and freed outside the lock, while the cached
+ *      bytes exceed the budget;
+ *   3. any lookup that hands out a reference (share, HAVE, by storage, by key) takes a
+ *      cached entry off the list first: referenced entries are never evicted.
+ * Invariant: an entry is on the list exactly when refs == 0, and cached_bytes is the sum
+ * of the list's sizes. Eviction is per entry, not per model: a model's tensors are
+ * released together, so they leave together too, oldest model first. */
 #include "djn_text.h"
 
 #include <pthread.h>
@@ -28,7 +40,8 @@ typedef struct s_entry {
     uint64_t plain[2];
     djn_stor_t *stor;
     uint64_t nbytes, refs;
-    djn_vec_t owners; /* uint32_t tenant ids */
+    djn_vec_t owners;                    /* uint32_t tenant ids */
+    struct s_entry *lru_prev, *lru_next; /* on the cache list while refs == 0 */
 } s_entry_t;
 
 struct djn_text {
@@ -38,7 +51,39 @@ struct djn_text {
     uint32_t serial;
     djn_vec_t tenants; /* char[64] names by id */
     djn_text_stats_t st;
+    uint64_t cache_budget;
+    djn_text_store_t store;         /* save_fn NULL: none */
+    s_entry_t *lru_head, *lru_tail; /* unreferenced entries, least recently released first */
 };
+
+/* Take a cached entry off the list: it is about to get a reference. */
+static void s_lru_unlink(djn_text_t *t, s_entry_t *e) {
+    if (e->refs)
+        return;
+    if (e->lru_prev)
+        e->lru_prev->lru_next = e->lru_next;
+    else
+        t->lru_head = e->lru_next;
+    if (e->lru_next)
+        e->lru_next->lru_prev = e->lru_prev;
+    else
+        t->lru_tail = e->lru_prev;
+    e->lru_prev = e->lru_next = NULL;
+    t->st.cached_entries--;
+    t->st.cached_bytes -= e->nbytes;
+}
+
+static void s_lru_push(djn_text_t *t, s_entry_t *e) {
+    e->lru_next = NULL;
+    e->lru_prev = t->lru_tail;
+    if (t->lru_tail)
+        t->lru_tail->lru_next = e;
+    else
+        t->lru_head = e;
+    t->lru_tail = e;
+    t->st.cached_entries++;
+    t->st.cached_bytes += e->nbytes;
+}
 
 static uint64_t s_mix(uint64_t a, uint64_t b, uint32_t dev) {
     uint64_t d = a ^ (b * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)dev << 56);
@@ -112,6 +157,14 @@ uint32_t djn_text_tenant(djn_text_t *t, const char *name) {
     return id;
 }
 
+/* The name of a tenant id into out[64] (lock held). */
+static void s_tenant_name(const djn_text_t *t, uint32_t id, char out[64]) {
+    out[0] = 0;
+    if (id < t->tenants.len)
+        memcpy(out, (const char *)t->tenants.data + 64 * id, 64);
+    out[63] = 0;
+}
+
 static bool s_owned(const s_entry_t *e, uint32_t tenant) {
     for (size_t i = 0; i < e->owners.len; i++)
         if (DJN_VEC_AT(&e->owners, uint32_t, i) == tenant)
@@ -141,6 +194,7 @@ djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
             break;
     }
     if (e) {
+        s_lru_unlink(t, e);
         e->refs++;
         t->st.refs++;
         t->st.hits++;
@@ -195,7 +249,12 @@ djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t p
     t->st.bytes += e->nbytes;
     t->st.refs++;
     t->st.inserts++;
+    djn_text_store_t store = t->store;
+    char name[64];
+    s_tenant_name(t, tenant, name);
     pthread_mutex_unlock(&t->mu);
+    if (store.save_fn && tenant != UINT32_MAX) /* the entry holds a reference: r stays */
+        store.save_fn(store.ctx, key, plain, name, r);
     return r;
 }
 
@@ -208,13 +267,29 @@ djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t p
             s_owned(e, tenant))
             break;
     if (e) {
+        s_lru_unlink(t, e);
         e->refs++;
         t->st.refs++;
         t->st.hits++;
         *key_out = e->key;
     }
+    djn_text_store_t store = t->store;
+    char name[64];
+    s_tenant_name(t, tenant, name);
     pthread_mutex_unlock(&t->mu);
-    return e ? e->stor : NULL;
+    if (e || !store.load_fn || tenant == UINT32_MAX)
+        return e ? e->stor : NULL;
+    /* not in memory: content this tenant saved before the server restarted? */
+    djn_text_key_t key = {0, 0, dev, 0};
+    djn_stor_t *stor = store.load_fn(store.ctx, t, dev, plain, name, &key);
+    if (!stor)
+        return NULL;
+    key.dev = dev;
+    djn_stor_t *filed = djn_text_insert(t, &key, plain, tenant, stor);
+    djn_stor_release(stor);
+    if (filed)
+        *key_out = key;
+    return filed;
 }
 
 djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
@@ -224,6 +299,7 @@ djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
     s_entry_t *e =
         djn_map_get(&t->by_stor, djn_stor_id(stor), &v) ? (s_entry_t *)(uintptr_t)v : NULL;
     if (e) {
+        s_lru_unlink(t, e);
         e->refs++;
         t->st.refs++;
         *key_out = e->key;
@@ -253,27 +329,91 @@ static void s_unchain(djn_map_t *m, uint64_t d, s_entry_t *e, bool plain_chain) 
     }
 }
 
-void djn_text_release(djn_text_t *t, const djn_text_key_t *key) {
-    pthread_mutex_lock(&t->mu);
+static s_entry_t *s_find_key(djn_text_t *t, const djn_text_key_t *key) {
     s_entry_t *e = s_chain(&t->by_key, s_kdigest(key));
     while (e && (e->key.hi != key->hi || e->key.lo != key->lo || e->key.dev != key->dev ||
                  e->key.serial != key->serial))
         e = e->next;
-    if (e) {
+    return e;
+}
+
+/* Remove an entry from the maps (caller holds the lock; it frees e outside). */
+static void s_unfile(djn_text_t *t, s_entry_t *e) {
+    s_unchain(&t->by_key, s_kdigest(&e->key), e, false);
+    s_unchain(&t->by_plain, s_mix(e->plain[0], e->plain[1], e->key.dev), e, true);
+    djn_map_del(&t->by_stor, djn_stor_id(e->stor), NULL);
+    t->st.entries--;
+    t->st.bytes -= e->nbytes;
+}
+
+/* Step 2: the cache's oldest entries out while it is over budget; returns them linked
+ * through lru_next, to be freed outside the lock. */
+static s_entry_t *s_evict(djn_text_t *t) {
+    s_entry_t *out = NULL;
+    while (t->lru_head && t->st.cached_bytes > t->cache_budget) {
+        s_entry_t *e = t->lru_head;
+        s_lru_unlink(t, e);
+        s_unfile(t, e);
+        t->st.evictions++;
+        e->lru_next = out;
+        out = e;
+    }
+    return out;
+}
+
+static void s_free_list(s_entry_t *e) {
+    while (e) {
+        s_entry_t *next = e->lru_next;
+        s_entry_free(e); /* outside the lock: freeing device memory scrubs it */
+        e = next;
+    }
+}
+
+void djn_text_release(djn_text_t *t, const djn_text_key_t *key) {
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e = s_find_key(t, key), *dead = NULL;
+    if (e && e->refs) {
         t->st.refs--;
         if (--e->refs == 0) {
-            s_unchain(&t->by_key, s_kdigest(key), e, false);
-            s_unchain(&t->by_plain, s_mix(e->plain[0], e->plain[1], e->key.dev), e, true);
-            djn_map_del(&t->by_stor, djn_stor_id(e->stor), NULL);
-            t->st.entries--;
-            t->st.bytes -= e->nbytes;
-        } else {
-            e = NULL;
+            if (t->cache_budget && e->nbytes <= t->cache_budget) { /* step 1 */
+                s_lru_push(t, e);
+                dead = s_evict(t);
+            } else {
+                s_unfile(t, e);
+                e->lru_next = NULL;
+                dead = e;
+            }
         }
     }
     pthread_mutex_unlock(&t->mu);
-    if (e)
-        s_entry_free(e); /* outside the lock: freeing device memory scrubs it */
+    s_free_list(dead);
+}
+
+djn_stor_t *djn_text_acquire_key(djn_text_t *t, const djn_text_key_t *key) {
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e = s_find_key(t, key);
+    if (e) {
+        s_lru_unlink(t, e);
+        e->refs++;
+        t->st.refs++;
+        t->st.hits++;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return e ? e->stor : NULL;
+}
+
+void djn_text_set_store(djn_text_t *t, const djn_text_store_t *store) {
+    pthread_mutex_lock(&t->mu);
+    t->store = store ? *store : (djn_text_store_t){0};
+    pthread_mutex_unlock(&t->mu);
+}
+
+void djn_text_set_cache(djn_text_t *t, uint64_t bytes) {
+    pthread_mutex_lock(&t->mu);
+    t->cache_budget = bytes;
+    s_entry_t *dead = s_evict(t);
+    pthread_mutex_unlock(&t->mu);
+    s_free_list(dead);
 }
 
 void djn_text_stats(djn_text_t *t, djn_text_stats_t *out) {

@@ -12,7 +12,10 @@
  *     for what others hold;
  *   - by storage: a handle bound to a shared storage by any path (an alias, a view a
  *     kernel returned) is recognised as shared, so writes to it copy first.
- * Entries die with their last reference. A session that writes to a Text tensor first
+ * An entry whose last reference goes is kept, unreferenced, in a cache of at most
+ * djn_text_set_cache bytes (least recently released first out), so that a rerun, a
+ * reconnecting client or a model the store loaded finds it again; with a budget of 0
+ * entries die with their last reference. A session that writes to a Text tensor first
  * receives a private copy (copy-on-write, done by the session layer). */
 #ifndef DJN_TEXT_H
 #define DJN_TEXT_H
@@ -36,6 +39,7 @@ typedef struct djn_text_key {
 
 typedef struct djn_text_stats {
     uint64_t entries, bytes, refs, hits, inserts, verified_bytes;
+    uint64_t cached_entries, cached_bytes, evictions; /* unreferenced, kept by the cache */
 } djn_text_stats_t;
 
 /* Does the filed storage hold the same bytes as the caller's? */
@@ -66,6 +70,25 @@ djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t p
 djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
                                      djn_text_key_t *key_out);
 void djn_text_release(djn_text_t *t, const djn_text_key_t *key);
+/* A new reference to the entry filed under exactly this key (serial included), cached or
+ * referenced, or NULL if it is gone (the model store finds its tensors again this way). */
+djn_stor_t *djn_text_acquire_key(djn_text_t *t, const djn_text_key_t *key);
+/* Bytes of unreferenced entries kept for reuse (LRU); 0: none (the default). */
+void djn_text_set_cache(djn_text_t *t, uint64_t bytes);
+
+/* A store that outlives the process (djn_tcache.h, --text-cache DIR): every entry a
+ * tenant uploads is saved (save_fn, after it is filed, outside the lock, on the worker
+ * of its device), and a HAVE that finds nothing in memory asks load_fn for content this
+ * tenant uploaded before: a new storage on dev with its keyed hash in *key (computed
+ * with djn_text_hash), or NULL. Model store content (no owner) is never saved. */
+typedef struct djn_text_store {
+    void *ctx;
+    void (*save_fn)(void *ctx, const djn_text_key_t *key, const uint64_t plain[2],
+                    const char *tenant, djn_stor_t *stor);
+    djn_stor_t *(*load_fn)(void *ctx, djn_text_t *t, uint32_t dev, const uint64_t plain[2],
+                           const char *tenant, djn_text_key_t *key);
+} djn_text_store_t;
+void djn_text_set_store(djn_text_t *t, const djn_text_store_t *store);
 /* A small id for a tenant name ("" is the one tenant of a server without keys). */
 uint32_t djn_text_tenant(djn_text_t *t, const char *name);
 void djn_text_stats(djn_text_t *t, djn_text_stats_t *out);

@@ -52,6 +52,13 @@ static void s_usage(FILE *f) {
         "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
         "                       [DJINN_SLAB_BYTES] (default: an eighth of the Data segment,\n"
         "                       at most 2 GiB)\n"
+        "  --models DIR         model store for ghost loading: Hugging Face folders\n"
+        "                       (config.json + *.safetensors) read by the server [DJINN_MODELS]\n"
+        "  --text-cache-bytes N shared weights (Text) kept after their last session, LRU:\n"
+        "                       a rerun uploads nothing (default 4 GiB with --models, else 0)\n"
+        "                       [DJINN_TEXT_CACHE_BYTES]\n"
+        "  --text-cache DIR     also keep uploaded weights on disk: after a restart, a client\n"
+        "                       resuming an upload sends only the rest [DJINN_TEXT_CACHE]\n"
         "  --session-max-handles N  handles one session may hold; 0 = no limit\n"
         "                       [DJINN_SESSION_MAX_HANDLES] (default 1048576); each also\n"
         "                       counts 128 bytes against the session's quota\n"
@@ -147,10 +154,12 @@ int main(int argc, char **argv) {
     djn_server_cfg_t cfg = {0};
     cfg.listen = s_env("DJINN_LISTEN", "tcp://127.0.0.1:5555");
     cfg.keys_dir = s_env("DJINN_KEYS", NULL);
+    cfg.models_dir = s_env("DJINN_MODELS", NULL);
+    cfg.text_cache_dir = s_env("DJINN_TEXT_CACHE", NULL);
     const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
-                       handles = 1u << 20, max_sess = 1024, per_conn = 64;
+                       handles = 1u << 20, max_sess = 1024, per_conn = 64, tcache = ~0ull;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -164,6 +173,7 @@ int main(int argc, char **argv) {
         {"--session-max-handles", "DJINN_SESSION_MAX_HANDLES", &handles},
         {"--max-sessions", "DJINN_MAX_SESSIONS", &max_sess},
         {"--max-sessions-per-connection", "DJINN_MAX_SESSIONS_PER_CONNECTION", &per_conn},
+        {"--text-cache-bytes", "DJINN_TEXT_CACHE_BYTES", &tcache},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
     };
@@ -192,6 +202,8 @@ int main(int argc, char **argv) {
         const char **str = !strcmp(a, "--listen")                              ? &cfg.listen
                            : !strcmp(a, "--device") || !strcmp(a, "--devices") ? &devices
                            : !strcmp(a, "--keys")                              ? &cfg.keys_dir
+                           : !strcmp(a, "--models")                            ? &cfg.models_dir
+                           : !strcmp(a, "--text-cache")                        ? &cfg.text_cache_dir
                            : !strcmp(a, "--stats")                             ? &stats_ep
                            : !strcmp(a, "--check")                             ? &check_ep
                                                                                : NULL;
@@ -251,6 +263,7 @@ int main(int argc, char **argv) {
     cfg.data_bytes = data;
     cfg.slab_bytes = slab;
     cfg.plan_cache_entries = (uint32_t)plan;
+    cfg.text_cache_bytes = tcache != ~0ull ? tcache : cfg.models_dir ? 4ull << 30 : 0;
     cfg.announce_fd = fd == ~0ull ? -1 : (int)fd;
     cfg.parent_pid = (int)ppid;
     cfg.inline_small = !no_inline;

@@ -34,6 +34,7 @@
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_spawn.h"
+#include "djn_sync.h"
 #include "djn_transport.h"
 
 #define S_HANDLE_BASE (1ull << 44)
@@ -832,6 +833,7 @@ djn_buf_t *djn_client_rec_buf(djn_client_t *c) {
 void djn_client_rec_tensor(djn_client_t *c, const djn_tref_t *t, bool written) {
     if (s_stale(c, t->handle))
         c->rec_stale = true;
+    djn_sync_need(c, t->handle); /* a weight still syncing: its upload goes first */
     djn_rec_tensor(c->rec, t, written);
 }
 
@@ -1078,6 +1080,8 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
     }
     if (device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
+    if (st == DJN_OK)
+        djn_sync_need(c, handle); /* a weight still syncing: its upload goes first */
     if (st == DJN_OK) {
         s_resp_t x = {0};
         st = s_flush_locked(c, true, &f, &x);
@@ -1182,4 +1186,63 @@ uint32_t djn_client_srg(djn_client_t *c, djn_srg_node_t *out, uint32_t cap, uint
     uint32_t n = djn_rec_srg(c->rec, out, cap, fp);
     pthread_mutex_unlock(&c->mu);
     return n;
+}
+
+/* ------------------------------------------------------------------ ghost loading */
+
+static void s_load_enc(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg) {
+    djn_load_req_encode(b, hdr, arg);
+}
+
+djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, djn_reply_t **reply,
+                                   djn_load_rep_t *rep) {
+    *reply = NULL;
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = s_connect_locked(c);
+    if (st == DJN_OK && (int)req->device >= c->ndev)
+        st = s_fail(DJN_ERR_DEVICE, "djinn: remote:%u does not exist (the server has %d devices)",
+                    req->device, c->ndev);
+    s_resp_t x = {0};
+    if (st == DJN_OK)
+        st = s_request(c, DJN_MSG_LOAD_MODEL, s_load_enc, req, c->timeout_ms, &x);
+    char err[256];
+    if (st == DJN_OK && djn_load_rep_parse(x.rep, rep, err, sizeof err) != DJN_OK)
+        st = s_fail(DJN_ERR_PROTO, "djinn: %s", err);
+    if (st == DJN_OK) {
+        *reply = x.rep;
+        x.rep = NULL;
+    }
+    s_resp_free(&x);
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+uint64_t djn_client_reserve(djn_client_t *c, uint64_t nbytes) {
+    uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
+    uint64_t h = atomic_fetch_add(&s_next_va, span);
+    pthread_mutex_lock(&c->mu);
+    djn_map_put(&c->sizes, h, nbytes); /* a hint only */
+    pthread_mutex_unlock(&c->mu);
+    return h;
+}
+
+djn_status_t djn_client_stage_upload(djn_client_t *c, int device, uint64_t handle, uint8_t *bytes,
+                                     uint64_t n) {
+    djn_status_t st = s_connect_locked(c);
+    if (st == DJN_OK && device != djn_rec_device(c->rec))
+        st = s_use_device(c, device); /* never mid-node: a node's tensors share its device */
+    if (st != DJN_OK) {
+        djn_free(bytes, n);
+        return st;
+    }
+    bool text = n && n >= c->text_min;
+    XXH128_hash_t h = text ? XXH3_128bits(bytes, n) : (XXH128_hash_t){0, 0};
+    djn_fcache_drop(c->fcache, handle);
+    if (djn_rec_upload(c->rec, handle, bytes, n, text, h.high64, h.low64) != DJN_OK)
+        return s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");
+    return DJN_OK;
+}
+
+int djn_client_rec_device(djn_client_t *c) {
+    return djn_rec_device(c->rec);
 }

@@ -90,6 +90,21 @@ djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, con
 void djn_client_seed(djn_client_t *c, uint64_t seed);
 djn_status_t djn_client_stats(djn_client_t *c, djn_stats_rep_t *out); /* server STATS */
 
+/* ---- ghost loading and shadow sync (djn_sync.h, djinn/models.py) ---- */
+/* LOAD_MODEL, in order with the session's other traffic; *reply owns what *rep points
+ * at (djn_reply_free). */
+djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, djn_reply_t **reply,
+                                   djn_load_rep_t *rep);
+/* A handle of nbytes the server will bind itself (LOAD_MODEL): no declaration is sent. */
+uint64_t djn_client_reserve(djn_client_t *c, uint64_t nbytes);
+/* Stage an upload of a whole storage into the fragment being recorded, taking `bytes`
+ * (djn_malloc'd, n bytes; freed on failure too). Large ones are content-hashed and offered
+ * first (HAVE), like djn_client_upload. Unlike it, never flushes: callable while a node
+ * is being recorded (the bytes land before that node runs). Caller holds the lock. */
+djn_status_t djn_client_stage_upload(djn_client_t *c, int device, uint64_t handle, uint8_t *bytes,
+                                     uint64_t n);
+int djn_client_rec_device(djn_client_t *c);
+
 /* ---- observability ---- */
 void djn_client_counters(djn_client_t *c, djn_stats_client_t *out);
 void djn_client_counters_reset(djn_client_t *c);

@@ -75,7 +75,7 @@ djn_status_t djn_cert_read(const char *path, djn_cert_t *out, char *err, size_t 
         snprintf(err, errlen, "cannot read the certificate '%s': %s", path, strerror(errno));
         return DJN_ERR_IO;
     }
-    char line[512], val[128];
+    char line[1200], val[1024];
     bool have_pub = false, in_meta = false;
     djn_status_t st = DJN_OK;
     while (fgets(line, sizeof line, f)) {
@@ -98,10 +98,12 @@ djn_status_t djn_cert_read(const char *path, djn_cert_t *out, char *err, size_t 
             }
             out->has_secret = true;
         } else if (in_meta && s_kv(line, "role", val, sizeof val)) {
-            snprintf(out->role, sizeof out->role, "%s", val);
+            snprintf(out->role, sizeof out->role, "%.127s", val);
             out->is_operator = strcmp(val, "operator") == 0;
         } else if (in_meta && s_kv(line, "realtime", val, sizeof val)) {
             out->realtime = strcmp(val, "yes") == 0 || strcmp(val, "true") == 0;
+        } else if (in_meta && s_kv(line, "models", val, sizeof val)) {
+            snprintf(out->models, sizeof out->models, "%s", val);
         }
     }
     fclose(f);

@@ -10,7 +10,8 @@
  *
  * NAME.key holds the public key (exchanged freely), NAME.key_secret both. Metadata
  * lines are `name = "value"` under `metadata`; Djinn reads `role` ("operator": may read
- * server-wide STATS) and `realtime` ("yes": may claim the realtime QoS class). Z85 is
+ * server-wide STATS), `realtime` ("yes": may claim the realtime QoS class) and `models`
+ * (the models of the server's store the tenant may load: "a,b" or "*"; none if absent). Z85 is
  * ZeroMQ's RFC 32 encoding (32 bytes <-> 40 characters), written here so this file needs
  * no ZeroMQ. Pure C: the server's tenant table and the client's key lookup use it. */
 #ifndef DJN_CERT_H
@@ -36,6 +37,7 @@ typedef struct djn_cert {
     bool is_operator; /* metadata role = "operator" */
     bool realtime;    /* metadata realtime = "yes" */
     char role[128];
+    char models[1024]; /* metadata models = "a,b" or "*"; "" = none */
 } djn_cert_t;
 
 /* 40 Z85 characters (no terminator needed) -> 32 bytes; false on a bad character. */

@@ -278,6 +278,42 @@ static djn_status_t s_parse_have(s_parse_t *p, const djn_value_t *body, djn_have
     return DJN_OK;
 }
 
+static bool s_str(const djn_value_t *v, uint32_t maxlen) {
+    return v && v->kind == DJN_V_STR && v->len > 0 && v->len <= maxlen &&
+           strlen(v->u.s) == v->len; /* no NUL inside: a name means what it shows */
+}
+
+static djn_status_t s_parse_load(s_parse_t *p, const djn_value_t *body, djn_load_req_t *l) {
+    uint64_t u;
+    const djn_value_t *dev = djn_value_get(body, "dev"), *name = djn_value_get(body, "name"),
+                      *binds = djn_value_get(body, "binds");
+    if (!s_uint(dev, &u) || u >= DJN_MAX_DEVICES || !s_str(name, DJN_MAX_NAME))
+        return s_bad(p, "needs 'dev' (a device index) and 'name' (a model name of at most 256 "
+                        "bytes)");
+    l->device = (uint32_t)u;
+    l->name = name->u.s;
+    if (!binds)
+        return DJN_OK;
+    if (!s_list(binds))
+        return s_bad(p, "'binds' must be an array");
+    djn_model_bind_t *out = djn_arena_alloc(p->a, sizeof(djn_model_bind_t) * (binds->len + 1));
+    if (!out)
+        return DJN_ERR_NOMEM;
+    for (uint32_t i = 0; i < binds->len; i++) {
+        const djn_value_t *e = &binds->u.items[i];
+        if (!s_list(e) || e->len != 2 || !s_str(&e->u.items[0], DJN_MAX_TENSOR_NAME) ||
+            !s_uint(&e->u.items[1], &out[i].handle))
+            return s_bad(p, "each bind must be [tensor name, handle]");
+        out[i].name = e->u.items[0].u.s;
+        djn_status_t st = s_client_handle(p, out[i].handle);
+        if (st != DJN_OK)
+            return st;
+    }
+    l->nbinds = binds->len;
+    l->binds = out;
+    return DJN_OK;
+}
+
 djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_msg_t **out,
                             uint64_t *seq_out, char *err, size_t errlen) {
     *out = NULL;
@@ -342,6 +378,12 @@ djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_m
     case DJN_MSG_HAVE:
         p.what = "HAVE";
         st = s_parse_have(&p, body, &m->u.have);
+        if (st != DJN_OK)
+            goto fail;
+        break;
+    case DJN_MSG_LOAD_MODEL:
+        p.what = "LOAD_MODEL";
+        st = s_parse_load(&p, body, &m->u.load);
         if (st != DJN_OK)
             goto fail;
         break;
@@ -476,6 +518,23 @@ void djn_have_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_
         djn_enc_uint(b, r->items[i].hi);
         djn_enc_uint(b, r->items[i].lo);
         djn_enc_uint(b, r->items[i].nbytes);
+    }
+}
+
+void djn_load_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_req_t *r) {
+    s_header(b, hdr);
+    djn_enc_map(b, r->nbinds ? 3 : 2);
+    s_kv_uint(b, "dev", r->device);
+    djn_enc_cstr(b, "name");
+    djn_enc_cstr(b, r->name ? r->name : "");
+    if (!r->nbinds)
+        return;
+    djn_enc_cstr(b, "binds");
+    djn_enc_array(b, r->nbinds);
+    for (uint32_t i = 0; i < r->nbinds; i++) {
+        djn_enc_array(b, 2);
+        djn_enc_cstr(b, r->binds[i].name);
+        djn_enc_uint(b, r->binds[i].handle);
     }
 }
 
@@ -661,6 +720,62 @@ void djn_have_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_
     djn_enc_array(b, r->nmissing);
     for (uint32_t i = 0; i < r->nmissing; i++)
         djn_enc_uint(b, r->missing[i]);
+}
+
+djn_status_t djn_load_rep_parse(const djn_reply_t *r, djn_load_rep_t *out, char *err,
+                                size_t errlen) {
+    memset(out, 0, sizeof(*out));
+    const djn_value_t *cfg = djn_value_get(r->body, "config"),
+                      *ts = djn_value_get(r->body, "tensors");
+    uint64_t u;
+    if (!cfg || cfg->kind != DJN_V_STR || !s_list(ts))
+        return s_rep_bad(err, errlen, "LOAD_MODEL needs 'config' and 'tensors'");
+    out->config = cfg->u.s;
+    djn_model_tensor_t *t = djn_arena_alloc(r->arena, sizeof(*t) * (ts->len + 1));
+    if (!t)
+        return DJN_ERR_NOMEM;
+    for (uint32_t i = 0; i < ts->len; i++) {
+        const djn_value_t *e = &ts->u.items[i];
+        if (!s_list(e) || e->len != 3 || !s_str(&e->u.items[0], DJN_MAX_TENSOR_NAME) ||
+            !s_uint(&e->u.items[1], &u) || !djn_dtype_size((uint32_t)u) || u > 255 ||
+            !s_list(&e->u.items[2]) || e->u.items[2].len > DJN_MAX_DIMS)
+            return s_rep_bad(err, errlen, "LOAD_MODEL tensors must be [name, dtype, [sizes]]");
+        t[i].name = e->u.items[0].u.s;
+        t[i].dtype = (uint8_t)u;
+        t[i].ndim = (uint8_t)e->u.items[2].len;
+        for (uint32_t d = 0; d < t[i].ndim; d++) {
+            const djn_value_t *x = &e->u.items[2].u.items[d];
+            if (x->kind != DJN_V_INT || x->u.i < 0)
+                return s_rep_bad(err, errlen, "LOAD_MODEL sizes must be non-negative integers");
+            t[i].shape[d] = x->u.i;
+        }
+    }
+    out->ntensors = ts->len;
+    out->tensors = t;
+    if (s_uint(djn_value_get(r->body, "bound"), &u) && u <= UINT32_MAX)
+        out->bound = (uint32_t)u;
+    s_uint(djn_value_get(r->body, "read_bytes"), &out->read_bytes);
+    return DJN_OK;
+}
+
+void djn_load_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_rep_t *r) {
+    s_header(b, hdr);
+    djn_enc_map(b, 4);
+    djn_enc_cstr(b, "config");
+    djn_enc_cstr(b, r->config ? r->config : "");
+    djn_enc_cstr(b, "tensors");
+    djn_enc_array(b, r->ntensors);
+    for (uint32_t i = 0; i < r->ntensors; i++) {
+        const djn_model_tensor_t *t = &r->tensors[i];
+        djn_enc_array(b, 3);
+        djn_enc_cstr(b, t->name);
+        djn_enc_uint(b, t->dtype);
+        djn_enc_array(b, t->ndim);
+        for (uint32_t d = 0; d < t->ndim; d++)
+            djn_enc_int(b, t->shape[d]);
+    }
+    s_kv_uint(b, "bound", r->bound);
+    s_kv_uint(b, "read_bytes", r->read_bytes);
 }
 
 void djn_error_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_error_rep_t *r) {

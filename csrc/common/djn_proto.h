@@ -46,7 +46,7 @@ typedef enum djn_msg_type {
     DJN_MSG_UPLOAD = 5,       /* reserved */
     DJN_MSG_HAVE = 6,         /* bind handles to Text content this tenant uploaded before */
     DJN_MSG_FETCH = 7,        /* read bytes of a handle (a GRAPH with only fetches) */
-    DJN_MSG_LOAD_MODEL = 8,   /* reserved */
+    DJN_MSG_LOAD_MODEL = 8,   /* describe a model of the server's store, or bind handles to it */
     DJN_MSG_STATS = 9,        /* counters: the session's, and the server's for operators */
     DJN_MSG_CLOSE = 10,       /* close the session, freeing everything it holds */
     DJN_MSG_REPLY = 64,
@@ -64,6 +64,7 @@ typedef enum djn_msg_type {
 #define DJN_MAX_NAME 256                   /* operator name bytes */
 #define DJN_MAX_OBJECTS (1u << 22)         /* msgpack objects in one header */
 #define DJN_MAX_DEVICES 64                 /* devices of one server */
+#define DJN_MAX_TENSOR_NAME 512            /* a model tensor's name, bytes */
 
 /* ---- handle space ----
  * A handle names a storage of one session. The client picks its own handles in
@@ -220,6 +221,21 @@ typedef struct djn_have_req {
     const djn_have_item_t *items;
 } djn_have_req_t;
 
+/* LOAD_MODEL (ghost loading, docs/PROTOCOL.md "Ghost loading"): with no binds, describe
+ * the model `name` of the server's store (its config and tensors); with binds, bind each
+ * client handle to the model tensor of that name, shared read-only Text the server read
+ * from its own files. Both run on the device's worker queue, in order with fragments. */
+typedef struct djn_model_bind {
+    const char *name; /* tensor name, as in the checkpoint */
+    uint64_t handle;  /* a client handle the session does not hold yet */
+} djn_model_bind_t;
+typedef struct djn_load_req {
+    uint32_t device;
+    const char *name; /* model name, as the server lists it */
+    uint32_t nbinds;
+    const djn_model_bind_t *binds;
+} djn_load_req_t;
+
 /* A decoded request. HEARTBEAT, STATS and CLOSE carry an empty body. */
 typedef struct djn_msg {
     uint8_t type;
@@ -228,6 +244,7 @@ typedef struct djn_msg {
         djn_hello_req_t hello;
         djn_graph_req_t graph;
         djn_have_req_t have;
+        djn_load_req_t load;
     } u;
     void *arena; /* owns every pointer above */
 } djn_msg_t;
@@ -256,6 +273,23 @@ typedef struct djn_have_rep {
     uint32_t nmissing;
     const uint32_t *missing; /* indexes of the items the client must upload */
 } djn_have_rep_t;
+
+/* LOAD_MODEL reply: a description (config and tensors; binds empty) or, after a bind,
+ * how many handles were bound and how many bytes the server read from disk for them
+ * (0 when every tensor was in Text already). */
+typedef struct djn_model_tensor {
+    const char *name;
+    uint8_t dtype; /* djn_dtype_t */
+    uint8_t ndim;
+    int64_t shape[DJN_MAX_DIMS];
+} djn_model_tensor_t;
+typedef struct djn_load_rep {
+    const char *config; /* the model's config.json, verbatim ("" after a bind) */
+    uint32_t ntensors;
+    const djn_model_tensor_t *tensors;
+    uint32_t bound;
+    uint64_t read_bytes;
+} djn_load_rep_t;
 
 /* ERROR: code, words, and for a failed node its index and "op.overload". */
 typedef struct djn_error_rep {

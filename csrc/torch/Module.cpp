@@ -8,7 +8,8 @@
 namespace djinn {
 extern PyObject *g_error_types[4];
 PyObject *error_type(djn_status_t st);
-void register_proto(pybind11::module_ &m); // Proto.cpp
+void register_proto(pybind11::module_ &m);  // Proto.cpp
+void register_models(pybind11::module_ &m); // Models.cpp
 } // namespace djinn
 
 namespace py = pybind11;
@@ -148,4 +149,5 @@ PYBIND11_MODULE(_C, m) {
         return d;
     });
     djinn::register_proto(m);
+    djinn::register_models(m);
 }

@@ -3504,7 +3504,6 @@ static void test_reject_header_fields(void) {
      * match a valid type in their low byte. */
     static const uint64_t unknown[] = {0,
                                        DJN_MSG_UPLOAD,
-                                       DJN_MSG_LOAD_MODEL,
                                        11,
                                        63,
                                        DJN_MSG_REPLY,
