@@ -370,7 +370,7 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_VERSION, e, -1, NULL);
         return;
     }
-    if (srv->draining) {
+    if (srv->draining || s_drain_flag) {
         s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_CLOSED,
                      "the server is draining (it is shutting down) and opens no new sessions: "
                      "use another server, or this one once it has restarted",

@@ -6,6 +6,7 @@
  * otherwise (an embedded server, which serves only its parent, gives it all). A server
  * that listens beyond this host must have keys, or be told --insecure. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -320,8 +321,16 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* the threads the server starts (workers, reaper, ZeroMQ's) block SIGTERM and SIGINT,
+     * so that the kernel delivers them to this thread, whose poll they interrupt */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     char err[512];
     djn_server_t *srv = djn_server_new(&cfg, err, sizeof err);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     if (!srv) {
         djn_log(DJN_LOG_ERROR, err);
         free(copy);

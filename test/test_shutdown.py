@@ -247,8 +247,15 @@ def test_sigterm_drains_running_fragment_refuses_new_sessions_and_exits_cleanly(
     try:
         _start_running(ep, client)
         proc.send_signal(signal.SIGTERM)
-        h, _ = Raw(ep, timeout=10).call(HELLO, {"version": PROTO_VERSION, "client": "late"}, sid=0)
-        assert h["type"] == ERROR and h["body"]["code"] == S["CLOSED"], h
+
+        def refused():  # the signal reaches the server asynchronously
+            h, _ = Raw(ep, timeout=10).call(
+                HELLO, {"version": PROTO_VERSION, "client": "late"}, sid=0
+            )
+            return h if h["type"] == ERROR else None
+
+        h = poll(refused, timeout=30, desc="a HELLO refused by the draining server")
+        assert h["body"]["code"] == S["CLOSED"], h
         assert "draining" in h["body"]["msg"] and "no new sessions" in h["body"]["msg"], h
         assert proc.poll() is None, "the server exited before its fragment ran"
         line = read_line(client.stdout, 120, None, "the client's result")
