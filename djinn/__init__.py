@@ -23,7 +23,8 @@ class SessionLost(RemoteError):
 
 
 class ServerUnreachable(RemoteError):
-    """No djinn server answered within the timeout (``DJINN_CONNECT_TIMEOUT``/``DJINN_TIMEOUT``)."""
+    """No djinn server answered within the timeout (``DJINN_CONNECT_TIMEOUT``/``DJINN_TIMEOUT``),
+    it went away, or it is draining (shutting down) and opens no new session."""
 
 
 class ResourceError(RemoteError):

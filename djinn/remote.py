@@ -33,7 +33,8 @@ def is_available():
 
 
 def device_count():
-    """Devices of the server (``cuda:N`` there, or ``cpu`` when it has no GPU)."""
+    """Devices of every server of ``DJINN_SERVER``, in the order listed (``cuda:N`` on a
+    server, or ``cpu`` when it has no GPU): ``remote:0..n-1`` are the first server's n."""
     return _C._device_count()
 
 
@@ -57,7 +58,7 @@ def set_device(device):
     idx = _idx(device)
     n = device_count()
     if not 0 <= idx < n:
-        raise ValueError(f"remote:{idx} does not exist: the server has {n} device(s)")
+        raise ValueError(f"remote:{idx} does not exist: the server(s) have {n} device(s)")
     _C._set_device(idx)
 
 
@@ -102,9 +103,26 @@ def get_amp_supported_dtype():
     return [torch.float16, torch.bfloat16]
 
 
-def server_stats():
-    """Counters of the server this process talks to (sessions, handles, bytes...)."""
-    return _C._server_stats()
+def server_stats(device=None):
+    """Counters of the server of ``device`` (default: the current one): sessions, handles,
+    bytes..., and its own devices under ``"devices"``."""
+    _lazy_init()
+    return _C._server_stats(current_device() if device is None else _idx(device))
+
+
+def servers():
+    """The servers of ``DJINN_SERVER`` in order, as dicts: ``endpoint``, ``first_device``
+    (the global index of its first device), ``device_count``, ``session_id``."""
+    _lazy_init()
+    keys = ("endpoint", "first_device", "device_count", "session_id")
+    return [dict(zip(keys, s)) for s in _C._servers()]
+
+
+def device_server(device=None):
+    """``(server, index)``: which entry of :func:`servers` holds ``device``, and the
+    device's number on that server."""
+    _lazy_init()
+    return tuple(_C._device_server(current_device() if device is None else _idx(device)))
 
 
 def _stats_doc():
@@ -125,10 +143,11 @@ def memory_stats(device=None):
     the server shows them to this client: an operator, or a server without keys),
     ``session`` keys this session, ``client`` keys the bytes this process moved.
     """
-    s = server_stats()
-    devs = s.get("devices", [])
     idx = current_device() if device is None else _idx(device)
-    d = devs[idx] if 0 <= idx < len(devs) else {}
+    s = server_stats(idx)
+    devs = s.get("devices", [])
+    local = device_server(idx)[1]
+    d = devs[local] if 0 <= local < len(devs) else {}
     counters = _C._counters()
     out = {}
     for scope, name, py, _ in _C._stats_fields():

@@ -132,6 +132,15 @@ uint32_t djn_sched_depth(djn_sched_t *s, uint32_t dev) {
     return d;
 }
 
+bool djn_sched_idle(djn_sched_t *s) {
+    pthread_mutex_lock(&s->mu);
+    bool idle = true;
+    for (uint32_t i = 0; i < s->n && idle; i++)
+        idle = !s->q[i].head && !s->q[i].running && !s->q[i].claimed;
+    pthread_mutex_unlock(&s->mu);
+    return idle;
+}
+
 void djn_sched_stop(djn_sched_t *s) {
     pthread_mutex_lock(&s->mu);
     s->stop = true;

@@ -41,6 +41,8 @@ void djn_sched_release(djn_sched_t *s, uint32_t dev);
 /* The next item without waiting, or NULL. */
 djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev);
 uint32_t djn_sched_depth(djn_sched_t *s, uint32_t dev);
+/* Nothing queued, running or claimed on any device. */
+bool djn_sched_idle(djn_sched_t *s);
 void djn_sched_stop(djn_sched_t *s);
 
 #ifdef __cplusplus

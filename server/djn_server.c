@@ -33,6 +33,7 @@
 #include "djn_crash.h"
 #include "djn_exec.h"
 #include "djn_frag.h"
+#include "djn_log.h"
 #include "djn_mem.h"
 #include "djn_models.h"
 #include "djn_proto.h"
@@ -85,6 +86,7 @@ struct djn_server {
     /* scheduling latency: header decode + plan-cache lookup (transport) and planning
      * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
     _Atomic uint64_t sched_ns_hit, sched_n_hit, sched_ns_miss, sched_n_miss;
+    bool draining; /* SIGTERM: no new sessions; exit once no fragment is queued or running */
 };
 
 static uint64_t s_now_ns(void) {
@@ -97,10 +99,16 @@ static int64_t s_now_ms(void) {
     return (int64_t)(s_now_ns() / 1000000);
 }
 
-static volatile sig_atomic_t s_stop_flag;
+static volatile sig_atomic_t s_stop_flag, s_drain_flag;
 
 void djn_server_stop(void) {
     s_stop_flag = 1;
+}
+
+void djn_server_drain(void) {
+    if (s_drain_flag) /* a second request: stop now */
+        s_stop_flag = 1;
+    s_drain_flag = 1;
 }
 
 /* ------------------------------------------------------------------ replies */
@@ -147,8 +155,9 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
     djn_error_rep_t e = {st, msg, node, op};
     djn_error_rep_encode(&b, &h, &e);
     atomic_fetch_add(&srv->errors, 1);
-    if (srv->cfg.verbose)
-        fprintf(stderr, "djinn-server: error reply (seq %" PRIu64 "): %s\n", seq, msg);
+    djn_log(DJN_LOG_DEBUG, "error reply", DJN_KV_HEX("session", sid), DJN_KV_U64("seq", seq),
+            DJN_KV_STR("status", djn_status_name(st)), DJN_KV_STR("op", op),
+            DJN_KV_STR("error", msg));
     s_send_reply(srv, sock, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
@@ -376,8 +385,8 @@ static void s_handle_zap(djn_server_t *srv) {
         zmq_msg_size(&f[6]) == DJN_KEY_BYTES)
         t = djn_auth_find(srv->auth, zmq_msg_data(&f[6]));
     const char *code = t ? "200" : "400", *text = t ? "OK" : "unknown key";
-    if (srv->cfg.verbose && !t)
-        fprintf(stderr, "djinn-server: refused a connection with an unknown key\n");
+    if (!t)
+        djn_log(DJN_LOG_DEBUG, "refused a connection with an unknown key");
     zmq_send(srv->zap, "1.0", 3, ZMQ_SNDMORE);
     zmq_send(srv->zap, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), ZMQ_SNDMORE);
     zmq_send(srv->zap, code, 3, ZMQ_SNDMORE);
@@ -397,6 +406,13 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_VERSION, e, -1, NULL);
         return;
     }
+    if (srv->draining || s_drain_flag) {
+        s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_CLOSED,
+                     "the server is draining (it is shutting down) and opens no new sessions: "
+                     "use another server, or this one once it has restarted",
+                     -1, NULL);
+        return;
+    }
     djn_status_t st;
     char e[256];
     djn_session_t *s = djn_sessions_open(srv->sessions, s_now_ms(), peer, &st, e, sizeof e);
@@ -406,9 +422,8 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     }
     uint64_t sid = djn_session_id(s);
     djn_session_release(&s);
-    if (srv->cfg.verbose)
-        fprintf(stderr, "djinn-server: session %" PRIx64 " opened by '%s' (tenant '%s')\n", sid,
-                m->u.hello.client, peer->tenant);
+    djn_log(DJN_LOG_DEBUG, "session opened", DJN_KV_HEX("session", sid),
+            DJN_KV_STR("client", m->u.hello.client), DJN_KV_STR("tenant", peer->tenant));
     const char *names[DJN_SERVER_MAX_DEVICES];
     for (int i = 0; i < srv->nworkers; i++)
         names[i] = djn_exec_device(srv->workers[i].exec);
@@ -861,8 +876,7 @@ static void s_handle_client(djn_server_t *srv) {
         djn_session_release(&sess);
         djn_sessions_close(srv->sessions, m->sid, &peer);
         djn_tlb_drop_sessions(srv->tlb, &m->sid, 1);
-        if (srv->cfg.verbose)
-            fprintf(stderr, "djinn-server: session %" PRIx64 " closed\n", m->sid);
+        djn_log(DJN_LOG_DEBUG, "session closed", DJN_KV_HEX("session", m->sid));
         s_reply_empty(srv, &ident, m);
         break;
     case DJN_MSG_GRAPH:
@@ -1006,21 +1020,72 @@ fail:
     return NULL;
 }
 
+/* The drain's last step: forward the replies workers pushed (a fragment that ended just
+ * now), until the reply socket stays quiet for a moment. */
+static void s_forward_rest(djn_server_t *srv) {
+    for (int i = 0; i < 1000; i++) { /* bounded: a worker cannot push without a job */
+        zmq_pollitem_t it = {srv->pull, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 20) <= 0)
+            return;
+        s_forward_reply(srv);
+    }
+}
+
+/* Fragments still queued when the drain's time is up: each gets an ERROR now rather
+ * than silence (the one running on a device finishes: a kernel cannot be interrupted). */
+static uint32_t s_refuse_queued(djn_server_t *srv) {
+    uint32_t n = 0;
+    for (int d = 0; d < srv->nworkers; d++) {
+        djn_sched_item_t *it;
+        while ((it = djn_sched_take(srv->sched, (uint32_t)d)) != NULL) {
+            s_job_t *j = (s_job_t *)it;
+            s_send_error(srv, srv->router, &j->ident, j->msg->sid, j->msg->seq, DJN_ERR_CLOSED,
+                         "the server stopped (its drain timeout ran out) before running this "
+                         "fragment",
+                         -1, NULL);
+            s_job_free(srv, j);
+            n++;
+        }
+    }
+    return n;
+}
+
+static uint32_t s_queued(djn_server_t *srv) {
+    uint32_t n = 0;
+    for (int d = 0; d < srv->nworkers; d++)
+        n += djn_sched_depth(srv->sched, (uint32_t)d);
+    return n;
+}
+
 djn_status_t djn_server_run(djn_server_t *srv) {
     if (srv->cfg.announce_fd >= 0) {
         dprintf(srv->cfg.announce_fd, "DJINN_ENDPOINT %s\n", srv->endpoint);
         close(srv->cfg.announce_fd);
     }
-    fprintf(stderr, "djinn-server: listening on %s (", srv->endpoint);
-    for (int i = 0; i < srv->nworkers; i++)
-        fprintf(stderr, "%s%s", i ? ", " : "", djn_exec_device(srv->workers[i].exec));
-    fprintf(stderr, ")\n");
-    int64_t next_check = s_now_ms() + 250;
+    char devs[DJN_SERVER_MAX_DEVICES * 34] = "";
+    for (int i = 0; i < srv->nworkers; i++) {
+        size_t l = strlen(devs);
+        snprintf(devs + l, sizeof devs - l, "%s%s", i ? ", " : "",
+                 djn_exec_device(srv->workers[i].exec));
+    }
+    char msg[sizeof devs + 320];
+    snprintf(msg, sizeof msg, "listening on %s (%s)", srv->endpoint, devs);
+    djn_log(DJN_LOG_INFO, msg);
+    int64_t next_check = s_now_ms() + 250, drain_deadline = 0;
     while (!s_stop_flag) {
+        if (s_drain_flag && !srv->draining) {
+            srv->draining = true;
+            if (srv->cfg.drain_timeout_ms == 0) /* no drain: stop at once, as SIGINT does */
+                break;
+            drain_deadline = s_now_ms() + (int64_t)srv->cfg.drain_timeout_ms;
+            djn_log(DJN_LOG_INFO, "draining: no new sessions; exiting once queued fragments ran",
+                    DJN_KV_U64("queued", s_queued(srv)),
+                    DJN_KV_U64("timeout_ms", srv->cfg.drain_timeout_ms));
+        }
         zmq_pollitem_t items[3] = {{srv->router, 0, ZMQ_POLLIN, 0},
                                    {srv->pull, 0, ZMQ_POLLIN, 0},
                                    {srv->zap, 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(items, srv->zap ? 3 : 2, 100);
+        int rc = zmq_poll(items, srv->zap ? 3 : 2, srv->draining ? 10 : 100);
         if (rc < 0 && errno != EINTR)
             break;
         /* zmq_poll is level-triggered: one message per ready socket, then poll again
@@ -1032,26 +1097,44 @@ djn_status_t djn_server_run(djn_server_t *srv) {
         if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
             s_handle_client(srv);
         int64_t now = s_now_ms();
+        zmq_pollitem_t in = {srv->router, 0, ZMQ_POLLIN, 0}; /* a request already here runs */
+        if (srv->draining && djn_sched_idle(srv->sched) && zmq_poll(&in, 1, 0) == 0) {
+            s_forward_rest(srv);
+            djn_log(DJN_LOG_INFO, "drained: every queued fragment ran");
+            break;
+        }
+        if (srv->draining && now >= drain_deadline) {
+            uint32_t n = s_refuse_queued(srv);
+            djn_log(DJN_LOG_WARN, "drain timeout: stopping with fragments unfinished",
+                    DJN_KV_U64("refused", n), DJN_KV_U64("timeout_ms", srv->cfg.drain_timeout_ms));
+            break;
+        }
         if (now >= next_check) {
             next_check = now + 250;
             uint64_t gone[256]; /* at most this many per tick: a burst is spread out */
             uint32_t n = djn_sessions_expire(srv->sessions, now, gone, 256);
             djn_tlb_drop_sessions(srv->tlb, gone, n);
-            if (n && srv->cfg.verbose)
-                fprintf(stderr, "djinn-server: reclaimed %u expired session(s)\n", n);
+            if (n)
+                djn_log(DJN_LOG_DEBUG, "reclaimed expired sessions", DJN_KV_U64("count", n));
             if (srv->cfg.parent_pid > 0 && getppid() != srv->cfg.parent_pid) {
-                fprintf(stderr, "djinn-server: parent process %d is gone, exiting\n",
-                        srv->cfg.parent_pid);
+                djn_log(DJN_LOG_INFO, "parent process is gone, exiting",
+                        DJN_KV_U64("parent_pid", srv->cfg.parent_pid));
                 break;
             }
         }
     }
+    if (srv->draining) { /* let ZeroMQ deliver the last replies while the sockets close */
+        int linger = 2000;
+        zmq_setsockopt(srv->router, ZMQ_LINGER, &linger, sizeof linger);
+    }
     return DJN_OK;
 }
 
-/* Order matters: workers stop first (no fragment runs), then everything that holds
- * device storages (queued jobs, sessions, the plan cache, Text), and the VMUs last,
- * since freeing a storage finds its segment through its VMU. */
+/* Order matters: workers stop first (no fragment runs); then the sockets, so that the
+ * replies still in them are sent (a drain's linger) or dropped while the sessions whose
+ * fetched bytes they carry still exist; then everything that holds device storages
+ * (queued jobs, sessions, the plan cache, Text), and the VMUs last, since freeing a
+ * storage finds its segment through its VMU. */
 void djn_server_destroy(djn_server_t **self_p) {
     if (!self_p || !*self_p)
         return;
@@ -1066,6 +1149,14 @@ void djn_server_destroy(djn_server_t **self_p) {
         while ((it = djn_sched_take(srv->sched, (uint32_t)i)) != NULL)
             s_job_free(srv, (s_job_t *)it);
     }
+    if (srv->router)
+        zmq_close(srv->router);
+    if (srv->pull)
+        zmq_close(srv->pull);
+    if (srv->zap)
+        zmq_close(srv->zap);
+    if (srv->ctx)
+        zmq_ctx_term(srv->ctx);
     djn_tlb_destroy(&srv->tlb); /* its entries hold session references */
     djn_sessions_destroy(&srv->sessions);
     djn_models_destroy(&srv->models);
@@ -1076,14 +1167,6 @@ void djn_server_destroy(djn_server_t **self_p) {
         djn_vmu_destroy(&srv->workers[i].vmu);
     }
     djn_sched_destroy(&srv->sched);
-    if (srv->router)
-        zmq_close(srv->router);
-    if (srv->pull)
-        zmq_close(srv->pull);
-    if (srv->zap)
-        zmq_close(srv->zap);
-    if (srv->ctx)
-        zmq_ctx_term(srv->ctx);
     djn_auth_destroy(&srv->auth);
     if (srv->cfg.remove_ipc_dir && !strncmp(srv->endpoint, "ipc://", 6)) {
         char dir[256]; /* the socket file is gone with the socket; its private directory: */

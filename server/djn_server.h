@@ -38,15 +38,20 @@ typedef struct djn_server_cfg {
     const char *models_dir;               /* the model store (djn_models.h); NULL: none */
     uint64_t text_cache_bytes;            /* unreferenced Text kept for reuse (LRU); 0: none */
     const char *text_cache_dir;           /* Text uploads also kept on disk (djn_tcache.h); NULL */
-    bool verbose;
+    uint64_t drain_timeout_ms;            /* djn_server_drain: longest wait; 0 = stop at once */
 } djn_server_cfg_t;
 
 typedef struct djn_server djn_server_t;
 
 djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errlen);
-/* Serve until djn_server_stop (async-signal-safe) or the parent dies. */
+/* Serve until djn_server_stop, the end of a drain, or the parent's death. */
 djn_status_t djn_server_run(djn_server_t *srv);
+/* Async-signal-safe. stop: return at once (fragments queued get no answer). drain
+ * (SIGTERM): refuse new sessions (HELLO answers DJN_ERR_CLOSED), keep serving the open
+ * ones, and return once no fragment is queued or running, or after drain_timeout_ms (the
+ * fragments still queued then get DJN_ERR_CLOSED); a second drain is a stop. */
 void djn_server_stop(void);
+void djn_server_drain(void);
 void djn_server_destroy(djn_server_t **self_p);
 
 /* Command-line tools (djn_cli.c); keys_dir may be NULL. Return the exit status. */

@@ -6,6 +6,7 @@
  * otherwise (an embedded server, which serves only its parent, gives it all). A server
  * that listens beyond this host must have keys, or be told --insecure. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "djn_exec.h"
+#include "djn_log.h"
 #include "djn_mem.h"
 #include "djn_policy.h"
 #include "djn_proto.h"
@@ -68,7 +70,15 @@ static void s_usage(FILE *f) {
         "                       [DJINN_MAX_SESSIONS_PER_CONNECTION] (default 64)\n"
         "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off\n"
         "                       [DJINN_PLAN_CACHE_ENTRIES] (default 1024)\n"
-        "  --verbose            log sessions and error replies to stderr\n"
+        "  --log-format F       text (default) or json: one JSON object per line with ts,\n"
+        "                       level, msg and fields such as session, op [DJINN_LOG_FORMAT]\n"
+        "  --log-level L        error, warn, info (default) or debug: debug adds every\n"
+        "                       session and error reply [DJINN_LOG_LEVEL]\n"
+        "  --verbose            the same as --log-level debug\n"
+        "  --drain-timeout S    on SIGTERM, refuse new sessions and exit once the queued\n"
+        "                       fragments ran, waiting at most S seconds; 0 = exit at once\n"
+        "                       [DJINN_DRAIN_TIMEOUT] (default 30). A second SIGTERM, or\n"
+        "                       SIGINT, stops at once\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -83,8 +93,10 @@ static void s_usage(FILE *f) {
 }
 
 static void s_on_signal(int sig) {
-    (void)sig;
-    djn_server_stop();
+    if (sig == SIGTERM)
+        djn_server_drain();
+    else
+        djn_server_stop();
 }
 
 static const char *s_env(const char *name, const char *dflt) {
@@ -159,7 +171,8 @@ int main(int argc, char **argv) {
     const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
-                       handles = 1u << 20, max_sess = 1024, per_conn = 64, tcache = ~0ull;
+                       handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
+                       tcache = ~0ull;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -176,7 +189,10 @@ int main(int argc, char **argv) {
         {"--text-cache-bytes", "DJINN_TEXT_CACHE_BYTES", &tcache},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
+        {"--drain-timeout", "DJINN_DRAIN_TIMEOUT", &drain_s},
     };
+    const char *log_format = s_env("DJINN_LOG_FORMAT", "text"),
+               *log_level = s_env("DJINN_LOG_LEVEL", "info");
     const int nnums = (int)(sizeof nums / sizeof nums[0]);
     for (int k = 0; k < nnums; k++) {
         const char *v = nums[k].env ? getenv(nums[k].env) : NULL;
@@ -206,6 +222,8 @@ int main(int argc, char **argv) {
                            : !strcmp(a, "--text-cache")                        ? &cfg.text_cache_dir
                            : !strcmp(a, "--stats")                             ? &stats_ep
                            : !strcmp(a, "--check")                             ? &check_ep
+                           : !strcmp(a, "--log-format")                        ? &log_format
+                           : !strcmp(a, "--log-level")                         ? &log_level
                                                                                : NULL;
         if (str) {
             if (!val) {
@@ -218,7 +236,7 @@ int main(int argc, char **argv) {
             s_usage(stdout);
             return 0;
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
-            cfg.verbose = true;
+            log_level = "debug";
         } else if (!strcmp(a, "--insecure")) {
             insecure = 1;
         } else if (!strcmp(a, "--list-ops")) {
@@ -234,6 +252,22 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    djn_log_format_t lf;
+    djn_log_level_t ll;
+    if (!djn_log_parse_format(log_format, &lf)) {
+        fprintf(stderr, "djinn-server: --log-format is text or json, not '%s'\n", log_format);
+        return 2;
+    }
+    if (!djn_log_parse_level(log_level, &ll)) {
+        fprintf(stderr, "djinn-server: --log-level is error, warn, info or debug, not '%s'\n",
+                log_level);
+        return 2;
+    }
+    if (drain_s > 86400) {
+        fprintf(stderr, "djinn-server: --drain-timeout is at most 86400 seconds\n");
+        return 2;
+    }
+    djn_log_configure(lf, ll);
     if (stats_ep)
         return djn_server_print_stats(stats_ep, cfg.keys_dir, 3000);
     if (check_ep)
@@ -267,6 +301,7 @@ int main(int argc, char **argv) {
     cfg.announce_fd = fd == ~0ull ? -1 : (int)fd;
     cfg.parent_pid = (int)ppid;
     cfg.inline_small = !no_inline;
+    cfg.drain_timeout_ms = drain_s * 1000;
     char devbuf[1024];
     if (!devices) {
         int n = djn_exec_cuda_count();
@@ -300,10 +335,18 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* the threads the server starts (workers, reaper, ZeroMQ's) block SIGTERM and SIGINT,
+     * so that the kernel delivers them to this thread, whose poll they interrupt */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     char err[512];
     djn_server_t *srv = djn_server_new(&cfg, err, sizeof err);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     if (!srv) {
-        fprintf(stderr, "djinn-server: %s\n", err);
+        djn_log(DJN_LOG_ERROR, err);
         free(copy);
         return 1;
     }
@@ -312,8 +355,7 @@ int main(int argc, char **argv) {
     free(copy);
     int64_t held = djn_mem_in_use();
     if (held) /* every counted host byte comes back when the server stops: a leak says so */
-        fprintf(stderr, "djinn-server: %lld bytes of host memory were not given back\n",
-                (long long)held);
-    fprintf(stderr, "djinn-server: stopped\n");
+        djn_log(DJN_LOG_ERROR, "host memory was not given back", DJN_KV_U64("bytes", held));
+    djn_log(DJN_LOG_INFO, "stopped");
     return 0;
 }

@@ -223,13 +223,3 @@ def wait_gone(pids, timeout=20.0):
         return True
 
     return poll(gone, timeout=timeout, desc=f"processes {pids} to exit")
-
-
-def server_supports(flag):
-    """Whether this djinn-server's --help lists ``flag`` (for interfaces not built yet)."""
-    from conftest import SERVER_BIN
-
-    out = subprocess.run(
-        [SERVER_BIN, "--help"], capture_output=True, text=True, timeout=30, check=False
-    )
-    return flag in out.stdout

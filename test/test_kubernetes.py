@@ -7,6 +7,7 @@ selecting no pod, a probe on the wrong port, a Secret key nobody writes): those 
 checked one by one below.
 """
 
+import json
 import os
 import re
 import shlex
@@ -18,7 +19,7 @@ import pytest
 import yaml
 import zmq.auth
 from conftest import PYTHON, REPO, free_port, stop_server, subprocess_env
-from deploy_util import make_secrets, parse, server_supports
+from deploy_util import make_secrets, parse
 
 K8S = os.path.join(REPO, "deploy", "kubernetes")
 OLDEST = "1.29"  # the oldest Kubernetes these manifests are meant for
@@ -220,12 +221,18 @@ def test_discover_lists_endpoints_and_waits_bounded(capsys):
     assert "0 address" in capsys.readouterr().err
 
 
-PLANNED = [f for f in ("--keys", "--check", "--log-format") if not server_supports(f)]
+def test_daemonset_drains_within_its_grace_period():
+    """preStop, then SIGTERM: the server's drain must end inside the grace period."""
+    pod = _pod("DaemonSet", "djinn-server")
+    server = _container(pod, "server")
+    args = server["args"]
+    drain = int(args[args.index("--drain-timeout") + 1])
+    pre = server["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre[0] == "sleep"
+    assert drain > 0 and int(pre[1]) + drain + 10 <= pod["spec"]["terminationGracePeriodSeconds"]
+    assert args[args.index("--log-format") + 1] == "json"
 
 
-@pytest.mark.xfail(
-    bool(PLANNED), strict=True, reason=f"djinn-server lacks {PLANNED} (being built in the core)"
-)
 def test_daemonset_commands_run_against_the_real_server(tmp_path):
     """The server container's command (listen moved to loopback), its probe and the
     exporter container, with keys from make_secrets, against the real binary."""
@@ -273,3 +280,7 @@ def test_daemonset_commands_run_against_the_real_server(tmp_path):
         assert parse(once.stdout).get("djinn_up", server=ep) == 1, once.stderr
     finally:
         stop_server(proc)
+    # --log-format json: every line of the server's log is one JSON object
+    lines = [json.loads(x) for x in proc.stderr.read().decode().splitlines()]
+    assert lines and all({"ts", "level", "msg"} <= set(x) for x in lines), lines
+    assert lines[-1]["msg"] == "stopped", lines

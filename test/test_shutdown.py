@@ -166,3 +166,156 @@ def test_shutdown_after_clients_left_and_sessions_expired():
         raw.close()
     proc.send_signal(signal.SIGTERM)
     _assert_clean_exit(proc)
+
+
+# ------------------------------------------------------------------ graceful drain (SIGTERM)
+
+# A client with one long fragment (tens of 512x512 matmuls): set up, then run it on "go".
+_LONG = textwrap.dedent("""
+    import sys, torch, djinn
+    torch.manual_seed(0)
+    x = torch.randn(512, 512) / 24
+    r = x.to('remote')
+    r.sum().item()                            # uploaded and connected
+    print("ready", flush=True)
+    sys.stdin.readline()
+    y = r
+    for _ in range(N):
+        y = (y @ r).tanh()
+    try:
+        got = y.sum(0).cpu()
+    except Exception as e:
+        print("error", type(e).__name__, e, flush=True)
+        raise SystemExit(0)
+    ref = x
+    for _ in range(N):
+        ref = (ref @ x).tanh()
+    print("result", torch.allclose(got, ref.sum(0), rtol=1e-4, atol=1e-4), flush=True)
+""")
+
+
+def _long_client(ep, n):
+    from deploy_util import read_line
+
+    c = subprocess.Popen(
+        [sys.executable, "-c", _LONG.replace("range(N)", f"range({n})")],
+        env=subprocess_env(DJINN_SERVER=ep, DJINN_CONNECT_TIMEOUT=5),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    read_line(c.stdout, 120, "ready", "the client's set-up")
+    return c
+
+
+def _requests(raw):
+    return raw.call(STATS_T, sid=0)[0]["body"]["requests"]
+
+
+STATS_T = 9  # STATS (djn_proto.h); checked against proto.STATS below
+
+
+def _start_running(ep, client):
+    """Let the client send its long fragment and wait until the server has it queued."""
+    from proto import STATS, Raw
+
+    assert STATS == STATS_T
+    raw = Raw(ep, timeout=10)
+    before = _requests(raw)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    asked = [0]
+
+    def arrived():  # each STATS counts itself: the rest is the fragment
+        asked[0] += 1
+        return _requests(raw) - asked[0] >= before + 1
+
+    poll(arrived, timeout=30, desc="the fragment to arrive")
+    return raw
+
+
+def test_sigterm_drains_running_fragment_refuses_new_sessions_and_exits_cleanly():
+    """SIGTERM while a fragment runs: a new HELLO gets a clear CLOSED error, the running
+    fragment finishes and its result (equal to CPU's) reaches the client, then the server
+    exits 0 with no sanitizer report and every host byte back."""
+    from deploy_util import read_line
+    from proto import ERROR, HELLO, PROTO_VERSION, S, Raw
+
+    proc, ep = _start("--drain-timeout", "120")
+    client = _long_client(ep, 400)
+    try:
+        _start_running(ep, client)
+        proc.send_signal(signal.SIGTERM)
+
+        def refused():  # the signal reaches the server asynchronously
+            h, _ = Raw(ep, timeout=10).call(
+                HELLO, {"version": PROTO_VERSION, "client": "late"}, sid=0
+            )
+            return h if h["type"] == ERROR else None
+
+        h = poll(refused, timeout=30, desc="a HELLO refused by the draining server")
+        assert h["body"]["code"] == S["CLOSED"], h
+        assert "draining" in h["body"]["msg"] and "no new sessions" in h["body"]["msg"], h
+        assert proc.poll() is None, "the server exited before its fragment ran"
+        line = read_line(client.stdout, 120, None, "the client's result")
+        assert line == "result True", (line, client.stderr.read()[-2000:])
+        _assert_clean_exit(proc)
+    finally:
+        client.kill()
+        client.wait()
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_drain_timeout_stops_the_wait_and_still_exits_cleanly():
+    """A fragment longer than --drain-timeout: the server stops waiting when the timeout
+    runs out (it says so), lets the kernel that runs finish, and exits cleanly."""
+    proc, ep = _start("--drain-timeout", "1", "--log-format", "json")
+    client = _long_client(ep, 400)
+    try:
+        _start_running(ep, client)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-3000:]
+        assert "AddressSanitizer" not in err and "LeakSanitizer" not in err, err[-3000:]
+        import json
+
+        lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+        msgs = [x["msg"] for x in lines]
+        assert any(m.startswith("draining") for m in msgs), msgs
+        assert any(m.startswith("drain timeout") for m in msgs), msgs
+        assert not any(m.startswith("drained") for m in msgs), msgs
+        assert msgs[-1] == "stopped" and "host memory was not given back" not in msgs, msgs
+    finally:
+        client.kill()
+        client.wait()
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_second_sigterm_stops_at_once():
+    """An operator who does not want to wait sends SIGTERM twice: the fragment running
+    finishes its nodes (a fragment is not cut), nothing else is waited for."""
+    from proto import ERROR, HELLO, PROTO_VERSION, Raw
+
+    def draining():
+        h, _ = Raw(ep, timeout=10).call(HELLO, {"version": PROTO_VERSION, "client": "x"}, sid=0)
+        return h["type"] == ERROR
+
+    proc, ep = _start("--drain-timeout", "600")
+    client = _long_client(ep, 400)
+    try:
+        _start_running(ep, client)
+        proc.send_signal(signal.SIGTERM)
+        poll(draining, timeout=30, desc="the drain to start")
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-3000:]
+        assert "AddressSanitizer" not in err and "LeakSanitizer" not in err, err[-3000:]
+        assert "drained" not in err and "drain timeout" not in err, err[-3000:]
+    finally:
+        client.kill()
+        client.wait()
+        if proc.poll() is None:
+            proc.kill()

@@ -62,6 +62,10 @@ sys.path.insert(0, os.environ["DEPLOY_TEST_DIR"])
 from deploy_util import stats
 eps = os.environ["DJINN_SERVER"].split(",")
 print("PAYLOAD " + json.dumps({ep: stats(ep)["body"]["uptime_ms"] for ep in eps}), flush=True)
+import torch, djinn   # one client over the exported list: a device per server
+n = torch.remote.device_count()
+sums = [(torch.ones(2, device=f"remote:{i}") * i).sum().item() for i in range(n)]
+print("CLIENT " + json.dumps([n, sums, [s["endpoint"] for s in djinn.remote.servers()]]), flush=True)
 sys.exit(3)
 """
 
@@ -120,6 +124,9 @@ def test_one_server_per_node_listed_for_the_job_and_stopped_after(slurm, tmp_pat
     assert all(ep.startswith("tcp://127.0.0.1:") for ep in uptimes)
     assert eps_file.read_text().strip() == ",".join(uptimes)
     assert f"djinn: 3 servers: {','.join(uptimes)}" in r.stdout
+    # the job's command used all three through one client (DJINN_SERVER with commas)
+    (client,) = [ln for ln in r.stdout.splitlines() if ln.startswith("CLIENT ")]
+    assert json.loads(client[len("CLIENT ") :]) == [3, [0.0, 2.0, 4.0], list(uptimes)]
     # one step, one task per node, overlapping the job's other steps
     (step,) = [json.loads(x) for x in slurm.log.read_text().splitlines()]
     assert step["cmd"] == ["bash"]

@@ -1,21 +1,21 @@
 """deploy/systemd: the units name what the wheel installs and the files make_secrets.py
 writes, and their commands, expanded as systemd expands them, start the real server
-and exporter (strict xfail until the server has --keys and --log-format).
+and exporter, with JSON logs, drained by SIGTERM within TimeoutStopSec.
 
 systemd itself is not run (no init system in a test); ``expand`` follows systemd.service(5):
 ``${VAR}`` is one word, ``$VAR`` alone in a word splits on whitespace.
 """
 
 import configparser
+import json
 import os
 import re
 import shlex
 import signal
 import subprocess
 
-import pytest
 from conftest import PYTHON, REPO, SERVER_BIN, free_port, subprocess_env
-from deploy_util import make_secrets, parse, read_line, server_supports
+from deploy_util import make_secrets, parse, read_line
 
 UNITS = os.path.join(REPO, "deploy", "systemd")
 
@@ -79,6 +79,9 @@ def test_units_name_the_installed_scripts_and_the_generated_key_files(tmp_path):
     # stop: SIGTERM (drain), bounded
     assert server["Service"]["KillSignal"] == "SIGTERM"
     assert int(server["Service"]["TimeoutStopSec"]) >= 30
+    # the drain ends before systemd's SIGKILL, with room for the process to exit
+    drain = int(_env_file(os.path.join(UNITS, "djinn-server.env"))["DJINN_DRAIN_TIMEOUT"])
+    assert 0 < drain <= int(server["Service"]["TimeoutStopSec"]) - 10
     # the exporter's certificates are where make_secrets.py --keys-dir puts them when
     # DIR/exporter is copied to /etc/djinn/exporter, and the server's keys dir is DIR/server
     make_secrets.make("djinn", [], [], keys_dir=str(tmp_path))
@@ -97,12 +100,6 @@ def test_units_name_the_installed_scripts_and_the_generated_key_files(tmp_path):
     assert eargs[eargs.index("--server") + 1].rsplit(":", 1)[1] == listen.rsplit(":", 1)[1]
 
 
-PLANNED = [f for f in ("--keys", "--log-format") if not server_supports(f)]
-
-
-@pytest.mark.xfail(
-    bool(PLANNED), strict=True, reason=f"djinn-server lacks {PLANNED} (being built in the core)"
-)
 def test_units_start_the_real_server_and_exporter_and_stop_on_sigterm(tmp_path):
     make_secrets.make("djinn", [], [], keys_dir=str(tmp_path))
     port = free_port()
@@ -145,4 +142,15 @@ def test_units_start_the_real_server_and_exporter_and_stop_on_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(int(_unit("djinn-server.service")["Service"]["TimeoutStopSec"]))
-    assert rc == 0
+        err = proc.stderr.read().decode()
+    assert rc == 0, err[-3000:]
+    # --log-format json from DJINN_SERVER_FLAGS: every line one JSON object
+    lines = [json.loads(x) for x in err.splitlines()]
+    assert all({"ts", "level", "msg"} <= set(x) for x in lines), lines
+    msgs = [x["msg"] for x in lines]
+    assert msgs[0].startswith("listening on tcp://127.0.0.1:"), msgs
+    assert [m for m in msgs if m.startswith("drain")] == [
+        "draining: no new sessions; exiting once queued fragments ran",
+        "drained: every queued fragment ran",
+    ], msgs
+    assert msgs[-1] == "stopped", msgs

@@ -1,5 +1,12 @@
 /* djn_client.c: the client's C core (see djn_client.h for what it owns).
  *
+ * Two layers. A link (s_link_t) is one server: its connection, session, recorder, fetch
+ * cache, heartbeat and counters; everything from "request/reply" to "flush" below works
+ * on one link and knows nothing of the others. The client (djn_client_t, the last
+ * section, "many servers") holds one link per DJINN_SERVER entry, numbers their devices
+ * one after another and routes each public call to its link; its one recursive mutex
+ * guards every link.
+ *
  * Flush (a materialisation point, or the recorder's node bound):
  *   1. offer the content hashes of large uploads (HAVE); drop those the server holds;
  *   2. seal the recorder's fragment (lifecycles, fingerprint) and encode it as GRAPH, or
@@ -46,9 +53,18 @@
 #define S_UPLOAD_BYTES_PER_MSG (256ull << 20) /* ... and their bytes */
 #define S_HB_SEQ (1ull << 63)                 /* heartbeats' own numbering */
 
-struct djn_client {
-    pthread_mutex_t mu;
-    char server_bin[PATH_MAX];
+#define S_MAX_SERVERS 32 /* entries of DJINN_SERVER */
+
+/* One server: its connection, its session and what belongs to them. Everything here is
+ * guarded by the owning client's mutex (`mu`). */
+typedef struct s_link {
+    djn_client_t *owner;
+    pthread_mutex_t *mu;    /* the owner's */
+    const char *server_bin; /* the owner's: the embedded server's binary */
+    char want[256];         /* this server's DJINN_SERVER entry; "" = embedded */
+    int dev0;               /* global index of its first device: remote:dev0 */
+    int ndev_fixed;         /* its device count at the first HELLO (-1 before) */
+    bool multi;             /* one of several servers: its device count may not change */
     /* configuration, read from the environment at connect */
     int timeout_ms, connect_timeout_ms;
     uint32_t max_nodes;
@@ -78,6 +94,20 @@ struct djn_client {
     int hb_ms;
     int64_t hb_last_ms;
     uint64_t hb_seq;
+} s_link_t;
+
+/* The client: one link per server of DJINN_SERVER (made at first use), and the map of
+ * global device indices onto them, fixed by the first connection. */
+struct djn_client {
+    pthread_mutex_t mu;
+    char server_bin[PATH_MAX];
+    s_link_t *links[S_MAX_SERVERS];
+    int nlinks;
+    int ndev;       /* devices of every server, once mapped */
+    bool mapped;    /* every server answered once: dev0/ndev_fixed are set */
+    s_link_t *cur;  /* the link recording a node (rec_begin .. rec_end / run_dynamic) */
+    s_link_t *last; /* the link that recorded last (the SRG snapshot) */
+    char endpoints[S_MAX_SERVERS * 258];
 
     djn_client_t *next; /* the live clients, for the fork handler */
 };
@@ -123,14 +153,17 @@ static void s_init_mutex(pthread_mutex_t *mu) {
     pthread_mutexattr_destroy(&a);
 }
 
-/* In a forked child: the parent's sockets, threads and server are not ours. */
+/* In a forked child: the parent's sockets, threads and servers are not ours. */
 static void s_child_after_fork(void) {
     for (djn_client_t *c = s_live; c; c = c->next) {
         s_init_mutex(&c->mu);
-        c->forked = c->connected;
-        c->conn = NULL;
-        c->child = 0;
-        djn_heartbeat_forget(&c->hb);
+        for (int i = 0; i < c->nlinks; i++) {
+            s_link_t *l = c->links[i];
+            l->forked = l->connected;
+            l->conn = NULL;
+            l->child = 0;
+            djn_heartbeat_forget(&l->hb);
+        }
     }
     pthread_mutex_init(&s_live_mu, NULL);
 }
@@ -141,21 +174,40 @@ __attribute__((constructor)) static void s_init(void) {
 
 /* ------------------------------------------------------------------ life cycle */
 
+static void s_link_destroy(s_link_t **self_p) {
+    s_link_t *l = *self_p;
+    if (!l)
+        return;
+    djn_rec_destroy(&l->rec);
+    djn_fcache_destroy(&l->fcache);
+    djn_map_release(&l->sizes);
+    djn_map_release(&l->known);
+    djn_free(l, sizeof(*l));
+    *self_p = NULL;
+}
+
+static s_link_t *s_link_new(djn_client_t *c, const char *want) {
+    s_link_t *l = djn_calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->owner = c;
+    l->mu = &c->mu;
+    l->server_bin = c->server_bin;
+    l->ndev_fixed = -1;
+    snprintf(l->want, sizeof l->want, "%s", want);
+    l->rec = djn_rec_new(4096);
+    l->fcache = djn_fcache_new(S_CACHE_CAPACITY);
+    if (!l->rec || !l->fcache)
+        s_link_destroy(&l);
+    return l;
+}
+
 djn_client_t *djn_client_new(const char *server_bin) {
     djn_client_t *c = djn_calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     s_init_mutex(&c->mu);
     snprintf(c->server_bin, sizeof c->server_bin, "%s", server_bin ? server_bin : "");
-    c->rec = djn_rec_new(4096);
-    c->fcache = djn_fcache_new(S_CACHE_CAPACITY);
-    if (!c->rec || !c->fcache) {
-        djn_rec_destroy(&c->rec);
-        djn_fcache_destroy(&c->fcache);
-        pthread_mutex_destroy(&c->mu);
-        djn_free(c, sizeof(*c));
-        return NULL;
-    }
     pthread_mutex_lock(&s_live_mu);
     c->next = s_live;
     s_live = c;
@@ -175,10 +227,8 @@ void djn_client_destroy(djn_client_t **self_p) {
             break;
         }
     pthread_mutex_unlock(&s_live_mu);
-    djn_rec_destroy(&c->rec);
-    djn_fcache_destroy(&c->fcache);
-    djn_map_release(&c->sizes);
-    djn_map_release(&c->known);
+    for (int i = 0; i < c->nlinks; i++)
+        s_link_destroy(&c->links[i]);
     pthread_mutex_destroy(&c->mu);
     djn_free(c, sizeof(*c));
     *self_p = NULL;
@@ -264,7 +314,7 @@ static void s_record(const djn_buf_t *hdr, const djn_frame_t *frames, uint32_t n
     fclose(f);
 }
 
-static djn_status_t s_send(djn_client_t *c, djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes) {
+static djn_status_t s_send(s_link_t *c, djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes) {
     if (hdr->failed)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory encoding a request");
     s_record(hdr, frames, nframes);
@@ -282,7 +332,7 @@ static djn_status_t s_send(djn_client_t *c, djn_buf_t *hdr, djn_frame_t *frames,
 
 /* The server no longer knows our session: every handle that exists now belongs to it
  * and is gone; handles made from here on belong to the next session. */
-static void s_session_lost(djn_client_t *c) {
+static void s_session_lost(s_link_t *c) {
     c->broken = true;
     if (c->loss_marked) /* once per lost session: handles made since belong to the next one */
         return;
@@ -294,7 +344,7 @@ static void s_session_lost(djn_client_t *c) {
 
 /* A handle of a session this client lost: client handles made before the loss, or
  * server-issued ones whose session bits name another session. */
-static bool s_stale(const djn_client_t *c, uint64_t h) {
+static bool s_stale(const s_link_t *c, uint64_t h) {
     if (!djn_handle_is_client(h))
         return !djn_handle_of_session(h, c->sid);
     return h < c->handle_floor;
@@ -307,7 +357,7 @@ static djn_status_t s_stale_error(void) {
                   "Re-create it from CPU data.");
 }
 
-static void s_error_text(djn_client_t *c, const djn_reply_t *r, char *msg, size_t len) {
+static void s_error_text(s_link_t *c, const djn_reply_t *r, char *msg, size_t len) {
     if (r->error.code == DJN_ERR_SESSION)
         snprintf(msg, len,
                  "djinn: session lost: the server at %s no longer knows this session (it "
@@ -318,16 +368,16 @@ static void s_error_text(djn_client_t *c, const djn_reply_t *r, char *msg, size_
         snprintf(msg, len, "%s", r->error.msg);
 }
 
-static djn_status_t s_take_pending(djn_client_t *c) {
+static djn_status_t s_take_pending(s_link_t *c) {
     djn_status_t pst = c->pending_st;
     c->pending_st = DJN_OK;
     return s_fail(pst, "%s", c->pending_msg);
 }
 
-static void s_heartbeat_send(djn_client_t *c, bool force);
+static void s_heartbeat_send(s_link_t *c, bool force);
 
 /* The embedded server died: say how, at once (not after DJINN_TIMEOUT). */
-static djn_status_t s_child_check(djn_client_t *c) {
+static djn_status_t s_child_check(s_link_t *c) {
     char why[128];
     if (c->child <= 0 || !djn_spawn_exited(c->child, why, sizeof why))
         return DJN_ERR_TIMEOUT;
@@ -341,7 +391,7 @@ static djn_status_t s_child_check(djn_client_t *c) {
 }
 
 /* The connection failed: the server refused our handshake, or receiving failed. */
-static djn_status_t s_conn_failed(djn_client_t *c, djn_status_t st) {
+static djn_status_t s_conn_failed(s_link_t *c, djn_status_t st) {
     c->broken = true;
     if (s_child_check(c) != DJN_ERR_TIMEOUT)
         return t_st;
@@ -359,7 +409,7 @@ static djn_status_t s_conn_failed(djn_client_t *c, djn_status_t st) {
  * server (ZMTP heartbeats drop a silent peer's link after a few seconds, and a crashed
  * process's at once); a link that came back may lead to a new server process, so a
  * HEARTBEAT goes out at once and a "session lost" answer ends the wait. */
-static djn_status_t s_liveness(djn_client_t *c, uint32_t *handshakes_seen) {
+static djn_status_t s_liveness(s_link_t *c, uint32_t *handshakes_seen) {
     djn_status_t st = s_child_check(c);
     if (st != DJN_ERR_TIMEOUT)
         return st;
@@ -393,7 +443,7 @@ static djn_status_t s_liveness(djn_client_t *c, uint32_t *handshakes_seen) {
  * session. *got says whether it answered `want` (0: nothing wanted); then *out holds it,
  * or the status is its error, the earliest pending error first. DJN_ERR_TIMEOUT when
  * nothing arrived, with no side effect. */
-static djn_status_t s_recv_one(djn_client_t *c, uint64_t want, int timeout_ms, s_resp_t *out,
+static djn_status_t s_recv_one(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t *out,
                                bool *got) {
     *got = false;
     s_resp_t x = {0};
@@ -462,7 +512,7 @@ static djn_status_t s_recv_one(djn_client_t *c, uint64_t want, int timeout_ms, s
 
 /* Receive replies until the one for `want` (see s_recv_one). While it waits it renews
  * the lease itself: the heartbeat thread cannot take the lock. */
-static djn_status_t s_wait(djn_client_t *c, uint64_t want, int timeout_ms, s_resp_t *out) {
+static djn_status_t s_wait(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t *out) {
     memset(out, 0, sizeof(*out));
     int64_t deadline = s_now_ms() + timeout_ms;
     uint32_t handshakes;
@@ -497,7 +547,7 @@ static djn_status_t s_wait(djn_client_t *c, uint64_t want, int timeout_ms, s_res
 /* Send a request with an empty body (or one `enc` encodes) and wait for its reply. */
 typedef void (*s_enc_fn)(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg);
 
-static djn_status_t s_request(djn_client_t *c, uint8_t type, s_enc_fn enc, const void *arg,
+static djn_status_t s_request(s_link_t *c, uint8_t type, s_enc_fn enc, const void *arg,
                               int timeout_ms, s_resp_t *out) {
     djn_buf_t b = {0};
     djn_msg_hdr_t hdr = {type, c->sid, ++c->seq};
@@ -516,7 +566,7 @@ static djn_status_t s_request(djn_client_t *c, uint8_t type, s_enc_fn enc, const
 
 /* One HEARTBEAT on the session's connection, if one is due; its answer is read by
  * whoever reads next (s_wait, or the next tick). */
-static void s_heartbeat_send(djn_client_t *c, bool force) {
+static void s_heartbeat_send(s_link_t *c, bool force) {
     int64_t now = s_now_ms();
     if (!c->connected || c->broken || c->forked || !c->conn ||
         (!force && (c->hb_ms <= 0 || now - c->hb_last_ms < c->hb_ms)))
@@ -531,8 +581,8 @@ static void s_heartbeat_send(djn_client_t *c, bool force) {
 }
 
 static void s_heartbeat_tick(void *arg) {
-    djn_client_t *c = arg;
-    if (pthread_mutex_trylock(&c->mu) != 0)
+    s_link_t *c = arg;
+    if (pthread_mutex_trylock(c->mu) != 0)
         return; /* the user's thread is in the client: it renews the lease itself */
     s_heartbeat_send(c, false);
     /* file what arrived: heartbeat answers, replies to fragments sent without waiting */
@@ -540,7 +590,7 @@ static void s_heartbeat_tick(void *arg) {
     s_resp_t x = {0};
     while (c->connected && !c->broken && c->conn && s_recv_one(c, 0, 0, &x, &got) == DJN_OK) {
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
 }
 
 /* ------------------------------------------------------------------ connection */
@@ -554,7 +604,7 @@ static int s_env_int(const char *name, int dflt) {
     return end == v ? dflt : (int)d;
 }
 
-static void s_read_config(djn_client_t *c) {
+static void s_read_config(s_link_t *c) {
     c->timeout_ms = s_env_int("DJINN_TIMEOUT", 600) * 1000;
     const char *ct = getenv("DJINN_CONNECT_TIMEOUT");
     c->connect_timeout_ms = (int)(1000 * strtod(ct && *ct ? ct : "10", NULL));
@@ -622,7 +672,7 @@ static void s_hello_enc(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg)
     djn_hello_req_encode(b, hdr, arg);
 }
 
-static djn_status_t s_connect_locked(djn_client_t *c) {
+static djn_status_t s_connect_locked(s_link_t *c) {
     if (c->forked)
         return s_fail(DJN_ERR_SESSION,
                       "djinn: this process was forked after it used the 'remote' device; the "
@@ -642,11 +692,10 @@ static djn_status_t s_connect_locked(djn_client_t *c) {
     }
     s_read_config(c);
     djn_rec_set_max_nodes(c->rec, c->max_nodes);
-    const char *ep = getenv("DJINN_SERVER");
     char err[512];
     djn_status_t st;
-    if (ep && *ep) {
-        snprintf(c->endpoint, sizeof c->endpoint, "%s", ep);
+    if (c->want[0]) {
+        snprintf(c->endpoint, sizeof c->endpoint, "%s", c->want);
     } else if (c->child <= 0) {
         const char *bin = getenv("DJINN_SERVER_BIN");
         if (!bin || !*bin)
@@ -693,6 +742,15 @@ static djn_status_t s_connect_locked(djn_client_t *c) {
         djn_conn_destroy(&c->conn);
         return s_fail(DJN_ERR_PROTO, "djinn: %s", err);
     }
+    if (c->multi && c->ndev_fixed >= 0 && (int)h.ndevices != c->ndev_fixed) {
+        s_resp_free(&x);
+        djn_conn_destroy(&c->conn);
+        return s_fail(DJN_ERR_DEVICE,
+                      "djinn: the server at %s now has %u devices where it had %d: the "
+                      "numbering of remote devices across DJINN_SERVER would change; restart "
+                      "this process",
+                      c->endpoint, h.ndevices, c->ndev_fixed);
+    }
     c->sid = h.sid;
     int hb_ms = s_env_int("DJINN_HEARTBEAT_MS", h.heartbeat_ms ? (int)h.heartbeat_ms : 1000);
     if (h.lease_ms == 0)
@@ -700,6 +758,8 @@ static djn_status_t s_connect_locked(djn_client_t *c) {
     c->ndev = 0;
     for (uint32_t i = 0; i < h.ndevices && i < DJN_MAX_DEVICES; i++)
         snprintf(c->devnames[c->ndev++], sizeof c->devnames[0], "%s", h.devices[i]);
+    if (c->ndev_fixed < 0)
+        c->ndev_fixed = c->ndev;
     s_resp_free(&x);
     c->connected = true;
     c->acked = c->seq;
@@ -710,33 +770,11 @@ static djn_status_t s_connect_locked(djn_client_t *c) {
     return DJN_OK;
 }
 
-djn_status_t djn_client_connect(djn_client_t *c) {
-    pthread_mutex_lock(&c->mu);
-    djn_status_t st = s_connect_locked(c);
-    pthread_mutex_unlock(&c->mu);
-    return st;
-}
-
-int djn_client_device_count(djn_client_t *c) {
-    return djn_client_connect(c) == DJN_OK ? c->ndev : 0;
-}
-
-const char *djn_client_device_name(djn_client_t *c, int i) {
-    return i >= 0 && i < c->ndev ? c->devnames[i] : "";
-}
-
-const char *djn_client_endpoint(djn_client_t *c) {
-    return c->endpoint;
-}
-uint64_t djn_client_session_id(djn_client_t *c) {
-    return c->sid;
-}
-
-void djn_client_shutdown(djn_client_t *c) {
+static void s_link_shutdown(s_link_t *c) {
     /* stop the heartbeat before taking the lock: its tick may be waiting for it */
     if (!c->forked)
         djn_heartbeat_stop(&c->hb);
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(c->mu);
     if (c->connected && !c->broken && !c->forked && c->conn) {
         s_resp_t x = {0};
         if (s_request(c, DJN_MSG_CLOSE, NULL, NULL, 2000, &x) == DJN_OK)
@@ -751,40 +789,26 @@ void djn_client_shutdown(djn_client_t *c) {
     }
     c->child = 0;
     djn_fcache_clear(c->fcache);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
 }
 
 /* ------------------------------------------------------------------ handles */
 
-uint64_t djn_client_alloc(djn_client_t *c, uint64_t nbytes) {
-    uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
-    uint64_t h = atomic_fetch_add(&s_next_va, span);
-    pthread_mutex_lock(&c->mu);
-    bool ok = djn_rec_alloc(c->rec, h, nbytes) == DJN_OK && djn_map_put(&c->sizes, h, nbytes);
-    pthread_mutex_unlock(&c->mu);
-    return ok ? h : 0;
+static bool s_link_alloc(s_link_t *c, uint64_t h, uint64_t nbytes) {
+    return djn_rec_alloc(c->rec, h, nbytes) == DJN_OK && djn_map_put(&c->sizes, h, nbytes);
 }
 
-void djn_client_adopt(djn_client_t *c, uint64_t handle, uint64_t nbytes) {
-    pthread_mutex_lock(&c->mu);
+static void s_link_adopt(s_link_t *c, uint64_t handle, uint64_t nbytes) {
+    pthread_mutex_lock(c->mu);
     djn_map_put(&c->sizes, handle, nbytes); /* a hint only: a failure costs a smaller fetch */
     djn_fcache_drop(c->fcache, handle);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
 }
 
-uint64_t djn_client_nbytes_hint(djn_client_t *c, uint64_t handle) {
-    uint64_t n = 0;
-    pthread_mutex_lock(&c->mu);
-    djn_map_get(&c->sizes, handle, &n);
-    pthread_mutex_unlock(&c->mu);
-    return n;
-}
+static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fetch, s_resp_t *out);
 
-static djn_status_t s_flush_locked(djn_client_t *c, bool wait, const djn_fetch_t *fetch,
-                                   s_resp_t *out);
-
-void djn_client_free(djn_client_t *c, uint64_t handle) {
-    pthread_mutex_lock(&c->mu);
+static void s_link_free(s_link_t *c, uint64_t handle) {
+    pthread_mutex_lock(c->mu);
     djn_map_del(&c->sizes, handle, NULL);
     djn_fcache_drop(c->fcache, handle);
     if (!c->forked && !s_stale(c, handle)) {
@@ -793,7 +817,7 @@ void djn_client_free(djn_client_t *c, uint64_t handle) {
         if (oom && s_flush_locked(c, false, NULL, NULL) == DJN_OK)
             djn_rec_free(c->rec, handle, &oom); /* an empty recorder has room */
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
 }
 
 /* ------------------------------------------------------------------ recording */
@@ -801,7 +825,7 @@ void djn_client_free(djn_client_t *c, uint64_t handle) {
 /* Work for another device: everything pending or in flight for the current one runs to
  * completion first. Devices have separate worker queues on the server, so this wait is
  * what orders a storage declared (or produced) for one device before its use on another. */
-static djn_status_t s_use_device(djn_client_t *c, int device) {
+static djn_status_t s_use_device(s_link_t *c, int device) {
     if (djn_rec_use_device(c->rec, device) == DJN_REC_OK && c->seq == c->acked)
         return DJN_OK;
     djn_status_t st = s_flush_locked(c, true, NULL, NULL);
@@ -810,8 +834,8 @@ static djn_status_t s_use_device(djn_client_t *c, int device) {
     return st;
 }
 
-djn_status_t djn_client_rec_begin(djn_client_t *c, int device, const char *op, const char *overload,
-                                  uint32_t nargs) {
+static djn_status_t s_link_rec_begin(s_link_t *c, int device, const char *op, const char *overload,
+                                     uint32_t nargs) {
     djn_status_t st = s_connect_locked(c);
     if (st != DJN_OK)
         return st;
@@ -826,27 +850,15 @@ djn_status_t djn_client_rec_begin(djn_client_t *c, int device, const char *op, c
     return DJN_OK;
 }
 
-djn_buf_t *djn_client_rec_buf(djn_client_t *c) {
-    return djn_rec_buf(c->rec);
-}
-
-void djn_client_rec_tensor(djn_client_t *c, const djn_tref_t *t, bool written) {
+static void s_link_rec_tensor(s_link_t *c, const djn_tref_t *t, bool written) {
     if (s_stale(c, t->handle))
         c->rec_stale = true;
-    djn_sync_need(c, t->handle); /* a weight still syncing: its upload goes first */
+    djn_sync_need(c->owner, t->handle); /* a weight still syncing: its upload goes first */
     djn_rec_tensor(c->rec, t, written);
 }
 
-void djn_client_rec_outs(djn_client_t *c, uint32_t nouts) {
-    djn_rec_outs(c->rec, nouts);
-}
-
-void djn_client_rec_abort(djn_client_t *c) {
-    djn_rec_abort(c->rec);
-}
-
-djn_status_t djn_client_rec_end(djn_client_t *c, uint32_t flags, djn_op_class_t cls,
-                                djn_phase_t phase) {
+static djn_status_t s_link_rec_end(s_link_t *c, uint32_t flags, djn_op_class_t cls,
+                                   djn_phase_t phase) {
     if (c->rec_stale) {
         c->rec_stale = false;
         djn_rec_abort(c->rec);
@@ -874,7 +886,7 @@ static void s_have_enc(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg) 
 /* Shadow Sync: offer the hashes of large uploads first; the server binds the handles
  * of content this tenant uploaded before and we drop those uploads. One round trip per
  * flush that carries large uploads. */
-static djn_status_t s_offer_text(djn_client_t *c) {
+static djn_status_t s_offer_text(s_link_t *c) {
     uint32_t n = djn_rec_text_items(c->rec, NULL, 0);
     if (!n)
         return DJN_OK;
@@ -917,7 +929,7 @@ static uint64_t s_fp_key(const uint64_t fp[2]) {
     return fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1;
 }
 
-static djn_status_t s_drain(djn_client_t *c) {
+static djn_status_t s_drain(s_link_t *c) {
     if (c->acked >= c->seq)
         return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
     s_resp_t x = {0};
@@ -927,7 +939,7 @@ static djn_status_t s_drain(djn_client_t *c) {
     return st;
 }
 
-static djn_status_t s_flush_locked(djn_client_t *c, bool wait, const djn_fetch_t *fetch,
+static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fetch,
                                    s_resp_t *out) {
     djn_status_t st = s_connect_locked(c);
     if (st != DJN_OK)
@@ -1019,17 +1031,17 @@ resend:
     return DJN_OK;
 }
 
-djn_status_t djn_client_flush(djn_client_t *c, bool wait) {
-    pthread_mutex_lock(&c->mu);
+static djn_status_t s_link_flush(s_link_t *c, bool wait) {
+    pthread_mutex_lock(c->mu);
     djn_status_t st = s_flush_locked(c, wait, NULL, NULL);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
     return st;
 }
 
-djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const djn_value_t **dyn) {
+static djn_status_t s_link_run_dynamic(s_link_t *c, djn_reply_t **reply, const djn_value_t **dyn) {
     *reply = NULL;
     *dyn = NULL;
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(c->mu);
     c->ctr.dynamic_syncs++;
     s_resp_t x = {0};
     djn_status_t st = s_flush_locked(c, true, NULL, &x);
@@ -1047,19 +1059,19 @@ djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const 
             s_resp_free(&x);
         }
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
     return st;
 }
 
-djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
-                             void *dst) {
+static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
+                                void *dst) {
     if (n == 0)
         return DJN_OK;
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(c->mu);
     djn_status_t st = DJN_OK;
     if (c->connected && s_stale(c, handle)) {
         st = s_stale_error();
-        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(c->mu);
         return st;
     }
     if (djn_fcache_read(c->fcache, handle, off, n, dst)) {
@@ -1068,7 +1080,7 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
             st = s_flush_locked(c, true, NULL, NULL);
         if (st == DJN_OK)
             c->ctr.fetch_cache_hits++;
-        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(c->mu);
         return st;
     }
     uint64_t total = 0;
@@ -1080,8 +1092,10 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
     }
     if (device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
-    if (st == DJN_OK)
-        djn_sync_need(c, handle); /* a weight still syncing: its upload goes first */
+    if (st == DJN_OK) {
+        c->owner->cur = c; /* the hook stages into this link's fragment */
+        djn_sync_need(c->owner, handle); /* a weight still syncing: its upload goes first */
+    }
     if (st == DJN_OK) {
         s_resp_t x = {0};
         st = s_flush_locked(c, true, &f, &x);
@@ -1101,13 +1115,13 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
             s_resp_free(&x);
         }
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
     return st;
 }
 
-djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, const void *bytes,
-                               uint64_t n) {
-    pthread_mutex_lock(&c->mu);
+static djn_status_t s_link_upload(s_link_t *c, int device, uint64_t handle, const void *bytes,
+                                  uint64_t n) {
+    pthread_mutex_lock(c->mu);
     djn_status_t st = s_connect_locked(c);
     if (st == DJN_OK && device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
@@ -1130,32 +1144,32 @@ djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, con
             st = s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");
         djn_fcache_drop(c->fcache, handle);
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
     return st;
 }
 
-void djn_client_seed(djn_client_t *c, uint64_t seed) {
-    pthread_mutex_lock(&c->mu);
+static void s_link_seed(s_link_t *c, uint64_t seed) {
+    pthread_mutex_lock(c->mu);
     int64_t s = (int64_t)(seed & INT64_MAX);
     if (c->connected && !c->broken && !c->forked) {
         /* in program order with the ops around it: a node of its own */
-        djn_status_t st = djn_client_rec_begin(c, djn_rec_device(c->rec), "djinn::seed", "", 1);
+        djn_status_t st = s_link_rec_begin(c, djn_rec_device(c->rec), "djinn::seed", "", 1);
         if (st == DJN_OK) {
             djn_enc_int(djn_rec_buf(c->rec), s);
             djn_rec_outs(c->rec, 0);
-            st = djn_client_rec_end(c, 0, DJN_CLASS_MEMORY, DJN_PHASE_NONE);
+            st = s_link_rec_end(c, 0, DJN_CLASS_MEMORY, DJN_PHASE_NONE);
         }
         if (st == DJN_OK) {
-            pthread_mutex_unlock(&c->mu);
+            pthread_mutex_unlock(c->mu);
             return;
         }
     }
     djn_rec_set_seed(c->rec, s); /* before the first connection: sent with the first fragment */
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(c->mu);
 }
 
-djn_status_t djn_client_stats(djn_client_t *c, djn_stats_rep_t *out) {
-    pthread_mutex_lock(&c->mu);
+static djn_status_t s_link_stats(s_link_t *c, djn_stats_rep_t *out) {
+    pthread_mutex_lock(c->mu);
     djn_status_t st = s_flush_locked(c, true, NULL, NULL);
     if (st == DJN_OK) {
         s_resp_t x = {0};
@@ -1165,25 +1179,378 @@ djn_status_t djn_client_stats(djn_client_t *c, djn_stats_rep_t *out) {
             st = s_fail(DJN_ERR_PROTO, "djinn: %s", err);
         s_resp_free(&x);
     }
+    pthread_mutex_unlock(c->mu);
+    return st;
+}
+
+/* ------------------------------------------------------------------ many servers
+ *
+ * DJINN_SERVER may list several servers (tcp://a:5555,tcp://b:5555). Each gets a link
+ * of its own: its connection, session, lease and heartbeat, its recorder and fetch
+ * cache. Global device numbers run over the servers in the order listed: remote:0..n-1
+ * are the first server's n devices, and so on. The map is fixed by the first connection
+ * (every server must answer it) and a server that comes back with another device count
+ * is refused, so that a device number never changes meaning in a process.
+ *
+ * Nothing crosses between servers: a copy between devices of different servers is a
+ * download into the client and an upload (RemoteKernels.cpp), and each server runs only
+ * its own fragments. A server that dies fails the calls on its devices, with its
+ * endpoint in the message; the other servers keep working. With one entry (or none: the
+ * embedded server) there is one link and global device numbers are the server's. */
+
+/* The links, from DJINN_SERVER, at first use; no I/O. */
+static djn_status_t s_links_make(djn_client_t *c) {
+    if (c->nlinks)
+        return DJN_OK;
+    const char *env = getenv("DJINN_SERVER");
+    char list[S_MAX_SERVERS * 258], *save = NULL;
+    if (env && strlen(env) >= sizeof list)
+        return s_fail(DJN_ERR_ARGS, "djinn: DJINN_SERVER is longer than %zu characters",
+                      sizeof list - 1);
+    snprintf(list, sizeof list, "%s", env ? env : "");
+    const char *wants[S_MAX_SERVERS];
+    int n = 0;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = 0;
+        if (!*tok)
+            continue;
+        if (n == S_MAX_SERVERS)
+            return s_fail(DJN_ERR_ARGS, "djinn: DJINN_SERVER lists more than %d servers",
+                          S_MAX_SERVERS);
+        if (strlen(tok) >= sizeof c->links[0]->want)
+            return s_fail(DJN_ERR_ARGS, "djinn: DJINN_SERVER entry '%.64s...' is too long", tok);
+        wants[n++] = tok;
+    }
+    if (n == 0)
+        wants[n++] = ""; /* the embedded server */
+    for (int i = 0; i < n; i++) {
+        s_link_t *l = s_link_new(c, wants[i]);
+        if (!l) {
+            for (int k = 0; k < c->nlinks; k++)
+                s_link_destroy(&c->links[k]);
+            c->nlinks = 0;
+            return s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");
+        }
+        l->multi = n > 1;
+        c->links[c->nlinks++] = l;
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++)
+        off += (size_t)snprintf(c->endpoints + off, sizeof c->endpoints - off, "%s%s", i ? "," : "",
+                                c->links[i]->want);
+    return DJN_OK;
+}
+
+/* Connect every server (each link reconnects on its own after a loss); the first
+ * connection of all of them fixes the device map. Stops at the first failure. */
+static djn_status_t s_connect_all(djn_client_t *c) {
+    djn_status_t st = s_links_make(c);
+    for (int i = 0; st == DJN_OK && i < c->nlinks; i++)
+        st = s_connect_locked(c->links[i]);
+    if (st == DJN_OK && !c->mapped) {
+        c->ndev = 0;
+        for (int i = 0; i < c->nlinks; i++) {
+            c->links[i]->dev0 = c->ndev;
+            c->ndev += c->links[i]->ndev_fixed;
+        }
+        c->mapped = true;
+    }
+    if (c->nlinks == 1) /* one server: its device count is the count, as it answers now */
+        c->ndev = c->links[0]->ndev;
+    return st;
+}
+
+/* The link serving global device `device`, and its number there. One server: no map is
+ * needed (the link checks the number itself once connected). */
+static s_link_t *s_route(djn_client_t *c, int device, int *local) {
+    if (s_links_make(c) != DJN_OK)
+        return NULL;
+    if (c->nlinks == 1) {
+        *local = device;
+        return c->links[0];
+    }
+    if (!c->mapped && s_connect_all(c) != DJN_OK)
+        return NULL;
+    for (int i = 0; i < c->nlinks; i++) {
+        s_link_t *l = c->links[i];
+        if (device >= l->dev0 && device < l->dev0 + l->ndev_fixed) {
+            *local = device - l->dev0;
+            return l;
+        }
+    }
+    s_fail(DJN_ERR_DEVICE,
+           "djinn: remote:%d does not exist (the %d servers of DJINN_SERVER have %d devices)",
+           device, c->nlinks, c->ndev);
+    return NULL;
+}
+
+/* The link holding a live handle (several servers: the one whose handle table has it). */
+static s_link_t *s_owner(djn_client_t *c, uint64_t handle) {
+    if (c->nlinks == 1)
+        return c->links[0];
+    for (int i = 0; i < c->nlinks; i++)
+        if (djn_map_get(&c->links[i]->sizes, handle, NULL))
+            return c->links[i];
+    return NULL;
+}
+
+/* Keep the first failure's words while later calls overwrite the thread's last error. */
+typedef struct {
+    djn_status_t st;
+    char msg[sizeof t_msg];
+} s_first_t;
+
+static void s_first_note(s_first_t *f, djn_status_t st) {
+    if (st != DJN_OK && f->st == DJN_OK) {
+        f->st = st;
+        snprintf(f->msg, sizeof f->msg, "%s", t_msg);
+    }
+}
+
+static djn_status_t s_first_take(const s_first_t *f) {
+    return f->st == DJN_OK ? DJN_OK : s_fail(f->st, "%s", f->msg);
+}
+
+djn_status_t djn_client_connect(djn_client_t *c) {
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = s_connect_all(c);
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+int djn_client_device_count(djn_client_t *c) {
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = s_connect_all(c);
+    /* several servers: the map stays whole while one of them is down (its devices fail
+     * when used, naming it); one server: as before, 0 when it cannot be reached */
+    int n = st == DJN_OK || (c->mapped && c->nlinks > 1) ? c->ndev : 0;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+const char *djn_client_device_name(djn_client_t *c, int i) {
+    pthread_mutex_lock(&c->mu);
+    const char *name = "";
+    if (c->mapped || c->nlinks == 1) {
+        int local;
+        s_link_t *l = s_route(c, i, &local);
+        if (l && local >= 0 && local < l->ndev)
+            name = l->devnames[local];
+    }
+    pthread_mutex_unlock(&c->mu);
+    return name;
+}
+
+int djn_client_server_count(djn_client_t *c) {
+    pthread_mutex_lock(&c->mu);
+    int n = s_links_make(c) == DJN_OK ? c->nlinks : 0;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+bool djn_client_server_info(djn_client_t *c, int server, djn_client_server_t *out) {
+    pthread_mutex_lock(&c->mu);
+    bool ok = s_links_make(c) == DJN_OK && server >= 0 && server < c->nlinks;
+    if (ok) {
+        s_link_t *l = c->links[server];
+        memset(out, 0, sizeof(*out));
+        snprintf(out->endpoint, sizeof out->endpoint, "%s", l->endpoint[0] ? l->endpoint : l->want);
+        out->first_device = c->mapped ? l->dev0 : -1;
+        out->ndevices = l->ndev_fixed;
+        out->session_id = l->connected && !l->broken ? l->sid : 0;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+int djn_client_device_server(djn_client_t *c, int device, int *local) {
+    pthread_mutex_lock(&c->mu);
+    int idx = -1;
+    s_link_t *l = s_route(c, device, local);
+    for (int i = 0; l && i < c->nlinks; i++)
+        if (c->links[i] == l)
+            idx = i;
+    pthread_mutex_unlock(&c->mu);
+    return idx;
+}
+
+const char *djn_client_endpoint(djn_client_t *c) {
+    return c->nlinks == 1 ? c->links[0]->endpoint : c->endpoints;
+}
+
+uint64_t djn_client_session_id(djn_client_t *c) {
+    return c->nlinks ? c->links[0]->sid : 0;
+}
+
+void djn_client_shutdown(djn_client_t *c) {
+    /* stop the heartbeats before taking the lock: a tick may be waiting for it */
+    for (int i = 0; i < c->nlinks; i++)
+        if (!c->links[i]->forked)
+            djn_heartbeat_stop(&c->links[i]->hb);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < c->nlinks; i++)
+        s_link_shutdown(c->links[i]);
+    pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t djn_client_alloc(djn_client_t *c, int device, uint64_t nbytes) {
+    uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
+    uint64_t h = atomic_fetch_add(&s_next_va, span);
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    bool ok = l && s_link_alloc(l, h, nbytes);
+    pthread_mutex_unlock(&c->mu);
+    return ok ? h : 0;
+}
+
+void djn_client_adopt(djn_client_t *c, int device, uint64_t handle, uint64_t nbytes) {
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    if (l)
+        s_link_adopt(l, handle, nbytes);
+    pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t djn_client_nbytes_hint(djn_client_t *c, uint64_t handle) {
+    uint64_t n = 0;
+    pthread_mutex_lock(&c->mu);
+    s_link_t *l = s_owner(c, handle);
+    if (l)
+        djn_map_get(&l->sizes, handle, &n);
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+void djn_client_free(djn_client_t *c, uint64_t handle) {
+    pthread_mutex_lock(&c->mu);
+    s_link_t *l = s_owner(c, handle); /* none: never made (no server answered) */
+    if (l)
+        s_link_free(l, handle);
+    pthread_mutex_unlock(&c->mu);
+}
+
+djn_status_t djn_client_rec_begin(djn_client_t *c, int device, const char *op, const char *overload,
+                                  uint32_t nargs) {
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    if (!l)
+        return t_st;
+    c->cur = c->last = l;
+    return s_link_rec_begin(l, local, op, overload, nargs);
+}
+
+djn_buf_t *djn_client_rec_buf(djn_client_t *c) {
+    return djn_rec_buf(c->cur->rec);
+}
+
+void djn_client_rec_tensor(djn_client_t *c, const djn_tref_t *t, bool written) {
+    s_link_rec_tensor(c->cur, t, written);
+}
+
+void djn_client_rec_outs(djn_client_t *c, uint32_t nouts) {
+    djn_rec_outs(c->cur->rec, nouts);
+}
+
+void djn_client_rec_abort(djn_client_t *c) {
+    djn_rec_abort(c->cur->rec);
+}
+
+djn_status_t djn_client_rec_end(djn_client_t *c, uint32_t flags, djn_op_class_t cls,
+                                djn_phase_t phase) {
+    return s_link_rec_end(c->cur, flags, cls, phase);
+}
+
+djn_status_t djn_client_flush(djn_client_t *c, bool wait) {
+    pthread_mutex_lock(&c->mu);
+    s_first_t first = {s_links_make(c), ""};
+    if (first.st != DJN_OK)
+        snprintf(first.msg, sizeof first.msg, "%s", t_msg);
+    for (int i = 0; i < c->nlinks; i++) /* a server never used has nothing to send */
+        if (c->nlinks == 1 || c->links[i]->connected || !djn_rec_empty(c->links[i]->rec))
+            s_first_note(&first, s_link_flush(c->links[i], wait));
+    djn_status_t st = s_first_take(&first);
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const djn_value_t **dyn) {
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st =
+        c->cur ? s_link_run_dynamic(c->cur, reply, dyn)
+               : s_fail(DJN_ERR_INTERNAL, "djinn: a data-dependent op ran before any was recorded");
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
+                             void *dst) {
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    djn_status_t st = l ? s_link_read(l, local, handle, off, n, dst) : t_st;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, const void *bytes,
+                               uint64_t n) {
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    djn_status_t st = l ? s_link_upload(l, local, handle, bytes, n) : t_st;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+void djn_client_seed(djn_client_t *c, uint64_t seed) {
+    pthread_mutex_lock(&c->mu);
+    if (s_links_make(c) == DJN_OK)
+        for (int i = 0; i < c->nlinks; i++) /* every server's generators, like manual_seed_all */
+            s_link_seed(c->links[i], seed);
+    pthread_mutex_unlock(&c->mu);
+}
+
+djn_status_t djn_client_stats(djn_client_t *c, int device, djn_stats_rep_t *out) {
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device < 0 ? 0 : device, &local);
+    djn_status_t st = l ? s_link_stats(l, out) : t_st;
     pthread_mutex_unlock(&c->mu);
     return st;
 }
 
 void djn_client_counters(djn_client_t *c, djn_stats_client_t *out) {
     pthread_mutex_lock(&c->mu);
-    *out = c->ctr;
+    memset(out, 0, sizeof(*out));
+#define S_ADD_(name, type, py, doc) out->name += l->ctr.name;
+    for (int i = 0; i < c->nlinks; i++) {
+        const s_link_t *l = c->links[i];
+        DJN_STATS_CLIENT(S_ADD_)
+    }
+#undef S_ADD_
     pthread_mutex_unlock(&c->mu);
 }
 
 void djn_client_counters_reset(djn_client_t *c) {
     pthread_mutex_lock(&c->mu);
-    memset(&c->ctr, 0, sizeof c->ctr);
+    for (int i = 0; i < c->nlinks; i++)
+        memset(&c->links[i]->ctr, 0, sizeof c->links[i]->ctr);
     pthread_mutex_unlock(&c->mu);
 }
 
 uint32_t djn_client_srg(djn_client_t *c, djn_srg_node_t *out, uint32_t cap, uint64_t fp[2]) {
     pthread_mutex_lock(&c->mu);
-    uint32_t n = djn_rec_srg(c->rec, out, cap, fp);
+    uint32_t n = 0;
+    if (c->last)
+        n = djn_rec_srg(c->last->rec, out, cap, fp);
+    else
+        fp[0] = fp[1] = 0;
     pthread_mutex_unlock(&c->mu);
     return n;
 }
@@ -1198,13 +1565,17 @@ djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, d
                                    djn_load_rep_t *rep) {
     *reply = NULL;
     pthread_mutex_lock(&c->mu);
-    djn_status_t st = s_connect_locked(c);
-    if (st == DJN_OK && (int)req->device >= c->ndev)
+    int local;
+    s_link_t *l = s_route(c, (int)req->device, &local);
+    djn_status_t st = l ? s_connect_locked(l) : t_st;
+    if (st == DJN_OK && local >= l->ndev)
         st = s_fail(DJN_ERR_DEVICE, "djinn: remote:%u does not exist (the server has %d devices)",
-                    req->device, c->ndev);
+                    req->device, l->ndev);
+    djn_load_req_t on = *req; /* the device as that server numbers it */
+    on.device = (uint32_t)local;
     s_resp_t x = {0};
     if (st == DJN_OK)
-        st = s_request(c, DJN_MSG_LOAD_MODEL, s_load_enc, req, c->timeout_ms, &x);
+        st = s_request(l, DJN_MSG_LOAD_MODEL, s_load_enc, &on, l->timeout_ms, &x);
     char err[256];
     if (st == DJN_OK && djn_load_rep_parse(x.rep, rep, err, sizeof err) != DJN_OK)
         st = s_fail(DJN_ERR_PROTO, "djinn: %s", err);
@@ -1217,32 +1588,37 @@ djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, d
     return st;
 }
 
-uint64_t djn_client_reserve(djn_client_t *c, uint64_t nbytes) {
+uint64_t djn_client_reserve(djn_client_t *c, int device, uint64_t nbytes) {
     uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
     uint64_t h = atomic_fetch_add(&s_next_va, span);
     pthread_mutex_lock(&c->mu);
-    djn_map_put(&c->sizes, h, nbytes); /* a hint only */
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    if (l)
+        djn_map_put(&l->sizes, h, nbytes); /* a hint only (and which server holds it) */
     pthread_mutex_unlock(&c->mu);
     return h;
 }
 
 djn_status_t djn_client_stage_upload(djn_client_t *c, int device, uint64_t handle, uint8_t *bytes,
                                      uint64_t n) {
-    djn_status_t st = s_connect_locked(c);
-    if (st == DJN_OK && device != djn_rec_device(c->rec))
-        st = s_use_device(c, device); /* never mid-node: a node's tensors share its device */
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    djn_status_t st = l ? s_connect_locked(l) : t_st;
+    if (st == DJN_OK && local != djn_rec_device(l->rec))
+        st = s_use_device(l, local); /* never mid-node: a node's tensors share its device */
     if (st != DJN_OK) {
         djn_free(bytes, n);
         return st;
     }
-    bool text = n && n >= c->text_min;
+    bool text = n && n >= l->text_min;
     XXH128_hash_t h = text ? XXH3_128bits(bytes, n) : (XXH128_hash_t){0, 0};
-    djn_fcache_drop(c->fcache, handle);
-    if (djn_rec_upload(c->rec, handle, bytes, n, text, h.high64, h.low64) != DJN_OK)
+    djn_fcache_drop(l->fcache, handle);
+    if (djn_rec_upload(l->rec, handle, bytes, n, text, h.high64, h.low64) != DJN_OK)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of host memory");
     return DJN_OK;
 }
 
 int djn_client_rec_device(djn_client_t *c) {
-    return djn_rec_device(c->rec);
+    return c->cur ? c->cur->dev0 + djn_rec_device(c->cur->rec) : -1;
 }

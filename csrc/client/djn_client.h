@@ -1,10 +1,15 @@
 /* djn_client.h: the client's C core, called by the thin C++ layer (csrc/torch/).
  *
- * A djn_client_t is one connection to one djinn-server (spawning an embedded one when
- * DJINN_SERVER is unset): its session, the fragment being recorded (djn_rec), the fetch
- * cache (djn_fcache), the heartbeat (djn_heartbeat), and the byte counters. It never
- * touches Python. The PyTorch layer uses the process's default instance,
- * djn_client_default(); tests make their own.
+ * A djn_client_t talks to the djinn-servers of DJINN_SERVER (a comma-separated list;
+ * an embedded server is spawned when it is unset) through one link per server: its
+ * connection and session (lease, heartbeat), the fragment being recorded for it
+ * (djn_rec), its fetch cache (djn_fcache) and byte counters. Global device numbers run
+ * over the servers in the order listed (remote:0..n-1 are the first server's n devices,
+ * then the second's); calls that name a device go to its server, calls that name a
+ * handle to the server that holds it. Nothing crosses between servers: a copy between
+ * devices of two servers goes through the client (download, upload). It never touches
+ * Python. The PyTorch layer uses the process's default instance, djn_client_default();
+ * tests make their own.
  *
  * Handles. A remote storage's data pointer is its handle: a fake virtual address drawn
  * from one process-wide bump counter (shared by every client object, so that storages
@@ -43,11 +48,28 @@ void djn_client_destroy(djn_client_t **self_p);
  * exit). */
 djn_client_t *djn_client_default(void);
 void djn_client_set_server_binary(djn_client_t *c, const char *path);
-djn_status_t djn_client_connect(djn_client_t *c); /* idempotent */
-int djn_client_device_count(djn_client_t *c);     /* connects lazily; 0 if unreachable */
+/* Connects every server (idempotent); the first success fixes the device map. */
+djn_status_t djn_client_connect(djn_client_t *c);
+/* Devices of every server; connects lazily. One server: 0 if unreachable. Several: 0
+ * until every server answered once; then the total, also while one is down. */
+int djn_client_device_count(djn_client_t *c);
 const char *djn_client_device_name(djn_client_t *c, int index);
+/* The server's endpoint (one server), or the DJINN_SERVER list (several). */
 const char *djn_client_endpoint(djn_client_t *c);
-uint64_t djn_client_session_id(djn_client_t *c);
+uint64_t djn_client_session_id(djn_client_t *c); /* the first server's session */
+
+/* ---- the servers (DJINN_SERVER's entries, in order) ---- */
+typedef struct djn_client_server {
+    char endpoint[256];
+    int first_device;    /* global number of its first device; -1 before the map is fixed */
+    int ndevices;        /* -1 before it first answered */
+    uint64_t session_id; /* 0 when not connected */
+} djn_client_server_t;
+int djn_client_server_count(djn_client_t *c);
+bool djn_client_server_info(djn_client_t *c, int server, djn_client_server_t *out);
+/* The server of a global device and the device's number there (-1 and the last error if
+ * there is none). */
+int djn_client_device_server(djn_client_t *c, int device, int *local);
 void djn_client_shutdown(djn_client_t *c); /* CLOSE and stop an embedded server */
 
 /* The last error on this thread: status and a message naming the op and the cause. */
@@ -55,11 +77,12 @@ djn_status_t djn_client_errcode(void);
 const char *djn_client_errmsg(void);
 
 /* ---- handles (any thread) ---- */
-uint64_t djn_client_alloc(djn_client_t *c, uint64_t nbytes); /* 0 on OOM */
+/* A handle for a storage of `device`; 0 on OOM or when its server cannot be reached. */
+uint64_t djn_client_alloc(djn_client_t *c, int device, uint64_t nbytes);
 void djn_client_free(djn_client_t *c, uint64_t handle);
 uint64_t djn_client_nbytes_hint(djn_client_t *c, uint64_t handle); /* 0 if unknown */
 /* Take over a handle the server issued (a data-dependent result) or resize one. */
-void djn_client_adopt(djn_client_t *c, uint64_t handle, uint64_t nbytes);
+void djn_client_adopt(djn_client_t *c, int device, uint64_t handle, uint64_t nbytes);
 
 /* ---- recording one node (caller holds the lock from begin to end/abort) ---- */
 void djn_client_lock(djn_client_t *c);
@@ -75,7 +98,7 @@ djn_status_t djn_client_rec_end(djn_client_t *c, uint32_t flags, djn_op_class_t 
 void djn_client_rec_abort(djn_client_t *c); /* drop a node whose recording failed */
 
 /* ---- sync points (take the lock themselves) ---- */
-djn_status_t djn_client_flush(djn_client_t *c, bool wait);
+djn_status_t djn_client_flush(djn_client_t *c, bool wait); /* every server; the first error */
 /* Bytes [off, off+n) of a storage, after every pending node ran. Cached by handle until
  * a node writes to it. */
 djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
@@ -88,7 +111,8 @@ djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const 
 djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, const void *bytes,
                                uint64_t n);
 void djn_client_seed(djn_client_t *c, uint64_t seed);
-djn_status_t djn_client_stats(djn_client_t *c, djn_stats_rep_t *out); /* server STATS */
+/* STATS of the server of `device` (its devices only). */
+djn_status_t djn_client_stats(djn_client_t *c, int device, djn_stats_rep_t *out);
 
 /* ---- ghost loading and shadow sync (djn_sync.h, djinn/models.py) ---- */
 /* LOAD_MODEL, in order with the session's other traffic; *reply owns what *rep points
@@ -96,7 +120,7 @@ djn_status_t djn_client_stats(djn_client_t *c, djn_stats_rep_t *out); /* server 
 djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, djn_reply_t **reply,
                                    djn_load_rep_t *rep);
 /* A handle of nbytes the server will bind itself (LOAD_MODEL): no declaration is sent. */
-uint64_t djn_client_reserve(djn_client_t *c, uint64_t nbytes);
+uint64_t djn_client_reserve(djn_client_t *c, int device, uint64_t nbytes);
 /* Stage an upload of a whole storage into the fragment being recorded, taking `bytes`
  * (djn_malloc'd, n bytes; freed on failure too). Large ones are content-hashed and offered
  * first (HAVE), like djn_client_upload. Unlike it, never flushes: callable while a node
@@ -106,7 +130,7 @@ djn_status_t djn_client_stage_upload(djn_client_t *c, int device, uint64_t handl
 int djn_client_rec_device(djn_client_t *c);
 
 /* ---- observability ---- */
-void djn_client_counters(djn_client_t *c, djn_stats_client_t *out);
+void djn_client_counters(djn_client_t *c, djn_stats_client_t *out); /* summed over servers */
 void djn_client_counters_reset(djn_client_t *c);
 /* SRG snapshot of the last fragment sent. */
 uint32_t djn_client_srg(djn_client_t *c, djn_srg_node_t *out, uint32_t cap, uint64_t fp[2]);

@@ -61,7 +61,7 @@ py::tuple bind(int device, const std::string &name, const std::vector<std::strin
     std::vector<djn_model_bind_t> binds(names.size());
     std::vector<uint64_t> handles(names.size());
     for (size_t i = 0; i < names.size(); i++) {
-        handles[i] = djn_client_reserve(client(), nbytes[i]);
+        handles[i] = djn_client_reserve(client(), device, nbytes[i]);
         binds[i] = {names[i].c_str(), handles[i]};
     }
     djn_load_req_t req{(uint32_t)device, name.c_str(), (uint32_t)binds.size(), binds.data()};

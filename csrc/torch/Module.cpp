@@ -127,12 +127,33 @@ PYBIND11_MODULE(_C, m) {
                  (unsigned long long)fp[1]);
         return py::make_tuple(l, std::string(hex));
     });
-    m.def("_server_stats", []() {
+    m.def("_servers", []() {
+        // DJINN_SERVER's servers in order: (endpoint, first device, devices, session id)
+        py::list l;
+        int n = djn_client_server_count(C());
+        for (int i = 0; i < n; i++) {
+            djn_client_server_t s;
+            if (djn_client_server_info(C(), i, &s))
+                l.append(py::make_tuple(std::string(s.endpoint), s.first_device, s.ndevices,
+                                        s.session_id));
+        }
+        return l;
+    });
+    m.def("_device_server", [](int device) {
+        int local = -1, server;
+        {
+            py::gil_scoped_release r;
+            server = djn_client_device_server(C(), device, &local);
+        }
+        check_py(server < 0 ? DJN_ERR_DEVICE : DJN_OK);
+        return py::make_tuple(server, local);
+    });
+    m.def("_server_stats", [](int device) {
         auto rep = std::make_unique<djn_stats_rep_t>();
         djn_status_t st;
         {
             py::gil_scoped_release r;
-            st = djn_client_stats(C(), rep.get());
+            st = djn_client_stats(C(), device, rep.get());
         }
         check_py(st);
         py::dict d = fields_to_py(DJN_STATS_SCOPE_SESSION, &rep->session);

@@ -17,11 +17,15 @@ void delete_handle(void *ctx) {
 
 struct RemoteAllocator final : c10::Allocator {
     c10::DataPtr allocate(size_t nbytes) override {
-        uint64_t h = djn_client_alloc(client(), nbytes);
-        if (!h)
+        c10::DeviceIndex dev = current_device();
+        uint64_t h = djn_client_alloc(client(), dev, nbytes);
+        if (!h) {
+            if (djn_client_errcode() != DJN_OK && djn_client_errcode() != DJN_ERR_NOMEM)
+                raise_last(); // its server cannot be reached, or no such device
             raise(DJN_ERR_NOMEM, "djinn: out of host memory allocating a remote storage");
+        }
         void *p = reinterpret_cast<void *>(static_cast<uintptr_t>(h));
-        return {p, p, &delete_handle, c10::Device(c10::DeviceType::PrivateUse1, current_device())};
+        return {p, p, &delete_handle, c10::Device(c10::DeviceType::PrivateUse1, dev)};
     }
     c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
     void copy_data(void *, const void *, std::size_t) const override {
@@ -39,7 +43,7 @@ c10::Allocator *allocator() {
 }
 
 c10::Storage adopt_storage(uint64_t handle, uint64_t nbytes, c10::DeviceIndex device) {
-    djn_client_adopt(client(), handle, nbytes);
+    djn_client_adopt(client(), device, handle, nbytes);
     void *p = reinterpret_cast<void *>(static_cast<uintptr_t>(handle));
     c10::DataPtr dp(p, p, &delete_handle, c10::Device(c10::DeviceType::PrivateUse1, device));
     return c10::Storage(c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(),

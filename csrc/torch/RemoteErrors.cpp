@@ -28,6 +28,7 @@ static ErrorKind kind_of(djn_status_t st) {
         break;
     case DJN_ERR_TIMEOUT:
     case DJN_ERR_IO:
+    case DJN_ERR_CLOSED: // a draining server: it opens no new session
         k = ErrorKind::Unreachable;
         break;
     case DJN_ERR_OOM:

@@ -149,8 +149,20 @@ at::Tensor upload_temp(const at::Tensor &cpu, c10::DeviceIndex dev) {
 c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
     int dev = -1;
     auto see = [&](const at::Tensor &t) {
-        if (dev < 0 && is_remote(t))
+        if (!is_remote(t))
+            return;
+        if (dev < 0) {
             dev = t.device().index();
+        } else if (t.device().index() != dev) {
+            // devices of two servers: neither holds the other's storages
+            int a, b;
+            TORCH_CHECK(djn_client_device_server(client(), dev, &a) ==
+                            djn_client_device_server(client(), t.device().index(), &b),
+                        "Expected all tensors to be on the same device, but found at least two "
+                        "devices, remote:",
+                        dev, " and remote:", static_cast<int>(t.device().index()),
+                        " (on different servers: copy one with .to() first)");
+        }
     };
     for (size_t i = first; i < stack.size(); i++) {
         const auto &v = stack[i];
@@ -651,7 +663,7 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret,
                 continue;
             if (nbytes > in.storage().nbytes()) {
                 in.storage().unsafeGetStorageImpl()->set_nbytes(nbytes);
-                djn_client_adopt(client(), h, nbytes);
+                djn_client_adopt(client(), in.device().index(), h, nbytes);
             }
             if (write) {
                 in.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides,

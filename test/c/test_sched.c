@@ -5,7 +5,8 @@
  * wakes every waiter on every device, after which pop returns NULL while take still
  * drains what is left; push stamps enq_ns in order; many producers and one consumer per
  * device keep each producer's order with nothing lost or duplicated; create/destroy and
- * allocation failure.
+ * allocation failure; idle (what a drain waits for) is false while anything is queued,
+ * running or claimed on any device.
  *
  * Threads are plain pthreads. Every wait for another thread is bounded (S_WAIT_MS): a
  * broken queue fails the test instead of hanging it. The one place that needs time to
@@ -357,7 +358,25 @@ static void test_new_and_fault_injection(void) {
     CHECK_EQ_INT(djn_mem_in_use(), mem0);
 }
 
+static void test_idle(void) {
+    djn_sched_t *s = djn_sched_new(2);
+    job_t a = {0};
+    CHECK(djn_sched_idle(s));
+    djn_sched_push(s, 1, &a.it); /* queued */
+    CHECK(!djn_sched_idle(s));
+    CHECK(djn_sched_pop(s, 1) == &a.it); /* running */
+    CHECK(!djn_sched_idle(s));
+    djn_sched_done(s, 1);
+    CHECK(djn_sched_idle(s));
+    CHECK(djn_sched_try_claim(s, 0)); /* claimed by the transport */
+    CHECK(!djn_sched_idle(s));
+    djn_sched_release(s, 0);
+    CHECK(djn_sched_idle(s));
+    djn_sched_destroy(&s);
+}
+
 int main(void) {
+    RUN(test_idle);
     RUN(test_fifo_per_device);
     RUN(test_enqueue_time);
     RUN(test_pop_blocks_until_push);
