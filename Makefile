@@ -191,6 +191,7 @@ demo: build
 bench: build
 	$(PYTHON) benchmarks/run.py --quick
 	$(PYTHON) benchmarks/memory_bench.py
+	$(PYTHON) benchmarks/readme_numbers.py
 
 bench-full: build
 	$(PYTHON) benchmarks/run.py --full
