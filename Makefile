@@ -193,6 +193,7 @@ bench: build $(BUILD)/.ghost-deps
 	$(PYTHON) benchmarks/run.py --quick
 	$(PYTHON) benchmarks/memory_bench.py
 	$(PYTHON) benchmarks/ghost_bench.py
+	$(PYTHON) benchmarks/readme_numbers.py
 
 bench-full: build
 	$(PYTHON) benchmarks/run.py --full

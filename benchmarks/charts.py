@@ -25,9 +25,10 @@ COLORS = {
     "djinn": "#dd8452",
     "rpc": "#55a868",
     "naive": "#c44e52",
+    "zmq": "#937860",
     "full return": "#8172b3",
 }
-ORDER = ("local", "djinn", "rpc", "naive")
+ORDER = ("local", "djinn", "rpc", "naive", "zmq")
 
 
 def _save(fig, path):
@@ -102,7 +103,9 @@ def bandwidth(rows, path):
                 if r["extra"]["GB/s"].get(s)
             ]
             if pts:
-                label = "local memcpy (copy_)" if s == "local" else s
+                label = {"local": "local memcpy (copy_)", "zmq": "raw ZeroMQ, 2 processes"}.get(
+                    s, s
+                )
                 ax.plot(
                     [p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[s], label=label
                 )

@@ -4,12 +4,15 @@ A *row* is one measured workload, the same work timed in every system that ran i
 
     {"name", "group", "unit", "better": "lower"|"higher",
      "systems": [...],                                            # the systems it measured
-     "values": {"local": x, "djinn": x, "rpc": x, "naive": x},   # None: not run
-     "ratios": {"djinn/local": r, "djinn/rpc": r, "djinn/naive": r},
+     "values": {"local": x, "djinn": x, "rpc": x, "naive": x, "zmq": x},   # None: not run
+     "ratios": {"djinn/local": r, "djinn/rpc": r, "djinn/naive": r, "djinn/zmq": r},
+     "computed": {system: how},   # values derived rather than measured, and how
      "target": text, "target_met": True|False|None, "extra": {...}}
 
 Ratios are always djinn divided by the other system, in the row's unit: below 1 is
 better for "lower" rows (times, bytes), above 1 for "higher" rows (throughput).
+``zmq`` is raw ZeroMQ between two processes (``wire.py``): the wire's floor.
+A value in ``computed`` is arithmetic, not a measurement; tables mark it so.
 """
 
 import os
@@ -21,7 +24,7 @@ import time
 
 import torch
 
-SYSTEMS = ("local", "djinn", "rpc", "naive")
+SYSTEMS = ("local", "djinn", "rpc", "naive", "zmq")
 
 
 def timeit(fn, repeat, warmup=1):
@@ -49,12 +52,14 @@ def pct(xs, p):
     return s[k]
 
 
-def row(name, group, unit, values, target="", met=None, better="lower", extra=None):
-    """Build a row; ``met`` is a function of the values dict (or None: no target)."""
+def row(name, group, unit, values, target="", met=None, better="lower", extra=None, computed=None):
+    """Build a row; ``met`` is a function of the values dict (or None: no target);
+    ``computed`` names the systems whose value is derived, not measured, and how."""
+    assert set(computed or {}) <= set(values), (name, computed)
     vals = {s: (float(values[s]) if values.get(s) is not None else None) for s in SYSTEMS}
     ratios = {}
     d = vals["djinn"]
-    for other in ("local", "rpc", "naive"):
+    for other in ("local", "rpc", "naive", "zmq"):
         o = vals[other]
         ratios[f"djinn/{other}"] = (d / o) if (d is not None and o) else None
     target_met = None
@@ -71,6 +76,7 @@ def row(name, group, unit, values, target="", met=None, better="lower", extra=No
         "systems": [s for s in SYSTEMS if s in values],  # what this row tried to measure
         "values": vals,
         "ratios": ratios,
+        "computed": dict(computed or {}),
         "target": target,
         "target_met": target_met,
         "extra": extra or {},

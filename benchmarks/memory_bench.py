@@ -6,7 +6,9 @@
 2. Scheduling latency per fragment on the server: plan-cache hit vs miss, for the small
    transformer's decode step (static KV cache, so every step is the same fragment).
 3. Decode per-token latency and bytes sent per token, with and without the plan cache.
-4. Stack-slab peak: the planner vs a plain bump allocator vs the lower bound.
+4. Stack-slab peak: the planner vs a plain bump allocator vs the lower bound, and the
+   slab high-water mark the executor really reached while running the planned fragments
+   (measured by the server: planned region plus anything ATen allocated beyond it).
 
     python benchmarks/memory_bench.py [--smoke] [--out DIR]
 """
@@ -64,7 +66,10 @@ print(json.dumps({"ms_per_token": 1e3 * sum(times) / len(times), "ms_p50": 1e3 *
                   "sched_us_hit": s["sched_us_hit_avg"], "sched_us_miss": s["sched_us_miss_avg"],
                   "plan_hits": s["plan_cache_hits"], "plan_misses": s["plan_cache_misses"],
                   "plan_peak": d["plan_peak_sum"], "plan_lb": d["plan_lower_bound_sum"],
-                  "plan_bump": d["plan_bump_sum"], "slab_high_water": d["slab_high_water"]}))
+                  "plan_bump": d["plan_bump_sum"], "slab_high_water": d["slab_high_water"],
+                  "plan_high_water": d["plan_high_water_sum"], "planned_fragments": d["planned_fragments"],
+                  "plan_reserved": d["plan_reserved_sum"], "planned_runs": d["planned_runs"],
+                  "scrub_bytes": d["scrub_bytes"], "scrub_ns": d["scrub_ns"]}))
 """
 
 
@@ -229,6 +234,11 @@ def main():
             f"{'slab peak (sum over fragments)':48s} planner {w['plan_peak']} B, bump {w['plan_bump']} B, "
             f"lower bound {w['plan_lb']} B  (planner/lb {w['plan_peak'] / w['plan_lb']:.3f}, "
             f"bump/lb {w['plan_bump'] / w['plan_lb']:.2f})"
+        )
+        print(
+            f"{'slab high-water reached (measured, sum)':48s} {w['plan_high_water']} B over "
+            f"{w['planned_runs']} planned runs, planned {w['plan_reserved']} B: measured/planned "
+            f"{w['plan_high_water'] / w['plan_reserved']:.3f}"
         )
     os.makedirs(args.out, exist_ok=True)
     name = "memory-smoke.json" if args.smoke else "memory.json"

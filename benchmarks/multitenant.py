@@ -300,6 +300,10 @@ def run(ctx):
                 {"local": n * model_bytes / 1e6, "djinn": held / 1e6 if held is not None else None},
                 "1 copy for N sessions of one model (<= 1.1 x model bytes)",
                 lambda v: v["djinn"] * 1e6 <= 1.1 * model_bytes,
+                computed={
+                    "local": f"{n} x the model's parameter and buffer bytes "
+                    f"({model_bytes:,} B): each local process holds its own copy"
+                },
                 extra={
                     "model_bytes": model_bytes,
                     "tenants": n,

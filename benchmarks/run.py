@@ -6,10 +6,13 @@
   named by ``DJINN_SERVER``;
 - ``rpc``: ``torch.distributed.rpc`` (TensorPipe), the model held by a worker process;
 - ``naive``: a server process that receives the pickled module once and, per request,
-  pickled inputs, and returns every output in full (``baselines.py``).
+  pickled inputs, and returns every output in full (``baselines.py``);
+- ``zmq``: raw ZeroMQ DEALER/ROUTER between two processes (``wire.py``): the floor of the
+  round trip and of bulk transfers, measured over the transport djinn uses in that row.
 
 Workloads (``workloads.py``, ``multitenant.py``): capture cost (meta-cache hits and
-misses), 1-op round trip, upload/download bandwidth, MLP forward, a Llama prefill + decode
+misses), 1-op round trip, upload/download bandwidth, CURVE on vs off and the cost of
+scrubbing memory (``security`` rows), MLP forward, a Llama prefill + decode
 loop with a KV cache, a 100+ MB forward, and 1..8 client processes sharing one server.
 ``--quick`` and ``--full`` also profile the capture path under callgrind
 (``profile_capture.py`` -> PROFILE.md).
@@ -82,8 +85,14 @@ def _unit(r):
     return r["unit"] + (" ↑" if r["better"] == "higher" else "")
 
 
-COLS = ("local", "djinn", "rpc", "naive")
-RATIOS = ("djinn/local", "djinn/rpc", "djinn/naive")
+COLS = ("local", "djinn", "rpc", "naive", "zmq")
+RATIOS = ("djinn/local", "djinn/rpc", "djinn/naive", "djinn/zmq")
+
+
+def _cell(r, c):
+    """A value, marked † when it is computed rather than measured (``row['computed']``)."""
+    v = _fmt(r["values"][c])
+    return v + " †" if c in r.get("computed", {}) and r["values"][c] is not None else v
 
 
 def print_table(rows):
@@ -104,7 +113,7 @@ def print_table(rows):
             t += " (met)" if r["target_met"] else " (MISSED)"
         print(
             f"{name:{w}s} {_unit(r):8s}"
-            + "".join(f"{_fmt(r['values'][c]):>10s}" for c in COLS)
+            + "".join(f"{_cell(r, c):>10s}" for c in COLS)
             + "".join(f"{_ratio(r['ratios'][k]):>13s}" for k in RATIOS)
             + f"  {t}"
         )
@@ -115,6 +124,19 @@ def _notes(rows):
     notes = []
     for r in rows:
         e = r["extra"]
+        for system, how in r.get("computed", {}).items():
+            notes.append(f"- {r['name']}: {system} † is computed, not measured: {how}.")
+        if "curve_off" in e:
+            notes.append(
+                f"- {r['name']}: CURVE on ÷ off, djinn {_ratio(e['curve_cost']['djinn'])}, raw "
+                f"ZeroMQ {_ratio(e['curve_cost']['zmq'])} (off: djinn "
+                f"{_fmt(e['curve_off']['djinn'])}, zmq {_fmt(e['curve_off']['zmq'])} {r['unit']})."
+            )
+        if "scrub_bytes" in e:
+            notes.append(
+                f"- {r['name']}: the server zeroed {e['scrub_bytes'] / 2**20:,.0f} MiB in "
+                f"{e['scrub_ns'] / 1e6:,.1f} ms during this run ({e['how']})."
+            )
         if e.get("djinn_reduction_vs_full_return") is not None:
             notes.append(
                 f"- Decode bytes: djinn moves {e['djinn_reduction_vs_full_return'] * 100:.2f} % "
@@ -196,19 +218,23 @@ def markdown(result, charts, profile_md):
         "served by djinn-server over loopback TCP; **rpc** = `torch.distributed.rpc` "
         "(TensorPipe, `uv` transport), the model held by a worker process and called with "
         "`rpc_sync`, outputs returned; **naive** = a server process that receives the pickled "
-        "module once, then pickled inputs per request and returns every output pickled. "
+        "module once, then pickled inputs per request and returns every output pickled; "
+        "**zmq** = raw ZeroMQ DEALER/ROUTER between two processes (pyzmq, zero-copy frames), "
+        "the wire's floor, over the transport djinn uses in that row. "
+        "A value marked † is computed, not measured (how: in the notes and the JSON's "
+        "`computed`). "
         "Ratios are djinn divided by the other system (below 1: djinn is faster/smaller; rows "
         "marked ↑ are throughputs, where above 1 is better). Targets are DESIGN.md section 7.",
         "",
-        "| workload | unit | local | djinn | rpc | naive | djinn÷local | djinn÷rpc | djinn÷naive "
-        "| target |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| workload | unit | local | djinn | rpc | naive | zmq | djinn÷local | djinn÷rpc "
+        "| djinn÷naive | djinn÷zmq | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        v, q = r["values"], r["ratios"]
+        q = r["ratios"]
         out.append(
             f"| {r['name']} | {_unit(r)} | "
-            + " | ".join(_fmt(v[c]) for c in COLS)
+            + " | ".join(_cell(r, c) for c in COLS)
             + " | "
             + " | ".join(_ratio(q[k]) for k in RATIOS)
             + f" | {_target(r)} |"
@@ -259,6 +285,7 @@ def main():
         "capture_misses",
         "round_trip",
         "bandwidth",
+        "security",
         "mlp_b1",
         "mlp_b32",
         "transformer",
@@ -325,6 +352,7 @@ def main():
         ("capture_misses", W.capture_misses),
         ("round_trip", W.round_trip),
         ("bandwidth", W.bandwidth),
+        ("security", W.security),
         ("mlp_b1", lambda c: W.mlp(c, 1)),
         ("mlp_b32", lambda c: W.mlp(c, 32)),
         ("transformer", W.transformer),
@@ -385,7 +413,7 @@ def main():
         "cpu_count": C.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "threads_setting": threads or "pytorch default",
-        "systems": ["local", "djinn"] + [k for k in ("rpc", "naive") if k not in skipped],
+        "systems": ["local", "djinn"] + [k for k in ("rpc", "naive") if k not in skipped] + ["zmq"],
         "rows": rows,
         "series": ctx.series,
         "profile": profile,

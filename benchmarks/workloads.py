@@ -1,5 +1,6 @@
-"""The single-client workloads: micro (capture, round trip, bandwidth), small (MLP),
-transformer (prefill + decode with a KV cache) and large (100+ MB of weights).
+"""The single-client workloads: micro (capture, round trip, bandwidth), security (CURVE
+on vs off, the cost of zeroing memory), small (MLP), transformer (prefill + decode with a
+KV cache) and large (100+ MB of weights).
 
 Every function takes the run context ``ctx`` (mode, local device, baseline clients, a
 logger) and returns a list of rows (``common.row``). The same work is timed in every
@@ -15,6 +16,7 @@ import torch
 
 import common as C
 import djinn
+import wire
 from baselines import AddOne, StepLM
 from decode import decode_client, decode_direct
 
@@ -36,6 +38,11 @@ def _remote_sync():
 
 def _each_client(ctx):
     return list(ctx.clients.items())
+
+
+def _transport():
+    """The transport of djinn's own connection: the floor is measured over the same."""
+    return "ipc" if djinn.remote.endpoint().startswith("ipc://") else "tcp"
 
 
 # ------------------------------------------------------------------ micro
@@ -127,7 +134,8 @@ def round_trip(ctx):
     """One op executed and its scalar read back: x.add(1).item().
 
     Djinn's x already lives on the server; rpc and naive send the one-element input with
-    the request (their servers keep no tensors between calls), which costs them 4 bytes."""
+    the request (their servers keep no tensors between calls), which costs them 4 bytes.
+    zmq: a 4-byte DEALER/ROUTER ping-pong with another process over djinn's transport."""
     rep = {"smoke": 3, "quick": 300, "full": 2000}[ctx.mode]
     xr = torch.ones(1, device="remote")
     xl = torch.ones(1, device=ctx.dev)
@@ -141,6 +149,11 @@ def round_trip(ctx):
         c.load("add1", AddOne())
         vals[name] = C.median(C.timeit(lambda: c.call("add1", x).item(), rep, warmup=10))
         c.drop("add1")
+    peer = wire.ZmqPeer(_transport())
+    try:
+        vals["zmq"] = C.median(C.timeit(peer.ping, rep, warmup=10))
+    finally:
+        peer.close()
     return [
         C.row(
             "1-op round trip x.add(1).item()",
@@ -148,7 +161,7 @@ def round_trip(ctx):
             "us",
             {k: 1e6 * v for k, v in vals.items()},
             *T_RTT,
-            extra={"repeats": rep},
+            extra={"repeats": rep, "zmq_transport": _transport()},
         )
     ]
 
@@ -167,64 +180,171 @@ def bandwidth(ctx):
     djinn upload = t.to('remote') + synchronize, of content the server does not hold yet;
     download = .cpu() of a tensor the server has just written (an in-place op, synchronized
     outside the timing, so the client's fetch cache cannot answer). rpc/naive: put (the
-    server stores it) and get (it returns it). local: dst.copy_(src), CPU to CPU."""
+    server stores it) and get (it returns it). local: a CPU to CPU copy_ into a buffer
+    already touched, timed separately for each direction. zmq: the same bytes through raw
+    ZeroMQ to another process and back (an upload answered by an ack, a download asked
+    for by a short request), over djinn's transport."""
     rows = []
-    for size in bandwidth_sizes(ctx.mode):
-        rep = 2 if ctx.mode == "smoke" else max(3, min(30, (128 << 20) // size))
-        t = torch.randn(size // 4)
-        dst = torch.empty_like(t)
-        ctx.log(f"  bandwidth {C.human_bytes(size)} x{rep}")
-        local = C.median(C.timeit(lambda: dst.copy_(t), rep))
-        up = {"local": local}
-        down = {"local": local}
+    peer = wire.ZmqPeer(_transport())
+    try:
+        for size in bandwidth_sizes(ctx.mode):
+            rows += _bandwidth_size(ctx, size, peer)
+    finally:
+        peer.close()
+    return rows
 
-        # The server keeps uploads content-addressed: the same bytes twice are sent once.
-        # Each timed upload therefore carries new content (one element changed, untimed);
-        # re-sending content the server already holds is reported separately.
-        ts = []
-        for i in range(rep + 1):
-            t[0] = float(i)
-            t0 = time.perf_counter()
-            r = t.to("remote")
-            _remote_sync()
-            if i:
-                ts.append(time.perf_counter() - t0)
-            del r
-        up["djinn"] = C.median(ts)
+
+def _bandwidth_size(ctx, size, peer):
+    rows = []
+    rep = 2 if ctx.mode == "smoke" else max(3, min(30, (128 << 20) // size))
+    t = torch.randn(size // 4)
+    dst = torch.empty_like(t)
+    back = torch.empty_like(t)
+    ctx.log(f"  bandwidth {C.human_bytes(size)} x{rep}")
+    up = {"local": C.median(C.timeit(lambda: dst.copy_(t), rep))}
+    down = {"local": C.median(C.timeit(lambda: back.copy_(dst), rep))}
+    arr = t.numpy()
+    up["zmq"] = C.median(C.timeit(lambda: peer.upload(arr), rep))
+    down["zmq"] = C.median(C.timeit(lambda: peer.download(size), rep))
+
+    # The server keeps uploads content-addressed: the same bytes twice are sent once.
+    # Each timed upload therefore carries new content (one element changed, untimed);
+    # re-sending content the server already holds is reported separately.
+    ts = []
+    for i in range(rep + 1):
+        t[0] = float(i)
+        t0 = time.perf_counter()
         r = t.to("remote")
         _remote_sync()
-        b0 = djinn.bytes_moved()["upload_bytes"]
-        dedup = C.median(C.timeit(lambda: (t.to("remote"), _remote_sync()), rep, warmup=0))
-        dedup_bytes = (djinn.bytes_moved()["upload_bytes"] - b0) / rep
-        ts = []
-        for i in range(rep + 1):
-            r.mul_(1)
-            _remote_sync()
-            t0 = time.perf_counter()
-            r.cpu()
-            if i:
-                ts.append(time.perf_counter() - t0)
-        down["djinn"] = C.median(ts)
+        if i:
+            ts.append(time.perf_counter() - t0)
         del r
-        for name, c in _each_client(ctx):
-            up[name] = C.median(C.timeit(lambda: c.put("bw", t), rep))
-            down[name] = C.median(C.timeit(lambda: c.get("bw"), rep))
-            c.drop("bw")
-        for direction, vals in (("upload", up), ("download", down)):
-            gbps = {k: size / v / 1e9 for k, v in vals.items() if v}
-            extra = {"bytes": size, "direction": direction, "GB/s": gbps, "repeats": rep}
-            if direction == "upload":
-                extra["djinn_upload_content_already_on_server_ms"] = 1e3 * dedup
-                extra["djinn_upload_content_already_on_server_bytes"] = dedup_bytes
-            rows.append(
-                C.row(
-                    f"{direction} {C.human_bytes(size)}",
-                    "bandwidth",
-                    "ms",
-                    {k: 1e3 * v for k, v in vals.items()},
-                    extra=extra,
-                )
+    up["djinn"] = C.median(ts)
+    r = t.to("remote")
+    _remote_sync()
+    b0 = djinn.bytes_moved()["upload_bytes"]
+    dedup = C.median(C.timeit(lambda: (t.to("remote"), _remote_sync()), rep, warmup=0))
+    dedup_bytes = (djinn.bytes_moved()["upload_bytes"] - b0) / rep
+    ts = []
+    for i in range(rep + 1):
+        r.mul_(1)
+        _remote_sync()
+        t0 = time.perf_counter()
+        r.cpu()
+        if i:
+            ts.append(time.perf_counter() - t0)
+    down["djinn"] = C.median(ts)
+    del r
+    for name, c in _each_client(ctx):
+        up[name] = C.median(C.timeit(lambda: c.put("bw", t), rep))
+        down[name] = C.median(C.timeit(lambda: c.get("bw"), rep))
+        c.drop("bw")
+    for direction, vals in (("upload", up), ("download", down)):
+        gbps = {k: size / v / 1e9 for k, v in vals.items() if v}
+        extra = {"bytes": size, "direction": direction, "GB/s": gbps, "repeats": rep}
+        if direction == "upload":
+            extra["djinn_upload_content_already_on_server_ms"] = 1e3 * dedup
+            extra["djinn_upload_content_already_on_server_bytes"] = dedup_bytes
+        rows.append(
+            C.row(
+                f"{direction} {C.human_bytes(size)}",
+                "bandwidth",
+                "ms",
+                {k: 1e3 * v for k, v in vals.items()},
+                extra=extra,
             )
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ security
+
+
+def security(ctx):
+    """What tenant safety costs, in the same run.
+
+    CURVE: a djinn client process against a djinn-server on loopback TCP without keys and
+    with ``--keys``, and raw ZeroMQ over TCP with CURVE off and on: the round trip and
+    upload/download of 64 MiB. Scrubbing: the server's own counters (bytes zeroed before
+    memory changes hands, and the nanoseconds spent) over frees of known sizes, per GiB,
+    beside a local ``zero_()`` of the same sizes."""
+    size = 64 << 10 if ctx.mode == "smoke" else 64 << 20
+    rep = {"smoke": 2, "quick": 5, "full": 10}[ctx.mode]
+    rtt_rep = {"smoke": 3, "quick": 300, "full": 2000}[ctx.mode]
+    res = {}
+    for curve in (False, True):
+        ctx.log(f"  CURVE {'on' if curve else 'off'}: djinn over TCP, raw ZeroMQ over TCP")
+        res[curve] = {
+            "djinn": wire.djinn_tcp(curve, size, rep, rtt_rep),
+            "zmq": wire.zmq_floor("tcp", curve, size, rep, rtt_rep),
+        }
+    rows = []
+    hb = C.human_bytes(size)
+    for key, label, unit, k in (
+        ("rtt", "1-op round trip x.add(1).item() over TCP", "us", 1e6),
+        ("upload", f"upload {hb} over TCP", "ms", 1e3),
+        ("download", f"download {hb} over TCP", "ms", 1e3),
+    ):
+        off = {s: k * res[False][s][key] for s in ("djinn", "zmq")}
+        on = {s: k * res[True][s][key] for s in ("djinn", "zmq")}
+        cost = {s: on[s] / off[s] for s in on}
+        extra = {"bytes": size if key != "rtt" else 4, "repeats": rtt_rep if key == "rtt" else rep}
+        rows.append(C.row(f"{label}, CURVE off", "security", unit, off, extra=dict(extra)))
+        rows.append(
+            C.row(
+                f"{label}, CURVE on",
+                "security",
+                unit,
+                on,
+                extra={**extra, "curve_off": off, "curve_cost": cost},
+            )
+        )
+    rows += _scrub_rows(ctx)
+    return rows
+
+
+def _device_stats():
+    return torch.remote.server_stats()["devices"][0]
+
+
+def _scrub_rows(ctx):
+    """Zeroing cost per GiB: blocks of one size made on the server, then freed (the server
+    zeroes a Data block on free: memset below 1 MiB, MADV_DONTNEED from 1 MiB, which
+    defers the cost to page faults at the next touch: those land in the upload rows)."""
+    rows = []
+    total = (1 << 20) if ctx.mode == "smoke" else (256 << 20)
+    for block in (256 << 10, 64 << 20):
+        block = min(block, total // 2)
+        n = total // block
+        xs = [torch.empty(block // 4, device="remote").fill_(1.0) for _ in range(n)]
+        _remote_sync()
+        s0 = _device_stats()
+        del xs
+        torch.ones(1, device="remote").add(1).item()  # a message carries the frees
+        s1 = _device_stats()
+        nbytes = s1["scrub_bytes"] - s0["scrub_bytes"]
+        ns = s1["scrub_ns"] - s0["scrub_ns"]
+        buf = torch.ones(block // 4)
+        t_local = C.median(C.timeit(buf.zero_, 5 if ctx.mode != "smoke" else 2))
+        how = "memset" if block < (1 << 20) else "MADV_DONTNEED (zero pages at the next touch)"
+        rows.append(
+            C.row(
+                f"zeroing freed memory, {C.human_bytes(block)} blocks",
+                "security",
+                "ms/GiB",
+                {
+                    "local": 1e3 * t_local * (1 << 30) / block,
+                    "djinn": (ns / 1e6) * (1 << 30) / nbytes if nbytes else None,
+                },
+                extra={
+                    "block_bytes": block,
+                    "blocks": n,
+                    "scrub_bytes": nbytes,
+                    "scrub_ns": ns,
+                    "how": f"server: {how}; local: zero_() of one block, already touched",
+                },
+            )
+        )
     return rows
 
 

@@ -535,6 +535,8 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         d->plan_lower_bound_sum = vs.plan_lower_bound_sum;
         d->plan_bump_sum = vs.plan_bump_sum;
         d->plan_high_water_sum = vs.plan_high_water_sum;
+        d->plan_reserved_sum = vs.plan_reserved_sum;
+        d->planned_runs = vs.planned_runs;
         d->copied_out_bytes = vs.copied_out_bytes;
         d->scrub_bytes = vs.scrub_bytes;
         d->scrub_ns = vs.scrub_ns;

@@ -213,6 +213,10 @@ djn_status_t djn_vmu_fragment_begin(djn_vmu_t *v, uint64_t planned_peak) {
         st = top == 0 ? djn_slab_reserve_at(v->slab, 0, planned_peak) : DJN_ERR_OOM;
         v->in_planned = st == DJN_OK;
         v->frag_top = st == DJN_OK ? planned_peak : 0;
+        if (st == DJN_OK) {
+            v->st.plan_reserved_sum += planned_peak;
+            v->st.planned_runs++;
+        }
     }
     pthread_mutex_unlock(&v->mu);
     return st;

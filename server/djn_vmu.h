@@ -39,6 +39,9 @@ typedef struct djn_vmu_stats {
     /* measured: the slab top a planned fragment really reached (its planned placements
      * plus whatever ATen allocated above them while its nodes ran) */
     uint64_t plan_high_water_last, plan_high_water_sum;
+    /* the planned peaks of those same fragments (plan-cache hits included) and their
+     * number: plan_high_water_sum / plan_reserved_sum is what the plan really cost */
+    uint64_t plan_reserved_sum, planned_runs;
     uint64_t copied_out_bytes;      /* persistent results moved from slab to Data */
     uint64_t scrub_bytes, scrub_ns; /* memory zeroed before it changed hands, and the time */
 } djn_vmu_stats_t;

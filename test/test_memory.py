@@ -13,6 +13,10 @@ import subprocess
 
 from conftest import PYTHON, REPO, poll, start_server, stop_server, subprocess_env
 
+# Slab bytes the executor may reach beyond what the planner reserved (kernels' own
+# temporaries bump above the planned region): the design's target for the planner.
+SLAB_SLACK = 1.15
+
 STATS = """
     def stats(i=0):
         s = torch.remote.server_stats()
@@ -147,23 +151,31 @@ def test_identical_forward_hits_the_plan_cache_and_sends_no_graph(srv):
 
 
 def test_plan_cache_eviction_is_transparent():
+    """Two fragments alternating through a one-entry plan cache evict each other: every
+    run after an eviction is a resend, and each result equals CPU's."""
     proc, ep = start_server("--lease-ms", "0", "--plan-cache", "1")
     try:
         r = _run(
             """
         import json, torch, djinn
-        x = torch.randn(8, 8).to('remote')
+        torch.manual_seed(0)
+        xc = torch.randn(8, 8)
+        x = xc.to('remote')
         outs = []
         for i in range(3):                      # alternate two fragments through a 1-entry cache
             outs.append(float((x * 2).sum().cpu())); outs.append(float((x + 1).sum().cpu()))
         c = djinn.bytes_moved()
-        print(json.dumps({"outs": outs, "resends": c["plan_cache_resends"], "ok": float((x * 2).sum()) == outs[0]}))
+        print(json.dumps({"outs": outs, "resends": c["plan_cache_resends"],
+                          "cpu": [float((xc * 2).sum()), float((xc + 1).sum())],
+                          "again": float((x * 2).sum())}))
         """,
             ep,
         )
     finally:
         stop_server(proc)
-    assert r["outs"][0::2] == [r["outs"][0]] * 3 and r["outs"][1::2] == [r["outs"][1]] * 3
+    assert r["outs"][0::2] == [r["cpu"][0]] * 3, (r["outs"], r["cpu"])
+    assert r["outs"][1::2] == [r["cpu"][1]] * 3, (r["outs"], r["cpu"])
+    assert r["again"] == r["cpu"][0]  # after four evictions, the first fragment still agrees
     assert r["resends"] >= 1
 
 
@@ -191,6 +203,8 @@ def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
                       "slab_in_use": d2["slab_in_use"], "slab_high": d2["slab_high_water"],
                       "planned": d2["planned_fragments"], "peak": d2["plan_peak_sum"],
                       "lb": d2["plan_lower_bound_sum"], "deferred": d2["slab_resets_deferred"],
+                      "runs": d2["planned_runs"], "reserved": d2["plan_reserved_sum"],
+                      "reached": d2["plan_high_water_sum"],
                       "same": bool(torch.equal(ref, gen))}))
     """,
         srv,
@@ -205,7 +219,11 @@ def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
         "the slab was not reset after the fragments"
     )
     assert r["planned"] > 0 and r["slab_high"] > 0
-    assert r["peak"] <= 1.15 * r["lb"], "planned slab peak above 1.15x the lower bound"
+    assert r["lb"] <= r["peak"], "a plan below the lower bound overlaps live tensors"
+    # the plan is judged by what the executor reached, not by its own arithmetic: the slab
+    # high-water of every planned run against the planned peaks of the same runs
+    assert r["runs"] >= r["planned"] > 0
+    assert 0 < r["reserved"] <= r["reached"], r
     # the client has exited: its session closed and its Data bytes went back
     poll(
         lambda: _server_private_bytes(srv) == 0,
@@ -247,3 +265,40 @@ def test_fragment_larger_than_the_slab_fails_clearly_and_the_session_continues()
         stop_server(proc)
     assert "stack slab" in r["err"] and "out of memory" in r["err"], r["err"]
     assert r["ok"] == 12.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the executor does not place kernels' outputs at their planned offsets: ATen "
+    "allocates a functional op's result itself, above the planned region. Directing that "
+    "allocation to the planned slot gives wrong tokens, because the planner's lifetimes "
+    "ignore aliasing (a view keeps its base's storage alive past the base's last use); "
+    "the fix needs alias-aware lifetimes. Strict: this turns red once the plan is used.",
+)
+def test_executor_reaches_the_planned_slab_peak(srv):
+    r = _run(
+        """
+    import copy, json, torch, djinn
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+    cpu = LlamaForCausalLM(cfg).eval()
+    m = copy.deepcopy(cpu).to('remote')
+    p = torch.randint(0, 128, (1, 6))
+    d0 = torch.remote.server_stats()["devices"][0]
+    with torch.no_grad():
+        ref = cpu.generate(p, max_new_tokens=6, do_sample=False)
+        gen = m.generate(p.to('remote'), max_new_tokens=6, do_sample=False).cpu()
+    d = torch.remote.server_stats()["devices"][0]
+    print(json.dumps({"same": bool(torch.equal(ref, gen)),
+                      "reserved": d["plan_reserved_sum"] - d0["plan_reserved_sum"],
+                      "reached": d["plan_high_water_sum"] - d0["plan_high_water_sum"]}))
+    """,
+        srv,
+    )
+    assert r["same"]
+    assert 0 < r["reserved"] <= r["reached"] <= SLAB_SLACK * r["reserved"], (
+        f"the executor reached {r['reached']} B of slab where the plans said {r['reserved']} B "
+        f"({r['reached'] / r['reserved']:.2f}x)"
+    )

@@ -97,6 +97,9 @@ extern "C" {
     X(plan_lower_bound_sum, U64, "plan.lower_bound_bytes_total", "sum of lower bounds")            \
     X(plan_bump_sum, U64, "plan.bump_bytes_total", "sum of bump-allocator sizes")                  \
     X(plan_high_water_sum, U64, "plan.high_water_bytes_total", "sum of measured high-water marks") \
+    X(plan_reserved_sum, U64, "plan.reserved_bytes_total",                                         \
+      "sum of the planned peaks of the fragments in plan.high_water_bytes_total")                  \
+    X(planned_runs, U64, "plan.runs", "fragments run with a slab plan (plan-cache hits included)") \
     X(copied_out_bytes, U64, "plan.copied_out_bytes",                                              \
       "bytes copied from the slab to the Data segment (results that outlive a fragment)")          \
     X(scrub_bytes, U64, "scrub.bytes",                                                             \
