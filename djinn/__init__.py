@@ -26,8 +26,10 @@ class ServerUnreachable(RemoteError):
     """No djinn server answered within the timeout (``DJINN_CONNECT_TIMEOUT``/``DJINN_TIMEOUT``)."""
 
 
-class ResourceError(RemoteError):
-    """Out of memory or over a quota, on the server or on this host."""
+class ResourceError(RemoteError, _torch.OutOfMemoryError):
+    """Out of memory or over a quota, on the server or on this host.
+
+    Also a ``torch.OutOfMemoryError``, which code written for CUDA catches."""
 
 
 from . import _C  # noqa: E402
