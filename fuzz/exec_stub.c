@@ -242,6 +242,9 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
 
 void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) { (void)x, (void)env; }
 void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env) { (void)x, (void)env; }
-void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) { (void)x, (void)env; }
+bool djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
+    (void)x, (void)env;
+    return false;
+}
 void djn_exec_gen_release(void *gen) { (void)gen; }
 void djn_exec_sync(djn_exec_t *x) { (void)x; }

@@ -37,7 +37,8 @@ static void s_setup(void) {
     char err[256];
     g.text = djn_text_new();
     g.tlb = djn_tlb_new(8);
-    g.sessions = djn_sessions_new(0, 32u << 20, 0, g.text);
+    djn_sessions_limits_t lim = {.quota_bytes = 32u << 20, .max_sessions = 64, .max_handles = 4096};
+    g.sessions = djn_sessions_new(&lim, g.text);
     g.vmu = djn_vmu_new(64u << 20, 8u << 20, err, sizeof err);
     g.exec = djn_exec_new("cpu", err, sizeof err);
     if (!g.text || !g.tlb || !g.sessions || !g.vmu || !g.exec)
@@ -98,7 +99,9 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     s_setup();
     djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1};
-    djn_session_t *s = djn_sessions_open(g.sessions, 0, &peer);
+    djn_status_t st;
+    char why[256];
+    djn_session_t *s = djn_sessions_open(g.sessions, 0, &peer, &st, why, sizeof why);
     if (!s)
         return 0;
     const uint8_t *p = data;
@@ -127,7 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t sid = djn_session_id(s);
     djn_session_release(&s);
     djn_sessions_close(g.sessions, sid, &peer);
-    djn_tlb_drop_session(g.tlb, sid);
+    djn_tlb_drop_sessions(g.tlb, &sid, 1);
     djn_text_stats_t ts;
     djn_text_stats(g.text, &ts);
     djn_vmu_stats_t vs;

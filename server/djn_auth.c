@@ -61,8 +61,14 @@ djn_auth_t *djn_auth_load(const char *dir, char *err, size_t errlen) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         size_t l = strlen(e->d_name);
-        if (l < 5 || strcmp(e->d_name + l - 4, ".key") != 0 || l - 4 >= DJN_TENANT_NAME)
+        if (l < 5 || strcmp(e->d_name + l - 4, ".key") != 0)
             continue;
+        if (l - 4 >= DJN_TENANT_NAME) { /* never skip a key silently: its owner would wonder */
+            snprintf(err, errlen, "'%s/clients/%s': a tenant name is at most %d characters", dir,
+                     e->d_name, DJN_TENANT_NAME - 1);
+            closedir(d);
+            goto fail;
+        }
         char name[DJN_TENANT_NAME];
         memcpy(name, e->d_name, l - 4);
         name[l - 4] = 0;

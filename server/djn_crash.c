@@ -9,7 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static __thread char t_what[384]; /* "aten::x of session 0x.. (tenant '..')" */
+/* what this thread runs: pointers into the message being run, valid while it runs */
+static __thread const char *t_op, *t_ovl, *t_tenant;
+static __thread uint64_t t_sid;
 static __thread char *t_altstack;
 
 static const int s_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
@@ -19,18 +21,21 @@ static void s_put(const char *s) {
     (void)r;
 }
 
-static void s_handler(int sig) {
-    char num[16];
-    int n = 0, v = sig;
-    char rev[16];
+static void s_put_u64(uint64_t v, int base) {
+    char rev[24], out[24];
+    int n = 0;
     do
-        rev[n++] = (char)('0' + v % 10);
-    while ((v /= 10) && n < 15);
+        rev[n++] = "0123456789abcdef"[v % (uint64_t)base];
+    while ((v /= (uint64_t)base) && n < 23);
     for (int i = 0; i < n; i++)
-        num[i] = rev[n - 1 - i];
-    num[n] = 0;
+        out[i] = rev[n - 1 - i];
+    out[n] = 0;
+    s_put(out);
+}
+
+static void s_handler(int sig) {
     s_put("djinn-server: fatal signal ");
-    s_put(num);
+    s_put_u64((uint64_t)sig, 10);
     s_put(" (");
     s_put(sig == SIGSEGV  ? "SIGSEGV"
           : sig == SIGBUS ? "SIGBUS"
@@ -38,8 +43,21 @@ static void s_handler(int sig) {
           : sig == SIGILL ? "SIGILL"
                           : "SIGABRT");
     s_put(") ");
-    s_put(t_what[0] ? "in " : "outside any op");
-    s_put(t_what);
+    if (t_op) {
+        s_put("in ");
+        s_put(t_op);
+        if (t_ovl && *t_ovl) {
+            s_put(".");
+            s_put(t_ovl);
+        }
+        s_put(" of session 0x");
+        s_put_u64(t_sid, 16);
+        s_put(" (tenant '");
+        s_put(t_tenant ? t_tenant : "");
+        s_put("')");
+    } else {
+        s_put("outside any op");
+    }
     s_put("; every session of this server is lost\n");
     signal(sig, SIG_DFL); /* die of it as we would have: exit status and core as before */
     raise(sig);
@@ -69,11 +87,8 @@ void djn_crash_install(void) {
 }
 
 void djn_crash_note(const char *op, const char *overload, uint64_t sid, const char *tenant) {
-    if (!op) {
-        t_what[0] = 0;
-        return;
-    }
-    snprintf(t_what, sizeof t_what, "%s%s%s of session 0x%llx (tenant '%s')", op,
-             overload && *overload ? "." : "", overload ? overload : "", (unsigned long long)sid,
-             tenant ? tenant : "");
+    t_op = op; /* no formatting here: this runs before every node */
+    t_ovl = overload;
+    t_sid = sid;
+    t_tenant = tenant;
 }

@@ -25,7 +25,8 @@ extern "C" {
  * calling thread; workers call djn_crash_thread() for theirs. */
 void djn_crash_install(void);
 void djn_crash_thread(void);
-/* What this thread runs now (copied; NULL op: nothing). */
+/* What this thread runs now (NULL op: nothing). The strings are not copied: they must
+ * stay valid until the next note. */
 void djn_crash_note(const char *op, const char *overload, uint64_t sid, const char *tenant);
 
 #ifdef __cplusplus

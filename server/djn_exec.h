@@ -45,6 +45,11 @@ void djn_exec_install_allocator(void);
  * the nodes of a planned fragment). */
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v);
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s);
+/* Let another thread run this executor's nodes for a while (the transport runs a tiny
+ * cached fragment in place of an idle worker): its allocations go to the executor's VMU
+ * until djn_exec_leave. The caller guarantees no other thread uses x meanwhile. */
+void djn_exec_enter(djn_exec_t *x);
+void djn_exec_leave(djn_exec_t *x);
 /* Whether a storage lives in any device's stack slab (transient: not charged to quotas). */
 int djn_stor_in_slab(const djn_stor_t *s);
 
@@ -96,7 +101,8 @@ void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env);
 /* Around the nodes of a fragment: the device's default generator holds the session's
  * random state (see executor.cpp). */
 void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env);
-void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env);
+/* Returns whether the session's state was swapped in (some node drew random numbers). */
+bool djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env);
 void djn_exec_gen_release(void *gen);
 /* Wait for the device to finish queued work. */
 void djn_exec_sync(djn_exec_t *x);

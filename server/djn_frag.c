@@ -76,6 +76,10 @@ static bool s_cache_charge_fn(void *ctx, uint64_t bytes) {
     return djn_session_charge_cache(ctx, bytes);
 }
 
+static bool s_cache_live_fn(void *ctx) {
+    return djn_session_live(ctx);
+}
+
 static void s_cache_release_fn(void *ctx, uint64_t bytes) {
     djn_session_t *s = ctx;
     djn_session_uncharge_cache(s, bytes);
@@ -365,12 +369,18 @@ static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in
         if (!lazy && (st = djn_session_resolve(in->sess, env->exec, f->handle, 0, UINT64_MAX, &stor,
                                                out->err, sizeof out->err)) != DJN_OK)
             return st;
+        if ((st = djn_session_charge_reply(in->sess, f->nbytes, out->err, sizeof out->err)) !=
+            DJN_OK)
+            return st; /* the bytes fetched so far and these would pass the session's quota */
         uint8_t *buf = lazy ? djn_calloc(1, f->nbytes) : djn_malloc(f->nbytes);
         if (!buf) {
+            djn_session_uncharge_reply(in->sess, f->nbytes);
             snprintf(out->err, sizeof out->err,
                      "out of host memory for a fetch of %" PRIu64 " bytes", f->nbytes);
             return DJN_ERR_NOMEM;
         }
+        if (!out->sess)
+            out->sess = djn_session_retain(in->sess);
         out->fetched[i] = buf;
         out->fetched_len[i] = f->nbytes;
         out->nfetched = i + 1;
@@ -404,7 +414,8 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         .seed = g->seed,
         .slab = false,
     };
-    djn_session_lock(s);
+    if (!in->locked)
+        djn_session_lock(s);
     if (g->seed >= 0)
         djn_exec_reseed(env->exec, &xe);
     djn_status_t st = s_declare(env, in, out); /* 1 */
@@ -432,7 +443,8 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
             xe.slab = true;
         }
     }
-    out->plan_ns = s_now_ns() - t0;
+    uint64_t t1 = s_now_ns();
+    out->plan_ns = t1 - t0;
     for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) { /* 4 */
         const djn_node_t *n = &nodes[i];
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
@@ -448,23 +460,30 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         }
     }
     djn_crash_note(NULL, NULL, 0, NULL);
+    out->run_ns = s_now_ns() - t1;
     if (st != DJN_OK) { /* 5 */
         uint32_t from = out->bad_node >= 0 ? (uint32_t)out->bad_node : 0;
         for (uint32_t i = from; i < nnodes; i++)
             s_poison_node(s, g, &nodes[i], out->err, out->bad_node == (int64_t)i);
     }
-    djn_exec_rng_exit(env->exec, &xe);
+    out->rng = djn_exec_rng_exit(env->exec, &xe);
     if (planned) { /* 6: what the client still holds leaves the slab before it is reset */
         uint64_t moved = 0;
         djn_map_t freed = {0};
         for (uint32_t i = 0; i < g->nfrees; i++)
             djn_map_put(&freed, g->frees[i], 1);
-        for (uint32_t i = 0; i < g->nbinds; i++)
-            if (!djn_map_get(&freed, g->binds[i], NULL))
-                djn_session_copy_out(s, env->exec, g->binds[i], &moved);
-        for (uint32_t i = 0; i < g->nallocs; i++)
-            if (!djn_map_get(&freed, g->allocs[i].handle, NULL))
-                djn_session_copy_out(s, env->exec, g->allocs[i].handle, &moved);
+        /* every kept result is moved (or poisoned); the first failure fails the fragment */
+        char why[sizeof out->err];
+        djn_status_t cst;
+        for (uint32_t i = 0; i < g->nbinds + g->nallocs; i++) {
+            uint64_t h = i < g->nbinds ? g->binds[i] : g->allocs[i - g->nbinds].handle;
+            if (!djn_map_get(&freed, h, NULL) &&
+                (cst = djn_session_copy_out(s, env->exec, h, &moved, why, sizeof why)) != DJN_OK &&
+                st == DJN_OK) {
+                st = cst;
+                snprintf(out->err, sizeof out->err, "%s", why);
+            }
+        }
         djn_map_release(&freed);
         if (moved)
             djn_vmu_note_copy_out(env->vmu, moved);
@@ -486,7 +505,8 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         uint64_t *slots = place.len && g->nbinds ? djn_calloc(g->nbinds, sizeof(uint64_t)) : NULL;
         for (uint32_t i = 0; slots && i < g->nbinds; i++)
             djn_map_get(&place, g->binds[i], &slots[i]);
-        djn_tlb_owner_t owner = {djn_session_retain(s), s_cache_charge_fn, s_cache_release_fn};
+        djn_tlb_owner_t owner = {djn_session_retain(s), s_cache_charge_fn, s_cache_release_fn,
+                                 s_cache_live_fn};
         djn_tlb_insert(env->tlb, djn_session_id(s), g, slots, slots ? g->nbinds : 0, peak, &owner);
         djn_free(slots, g->nbinds * sizeof(uint64_t));
     }
@@ -497,6 +517,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
             snprintf(out->err, sizeof out->err, "%s", djn_status_str(st));
         for (uint32_t i = 0; i < out->nfetched; i++) {
             djn_free(out->fetched[i], out->fetched_len[i]);
+            djn_session_uncharge_reply(s, out->fetched_len[i]);
             out->fetched[i] = NULL;
         }
         out->nfetched = 0;
@@ -505,7 +526,11 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
 
 void djn_frag_out_release(djn_frag_out_t *out) {
     for (uint32_t i = 0; i < out->nfetched; i++)
-        djn_free(out->fetched[i], out->fetched_len[i]); /* NULL once taken */
+        if (out->fetched[i]) { /* NULL once taken */
+            djn_free(out->fetched[i], out->fetched_len[i]);
+            djn_session_uncharge_reply(out->sess, out->fetched_len[i]);
+        }
+    djn_session_release(&out->sess);
     djn_free(out->fetched, out->fetch_cap * sizeof(uint8_t *));
     djn_free(out->fetched_len, out->fetch_cap * sizeof(uint64_t));
     out->fetched = NULL;

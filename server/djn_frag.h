@@ -45,6 +45,7 @@ typedef struct djn_frag_in {
     const djn_tlb_entry_t *cached; /* GRAPH_CACHED: the entry whose nodes run */
     const djn_blob_t *frames;      /* the data frames, frames[0] is frame 1 */
     uint32_t nframes;
+    bool locked; /* the caller holds the session's lock already (it is released at the end) */
 } djn_frag_in_t;
 
 typedef struct djn_frag_out {
@@ -57,9 +58,12 @@ typedef struct djn_frag_out {
     uint32_t nfetched, fetch_cap;
     uint8_t **fetched; /* an entry set to NULL has been taken */
     uint64_t *fetched_len;
-    djn_buf_t dyn;    /* the results of a DYNAMIC last node, encoded (len 0: none) */
-    uint64_t plan_ns; /* time spent planning */
+    djn_session_t *sess; /* charged for the fetched bytes until each is freed (a reference) */
+    djn_buf_t dyn;       /* the results of a DYNAMIC last node, encoded (len 0: none) */
+    uint64_t plan_ns;    /* time spent planning */
+    uint64_t run_ns;     /* time spent in the nodes */
     uint32_t nodes_run;
+    bool rng; /* some node drew random numbers (under the shared generator's lock) */
 } djn_frag_out_t;
 
 /* Runs the fragment under the session's lock. Always fills *out. */

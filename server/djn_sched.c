@@ -10,6 +10,7 @@
 typedef struct {
     djn_sched_item_t *head, *tail;
     uint32_t depth;
+    bool running, claimed;
     pthread_cond_t cv;
 } s_queue_t;
 
@@ -84,11 +85,37 @@ static djn_sched_item_t *s_take(s_queue_t *q) {
 djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
     s_queue_t *q = &s->q[dev];
-    while (!q->head && !s->stop)
+    while ((!q->head || q->claimed) && !s->stop)
         pthread_cond_wait(&q->cv, &s->mu);
     djn_sched_item_t *it = s->stop ? NULL : s_take(q);
+    q->running = it != NULL;
     pthread_mutex_unlock(&s->mu);
     return it;
+}
+
+void djn_sched_done(djn_sched_t *s, uint32_t dev) {
+    pthread_mutex_lock(&s->mu);
+    s->q[dev].running = false;
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev) {
+    if (pthread_mutex_trylock(&s->mu) != 0)
+        return false;
+    s_queue_t *q = &s->q[dev];
+    bool ok = !q->head && !q->running && !q->claimed && !s->stop;
+    if (ok)
+        q->claimed = true;
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+void djn_sched_release(djn_sched_t *s, uint32_t dev) {
+    pthread_mutex_lock(&s->mu);
+    s->q[dev].claimed = false;
+    if (s->q[dev].head) /* what was pushed meanwhile may go now */
+        pthread_cond_signal(&s->q[dev].cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev) {

@@ -76,7 +76,7 @@ struct djn_server {
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
     int nworkers;
     int64_t started_ms;
-    _Atomic uint64_t requests, errors, bytes_in, bytes_out;
+    _Atomic uint64_t requests, errors, bytes_in, bytes_out, inline_runs;
     /* scheduling latency: header decode + plan-cache lookup (transport) and planning
      * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
     _Atomic uint64_t sched_ns_hit, sched_n_hit, sched_ns_miss, sched_n_miss;
@@ -100,8 +100,19 @@ void djn_server_stop(void) {
 
 /* ------------------------------------------------------------------ replies */
 
-static void s_free_counted(void *data, void *hint) {
-    djn_free(data, (size_t)(uintptr_t)hint);
+/* A fetched buffer sent zero-copy: freed once ZeroMQ has sent it, and only then given
+ * back to its session's quota (djn_session_charge_reply). */
+typedef struct {
+    djn_session_t *sess;
+    uint64_t len;
+} s_sent_t;
+
+static void s_free_sent(void *data, void *hint) {
+    s_sent_t *h = hint;
+    djn_free(data, h->len);
+    djn_session_uncharge_reply(h->sess, h->len);
+    djn_session_release(&h->sess);
+    djn_free(h, sizeof(*h));
 }
 
 /* Send [ident][header][frames] on `sock` (ROUTER from the transport thread, PUSH from a
@@ -182,7 +193,7 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(missing, j->msg->u.have.nitems * sizeof(uint32_t));
 }
 
-static void s_run_graph(s_worker_t *w, void *push, s_job_t *j) {
+static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
     djn_server_t *srv = w->srv;
     djn_frag_env_t env = s_env(w);
     djn_blob_t *blobs = j->nframes ? djn_calloc(j->nframes, sizeof(djn_blob_t)) : NULL;
@@ -194,8 +205,13 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j) {
     }
     for (uint32_t i = 0; i < j->nframes; i++)
         blobs[i] = (djn_blob_t){zmq_msg_data(&j->frames[i]), zmq_msg_size(&j->frames[i])};
-    djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan, blobs, j->nframes};
+    djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan, blobs,
+                        j->nframes,   locked};
     djn_frag_run(&env, &in, &out);
+    if (j->plan && out.st == DJN_OK) /* what may run inline next time (s_inline_ok) */
+        djn_tlb_note_run(j->plan, out.rng || out.dyn.len ? UINT64_MAX
+                                  : out.run_ns           ? out.run_ns
+                                                         : 1);
     djn_free(blobs, j->nframes * sizeof(djn_blob_t));
     atomic_fetch_add(&w->nodes, out.nodes_run);
     atomic_fetch_add(&w->jobs, 1);
@@ -215,8 +231,14 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j) {
     uint32_t nframes = 0;
     djn_status_t st = out.nfetched && !frames ? DJN_ERR_NOMEM : DJN_OK;
     for (uint32_t i = 0; st == DJN_OK && i < out.nfetched; i++) {
-        if (zmq_msg_init_data(&frames[i], out.fetched[i], out.fetched_len[i], s_free_counted,
-                              (void *)(uintptr_t)out.fetched_len[i]) != 0) {
+        s_sent_t *h = djn_malloc(sizeof(*h));
+        if (h)
+            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i]};
+        if (!h || zmq_msg_init_data(&frames[i], out.fetched[i], out.fetched_len[i], s_free_sent,
+                                    h) != 0) {
+            if (h)
+                djn_session_release(&h->sess);
+            djn_free(h, sizeof(*h));
             st = DJN_ERR_NOMEM;
             break;
         }
@@ -242,6 +264,9 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j) {
 
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
+    char name[16]; /* "djn-worker-<i>" in top, gdb and /proc/<pid>/task/<tid>/comm */
+    snprintf(name, sizeof name, "djn-worker-%u", (unsigned)w->index);
+    pthread_setname_np(pthread_self(), name);
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
     void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
@@ -254,8 +279,9 @@ static void *s_worker_main(void *arg) {
         if (j->msg->type == DJN_MSG_HAVE)
             s_run_have(w, push, j);
         else
-            s_run_graph(w, push, j);
+            s_run_graph(w, push, j, false);
         s_job_free(w->srv, j);
+        djn_sched_done(w->srv->sched, w->index);
     }
     zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(push);
@@ -338,10 +364,11 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_VERSION, e, -1, NULL);
         return;
     }
-    djn_session_t *s = djn_sessions_open(srv->sessions, s_now_ms(), peer);
+    djn_status_t st;
+    char e[256];
+    djn_session_t *s = djn_sessions_open(srv->sessions, s_now_ms(), peer, &st, e, sizeof e);
     if (!s) {
-        s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_NOMEM, "cannot open a session", -1,
-                     NULL);
+        s_send_error(srv, srv->router, ident, 0, m->seq, st, e, -1, NULL);
         return;
     }
     uint64_t sid = djn_session_id(s);
@@ -398,6 +425,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     sv->sessions_opened = ss.opened_total;
     sv->sessions_closed = ss.closed_total;
     sv->sessions_expired = ss.expired_total;
+    sv->sessions_refused = ss.refused_total;
     sv->handles = ss.handles;
     sv->bytes_in_use = ss.bytes;
     sv->requests = atomic_load(&srv->requests);
@@ -417,6 +445,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     sv->sched_us_hit_avg = nh ? atomic_load(&srv->sched_ns_hit) / nh / 1000 : 0;
     sv->sched_us_miss_avg = nm ? atomic_load(&srv->sched_ns_miss) / nm / 1000 : 0;
     sv->session_max_queued = srv->cfg.session_max_queued;
+    sv->inline_runs = atomic_load(&srv->inline_runs);
     r->ndevices = (uint32_t)srv->nworkers;
     for (int i = 0; i < srv->nworkers; i++) {
         s_worker_t *w = &srv->workers[i];
@@ -528,6 +557,34 @@ static void s_recv_rest(djn_server_t *srv, zmq_msg_t *ident, s_rx_t *rx) {
     }
 }
 
+#define S_INLINE_RUN_NS 100000ull    /* cached fragments that ran faster than this ... */
+#define S_INLINE_BYTES (64ull << 10) /* ... moving at most this many bytes */
+
+/* Whether the transport may run a job itself: a plan-cache hit whose nodes ran in under
+ * S_INLINE_RUN_NS last time, with small uploads and fetches, on an idle device (nothing
+ * queued or running: the order is kept), whose session's lock is free. A fragment whose
+ * cost may depend on its data (a DYNAMIC node: repeat_interleave, nonzero) or that draws
+ * random numbers (it would wait for the generator's lock) never runs inline. On true the
+ * device is claimed and the session locked. */
+static bool s_inline_ok(djn_server_t *srv, s_job_t *j, uint32_t device) {
+    if (!j->plan || !srv->cfg.inline_small)
+        return false;
+    uint64_t run = djn_tlb_run_ns(j->plan), bytes = 0;
+    if (!run || run > S_INLINE_RUN_NS)
+        return false;
+    const djn_graph_req_t *g = &j->msg->u.graph;
+    for (uint32_t i = 0; i < j->nframes; i++)
+        bytes += zmq_msg_size(&j->frames[i]);
+    for (uint32_t i = 0; i < g->nfetches; i++)
+        bytes += g->fetches[i].nbytes;
+    if (bytes > S_INLINE_BYTES || !djn_sched_try_claim(srv->sched, device))
+        return false;
+    if (djn_session_trylock(j->sess))
+        return true;
+    djn_sched_release(srv->sched, device);
+    return false;
+}
+
 /* A fragment (or HAVE) for a worker: checks that need no session lock, then the queue. */
 static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                           djn_session_t **sess_p, s_rx_t *rx, uint64_t t0) {
@@ -587,6 +644,19 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     rx->nframes = rx->cap = 0;
     *m_p = NULL;
     *sess_p = NULL;
+    if (s_inline_ok(srv, j, device)) {
+        /* the device is idle and this is a cached fragment that ran in microseconds last
+         * time: run it here and answer on the ROUTER, saving two thread hand-offs. Never
+         * waits: the device is claimed and the session locked only if free at once. */
+        s_worker_t *w = &srv->workers[device];
+        djn_exec_enter(w->exec);
+        s_run_graph(w, srv->router, j, true);
+        djn_exec_leave(w->exec);
+        djn_sched_release(srv->sched, device);
+        atomic_fetch_add(&srv->inline_runs, 1);
+        s_job_free(srv, j);
+        return;
+    }
     djn_sched_push(srv->sched, device, &j->item);
 }
 
@@ -662,7 +732,7 @@ static void s_handle_client(djn_server_t *srv) {
     case DJN_MSG_CLOSE:
         djn_session_release(&sess);
         djn_sessions_close(srv->sessions, m->sid, &peer);
-        djn_tlb_drop_session(srv->tlb, m->sid);
+        djn_tlb_drop_sessions(srv->tlb, &m->sid, 1);
         if (srv->cfg.verbose)
             fprintf(stderr, "djinn-server: session %" PRIx64 " closed\n", m->sid);
         s_reply_empty(srv, &ident, m);
@@ -716,14 +786,14 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     srv->cfg = *cfg;
     srv->started_ms = s_now_ms();
     djn_crash_install();
-    if (cfg->data_bytes)
-        djn_exec_install_allocator();
+    djn_exec_install_allocator(); /* zeroes what it hands out, with or without a VMU */
     srv->text = djn_text_new();
     srv->tlb = djn_tlb_new(cfg->plan_cache_entries);
     srv->sched = djn_sched_new((uint32_t)cfg->ndevices);
-    srv->sessions = srv->text ? djn_sessions_new(cfg->lease_ms, cfg->session_quota_bytes,
-                                                 cfg->session_max_queued, srv->text)
-                              : NULL;
+    djn_sessions_limits_t lim = {
+        cfg->lease_ms,     cfg->session_quota_bytes,         cfg->session_max_queued,
+        cfg->max_sessions, cfg->max_sessions_per_connection, cfg->session_max_handles};
+    srv->sessions = srv->text ? djn_sessions_new(&lim, srv->text) : NULL;
     srv->ctx = zmq_ctx_new();
     if (!srv->sessions || !srv->ctx || !srv->tlb || !srv->sched ||
         !djn_sessions_start_reaper(srv->sessions)) {
@@ -813,32 +883,20 @@ djn_status_t djn_server_run(djn_server_t *srv) {
         int rc = zmq_poll(items, srv->zap ? 3 : 2, 100);
         if (rc < 0 && errno != EINTR)
             break;
-        if (rc > 0) {
-            if (srv->zap && (items[2].revents & ZMQ_POLLIN))
-                for (int k = 0; k < 64; k++) {
-                    zmq_pollitem_t one = {srv->zap, 0, ZMQ_POLLIN, 0};
-                    if (zmq_poll(&one, 1, 0) <= 0)
-                        break;
-                    s_handle_zap(srv);
-                }
-            if (items[1].revents & ZMQ_POLLIN)
-                for (int k = 0; k < 64; k++)
-                    s_forward_reply(srv);
-            if (items[0].revents & ZMQ_POLLIN)
-                for (int k = 0; k < 64; k++) {
-                    zmq_pollitem_t one = {srv->router, 0, ZMQ_POLLIN, 0};
-                    if (zmq_poll(&one, 1, 0) <= 0)
-                        break;
-                    s_handle_client(srv);
-                }
-        }
+        /* zmq_poll is level-triggered: one message per ready socket, then poll again
+         * (every ZeroMQ call checks the socket's mailbox: fewer calls, fewer syscalls) */
+        if (rc > 0 && srv->zap && (items[2].revents & ZMQ_POLLIN))
+            s_handle_zap(srv);
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
+            s_forward_reply(srv);
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
+            s_handle_client(srv);
         int64_t now = s_now_ms();
         if (now >= next_check) {
             next_check = now + 250;
-            uint64_t gone[64];
-            uint32_t n = djn_sessions_expire(srv->sessions, now, gone, 64);
-            for (uint32_t i = 0; i < n && i < 64; i++)
-                djn_tlb_drop_session(srv->tlb, gone[i]);
+            uint64_t gone[256]; /* at most this many per tick: a burst is spread out */
+            uint32_t n = djn_sessions_expire(srv->sessions, now, gone, 256);
+            djn_tlb_drop_sessions(srv->tlb, gone, n);
             if (n && srv->cfg.verbose)
                 fprintf(stderr, "djinn-server: reclaimed %u expired session(s)\n", n);
             if (srv->cfg.parent_pid > 0 && getppid() != srv->cfg.parent_pid) {

@@ -19,18 +19,22 @@ typedef struct djn_server_cfg {
     const char *listen;                          /* ZeroMQ endpoint to bind */
     const char *devices[DJN_SERVER_MAX_DEVICES]; /* "cpu", "cuda:0", ... */
     int ndevices;
-    uint64_t lease_ms;            /* 0: sessions never expire */
-    uint64_t heartbeat_ms;        /* advised to clients */
-    uint64_t max_tensor_bytes;    /* largest frame accepted or sent */
-    int announce_fd;              /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
-    int parent_pid;               /* > 0: exit when that process is gone */
-    uint64_t session_quota_bytes; /* private bytes per session, 0 = unlimited */
-    uint32_t session_max_queued;  /* fragments waiting per session, 0 = unlimited */
-    uint32_t plan_cache_entries;  /* fragments kept in the plan cache, 0 = off */
-    uint64_t data_bytes;          /* CPU VMU: Data segment capacity (0: no VMU) */
-    uint64_t slab_bytes;          /* CPU VMU: stack slab capacity */
-    bool remove_ipc_dir;          /* embedded: remove the ipc socket's directory at exit */
-    const char *keys_dir;         /* CURVE keys (djn_auth.h); NULL: none */
+    uint64_t lease_ms;                    /* 0: sessions never expire */
+    uint64_t heartbeat_ms;                /* advised to clients */
+    uint64_t max_tensor_bytes;            /* largest frame accepted or sent */
+    int announce_fd;                      /* >= 0: write "DJINN_ENDPOINT <ep>\n" there once bound */
+    int parent_pid;                       /* > 0: exit when that process is gone */
+    uint64_t session_quota_bytes;         /* private bytes per session, 0 = unlimited */
+    uint32_t session_max_queued;          /* fragments waiting per session, 0 = unlimited */
+    uint32_t session_max_handles;         /* handles per session, 0 = unlimited */
+    uint32_t max_sessions;                /* open sessions on the server, 0 = unlimited */
+    uint32_t max_sessions_per_connection; /* 0 = unlimited */
+    uint32_t plan_cache_entries;          /* fragments kept in the plan cache, 0 = off */
+    uint64_t data_bytes;                  /* CPU VMU: Data segment capacity (0: no VMU) */
+    uint64_t slab_bytes;                  /* CPU VMU: stack slab capacity */
+    bool inline_small;                    /* run tiny cached fragments on the transport thread */
+    bool remove_ipc_dir;                  /* embedded: remove the ipc socket's directory at exit */
+    const char *keys_dir;                 /* CURVE keys (djn_auth.h); NULL: none */
     bool verbose;
 } djn_server_cfg_t;
 

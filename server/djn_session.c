@@ -10,6 +10,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <xxhash.h>
+
 #include "djn_map.h"
 #include "djn_mem.h"
 
@@ -29,6 +31,7 @@ struct djn_session {
     djn_peer_t peer; /* the tenant and connection that opened it: only they may use it */
     _Atomic int refs;
     _Atomic uint64_t cache_bytes; /* plan-cache bytes charged to this session */
+    _Atomic uint64_t reply_bytes; /* fetched bytes allocated and not yet sent */
     djn_session_t *reap_next;
     pthread_mutex_t mu;
     djn_map_t handles; /* handle -> s_entry_t* */
@@ -39,6 +42,8 @@ struct djn_session {
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
+    _Atomic bool closed;    /* left the table: nothing more may be filed for it */
+    uint64_t peer_key;      /* s_peer_key(peer) */
     char last_failure[256]; /* why poisoned handles were never computed */
 };
 
@@ -52,25 +57,51 @@ struct djn_sessions {
     bool reaper_on, reaper_stop;
     pthread_cond_t reap_cv;
     djn_session_t *reap_head;
-    uint64_t opened, closed, expired;
-    uint64_t quota_bytes; /* per session, 0 = unlimited */
-    uint32_t max_queued;  /* fragments waiting per session, 0 = unlimited */
+    uint64_t opened, closed, expired, refused;
+    djn_sessions_limits_t lim;
+    uint64_t quota_bytes; /* lim.quota_bytes */
+    uint32_t max_queued;  /* lim.max_queued */
+    djn_map_t per_peer;   /* s_peer_key -> open sessions of that connection */
     djn_text_t *text;
     _Atomic uint64_t handles, bytes; /* over all sessions */
 };
 
-djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32_t max_queued,
-                                 djn_text_t *text) {
+djn_sessions_t *djn_sessions_new(const djn_sessions_limits_t *limits, djn_text_t *text) {
     djn_sessions_t *t = djn_calloc(1, sizeof(*t));
     if (!t)
         return NULL;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->reap_cv, NULL);
-    t->lease_ms = lease_ms;
-    t->quota_bytes = quota_bytes;
-    t->max_queued = max_queued;
+    t->lim = *limits;
+    t->lease_ms = limits->lease_ms;
+    t->quota_bytes = limits->quota_bytes;
+    t->max_queued = limits->max_queued;
     t->text = text;
     return t;
+}
+
+/* A connection's key in per_peer: a hash of tenant and routing id (a collision only
+ * makes two connections share one count). */
+static uint64_t s_peer_key(const djn_peer_t *p) {
+    uint8_t buf[sizeof p->tenant + 1 + sizeof p->rid];
+    size_t n = strnlen(p->tenant, sizeof p->tenant);
+    memcpy(buf, p->tenant, n);
+    buf[n++] = 0;
+    memcpy(buf + n, p->rid, p->rid_len);
+    uint64_t k = XXH3_64bits(buf, n + p->rid_len);
+    return k ? k : 1;
+}
+
+/* A session left the table (under t->mu): it stops counting against its connection. */
+static void s_left(djn_sessions_t *t, djn_session_t *s) {
+    uint64_t n;
+    atomic_store(&s->closed, true);
+    if (djn_map_get(&t->per_peer, s->peer_key, &n)) {
+        if (n > 1)
+            djn_map_put(&t->per_peer, s->peer_key, n - 1);
+        else
+            djn_map_del(&t->per_peer, s->peer_key, NULL);
+    }
 }
 
 static void s_session_free(djn_session_t *s) {
@@ -153,6 +184,7 @@ void djn_sessions_destroy(djn_sessions_t **self_p) {
     pthread_mutex_lock(&t->mu);
     djn_map_t all = t->by_id;
     memset(&t->by_id, 0, sizeof t->by_id);
+    djn_map_release(&t->per_peer);
     pthread_mutex_unlock(&t->mu);
     for (uint32_t it = 0; djn_map_next(&all, &it, &k, &v);) {
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
@@ -189,7 +221,10 @@ static uint64_t s_random_sid(void) {
     return v;
 }
 
-djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer) {
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer,
+                                 djn_status_t *st, char *err, size_t errlen) {
+    *st = DJN_ERR_NOMEM;
+    snprintf(err, errlen, "out of host memory opening a session");
     djn_session_t *s = djn_calloc(1, sizeof(*s));
     if (!s)
         return NULL;
@@ -198,14 +233,38 @@ djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_pe
     s->last_seen_ms = now_ms;
     s->owner = t;
     s->peer = *peer;
+    s->peer_key = s_peer_key(peer);
     pthread_mutex_lock(&t->mu);
+    uint64_t mine = 0;
+    djn_map_get(&t->per_peer, s->peer_key, &mine);
+    bool full = t->lim.max_sessions && t->by_id.len >= t->lim.max_sessions;
+    if (full || (t->lim.max_per_peer && mine >= t->lim.max_per_peer)) {
+        t->refused++;
+        pthread_mutex_unlock(&t->mu);
+        *st = DJN_ERR_LIMIT;
+        if (full)
+            snprintf(err, errlen,
+                     "the server holds %u sessions, its limit (--max-sessions): close one or "
+                     "wait for a lease to run out",
+                     t->lim.max_sessions);
+        else
+            snprintf(err, errlen,
+                     "this connection holds %" PRIu64
+                     " sessions, the limit per connection (--max-sessions-per-connection)",
+                     mine);
+        pthread_mutex_destroy(&s->mu);
+        djn_free(s, sizeof(*s));
+        return NULL;
+    }
     do
         s->sid = s_random_sid();
     while (djn_map_get(&t->by_id, s->sid, NULL));
     /* server-issued handles carry 20 bits of the session id: a client can tell a handle
      * of a session it lost from one of its current session */
     s->next_dyn = djn_handle_server_base(s->sid);
-    if (!djn_map_put(&t->by_id, s->sid, (uint64_t)(uintptr_t)s)) {
+    if (!djn_map_put(&t->by_id, s->sid, (uint64_t)(uintptr_t)s) ||
+        !djn_map_put(&t->per_peer, s->peer_key, mine + 1)) {
+        djn_map_del(&t->by_id, s->sid, NULL);
         pthread_mutex_unlock(&t->mu);
         pthread_mutex_destroy(&s->mu);
         djn_free(s, sizeof(*s));
@@ -213,6 +272,8 @@ djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_pe
     }
     t->opened++;
     pthread_mutex_unlock(&t->mu);
+    *st = DJN_OK;
+    err[0] = 0;
     return s;
 }
 
@@ -240,8 +301,10 @@ bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer)
     bool found = djn_map_get(&t->by_id, sid, &v) &&
                  s_same_peer(&((djn_session_t *)(uintptr_t)v)->peer, peer) &&
                  djn_map_del(&t->by_id, sid, &v);
-    if (found)
+    if (found) {
         t->closed++;
+        s_left(t, (djn_session_t *)(uintptr_t)v);
+    }
     pthread_mutex_unlock(&t->mu);
     if (found) {
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
@@ -251,32 +314,33 @@ bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer)
 }
 
 uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap) {
-    if (!t->lease_ms)
+    if (!t->lease_ms || !cap)
         return 0;
     uint32_t n = 0;
-    for (;;) { /* collect one at a time: the map must not change while iterating */
-        uint64_t k, v, victim = 0;
-        pthread_mutex_lock(&t->mu);
-        for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
-            djn_session_t *s = (djn_session_t *)(uintptr_t)v;
-            if (now_ms - s->last_seen_ms > (int64_t)t->lease_ms) {
-                victim = k;
-                break;
-            }
-        }
-        if (victim) {
-            djn_map_del(&t->by_id, victim, &v);
-            t->expired++;
-        }
-        pthread_mutex_unlock(&t->mu);
-        if (!victim)
-            return n;
+    uint64_t k, v;
+    /* one pass collects the victims (the map must not change while iterating), a second
+     * takes them out: O(open sessions) per call, whatever expires */
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t it = 0; n < cap && djn_map_next(&t->by_id, &it, &k, &v);)
+        if (now_ms - ((djn_session_t *)(uintptr_t)v)->last_seen_ms > (int64_t)t->lease_ms)
+            gone[n++] = k;
+    djn_session_t *victims = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        djn_map_del(&t->by_id, gone[i], &v);
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
-        djn_session_release(&s);
-        if (n < cap)
-            gone[n] = victim;
-        n++;
+        s_left(t, s);
+        s->reap_next = victims; /* free to reuse: not queued for the reaper while referenced */
+        victims = s;
+        t->expired++;
     }
+    pthread_mutex_unlock(&t->mu);
+    while (victims) {
+        djn_session_t *s = victims;
+        victims = s->reap_next;
+        s->reap_next = NULL;
+        djn_session_release(&s);
+    }
+    return n;
 }
 
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
@@ -285,6 +349,7 @@ void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
     out->opened_total = t->opened;
     out->closed_total = t->closed;
     out->expired_total = t->expired;
+    out->refused_total = t->refused;
     pthread_mutex_unlock(&t->mu);
     out->handles = atomic_load(&t->handles);
     out->bytes = atomic_load(&t->bytes);
@@ -296,6 +361,9 @@ uint64_t djn_sessions_lease_ms(const djn_sessions_t *t) {
 
 uint64_t djn_session_id(const djn_session_t *s) {
     return s->sid;
+}
+bool djn_session_live(const djn_session_t *s) {
+    return !atomic_load(&s->closed);
 }
 void djn_session_lock(djn_session_t *s) {
     pthread_mutex_lock(&s->mu);
@@ -336,7 +404,8 @@ static void s_set_stor(djn_session_t *s, s_entry_t *e, djn_stor_t *stor) {
 }
 
 static djn_status_t s_quota(djn_session_t *s, uint64_t more, char *err, size_t errlen) {
-    uint64_t q = s->owner->quota_bytes, held = s->bytes + atomic_load(&s->cache_bytes);
+    uint64_t q = s->owner->quota_bytes,
+             held = s->bytes + atomic_load(&s->cache_bytes) + s->handles.len * DJN_HANDLE_COST;
     if (q && held + more > q) {
         if (err)
             snprintf(err, errlen,
@@ -354,6 +423,10 @@ djn_status_t djn_session_declare(djn_session_t *s, uint64_t handle, uint64_t nby
     s_entry_t *e = s_entry(s, handle);
     if (e) /* a handle is declared once; re-declaring is a client bug, not fatal */
         return e->text ? DJN_OK : DJN_ERR_HANDLE; /* HAVE may have bound it already */
+    if (s->owner->lim.max_handles && s->handles.len >= s->owner->lim.max_handles)
+        return DJN_ERR_LIMIT;
+    if (s_quota(s, DJN_HANDLE_COST, NULL, 0) != DJN_OK)
+        return DJN_ERR_QUOTA;
     e = djn_calloc(1, sizeof(*e));
     if (!e)
         return DJN_ERR_NOMEM;
@@ -526,30 +599,30 @@ void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool
         snprintf(s->last_failure, sizeof s->last_failure, "%s", why);
 }
 
-bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes) {
+djn_status_t djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes,
+                                  char *err, size_t errlen) {
     s_entry_t *e = s_entry(s, handle);
     if (!e || !e->stor || e->text || !djn_exec_in_slab(x, e->stor))
-        return true;
+        return DJN_OK;
     djn_stor_t *d = NULL;
-    char err[128];
-    if (s_quota(s, e->nbytes, NULL, 0) != DJN_OK) { /* over quota: the result is lost, say why */
+    char why[160] = {0};
+    djn_status_t st = s_quota(s, e->nbytes, why, sizeof why);
+    if (st == DJN_OK &&
+        (st = djn_exec_alloc(x, e->nbytes, UINT64_MAX, &d, why, sizeof why)) == DJN_OK)
+        st = djn_exec_copy(x, d, e->stor, e->nbytes, why, sizeof why);
+    if (st != DJN_OK) { /* the slab is about to be reused: never leave the handle naming it */
+        if (d)
+            djn_stor_release(d);
         s_set_stor(s, e, NULL);
         e->poisoned = true;
         snprintf(s->last_failure, sizeof s->last_failure,
-                 "session quota exceeded keeping a result of %" PRIu64
-                 " bytes (--session-quota-bytes)",
-                 e->nbytes);
-        return false;
-    }
-    if (djn_exec_alloc(x, e->nbytes, UINT64_MAX, &d, err, sizeof err) != DJN_OK)
-        return false;
-    if (djn_exec_copy(x, d, e->stor, e->nbytes, err, sizeof err) != DJN_OK) {
-        djn_stor_release(d);
-        return false;
+                 "keeping a result of %" PRIu64 " bytes failed: %s", e->nbytes, why);
+        snprintf(err, errlen, "%s", s->last_failure);
+        return st;
     }
     *bytes += e->nbytes;
     s_set_stor(s, e, d);
-    return true;
+    return DJN_OK;
 }
 
 const djn_peer_t *djn_session_peer(const djn_session_t *s) {
@@ -564,6 +637,25 @@ bool djn_session_charge_cache(djn_session_t *s, uint64_t bytes) {
             return false;
     } while (!atomic_compare_exchange_weak(&s->cache_bytes, &cur, cur + bytes));
     return true;
+}
+
+djn_status_t djn_session_charge_reply(djn_session_t *s, uint64_t bytes, char *err, size_t errlen) {
+    uint64_t q = s->owner->quota_bytes, cur = atomic_load(&s->reply_bytes);
+    do {
+        if (q && (bytes > q || cur > q - bytes)) {
+            snprintf(err, errlen,
+                     "fetch of %" PRIu64 " bytes refused: the session has %" PRIu64
+                     " fetched bytes not yet sent and may have as many as its quota, %" PRIu64
+                     " bytes (--session-quota-bytes)",
+                     bytes, cur, q);
+            return DJN_ERR_QUOTA;
+        }
+    } while (!atomic_compare_exchange_weak(&s->reply_bytes, &cur, cur + bytes));
+    return DJN_OK;
+}
+
+void djn_session_uncharge_reply(djn_session_t *s, uint64_t bytes) {
+    atomic_fetch_sub(&s->reply_bytes, bytes);
 }
 
 void djn_session_uncharge_cache(djn_session_t *s, uint64_t bytes) {
@@ -600,4 +692,8 @@ bool djn_session_lazy_size(djn_session_t *s, uint64_t handle, uint64_t *nbytes) 
         return false;
     *nbytes = e->nbytes;
     return true;
+}
+
+bool djn_session_trylock(djn_session_t *s) {
+    return pthread_mutex_trylock(&s->mu) == 0;
 }

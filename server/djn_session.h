@@ -36,29 +36,47 @@ typedef struct djn_peer {
 } djn_peer_t;
 
 typedef struct djn_sessions_stats {
-    uint64_t open, opened_total, closed_total, expired_total, handles, bytes;
+    uint64_t open, opened_total, closed_total, expired_total, refused_total, handles, bytes;
 } djn_sessions_stats_t;
 
-djn_sessions_t *djn_sessions_new(uint64_t lease_ms, uint64_t quota_bytes, uint32_t max_queued,
-                                 djn_text_t *text);
+/* What one session, one connection and the whole server may hold (0: unlimited). */
+typedef struct djn_sessions_limits {
+    uint64_t lease_ms;     /* 0: sessions never expire */
+    uint64_t quota_bytes;  /* private bytes per session, plan-cache and handle bytes included */
+    uint32_t max_queued;   /* fragments waiting per session */
+    uint32_t max_sessions; /* open sessions on the server */
+    uint32_t max_per_peer; /* open sessions per connection (tenant + routing id) */
+    uint32_t max_handles;  /* handles per session */
+} djn_sessions_limits_t;
+
+/* Host bytes a handle costs its session's quota (its table entry and map slot). */
+#define DJN_HANDLE_COST 128u
+
+djn_sessions_t *djn_sessions_new(const djn_sessions_limits_t *limits, djn_text_t *text);
 void djn_sessions_destroy(djn_sessions_t **self_p);
 /* Free released sessions on a thread of their own (the server does; unit tests need not). */
 bool djn_sessions_start_reaper(djn_sessions_t *t);
-/* A new session with a random id, owned by peer; returns a reference. */
-djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer);
+/* A new session with a random id, owned by peer; returns a reference. NULL with *st
+ * DJN_ERR_LIMIT past max_sessions or max_per_peer (err says which), DJN_ERR_NOMEM. */
+djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer,
+                                 djn_status_t *st, char *err, size_t errlen);
 /* The session `sid` if peer owns it (+ ref, renews its lease), else NULL. */
 djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms,
                                 const djn_peer_t *peer);
 bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer);
-/* Reclaim sessions whose lease ran out; returns how many, their ids in gone[0..cap). */
+/* Reclaim sessions whose lease ran out, at most cap per call (one pass over the table);
+ * returns how many, their ids in gone[0..n). */
 uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap);
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out);
 uint64_t djn_sessions_lease_ms(const djn_sessions_t *t);
 
 uint64_t djn_session_id(const djn_session_t *s);
+/* False once the session is closed or expired: nothing may be filed for it any more. */
+bool djn_session_live(const djn_session_t *s);
 djn_session_t *djn_session_retain(djn_session_t *s); /* + ref, returns s */
 void djn_session_release(djn_session_t **s_p);
 void djn_session_lock(djn_session_t *s);
+bool djn_session_trylock(djn_session_t *s);
 void djn_session_unlock(djn_session_t *s);
 
 /* Handle operations (caller holds the session lock). */
@@ -79,6 +97,11 @@ const djn_peer_t *djn_session_peer(const djn_session_t *s);
 /* Host bytes the plan cache keeps for this session count against its quota: false (and
  * nothing charged) if they do not fit. */
 bool djn_session_charge_cache(djn_session_t *s, uint64_t bytes);
+/* Host bytes of fetched data on their way to the client (allocated, not yet sent): at
+ * most the session's quota at a time (besides what it holds), else DJN_ERR_QUOTA with err
+ * saying so. Uncharged as each buffer is freed, on whatever thread. */
+djn_status_t djn_session_charge_reply(djn_session_t *s, uint64_t bytes, char *err, size_t errlen);
+void djn_session_uncharge_reply(djn_session_t *s, uint64_t bytes);
 void djn_session_uncharge_cache(djn_session_t *s, uint64_t bytes);
 uint64_t djn_session_cache_bytes(const djn_session_t *s);
 /* The session's generator slot for a device (created by the executor on first use). */
@@ -97,8 +120,10 @@ void djn_session_poison(djn_session_t *s, uint64_t handle, const char *why, bool
  * it) into the session's bytes; DJN_ERR_QUOTA if that passes the quota. */
 djn_status_t djn_session_recheck(djn_session_t *s, uint64_t handle, char *err, size_t errlen);
 /* A handle whose storage sits in the stack slab gets a Data copy (the slab is about to
- * be reset); false if the Data segment is full. Adds the bytes moved to *bytes. */
-bool djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes);
+ * be reset). Adds the bytes moved to *bytes. Past the quota (DJN_ERR_QUOTA) or with the
+ * Data segment full (DJN_ERR_OOM) the handle is poisoned and err says why. */
+djn_status_t djn_session_copy_out(djn_session_t *s, djn_exec_t *x, uint64_t handle, uint64_t *bytes,
+                                  char *err, size_t errlen);
 /* The storage of a handle, materialising a declared one on x's device (at the planned
  * slab offset when slab_off != UINT64_MAX, else in Data, zero-filled); `write`: a write
  * to shared Text content first copies it into the session's own memory. Errors:

@@ -13,6 +13,7 @@
 #include "djn_tlb.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "djn_codec.h"
@@ -31,6 +32,7 @@ struct djn_tlb_entry {
     uint64_t peak;
     uint64_t bytes; /* host bytes held */
     djn_tlb_owner_t owner;
+    _Atomic uint64_t run_ns;
 };
 
 struct djn_tlb {
@@ -186,7 +188,8 @@ void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const 
     if (owner)
         e->owner = *owner; /* from here on the entry calls release_fn */
     pthread_mutex_lock(&t->mu);
-    if (djn_map_get(&t->index, d, NULL) || !djn_map_put(&t->index, d, (uint64_t)(uintptr_t)e)) {
+    if ((owner && owner->live_fn && !owner->live_fn(owner->ctx)) ||
+        djn_map_get(&t->index, d, NULL) || !djn_map_put(&t->index, d, (uint64_t)(uintptr_t)e)) {
         pthread_mutex_unlock(&t->mu);
         s_unref(e); /* releases what was charged */
         return;
@@ -202,14 +205,20 @@ void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const 
     pthread_mutex_unlock(&t->mu);
 }
 
-void djn_tlb_drop_session(djn_tlb_t *t, uint64_t sid) {
+void djn_tlb_drop_sessions(djn_tlb_t *t, const uint64_t *sids, uint32_t n) {
+    if (!n)
+        return;
+    djn_map_t gone = {0};
+    for (uint32_t i = 0; i < n; i++)
+        djn_map_put(&gone, sids[i] ? sids[i] : 1, 1);
     pthread_mutex_lock(&t->mu);
-    for (djn_tlb_entry_t *e = t->head, *n; e; e = n) {
-        n = e->next;
-        if (e->sid == sid)
+    for (djn_tlb_entry_t *e = t->head, *nx; e; e = nx) {
+        nx = e->next;
+        if (djn_map_get(&gone, e->sid ? e->sid : 1, NULL))
             s_remove(t, e);
     }
     pthread_mutex_unlock(&t->mu);
+    djn_map_release(&gone);
 }
 
 uint32_t djn_tlb_session_entries(djn_tlb_t *t, uint64_t sid) {
@@ -248,4 +257,11 @@ void djn_tlb_stats(djn_tlb_t *t, djn_tlb_stats_t *out) {
     pthread_mutex_lock(&t->mu);
     *out = t->st;
     pthread_mutex_unlock(&t->mu);
+}
+
+uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e) {
+    return atomic_load(&e->run_ns);
+}
+void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns) {
+    atomic_store(&e->run_ns, ns);
 }

@@ -37,6 +37,10 @@ typedef struct djn_tlb_owner {
     void *ctx;
     bool (*charge_fn)(void *ctx, uint64_t bytes);
     void (*release_fn)(void *ctx, uint64_t bytes);
+    /* asked under the cache's lock just before filing (NULL: always): false once the
+     * owner is gone, so that an entry never outlives a djn_tlb_drop_sessions that
+     * started after the owner left */
+    bool (*live_fn)(void *ctx);
 } djn_tlb_owner_t;
 
 /* File the nodes of a GRAPH that ran (copied), with its slab plan by slot
@@ -45,12 +49,15 @@ typedef struct djn_tlb_owner {
  * refuses the bytes, or on OOM. owner may be NULL. */
 void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
                     uint32_t nslots, uint64_t peak, const djn_tlb_owner_t *owner);
-/* Drop every entry of a session (closed or expired). */
-void djn_tlb_drop_session(djn_tlb_t *t, uint64_t sid);
+/* Drop every entry of these sessions (closed or expired): one walk of the cache. */
+void djn_tlb_drop_sessions(djn_tlb_t *t, const uint64_t *sids, uint32_t n);
 uint32_t djn_tlb_session_entries(djn_tlb_t *t, uint64_t sid);
 void djn_tlb_release(djn_tlb_t *t, djn_tlb_entry_t **e_p);
 bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots,
                   uint64_t *peak);
+/* How long its nodes took the last time they ran (0: never measured). */
+uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e);
+void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns);
 /* The cached fragment: nodes, nnodes, nslots and fp (nothing else is kept). */
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
 

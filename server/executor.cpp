@@ -32,6 +32,7 @@
 #include <unordered_map>
 
 #include "djn_exec.h"
+#include "djn_guard.h"
 #include "djn_policy.h"
 
 static_assert(int(at::kByte) == DJN_DTYPE_U8 && int(at::kChar) == DJN_DTYPE_I8 &&
@@ -59,6 +60,8 @@ struct djn_op_entry {
     bool rng;           // draws random numbers: needs the session's state in the default generator
     const char *denied; // the policy's reason (djn_policy.h), NULL: may run
     bool uninit;        // returns memory it did not write (empty*): zeroed where no VMU scrubs
+    bool guarded;       // its kernel trusts its arguments: checked first (djn_guard.h)
+    bool ebag;          // _embedding_bag(_forward_only): offset2bag may come back empty
 };
 
 struct djn_exec {
@@ -259,6 +262,18 @@ void check_bounds(const at::Tensor &t, uint64_t handle) {
                  "tensor reference to handle 0x%llx reaches byte %zu but its storage holds %zu",
                  (unsigned long long)handle, need, s.nbytes());
         throw OpError(DJN_ERR_ARGS, m);
+    }
+}
+
+// A kernel's result is checked like an argument: a view some kernel built past its
+// storage (_reshape_alias does not check) would read another tenant's bytes when bound.
+void check_result_bounds(const at::Tensor &t) {
+    if (t.device().is_meta())
+        return;
+    try {
+        check_bounds(t, 0);
+    } catch (const OpError &) {
+        throw OpError(DJN_ERR_ARGS, "returned a view that reaches past its storage");
     }
 }
 
@@ -525,7 +540,27 @@ at::Tensor materialize(Ctx &c, at::Tensor t) {
         t = t.resolve_conj();
     if (t.is_neg())
         t = t.resolve_neg();
+    check_result_bounds(t);
     return t;
+}
+
+// CPU's _embedding_bag skips offset2bag on its fast 'sum' path (it returns it empty, and
+// its backward rebuilds it when given an empty one), where the meta kernel declares one
+// entry per index. The client then holds, and hands to the backward, a tensor of that
+// declared size: it gets the mapping CPU's backward would build (bag of each index: the
+// number of offsets at or before it, less one), never zeros.
+void fill_offset2bag(const djn_value_t &o, c10::IValue &v, const at::Tensor &indices,
+                     const at::Tensor &offsets) {
+    if (o.kind != DJN_V_TENSOR || !v.isTensor() || v.toTensor().numel() != 0 ||
+        indices.dim() != 1 || offsets.dim() != 1)
+        return;
+    const djn_tref_t &r = *o.u.t;
+    if (r.ndim != 1 || r.sizes[0] != indices.numel())
+        return;
+    at::Tensor pos = at::arange(indices.numel(), offsets.options());
+    v = at::searchsorted(offsets.contiguous(), pos, /*out_int32=*/offsets.scalar_type() == at::kInt,
+                         /*right=*/true) -
+        1;
 }
 
 void bind_result(Ctx &c, const at::Tensor &result, const djn_value_t &o) {
@@ -537,9 +572,10 @@ void bind_result(Ctx &c, const at::Tensor &result, const djn_value_t &o) {
     uint64_t handle = handle_of_slot(c, r.handle);
     at::Tensor t = materialize(c, result);
     if (t.sizes() != c10::IntArrayRef(r.sizes, r.ndim)) {
-        if (t.numel() == 0) {
-            // an auxiliary output the kernel left empty (native_batch_norm's save_mean in
-            // eval mode on CPU): nothing to bind; the handle reads as zeros if ever used
+        if (t.numel() == 0 || c10::multiply_integers(c10::IntArrayRef(r.sizes, r.ndim)) == 0) {
+            // an auxiliary output one side leaves empty (native_batch_norm's save_mean in
+            // eval mode on CPU; _embedding_bag's max_indices outside max mode, which the
+            // meta kernel declares empty): nothing to bind, the client holds no element
             return;
         }
         // never reinterpret: a shape other than the one the client holds is an error
@@ -671,23 +707,18 @@ void check_enum(const djn_value_t &v, const c10::Argument &a) {
                       "argument '" + a.name() + "' is out of range: " + std::to_string(v.u.i));
 }
 
-// Ops that draw from the default generator without taking a Generator argument.
-const char *const kRandomNoGenerator[] = {
-    "aten::native_dropout",        "aten::dropout", "aten::feature_dropout", "aten::alpha_dropout",
-    "aten::feature_alpha_dropout", "aten::rrelu",   "aten::rand_like",       "aten::randn_like",
-    "aten::randint_like"};
-
-bool uses_rng(const c10::FunctionSchema &s) {
-    for (const auto &a : s.arguments()) {
+// Whether an op draws random numbers: PyTorch tags every such op nondeterministic_seeded
+// (dropout_, rand, rrelu, ...), whether or not it takes a Generator argument.
+bool uses_rng(const c10::OperatorHandle &h) {
+    if (h.hasTag(at::Tag::nondeterministic_seeded))
+        return true;
+    for (const auto &a : h.schema().arguments()) {
         c10::TypePtr t = a.type();
         if (t->kind() == c10::TypeKind::OptionalType)
             t = t->castRaw<c10::OptionalType>()->getElementType();
         if (t->kind() == c10::TypeKind::GeneratorType)
             return true;
     }
-    for (const char *n : kRandomNoGenerator)
-        if (s.name() == n)
-            return true;
     return false;
 }
 
@@ -702,8 +733,10 @@ const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
                                       (n->overload[0] ? "." : "") + n->overload + "'");
     bool uninit = std::string(n->op).find("empty") != std::string::npos;
     return x->ops
-        .emplace(key, djn_op_entry{*h, uses_rng(h->schema()), djn_policy_check(n->op, n->overload),
-                                   uninit})
+        .emplace(key, djn_op_entry{*h, uses_rng(*h), djn_policy_check(n->op, n->overload), uninit,
+                                   djn_guard_has(n->op),
+                                   !strcmp(n->op, "aten::_embedding_bag") ||
+                                       !strcmp(n->op, "aten::_embedding_bag_forward_only")})
         .first->second;
 }
 
@@ -903,6 +936,15 @@ void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {
     t_vmu = v;
 }
 
+void djn_exec_enter(djn_exec_t *x) {
+    t_vmu = x->vmu;
+}
+void djn_exec_leave(djn_exec_t *x) {
+    (void)x;
+    t_vmu = nullptr;
+    t_slab = false;
+}
+
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) {
     return storage_in_slab(x, s->storage);
 }
@@ -1048,9 +1090,9 @@ void djn_exec_rng_enter(djn_exec_t *x, djn_exec_env_t *env) {
     }
 }
 
-void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
+bool djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
     if (!x->rng_active)
-        return;
+        return false;
     try {
         Ctx c{x, env, nullptr, {}};
         at::Generator &sg = session_gen(c);
@@ -1064,6 +1106,7 @@ void djn_exec_rng_exit(djn_exec_t *x, djn_exec_env_t *env) {
     x->rng_saved = at::Tensor();
     x->rng_active = false;
     rng_mu(x).unlock();
+    return true;
 }
 
 void djn_exec_sync(djn_exec_t *x) {
@@ -1126,9 +1169,23 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             stack.push_back(to_ivalue(c, n->args[i], args[i].type(), args[i].name().c_str(),
                                       args[i].alias_info() && args[i].alias_info()->isWrite()));
         }
+        if (entry.guarded) {
+            try {
+                djn_guard_run(schema, stack);
+            } catch (const djn_guard_error &e) {
+                throw OpError(DJN_ERR_ARGS, e.what());
+            }
+        }
+        at::Tensor eb_indices, eb_offsets;
+        if (entry.ebag && !dynamic && n->nouts > 1) {
+            eb_indices = stack[1].toTensor();
+            eb_offsets = stack[2].toTensor();
+        }
         op.callBoxed(&stack);
         if (stack.size() != rets.size())
             throw OpError(DJN_ERR_INTERNAL, "returned " + std::to_string(stack.size()) + " values");
+        if (eb_indices.defined())
+            fill_offset2bag(n->outs[1], stack[1], eb_indices, eb_offsets);
         if (entry.uninit && !x->vmu) // ATen's caching allocator recycles other sessions' bytes
             for (auto &v : stack)
                 if (v.isTensor() && v.toTensor().defined())

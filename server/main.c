@@ -52,8 +52,15 @@ static void s_usage(FILE *f) {
         "  --slab-bytes N       CPU devices: stack slab for one fragment's activations\n"
         "                       [DJINN_SLAB_BYTES] (default: an eighth of the Data segment,\n"
         "                       at most 2 GiB)\n"
+        "  --session-max-handles N  handles one session may hold; 0 = no limit\n"
+        "                       [DJINN_SESSION_MAX_HANDLES] (default 1048576); each also\n"
+        "                       counts 128 bytes against the session's quota\n"
+        "  --max-sessions N     open sessions on this server; 0 = no limit\n"
+        "                       [DJINN_MAX_SESSIONS] (default 1024)\n"
+        "  --max-sessions-per-connection N  open sessions one connection may hold\n"
+        "                       [DJINN_MAX_SESSIONS_PER_CONNECTION] (default 64)\n"
         "  --plan-cache N       fragments kept in the plan cache (LRU); 0 = off\n"
-        "                       [DJINN_PLAN_CACHE] (default 1024)\n"
+        "                       [DJINN_PLAN_CACHE_ENTRIES] (default 1024)\n"
         "  --verbose            log sessions and error replies to stderr\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
@@ -101,9 +108,14 @@ static unsigned long long s_host_bytes(void) {
 }
 
 /* tcp:// endpoints on a loopback address (or ipc://, inproc://) stay on this host. */
+/* Only what this host alone can reach may go without keys: ipc and inproc endpoints and
+ * tcp on a loopback address. Every other transport (ws, wss, pgm, tcp on an interface
+ * or a wildcard) is remote. */
 static int s_local_endpoint(const char *ep) {
-    if (strncmp(ep, "tcp://", 6) != 0)
+    if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9))
         return 1;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return 0;
     const char *h = ep + 6;
     return !strncmp(h, "127.", 4) || !strncmp(h, "localhost:", 10) || !strncmp(h, "[::1]:", 6);
 }
@@ -137,8 +149,9 @@ int main(int argc, char **argv) {
     cfg.keys_dir = s_env("DJINN_KEYS", NULL);
     const char *devices = s_env("DJINN_DEVICES", NULL), *stats_ep = NULL, *check_ep = NULL;
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
-                       data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0;
-    int insecure = 0;
+                       data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
+                       handles = 1u << 20, max_sess = 1024, per_conn = 64;
+    int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
         {"--heartbeat-ms", "DJINN_HEARTBEAT_MS", &hb},
@@ -147,7 +160,10 @@ int main(int argc, char **argv) {
         {"--session-max-queued", "DJINN_SESSION_MAX_QUEUED", &queued},
         {"--data-bytes", "DJINN_DATA_BYTES", &data},
         {"--slab-bytes", "DJINN_SLAB_BYTES", &slab},
-        {"--plan-cache", "DJINN_PLAN_CACHE", &plan},
+        {"--plan-cache", "DJINN_PLAN_CACHE_ENTRIES", &plan},
+        {"--session-max-handles", "DJINN_SESSION_MAX_HANDLES", &handles},
+        {"--max-sessions", "DJINN_MAX_SESSIONS", &max_sess},
+        {"--max-sessions-per-connection", "DJINN_MAX_SESSIONS_PER_CONNECTION", &per_conn},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
     };
@@ -197,6 +213,8 @@ int main(int argc, char **argv) {
             int n = djn_policy_list(stdout);
             fprintf(stderr, "djinn-server: %d operators allowed\n", n);
             return 0;
+        } else if (!strcmp(a, "--no-inline")) {
+            no_inline = 1;
         } else if (!strcmp(a, "--remove-ipc-dir")) {
             cfg.remove_ipc_dir = true;
         } else {
@@ -220,18 +238,22 @@ int main(int argc, char **argv) {
         data = s_host_bytes() / 2;
     if (slab == ~0ull)
         slab = data / 8 < (2ull << 30) ? data / 8 : 2ull << 30;
-    if (quota == ~0ull)
-        quota = ppid ? 0 : data / 2; /* an embedded server serves only its parent */
+    if (quota == ~0ull) /* an embedded server serves only its parent */
+        quota = ppid ? 0 : (data ? data : s_host_bytes()) / 2;
     cfg.lease_ms = lease;
     cfg.heartbeat_ms = hb;
     cfg.max_tensor_bytes = maxt;
     cfg.session_quota_bytes = quota;
     cfg.session_max_queued = (uint32_t)queued;
+    cfg.session_max_handles = handles > UINT32_MAX ? UINT32_MAX : (uint32_t)handles;
+    cfg.max_sessions = max_sess > UINT32_MAX ? UINT32_MAX : (uint32_t)max_sess;
+    cfg.max_sessions_per_connection = per_conn > UINT32_MAX ? UINT32_MAX : (uint32_t)per_conn;
     cfg.data_bytes = data;
     cfg.slab_bytes = slab;
     cfg.plan_cache_entries = (uint32_t)plan;
     cfg.announce_fd = fd == ~0ull ? -1 : (int)fd;
     cfg.parent_pid = (int)ppid;
+    cfg.inline_small = !no_inline;
     char devbuf[1024];
     if (!devices) {
         int n = djn_exec_cuda_count();

@@ -73,6 +73,7 @@ const Prefix kDenyPrefix[] = {
     {"aten::_mkldnn", "mkldnn tensors are not kept by this server"},
     {"aten::to_mkldnn", "mkldnn tensors are not kept by this server"},
     {"aten::_record_function", "profiling is not served"},
+    {"aten::_sobol_engine_", "its kernels trust the shapes of their state tensors"},
 };
 
 // Names PyTorch gives string arguments that select a mode (checked against every aten

@@ -458,7 +458,7 @@ _OOM_CLIENT = """
 # two memory configurations of a CPU server: plain allocations in an 8 GiB address space,
 # and the VMU with a 1 GiB Data segment
 _OOM_SERVERS = {
-    "plain": (("--data-bytes", "0"), _limit_address_space),
+    "plain": (("--data-bytes", "0", "--session-quota-bytes", "0"), _limit_address_space),
     "vmu": (
         (
             "--data-bytes",

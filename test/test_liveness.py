@@ -50,7 +50,9 @@ def _client(env, n, size=512):
 
 
 def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True
+    )
     return [int(line.split()[0]) for line in out.stdout.splitlines() if "djinn-server" in line]
 
 
@@ -135,3 +137,36 @@ def test_server_restart_during_a_wait_is_reported_as_session_lost():
         assert seconds < 8.0, seconds
     finally:
         stop_server(proc)
+
+
+def _thread(pid, name):
+    """The id of the thread of process pid called name (pthread_setname_np)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                return int(tid)
+    raise AssertionError(f"no thread {name!r} in process {pid}")
+
+
+def test_crash_inside_a_kernel_names_the_op_and_the_session():
+    import ctypes
+    import re
+
+    p, pid, ep = _client(subprocess_env(DJINN_SERVER=None), n=400)
+    (server,) = _children(pid)
+    worker = _thread(server, "djn-worker-0")
+    p.stdin.write("\n")
+    p.stdin.flush()
+    time.sleep(0.5)  # the worker is inside the chain's kernels now
+    # a fault in the worker thread, as a kernel's bad read would raise it
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(server, worker, signal.SIGSEGV) == 0, ctypes.get_errno()
+    kind, seconds, msg, err = _verdict(p)
+    assert kind == "ServerUnreachable", (kind, msg, err[-1500:])
+    line = re.search(r"djinn-server: fatal signal 11 \(SIGSEGV\) (.*)", err)
+    assert line, err[-2000:]
+    assert re.match(
+        r"in aten::(mm|tanh)(\.\w+)? of session 0x[0-9a-f]{1,16} \(tenant '[^']*'\); "
+        r"every session of this server is lost",
+        line.group(1),
+    ), line.group(1)

@@ -991,3 +991,101 @@ def test_identical_upload_in_another_session_is_not_changed_by_this_one(server):
     assert r.stdout.strip() == "[-0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, 123.0]"
     assert torch.equal(mine.cpu(), host)
     assert_close((mine + 1)[:3], torch.tensor([1.0, 2.0, 3.0]))
+
+
+# ------------------------------------------------------------------ guarded kernels
+# The server checks the arguments of kernels that trust them (server/guards.cpp); honest
+# programs that reach those kernels, mostly through client-side autograd, still match.
+
+
+def _grads(fn, *shapes, dtype=torch.float32):
+    def run(d):
+        g = torch.Generator().manual_seed(3)
+        xs = [torch.randn(*s, generator=g, dtype=dtype).to(d).requires_grad_() for s in shapes]
+        out = fn(d, *xs)
+        # a different upstream gradient for each element: ones would hide a wrong mapping
+        # (e.g. every index sent to bag 0 by a wrong offset2bag)
+        ramp = torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape).to(d)
+        (out * ramp).sum().backward()
+        return [out.detach()] + [x.grad for x in xs]
+
+    return run
+
+
+def _ctc(d, lp):
+    g = torch.Generator().manual_seed(4)
+    targets = torch.randint(1, 5, (2, 6), generator=g).to(d)
+    return F.ctc_loss(lp.log_softmax(2), targets, [10, 9], [6, 4], reduction="none")
+
+
+def _bag(mode):
+    def fn(d, w):
+        idx = torch.tensor([0, 3, 3, 7, 2, 9, 1], device=d)
+        off = torch.tensor([0, 3, 3, 5], device=d)
+        return F.embedding_bag(idx, w, off, mode=mode)
+
+    return fn
+
+
+GUARDED = {
+    "cummax": _grads(lambda d, x: torch.cummax(x, 1).values, (4, 9)),
+    "cummin_dim0": _grads(lambda d, x: torch.cummin(x, 0).values, (4, 9)),
+    "max_pool2d_grad": _grads(lambda d, x: F.max_pool2d(x, 2), (2, 3, 6, 6)),
+    "max_pool3d_grad": _grads(lambda d, x: F.max_pool3d(x, 2), (1, 2, 4, 4, 4)),
+    "adaptive_max_pool2d_grad": _grads(lambda d, x: F.adaptive_max_pool2d(x, 3), (2, 2, 7, 5)),
+    "adaptive_max_pool3d_grad": _grads(lambda d, x: F.adaptive_max_pool3d(x, 2), (1, 2, 5, 4, 3)),
+    "embedding_grad_freq": _grads(
+        lambda d, w: F.embedding(
+            torch.tensor([[1, 4, 4], [0, 9, 1]], device=d), w, scale_grad_by_freq=True
+        ),
+        (10, 3),
+    ),
+    "embedding_bag_sum": _grads(_bag("sum"), (10, 4)),
+    "embedding_bag_mean": _grads(_bag("mean"), (10, 4)),
+    "embedding_bag_max": _grads(_bag("max"), (10, 4)),
+    # 2-D indices, per-sample weights: CPU's fast sum path returns no offset2bag
+    "embedding_bag_2d_weighted": _grads(
+        lambda d, w, psw: F.embedding_bag(
+            torch.tensor([[1, 5, 4], [4, 7, 5], [0, 9, 9]], device=d),
+            w,
+            mode="sum",
+            per_sample_weights=psw,
+        ),
+        (10, 4),
+        (3, 3),
+    ),
+    "ctc_loss": _grads(_ctc, (10, 2, 5)),
+    "segment_reduce_sum": _grads(
+        lambda d, x: torch.segment_reduce(
+            x, "sum", lengths=torch.tensor([2, 0, 3], device=d), unsafe=True, initial=0.0
+        ),
+        (5,),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(GUARDED))
+def test_guarded_kernels_serve_honest_programs(name):
+    both(GUARDED[name])
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd", "adagrad"])
+def test_fused_optimizers_match_cpu(opt):
+    def run(d):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(6, 3).to(d)
+        make = {
+            "adam": lambda p: torch.optim.Adam(p, lr=0.1, fused=True, amsgrad=True),
+            "adamw": lambda p: torch.optim.AdamW(p, lr=0.1, fused=True),
+            "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+            "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1, fused=True),
+        }[opt]
+        o = make(m.parameters())
+        x = torch.arange(12.0).reshape(2, 6).to(d)
+        for _ in range(3):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+        return [p.detach() for p in m.parameters()]
+
+    both(run, rtol=1e-5, atol=1e-6)

@@ -747,3 +747,84 @@ def test_graph_cached_is_per_session(server, zctx):
     finally:
         a.close()
         b.close()
+
+
+# ------------------------------------------------------------------ fetches at the edges (issue 16)
+# Every fetch is bounded by the storage the handle really has at that moment: a lazy
+# declaration (its declared size, read as zeros), uploaded bytes, shared Text, a kernel's
+# result, an efficient zero tensor (whose storage holds nothing); an out= storage the
+# kernel grew past its declaration is refused, never read. A fetch succeeds exactly when [offset, offset + n)
+# lies inside it, and returns the bytes CPU would; anything else is E_ARGS naming the
+# real size, and the server goes on.
+
+_U64 = (1 << 64) - 1
+_FETCH_SIZES = [0, 4, 16, 4096]
+
+
+def _edges(size):
+    offs = sorted({0, 1, size // 2, max(size - 1, 0), size, size + 1, 1 << 63, _U64})
+    lens = sorted({0, 1, 3, max(size - 1, 0), size, size + 1, 1 << 63, _U64})
+    return [(o, n) for o in offs for n in lens]
+
+
+def _storage_kinds(session, size, base):
+    """(name, handle, expected bytes) of storages of `size` bytes made every way a client can."""
+    n = size // 4
+    data = bytes(((i * 37 + 11) & 0xFF) for i in range(size))
+    x = torch.frombuffer(bytearray(data), dtype=torch.float32) if size else torch.empty(0)
+    h = [base + k for k in range(1, 10)]
+    t = lambda slot, m=n: tref(slot, F32, [m])  # noqa: E731
+    grown = n + 3  # the out= argument is declared with n elements; add.out resizes it
+    body = {
+        "binds": h,
+        "allocs": [[h[0], size], [h[1], size], [h[3], size], [h[4], size]],
+        "uploads": [[h[1], 1], [h[2], 1, True]],
+        "nodes": [
+            ["aten::add", "out", [t(1), t(1), 1, t(3)], [t(3)], 0],
+            ["aten::_efficientzerotensor", "", [[n], F32, None, None, None], [t(4)], 0],
+        ],
+        "fetch": [],
+    }
+    ybody = {"binds": [h[6]], "allocs": [[h[6], 4 * grown]], "uploads": [[h[6], 1]]}
+    y = torch.arange(grown, dtype=torch.float32)
+    hy, _ = session.graph(ybody, frames=[y.numpy().tobytes()])
+    assert hy["type"] == REPLY, hy
+    r, _ = session.graph(body, frames=[data])
+    assert r["type"] == REPLY, r
+    # an out= argument the kernel grows past its declaration is never reinterpreted (one
+    # declared empty is an output the client holds no element of: nothing to bind)
+    grow = ["aten::add", "out", [t(1, grown), t(1, grown), 1, t(0)], [t(0)], 0]
+    if n:
+        assert_error(
+            session.graph({"binds": [h[5], h[6]], "allocs": [[h[5], size]], "nodes": [grow]}),
+            E_OP,
+            f"returned an output of shape [{grown}] where the client expects [{n}]",
+        )
+        assert_error(
+            session.graph({"fetch": [[h[5], 0, 0]]}),
+            E_OP,
+            "never computed because an earlier op failed",
+        )
+    return [
+        ("lazy", h[0], bytes(size)),
+        ("uploaded", h[1], data),
+        ("text", h[2], data),
+        ("computed", h[3], (x + x).numpy().tobytes()),
+        ("zerotensor", h[4], bytes(size)),
+    ]
+
+
+@pytest.mark.parametrize("size", _FETCH_SIZES)
+def test_fetches_at_every_edge_are_bounded_by_the_real_storage(session, size):
+    kinds = _storage_kinds(session, size, H0 + 0xF00000 + size * 16)
+    for name, handle, expect in kinds:
+        real = len(expect)
+        for off, n in _edges(size):
+            r = session.graph({"fetch": [[handle, off, n]]})
+            if off <= real and n <= real - off:
+                assert r[0]["type"] == REPLY, (name, off, n, r[0])
+                assert r[1] == [expect[off : off + n]], (name, off, n)
+            elif n >= 1 << 63:  # past the server's per-tensor limit: refused before any lookup
+                assert_error(r, E_LIMIT, f"fetch of {n} bytes exceeds the limit")
+            else:
+                assert_error(r, E_ARGS, f"beyond a storage of {real} bytes")

@@ -230,10 +230,19 @@ static void s_free_bytes(void *data, void *hint) {
 /* DJINN_RECORD_DIR: write every request to a file of its own, in the framing of the
  * server fuzzer's inputs ([u8 frames - 1][u16 length][bytes]..., data frames cut at
  * 64 KiB): real client messages seed fuzz/corpus (make fuzz-seeds). */
+static const char *s_record_dir; /* DJINN_RECORD_DIR, read once */
+static pthread_once_t s_record_once = PTHREAD_ONCE_INIT;
+
+static void s_record_init(void) {
+    const char *d = getenv("DJINN_RECORD_DIR");
+    s_record_dir = d && *d ? d : NULL;
+}
+
 static void s_record(const djn_buf_t *hdr, const djn_frame_t *frames, uint32_t nframes) {
     static _Atomic uint32_t n;
-    const char *dir = getenv("DJINN_RECORD_DIR");
-    if (!dir || !*dir || hdr->len > 0xFFFF)
+    pthread_once(&s_record_once, s_record_init);
+    const char *dir = s_record_dir;
+    if (!dir || hdr->len > 0xFFFF)
         return;
     char path[4096];
     snprintf(path, sizeof path, "%s/%d-%06u", dir, (int)getpid(), atomic_fetch_add(&n, 1));

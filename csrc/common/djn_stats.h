@@ -30,6 +30,8 @@ extern "C" {
     X(sessions_opened, U64, "server.sessions_opened", "sessions ever opened")                      \
     X(sessions_closed, U64, "server.sessions_closed", "sessions closed by CLOSE")                  \
     X(sessions_expired, U64, "server.sessions_expired", "sessions reclaimed by their lease")       \
+    X(sessions_refused, U64, "server.sessions_refused",                                            \
+      "HELLOs refused by --max-sessions or --max-sessions-per-connection")                         \
     X(handles, U64, "server.handles", "handle-table entries over all sessions")                    \
     X(bytes_in_use, U64, "server.private_bytes",                                                   \
       "bytes of private materialised storages over all sessions")                                  \
@@ -51,6 +53,8 @@ extern "C" {
       "mean scheduling time per fragment run from the plan cache, us")                             \
     X(sched_us_miss_avg, U64, "sched.us_miss_avg",                                                 \
       "mean scheduling time per fragment that carried its nodes, us")                              \
+    X(inline_runs, U64, "sched.inline_runs",                                                       \
+      "tiny cached fragments the transport ran itself on an idle device")                          \
     X(session_max_queued, U64, "server.session_max_queued",                                        \
       "fragments one session may have waiting (0: no bound)")
 

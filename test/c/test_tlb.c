@@ -4,7 +4,7 @@
  * worker's reference outliving eviction and session drops; duplicates, fragments without
  * a fingerprint or without nodes, and a disabled cache; the entry's compact copy of the
  * nodes (the decoded message is freed right after insert and the entry still reads
- * them); the slab plan copied by slot; djn_tlb_drop_session and
+ * them); the slab plan copied by slot; djn_tlb_drop_sessions and
  * djn_tlb_session_entries; the `bytes` statistic, which must return to 0 once entries
  * are evicted, dropped or destroyed; the owner that pays for an entry (charged once,
  * released exactly once, 0 released at once when nothing is filed); allocation failure
@@ -98,6 +98,10 @@ static void s_insert_owned(djn_tlb_t *t, uint64_t sid, uint64_t fp, uint32_t dev
     if (m)
         djn_tlb_insert(t, sid, &m->u.graph, NULL, 0, 0, &owner);
     djn_msg_free(&m);
+}
+
+static void s_drop(djn_tlb_t *t, uint64_t sid) {
+    djn_tlb_drop_sessions(t, &sid, 1);
 }
 
 static bool s_has(djn_tlb_t *t, uint64_t sid, uint64_t fp, uint32_t dev) {
@@ -328,7 +332,7 @@ static void test_drop_session(void) {
     uint64_t fp[2] = {2, 2};
     djn_tlb_entry_t *held = djn_tlb_lookup(t, fp, 0, SID);
     CHECK(held != NULL);
-    djn_tlb_drop_session(t, SID);
+    s_drop(t, SID);
     CHECK_EQ_INT(djn_tlb_session_entries(t, SID), 0);
     CHECK_EQ_INT(djn_tlb_session_entries(t, SID + 1), 4);
     djn_tlb_stats_t after = s_stats(t);
@@ -340,8 +344,8 @@ static void test_drop_session(void) {
     if (held)
         CHECK_STR(djn_tlb_graph(held)->nodes[0].op, "aten::neg");
     djn_tlb_release(t, &held);
-    djn_tlb_drop_session(t, SID); /* twice: nothing left to drop */
-    djn_tlb_drop_session(t, SID + 1);
+    s_drop(t, SID); /* twice: nothing left to drop */
+    s_drop(t, SID + 1);
     after = s_stats(t);
     CHECK_EQ_INT(after.entries, 0);
     CHECK_EQ_INT(after.bytes, 0);
@@ -365,9 +369,9 @@ static void test_bytes_accounting(void) {
     s_insert(t, SID, 4, 0); /* evicts 1 */
     CHECK_EQ_INT(s_stats(t).evictions, 1);
     CHECK_EQ_INT(s_stats(t).bytes, 3 * one);
-    djn_tlb_drop_session(t, SID);
+    s_drop(t, SID);
     CHECK_EQ_INT(s_stats(t).bytes, one);
-    djn_tlb_drop_session(t, SID + 1);
+    s_drop(t, SID + 1);
     CHECK_EQ_INT(s_stats(t).bytes, 0);
     /* A plan adds its slots. */
     djn_msg_t *m = s_graph(5, 5, 0);
@@ -403,7 +407,7 @@ static void test_insert_fault_injection(void) {
             kept++;
         else
             failed++;
-        djn_tlb_drop_session(t, SID);
+        s_drop(t, SID);
         CHECK_EQ_INT(s_stats(t).bytes, 0);
         djn_tlb_destroy(&t);
         CHECK_EQ_INT(djn_mem_in_use(), mem0);
@@ -470,7 +474,7 @@ static void test_owner_accounting(void) {
     djn_tlb_entry_t *held = djn_tlb_lookup(t, fp5, 0, SID + 1);
     CHECK(held != NULL);
     int rel = b.releases;
-    djn_tlb_drop_session(t, SID + 1);
+    s_drop(t, SID + 1);
     CHECK_EQ_INT(b.releases, rel + 1); /* 6 went at once */
     CHECK_EQ_INT(b.charged, one);      /* 5 is still held */
     djn_tlb_release(t, &held);
@@ -536,6 +540,42 @@ static void test_owner_fault_injection(void) {
     CHECK(late > 0);
 }
 
+/* Many sessions leave in one walk; an owner that left before the entry is filed (a GRAPH
+ * still running when its session closed) gets nothing filed and its charge back. */
+static bool s_live = true;
+static bool s_live_fn(void *ctx) {
+    (void)ctx;
+    return s_live;
+}
+
+static void test_drop_many_and_late_insert(void) {
+    djn_tlb_t *t = djn_tlb_new(64);
+    for (uint64_t k = 0; k < 10; k++)
+        s_insert(t, SID + k, 100 + k, 0);
+    uint64_t sids[4] = {SID, SID + 3, SID + 9, SID + 50};
+    djn_tlb_drop_sessions(t, sids, 4);
+    CHECK_EQ_INT(s_stats(t).entries, 7);
+    CHECK(!s_has(t, SID + 3, 103, 0) && s_has(t, SID + 4, 104, 0));
+    djn_tlb_drop_sessions(t, sids, 0);
+    CHECK_EQ_INT(s_stats(t).entries, 7);
+    account_t a = {0};
+    djn_tlb_owner_t owner = {&a, s_charge_fn, s_release_fn, s_live_fn};
+    djn_msg_t *m = s_graph(200, 200, 0);
+    s_live = false;
+    if (m)
+        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, 0, 0, &owner);
+    CHECK_EQ_INT(djn_tlb_session_entries(t, SID + 20), 0);
+    CHECK_EQ_INT(a.charged, 0);
+    CHECK_EQ_INT(a.releases, 1);
+    s_live = true;
+    if (m)
+        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, 0, 0, &owner);
+    CHECK_EQ_INT(djn_tlb_session_entries(t, SID + 20), 1);
+    djn_msg_free(&m);
+    djn_tlb_destroy(&t);
+    CHECK_EQ_INT(a.charged, 0);
+}
+
 int main(void) {
     RUN(test_hit_and_miss);
     RUN(test_session_in_key);
@@ -546,6 +586,7 @@ int main(void) {
     RUN(test_duplicate_and_unfingerprinted);
     RUN(test_capacity_zero);
     RUN(test_drop_session);
+    RUN(test_drop_many_and_late_insert);
     RUN(test_bytes_accounting);
     RUN(test_insert_fault_injection);
     RUN(test_owner_accounting);

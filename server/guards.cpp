@@ -1,0 +1,334 @@
+// guards.cpp: argument checks for ATen kernels that trust their arguments (djn_guard.h).
+//
+// ATen's public operators check what they are given; some of the operators they call
+// underneath do not, because only ATen itself was meant to call them: a helper that
+// writes into output tensors of the shape it assumes (_cummax_helper), a fused optimizer
+// that walks raw pointers over numel() elements of every list entry, a backward kernel
+// that indexes its gradient by saved indices it never range-checks (max pooling,
+// embedding). A tenant can name any of them. Each guard here states, from the kernel's
+// source, what it relies on and refuses anything else before the kernel runs: equal
+// shapes and dtypes, contiguity, index values in range. Ranges are checked with one
+// aminmax pass over the index tensor, which is small next to the kernel itself.
+// Rejected alternative: denying these operators. Client-side autograd and the
+// CompositeExplicitAutograd decompositions send them for ordinary programs (cummax,
+// max_pool2d's gradient, nn.Embedding's gradient, torch.optim with fused=True).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <string>
+#include <unordered_map>
+
+#include "djn_guard.h"
+
+namespace {
+
+struct Args {
+    const c10::FunctionSchema &s;
+    const torch::jit::Stack &st;
+    const c10::IValue &get(const char *name) const {
+        auto i = s.argumentIndexWithName(name);
+        if (!i)
+            throw djn_guard_error(std::string("has no argument '") + name + "'");
+        return st.at(*i);
+    }
+    bool has(const char *name) const { return s.argumentIndexWithName(name).has_value(); }
+    at::Tensor t(const char *name) const {
+        const auto &v = get(name);
+        return v.isTensor() ? v.toTensor() : at::Tensor();
+    }
+    int64_t i(const char *name) const { return get(name).toInt(); }
+    std::vector<at::Tensor> list(const char *name) const {
+        const auto &v = get(name);
+        return v.isTensorList() ? v.toTensorVector() : std::vector<at::Tensor>{};
+    }
+};
+
+[[noreturn]] void fail(const std::string &m) {
+    throw djn_guard_error(m);
+}
+
+std::string dims(c10::IntArrayRef d) {
+    std::string s = "[";
+    for (size_t k = 0; k < d.size(); k++)
+        s += (k ? ", " : "") + std::to_string(d[k]);
+    return s + "]";
+}
+
+void same_shape(const at::Tensor &a, const char *an, const at::Tensor &b, const char *bn) {
+    if (a.sizes() != b.sizes())
+        fail(std::string("'") + an + "' has shape " + dims(a.sizes()) + " but '" + bn +
+             "' has shape " + dims(b.sizes()));
+}
+
+// Every value of an integer tensor in [0, hi): the one check the kernels below skip.
+void in_range(const at::Tensor &idx, const char *name, int64_t hi) {
+    if (!idx.defined() || idx.numel() == 0)
+        return;
+    if (!at::isIntegralType(idx.scalar_type(), /*includeBool=*/false))
+        fail(std::string("'") + name + "' must hold integers");
+    auto mm = at::aminmax(idx);
+    int64_t lo = std::get<0>(mm).item<int64_t>(), top = std::get<1>(mm).item<int64_t>();
+    if (lo < 0 || top >= hi)
+        fail(std::string("'") + name + "' holds " + std::to_string(lo < 0 ? lo : top) +
+             ", outside [0, " + std::to_string(hi) + ")");
+}
+
+void dim_ok(int64_t dim, int64_t ndim) {
+    int64_t n = ndim ? ndim : 1;
+    if (dim < -n || dim >= n)
+        fail("dim " + std::to_string(dim) + " is out of range for a tensor of rank " +
+             std::to_string(ndim));
+}
+
+// _cummax_helper / _cummin_helper(self, values!, indices!, dim): the CPU kernel walks
+// values and indices with self's sizes and never resizes them.
+void g_cum_helper(const Args &a) {
+    at::Tensor self = a.t("self"), values = a.t("values"), indices = a.t("indices");
+    same_shape(values, "values", self, "self");
+    same_shape(indices, "indices", self, "self");
+    if (values.scalar_type() != self.scalar_type() || indices.scalar_type() != at::kLong)
+        fail("'values' must have self's dtype and 'indices' int64");
+    dim_ok(a.i("dim"), self.dim());
+}
+
+// _fused_adam(w)_ / _fused_sgd_ / _fused_adagrad_: the CPU kernels check the list
+// lengths, then read and write numel() contiguous elements of each entry through the
+// first list's dtype, and one float of grad_scale, found_inf and a tensor lr.
+void g_fused_optim(const Args &a) {
+    std::vector<at::Tensor> self = a.list("self");
+    for (const auto &arg : a.s.arguments()) {
+        const char *name = arg.name().c_str();
+        if (!a.get(name).isTensorList())
+            continue;
+        std::vector<at::Tensor> l = a.list(name);
+        if (!l.empty() && l.size() != self.size())
+            fail(std::string("'") + name + "' has " + std::to_string(l.size()) +
+                 " tensors but 'self' has " + std::to_string(self.size()));
+        bool steps = arg.name() == "state_steps";
+        for (size_t k = 0; k < l.size(); k++) {
+            if (!l[k].is_contiguous())
+                fail(std::string("'") + name + "[" + std::to_string(k) + "]' is not contiguous");
+            if (steps) {
+                if (l[k].numel() < 1)
+                    fail("'state_steps[" + std::to_string(k) + "]' is empty");
+                continue;
+            }
+            if (l[k].sizes() != self[k].sizes() || l[k].scalar_type() != self[k].scalar_type())
+                fail(std::string("'") + name + "[" + std::to_string(k) +
+                     "]' must have the shape and dtype of 'self[" + std::to_string(k) + "]'");
+        }
+    }
+    for (const char *name : {"grad_scale", "found_inf", "lr"})
+        if (a.has(name)) {
+            at::Tensor t = a.t(name);
+            if (t.defined() && t.numel() < 1)
+                fail(std::string("'") + name + "' is empty");
+        }
+}
+
+// Max-pooling backward kernels (max_pool*_with_indices, adaptive, fractional) add each
+// grad_output element into grad_input's plane at the saved index, unchecked.
+template <int K> void g_pool_backward(const Args &a) {
+    at::Tensor go = a.t("grad_output"), self = a.t("self"), idx = a.t("indices");
+    same_shape(idx, "indices", go, "grad_output");
+    if (go.dim() != self.dim() || self.dim() < K)
+        fail("'grad_output' and 'self' must have the same rank, at least " + std::to_string(K));
+    int64_t plane = 1;
+    for (int64_t d = 0; d < self.dim(); d++) {
+        if (d < self.dim() - K && go.size(d) != self.size(d))
+            fail("'grad_output' has shape " + dims(go.sizes()) + " for an input of shape " +
+                 dims(self.sizes()));
+        if (d >= self.dim() - K)
+            plane *= self.size(d);
+    }
+    in_range(idx, "indices", plane);
+}
+
+// embedding_dense_backward counts and accumulates rows by index, unchecked.
+void g_embedding_backward(const Args &a) {
+    int64_t n = a.i("num_weights");
+    if (n < 0)
+        fail("'num_weights' is negative");
+    in_range(a.t("indices"), "indices", n);
+}
+
+// _embedding_bag_*backward: rows by index, bags by offset2bag, max mode by
+// maximum_indices, all through raw pointers.
+void g_embedding_bag_backward(const Args &a) {
+    g_embedding_backward(a);
+    at::Tensor grad = a.t("grad"), indices = a.t("indices"), o2b = a.t("offset2bag");
+    at::Tensor bag_size = a.t("bag_size");
+    if (grad.dim() != 2)
+        fail("'grad' must be 2-D");
+    if (o2b.numel() < indices.numel())
+        fail("'offset2bag' is shorter than 'indices'");
+    in_range(o2b, "offset2bag", std::min<int64_t>(grad.size(0), bag_size.numel()));
+    if (a.has("maximum_indices")) {
+        at::Tensor mi = a.t("maximum_indices");
+        if (a.i("mode") == 2) {
+            if (!mi.defined() || mi.dim() != 2 || mi.size(0) != bag_size.numel() ||
+                mi.size(1) != grad.size(1))
+                fail("'maximum_indices' must be [bags, embedding_dim]");
+            in_range(mi, "maximum_indices", a.i("num_weights"));
+        }
+    }
+    at::Tensor psw = a.t("per_sample_weights");
+    if (psw.defined() && psw.numel() < indices.numel())
+        fail("'per_sample_weights' is shorter than 'indices'");
+}
+
+void g_embedding_bag_psw_backward(const Args &a) {
+    at::Tensor grad = a.t("grad"), weight = a.t("weight"), indices = a.t("indices");
+    at::Tensor o2b = a.t("offset2bag");
+    if (grad.dim() != 2 || weight.dim() != 2)
+        fail("'grad' and 'weight' must be 2-D");
+    in_range(indices, "indices", weight.size(0));
+    if (o2b.numel() < indices.numel())
+        fail("'offset2bag' is shorter than 'indices'");
+    in_range(o2b, "offset2bag", grad.size(0));
+}
+
+// CTC: the CPU kernels index log_probs by the target labels within target_lengths and,
+// backward, log_alpha by (batch, time, 2 * target + 1), trusting both.
+std::vector<int64_t> int_list(const c10::IValue &v) {
+    if (!v.isTensor())
+        return v.toIntVector();
+    at::Tensor t = v.toTensor().to(at::kCPU, at::kLong).contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+}
+
+void g_ctc(const Args &a) {
+    at::Tensor lp = a.t("log_probs"), targets = a.t("targets");
+    if (lp.dim() != 3)
+        fail("'log_probs' must be 3-D (time, batch, classes)");
+    int64_t classes = lp.size(2), batch = lp.size(1), blank = a.i("blank");
+    if (blank < 0 || blank >= classes)
+        fail("'blank' is outside the classes");
+    std::vector<int64_t> il = int_list(a.get("input_lengths"));
+    std::vector<int64_t> tl = int_list(a.get("target_lengths"));
+    if ((int64_t)il.size() != batch || (int64_t)tl.size() != batch)
+        fail("one input and one target length per batch entry are expected");
+    int64_t max_in = 0, max_t = 0, sum_t = 0;
+    for (int64_t b = 0; b < batch; b++) {
+        if (il[b] < 0 || il[b] > lp.size(0) || tl[b] < 0)
+            fail("a length is out of range");
+        max_in = std::max(max_in, il[b]);
+        max_t = std::max(max_t, tl[b]);
+        sum_t += tl[b];
+    }
+    if (targets.dim() == 2) {
+        if (targets.size(0) < batch || targets.size(1) < max_t)
+            fail("'targets' is shorter than 'target_lengths' say");
+        at::Tensor len = at::tensor(tl, at::kLong).to(targets.device());
+        at::Tensor used =
+            at::arange(max_t, len.options()).unsqueeze(0) < len.unsqueeze(1); // [batch, max_t]
+        in_range(targets.narrow(0, 0, batch).narrow(1, 0, max_t).masked_select(used), "targets",
+                 classes);
+    } else {
+        if (targets.dim() != 1 || targets.numel() < sum_t)
+            fail("'targets' is shorter than 'target_lengths' say");
+        in_range(targets.narrow(0, 0, sum_t), "targets", classes);
+    }
+    if (!a.has("log_alpha"))
+        return;
+    at::Tensor la = a.t("log_alpha"), nll = a.t("neg_log_likelihood"), grad = a.t("grad");
+    if (la.dim() != 3 || la.size(0) < batch || la.size(1) < max_in || la.size(2) < 2 * max_t + 1)
+        fail("'log_alpha' is smaller than the lengths need");
+    if (nll.numel() < batch || grad.numel() < 1)
+        fail("'neg_log_likelihood' and 'grad' need one value per batch entry");
+}
+
+// segment_reduce(unsafe=True) skips its own length checks, and its backward never makes
+// them: the kernels walk data by lengths or offsets through raw pointers.
+void g_segment(const Args &a) {
+    at::Tensor data = a.t("data"), lengths = a.t("lengths"), offsets = a.t("offsets");
+    int64_t axis = a.i("axis");
+    dim_ok(axis, data.dim());
+    axis = c10::maybe_wrap_dim(axis, std::max<int64_t>(data.dim(), 1));
+    int64_t n = data.dim() ? data.size(axis) : 1;
+    at::Tensor seg = lengths.defined() ? lengths : offsets;
+    if (!seg.defined())
+        fail("one of 'lengths' and 'offsets' is needed");
+    if (seg.dim() != axis + 1)
+        fail("'lengths' / 'offsets' must have rank axis + 1");
+    for (int64_t d = 0; d < axis; d++)
+        if (seg.size(d) != data.size(d))
+            fail("'lengths' / 'offsets' do not match data's leading dimensions");
+    int64_t segments = seg.size(axis) - (lengths.defined() ? 0 : 1);
+    if (lengths.defined()) {
+        in_range(lengths, "lengths", n + 1);
+        if (lengths.numel() && !at::equal(lengths.sum(-1), at::full_like(lengths.sum(-1), n)))
+            fail("'lengths' do not add up to data's size along 'axis'");
+    } else {
+        in_range(offsets, "offsets", n + 1);
+        if (offsets.size(axis) < 1)
+            fail("'offsets' is empty");
+        if (offsets.size(axis) > 1 && (offsets.diff(1, -1) < 0).any().item<bool>())
+            fail("'offsets' must not decrease");
+    }
+    if (!a.has("grad"))
+        return;
+    at::Tensor grad = a.t("grad"), output = a.t("output");
+    std::vector<int64_t> want = data.sizes().vec();
+    if (!want.empty())
+        want[axis] = segments;
+    if (output.sizes() != c10::IntArrayRef(want) || grad.sizes() != output.sizes())
+        fail("'grad' and 'output' must have data's shape with " + std::to_string(segments) +
+             " segments along 'axis'");
+}
+
+using Guard = void (*)(const Args &);
+
+const std::unordered_map<std::string, Guard> &table() {
+    static const std::unordered_map<std::string, Guard> t = {
+        {"aten::_cummax_helper", g_cum_helper},
+        {"aten::_cummin_helper", g_cum_helper},
+        {"aten::_fused_adam", g_fused_optim},
+        {"aten::_fused_adam_", g_fused_optim},
+        {"aten::_fused_adamw", g_fused_optim},
+        {"aten::_fused_adamw_", g_fused_optim},
+        {"aten::_fused_sgd", g_fused_optim},
+        {"aten::_fused_sgd_", g_fused_optim},
+        {"aten::_fused_adagrad", g_fused_optim},
+        {"aten::_fused_adagrad_", g_fused_optim},
+        {"aten::max_pool2d_with_indices_backward", g_pool_backward<2>},
+        {"aten::max_pool3d_with_indices_backward", g_pool_backward<3>},
+        {"aten::adaptive_max_pool2d_backward", g_pool_backward<2>},
+        {"aten::adaptive_max_pool3d_backward", g_pool_backward<3>},
+        {"aten::fractional_max_pool2d_backward", g_pool_backward<2>},
+        {"aten::fractional_max_pool3d_backward", g_pool_backward<3>},
+        {"aten::embedding_dense_backward", g_embedding_backward},
+        {"aten::embedding_backward", g_embedding_backward},
+        {"aten::_embedding_bag_backward", g_embedding_bag_backward},
+        {"aten::_embedding_bag_dense_backward", g_embedding_bag_backward},
+        {"aten::_embedding_bag_sparse_backward", g_embedding_bag_backward},
+        {"aten::_embedding_bag_per_sample_weights_backward", g_embedding_bag_psw_backward},
+        {"aten::_ctc_loss", g_ctc},
+        {"aten::_ctc_loss_backward", g_ctc},
+        {"aten::segment_reduce", g_segment},
+        {"aten::_segment_reduce_backward", g_segment},
+    };
+    return t;
+}
+
+void run(const c10::FunctionSchema &s, const torch::jit::Stack &st, Guard g) {
+    try {
+        g(Args{s, st});
+    } catch (const djn_guard_error &) {
+        throw;
+    } catch (const std::exception &e) { // a value of the wrong kind: refused all the same
+        throw djn_guard_error(std::string("arguments this server cannot check: ") + e.what());
+    }
+}
+
+} // namespace
+
+bool djn_guard_has(const std::string &op) {
+    return table().count(op) != 0;
+}
+
+void djn_guard_run(const c10::FunctionSchema &s, const torch::jit::Stack &st) {
+    auto it = table().find(s.name());
+    if (it != table().end())
+        run(s, st, it->second);
+}
