@@ -161,11 +161,20 @@ def test_lstsq_and_embedding_bag():
         assert_close(
             F.embedding_bag(*_r(idx, w, off), mode=mode), F.embedding_bag(idx, w, off, mode=mode)
         )
-    wr = w.to(R).requires_grad_()
-    wc = w.clone().requires_grad_()
-    F.embedding_bag(idx.to(R), wr, off.to(R)).sum().backward()
-    F.embedding_bag(idx, wc, off).sum().backward()
-    assert_close(wr.grad, wc.grad)
+    for mode in ("sum", "mean", "max"):  # 'sum': CPU leaves offset2bag empty, backward rebuilds
+        wr = w.to(R).requires_grad_()
+        wc = w.clone().requires_grad_()
+        F.embedding_bag(idx.to(R), wr, off.to(R), mode=mode).pow(2).sum().backward()
+        F.embedding_bag(idx, wc, off, mode=mode).pow(2).sum().backward()
+        assert_close(wr.grad, wc.grad)
+    # per-sample weights: CPU's forward leaves offset2bag empty and the backward rebuilds it
+    psw = torch.randn(8)
+    pr, pc = psw.to(R).requires_grad_(), psw.clone().requires_grad_()
+    F.embedding_bag(idx.to(R), w.to(R), off.to(R), mode="sum", per_sample_weights=pr).pow(
+        2
+    ).sum().backward()
+    F.embedding_bag(idx, w, off, mode="sum", per_sample_weights=pc).pow(2).sum().backward()
+    assert_close(pr.grad, pc.grad)
 
 
 # ------------------------------------------------------------------ dtypes and outputs
