@@ -245,6 +245,10 @@ def test_opinfo(survey, run, key):
         why = KNOWN[(run, key)][1]
         assert KNOWN_DETAIL.get(why, "") in r.get("detail", ""), r
         raise KnownFailure(f"{key} ({run}): {r['status']}: {r.get('detail', '')}")
+    if r["status"] == "cpu-skip" and not r.get("nondet_remote"):
+        # CPU gave two different results for one sample (linalg.lstsq's LAPACK path under
+        # load): no reference to compare with, as in the survey, which does not count it
+        pytest.skip(f"{key} ({run}): {r.get('detail', '')}")
     assert r["status"] == "pass", f"{key} ({run}): {r['status']}: {r.get('detail', '')}"
     assert not r.get("poisons_session"), (
         f"{key} ({run}) leaves the session broken: {r['poisons_session']}"
