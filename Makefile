@@ -35,7 +35,7 @@ COMMON_SRC := $(wildcard csrc/common/*.c)
 CLIENT_SRC := $(wildcard csrc/client/*.c)
 SERVER_C := $(wildcard server/*.c)
 SERVER_CXX := $(wildcard server/*.cpp)
-TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h) setup.py
+TORCH_SRC := $(wildcard csrc/torch/*.cpp csrc/torch/*.h csrc/torch/*.inc) server/policy.cpp setup.py
 HEADERS := $(wildcard csrc/common/*.h csrc/client/*.h server/*.h)
 C_TESTS := $(patsubst test/c/%.c,$(BUILD)/ctest/%,$(wildcard test/c/test_*.c))
 
@@ -236,7 +236,7 @@ test-py: $(BUILD)/.opinfo-deps
 
 test-ops: build $(BUILD)/.opinfo-deps
 	$(PYTHON) test/opinfo_harness.py --json benchmarks/results/opinfo.json \
-	    --md benchmarks/results/opinfo.md
+	    --md benchmarks/results/opinfo.md --readme README.md
 
 .PHONY: test-ops
 

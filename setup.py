@@ -11,8 +11,10 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 C_SOURCES = sorted(glob.glob("csrc/common/*.c") + glob.glob("csrc/client/*.c"))
-CXX_SOURCES = sorted(glob.glob("csrc/torch/*.cpp"))
-INCLUDES = [os.path.join(ROOT, d) for d in ("csrc/common", "csrc/client", "csrc/torch")]
+# server/policy.cpp: the server's operator policy, so the client refuses at capture what
+# the server would refuse (and the fragment is left as it was)
+CXX_SOURCES = sorted(glob.glob("csrc/torch/*.cpp")) + ["server/policy.cpp"]
+INCLUDES = [os.path.join(ROOT, d) for d in ("csrc/common", "csrc/client", "csrc/torch", "server")]
 LIBS = ["zmq", "msgpackc", "xxhash"]
 
 

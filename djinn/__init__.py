@@ -27,8 +27,10 @@ class ServerUnreachable(RemoteError):
     it went away, or it is draining (shutting down) and opens no new session."""
 
 
-class ResourceError(RemoteError):
-    """Out of memory or over a quota, on the server or on this host."""
+class ResourceError(RemoteError, _torch.OutOfMemoryError):
+    """Out of memory or over a quota, on the server or on this host.
+
+    Also a ``torch.OutOfMemoryError``, which code written for CUDA catches."""
 
 
 from . import _C  # noqa: E402

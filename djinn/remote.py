@@ -84,7 +84,7 @@ def _is_in_bad_fork():
 def manual_seed(seed):
     """Seed this session's random state on the server, in program order with the ops
     around it. (On a server with several devices, the current device's.)"""
-    _C._manual_seed(int(seed) & ((1 << 63) - 1))
+    _default_generator(current_device()).manual_seed(int(seed) & ((1 << 63) - 1))
 
 
 manual_seed_all = manual_seed
@@ -97,6 +97,65 @@ def seed():
 
 
 seed_all = seed
+
+
+def _device_index(device):
+    if device is None or device == "remote":
+        return current_device()
+    if isinstance(device, torch.device):
+        return current_device() if device.index is None else device.index
+    if isinstance(device, str):
+        return _device_index(torch.device(device))
+    return int(device)
+
+
+def _default_generator(index):
+    return _C._get_default_generator(index)
+
+
+class _DefaultGenerators:
+    """``torch.remote.default_generators[i]``: the session's generator of remote:i."""
+
+    def __getitem__(self, i):
+        if not 0 <= i < device_count():
+            raise IndexError(f"remote:{i} does not exist")
+        return _default_generator(i)
+
+    def __len__(self):
+        return device_count()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+default_generators = _DefaultGenerators()
+
+
+def get_rng_state(device="remote"):
+    """The random state of this session on ``device`` (held by the server), as a CPU
+    ``torch.uint8`` tensor, like ``torch.cuda.get_rng_state``. Flushes pending work."""
+    return _default_generator(_device_index(device)).get_state()
+
+
+def set_rng_state(new_state, device="remote"):
+    """Restore a state :func:`get_rng_state` returned, in program order with the ops
+    around it."""
+    with torch.no_grad():
+        _default_generator(_device_index(device)).set_state(new_state.clone())
+
+
+def get_rng_state_all():
+    return [get_rng_state(i) for i in range(device_count())]
+
+
+def set_rng_state_all(new_states):
+    for i, state in enumerate(new_states):
+        set_rng_state(state, i)
+
+
+def initial_seed():
+    """The seed last given to this session's generator of the current device."""
+    return _default_generator(current_device()).initial_seed()
 
 
 def get_amp_supported_dtype():
@@ -201,3 +260,17 @@ def _patch_printing():
 
     _tensor_str._djinn = True
     ts._tensor_str = _tensor_str
+
+
+_INDUCTOR_HOOKS = ("Scheduling", "PythonWrapperCodegen", "CppWrapperCodegen", "WrapperFxCodegen")
+
+
+def __getattr__(name):
+    # Inductor reads a PrivateUse1 backend's code generators from its device module:
+    # they refuse 'remote' graphs with a message naming the backends that work
+    # (djinn/_inductor.py; imported only when Inductor asks).
+    if name in _INDUCTOR_HOOKS:
+        from . import _inductor
+
+        return _inductor.device_module_attr(name)
+    raise AttributeError(f"module 'torch.remote' has no attribute '{name}'")

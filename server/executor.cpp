@@ -42,7 +42,13 @@ static_assert(int(at::kByte) == DJN_DTYPE_U8 && int(at::kChar) == DJN_DTYPE_I8 &
                   int(at::kComplexHalf) == DJN_DTYPE_C32 &&
                   int(at::kComplexFloat) == DJN_DTYPE_C64 &&
                   int(at::kComplexDouble) == DJN_DTYPE_C128 && int(at::kBool) == DJN_DTYPE_BOOL &&
-                  int(at::kBFloat16) == DJN_DTYPE_BF16,
+                  int(at::kBFloat16) == DJN_DTYPE_BF16 && int(at::kUInt16) == DJN_DTYPE_U16 &&
+                  int(at::kUInt32) == DJN_DTYPE_U32 && int(at::kUInt64) == DJN_DTYPE_U64 &&
+                  int(at::kFloat8_e5m2) == DJN_DTYPE_F8_E5M2 &&
+                  int(at::kFloat8_e4m3fn) == DJN_DTYPE_F8_E4M3FN &&
+                  int(at::kFloat8_e5m2fnuz) == DJN_DTYPE_F8_E5M2FNUZ &&
+                  int(at::kFloat8_e4m3fnuz) == DJN_DTYPE_F8_E4M3FNUZ &&
+                  int(at::kFloat8_e8m0fnu) == DJN_DTYPE_F8_E8M0FNU,
               "djinn dtype codes must equal c10::ScalarType numbering");
 
 struct djn_stor {
@@ -335,16 +341,43 @@ double as_float(const djn_value_t &v, const char *what) {
     throw OpError(DJN_ERR_ARGS, std::string(what) + " expects a float, got " + kind_name(v.kind));
 }
 
+// A session's random state on one device: the generator every random op without an
+// explicit one draws from (id 0), and the torch.Generator(device='remote') objects the
+// client made (ids > 0), created on first use with PyTorch's default seed.
+struct SessionRng {
+    at::Generator dflt;
+    std::unordered_map<int64_t, at::Generator> gens;
+};
+
+at::Generator fresh_gen(djn_exec *x) {
+    if (x->device.is_cpu())
+        return at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+    at::Generator g = at::globalContext().defaultGenerator(x->device).clone();
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_current_seed(c10::default_rng_seed_val);
+    return g;
+}
+
+SessionRng &session_rng(Ctx &c) {
+    if (!*c.env->gen_slot)
+        *c.env->gen_slot = new SessionRng{fresh_gen(c.x), {}};
+    return *static_cast<SessionRng *>(*c.env->gen_slot);
+}
+
 at::Generator &session_gen(Ctx &c) {
-    if (!*c.env->gen_slot) {
-        at::Generator g;
-        if (c.x->device.is_cpu())
-            g = at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
-        else
-            g = at::globalContext().defaultGenerator(c.x->device).clone();
-        *c.env->gen_slot = new at::Generator(std::move(g));
+    return session_rng(c).dflt;
+}
+
+// The client's generator `id` (torch.Generator(device='remote')), made on first use.
+at::Generator &client_gen(Ctx &c, int64_t id) {
+    auto &m = session_rng(c).gens;
+    auto it = m.find(id);
+    if (it == m.end()) {
+        if (m.size() >= 65536)
+            throw OpError(DJN_ERR_QUOTA, "a session may hold at most 65536 generators");
+        it = m.emplace(id, fresh_gen(c.x)).first;
     }
-    return *static_cast<at::Generator *>(*c.env->gen_slot);
+    return it->second;
 }
 
 c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, const char *name,
@@ -462,6 +495,8 @@ c10::IValue to_ivalue(Ctx &c, const djn_value_t &v, const c10::TypePtr &type, co
     case c10::TypeKind::DeviceObjType:
         return c10::IValue(c.x->device);
     case c10::TypeKind::GeneratorType:
+        if (v.kind == DJN_V_INT && v.u.i > 0) // a torch.Generator(device='remote') of the client
+            return c10::IValue(client_gen(c, v.u.i));
         return c10::IValue(default_gen(c.x));
     case c10::TypeKind::ListType:
         return list_to_ivalue(c, v, type->castRaw<c10::ListType>()->getElementType(), name,
@@ -719,6 +754,86 @@ const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
 
 } // namespace
 
+namespace {
+
+// The generator a djinn::rng_* node names: the client's generator `id`, or (0) the
+// session's, which is the device's default generator while a fragment's random ops run.
+template <class F> void with_gen(Ctx &c, int64_t id, F fn) {
+    if (id == 0 && c.x->rng_active) {
+        at::Generator d = default_gen(c.x);
+        std::lock_guard<std::mutex> lock(d.mutex());
+        fn(d);
+        return;
+    }
+    at::Generator &g = id == 0 ? session_gen(c) : client_gen(c, id);
+    std::lock_guard<std::mutex> lock(g.mutex());
+    fn(g);
+}
+
+int64_t int_arg(const djn_node_t *n, uint32_t i) {
+    if (i >= n->nargs || n->args[i].kind != DJN_V_INT)
+        throw OpError(DJN_ERR_ARGS, "argument " + std::to_string(i) + " must be an integer");
+    return n->args[i].u.i;
+}
+
+// Random state, in program order with the ops around it (torch.Generator and
+// torch.remote.get_rng_state/set_rng_state on the client):
+//   djinn::rng_seed(id, seed)        manual_seed
+//   djinn::rng_get_state(id)         DYNAMIC: the state as a uint8 tensor (CPU: 5056 bytes)
+//   djinn::rng_set_state(id, state)  the state a get_state returned
+//   djinn::rng_copy(dst, src)        Generator.clone()
+//   djinn::rng_free(id)              the client dropped its generator
+// Returns false for any other op.
+bool run_rng_node(djn_exec *x, const djn_node_t *n, djn_exec_env_t *env, djn_buf_t *dyn) {
+    if (std::strncmp(n->op, "djinn::rng_", 11) != 0)
+        return false;
+    const char *what = n->op + 11;
+    Ctx c{x, env, nullptr, {}};
+    int64_t id = int_arg(n, 0);
+    if (id < 0)
+        throw OpError(DJN_ERR_ARGS, "a generator id must not be negative");
+    bool dynamic = n->flags & DJN_NODE_DYNAMIC;
+    if (dynamic && !dyn)
+        throw OpError(DJN_ERR_PROTO, "a DYNAMIC node must be the last node of its fragment");
+    if (!strcmp(what, "seed")) {
+        int64_t seed = int_arg(n, 1) & INT64_MAX;
+        with_gen(c, id, [&](at::Generator &g) { g.set_current_seed((uint64_t)seed); });
+    } else if (!strcmp(what, "get_state")) {
+        if (!dynamic)
+            throw OpError(DJN_ERR_ARGS, "rng_get_state must be a DYNAMIC node");
+        at::Tensor st;
+        with_gen(c, id, [&](at::Generator &g) { st = g.get_state(); });
+        djn_enc_array(dyn, 1);
+        encode_result(c, c10::IValue(st), dyn);
+        return true;
+    } else if (!strcmp(what, "set_state")) {
+        if (n->nargs != 2 || n->args[1].kind != DJN_V_TENSOR)
+            throw OpError(DJN_ERR_ARGS, "rng_set_state expects (id, state tensor)");
+        at::Tensor st = make_tensor(c, *n->args[1].u.t, false);
+        if (st.scalar_type() != at::kByte)
+            throw OpError(DJN_ERR_ARGS, "a generator state is a uint8 tensor");
+        st = st.to(at::kCPU).contiguous();
+        with_gen(c, id, [&](at::Generator &g) { g.set_state(st); });
+    } else if (!strcmp(what, "copy")) {
+        int64_t src = int_arg(n, 1);
+        if (id == 0 || src < 0)
+            throw OpError(DJN_ERR_ARGS, "rng_copy copies into a client generator");
+        at::Tensor st;
+        with_gen(c, src, [&](at::Generator &g) { st = g.get_state(); });
+        with_gen(c, id, [&](at::Generator &g) { g.set_state(st); });
+    } else if (!strcmp(what, "free")) {
+        if (id != 0)
+            session_rng(c).gens.erase(id);
+    } else {
+        throw OpError(DJN_ERR_OP, std::string("unknown operator '") + n->op + "'");
+    }
+    if (dyn)
+        djn_enc_array(dyn, 0);
+    return true;
+}
+
+} // namespace
+
 extern "C" {
 
 int djn_exec_cuda_count(void) {
@@ -958,7 +1073,7 @@ djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t 
 }
 
 void djn_exec_gen_release(void *gen) {
-    delete static_cast<at::Generator *>(gen);
+    delete static_cast<SessionRng *>(gen);
 }
 
 void djn_exec_reseed(djn_exec_t *x, djn_exec_env_t *env) {
@@ -1036,6 +1151,8 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                 djn_enc_array(dyn, 0);
             return DJN_OK;
         }
+        if (run_rng_node(x, n, env, dyn))
+            return DJN_OK;
         const djn_op_entry &entry = find_op(x, n);
         if (entry.denied)
             throw OpError(DJN_ERR_DENIED,
@@ -1085,6 +1202,12 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
             for (auto &v : stack)
                 if (v.isTensor() && v.toTensor().defined())
                     v.toTensor().zero_();
+        for (uint64_t h : c.written) { // a kernel may have grown an out= storage: account it
+            char m[256] = {0};
+            djn_status_t st = env->written_fn(env->ctx, h, m, sizeof m);
+            if (st != DJN_OK)
+                throw OpError(st, m);
+        }
         if (dynamic) {
             djn_enc_array(dyn, (uint32_t)stack.size());
             for (auto &v : stack)
@@ -1103,12 +1226,6 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
                 for (size_t j = 0; j < l.size(); j++)
                     bind_result(c, l.get(j), o.u.items[j]);
             }
-        }
-        for (uint64_t h : c.written) { // a kernel may have grown an out= storage: account it
-            char m[256] = {0};
-            djn_status_t st = env->written_fn(env->ctx, h, m, sizeof m);
-            if (st != DJN_OK)
-                throw OpError(st, m);
         }
         return DJN_OK;
     } catch (const OpError &e) {

@@ -153,16 +153,37 @@ void g_embedding_backward(const Args &a) {
     in_range(a.t("indices"), "indices", n);
 }
 
+// The offset2bag an embedding-bag backward kernel reads. CPU's forward leaves it empty
+// on its 'sum' fast path; _embedding_bag_backward and the per-sample-weights backward
+// then rebuild it from offsets (bag of each index: the offsets at or before it, less
+// one), so the mapping they will build is what gets checked, not the empty one.
+at::Tensor offset2bag_used(const Args &a, const at::Tensor &indices) {
+    at::Tensor o2b = a.t("offset2bag");
+    if (o2b.numel() == 0 && indices.numel() != 0 && a.has("offsets")) {
+        at::Tensor offsets = a.t("offsets");
+        if (!offsets.defined() || offsets.dim() != 1 || offsets.numel() == 0)
+            fail("'offsets' must be a non-empty 1-D tensor");
+        in_range(offsets, "offsets", indices.numel() + 1);
+        at::Tensor off = offsets.to(at::kCPU, at::kLong);
+        o2b = at::zeros({indices.numel() + 1}, off.options());
+        o2b.index_add_(0, off, at::ones_like(off));
+        o2b[0] -= 1;
+        return o2b.cumsum(0).narrow(0, 0, indices.numel());
+    }
+    if (o2b.numel() < indices.numel())
+        fail("'offset2bag' is shorter than 'indices'");
+    return o2b;
+}
+
 // _embedding_bag_*backward: rows by index, bags by offset2bag, max mode by
 // maximum_indices, all through raw pointers.
 void g_embedding_bag_backward(const Args &a) {
     g_embedding_backward(a);
-    at::Tensor grad = a.t("grad"), indices = a.t("indices"), o2b = a.t("offset2bag");
+    at::Tensor grad = a.t("grad"), indices = a.t("indices");
     at::Tensor bag_size = a.t("bag_size");
     if (grad.dim() != 2)
         fail("'grad' must be 2-D");
-    if (o2b.numel() < indices.numel())
-        fail("'offset2bag' is shorter than 'indices'");
+    at::Tensor o2b = offset2bag_used(a, indices);
     in_range(o2b, "offset2bag", std::min<int64_t>(grad.size(0), bag_size.numel()));
     if (a.has("maximum_indices")) {
         at::Tensor mi = a.t("maximum_indices");
@@ -180,13 +201,10 @@ void g_embedding_bag_backward(const Args &a) {
 
 void g_embedding_bag_psw_backward(const Args &a) {
     at::Tensor grad = a.t("grad"), weight = a.t("weight"), indices = a.t("indices");
-    at::Tensor o2b = a.t("offset2bag");
     if (grad.dim() != 2 || weight.dim() != 2)
         fail("'grad' and 'weight' must be 2-D");
     in_range(indices, "indices", weight.size(0));
-    if (o2b.numel() < indices.numel())
-        fail("'offset2bag' is shorter than 'indices'");
-    in_range(o2b, "offset2bag", grad.size(0));
+    in_range(offset2bag_used(a, indices), "offset2bag", grad.size(0));
 }
 
 // CTC: the CPU kernels index log_probs by the target labels within target_lengths and,

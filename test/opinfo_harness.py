@@ -998,6 +998,44 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN = "<!-- opinfo-survey: begin (written by test/opinfo_harness.py --readme) -->"
+README_END = "<!-- opinfo-survey: end -->"
+_RUN_LABEL = {"grad-float32": "gradients, float32"}
+
+
+def readme_table(doc):
+    """The per-dtype table the README shows, from a survey's results."""
+    meta = doc["meta"]
+    lines = [
+        README_BEGIN,
+        f"djinn {meta.get('commit')}, torch {meta['torch']}, {meta['date']}, CPU server, "
+        f"first {meta['max_samples']} samples per op:",
+        "",
+        "| dtype | ops run | deterministic | passed | % | client crashes | server crashes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rk, s in doc["summary"].items():
+        lines.append(
+            f"| {_RUN_LABEL.get(rk, rk)} | {s['ops']} | {s['deterministic']} | {s['passed']} "
+            f"| {s['pass_pct']:.1f} | {s['crash']} | {s['server_crash']} |"
+        )
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(doc, path):
+    """Replace the table between the README's survey markers with this run's."""
+    with open(path) as f:
+        text = f.read()
+    b, e = text.find(README_BEGIN), text.find(README_END)
+    if b < 0 or e < b:
+        raise SystemExit(f"{path}: no survey markers ({README_BEGIN!r} ... {README_END!r})")
+    text = text[:b] + readme_table(doc) + text[e + len(README_END) :]
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def _git_head():
     try:
         out = subprocess.run(
@@ -1023,6 +1061,9 @@ def main(argv=None):
     )
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--md", default="", help="write the markdown report here")
+    ap.add_argument(
+        "--readme", default="", help="rewrite the survey table between this file's markers"
+    )
     ap.add_argument(
         "--verbose", "-v", action="store_true", help="print every op, not only failures"
     )
@@ -1080,6 +1121,8 @@ def main(argv=None):
     if opts.md:
         with open(opts.md, "w") as f:
             f.write(markdown(doc))
+    if opts.readme:
+        update_readme(doc, opts.readme)
     return 0
 
 

@@ -9,7 +9,8 @@ the session still works afterwards. The whole database runs with ``make test-ops
 
 Failures known at the time of writing are marked ``xfail(strict=True)`` with their root
 cause (see ``docs/opinfo-baseline.md``): fixing one turns its test into an XPASS
-failure, and the mark must then be removed.
+failure, and the mark must then be removed. What is left (compressed sparse layouts)
+must fail with djinn's clear error, not any error.
 """
 
 import os
@@ -140,65 +141,25 @@ SUBSET = {
     "isfinite",
     "isreal",
     "cov",
-    # dtypes and layouts djinn does not carry
+    # dtypes and layouts
     "hash_tensor",
     "to_sparse",
+    "sparse.sampled_addmm",
     # ops whose OpInfo wrapper forks the RNG state
     "item",
 }
 
-I9 = "issue 9: "
-_CONJ = I9 + "conj/neg views recurse in MathOpFallback via _copy_from -> client SIGSEGV"
-_CONJ_DROP = I9 + "conj bit dropped when a conj view reaches the fallback or copy (wrong values)"
-_COPY_OUT = I9 + "server copy_out truncates out= storages resized by a kernel to the declared size"
-_FORK_RNG = I9 + "torch.remote has no get_rng_state, so torch.random.fork_rng() breaks"
-_BF16_NORM = I9 + "CompositeExplicitAutograd decomposition on the client: bf16 norm differs"
-_SPARSE = I9 + "sparse layouts: server error instead of a clear client error"
-_U64 = I9 + "uint64 result not supported by the wire; half-recorded node breaks the next flush"
-_LN_DECOMP = I9 + "native_layer_norm decomposed on the client via native_batch_norm (rounding)"
-_LN_DTYPE = I9 + "client decomposition: float32 mean/rstd where CPU's kernel returns bfloat16"
-
-# (run, op) -> (status it fails with today, root cause)
+# (run, op) -> (status it fails with, root cause). Issue 9 fixed every failure the survey
+# of main found (docs/opinfo-baseline.md) except compressed sparse layouts, which stay on
+# the CPU: they fail with a clear error at their first use on 'remote'.
+_CSR = "compressed sparse layouts (CSR/CSC/BSR/BSC) are not supported on 'remote'"
 KNOWN = {
-    ("complex64", "conj"): ("crash", _CONJ),
-    ("complex64", "mH"): ("crash", _CONJ),
-    ("complex64", "svd"): ("crash", _CONJ),
-    ("complex64", "linalg.pinv"): ("crash", _CONJ),
-    ("complex64", "fft.hfft"): ("crash", _CONJ),
-    ("float32", "fft.hfft"): ("crash", _CONJ),
-    ("float32", "fft.ifft"): ("crash", _CONJ),
-    ("int64", "fft.hfft"): ("crash", _CONJ),
-    ("int64", "fft.ifft"): ("crash", _CONJ),
-    ("grad-float32", "fft.hfft"): ("crash", _CONJ),
-    ("grad-float32", "fft.ifft"): ("crash", _CONJ),
-    ("grad-float32", "polar"): ("crash", _CONJ),
-    ("complex64", "cov"): ("mismatch", _CONJ_DROP),
-    ("float32", "linalg.lstsq"): ("remote-error", _COPY_OUT),
-    ("complex64", "linalg.lstsq"): ("remote-error", _COPY_OUT),
-    ("grad-float32", "linalg.lstsq"): ("remote-error", _COPY_OUT),
-    ("float32", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
-    ("bfloat16", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
-    ("grad-float32", "nn.functional.scaled_dot_product_attention"): ("remote-error", _FORK_RNG),
-    ("float32", "item"): ("remote-error", _FORK_RNG),
-    ("bfloat16", "item"): ("remote-error", _FORK_RNG),
-    ("complex64", "item"): ("remote-error", _FORK_RNG),
-    ("int64", "item"): ("remote-error", _FORK_RNG),
-    ("float32", "nn.functional.layer_norm"): ("mismatch", _LN_DECOMP),
-    ("bfloat16", "native_layer_norm"): ("mismatch", _LN_DTYPE),
-    ("bfloat16", "nn.functional.group_norm"): ("mismatch", _BF16_NORM),
-    ("bfloat16", "addr"): (
-        "mismatch",
-        I9 + "addr decomposed on the client (math_addr): bf16 rounding",
-    ),
-    ("float32", "hash_tensor"): ("remote-error", _U64),
-    ("bfloat16", "hash_tensor"): ("remote-error", _U64),
-    ("int64", "hash_tensor"): ("remote-error", _U64),
-    ("float32", "to_sparse"): ("remote-error", _SPARSE),
-    ("bfloat16", "to_sparse"): ("remote-error", _SPARSE),
-    ("complex64", "to_sparse"): ("remote-error", _SPARSE),
-    ("int64", "to_sparse"): ("remote-error", _SPARSE),
-    ("grad-float32", "to_sparse"): ("remote-error", _SPARSE),
+    ("float32", "sparse.sampled_addmm"): ("remote-error", _CSR),
+    ("complex64", "sparse.sampled_addmm"): ("remote-error", _CSR),
+    ("grad-float32", "sparse.sampled_addmm"): ("remote-error", _CSR),
 }
+# What the error of a known failure must say (a clear error, not any error).
+KNOWN_DETAIL = {_CSR: "sparse tensors are not supported on 'remote'"}
 
 RUNS = [(dt, "forward") for dt in h.DTYPE_NAMES] + [("float32", "grad")]
 SELFTEST = {
@@ -281,7 +242,13 @@ def test_harness_classifies(selftest, key, expected):
 def test_opinfo(survey, run, key):
     r = survey[run][key]
     if (run, key) in KNOWN and r["status"] == KNOWN[(run, key)][0]:
+        why = KNOWN[(run, key)][1]
+        assert KNOWN_DETAIL.get(why, "") in r.get("detail", ""), r
         raise KnownFailure(f"{key} ({run}): {r['status']}: {r.get('detail', '')}")
+    if r["status"] == "cpu-skip" and not r.get("nondet_remote"):
+        # CPU gave two different results for one sample (linalg.lstsq's LAPACK path under
+        # load): no reference to compare with, as in the survey, which does not count it
+        pytest.skip(f"{key} ({run}): {r.get('detail', '')}")
     assert r["status"] == "pass", f"{key} ({run}): {r['status']}: {r.get('detail', '')}"
     assert not r.get("poisons_session"), (
         f"{key} ({run}) leaves the session broken: {r['poisons_session']}"

@@ -2098,6 +2098,52 @@ OOB_KERNELS = {
         ],
         "aten::_embedding_bag_dense_backward",
     ),
+    # an empty offset2bag is rebuilt by the kernel from offsets: offsets [1] make bag -1
+    "_embedding_bag_per_sample_weights_backward_rebuilt": (
+        [f32(1, 2), f32(1, 2, 3, 4), i64(0, 1), i64(1), i64(0), f32(0, 0)],
+        [
+            node(
+                "aten::_embedding_bag_per_sample_weights_backward",
+                "",
+                [
+                    t32(0, [1, 2]),
+                    t32(1, [2, 2]),
+                    tref(2, I64, [2]),
+                    tref(3, I64, [1]),
+                    tref(4, I64, [0]),
+                    0,
+                    -1,
+                ],
+                [t32(5, [2])],
+            )
+        ],
+        "aten::_embedding_bag_per_sample_weights_backward",
+    ),
+    "_embedding_bag_backward_rebuilt": (
+        [f32(1, 2), i64(0, 1), i64(1), i64(0), i64(2), i64(0), f32(*[0] * 8)],
+        [
+            node(
+                "aten::_embedding_bag_backward",
+                "",
+                [
+                    t32(0, [1, 2]),
+                    tref(1, I64, [2]),
+                    tref(2, I64, [1]),
+                    tref(3, I64, [0]),
+                    tref(4, I64, [1]),
+                    tref(5, I64, [0]),
+                    4,
+                    False,
+                    0,
+                    False,
+                    None,
+                    -1,
+                ],
+                [t32(6, [4, 2])],
+            )
+        ],
+        "aten::_embedding_bag_backward",
+    ),
     "_ctc_loss_backward": (
         [f32(1), f32(0, 0, 0, 0), i64(1), f32(0), f32(0), f32(*[0] * N_SPRAY)],
         [

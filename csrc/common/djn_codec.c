@@ -91,18 +91,26 @@ size_t djn_dtype_size(uint32_t dtype) {
     case DJN_DTYPE_U8:
     case DJN_DTYPE_I8:
     case DJN_DTYPE_BOOL:
+    case DJN_DTYPE_F8_E5M2:
+    case DJN_DTYPE_F8_E4M3FN:
+    case DJN_DTYPE_F8_E5M2FNUZ:
+    case DJN_DTYPE_F8_E4M3FNUZ:
+    case DJN_DTYPE_F8_E8M0FNU:
         return 1;
     case DJN_DTYPE_I16:
     case DJN_DTYPE_F16:
     case DJN_DTYPE_BF16:
+    case DJN_DTYPE_U16:
         return 2;
     case DJN_DTYPE_I32:
     case DJN_DTYPE_F32:
     case DJN_DTYPE_C32:
+    case DJN_DTYPE_U32:
         return 4;
     case DJN_DTYPE_I64:
     case DJN_DTYPE_F64:
     case DJN_DTYPE_C64:
+    case DJN_DTYPE_U64:
         return 8;
     case DJN_DTYPE_C128:
         return 16;

@@ -106,6 +106,14 @@ typedef enum djn_dtype {
     DJN_DTYPE_C128 = 10,
     DJN_DTYPE_BOOL = 11,
     DJN_DTYPE_BF16 = 15,
+    DJN_DTYPE_F8_E5M2 = 23,
+    DJN_DTYPE_F8_E4M3FN = 24,
+    DJN_DTYPE_F8_E5M2FNUZ = 25,
+    DJN_DTYPE_F8_E4M3FNUZ = 26,
+    DJN_DTYPE_U16 = 27,
+    DJN_DTYPE_U32 = 28,
+    DJN_DTYPE_U64 = 29,
+    DJN_DTYPE_F8_E8M0FNU = 44,
 } djn_dtype_t;
 
 /* Element size in bytes, 0 for a code we do not carry. */

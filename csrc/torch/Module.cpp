@@ -1,5 +1,6 @@
 // Module.cpp: djinn._C, the Python entry points. Everything that may wait on the
 // network releases the GIL first.
+#include <torch/csrc/Generator.h>
 #include <torch/csrc/utils/device_lazy_init.h>
 #include <torch/extension.h>
 
@@ -90,6 +91,10 @@ PYBIND11_MODULE(_C, m) {
         check_py(st);
     });
     m.def("_manual_seed", [](uint64_t s) { djn_client_seed(C(), s); });
+    m.def("_get_default_generator", [](int idx) {
+        return py::reinterpret_steal<py::object>(
+            THPGenerator_initDefaultGenerator(djinn::default_generator((c10::DeviceIndex)idx)));
+    });
     m.def(
         "_shutdown", []() { djn_client_shutdown(C()); }, release());
     m.def("_counters", []() {

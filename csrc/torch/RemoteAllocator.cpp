@@ -17,7 +17,14 @@ void delete_handle(void *ctx) {
 
 struct RemoteAllocator final : c10::Allocator {
     c10::DataPtr allocate(size_t nbytes) override {
+        // refused here, at the allocation, as CUDA raises OutOfMemoryError at torch.empty:
+        // the fragment never holds a storage the server would refuse
         c10::DeviceIndex dev = current_device();
+        if (nbytes > DJN_MAX_TENSOR_BYTES)
+            raise(DJN_ERR_OOM, "djinn: cannot allocate " + std::to_string(nbytes) +
+                                   " bytes on remote:" + std::to_string(dev) +
+                                   ": a storage may hold at most " +
+                                   std::to_string(DJN_MAX_TENSOR_BYTES) + " bytes");
         uint64_t h = djn_client_alloc(client(), dev, nbytes);
         if (!h) {
             if (djn_client_errcode() != DJN_OK && djn_client_errcode() != DJN_ERR_NOMEM)

@@ -20,12 +20,17 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/strides.h>
+
+#include <cstring>
+#include <functional>
 
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "djn_policy.h"
 #include "remote.h"
 
 namespace djinn {
@@ -60,6 +65,8 @@ struct OpInfo {
     std::string name, overload;
     djn_op_class_t cls = DJN_CLASS_MEMORY;
     bool data_dependent = false;
+    const char *denied = nullptr; // the server's operator policy refuses it (why)
+    DeviceRule devices = DeviceRule::CpuScalars;
     std::vector<bool> written; // per argument: Tensor(a!) / Tensor(a!)[]
 };
 
@@ -108,6 +115,8 @@ const OpInfo &op_info(const c10::OperatorHandle &op) {
     info.overload = s.overload_name();
     info.cls = kComputeBound.count(info.name) ? DJN_CLASS_COMPUTE : DJN_CLASS_MEMORY;
     info.data_dependent = kDataDependent.count(info.name) > 0;
+    info.devices = device_rule(s);
+    info.denied = djn_policy_check(s.name().c_str(), s.overload_name().c_str());
     for (const auto &r : s.returns()) {
         auto k = r.type()->kind();
         bool tensorish = k == c10::TypeKind::TensorType ||
@@ -145,12 +154,53 @@ at::Tensor upload_temp(const at::Tensor &cpu, c10::DeviceIndex dev) {
     return t;
 }
 
-// Find the device the op runs on and upload plain CPU tensors to it.
-c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
+// A written argument that carried the conjugate or negative bit: the op ran on `temp`
+// (its resolved values) and `orig` receives the result afterwards.
+struct Rebound {
+    at::Tensor orig, temp;
+};
+
+// Calls `fn(tensor, arg, elem)` for every tensor argument; `fn` may return a
+// replacement (elem is -1 outside lists).
+template <class F> void map_tensors(torch::jit::Stack &stack, size_t first, F fn) {
+    for (size_t i = first; i < stack.size(); i++) {
+        auto &v = stack[i];
+        int a = (int)(i - first);
+        if (v.isTensor()) {
+            if (auto u = fn(v.toTensor(), a, -1))
+                v = *u;
+        } else if (v.isTensorList()) {
+            auto l = v.toTensorList();
+            for (size_t j = 0; j < l.size(); j++)
+                if (auto u = fn(l.get(j), a, (int)j))
+                    l.set(j, *u);
+        } else if (v.isOptionalTensorList()) {
+            auto l = v.toOptionalTensorList();
+            for (size_t j = 0; j < l.size(); j++) {
+                std::optional<at::Tensor> t = l.get(j);
+                if (t)
+                    if (auto u = fn(*t, a, (int)j))
+                        l.set(j, std::optional<at::Tensor>(*u));
+            }
+        }
+    }
+}
+
+// Find the device the op runs on, upload plain CPU tensors to it, and resolve remote
+// arguments that carry the conjugate or negative bit (ops PyTorch lets through its
+// Conjugate/Negative fallbacks, mm or linalg_svd, reach us with the bits set: the
+// server sees bytes, so it gets the values).
+c10::DeviceIndex prepare_args(const c10::OperatorHandle &op, const OpInfo &info,
+                              torch::jit::Stack &stack, size_t first,
+                              std::vector<Rebound> &rebound) {
+    check_devices(info.devices, op.schema(), stack, first);
     int dev = -1;
-    auto see = [&](const at::Tensor &t) {
+    for (size_t i = first; i < stack.size() && dev < 0; i++)
+        if (stack[i].isDevice() && stack[i].toDevice().type() == kPU1)
+            dev = stack[i].toDevice().has_index() ? stack[i].toDevice().index() : current_device();
+    map_tensors(stack, first, [&](const at::Tensor &t, int, int) -> std::optional<at::Tensor> {
         if (!is_remote(t))
-            return;
+            return std::nullopt;
         if (dev < 0) {
             dev = t.device().index();
         } else if (t.device().index() != dev) {
@@ -163,49 +213,39 @@ c10::DeviceIndex prepare_args(torch::jit::Stack &stack, size_t first) {
                         dev, " and remote:", static_cast<int>(t.device().index()),
                         " (on different servers: copy one with .to() first)");
         }
-    };
-    for (size_t i = first; i < stack.size(); i++) {
-        const auto &v = stack[i];
-        if (v.isTensor())
-            see(v.toTensor());
-        else if (v.isTensorList())
-            for (const at::Tensor &t : v.toTensorList())
-                see(t);
-        else if (v.isOptionalTensorList()) {
-            for (const std::optional<at::Tensor> &t : v.toOptionalTensorList())
-                if (t)
-                    see(*t);
-        } else if (v.isDevice() && dev < 0 && v.toDevice().type() == kPU1)
-            dev = v.toDevice().has_index() ? v.toDevice().index() : current_device();
-    }
+        return std::nullopt;
+    });
     if (dev < 0)
         dev = current_device();
-    auto fix = [&](const at::Tensor &t) -> std::optional<at::Tensor> {
-        if (t.defined() && !is_remote(t) && !is_scalar_cpu(t))
+    map_tensors(stack, first, [&](const at::Tensor &t, int a, int) -> std::optional<at::Tensor> {
+        if (!t.defined())
+            return std::nullopt;
+        if (!is_remote(t)) {
+            if (is_scalar_cpu(t))
+                return std::nullopt;
             return upload_temp(t, (c10::DeviceIndex)dev);
-        return std::nullopt;
-    };
-    for (size_t i = first; i < stack.size(); i++) {
-        auto &v = stack[i];
-        if (v.isTensor()) {
-            if (auto u = fix(v.toTensor()))
-                v = *u;
-        } else if (v.isTensorList()) {
-            auto l = v.toTensorList();
-            for (size_t j = 0; j < l.size(); j++)
-                if (auto u = fix(l.get(j)))
-                    l.set(j, *u);
-        } else if (v.isOptionalTensorList()) {
-            auto l = v.toOptionalTensorList();
-            for (size_t j = 0; j < l.size(); j++) {
-                std::optional<at::Tensor> t = l.get(j);
-                if (t)
-                    if (auto u = fix(*t))
-                        l.set(j, std::optional<at::Tensor>(*u));
-            }
         }
-    }
+        if (!t.is_conj() && !t.is_neg())
+            return std::nullopt;
+        at::Tensor r = resolved(t);
+        if (info.written[a])
+            rebound.push_back({t, r});
+        return r;
+    });
     return (c10::DeviceIndex)dev;
+}
+
+// After the op: written arguments that were resolved receive their results, and outputs
+// that are those temporaries become the caller's tensors again.
+void write_back(const std::vector<Rebound> &rebound, std::vector<c10::IValue> &outs) {
+    for (const auto &rb : rebound) {
+        TORCH_CHECK(rb.temp.sizes() == rb.orig.sizes(),
+                    "djinn: an output with the conjugate or negative bit cannot be resized");
+        copy_remote(rb.orig, rb.temp);
+        for (auto &o : outs)
+            if (o.isTensor() && o.toTensor().unsafeGetTensorImpl() == rb.temp.unsafeGetTensorImpl())
+                o = rb.orig;
+    }
 }
 
 // ---------------------------------------------------------------- cache key
@@ -362,13 +402,19 @@ c10::IValue meta_value(const c10::IValue &v, MetaCtx &mc, int arg) {
     }
     if (v.isDevice() && v.toDevice().type() == kPU1)
         return c10::Device(c10::kMeta);
+    if (v.isGenerator()) // Meta kernels draw nothing; they need no (remote) generator
+        return c10::IValue();
     return v;
 }
 
-OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias) {
+OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias, const OpInfo &info) {
     OutSpec o;
     if (!r.defined())
         return o;
+    TORCH_CHECK_NOT_IMPLEMENTED(r.layout() == c10::kStrided, "djinn: ", info.name,
+                                " would return a tensor of layout ", r.layout(),
+                                "; only strided tensors live on 'remote' (sparse tensors stay on "
+                                "the CPU)");
     o.dtype = r.scalar_type();
     o.sizes = r.sizes().vec();
     o.strides = r.strides().vec();
@@ -393,8 +439,32 @@ OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias) {
     return o;
 }
 
+// Outputs as the server's CPU kernel returns them (RemoteCpuShapes.cpp).
+void fix_for_cpu(const OpInfo &info, const torch::jit::Stack &stack, size_t first,
+                 MetaResult &res) {
+    std::vector<OutFix> fixes;
+    if (cpu_output_fixes(info.name, info.overload, stack, first, fixes)) {
+        res = MetaResult();
+        res.dynamic = true;
+        return;
+    }
+    for (const auto &f : fixes) {
+        if (f.index >= (int)res.outs.size() || res.outs[f.index].kind != Kind::Fresh)
+            continue;
+        OutSpec &o = res.outs[f.index];
+        if (f.dtype)
+            o.dtype = *f.dtype;
+        if (f.sizes) {
+            o.sizes = *f.sizes;
+            auto st = c10::contiguous_strides(o.sizes);
+            o.strides.assign(st.begin(), st.end());
+            o.offset = 0;
+        }
+    }
+}
+
 MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch::jit::Stack &stack,
-                 size_t first) {
+                 size_t first, bool cpu) {
     MetaResult res;
     if (info.data_dependent) {
         res.dynamic = true;
@@ -422,12 +492,12 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
         bool w = rets[i].alias_info() && rets[i].alias_info()->isWrite();
         const auto &v = ms[i];
         if (v.isTensor()) {
-            res.outs.push_back(classify(v.toTensor(), mc, w));
+            res.outs.push_back(classify(v.toTensor(), mc, w, info));
         } else if (v.isTensorList()) {
             OutSpec l;
             l.kind = Kind::List;
             for (const at::Tensor &t : v.toTensorList())
-                l.items.push_back(classify(t, mc, w));
+                l.items.push_back(classify(t, mc, w, info));
             res.outs.push_back(std::move(l));
         } else if (v.isNone()) {
             res.outs.emplace_back();
@@ -448,6 +518,8 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
             real.storage_offset() != m.storage_offset())
             res.resizes.push_back({a, e, m.sizes().vec(), m.strides().vec(), m.storage_offset()});
     }
+    if (cpu)
+        fix_for_cpu(info, stack, first, res);
     return res;
 }
 
@@ -508,9 +580,13 @@ void enc_value(djn_buf_t *b, const c10::IValue &v, bool written) {
         djn_enc_cstr(b, v.toStringRef().c_str());
     else if (v.isDevice())
         djn_enc_int(b, v.toDevice().has_index() ? v.toDevice().index() : 0);
-    else if (v.isGenerator())
-        djn_enc_nil(b);
-    else if (v.isIntList()) {
+    else if (v.isGenerator()) {
+        int64_t id = generator_id(v.toGenerator());
+        if (id)
+            djn_enc_int(b, id);
+        else
+            djn_enc_nil(b);
+    } else if (v.isIntList()) {
         auto l = v.toIntVector();
         djn_enc_array(b, (uint32_t)l.size());
         for (auto x : l)
@@ -702,7 +778,7 @@ c10::IValue dyn_result(const djn_value_t &v, const c10::Argument &ret,
 }
 
 void run_dynamic(const c10::OperatorHandle &op, const OpInfo &info, torch::jit::Stack *stack,
-                 size_t first, c10::DeviceIndex dev) {
+                 size_t first, c10::DeviceIndex dev, const std::vector<Rebound> &rebound) {
     djn_client_t *C = client();
     Locked lock(C);
     record(info, dev, *stack, first, {}, {}, DJN_NODE_DYNAMIC);
@@ -720,11 +796,19 @@ void run_dynamic(const c10::OperatorHandle &op, const OpInfo &info, torch::jit::
     for (size_t i = 0; i < rets.size(); i++)
         outs.push_back(dyn_result(res->u.items[i], rets[i], *stack, first, dev));
     torch::jit::drop(*stack, stack->size() - first);
+    write_back(rebound, outs);
     for (auto &o : outs)
         stack->push_back(std::move(o));
 }
 
 } // namespace
+
+bool server_device_is_cpu(c10::DeviceIndex dev) {
+    if (djn_client_device_count(client()) <= dev) // connects on first use
+        return false;
+    const char *name = djn_client_device_name(client(), dev);
+    return name && std::strncmp(name, "cpu", 3) == 0;
+}
 
 void set_phase_hint(djn_phase_t p) {
     t_phase = p;
@@ -733,12 +817,19 @@ void set_phase_hint(djn_phase_t p) {
 
 void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     const OpInfo &info = op_info(op);
+    if (info.denied) // the server would refuse the whole fragment: say so now, record nothing
+        raise(DJN_ERR_DENIED, "djinn: " + info.name + (info.overload.empty() ? "" : ".") +
+                                  info.overload +
+                                  " is refused by the server's operator policy: " + info.denied);
     size_t nargs = op.schema().arguments().size();
     size_t first = stack->size() - nargs;
-    c10::DeviceIndex dev = prepare_args(*stack, first);
+    std::vector<Rebound> rebound;
+    c10::DeviceIndex dev = prepare_args(op, info, *stack, first, rebound);
 
+    bool cpu = server_device_is_cpu(dev);
     KeyBuilder kb;
     kb.put(&op.schema());
+    kb.put(cpu);
     for (size_t i = first; i < stack->size(); i++)
         kb.value((*stack)[i]);
     const MetaResult *mr = nullptr;
@@ -749,16 +840,24 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
             mr = &it->second;
     }
     if (!mr) {
-        MetaResult r = infer(op, info, *stack, first);
+        MetaResult r = infer(op, info, *stack, first, cpu);
         std::unique_lock<std::shared_mutex> lock(g_mu);
         if (g_meta.size() > 65536)
             g_meta.clear(); // bound memory; the working set refills in one pass
         mr = &g_meta.emplace(kb.k, std::move(r)).first->second;
     }
     if (mr->dynamic) {
-        run_dynamic(op, info, stack, first, dev);
+        run_dynamic(op, info, stack, first, dev, rebound);
         return;
     }
+    std::function<void(const OutSpec &)> carried = [&](const OutSpec &o) {
+        if (o.kind == Kind::Fresh || o.kind == Kind::View)
+            check_dtype(o.dtype);
+        for (const auto &it : o.items)
+            carried(it);
+    };
+    for (const auto &o : mr->outs) // before anything is recorded: the fragment stays as it was
+        carried(o);
     for (const auto &rz : mr->resizes) {
         at::Tensor t = arg_tensor(*stack, first, rz.arg, rz.elem);
         t.unsafeGetTensorImpl()->set_sizes_and_strides(rz.sizes, rz.strides,
@@ -775,8 +874,16 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
         outs.push_back(build_out(o, *stack, first, dev, fresh));
     record(info, dev, *stack, first, outs, fresh, 0);
     torch::jit::drop(*stack, nargs);
+    write_back(rebound, outs);
     for (auto &o : outs)
         stack->push_back(std::move(o));
+}
+
+void record_inplace(const char *name, const at::Tensor &t) {
+    const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+    torch::jit::Stack s;
+    s.emplace_back(t);
+    fallback(op, &s);
 }
 
 void record_copy(const at::Tensor &dst, const at::Tensor &src) {

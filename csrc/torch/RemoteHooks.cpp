@@ -1,7 +1,6 @@
 // RemoteHooks.cpp: PyTorch's PrivateUse1 hooks for 'remote'. Random numbers are drawn
-// on the server (per-session generators); the client-side generators here exist so
-// that torch APIs asking for one get an object, and torch.manual_seed reaches the
-// server through torch.remote.manual_seed_all.
+// on the server (per-session generators); the generators handed out here name them
+// (RemoteGenerator.cpp).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
@@ -33,22 +32,16 @@ struct RemoteHooks final : at::PrivateUse1HooksInterface {
         return exchangeDevice(d);
     }
     const at::Generator &getDefaultGenerator(c10::DeviceIndex idx) const override {
-        static std::mutex mu;
-        static std::vector<at::Generator> gens;
-        std::lock_guard<std::mutex> lock(mu);
-        size_t i = idx < 0 ? 0 : static_cast<size_t>(idx);
-        while (gens.size() <= i)
-            gens.push_back(at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val));
-        return gens[i];
+        return default_generator(idx < 0 ? current_device() : idx);
     }
-    at::Generator getNewGenerator(c10::DeviceIndex) const override {
-        return at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+    at::Generator getNewGenerator(c10::DeviceIndex idx) const override {
+        return new_generator(idx);
     }
     at::Device getDeviceFromPtr(void *) const override {
         return at::Device(c10::DeviceType::PrivateUse1, current_device());
     }
-    bool isPinnedPtr(const void *) const override { return false; }
-    c10::Allocator *getPinnedMemoryAllocator() const override { return c10::GetCPUAllocator(); }
+    bool isPinnedPtr(const void *p) const override { return is_pinned_ptr(p); }
+    c10::Allocator *getPinnedMemoryAllocator() const override { return pinned_allocator(); }
     void resizePrivateUse1Bytes(const c10::Storage &storage, size_t newsize) const override;
 };
 

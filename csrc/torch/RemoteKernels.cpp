@@ -21,6 +21,7 @@ djn_tref_t tref_of(const at::Tensor &t) {
     std::memset(&r, 0, sizeof r);
     TORCH_CHECK(t.dim() <= DJN_MAX_DIMS, "djinn: tensors of rank > ", DJN_MAX_DIMS,
                 " are not supported");
+    check_dtype(t.scalar_type());
     r.handle = handle_of(t.storage());
     r.offset = t.storage_offset();
     r.dtype = static_cast<uint8_t>(t.scalar_type());
@@ -54,6 +55,7 @@ at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<at::ScalarTy
                                std::optional<bool> pin_memory,
                                std::optional<at::MemoryFormat> memory_format) {
     TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
+    check_dtype(c10::dtype_or_default(dtype));
     c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
     (void)pin_memory;
     return at::detail::empty_generic(size, allocator(),
@@ -65,6 +67,7 @@ at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride,
                          std::optional<at::ScalarType> dtype, std::optional<at::Layout> layout,
                          std::optional<at::Device> device, std::optional<bool> pin_memory) {
     TORCH_CHECK(!layout || *layout == at::kStrided, "djinn: only strided tensors live on 'remote'");
+    check_dtype(c10::dtype_or_default(dtype));
     c10::DeviceGuard g(c10::Device(kPU1, index_of(device)));
     (void)pin_memory;
     return at::detail::empty_strided_generic(size, stride, allocator(),
@@ -79,6 +82,11 @@ at::Tensor as_strided(const at::Tensor &self, c10::IntArrayRef size, c10::IntArr
 
 at::Tensor view(const at::Tensor &self, c10::IntArrayRef size) {
     return at::native::view(self, size);
+}
+
+at::Tensor view_dtype(const at::Tensor &self, at::ScalarType dtype) {
+    check_dtype(dtype); // a reinterpretation as bits the wire cannot carry: refused here
+    return at::native::view_dtype(self, dtype);
 }
 
 at::Tensor reshape_alias(const at::Tensor &self, c10::IntArrayRef size, c10::IntArrayRef stride) {
@@ -137,6 +145,45 @@ bool whole_storage(const at::Tensor &t) {
            !t.is_neg();
 }
 
+// The bytes a remote tensor's storage holds, as a tensor without the conjugate and
+// negative bits: a fresh TensorImpl over the same storage and geometry.
+at::Tensor physical(const at::Tensor &t) {
+    return make_view(t.storage(), t.scalar_type(), t.sizes(), t.strides(), t.storage_offset());
+}
+
+} // namespace
+
+// dst = src between remote tensors on one device, honouring the conjugate and negative
+// bits of both: the copy is recorded between their physical bytes, followed by
+// conj_physical_ / neg_ on the destination where the bits differ (value(dst) =
+// conj^dst(phys(dst)), so phys(dst) = conj^(dst xor src)(phys(src)); likewise neg).
+void copy_remote(const at::Tensor &dst, const at::Tensor &src) {
+    bool conj = dst.is_conj() != src.is_conj(), neg = dst.is_neg() != src.is_neg();
+    if (!dst.is_conj() && !dst.is_neg() && !src.is_conj() && !src.is_neg()) {
+        record_copy(dst, src);
+        return;
+    }
+    at::Tensor pd = physical(dst);
+    record_copy(pd, physical(src));
+    if (conj)
+        record_inplace("aten::conj_physical_", pd);
+    if (neg)
+        record_inplace("aten::neg_", pd);
+}
+
+// A remote tensor's values in a fresh contiguous tensor without the bits (what
+// resolve_conj().resolve_neg() computes, without going through the dispatcher).
+at::Tensor resolved(const at::Tensor &t) {
+    c10::DeviceGuard g(t.device());
+    at::Tensor out = at::detail::empty_generic(t.sizes(), allocator(),
+                                               c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                               t.scalar_type(), std::nullopt);
+    copy_remote(out, t);
+    return out;
+}
+
+namespace {
+
 void upload_into(const at::Tensor &dst, const at::Tensor &src_cpu) {
     at::Tensor src = src_cpu.resolve_conj().resolve_neg();
     if (src.scalar_type() != dst.scalar_type())
@@ -153,7 +200,7 @@ void upload_into(const at::Tensor &dst, const at::Tensor &src_cpu) {
                                                c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
                                                dst.scalar_type(), std::nullopt);
     check(djn_client_upload(client(), dev, handle_of(tmp.storage()), src.data_ptr(), src.nbytes()));
-    record_copy(dst, tmp);
+    copy_remote(dst, tmp);
 }
 
 // Bytes of a remote view, as a CPU tensor with the same geometry.
@@ -183,7 +230,7 @@ at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blo
         return dst;
     if (src_remote && dst_remote) {
         if (self.device() == dst.device()) {
-            record_copy(dst, self);
+            copy_remote(dst, self);
         } else { // across remote devices: through the client
             upload_into(dst, download(self));
         }
@@ -210,6 +257,20 @@ at::Scalar local_scalar_dense(const at::Tensor &self) {
     return download(self).item();
 }
 
+// Module.to('remote') keeps each Parameter object (param.data = the remote tensor), as
+// on CUDA, so parameters a model ties (GPT-2's lm_head and wte) stay one parameter.
+// PyTorch answers this for dense CPU/CUDA/... tensors; remote tensors are the same plain
+// strided TensorImpl.
+bool has_compatible_shallow_copy_type(const at::Tensor &self, const at::Tensor &from) {
+    auto dense = [](const at::Tensor &t) {
+        auto d = t.device().type();
+        return t.layout() == at::kStrided && !t.is_quantized() && !t.is_nested() &&
+               (d == kPU1 || d == c10::DeviceType::CPU || d == c10::DeviceType::CUDA);
+    };
+    return self.unsafeGetTensorImpl()->has_compatible_shallow_copy_type(from.key_set()) ||
+           (dense(self) && dense(from));
+}
+
 // SDPA on 'remote' takes the math path (composed of ops we capture); choosing it is
 // where the phase is visible: a query of length 1 against a longer key is a decode step.
 int64_t fused_sdp_choice(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
@@ -229,6 +290,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("empty_strided", TORCH_FN(empty_strided));
     m.impl("as_strided", TORCH_FN(as_strided));
     m.impl("view", TORCH_FN(view));
+    m.impl("view.dtype", TORCH_FN(view_dtype));
     m.impl("_reshape_alias", TORCH_FN(reshape_alias));
     m.impl("alias", TORCH_FN(alias));
     m.impl("resize_", TORCH_FN(resize_));
@@ -238,10 +300,57 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("_copy_from", TORCH_FN(copy_from));
     m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
     m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
+    m.impl("_has_compatible_shallow_copy_type", TORCH_FN(has_compatible_shallow_copy_type));
     // Composite-explicit ops whose PrivateUse1 decomposition would end in an
     // '*_overrideable' stub: capture them whole instead.
     m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&fallback>());
     m.impl("convolution_backward", torch::CppFunction::makeFromBoxedFunction<&fallback>());
+    // Ops with a CPU (or CUDA) kernel and a CompositeExplicitAutograd one: without a
+    // PrivateUse1 kernel the composite would run here, op by op in the input's dtype
+    // (bf16 rounding at every step), instead of the server's kernel. The list is every
+    // such op of torch 2.13 (_dispatch_has_kernel_for_dispatch_key).
+    for (const char *name :
+         {"_stack", "_stack.out", "addr", "addr.out", "all.dims", "all.dims_out", "any.dims",
+          "any.dims_out", "linalg__powsum", "native_group_norm", "native_layer_norm"})
+        m.impl(name, torch::CppFunction::makeFromBoxedFunction<&fallback>());
+}
+
+// PyTorch's Conjugate and Negative fallbacks materialise a conj/neg input with clone(),
+// which for PrivateUse1 ends in _copy_from: let it through to copy_from (which honours
+// the bits) instead of running the fallback again on the same input, forever.
+TORCH_LIBRARY_IMPL(aten, Conjugate, m) {
+    m.impl("_copy_from", torch::CppFunction::makeFallthrough());
+    m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
+}
+
+TORCH_LIBRARY_IMPL(aten, Negative, m) {
+    m.impl("_copy_from", torch::CppFunction::makeFallthrough());
+    m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
+}
+
+// Sparse layouts do not live on 'remote' (the server keeps strided tensors only): any op
+// that would make or use one says so at once.
+void sparse_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "djinn: sparse tensors are not supported on 'remote' (",
+                                op.schema().name(),
+                                "); keep them on the CPU, or convert with to_dense() first");
+}
+
+TORCH_LIBRARY_IMPL(_, SparsePrivateUse1, m) {
+    m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
+}
+
+TORCH_LIBRARY_IMPL(_, SparseCsrPrivateUse1, m) {
+    m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
+}
+
+void quantized_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "djinn: quantized tensors are not supported on 'remote' (",
+                                op.schema().name(), "); keep them on the CPU");
+}
+
+TORCH_LIBRARY_IMPL(_, QuantizedPrivateUse1, m) {
+    m.fallback(torch::CppFunction::makeFromBoxedFunction<&quantized_refused>());
 }
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {

@@ -31,7 +31,17 @@ inline void check(djn_status_t st) {
         raise_last();
 }
 
+// Refuse, at the first use on 'remote', a dtype the wire does not carry (quantized,
+// bit-packed, sub-byte): nothing is recorded for it.
+inline void check_dtype(at::ScalarType t) {
+    TORCH_CHECK_TYPE(djn_dtype_size(static_cast<uint32_t>(t)) != 0, "djinn: tensors of dtype ", t,
+                     " are not supported on 'remote'");
+}
+
 c10::Allocator *allocator();
+// Pinned host memory (RemoteHostAllocator.cpp).
+c10::Allocator *pinned_allocator();
+bool is_pinned_ptr(const void *ptr);
 c10::DeviceIndex current_device();
 void set_current_device(c10::DeviceIndex d);
 
@@ -49,10 +59,47 @@ c10::Storage adopt_storage(uint64_t handle, uint64_t nbytes, c10::DeviceIndex de
 at::Tensor make_view(const c10::Storage &storage, at::ScalarType dtype, c10::IntArrayRef sizes,
                      c10::IntArrayRef strides, int64_t offset);
 
+// Generators of 'remote' (RemoteGenerator.cpp): their state lives on the server.
+const at::Generator &default_generator(c10::DeviceIndex dev);
+at::Generator new_generator(c10::DeviceIndex dev);
+// The server-side id a random op records for `g` (0: the session's default generator);
+// raises CUDA's error for a generator of another device.
+int64_t generator_id(const at::Generator &g);
+
+// Which devices an op's tensor arguments may mix (RemoteDevices.cpp): as on CUDA.
+enum class DeviceRule : uint8_t {
+    Exact,      // codegen device check: every tensor on one device
+    CpuScalars, // TensorIterator-like: 0-dim CPU tensors may join
+    TakesCpu,   // indexing, copies: CPU tensors are data
+};
+DeviceRule device_rule(const c10::FunctionSchema &s);
+// Raises CUDA's "Expected all tensors to be on the same device" error where CUDA would.
+void check_devices(DeviceRule rule, const c10::FunctionSchema &schema,
+                   const torch::jit::Stack &stack, size_t first);
+
+// An output whose CPU kernel returns another dtype or shape than the op's Meta kernel.
+struct OutFix {
+    int index;
+    std::optional<at::ScalarType> dtype;
+    std::optional<std::vector<int64_t>> sizes; // contiguous
+};
+// For a server device that is a CPU (RemoteCpuShapes.cpp): the outputs to adjust, or
+// true when the op's outputs can only be described by the server (run it DYNAMIC).
+bool cpu_output_fixes(const std::string &name, const std::string &overload,
+                      const torch::jit::Stack &stack, size_t first, std::vector<OutFix> &fixes);
+// Whether remote:dev is a CPU on the server.
+bool server_device_is_cpu(c10::DeviceIndex dev);
+
 // The boxed fallback: capture any op into the pending fragment.
 void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack);
-// Record aten::copy_(dst, src) between remote tensors.
+// Record aten::copy_(dst, src) between remote tensors, bytes as they are (no bits).
 void record_copy(const at::Tensor &dst, const at::Tensor &src);
+// Record an in-place unary op (aten::neg_, aten::conj_physical_) on a remote tensor.
+void record_inplace(const char *op, const at::Tensor &t);
+// dst = src between remote tensors, honouring the conjugate and negative bits.
+void copy_remote(const at::Tensor &dst, const at::Tensor &src);
+// A remote tensor's values in a fresh contiguous tensor without conj/neg bits.
+at::Tensor resolved(const at::Tensor &t);
 
 } // namespace djinn
 

@@ -4007,10 +4007,13 @@ static void test_extent_basic(void) {
             uint8_t dt;
             uint64_t isz;
         } ds[] = {
-            {DJN_DTYPE_U8, 1},   {DJN_DTYPE_I8, 1},  {DJN_DTYPE_I16, 2},   {DJN_DTYPE_I32, 4},
-            {DJN_DTYPE_I64, 8},  {DJN_DTYPE_F16, 2}, {DJN_DTYPE_F32, 4},   {DJN_DTYPE_F64, 8},
-            {DJN_DTYPE_C32, 4},  {DJN_DTYPE_C64, 8}, {DJN_DTYPE_C128, 16}, {DJN_DTYPE_BOOL, 1},
-            {DJN_DTYPE_BF16, 2},
+            {DJN_DTYPE_U8, 1},          {DJN_DTYPE_I8, 1},          {DJN_DTYPE_I16, 2},
+            {DJN_DTYPE_I32, 4},         {DJN_DTYPE_I64, 8},         {DJN_DTYPE_F16, 2},
+            {DJN_DTYPE_F32, 4},         {DJN_DTYPE_F64, 8},         {DJN_DTYPE_C32, 4},
+            {DJN_DTYPE_C64, 8},         {DJN_DTYPE_C128, 16},       {DJN_DTYPE_BOOL, 1},
+            {DJN_DTYPE_BF16, 2},        {DJN_DTYPE_U16, 2},         {DJN_DTYPE_U32, 4},
+            {DJN_DTYPE_U64, 8},         {DJN_DTYPE_F8_E5M2, 1},     {DJN_DTYPE_F8_E4M3FN, 1},
+            {DJN_DTYPE_F8_E5M2FNUZ, 1}, {DJN_DTYPE_F8_E4M3FNUZ, 1}, {DJN_DTYPE_F8_E8M0FNU, 1},
         };
         static const int64_t sz[1] = {10}, st[1] = {1};
         for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) {
@@ -4027,7 +4030,7 @@ static void test_extent_rejects(void) {
     uint64_t b, e;
     static const int64_t sz[1] = {4}, st[1] = {1};
     /* unknown dtypes */
-    static const unsigned unk[] = {12, 13, 14, 16, 17, 100, 255};
+    static const unsigned unk[] = {12, 13, 14, 16, 17, 21, 30, 45, 100, 255};
     for (size_t i = 0; i < sizeof unk / sizeof unk[0]; i++) {
         CHECK_EQ_INT(djn_dtype_size(unk[i]), 0);
         djn_tref_t t = tref_make(1, 0, (uint8_t)unk[i], 1, sz, st);
