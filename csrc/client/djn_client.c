@@ -1093,7 +1093,7 @@ static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64
     if (device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
     if (st == DJN_OK) {
-        c->owner->cur = c; /* the hook stages into this link's fragment */
+        c->owner->cur = c;               /* the hook stages into this link's fragment */
         djn_sync_need(c->owner, handle); /* a weight still syncing: its upload goes first */
     }
     if (st == DJN_OK) {
