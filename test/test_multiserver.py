@@ -82,10 +82,9 @@ def test_two_servers_span_devices_with_parity_and_copies_through_the_client(priv
     assert out["cross"] == [2, 1, True]
     assert out["copy_into"] is True
     assert out["same_server"] is True
-    for msg in out["mixed"]:  # PyTorch's own check, or ours for ops it does not check
+    for msg in out["mixed"]:  # CUDA's wording (the device checks), or ours where none runs
         assert "Expected all tensors to be on the same device" in msg, out["mixed"]
-        assert "remote:0 and remote:2" in msg, out["mixed"]
-    assert "different servers" in out["mixed"][1], out["mixed"]
+        assert "remote:0" in msg and "remote:2" in msg, out["mixed"]
     sa, sb = out["sessions"]
     assert sa and sb and sa != sb
     assert out["stats_devices"] == [2, 2, 1]  # each device's own server answers
