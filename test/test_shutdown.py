@@ -272,7 +272,7 @@ def test_drain_timeout_stops_the_wait_and_still_exits_cleanly():
     """A fragment longer than --drain-timeout: the server stops waiting when the timeout
     runs out (it says so), lets the kernel that runs finish, and exits cleanly."""
     proc, ep = _start("--drain-timeout", "1", "--log-format", "json")
-    client = _long_client(ep, 400)
+    client = _long_client(ep, 1900)  # one fragment of 3800 nodes: seconds, past the timeout
     try:
         _start_running(ep, client)
         proc.send_signal(signal.SIGTERM)
