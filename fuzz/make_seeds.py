@@ -37,17 +37,32 @@ ids = torch.randint(0, 64, (1, 5))
 print(m.generate(ids.to('remote'), max_new_tokens=4, do_sample=False).cpu())
 """
 
+# One conversation whose fragments differ only in sizes: a GRAPH that files the plan-cache
+# entry, then GRAPH_CACHED messages against its template (tpl, patch, binds_d, allocs_d,
+# allocs_n, frees_d): written as one server seed, so the fuzzer starts from a hit.
+TEMPLATE = r"""
+import torch, djinn
+for n in (4, 5, 7, 300):
+    x = torch.full((n,), 2.0, device='remote')
+    print((x * 3 + x[1:].sum()).sum().item())
+"""
+
+
+def _record(code, rec, env):
+    subprocess.run([sys.executable, "-c", code], env=dict(env, DJINN_RECORD_DIR=rec), check=True,
+                   capture_output=True)
+    return [open(os.path.join(rec, n), "rb").read() for n in sorted(os.listdir(rec))]
+
 
 def main():
     root = os.path.dirname(os.path.abspath(__file__))
     rec = tempfile.mkdtemp(prefix="djinn-rec-")
-    env = dict(os.environ, DJINN_RECORD_DIR=rec)
+    env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     env["PYTHONPATH"] = os.path.dirname(root) + os.pathsep + env.get("PYTHONPATH", "")
-    subprocess.run([sys.executable, "-c", WORKLOAD], env=env, check=True, capture_output=True)
+    msgs = _record(WORKLOAD, rec, env)
     seen, kept = set(), []
-    for name in sorted(os.listdir(rec)):
-        data = open(os.path.join(rec, name), "rb").read()
+    for data in msgs:
         h = hashlib.sha256(data).hexdigest()
         if h not in seen:
             seen.add(h)
@@ -63,7 +78,11 @@ def main():
         hlen = data[1] | data[2] << 8
         open(os.path.join(root, "corpus", "decode", h[:16]), "wb").write(data[3 : 3 + hlen])
     shutil.rmtree(rec)
-    print(f"{len(kept)} seeds from {len(seen)} distinct messages")
+    rec = tempfile.mkdtemp(prefix="djinn-rec-")
+    conv = b"".join(_record(TEMPLATE, rec, env)[-8:])  # the server fuzzer takes 8 messages
+    open(os.path.join(root, "corpus", "server", "template-patches"), "wb").write(conv)
+    shutil.rmtree(rec)
+    print(f"{len(kept)} seeds from {len(seen)} distinct messages, and one template conversation")
 
 
 if __name__ == "__main__":
