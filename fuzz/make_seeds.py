@@ -54,6 +54,46 @@ def _record(code, rec, env):
     return [open(os.path.join(rec, n), "rb").read() for n in sorted(os.listdir(rec))]
 
 
+def _frame(hdr, frames=()):
+    out = bytes([len(frames), len(hdr) & 0xFF, len(hdr) >> 8]) + hdr
+    for f in frames:
+        out += bytes([len(f) & 0xFF, len(f) >> 8]) + f
+    return out
+
+
+def _pattern_conversation():
+    """GRAPH (x + x -> out, float32 [4]) that files an entry, then GRAPH_CACHED by
+    pattern ('pal' + 'pat') at size 2: every size moves by -2, the handles by a shift."""
+    import struct
+
+    import msgpack
+    import torch  # noqa: F401 - loads libtorch for djinn._C
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from djinn._C import _proto
+
+    h0, h1 = 1 << 44, (1 << 44) + 512
+
+    def ref(slot, n):
+        return msgpack.ExtType(1, struct.pack("<QqBBqq", slot, 0, 6, 1, n, 1))
+
+    def hdr(type_, seq, body):
+        return msgpack.packb({"type": type_, "sid": 0, "seq": seq, "body": body})
+
+    n = 4
+    node = ["aten::add", "out", [ref(0, n), ref(0, n), 1, ref(1, n)], [ref(1, n)], 0]
+    graph = {"binds": [h0, h1], "allocs": [[h0, 16], [h1, 16]], "uploads": [[h0, 1]],
+             "nodes": [node], "fetch": [[h1, 0, 16]], "fp": [7, 8]}
+    ints = [0, n, 1, 0, n, 1, 1, 0, n, 1, 0, n, 1]
+    tpl = _proto.sym_digest(ints, [h0, h1], [(h0, 16), (h1, 16)], [])
+    # positions: 13 integers, then 2 alloc sizes, then 2 binds
+    pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2]
+    cached = {"allocs_d": [2, 4096], "uploads": [[h0 + 4096, 1]], "fetch": [[h1 + 4096, 0, 8]],
+              "fp": [7, 8], "tpl": tpl, "pal": [-2, -8, 4096], "pat": pat}
+    x4, x2 = struct.pack("<4f", 1, 2, 3, 4), struct.pack("<2f", 5, 6)
+    return _frame(hdr(3, 1, graph), [x4]) + _frame(hdr(4, 2, cached), [x2])
+
+
 def main():
     root = os.path.dirname(os.path.abspath(__file__))
     rec = tempfile.mkdtemp(prefix="djinn-rec-")
@@ -79,9 +119,14 @@ def main():
         open(os.path.join(root, "corpus", "decode", h[:16]), "wb").write(data[3 : 3 + hlen])
     shutil.rmtree(rec)
     rec = tempfile.mkdtemp(prefix="djinn-rec-")
-    conv = b"".join(_record(TEMPLATE, rec, env)[-8:])  # the server fuzzer takes 8 messages
-    open(os.path.join(root, "corpus", "server", "template-patches"), "wb").write(conv)
+    msgs = _record(TEMPLATE, rec, env)[-8:]  # the server fuzzer takes 8 messages
+    open(os.path.join(root, "corpus", "server", "template-patches"), "wb").write(b"".join(msgs))
     shutil.rmtree(rec)
+    conv = _pattern_conversation()
+    open(os.path.join(root, "corpus", "server", "template-pattern"), "wb").write(conv)
+    for i, data in enumerate(msgs + [conv]):
+        hlen = data[1] | data[2] << 8
+        open(os.path.join(root, "corpus", "decode", f"template-{i}"), "wb").write(data[3 : 3 + hlen])
     print(f"{len(kept)} seeds from {len(seen)} distinct messages, and one template conversation")
 
 

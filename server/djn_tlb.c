@@ -37,6 +37,11 @@ struct djn_tlb_entry {
     uint64_t *psize;   /* slot -> bytes planned there, or NULL */
     uint32_t nplace;
     djn_tlb_tpl_t tpl;
+    /* the pattern of the last GRAPH_CACHED that sent one ('pat'): written and read only
+     * by djn_tlb_bind, which only the transport thread calls */
+    djn_sym_patch_t *pat;
+    uint32_t npat;
+    uint64_t pat_hash;
     uint64_t peak;
     uint64_t bytes; /* host bytes held */
     djn_tlb_owner_t owner;
@@ -83,6 +88,7 @@ static void s_unref(djn_tlb_entry_t *e) {
             e->owner.release_fn(e->owner.ctx, e->bytes);
         djn_free(e->place, e->nplace * sizeof(uint64_t));
         djn_free(e->psize, e->nplace * sizeof(uint64_t));
+        djn_free(e->pat, e->npat * sizeof(djn_sym_patch_t));
         djn_arena_destroy(&e->arena);
         djn_free(e, sizeof(*e));
     }
@@ -352,7 +358,82 @@ static bool s_client_handle(uint64_t h) {
     return h >= 1 && h < (1ull << 62);
 }
 
-djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, const djn_tlb_entry_t *e,
+/* 'pal' + 'pat'/'pid': the pattern's deltas become g's integer patch, allocation size
+ * deltas and binds (the rest of djn_tlb_bind then applies them like 'patch',
+ * 'allocs_n' and 'binds_d'). */
+static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e, char *err,
+                                 size_t errlen) {
+    const djn_tlb_tpl_t *tp = &e->tpl;
+    uint64_t nints = tp->start[e->g.nnodes], nal = tp->nallocs, n = nints + nal + tp->nbinds;
+    if (g->has_pat) {
+        if (g->npat && g->pat[g->npat - 1].pos >= n) {
+            snprintf(err, errlen,
+                     "GRAPH_CACHED: 'pat' names value %u but the template has %" PRIu64,
+                     g->pat[g->npat - 1].pos, n);
+            return DJN_ERR_PROTO;
+        }
+        djn_sym_patch_t *keep = g->npat ? djn_malloc(g->npat * sizeof(djn_sym_patch_t)) : NULL;
+        if (g->npat && !keep)
+            goto oom;
+        if (g->npat)
+            memcpy(keep, g->pat, g->npat * sizeof(djn_sym_patch_t));
+        djn_free(e->pat, e->npat * sizeof(djn_sym_patch_t));
+        e->pat = keep;
+        e->npat = g->npat;
+        e->pat_hash = djn_sym_pattern_hash(keep, g->npat);
+    } else if (!e->pat_hash || g->pid != e->pat_hash) {
+        snprintf(err, errlen,
+                 "plan cache miss: fragment %016" PRIx64 "%016" PRIx64
+                 " holds no pattern %016" PRIx64 "; send the full GRAPH",
+                 g->fp[0], g->fp[1], g->pid);
+        return DJN_ERR_EVICTED;
+    }
+    if (nal && !g->has_allocs_d) {
+        snprintf(err, errlen, "GRAPH_CACHED: 'pal' needs 'allocs_d'");
+        return DJN_ERR_PROTO;
+    }
+    djn_sym_patch_t *ip = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
+    djn_sym_patch_t *ap = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
+    uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
+    if (!ip || !ap || !b)
+        goto oom;
+    if (tp->nbinds)
+        memcpy(b, tp->binds, tp->nbinds * sizeof(uint64_t));
+    uint32_t ni = 0, na = 0;
+    for (uint32_t i = 0; i < e->npat; i++) {
+        uint32_t pos = e->pat[i].pos;
+        if (e->pat[i].val >= (int64_t)g->npal) {
+            snprintf(err, errlen,
+                     "GRAPH_CACHED: 'pal' has %u classes but the pattern names %" PRId64, g->npal,
+                     e->pat[i].val);
+            return DJN_ERR_PROTO;
+        }
+        int64_t d = g->pal[e->pat[i].val];
+        if (pos < nints)
+            ip[ni++] = (djn_sym_patch_t){pos, d};
+        else if (pos < nints + nal)
+            ap[na++] = (djn_sym_patch_t){(uint32_t)(pos - nints), d};
+        else
+            b[pos - nints - nal] += (uint64_t)d;
+    }
+    for (uint32_t i = 0; i < tp->nbinds; i++)
+        if (!b[i]) {
+            snprintf(err, errlen, "GRAPH: 'binds' must hold non-zero handles");
+            return DJN_ERR_PROTO;
+        }
+    g->binds = b;
+    g->nbinds = tp->nbinds;
+    g->patch = ip;
+    g->npatch = ni;
+    g->allocs_n = ap;
+    g->nallocs_n = na;
+    return DJN_OK;
+oom:
+    snprintf(err, errlen, "out of host memory");
+    return DJN_ERR_NOMEM;
+}
+
+djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
                           const djn_node_t **nodes, char *err, size_t errlen) {
     const djn_graph_req_t *cg = djn_tlb_graph(e);
     const djn_tlb_tpl_t *tp = djn_tlb_template(e);
@@ -364,6 +445,9 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, const djn_tlb_entr
                  g->fp[0], g->fp[1], g->tpl);
         return DJN_ERR_EVICTED;
     }
+    djn_status_t st;
+    if (g->pal && (st = s_by_pattern(a, g, e, err, errlen)) != DJN_OK)
+        return st;
     if (g->has_binds_d) {
         uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
         if (!b)

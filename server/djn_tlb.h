@@ -85,9 +85,12 @@ const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
  * fields (binds_d, allocs_d, allocs_n, frees_d) are expanded against the template into
  * g's plain arrays, checked as the decoder checks them, and *nodes is set to a copy of
  * the cached nodes with the integer patch applied (in `a`; the cached nodes themselves
- * when there is no patch). Also checks that the binds cover the cached slots. Any other
- * failure is DJN_ERR_PROTO with the reason in err; nothing has been applied. */
-djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, const djn_tlb_entry_t *e,
+ * when there is no patch). With 'pal', the pattern ('pat', which the entry then keeps,
+ * or the kept one 'pid' names: else DJN_ERR_EVICTED) turns into those fields first. Also
+ * checks that the binds cover the cached slots. Any other failure is DJN_ERR_PROTO with
+ * the reason in err; nothing has been applied but a kept pattern. Call it from one
+ * thread only (the transport): it writes the entry's pattern. */
+djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
                           const djn_node_t **nodes, char *err, size_t errlen);
 
 typedef struct djn_tlb_stats {

@@ -824,6 +824,36 @@ def test_graph_cached_hostile_patch_is_refused(session, change, code, words):
     assert struct.unpack("<4f", frames[0]) == (2.0, 4.0, 6.0, 8.0)
 
 
+def test_graph_cached_by_pattern_sends_classes_of_deltas(session):
+    """By pattern: positions over the integers (13), then the alloc sizes (2), then the
+    binds (2), each with a class; only the classes' deltas change from step to step."""
+    a, b = H0 + 0x80000, H0 + 0x80200
+    tpl = _filed_add_out(session, a, b, [0x6161, 0x6262])
+    pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2]  # sizes, alloc sizes, binds
+    body = {"allocs_d": [2, 0x1000], "uploads": [[a + 0x1000, 1]], "fp": [0x6161, 0x6262]}
+    body.update(fetch=[[b + 0x1000, 0, 8]], tpl=tpl, pal=[-2, -8, 0x1000], pat=pat)
+    h, frames = session.call_raw(GRAPH_CACHED, body, frames=[_f32(5, 6)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<2f", frames[0]) == (10.0, 12.0)
+    # a pattern the entry does not keep is a miss; classes the palette lacks are refused
+    named = {k: v for k, v in body.items() if k != "pat"}
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(named, pid=12345), frames=[_f32(5, 6)]),
+        E_EVICTED,
+        "holds no pattern",
+    )
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(body, pal=[-2, -8]), frames=[_f32(5, 6)]),
+        E_PROTO,
+        "'pat' names a class 'pal' does not have",
+    )
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(body, pat=pat + [1, 0]), frames=[_f32(5, 6)]),
+        E_PROTO,
+        "'pat' names value 17 but the template has 17",
+    )
+
+
 def test_graph_filed_again_with_another_template_replaces_the_entry(session):
     a, b = H0 + 0x70000, H0 + 0x70200
     old = _filed_add_out(session, a, b, [0x5151, 0x5252])

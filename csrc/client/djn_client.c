@@ -74,6 +74,7 @@ struct djn_client {
     djn_map_t known; /* fingerprints the server has cached: key -> s_tpl_t * */
     uint64_t known_bytes;
     djn_vec_t sym_patch, sym_allocs_n, sym_runs[3], sym_h; /* scratch for GRAPH_CACHED */
+    djn_vec_t sym_pal;                                     /* int64_t */
     djn_stats_client_t ctr;
 
     djn_heartbeat_t *hb;
@@ -151,9 +152,11 @@ __attribute__((constructor)) static void s_init(void) {
  * forgotten (a forgotten one costs one full GRAPH, which files it again). */
 #define S_KNOWN_MAX 65536u
 #define S_KNOWN_BYTES (64ull << 20)
+#define S_MAX_CLASSES 64u /* more distinct deltas than this: the 'patch' form instead */
 
 typedef struct s_tpl {
     uint64_t fp[2], digest; /* digest 0: not patchable (the scan failed) */
+    uint64_t pat_hash;      /* the pattern the server's entry keeps (0: none sent yet) */
     uint32_t nints, nbinds, nallocs, nfrees;
     int64_t *ints;
     uint64_t *binds, *ahandle, *anbytes, *frees;
@@ -243,11 +246,74 @@ static void s_known_put(djn_client_t *c, const djn_graph_req_t *g) {
 /* Fill g's template fields with what differs from t (docs/PROTOCOL.md 7.4); false on
  * OOM (then g is sent as it was). Lists whose length differs from the template's go
  * plain. */
-static bool s_against(djn_client_t *c, const s_tpl_t *t, djn_graph_req_t *g) {
+/* The class of a delta in the palette (appended if new); -1 past the class limit. */
+static int64_t s_class(djn_client_t *c, int64_t d) {
+    const int64_t *pal = c->sym_pal.data;
+    for (size_t k = 0; k < c->sym_pal.len; k++)
+        if (pal[k] == d)
+            return (int64_t)k;
+    if (c->sym_pal.len >= S_MAX_CLASSES || !djn_vec_push(&c->sym_pal, &d))
+        return -1;
+    return (int64_t)c->sym_pal.len - 1;
+}
+
+/* One value of the pattern's sequence (integers, allocation sizes, binds). */
+static bool s_pat_put(djn_client_t *c, uint32_t pos, uint64_t cur, uint64_t tpl) {
+    if (cur == tpl)
+        return true;
+    djn_sym_patch_t p = {pos, s_class(c, (int64_t)(cur - tpl))};
+    return p.val >= 0 && djn_vec_push(&c->sym_patch, &p);
+}
+
+/* By pattern (7.4): every integer, allocation size and bind that differs, as classes of
+ * equal deltas; the pattern itself travels only when it is not the one the entry keeps.
+ * In a decode step the same values move by the same few deltas every token, so only
+ * the palette travels. False: not possible here (then the fields are left alone). */
+static bool s_by_pattern(djn_client_t *c, s_tpl_t *t, djn_graph_req_t *g, const int64_t *ints) {
+    if (g->nbinds != t->nbinds || g->nallocs != t->nallocs || g->nfrees != t->nfrees ||
+        !djn_vec_reserve(&c->sym_h, g->nallocs))
+        return false;
+    c->sym_patch.len = c->sym_pal.len = c->sym_runs[1].len = c->sym_runs[2].len = 0;
+    bool ok = true;
+    uint32_t pos = 0;
+    for (uint32_t i = 0; ok && i < t->nints; i++, pos++)
+        ok = s_pat_put(c, pos, (uint64_t)ints[i], (uint64_t)t->ints[i]);
+    for (uint32_t i = 0; ok && i < g->nallocs; i++, pos++) {
+        ok = s_pat_put(c, pos, g->allocs[i].nbytes, t->anbytes[i]);
+        ((uint64_t *)c->sym_h.data)[i] = g->allocs[i].handle;
+    }
+    for (uint32_t i = 0; ok && i < g->nbinds; i++, pos++)
+        ok = s_pat_put(c, pos, g->binds[i], t->binds[i]);
+    ok = ok && djn_sym_runs(t->ahandle, c->sym_h.data, g->nallocs, &c->sym_runs[1]) &&
+         djn_sym_runs(t->frees, g->frees, g->nfrees, &c->sym_runs[2]);
+    if (!ok)
+        return false;
+    uint64_t h = djn_sym_pattern_hash(c->sym_patch.data, (uint32_t)c->sym_patch.len);
+    g->tpl = t->digest;
+    g->pal = c->sym_pal.data ? c->sym_pal.data : (const int64_t *)&c->sym_pal; /* non-NULL */
+    g->npal = (uint32_t)c->sym_pal.len;
+    g->has_pat = h != t->pat_hash;
+    g->pat = c->sym_patch.data;
+    g->npat = (uint32_t)c->sym_patch.len;
+    g->pid = h;
+    t->pat_hash = h; /* what the entry keeps once this message is bound */
+    g->nbinds = 0;   /* binds, allocs: from the template and the pattern */
+    g->has_allocs_d = true;
+    g->nallocs_d = (uint32_t)c->sym_runs[1].len;
+    g->allocs_d = c->sym_runs[1].data;
+    g->has_frees_d = true;
+    g->nfrees_d = (uint32_t)c->sym_runs[2].len;
+    g->frees_d = c->sym_runs[2].data;
+    return true;
+}
+
+static bool s_against(djn_client_t *c, s_tpl_t *t, djn_graph_req_t *g) {
     uint32_t nints = 0;
     const int64_t *ints = djn_rec_ints(c->rec, &nints);
     if (!t->digest || !ints || nints != t->nints)
         return true; /* run the cached nodes as filed (a byte-exact fingerprint) */
+    if (s_by_pattern(c, t, g, ints))
+        return true;
     c->sym_patch.len = c->sym_allocs_n.len = c->sym_h.len = 0;
     for (int i = 0; i < 3; i++)
         c->sym_runs[i].len = 0;
@@ -304,6 +370,7 @@ djn_client_t *djn_client_new(const char *server_bin) {
     for (int i = 0; i < 3; i++)
         c->sym_runs[i] = DJN_VEC(djn_sym_run_t);
     c->sym_h = DJN_VEC(uint64_t);
+    c->sym_pal = DJN_VEC(int64_t);
     if (!c->rec || !c->fcache) {
         djn_rec_destroy(&c->rec);
         djn_fcache_destroy(&c->fcache);
@@ -340,6 +407,7 @@ void djn_client_destroy(djn_client_t **self_p) {
     for (int i = 0; i < 3; i++)
         djn_vec_release(&c->sym_runs[i]);
     djn_vec_release(&c->sym_h);
+    djn_vec_release(&c->sym_pal);
     pthread_mutex_destroy(&c->mu);
     djn_free(c, sizeof(*c));
     *self_p = NULL;
@@ -1103,7 +1171,7 @@ static djn_status_t s_flush_locked(djn_client_t *c, bool wait, const djn_fetch_t
     /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
      * nodes. Only for flushes we wait on and without uploads, so that an eviction can
      * be answered by sending the full GRAPH right away. */
-    const s_tpl_t *tpl = g.nnodes ? s_known_get(c, g.fp) : NULL;
+    s_tpl_t *tpl = g.nnodes ? s_known_get(c, g.fp) : NULL;
     bool cached = c->plan_cache && tpl && wait && !g.nuploads && c->seq == c->acked &&
                   c->pending_st == DJN_OK;
     djn_graph_req_t plain = g;

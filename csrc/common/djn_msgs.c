@@ -15,6 +15,7 @@
 
 #include "djn_codec.h"
 #include "djn_mem.h"
+#include "djn_sym.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -229,9 +230,44 @@ static djn_status_t s_parse_tpl(s_parse_t *p, const djn_value_t *body, djn_graph
         }
         *f[i].has = true;
     }
-    bool compact = g->npatch || g->nallocs_n || g->has_binds_d || g->has_allocs_d || g->has_frees_d;
+    if ((v = djn_value_get(body, "pal")) != NULL) {
+        if (!s_list(v) || v->len > DJN_SYM_MAX_CLASSES)
+            return s_bad(p, "'pal' must be an array of at most 4096 integers");
+        int64_t *pal = djn_arena_alloc(p->a, sizeof(int64_t) * (v->len + 1));
+        if (!pal)
+            return DJN_ERR_NOMEM;
+        for (uint32_t i = 0; i < v->len; i++) {
+            if (v->u.items[i].kind != DJN_V_INT)
+                return s_bad(p, "'pal' must be an array of at most 4096 integers");
+            pal[i] = v->u.items[i].u.i;
+        }
+        g->pal = pal;
+        g->npal = v->len;
+        const djn_value_t *pat = djn_value_get(body, "pat"), *pid = djn_value_get(body, "pid");
+        if (!!pat == !!pid)
+            return s_bad(p, "'pal' needs exactly one of 'pat' and 'pid'");
+        if (pid && (!s_uint(pid, &g->pid) || !g->pid))
+            return s_bad(p, "'pid' must be a non-zero integer");
+        if (pat) {
+            if ((st = s_parse_patch(p, pat,
+                                    "'pat' must be [gap, class] integer pairs with gaps >= 1",
+                                    &g->pat, &g->npat)) != DJN_OK)
+                return st;
+            for (uint32_t i = 0; i < g->npat; i++)
+                if (g->pat[i].val < 0 || g->pat[i].val >= (int64_t)g->npal)
+                    return s_bad(p, "'pat' names a class 'pal' does not have");
+            g->has_pat = true;
+        }
+        if (g->npatch || g->nallocs_n || g->has_binds_d || djn_value_get(body, "binds") ||
+            djn_value_get(body, "allocs"))
+            return s_bad(p, "'pal' excludes 'patch', 'allocs_n', 'binds', 'binds_d' and 'allocs'");
+    } else if (djn_value_get(body, "pat") || djn_value_get(body, "pid")) {
+        return s_bad(p, "'pat' and 'pid' need 'pal'");
+    }
+    bool compact =
+        g->npatch || g->nallocs_n || g->has_binds_d || g->has_allocs_d || g->has_frees_d || g->pal;
     if (compact && !g->tpl)
-        return s_bad(p, "'patch', 'allocs_n' and the '_d' fields need 'tpl'");
+        return s_bad(p, "'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'");
     if (g->nallocs_n && !g->has_allocs_d)
         return s_bad(p, "'allocs_n' needs 'allocs_d'");
     return DJN_OK;
@@ -525,7 +561,8 @@ static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t
 static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
     uint32_t n = 2 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
                  (r->nallocs || r->has_allocs_d) + (r->nallocs_n != 0) + (r->nuploads != 0) +
-                 (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0);
+                 (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0) +
+                 (r->pal ? 2 : 0);
     djn_enc_map(b, n);
     if (r->device)
         s_kv_uint(b, "dev", r->device);
@@ -591,6 +628,16 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
     s_kv_uint(b, "tpl", r->tpl);
     if (r->npatch)
         s_enc_pairs(b, "patch", r->patch, r->npatch, false);
+    if (r->pal) {
+        djn_enc_cstr(b, "pal");
+        djn_enc_array(b, r->npal);
+        for (uint32_t i = 0; i < r->npal; i++)
+            djn_enc_int(b, r->pal[i]);
+        if (r->has_pat)
+            s_enc_pairs(b, "pat", r->pat, r->npat, false);
+        else
+            s_kv_uint(b, "pid", r->pid);
+    }
 }
 
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r) {

@@ -225,6 +225,15 @@ typedef struct djn_graph_req {
     const djn_sym_patch_t *allocs_n; /* allocation sizes (needs allocs_d) */
     const djn_sym_run_t *binds_d, *allocs_d, *frees_d;
     bool has_binds_d, has_allocs_d, has_frees_d;
+    /* GRAPH_CACHED by pattern: the integers, allocation sizes and binds that differ,
+     * as classes of equal deltas: pal[class] is a class's delta; pat (position, class)
+     * says which values are in which class and is kept by the entry; pid names the
+     * pattern the entry keeps (its hash) instead of sending it again. */
+    uint32_t npal, npat;
+    const int64_t *pal;
+    const djn_sym_patch_t *pat; /* val: the class */
+    uint64_t pid;
+    bool has_pat;
     /* Encoding only: nodes already encoded as msgpack (the client's recorder writes
      * them as ops are captured); used instead of `nodes` when set. */
     const uint8_t *nodes_raw;

@@ -433,6 +433,19 @@ djn_status_t djn_sym_patch(djn_arena_t *a, const djn_node_t *nodes, uint32_t nno
     return DJN_OK;
 }
 
+uint64_t djn_sym_pattern_hash(const djn_sym_patch_t *pat, uint32_t n) {
+    uint64_t d = n, w[256];
+    for (uint32_t i = 0; i < n;) { /* blocks of 256 words, chained through the seed */
+        uint32_t k = 0;
+        while (k < 256 && i < n) {
+            w[k++] = (uint64_t)pat[i].pos << 32 | (uint64_t)(uint32_t)pat[i].val;
+            i++;
+        }
+        d = XXH3_64bits_withSeed(w, k * sizeof(uint64_t), d);
+    }
+    return d ? d : 1;
+}
+
 /* ------------------------------------------------------------------ runs */
 
 bool djn_sym_expand(const uint64_t *tpl, uint32_t ntpl, const djn_sym_run_t *runs, uint32_t nruns,

@@ -67,6 +67,13 @@ djn_status_t djn_sym_patch(djn_arena_t *a, const djn_node_t *nodes, uint32_t nno
                            const uint32_t *start, const djn_sym_patch_t *patch, uint32_t npatch,
                            uint32_t nbinds, const djn_node_t **out, char *err, size_t errlen);
 
+/* Patterns (GRAPH_CACHED 'pal' + 'pat'/'pid'): positions over the template's integers,
+ * then its allocation sizes, then its binds; a class index per position. */
+#define DJN_SYM_MAX_CLASSES 4096
+/* The hash a 'pid' names (never 0): XXH3-64 over (pos << 32 | class) words, in blocks of
+ * 256 words, each block's hash seeding the next (the first seed: n). */
+uint64_t djn_sym_pattern_hash(const djn_sym_patch_t *pat, uint32_t n);
+
 /* Expand a run-length coded delta list against a template: runs[k] = {count, delta}; item
  * i of the result is tpl[i] + delta of its run (wrapping). False unless the counts add up
  * to exactly ntpl. out holds ntpl items. */

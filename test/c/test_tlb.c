@@ -1027,7 +1027,7 @@ static void test_decode_fields(void) {
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
-        "GRAPH: 'patch', 'allocs_n' and the '_d' fields need 'tpl'",
+        "GRAPH: 'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'",
         "GRAPH: 'binds_d' must be [count, delta] integer pairs with counts >= 1",
         "GRAPH: 'frees_d' must be [count, delta] integer pairs with counts >= 1",
         "GRAPH: 'binds' and 'binds_d' exclude each other",
@@ -1058,6 +1058,96 @@ static void test_decode_fields(void) {
         CHECK_EQ_INT(m->u.graph.frees_d[3].count, 4);
     }
     djn_msg_free(&m);
+}
+
+/* 'pal' + 'pat' / 'pid': the pattern is kept by the entry and named by its hash. */
+static void test_bind_by_pattern(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 9);
+    if (!x.e) {
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(x.e);
+    /* the integer deltas as classes, then bind 1 (position nints + 0 allocs + 1) */
+    djn_sym_patch_t pat[64];
+    int64_t pal[64];
+    uint32_t np = 0, ncls = 0;
+    for (uint32_t i = 0; i < x.i0.len; i++) {
+        int64_t d = DJN_VEC_AT(&x.i1, int64_t, i) - DJN_VEC_AT(&x.i0, int64_t, i);
+        if (!d)
+            continue;
+        uint32_t k = 0;
+        while (k < ncls && pal[k] != d)
+            k++;
+        if (k == ncls)
+            pal[ncls++] = d;
+        pat[np++] = (djn_sym_patch_t){i, k};
+    }
+    pal[ncls] = 0x40;
+    pat[np++] = (djn_sym_patch_t){(uint32_t)x.i0.len + 1, ncls++};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.fp[0] = x.fp[0];
+    g.fp[1] = x.fp[1];
+    g.tpl = tp->digest;
+    g.pal = pal;
+    g.npal = ncls;
+    g.has_pat = true;
+    g.pat = pat;
+    g.npat = np;
+    uint64_t pid = djn_sym_pattern_hash(pat, np);
+    char err[256] = {0};
+    const djn_node_t *nodes = NULL;
+    for (int round = 0; round < 3; round++) {
+        djn_msg_t *m = NULL;
+        if (round == 1) { /* the kept pattern, named */
+            g.has_pat = false;
+            g.pid = pid;
+        }
+        if (round == 2)
+            g.pid = pid ^ 1; /* not the kept one: a miss */
+        CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+        if (!m)
+            continue;
+        djn_status_t st = djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err);
+        if (round == 2) {
+            CHECK(st == DJN_ERR_EVICTED);
+            CHECK_HAS(err, "holds no pattern");
+        } else {
+            CHECK(st == DJN_OK);
+            CHECK_EQ_INT(m->u.graph.nbinds, 2);
+            if (m->u.graph.nbinds == 2) {
+                CHECK_EQ_INT(m->u.graph.binds[0], 0x100);
+                CHECK_EQ_INT(m->u.graph.binds[1], 0x240);
+            }
+            int64_t w[64];
+            if (nodes && st == DJN_OK) {
+                uint32_t n0 = djn_sym_node_ints(&nodes[0], w);
+                djn_sym_node_ints(&nodes[1], w + n0);
+                for (uint32_t i = 0; i < x.i1.len; i++)
+                    CHECK_EQ_INT(w[i], DJN_VEC_AT(&x.i1, int64_t, i));
+            }
+        }
+        djn_msg_free(&m);
+    }
+    /* a pattern past the template's values, and classes the palette does not have */
+    g.has_pat = true;
+    pat[np - 1].pos = (uint32_t)x.i0.len + 2;
+    djn_msg_t *m = NULL;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_HAS(err, "'pat' names value 28 but the template has 28");
+    djn_msg_free(&m);
+    pat[np - 1].pos = (uint32_t)x.i0.len + 1;
+    g.npal = ncls - 1;
+    err[0] = 0;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_STR(err, "GRAPH: 'pat' names a class 'pal' does not have");
+    djn_msg_free(&m);
+    s_fix_free(&x);
 }
 
 static void test_runs_roundtrip(void) {
@@ -1097,6 +1187,7 @@ int main(void) {
     RUN(test_hostile_patches);
     RUN(test_bind_template);
     RUN(test_decode_fields);
+    RUN(test_bind_by_pattern);
     RUN(test_runs_roundtrip);
     return djn_test_report();
 }
