@@ -378,7 +378,7 @@ def transformer(ctx):
             f"{label}: bytes sent per decode step (HF default DynamicCache)",
             g,
             "bytes",
-            {"djinn": sent},
+            {"djinn": sent, "local": 0},  # local: nothing crosses a wire
             "<= 512 B per token (issue 11)",
             lambda v: v["djinn"] <= 512,
             extra={
