@@ -143,16 +143,18 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
         blobs[i - 1] = (djn_blob_t){frames[i].p, frames[i].n};
     if (m->type == DJN_MSG_GRAPH || m->type == DJN_MSG_FETCH || m->type == DJN_MSG_GRAPH_CACHED) {
         djn_tlb_entry_t *cached = NULL;
+        const djn_node_t *nodes = NULL;
         if (m->type == DJN_MSG_GRAPH_CACHED) {
             cached = djn_tlb_lookup(g.tlb, m->u.graph.fp, m->u.graph.device, djn_session_id(s));
-            if (!cached || djn_tlb_graph(cached)->nslots > m->u.graph.nbinds) {
+            if (!cached || djn_tlb_bind(m->arena, &m->u.graph, cached, &nodes, err,
+                                                  sizeof err) != DJN_OK) {
                 djn_tlb_release(g.tlb, &cached);
                 djn_msg_free(&m);
                 return;
             }
         }
         if (m->u.graph.device == 0) {
-            djn_frag_in_t in = {m->type, s, &m->u.graph, cached, blobs, nframes - 1};
+            djn_frag_in_t in = {m->type, s, &m->u.graph, cached, nodes, blobs, nframes - 1};
             djn_frag_out_t out;
             djn_frag_run(&env, &in, &out);
             djn_frag_out_release(&out);

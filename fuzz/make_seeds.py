@@ -37,17 +37,72 @@ ids = torch.randint(0, 64, (1, 5))
 print(m.generate(ids.to('remote'), max_new_tokens=4, do_sample=False).cpu())
 """
 
+# One conversation whose fragments differ only in sizes: a GRAPH that files the plan-cache
+# entry, then GRAPH_CACHED messages against its template (tpl, patch, binds_d, allocs_d,
+# allocs_n, frees_d): written as one server seed, so the fuzzer starts from a hit.
+TEMPLATE = r"""
+import torch, djinn
+for n in (4, 5, 7, 300):
+    x = torch.full((n,), 2.0, device='remote')
+    print((x * 3 + x[1:].sum()).sum().item())
+"""
+
+
+def _record(code, rec, env):
+    subprocess.run([sys.executable, "-c", code], env=dict(env, DJINN_RECORD_DIR=rec), check=True,
+                   capture_output=True)
+    return [open(os.path.join(rec, n), "rb").read() for n in sorted(os.listdir(rec))]
+
+
+def _frame(hdr, frames=()):
+    out = bytes([len(frames), len(hdr) & 0xFF, len(hdr) >> 8]) + hdr
+    for f in frames:
+        out += bytes([len(f) & 0xFF, len(f) >> 8]) + f
+    return out
+
+
+def _pattern_conversation():
+    """GRAPH (x + x -> out, float32 [4]) that files an entry, then GRAPH_CACHED by
+    pattern ('pal' + 'pat') at size 2: every size moves by -2, the handles by a shift."""
+    import struct
+
+    import msgpack
+    import torch  # noqa: F401 - loads libtorch for djinn._C
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from djinn._C import _proto
+
+    h0, h1 = 1 << 44, (1 << 44) + 512
+
+    def ref(slot, n):
+        return msgpack.ExtType(1, struct.pack("<QqBBqq", slot, 0, 6, 1, n, 1))
+
+    def hdr(type_, seq, body):
+        return msgpack.packb({"type": type_, "sid": 0, "seq": seq, "body": body})
+
+    n = 4
+    node = ["aten::add", "out", [ref(0, n), ref(0, n), 1, ref(1, n)], [ref(1, n)], 0]
+    graph = {"binds": [h0, h1], "allocs": [[h0, 16], [h1, 16]], "uploads": [[h0, 1]],
+             "nodes": [node], "fetch": [[h1, 0, 16]], "fp": [7, 8]}
+    ints = [0, n, 1, 0, n, 1, 1, 0, n, 1, 0, n, 1]
+    tpl = _proto.sym_digest(ints, [h0, h1], [(h0, 16), (h1, 16)], [])
+    # positions: 13 integers, then 2 alloc sizes, then 2 binds
+    pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2]
+    cached = {"allocs_d": [2, 4096], "uploads": [[h0 + 4096, 1]], "fetch": [[h1 + 4096, 0, 8]],
+              "fp": [7, 8], "tpl": tpl, "pal": [-2, -8, 4096], "pat": pat}
+    x4, x2 = struct.pack("<4f", 1, 2, 3, 4), struct.pack("<2f", 5, 6)
+    return _frame(hdr(3, 1, graph), [x4]) + _frame(hdr(4, 2, cached), [x2])
+
 
 def main():
     root = os.path.dirname(os.path.abspath(__file__))
     rec = tempfile.mkdtemp(prefix="djinn-rec-")
-    env = dict(os.environ, DJINN_RECORD_DIR=rec)
+    env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     env["PYTHONPATH"] = os.path.dirname(root) + os.pathsep + env.get("PYTHONPATH", "")
-    subprocess.run([sys.executable, "-c", WORKLOAD], env=env, check=True, capture_output=True)
+    msgs = _record(WORKLOAD, rec, env)
     seen, kept = set(), []
-    for name in sorted(os.listdir(rec)):
-        data = open(os.path.join(rec, name), "rb").read()
+    for data in msgs:
         h = hashlib.sha256(data).hexdigest()
         if h not in seen:
             seen.add(h)
@@ -63,8 +118,17 @@ def main():
         hlen = data[1] | data[2] << 8
         open(os.path.join(root, "corpus", "decode", h[:16]), "wb").write(data[3 : 3 + hlen])
     shutil.rmtree(rec)
+    rec = tempfile.mkdtemp(prefix="djinn-rec-")
+    msgs = _record(TEMPLATE, rec, env)[-8:]  # the server fuzzer takes 8 messages
+    open(os.path.join(root, "corpus", "server", "template-patches"), "wb").write(b"".join(msgs))
+    shutil.rmtree(rec)
+    conv = _pattern_conversation()
+    open(os.path.join(root, "corpus", "server", "template-pattern"), "wb").write(conv)
+    for i, data in enumerate(msgs + [conv]):
+        hlen = data[1] | data[2] << 8
+        open(os.path.join(root, "corpus", "decode", f"template-{i}"), "wb").write(data[3 : 3 + hlen])
     n = _load_model_seeds(root)
-    print(f"{len(kept)} seeds from {len(seen)} distinct messages, {n} LOAD_MODEL seeds")
+    print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, {n} LOAD_MODEL seeds")
 
 
 def _load_model_seeds(root):

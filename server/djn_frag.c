@@ -30,6 +30,7 @@
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_plan.h"
+#include "djn_sym.h"
 #include "djn_vec.h"
 
 static uint64_t s_now_ns(void) {
@@ -182,7 +183,9 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
 }
 
 /* A plan-cache hit reuses the fragment's slab plan when it still holds: every planned
- * slot is bound to a handle this message declares and frees (an intermediate again). */
+ * slot is bound to a handle this message declares and frees (an intermediate again), no
+ * larger than the bytes planned for that slot (a patched fragment's sizes may grow: then
+ * it is planned again). */
 static bool s_reuse_plan(const djn_graph_req_t *g, const djn_tlb_entry_t *e, djn_map_t *place,
                          uint64_t *peak) {
     const uint64_t *slots;
@@ -195,10 +198,12 @@ static bool s_reuse_plan(const djn_graph_req_t *g, const djn_tlb_entry_t *e, djn
         ok &= djn_map_put(&eph, g->frees[i], 1);
     for (uint32_t i = 0; i < g->nallocs; i++)
         if (djn_map_get(&eph, g->allocs[i].handle, NULL))
-            ok &= djn_map_put(&declared, g->allocs[i].handle, 1);
+            ok &= djn_map_put(&declared, g->allocs[i].handle, g->allocs[i].nbytes + 1);
+    const uint64_t *psize = djn_tlb_plan_sizes(e);
+    uint64_t nb;
     for (uint32_t s = 0; ok && s < n; s++)
-        if (slots[s])
-            ok = djn_map_get(&declared, g->binds[s], NULL) &&
+        if (slots[s]) /* no larger than what was planned there (sizes are bindings) */
+            ok = psize && djn_map_get(&declared, g->binds[s], &nb) && nb - 1 <= psize[s] &&
                  djn_map_put(place, g->binds[s], slots[s]);
     djn_map_release(&eph);
     djn_map_release(&declared);
@@ -396,7 +401,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     out->bad_node = -1;
     const djn_graph_req_t *g = in->g;
     const djn_graph_req_t *cg = in->cached ? djn_tlb_graph(in->cached) : NULL;
-    const djn_node_t *nodes = cg ? cg->nodes : g->nodes;
+    const djn_node_t *nodes = in->nodes ? in->nodes : cg ? cg->nodes : g->nodes;
     uint32_t nnodes = cg ? cg->nnodes : g->nnodes;
     djn_session_t *s = in->sess;
     djn_map_t place = {0};
@@ -502,13 +507,20 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         djn_vmu_fragment_end(env->vmu);
     }
     if (st == DJN_OK && !in->cached && in->type == DJN_MSG_GRAPH && nnodes) { /* 10 */
-        uint64_t *slots = place.len && g->nbinds ? djn_calloc(g->nbinds, sizeof(uint64_t)) : NULL;
+        uint64_t *slots = place.len && g->nbinds ? djn_calloc(2 * (size_t)g->nbinds, 8) : NULL;
+        uint64_t *psize = slots ? slots + g->nbinds : NULL;
+        djn_map_t size = {0};
+        for (uint32_t i = 0; slots && i < g->nallocs; i++)
+            djn_map_put(&size, g->allocs[i].handle, g->allocs[i].nbytes); /* OOM: size 0 */
         for (uint32_t i = 0; slots && i < g->nbinds; i++)
-            djn_map_get(&place, g->binds[i], &slots[i]);
+            if (djn_map_get(&place, g->binds[i], &slots[i]))
+                djn_map_get(&size, g->binds[i], &psize[i]);
+        djn_map_release(&size);
         djn_tlb_owner_t owner = {djn_session_retain(s), s_cache_charge_fn, s_cache_release_fn,
                                  s_cache_live_fn};
-        djn_tlb_insert(env->tlb, djn_session_id(s), g, slots, slots ? g->nbinds : 0, peak, &owner);
-        djn_free(slots, g->nbinds * sizeof(uint64_t));
+        djn_tlb_insert(env->tlb, djn_session_id(s), g, slots, psize, slots ? g->nbinds : 0, peak,
+                       &owner);
+        djn_free(slots, 2 * (size_t)g->nbinds * 8);
     }
     djn_map_release(&place);
     out->st = st;

@@ -43,6 +43,7 @@ typedef struct djn_frag_in {
     djn_session_t *sess;
     const djn_graph_req_t *g;
     const djn_tlb_entry_t *cached; /* GRAPH_CACHED: the entry whose nodes run */
+    const djn_node_t *nodes;       /* GRAPH_CACHED: those nodes patched (NULL: as cached) */
     const djn_blob_t *frames;      /* the data frames, frames[0] is frame 1 */
     uint32_t nframes;
     bool locked; /* the caller holds the session's lock already (it is released at the end) */

@@ -54,8 +54,9 @@ typedef struct s_job {
     uint64_t sched_ns; /* time spent scheduling on the transport side */
     djn_msg_t *msg;
     djn_session_t *sess;
-    djn_tlb_entry_t *plan; /* GRAPH_CACHED: the cached fragment whose nodes run */
-    uint64_t frame_bytes;  /* its data frames, charged to the session while queued */
+    djn_tlb_entry_t *plan;   /* GRAPH_CACHED: the cached fragment whose nodes run */
+    const djn_node_t *nodes; /* GRAPH_CACHED: those nodes patched (in msg's arena) */
+    uint64_t frame_bytes;    /* its data frames, charged to the session while queued */
 } s_job_t;
 
 typedef struct {
@@ -219,8 +220,8 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
     }
     for (uint32_t i = 0; i < j->nframes; i++)
         blobs[i] = (djn_blob_t){zmq_msg_data(&j->frames[i]), zmq_msg_size(&j->frames[i])};
-    djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan, blobs,
-                        j->nframes,   locked};
+    djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan,
+                        j->nodes,     blobs,   j->nframes,       locked};
     djn_frag_run(&env, &in, &out);
     if (j->plan && out.st == DJN_OK) /* what may run inline next time (s_inline_ok) */
         djn_tlb_note_run(j->plan, out.rng || out.dyn.len ? UINT64_MAX
@@ -735,6 +736,7 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                       : m->type == DJN_MSG_LOAD_MODEL ? m->u.load.device
                                                       : m->u.graph.device;
     djn_tlb_entry_t *plan = NULL;
+    const djn_node_t *nodes = NULL;
     if (m->type == DJN_MSG_GRAPH_CACHED) {
         plan = djn_tlb_lookup(srv->tlb, m->u.graph.fp, m->u.graph.device, m->sid);
         if (!plan) {
@@ -745,10 +747,10 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
             s_send_simple(srv, ident, m, DJN_ERR_EVICTED, err);
             return;
         }
-        if (djn_tlb_graph(plan)->nslots > m->u.graph.nbinds) {
+        djn_status_t st = djn_tlb_bind(m->arena, &m->u.graph, plan, &nodes, err, sizeof err);
+        if (st != DJN_OK) {
             djn_tlb_release(srv->tlb, &plan);
-            s_send_simple(srv, ident, m, DJN_ERR_PROTO,
-                          "GRAPH_CACHED binds fewer slots than the cached fragment names");
+            s_send_simple(srv, ident, m, st, err);
             return;
         }
     }
@@ -783,6 +785,7 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     j->sess = *sess_p;
     j->plan = plan;
     j->frame_bytes = frame_bytes;
+    j->nodes = nodes;
     j->sched_ns = s_now_ns() - t0;
     j->frames_cap = rx->cap;
     rx->frames = NULL;

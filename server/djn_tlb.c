@@ -4,21 +4,27 @@
  *    of the 64-bit digest are resolved by comparing the full key; a colliding newcomer is
  *    simply not cached).
  * 2. A doubly linked LRU list; lookup moves the entry to the front.
- * 3. Insert copies the nodes into the entry's own arena (djn_nodes_clone): whatever else
- *    the message carried (upload frames, unknown keys, the binds) is not kept.
+ * 3. Insert copies the nodes into the entry's own arena (djn_nodes_clone) with the
+ *    fragment's template (djn_sym.h): the position of each node's first integer, the
+ *    binds, allocs and frees, and their digest; the upload frames and unknown keys are
+ *    not kept. A key filed again with another template replaces the entry (the client
+ *    patches against what it sent last); with the same template it is left alone.
  * 4. Insert past capacity unlinks the tail; an unlinked entry is freed when its last
  *    reference (the table's or a worker's) is released.
  * 5. A session's entries are unlinked when it closes or expires (a linear walk: closes
  *    are rare next to lookups, and the table is bounded). */
 #include "djn_tlb.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "djn_codec.h"
 #include "djn_map.h"
 #include "djn_mem.h"
+#include "djn_sym.h"
 
 struct djn_tlb_entry {
     djn_tlb_entry_t *prev, *next;
@@ -28,7 +34,14 @@ struct djn_tlb_entry {
     djn_arena_t *arena;
     djn_graph_req_t g; /* nodes, nnodes, nslots, fp */
     uint64_t *place;   /* slot -> planned slab offset + 1, or NULL */
+    uint64_t *psize;   /* slot -> bytes planned there, or NULL */
     uint32_t nplace;
+    djn_tlb_tpl_t tpl;
+    /* the pattern of the last GRAPH_CACHED that sent one ('pat'): written and read only
+     * by djn_tlb_bind, which only the transport thread calls */
+    djn_sym_patch_t *pat;
+    uint32_t npat;
+    uint64_t pat_hash;
     uint64_t peak;
     uint64_t bytes; /* host bytes held */
     djn_tlb_owner_t owner;
@@ -74,6 +87,8 @@ static void s_unref(djn_tlb_entry_t *e) {
         if (e->owner.release_fn)
             e->owner.release_fn(e->owner.ctx, e->bytes);
         djn_free(e->place, e->nplace * sizeof(uint64_t));
+        djn_free(e->psize, e->nplace * sizeof(uint64_t));
+        djn_free(e->pat, e->npat * sizeof(djn_sym_patch_t));
         djn_arena_destroy(&e->arena);
         djn_free(e, sizeof(*e));
     }
@@ -109,15 +124,24 @@ void djn_tlb_destroy(djn_tlb_t **self_p) {
     *self_p = NULL;
 }
 
+/* The entry filed under this key (caller holds the lock), or NULL. */
+static djn_tlb_entry_t *s_find(djn_tlb_t *t, uint64_t d, const uint64_t fp[2], uint32_t dev,
+                               uint64_t sid) {
+    uint64_t v = 0;
+    if (!djn_map_get(&t->index, d, &v))
+        return NULL;
+    djn_tlb_entry_t *e = (djn_tlb_entry_t *)(uintptr_t)v;
+    return e->fp[0] == fp[0] && e->fp[1] == fp[1] && e->dev == dev && e->sid == sid ? e : NULL;
+}
+
+static void s_not_filed(const djn_tlb_owner_t *owner) {
+    if (owner && owner->release_fn)
+        owner->release_fn(owner->ctx, 0);
+}
+
 djn_tlb_entry_t *djn_tlb_lookup(djn_tlb_t *t, const uint64_t fp[2], uint32_t dev, uint64_t sid) {
     pthread_mutex_lock(&t->mu);
-    uint64_t v = 0;
-    djn_tlb_entry_t *e = NULL;
-    if (djn_map_get(&t->index, s_digest(fp, dev, sid), &v)) {
-        e = (djn_tlb_entry_t *)(uintptr_t)v;
-        if (e->fp[0] != fp[0] || e->fp[1] != fp[1] || e->dev != dev || e->sid != sid)
-            e = NULL;
-    }
+    djn_tlb_entry_t *e = s_find(t, s_digest(fp, dev, sid), fp, dev, sid);
     if (e) {
         s_unlink(t, e);
         s_push_front(t, e);
@@ -130,21 +154,71 @@ djn_tlb_entry_t *djn_tlb_lookup(djn_tlb_t *t, const uint64_t fp[2], uint32_t dev
     return e;
 }
 
+/* The template digest of a fragment (djn_sym_digest; 0 on OOM). */
+static uint64_t s_tpl_digest(const djn_graph_req_t *g) {
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < g->nnodes && total <= UINT32_MAX; i++)
+        total += djn_sym_node_ints(&g->nodes[i], NULL);
+    int64_t *ints = total && total <= UINT32_MAX ? djn_malloc(total * sizeof(int64_t)) : NULL;
+    if (total && !ints)
+        return 0;
+    for (uint64_t i = 0, k = 0; i < g->nnodes; i++)
+        k += djn_sym_node_ints(&g->nodes[i], ints + k);
+    uint64_t d = djn_sym_digest(ints, (uint32_t)total, g->binds, g->nbinds, g->allocs, g->nallocs,
+                                g->frees, g->nfrees);
+    djn_free(ints, total * sizeof(int64_t));
+    return d;
+}
+
+/* The template of a fragment, in the entry's arena (false on OOM). */
+static bool s_template(djn_tlb_entry_t *e, const djn_graph_req_t *g, uint64_t digest) {
+    uint32_t *start = djn_arena_alloc(e->arena, sizeof(uint32_t) * ((size_t)g->nnodes + 1));
+    uint64_t *binds = djn_arena_alloc(e->arena, sizeof(uint64_t) * ((size_t)g->nbinds + 1));
+    djn_alloc_t *allocs = djn_arena_alloc(e->arena, sizeof(djn_alloc_t) * ((size_t)g->nallocs + 1));
+    uint64_t *frees = djn_arena_alloc(e->arena, sizeof(uint64_t) * ((size_t)g->nfrees + 1));
+    if (!start || !binds || !allocs || !frees)
+        return false;
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < g->nnodes; i++) {
+        start[i] = total;
+        total += djn_sym_node_ints(&g->nodes[i], NULL);
+    }
+    start[g->nnodes] = total;
+    if (g->nbinds)
+        memcpy(binds, g->binds, sizeof(uint64_t) * g->nbinds);
+    if (g->nallocs)
+        memcpy(allocs, g->allocs, sizeof(djn_alloc_t) * g->nallocs);
+    if (g->nfrees)
+        memcpy(frees, g->frees, sizeof(uint64_t) * g->nfrees);
+    e->tpl = (djn_tlb_tpl_t){digest, start, binds, allocs, frees, g->nbinds, g->nallocs, g->nfrees};
+    return true;
+}
+
 /* A new entry holding a compact copy of the fragment, built outside the lock. */
 static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
-                                    uint32_t nslots, uint64_t peak) {
+                                    const uint64_t *psize, uint32_t nslots, uint64_t peak,
+                                    uint64_t digest) {
     djn_tlb_entry_t *e = djn_calloc(1, sizeof(*e));
     if (!e)
         return NULL;
     e->arena = djn_arena_new();
     djn_node_t *nodes = e->arena ? djn_nodes_clone(e->arena, g->nodes, g->nnodes) : NULL;
-    if (place && nslots && (e->place = djn_malloc(nslots * sizeof(uint64_t))) != NULL) {
-        memcpy(e->place, place, nslots * sizeof(uint64_t));
+    bool ok = nodes && s_template(e, g, digest);
+    if (ok && place && nslots) {
         e->nplace = nslots;
-        e->peak = peak;
+        e->place = djn_malloc(nslots * sizeof(uint64_t));
+        e->psize = psize ? djn_malloc(nslots * sizeof(uint64_t)) : NULL;
+        ok = e->place && (!psize || e->psize);
+        if (ok) {
+            memcpy(e->place, place, nslots * sizeof(uint64_t));
+            if (psize)
+                memcpy(e->psize, psize, nslots * sizeof(uint64_t));
+            e->peak = peak;
+        }
     }
-    if (!nodes || (place && nslots && !e->place)) {
+    if (!ok) {
         djn_free(e->place, e->nplace * sizeof(uint64_t));
+        djn_free(e->psize, e->nplace * sizeof(uint64_t));
         djn_arena_destroy(&e->arena);
         djn_free(e, sizeof(*e));
         return NULL;
@@ -161,24 +235,26 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
     e->g.fp[0] = g->fp[0];
     e->g.fp[1] = g->fp[1];
     e->g.seed = -1;
-    e->bytes = sizeof(*e) + djn_arena_bytes(e->arena) + e->nplace * sizeof(uint64_t);
+    e->bytes =
+        sizeof(*e) + djn_arena_bytes(e->arena) + e->nplace * sizeof(uint64_t) * (e->psize ? 2 : 1);
     return e;
 }
 
-static void s_not_filed(const djn_tlb_owner_t *owner) {
-    if (owner && owner->release_fn)
-        owner->release_fn(owner->ctx, 0);
-}
-
 void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
-                    uint32_t nslots, uint64_t peak, const djn_tlb_owner_t *owner) {
-    uint64_t d = s_digest(g->fp, g->device, sid);
-    pthread_mutex_lock(&t->mu);
-    bool present = djn_map_get(&t->index, d, NULL);
-    pthread_mutex_unlock(&t->mu);
-    djn_tlb_entry_t *e = NULL;
-    if (!t->st.capacity || (!g->fp[0] && !g->fp[1]) || !g->nnodes || present ||
-        !(e = s_entry_new(sid, g, place, nslots, peak)) ||
+                    const uint64_t *psize, uint32_t nslots, uint64_t peak,
+                    const djn_tlb_owner_t *owner) {
+    djn_tlb_entry_t *e = NULL, *old;
+    uint64_t d = s_digest(g->fp, g->device, sid), digest = 0;
+    bool skip =
+        !t->st.capacity || (!g->fp[0] && !g->fp[1]) || !g->nnodes || !(digest = s_tpl_digest(g));
+    if (!skip) {
+        pthread_mutex_lock(&t->mu);
+        old = s_find(t, d, g->fp, g->device, sid);
+        skip = old ? old->tpl.digest == digest        /* filed with this template */
+                   : djn_map_get(&t->index, d, NULL); /* a colliding digest */
+        pthread_mutex_unlock(&t->mu);
+    }
+    if (skip || !(e = s_entry_new(sid, g, place, psize, nslots, peak, digest)) ||
         (owner && owner->charge_fn && !owner->charge_fn(owner->ctx, e->bytes))) {
         if (e)
             s_unref(e);
@@ -188,6 +264,8 @@ void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const 
     if (owner)
         e->owner = *owner; /* from here on the entry calls release_fn */
     pthread_mutex_lock(&t->mu);
+    if ((old = s_find(t, d, g->fp, g->device, sid)) != NULL) /* another template: replace */
+        s_remove(t, old);
     if ((owner && owner->live_fn && !owner->live_fn(owner->ctx)) ||
         djn_map_get(&t->index, d, NULL) || !djn_map_put(&t->index, d, (uint64_t)(uintptr_t)e)) {
         pthread_mutex_unlock(&t->mu);
@@ -243,6 +321,14 @@ const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e) {
     return &e->g;
 }
 
+const djn_tlb_tpl_t *djn_tlb_template(const djn_tlb_entry_t *e) {
+    return &e->tpl;
+}
+
+const uint64_t *djn_tlb_plan_sizes(const djn_tlb_entry_t *e) {
+    return e->psize;
+}
+
 bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots,
                   uint64_t *peak) {
     if (!e->place)
@@ -264,4 +350,176 @@ uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e) {
 }
 void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns) {
     atomic_store(&e->run_ns, ns);
+}
+
+/* ------------------------------------------------------------------ templates */
+
+static bool s_client_handle(uint64_t h) {
+    return h >= 1 && h < (1ull << 62);
+}
+
+/* 'pal' + 'pat'/'pid': the pattern's deltas become g's integer patch, allocation size
+ * deltas and binds (the rest of djn_tlb_bind then applies them like 'patch',
+ * 'allocs_n' and 'binds_d'). */
+static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e, char *err,
+                                 size_t errlen) {
+    const djn_tlb_tpl_t *tp = &e->tpl;
+    uint64_t nints = tp->start[e->g.nnodes], nal = tp->nallocs, n = nints + nal + tp->nbinds;
+    if (g->has_pat) {
+        if (g->npat && g->pat[g->npat - 1].pos >= n) {
+            snprintf(err, errlen,
+                     "GRAPH_CACHED: 'pat' names value %u but the template has %" PRIu64,
+                     g->pat[g->npat - 1].pos, n);
+            return DJN_ERR_PROTO;
+        }
+        djn_sym_patch_t *keep = g->npat ? djn_malloc(g->npat * sizeof(djn_sym_patch_t)) : NULL;
+        if (g->npat && !keep)
+            goto oom;
+        if (g->npat)
+            memcpy(keep, g->pat, g->npat * sizeof(djn_sym_patch_t));
+        djn_free(e->pat, e->npat * sizeof(djn_sym_patch_t));
+        e->pat = keep;
+        e->npat = g->npat;
+        e->pat_hash = djn_sym_pattern_hash(keep, g->npat);
+    } else if (!e->pat_hash || g->pid != e->pat_hash) {
+        snprintf(err, errlen,
+                 "plan cache miss: fragment %016" PRIx64 "%016" PRIx64
+                 " holds no pattern %016" PRIx64 "; send the full GRAPH",
+                 g->fp[0], g->fp[1], g->pid);
+        return DJN_ERR_EVICTED;
+    }
+    if (nal && !g->has_allocs_d) {
+        snprintf(err, errlen, "GRAPH_CACHED: 'pal' needs 'allocs_d'");
+        return DJN_ERR_PROTO;
+    }
+    djn_sym_patch_t *ip = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
+    djn_sym_patch_t *ap = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
+    uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
+    if (!ip || !ap || !b)
+        goto oom;
+    if (tp->nbinds)
+        memcpy(b, tp->binds, tp->nbinds * sizeof(uint64_t));
+    uint32_t ni = 0, na = 0;
+    for (uint32_t i = 0; i < e->npat; i++) {
+        uint32_t pos = e->pat[i].pos;
+        if (e->pat[i].val >= (int64_t)g->npal) {
+            snprintf(err, errlen,
+                     "GRAPH_CACHED: 'pal' has %u classes but the pattern names %" PRId64, g->npal,
+                     e->pat[i].val);
+            return DJN_ERR_PROTO;
+        }
+        int64_t d = g->pal[e->pat[i].val];
+        if (pos < nints)
+            ip[ni++] = (djn_sym_patch_t){pos, d};
+        else if (pos < nints + nal)
+            ap[na++] = (djn_sym_patch_t){(uint32_t)(pos - nints), d};
+        else
+            b[pos - nints - nal] += (uint64_t)d;
+    }
+    for (uint32_t i = 0; i < tp->nbinds; i++)
+        if (!b[i]) {
+            snprintf(err, errlen, "GRAPH: 'binds' must hold non-zero handles");
+            return DJN_ERR_PROTO;
+        }
+    g->binds = b;
+    g->nbinds = tp->nbinds;
+    g->patch = ip;
+    g->npatch = ni;
+    g->allocs_n = ap;
+    g->nallocs_n = na;
+    return DJN_OK;
+oom:
+    snprintf(err, errlen, "out of host memory");
+    return DJN_ERR_NOMEM;
+}
+
+djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
+                          const djn_node_t **nodes, char *err, size_t errlen) {
+    const djn_graph_req_t *cg = djn_tlb_graph(e);
+    const djn_tlb_tpl_t *tp = djn_tlb_template(e);
+    *nodes = cg->nodes;
+    if (g->tpl && g->tpl != tp->digest) {
+        snprintf(err, errlen,
+                 "plan cache miss: fragment %016" PRIx64 "%016" PRIx64
+                 " is cached with another template than %016" PRIx64 "; send the full GRAPH",
+                 g->fp[0], g->fp[1], g->tpl);
+        return DJN_ERR_EVICTED;
+    }
+    djn_status_t st;
+    if (g->pal && (st = s_by_pattern(a, g, e, err, errlen)) != DJN_OK)
+        return st;
+    if (g->has_binds_d) {
+        uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
+        if (!b)
+            goto oom;
+        if (!djn_sym_expand(tp->binds, tp->nbinds, g->binds_d, g->nbinds_d, b)) {
+            snprintf(err, errlen, "GRAPH_CACHED: 'binds_d' must cover the template's %u binds",
+                     tp->nbinds);
+            return DJN_ERR_PROTO;
+        }
+        for (uint32_t i = 0; i < tp->nbinds; i++)
+            if (!b[i]) {
+                snprintf(err, errlen, "GRAPH: 'binds' must hold non-zero handles");
+                return DJN_ERR_PROTO;
+            }
+        g->binds = b;
+        g->nbinds = tp->nbinds;
+    }
+    if (g->has_allocs_d) {
+        uint64_t *h = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nallocs * 2 + 1));
+        djn_alloc_t *al = djn_arena_alloc(a, sizeof(djn_alloc_t) * ((size_t)tp->nallocs + 1));
+        if (!h || !al)
+            goto oom;
+        uint64_t *th = h + tp->nallocs;
+        for (uint32_t i = 0; i < tp->nallocs; i++)
+            th[i] = tp->allocs[i].handle;
+        if (!djn_sym_expand(th, tp->nallocs, g->allocs_d, g->nallocs_d, h)) {
+            snprintf(err, errlen, "GRAPH_CACHED: 'allocs_d' must cover the template's %u allocs",
+                     tp->nallocs);
+            return DJN_ERR_PROTO;
+        }
+        for (uint32_t i = 0; i < tp->nallocs; i++) {
+            if (!s_client_handle(h[i])) {
+                snprintf(err, errlen, "GRAPH: client handles must be in [1, 2^62)");
+                return DJN_ERR_PROTO;
+            }
+            al[i] = (djn_alloc_t){h[i], tp->allocs[i].nbytes};
+        }
+        for (uint32_t i = 0; i < g->nallocs_n; i++) {
+            if (g->allocs_n[i].pos >= tp->nallocs) {
+                snprintf(err, errlen,
+                         "GRAPH_CACHED: 'allocs_n' names alloc %u but the template has %u",
+                         g->allocs_n[i].pos, tp->nallocs);
+                return DJN_ERR_PROTO;
+            }
+            al[g->allocs_n[i].pos].nbytes += (uint64_t)g->allocs_n[i].val; /* a delta */
+        }
+        g->allocs = al;
+        g->nallocs = tp->nallocs;
+    }
+    if (g->has_frees_d) {
+        uint64_t *f = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nfrees + 1));
+        if (!f)
+            goto oom;
+        if (!djn_sym_expand(tp->frees, tp->nfrees, g->frees_d, g->nfrees_d, f)) {
+            snprintf(err, errlen, "GRAPH_CACHED: 'frees_d' must cover the template's %u frees",
+                     tp->nfrees);
+            return DJN_ERR_PROTO;
+        }
+        g->frees = f;
+        g->nfrees = tp->nfrees;
+    }
+    if (cg->nslots > g->nbinds) {
+        snprintf(err, errlen, "GRAPH_CACHED binds fewer slots than the cached fragment names");
+        return DJN_ERR_PROTO;
+    }
+    if (g->npatch && !g->tpl) {
+        snprintf(err, errlen, "GRAPH: 'patch' needs 'tpl'");
+        return DJN_ERR_PROTO;
+    }
+    return djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, g->patch, g->npatch, g->nbinds, nodes,
+                         err, errlen);
+oom:
+    snprintf(err, errlen, "out of host memory");
+    return DJN_ERR_NOMEM;
 }

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "djn_codec.h"
 #include "djn_proto.h"
 
 #ifdef __cplusplus
@@ -44,22 +45,53 @@ typedef struct djn_tlb_owner {
 } djn_tlb_owner_t;
 
 /* File the nodes of a GRAPH that ran (copied), with its slab plan by slot
- * (place[slot] = offset + 1, 0: not planned; NULL/0 for none). No-op if the key is
- * present, the cache is off, the fragment has no nodes or no fingerprint, the owner
- * refuses the bytes, or on OOM. owner may be NULL. */
+ * (place[slot] = offset + 1, 0: not planned; psize[slot]: the bytes planned there;
+ * NULL/0 for none) and its template (djn_sym.h: the integers of its nodes, its binds,
+ * allocs and frees). No-op if the key is present with the same template digest, the
+ * cache is off, the fragment has no nodes or no fingerprint, the owner refuses the bytes,
+ * or on OOM; an entry with the key and another template is replaced (the client's
+ * template is the one it sent last). owner may be NULL. */
 void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
-                    uint32_t nslots, uint64_t peak, const djn_tlb_owner_t *owner);
+                    const uint64_t *psize, uint32_t nslots, uint64_t peak,
+                    const djn_tlb_owner_t *owner);
 /* Drop every entry of these sessions (closed or expired): one walk of the cache. */
 void djn_tlb_drop_sessions(djn_tlb_t *t, const uint64_t *sids, uint32_t n);
 uint32_t djn_tlb_session_entries(djn_tlb_t *t, uint64_t sid);
 void djn_tlb_release(djn_tlb_t *t, djn_tlb_entry_t **e_p);
 bool djn_tlb_plan(const djn_tlb_entry_t *e, const uint64_t **place, uint32_t *nslots,
                   uint64_t *peak);
+/* The bytes planned for each slot of the plan (NULL: none recorded). */
+const uint64_t *djn_tlb_plan_sizes(const djn_tlb_entry_t *e);
+
+/* The template a GRAPH_CACHED patches (djn_sym.h, docs/PROTOCOL.md 7.4). */
+typedef struct djn_tlb_tpl {
+    uint64_t digest;       /* djn_sym_digest of what follows */
+    const uint32_t *start; /* nnodes + 1: position of each node's first integer, total */
+    const uint64_t *binds;
+    const djn_alloc_t *allocs;
+    const uint64_t *frees;
+    uint32_t nbinds, nallocs, nfrees;
+} djn_tlb_tpl_t;
+const djn_tlb_tpl_t *djn_tlb_template(const djn_tlb_entry_t *e);
+
 /* How long its nodes took the last time they ran (0: never measured). */
 uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e);
 void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns);
 /* The cached fragment: nodes, nnodes, nslots and fp (nothing else is kept). */
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
+
+/* A GRAPH_CACHED against its template (7.4): when g->tpl is set it must be the entry's
+ * template digest (else DJN_ERR_EVICTED: the client resends the GRAPH); the compact
+ * fields (binds_d, allocs_d, allocs_n, frees_d) are expanded against the template into
+ * g's plain arrays, checked as the decoder checks them, and *nodes is set to a copy of
+ * the cached nodes with the integer patch applied (in `a`; the cached nodes themselves
+ * when there is no patch). With 'pal', the pattern ('pat', which the entry then keeps,
+ * or the kept one 'pid' names: else DJN_ERR_EVICTED) turns into those fields first. Also
+ * checks that the binds cover the cached slots. Any other failure is DJN_ERR_PROTO with
+ * the reason in err; nothing has been applied but a kept pattern. Call it from one
+ * thread only (the transport): it writes the entry's pattern. */
+djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
+                          const djn_node_t **nodes, char *err, size_t errlen);
 
 typedef struct djn_tlb_stats {
     uint64_t entries, capacity, hits, misses, inserts, evictions, bytes;

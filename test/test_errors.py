@@ -607,17 +607,20 @@ def test_srg_snapshot_is_the_last_flushed_fragment(remote, djinn_mod):
 
 
 def test_srg_fingerprint_depends_on_structure_not_handles(remote, djinn_mod):
-    def fragment(n):
-        a = torch.ones(n, device=R)
+    def fragment(n, dtype=torch.float32, rank=1):
+        a = torch.ones([n] + [1] * (rank - 1), device=R, dtype=dtype)
         torch.remote.synchronize()
         (a * 2 + 1).sum()
         torch.remote.synchronize()
         return djinn_mod.srg.fingerprint()
 
-    f1, f2, f3 = fragment(4), fragment(4), fragment(5)
+    f1, f2 = fragment(4), fragment(4)
     assert len(f1) == 32 and int(f1, 16) >= 0
     assert f1 == f2
-    assert f1 != f3
+    # sizes are bindings (the plan cache patches them), dtypes and ranks are structure
+    assert fragment(5) == f1
+    assert fragment(4, torch.float64) != f1
+    assert fragment(4, rank=2) != f1
 
 
 def test_srg_sdpa_phase_prefill_and_decode(remote, djinn_mod):

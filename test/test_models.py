@@ -139,6 +139,33 @@ def test_llama_greedy_generate_same_tokens(llama):
     assert torch.equal(got.cpu(), expected)
 
 
+def test_llama_generate_with_default_cache_hits_the_plan_cache(llama):
+    """Hugging Face's default DynamicCache grows the KV length every token, so no two
+    decode steps have the same shapes; they still share one plan-cache entry (sizes are
+    bindings, docs/PROTOCOL.md 7.4), the steps after the first travel as small patches,
+    and the greedy tokens are CPU's."""
+    import djinn
+
+    cpu, rem = llama
+    ids = torch.tensor([[1, 5, 9, 17, 33, 2, 8]])
+    steps = 16
+    hits0 = torch.remote.server_stats()["plan_cache_hits"]
+    c0 = djinn.bytes_moved()
+    with torch.no_grad():
+        kw = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True)
+        expected = cpu.generate(ids, **kw)
+        got = rem.generate(ids.to(R), **kw)
+    c1 = djinn.bytes_moved()
+    hits = torch.remote.server_stats()["plan_cache_hits"] - hits0
+    assert torch.equal(got.cpu(), expected)
+    cached = c1["plan_cache_sends"] - c0["plan_cache_sends"]
+    # prefill, the first decode step and generate()'s last step file their fragments
+    assert expected.shape == (1, ids.shape[1] + steps)
+    assert hits >= steps - 4, (hits, cached)
+    assert cached >= steps - 4, (hits, cached)
+    assert c1["plan_cache_resends"] == c0["plan_cache_resends"]
+
+
 def test_llama_generate_without_cache_same_tokens(llama):
     cpu, rem = llama
     ids = torch.tensor([[3, 1, 4, 1, 5]])

@@ -50,6 +50,7 @@ from proto import (
     raw_header,
     tref,
 )
+from djinn._C import _proto
 from proto import f32 as _f32
 
 header = raw_header  # hand-packed frame 0: for malformed messages only
@@ -722,6 +723,152 @@ def test_graph_cached_hit_runs_the_cached_nodes_with_new_bindings(session):
     h, frames = session.call(GRAPH_CACHED, cached, frames=[_f32(10, 20, 30, 40)])
     assert h["type"] == REPLY, h
     assert struct.unpack("<4f", frames[0]) == (20.0, 40.0, 60.0, 80.0)
+
+
+def _filed_add_out(session, h_in, h_out, fp):
+    """File aten::add.out over float32 [4] under fp; its template digest (7.4)."""
+    body = _add_out_graph(h_in, h_out)
+    body["fp"] = fp
+    h, frames = session.graph(body, frames=[_f32(1, 2, 3, 4)])
+    assert h["type"] == REPLY, h
+    # the node's integers: per reference offset, size, stride; alpha between
+    ints = [0, 4, 1, 0, 4, 1, 1, 0, 4, 1, 0, 4, 1]
+    return _proto.sym_digest(ints, [h_in, h_out], [(h_in, 16), (h_out, 16)], [])
+
+
+def test_graph_cached_patch_runs_other_sizes_and_handles(session):
+    """Against its template, a GRAPH_CACHED sends only what differs: here every size 4
+    becomes 2 (deltas -2 at integers 1, 4, 8, 11), the handles move by a shift, and the
+    allocation sizes shrink; the server patches a copy of the cached nodes."""
+    a, b = H0 + 0x50000, H0 + 0x50200
+    tpl = _filed_add_out(session, a, b, [0x3131, 0x3232])
+    shift = 0x10000
+    body = {
+        "binds_d": [2, shift],
+        "allocs_d": [2, shift],
+        "allocs_n": [1, -8, 1, -8],
+        "uploads": [[a + shift, 1]],
+        "fetch": [[b + shift, 0, 8]],
+        "fp": [0x3131, 0x3232],
+        "tpl": tpl,
+        "patch": [2, -2, 3, -2, 4, -2, 3, -2],
+    }
+    h, frames = session.call_raw(GRAPH_CACHED, body, frames=[_f32(5, 7)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<2f", frames[0]) == (10.0, 14.0)
+    # the cached nodes are untouched: the template still runs at size 4
+    again = dict(body, patch=[], allocs_n=[], uploads=[[a + 2 * shift, 1]])
+    again.update(binds_d=[2, 2 * shift], allocs_d=[2, 2 * shift], fetch=[[b + 2 * shift, 0, 16]])
+    h, frames = session.call_raw(GRAPH_CACHED, again, frames=[_f32(1, 1, 1, 1)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<4f", frames[0]) == (2.0, 2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "change, code, words",
+    [
+        ({"patch": [3, -2]}, E_PROTO, "GRAPH: node 0 (aten::add) has a malformed tensor reference"),
+        ({"patch": [2, -5]}, E_PROTO, "GRAPH: node 0 (aten::add) has a malformed tensor reference"),
+        ({"patch": [1, -1]}, E_PROTO, "GRAPH: node 0 (aten::add) has a malformed tensor reference"),
+        (
+            {"patch": [3, 1 << 62]},
+            E_PROTO,
+            "GRAPH: node 0 (aten::add) has a malformed tensor reference",
+        ),
+        ({"patch": [14, 1]}, E_PROTO, "patch names integer 13 but the cached fragment has 13"),
+        ({"patch": [0, 1]}, E_PROTO, "'patch' must be [gap, value] integer pairs with gaps >= 1"),
+        ({"binds_d": [3, 0]}, E_PROTO, "'binds_d' must cover the template's 2 binds"),
+        ({"binds_d": [2, -(H0 + 0x60000)]}, E_PROTO, "'binds' must hold non-zero handles"),
+        ({"allocs_d": [2, 1 << 62]}, E_PROTO, "client handles must be in [1, 2^62)"),
+        ({"allocs_n": [3, 1]}, E_PROTO, "'allocs_n' names alloc 2 but the template has 2"),
+        ({"tpl": 12345}, E_EVICTED, "plan cache miss"),
+        # sizes patched past the storage: refused when the node runs, like any GRAPH
+        ({"patch": [2, 4, 3, 4, 4, 4, 3, 4]}, E_ARGS, "reaches byte 32 but its storage holds 16"),
+    ],
+    ids=[
+        "negative_stride",
+        "negative_size",
+        "negative_offset",
+        "stride_overflow",
+        "past_the_integers",
+        "gap_zero",
+        "binds_runs_too_long",
+        "bind_zero",
+        "alloc_server_handle",
+        "alloc_past_template",
+        "other_template",
+        "past_the_storage",
+    ],
+)
+def test_graph_cached_hostile_patch_is_refused(session, change, code, words):
+    a, b = H0 + 0x60000, H0 + 0x60200
+    tpl = _filed_add_out(session, a, b, [0x4141, 0x4242])
+    c, d = a + 0x1000, b + 0x1000
+    body = {
+        "binds_d": [2, 0x1000],
+        "allocs_d": [2, 0x1000],
+        "uploads": [[c, 1]],
+        "fetch": [[d, 0, 16]],
+        "fp": [0x4141, 0x4242],
+        "tpl": tpl,
+    }
+    body.update(change)
+    assert_error(session.call_raw(GRAPH_CACHED, body, frames=[_f32(1, 1, 1, 1)]), code, words)
+    if code != E_ARGS:  # refused before anything ran: the declared handle does not exist
+        assert_error(session.graph({"dev": 0, "fetch": [[c, 0, 16]]}), E_HANDLE, "unknown handle")
+    # the session and its cache entry still work
+    ok = dict(body, tpl=tpl, patch=[], allocs_n=[], binds_d=[2, 0x2000], allocs_d=[2, 0x2000])
+    ok.update(uploads=[[a + 0x2000, 1]], fetch=[[b + 0x2000, 0, 16]])
+    h, frames = session.call_raw(GRAPH_CACHED, ok, frames=[_f32(1, 2, 3, 4)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<4f", frames[0]) == (2.0, 4.0, 6.0, 8.0)
+
+
+def test_graph_cached_by_pattern_sends_classes_of_deltas(session):
+    """By pattern: positions over the integers (13), then the alloc sizes (2), then the
+    binds (2), each with a class; only the classes' deltas change from step to step."""
+    a, b = H0 + 0x80000, H0 + 0x80200
+    tpl = _filed_add_out(session, a, b, [0x6161, 0x6262])
+    pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2]  # sizes, alloc sizes, binds
+    body = {"allocs_d": [2, 0x1000], "uploads": [[a + 0x1000, 1]], "fp": [0x6161, 0x6262]}
+    body.update(fetch=[[b + 0x1000, 0, 8]], tpl=tpl, pal=[-2, -8, 0x1000], pat=pat)
+    h, frames = session.call_raw(GRAPH_CACHED, body, frames=[_f32(5, 6)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<2f", frames[0]) == (10.0, 12.0)
+    # a pattern the entry does not keep is a miss; classes the palette lacks are refused
+    named = {k: v for k, v in body.items() if k != "pat"}
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(named, pid=12345), frames=[_f32(5, 6)]),
+        E_EVICTED,
+        "holds no pattern",
+    )
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(body, pal=[-2, -8]), frames=[_f32(5, 6)]),
+        E_PROTO,
+        "'pat' names a class 'pal' does not have",
+    )
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(body, pat=pat + [1, 0]), frames=[_f32(5, 6)]),
+        E_PROTO,
+        "'pat' names value 17 but the template has 17",
+    )
+
+
+def test_graph_filed_again_with_another_template_replaces_the_entry(session):
+    a, b = H0 + 0x70000, H0 + 0x70200
+    old = _filed_add_out(session, a, b, [0x5151, 0x5252])
+    new = _filed_add_out(session, a + 0x1000, b + 0x1000, [0x5151, 0x5252])
+    assert old != new
+    body = {"binds_d": [2, 0x1000], "allocs_d": [2, 0x1000], "uploads": [[a + 0x2000, 1]]}
+    body.update(fp=[0x5151, 0x5252], fetch=[[b + 0x2000, 0, 16]])
+    assert_error(
+        session.call_raw(GRAPH_CACHED, dict(body, tpl=old), frames=[_f32(1, 1, 1, 1)]),
+        E_EVICTED,
+        "another template",
+    )
+    h, frames = session.call_raw(GRAPH_CACHED, dict(body, tpl=new), frames=[_f32(1, 1, 1, 1)])
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<4f", frames[0]) == (2.0, 2.0, 2.0, 2.0)
 
 
 def test_graph_cached_is_per_session(server, zctx):

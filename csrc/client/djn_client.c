@@ -41,6 +41,7 @@
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_spawn.h"
+#include "djn_sym.h"
 #include "djn_sync.h"
 #include "djn_transport.h"
 
@@ -87,7 +88,10 @@ typedef struct s_link {
     djn_rec_t *rec;
     djn_fcache_t *fcache;
     djn_map_t sizes; /* live handle -> nbytes */
-    djn_map_t known; /* fingerprints the server has cached: key -> fp[1] */
+    djn_map_t known; /* fingerprints the server has cached: key -> s_tpl_t * */
+    uint64_t known_bytes;
+    djn_vec_t sym_patch, sym_allocs_n, sym_runs[3], sym_h; /* scratch for GRAPH_CACHED */
+    djn_vec_t sym_pal;                                     /* int64_t */
     djn_stats_client_t ctr;
 
     djn_heartbeat_t *hb;
@@ -174,6 +178,220 @@ __attribute__((constructor)) static void s_init(void) {
 
 /* ------------------------------------------------------------------ life cycle */
 
+/* ------------------------------------------------------------------ templates
+ *
+ * What the client sent in the GRAPH that filed each fingerprint (djn_sym.h): a later
+ * fragment of the same structure goes as GRAPH_CACHED with only what differs. One
+ * counted block per template; past S_KNOWN_MAX of them or S_KNOWN_BYTES, all are
+ * forgotten (a forgotten one costs one full GRAPH, which files it again). */
+#define S_KNOWN_MAX 65536u
+#define S_KNOWN_BYTES (64ull << 20)
+#define S_MAX_CLASSES 64u /* more distinct deltas than this: the 'patch' form instead */
+
+typedef struct s_tpl {
+    uint64_t fp[2], digest; /* digest 0: not patchable (the scan failed) */
+    uint64_t pat_hash;      /* the pattern the server's entry keeps (0: none sent yet) */
+    uint32_t nints, nbinds, nallocs, nfrees;
+    int64_t *ints;
+    uint64_t *binds, *ahandle, *anbytes, *frees;
+    size_t bytes;
+} s_tpl_t;
+
+/* Key of a fingerprint in c->known (the map reserves 0). */
+static uint64_t s_fp_key(const uint64_t fp[2]) {
+    return fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1;
+}
+
+static void s_known_clear(s_link_t *c) {
+    uint64_t k, v;
+    for (uint32_t it = 0; djn_map_next(&c->known, &it, &k, &v);) {
+        s_tpl_t *t = (s_tpl_t *)(uintptr_t)v;
+        djn_free(t, t->bytes);
+    }
+    djn_map_clear(&c->known);
+    c->known_bytes = 0;
+}
+
+static s_tpl_t *s_known_get(s_link_t *c, const uint64_t fp[2]) {
+    uint64_t v;
+    if (!djn_map_get(&c->known, s_fp_key(fp), &v))
+        return NULL;
+    s_tpl_t *t = (s_tpl_t *)(uintptr_t)v;
+    return t->fp[0] == fp[0] && t->fp[1] == fp[1] ? t : NULL;
+}
+
+static void s_known_forget(s_link_t *c, const uint64_t fp[2]) {
+    uint64_t v;
+    if (djn_map_get(&c->known, s_fp_key(fp), &v)) {
+        s_tpl_t *t = (s_tpl_t *)(uintptr_t)v;
+        c->known_bytes -= t->bytes;
+        djn_free(t, t->bytes);
+        djn_map_del(&c->known, s_fp_key(fp), NULL);
+    }
+}
+
+/* Remember what a GRAPH carried (a hint: on OOM the next one is sent whole again). */
+static void s_known_put(s_link_t *c, const djn_graph_req_t *g) {
+    uint32_t nints = 0;
+    const int64_t *ints = djn_rec_ints(c->rec, &nints);
+    if (!ints)
+        nints = 0;
+    s_known_forget(c, g->fp);
+    if (c->known.len >= S_KNOWN_MAX || c->known_bytes > S_KNOWN_BYTES)
+        s_known_clear(c);
+    size_t words = (size_t)nints + g->nbinds + 2ull * g->nallocs + g->nfrees;
+    size_t bytes = sizeof(s_tpl_t) + words * 8;
+    s_tpl_t *t = djn_malloc(bytes);
+    if (!t)
+        return;
+    memset(t, 0, sizeof *t);
+    t->fp[0] = g->fp[0];
+    t->fp[1] = g->fp[1];
+    t->nints = nints;
+    t->nbinds = g->nbinds;
+    t->nallocs = g->nallocs;
+    t->nfrees = g->nfrees;
+    t->bytes = bytes;
+    t->ints = (int64_t *)(t + 1);
+    t->binds = (uint64_t *)(t->ints + nints);
+    t->ahandle = t->binds + g->nbinds;
+    t->anbytes = t->ahandle + g->nallocs;
+    t->frees = t->anbytes + g->nallocs;
+    if (nints)
+        memcpy(t->ints, ints, nints * 8ull);
+    if (g->nbinds)
+        memcpy(t->binds, g->binds, g->nbinds * 8ull);
+    for (uint32_t i = 0; i < g->nallocs; i++) {
+        t->ahandle[i] = g->allocs[i].handle;
+        t->anbytes[i] = g->allocs[i].nbytes;
+    }
+    if (g->nfrees)
+        memcpy(t->frees, g->frees, g->nfrees * 8ull);
+    if (ints)
+        t->digest = djn_sym_digest(ints, nints, g->binds, g->nbinds, g->allocs, g->nallocs,
+                                   g->frees, g->nfrees);
+    if (!djn_map_put(&c->known, s_fp_key(g->fp), (uint64_t)(uintptr_t)t)) {
+        djn_free(t, bytes);
+        return;
+    }
+    c->known_bytes += bytes;
+}
+
+/* Fill g's template fields with what differs from t (docs/PROTOCOL.md 7.4); false on
+ * OOM (then g is sent as it was). Lists whose length differs from the template's go
+ * plain. */
+/* The class of a delta in the palette (appended if new); -1 past the class limit. */
+static int64_t s_class(s_link_t *c, int64_t d) {
+    const int64_t *pal = c->sym_pal.data;
+    for (size_t k = 0; k < c->sym_pal.len; k++)
+        if (pal[k] == d)
+            return (int64_t)k;
+    if (c->sym_pal.len >= S_MAX_CLASSES || !djn_vec_push(&c->sym_pal, &d))
+        return -1;
+    return (int64_t)c->sym_pal.len - 1;
+}
+
+/* One value of the pattern's sequence (integers, allocation sizes, binds). */
+static bool s_pat_put(s_link_t *c, uint32_t pos, uint64_t cur, uint64_t tpl) {
+    if (cur == tpl)
+        return true;
+    djn_sym_patch_t p = {pos, s_class(c, (int64_t)(cur - tpl))};
+    return p.val >= 0 && djn_vec_push(&c->sym_patch, &p);
+}
+
+/* By pattern (7.4): every integer, allocation size and bind that differs, as classes of
+ * equal deltas; the pattern itself travels only when it is not the one the entry keeps.
+ * In a decode step the same values move by the same few deltas every token, so only
+ * the palette travels. False: not possible here (then the fields are left alone). */
+static bool s_by_pattern(s_link_t *c, s_tpl_t *t, djn_graph_req_t *g, const int64_t *ints) {
+    if (g->nbinds != t->nbinds || g->nallocs != t->nallocs || g->nfrees != t->nfrees ||
+        !djn_vec_reserve(&c->sym_h, g->nallocs))
+        return false;
+    c->sym_patch.len = c->sym_pal.len = c->sym_runs[1].len = c->sym_runs[2].len = 0;
+    bool ok = true;
+    uint32_t pos = 0;
+    for (uint32_t i = 0; ok && i < t->nints; i++, pos++)
+        ok = s_pat_put(c, pos, (uint64_t)ints[i], (uint64_t)t->ints[i]);
+    for (uint32_t i = 0; ok && i < g->nallocs; i++, pos++) {
+        ok = s_pat_put(c, pos, g->allocs[i].nbytes, t->anbytes[i]);
+        ((uint64_t *)c->sym_h.data)[i] = g->allocs[i].handle;
+    }
+    for (uint32_t i = 0; ok && i < g->nbinds; i++, pos++)
+        ok = s_pat_put(c, pos, g->binds[i], t->binds[i]);
+    ok = ok && djn_sym_runs(t->ahandle, c->sym_h.data, g->nallocs, &c->sym_runs[1]) &&
+         djn_sym_runs(t->frees, g->frees, g->nfrees, &c->sym_runs[2]);
+    if (!ok)
+        return false;
+    uint64_t h = djn_sym_pattern_hash(c->sym_patch.data, (uint32_t)c->sym_patch.len);
+    g->tpl = t->digest;
+    g->pal = c->sym_pal.data ? c->sym_pal.data : (const int64_t *)&c->sym_pal; /* non-NULL */
+    g->npal = (uint32_t)c->sym_pal.len;
+    g->has_pat = h != t->pat_hash;
+    g->pat = c->sym_patch.data;
+    g->npat = (uint32_t)c->sym_patch.len;
+    g->pid = h;
+    t->pat_hash = h; /* what the entry keeps once this message is bound */
+    g->nbinds = 0;   /* binds, allocs: from the template and the pattern */
+    g->has_allocs_d = true;
+    g->nallocs_d = (uint32_t)c->sym_runs[1].len;
+    g->allocs_d = c->sym_runs[1].data;
+    g->has_frees_d = true;
+    g->nfrees_d = (uint32_t)c->sym_runs[2].len;
+    g->frees_d = c->sym_runs[2].data;
+    return true;
+}
+
+static bool s_against(s_link_t *c, s_tpl_t *t, djn_graph_req_t *g) {
+    uint32_t nints = 0;
+    const int64_t *ints = djn_rec_ints(c->rec, &nints);
+    if (!t->digest || !ints || nints != t->nints)
+        return true; /* run the cached nodes as filed (a byte-exact fingerprint) */
+    if (s_by_pattern(c, t, g, ints))
+        return true;
+    c->sym_patch.len = c->sym_allocs_n.len = c->sym_h.len = 0;
+    for (int i = 0; i < 3; i++)
+        c->sym_runs[i].len = 0;
+    bool ok = true;
+    for (uint32_t i = 0; ok && i < nints; i++)
+        if (ints[i] != t->ints[i]) {
+            djn_sym_patch_t p = {i, (int64_t)((uint64_t)ints[i] - (uint64_t)t->ints[i])};
+            ok = djn_vec_push(&c->sym_patch, &p);
+        }
+    if (ok && g->nbinds == t->nbinds)
+        ok =
+            djn_sym_runs(t->binds, g->binds, g->nbinds, &c->sym_runs[0]) && (g->has_binds_d = true);
+    if (ok && g->nallocs == t->nallocs && djn_vec_reserve(&c->sym_h, g->nallocs)) {
+        for (uint32_t i = 0; ok && i < g->nallocs; i++) {
+            ((uint64_t *)c->sym_h.data)[i] = g->allocs[i].handle;
+            if (g->allocs[i].nbytes != t->anbytes[i]) {
+                djn_sym_patch_t p = {i, (int64_t)(g->allocs[i].nbytes - t->anbytes[i])};
+                ok = djn_vec_push(&c->sym_allocs_n, &p);
+            }
+        }
+        ok = ok && djn_sym_runs(t->ahandle, c->sym_h.data, g->nallocs, &c->sym_runs[1]) &&
+             (g->has_allocs_d = true);
+    }
+    if (ok && g->nfrees == t->nfrees)
+        ok =
+            djn_sym_runs(t->frees, g->frees, g->nfrees, &c->sym_runs[2]) && (g->has_frees_d = true);
+    if (!ok) {
+        g->has_binds_d = g->has_allocs_d = g->has_frees_d = false;
+        return false;
+    }
+    g->tpl = t->digest;
+    g->npatch = (uint32_t)c->sym_patch.len;
+    g->patch = c->sym_patch.data;
+    g->nallocs_n = (uint32_t)c->sym_allocs_n.len;
+    g->allocs_n = c->sym_allocs_n.data;
+    g->nbinds_d = (uint32_t)c->sym_runs[0].len;
+    g->binds_d = c->sym_runs[0].data;
+    g->nallocs_d = (uint32_t)c->sym_runs[1].len;
+    g->allocs_d = c->sym_runs[1].data;
+    g->nfrees_d = (uint32_t)c->sym_runs[2].len;
+    g->frees_d = c->sym_runs[2].data;
+    return true;
+}
+
 static void s_link_destroy(s_link_t **self_p) {
     s_link_t *l = *self_p;
     if (!l)
@@ -181,7 +399,14 @@ static void s_link_destroy(s_link_t **self_p) {
     djn_rec_destroy(&l->rec);
     djn_fcache_destroy(&l->fcache);
     djn_map_release(&l->sizes);
+    s_known_clear(l);
     djn_map_release(&l->known);
+    djn_vec_release(&l->sym_patch);
+    djn_vec_release(&l->sym_allocs_n);
+    for (int i = 0; i < 3; i++)
+        djn_vec_release(&l->sym_runs[i]);
+    djn_vec_release(&l->sym_h);
+    djn_vec_release(&l->sym_pal);
     djn_free(l, sizeof(*l));
     *self_p = NULL;
 }
@@ -197,6 +422,11 @@ static s_link_t *s_link_new(djn_client_t *c, const char *want) {
     snprintf(l->want, sizeof l->want, "%s", want);
     l->rec = djn_rec_new(4096);
     l->fcache = djn_fcache_new(S_CACHE_CAPACITY);
+    l->sym_patch = l->sym_allocs_n = DJN_VEC(djn_sym_patch_t);
+    for (int i = 0; i < 3; i++)
+        l->sym_runs[i] = DJN_VEC(djn_sym_run_t);
+    l->sym_h = DJN_VEC(uint64_t);
+    l->sym_pal = DJN_VEC(int64_t);
     if (!l->rec || !l->fcache)
         s_link_destroy(&l);
     return l;
@@ -685,7 +915,7 @@ static djn_status_t s_connect_locked(s_link_t *c) {
         s_session_lost(c);
         djn_heartbeat_stop(&c->hb);
         djn_conn_destroy(&c->conn);
-        djn_map_clear(&c->known);
+        s_known_clear(c);
         c->pending_st = DJN_OK;
         c->connected = false;
         c->broken = false;
@@ -924,11 +1154,6 @@ static djn_status_t s_offer_text(s_link_t *c) {
     return st;
 }
 
-/* Key of a fingerprint in c->known (the map reserves 0); the value holds fp[1]. */
-static uint64_t s_fp_key(const uint64_t fp[2]) {
-    return fp[0] ^ fp[1] ? fp[0] ^ fp[1] : 1;
-}
-
 static djn_status_t s_drain(s_link_t *c) {
     if (c->acked >= c->seq)
         return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
@@ -955,10 +1180,12 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
     /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
      * nodes. Only for flushes we wait on and without uploads, so that an eviction can
      * be answered by sending the full GRAPH right away. */
-    uint64_t known;
-    bool cached = c->plan_cache && g.nnodes && wait && !g.nuploads && c->seq == c->acked &&
-                  c->pending_st == DJN_OK && djn_map_get(&c->known, s_fp_key(g.fp), &known) &&
-                  known == g.fp[1];
+    s_tpl_t *tpl = g.nnodes ? s_known_get(c, g.fp) : NULL;
+    bool cached = c->plan_cache && tpl && wait && !g.nuploads && c->seq == c->acked &&
+                  c->pending_st == DJN_OK;
+    djn_graph_req_t plain = g;
+    if (cached && !s_against(c, tpl, &g))
+        cached = false;
     uint32_t nframes = g.nuploads;
     djn_frame_t *frames = nframes ? djn_calloc(nframes, sizeof(djn_frame_t)) : NULL;
     if (nframes && !frames)
@@ -983,9 +1210,10 @@ resend:
         s_resp_t x = {0};
         st = s_wait(c, hdr.seq, c->timeout_ms, &x);
         if (st == DJN_ERR_EVICTED) { /* the server dropped it: send it whole, transparently */
-            djn_map_del(&c->known, s_fp_key(g.fp), NULL);
+            s_known_forget(c, g.fp);
             c->ctr.plan_cache_resends++;
             cached = false;
+            g = plain;
             goto resend;
         }
         c->ctr.plan_cache_sends++;
@@ -995,9 +1223,7 @@ resend:
             s_resp_free(&x);
         filed = true;
     } else if (g.nnodes && st == DJN_OK) {
-        if (c->known.len > 65536)
-            djn_map_clear(&c->known);
-        djn_map_put(&c->known, s_fp_key(g.fp), g.fp[1]); /* a hint: OOM costs a full send */
+        s_known_put(c, &g);
     }
     djn_free(frames, g.nuploads * sizeof(djn_frame_t));
     djn_buf_release(&b);
@@ -1397,9 +1623,19 @@ void djn_client_shutdown(djn_client_t *c) {
     pthread_mutex_unlock(&c->mu);
 }
 
+/* A fresh handle's address range. A power of two: a storage that grows a little (the KV
+ * cache, step by step) keeps its span, so the handles of a step stay at one shift from the
+ * last step's (compact GRAPH_CACHED binds, djn_sym.h); addresses are free, the bytes are
+ * nbytes. */
+static uint64_t s_take_va(uint64_t nbytes) {
+    uint64_t span = 2 * S_HANDLE_ALIGN;
+    while (span < nbytes + S_HANDLE_ALIGN && span < (1ull << 62))
+        span <<= 1;
+    return atomic_fetch_add(&s_next_va, span);
+}
+
 uint64_t djn_client_alloc(djn_client_t *c, int device, uint64_t nbytes) {
-    uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
-    uint64_t h = atomic_fetch_add(&s_next_va, span);
+    uint64_t h = s_take_va(nbytes);
     pthread_mutex_lock(&c->mu);
     int local;
     s_link_t *l = s_route(c, device, &local);
@@ -1589,8 +1825,7 @@ djn_status_t djn_client_load_model(djn_client_t *c, const djn_load_req_t *req, d
 }
 
 uint64_t djn_client_reserve(djn_client_t *c, int device, uint64_t nbytes) {
-    uint64_t span = (nbytes + 2 * S_HANDLE_ALIGN - 1) & ~(S_HANDLE_ALIGN - 1);
-    uint64_t h = atomic_fetch_add(&s_next_va, span);
+    uint64_t h = s_take_va(nbytes);
     pthread_mutex_lock(&c->mu);
     int local;
     s_link_t *l = s_route(c, device, &local);

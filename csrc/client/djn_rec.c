@@ -9,17 +9,22 @@
  *      into the fingerprint and counts it.
  * Sealing (before a send) marks each node persistent if one of its outputs is still
  * held by the client (its handle is not among the frees), else ephemeral, and keeps that
- * SRG for djinn.srg.snapshot().
+ * SRG for djinn.srg.snapshot(). It also scans the encoded nodes once (djn_sym_scan): the
+ * fingerprint is that of their skeleton (structure without integers) and the integers
+ * are kept for the client's template patches; allocs and frees are sorted by handle, so
+ * that the same step recorded again lines up with its template handle by handle.
  *
  * Invariants: binds[slots[h] - 1] == h for every slotted handle; a handle is in `allocs`
  * from djn_rec_alloc until the fragment is reset or its upload is dropped after a HAVE;
  * `nodes` holds exactly nnodes complete nodes outside begin..end. */
 #include "djn_rec.h"
 
+#include <stdlib.h>
 #include <xxhash.h>
 
 #include "djn_map.h"
 #include "djn_mem.h"
+#include "djn_sym.h"
 #include "djn_vec.h"
 
 typedef struct {
@@ -43,7 +48,6 @@ struct djn_rec {
 
     djn_buf_t nodes;
     uint32_t nnodes;
-    XXH3_state_t *fp;
 
     djn_map_t slots;  /* handle -> slot + 1 */
     djn_vec_t binds;  /* uint64_t handle by slot */
@@ -63,6 +67,9 @@ struct djn_rec {
     uint64_t last_fp[2];
     djn_vec_t sealed_allocs; /* djn_alloc_t, for the GRAPH */
     djn_vec_t sealed_ups;    /* djn_upload_t */
+    djn_vec_t ints;          /* int64_t: the integers of its nodes (djn_sym.h) */
+    bool ints_ok;            /* false: the scan failed, fp is the bytes' hash */
+    djn_buf_t skel;          /* scratch for the scan */
 };
 
 djn_rec_t *djn_rec_new(uint32_t max_nodes) {
@@ -79,12 +86,7 @@ djn_rec_t *djn_rec_new(uint32_t max_nodes) {
     r->last_srg = DJN_VEC(s_srg_t);
     r->sealed_allocs = DJN_VEC(djn_alloc_t);
     r->sealed_ups = DJN_VEC(djn_upload_t);
-    r->fp = XXH3_createState();
-    if (!r->fp) {
-        djn_free(r, sizeof(*r));
-        return NULL;
-    }
-    XXH3_128bits_reset(r->fp);
+    r->ints = DJN_VEC(int64_t);
     return r;
 }
 
@@ -107,7 +109,8 @@ void djn_rec_destroy(djn_rec_t **self_p) {
     djn_rec_t *r = *self_p;
     s_free_uploads(r);
     djn_buf_release(&r->nodes);
-    XXH3_freeState(r->fp);
+    djn_buf_release(&r->skel);
+    djn_vec_release(&r->ints);
     djn_map_release(&r->slots);
     djn_map_release(&r->allocs);
     djn_vec_release(&r->binds);
@@ -217,7 +220,6 @@ djn_status_t djn_rec_end(djn_rec_t *r, uint32_t flags, djn_op_class_t cls, djn_p
     s->cls = (uint8_t)cls;
     s->phase = (uint8_t)phase;
     s->out_end = (uint32_t)r->srg_outs.len;
-    XXH3_128bits_update(r->fp, r->nodes.data + r->node_start, r->nodes.len - r->node_start);
     r->nnodes++;
     r->in_node = false;
     if (!(flags & DJN_NODE_DYNAMIC) && r->nnodes >= r->max_nodes)
@@ -303,6 +305,19 @@ void djn_rec_set_seed(djn_rec_t *r, int64_t seed) {
 
 /* ------------------------------------------------------------------ sending */
 
+static int s_cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+static int s_cmp_alloc(const void *a, const void *b) {
+    return s_cmp_u64(&((const djn_alloc_t *)a)->handle, &((const djn_alloc_t *)b)->handle);
+}
+
+const int64_t *djn_rec_ints(const djn_rec_t *r, uint32_t *n) {
+    *n = (uint32_t)r->ints.len;
+    return r->ints_ok ? r->ints.data : NULL;
+}
+
 djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_t *out) {
     memset(out, 0, sizeof(*out));
     bool ok = djn_vec_reserve(&r->sealed_allocs, r->allocs.len) &&
@@ -310,6 +325,20 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
               (!r->nnodes || djn_vec_reserve(&r->last_srg, r->srg.len));
     if (!ok)
         return DJN_ERR_NOMEM;
+    uint64_t fp[2] = {0, 0};
+    if (r->nnodes) { /* the fingerprint and integers first: OOM leaves the rest as it was */
+        r->ints.len = 0;
+        djn_status_t st =
+            djn_sym_scan(r->nodes.data, r->nodes.len, r->nnodes, &r->skel, &r->ints, fp);
+        if (st == DJN_ERR_NOMEM)
+            return st;
+        r->ints_ok = st == DJN_OK;
+        if (!r->ints_ok) { /* cannot be patched: the hash of the bytes themselves */
+            XXH128_hash_t h = XXH3_128bits(r->nodes.data, r->nodes.len);
+            fp[0] = h.high64;
+            fp[1] = h.low64 ? h.low64 : 1;
+        }
+    }
     if (r->nnodes) { /* the SRG, lifecycles from the frees; kept for djinn.srg */
         djn_map_t freed = {0};
         for (size_t i = 0; i < r->frees.len; i++)
@@ -324,9 +353,8 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
             djn_vec_push(&r->last_srg, &s); /* reserved above */
         }
         djn_map_release(&freed);
-        XXH128_hash_t h = XXH3_128bits_digest(r->fp);
-        r->last_fp[0] = h.high64;
-        r->last_fp[1] = h.low64;
+        r->last_fp[0] = fp[0];
+        r->last_fp[1] = fp[1];
     }
     r->sealed_allocs.len = 0;
     uint64_t k, v;
@@ -334,6 +362,10 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
         djn_alloc_t a = {k, v};
         djn_vec_push(&r->sealed_allocs, &a);
     }
+    if (r->sealed_allocs.len > 1)
+        qsort(r->sealed_allocs.data, r->sealed_allocs.len, sizeof(djn_alloc_t), s_cmp_alloc);
+    if (r->frees.len > 1)
+        qsort(r->frees.data, r->frees.len, sizeof(uint64_t), s_cmp_u64);
     r->sealed_ups.len = 0;
     for (size_t i = 0; i < r->ups.len; i++) {
         const s_upload_t *u = &DJN_VEC_AT(&r->ups, s_upload_t, i);
@@ -381,7 +413,6 @@ void djn_rec_reset(djn_rec_t *r) {
     r->srg_outs.len = 0;
     r->seed = -1;
     r->in_node = false;
-    XXH3_128bits_reset(r->fp);
 }
 
 uint32_t djn_rec_srg(const djn_rec_t *r, djn_srg_node_t *out, uint32_t cap, uint64_t fp[2]) {

@@ -8,8 +8,9 @@
  * exactly as it was before the call, so a failed capture never poisons the next flush.
  *
  * Slots. Tensor references in nodes carry a fragment-local slot instead of the handle;
- * binds[slot] is the handle. The bytes of a fragment, and so its XXH3-128 fingerprint,
- * depend only on ops, shapes, dtypes, scalars and wiring. */
+ * binds[slot] is the handle. The bytes of a fragment depend only on ops, shapes, dtypes,
+ * scalars and wiring; its fingerprint only on its structure (djn_sym.h): ops, dtypes,
+ * ranks, non-integer scalars and wiring, the integers being bindings. */
 #ifndef DJN_REC_H
 #define DJN_REC_H
 
@@ -95,6 +96,9 @@ void djn_rec_set_seed(djn_rec_t *r, int64_t seed);
  * The upload bytes stay the recorder's: djn_rec_take_upload hands them over one by one
  * (to be sent as zero-copy frames). */
 djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_t *out);
+/* The integers of the last sealed fragment's nodes in canonical order (djn_sym.h), or
+ * NULL when its bytes could not be scanned (its fingerprint is then the bytes' hash). */
+const int64_t *djn_rec_ints(const djn_rec_t *r, uint32_t *n);
 uint8_t *djn_rec_take_upload(djn_rec_t *r, uint32_t i, uint64_t *n);
 void djn_rec_reset(djn_rec_t *r); /* start the next fragment */
 

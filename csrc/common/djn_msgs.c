@@ -15,6 +15,7 @@
 
 #include "djn_codec.h"
 #include "djn_mem.h"
+#include "djn_sym.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -144,6 +145,134 @@ static djn_status_t s_parse_nodes(s_parse_t *p, const djn_value_t *v, uint32_t n
     return DJN_OK;
 }
 
+/* `patch` / `allocs_n`: [gap, delta, gap, delta, ...], position = previous + gap from -1,
+ * every gap >= 1 (positions ascend), positions below 2^32; the delta is added to the
+ * template's value (wrapping) */
+static djn_status_t s_parse_patch(s_parse_t *p, const djn_value_t *v, const char *bad,
+                                  const djn_sym_patch_t **out, uint32_t *n) {
+    if (!s_list(v) || v->len % 2)
+        return s_bad(p, bad);
+    djn_sym_patch_t *pt = djn_arena_alloc(p->a, sizeof(djn_sym_patch_t) * (v->len / 2 + 1));
+    if (!pt)
+        return DJN_ERR_NOMEM;
+    int64_t pos = -1;
+    for (uint32_t i = 0; i < v->len / 2; i++) {
+        const djn_value_t *gap = &v->u.items[2 * i], *val = &v->u.items[2 * i + 1];
+        if (gap->kind != DJN_V_INT || val->kind != DJN_V_INT || gap->u.i < 1 ||
+            gap->u.i > (int64_t)UINT32_MAX - pos)
+            return s_bad(p, bad);
+        pos += gap->u.i;
+        pt[i] = (djn_sym_patch_t){(uint32_t)pos, val->u.i};
+    }
+    *out = pt;
+    *n = v->len / 2;
+    return DJN_OK;
+}
+
+/* `binds_d` / `allocs_d` / `frees_d`: [count, delta, count, delta, ...], count >= 1; a nil
+ * delta repeats the delta of the run two before (runs often alternate 0 and one shift) */
+static djn_status_t s_parse_runs(s_parse_t *p, const djn_value_t *v, const char *bad,
+                                 const djn_sym_run_t **out, uint32_t *n) {
+    if (!s_list(v) || v->len % 2)
+        return s_bad(p, bad);
+    djn_sym_run_t *r = djn_arena_alloc(p->a, sizeof(djn_sym_run_t) * (v->len / 2 + 1));
+    if (!r)
+        return DJN_ERR_NOMEM;
+    for (uint32_t i = 0; i < v->len / 2; i++) {
+        const djn_value_t *c = &v->u.items[2 * i], *d = &v->u.items[2 * i + 1];
+        bool again = d->kind == DJN_V_NONE && i >= 2; /* nil: the delta of the run two before */
+        if (c->kind != DJN_V_INT || (d->kind != DJN_V_INT && !again) || c->u.i < 1)
+            return s_bad(p, bad);
+        r[i] = (djn_sym_run_t){(uint64_t)c->u.i, again ? r[i - 2].delta : d->u.i};
+    }
+    *out = r;
+    *n = v->len / 2;
+    return DJN_OK;
+}
+
+/* The template fields of a GRAPH_CACHED (7.4); the server expands them against the cached
+ * template after the lookup. */
+static djn_status_t s_parse_tpl(s_parse_t *p, const djn_value_t *body, djn_graph_req_t *g) {
+    djn_status_t st;
+    const djn_value_t *v;
+    if ((v = djn_value_get(body, "tpl")) != NULL && (!s_uint(v, &g->tpl) || !g->tpl))
+        return s_bad(p, "'tpl' must be a non-zero integer");
+    if ((v = djn_value_get(body, "patch")) != NULL &&
+        (st = s_parse_patch(p, v, "'patch' must be [gap, value] integer pairs with gaps >= 1",
+                            &g->patch, &g->npatch)) != DJN_OK)
+        return st;
+    if ((v = djn_value_get(body, "allocs_n")) != NULL &&
+        (st = s_parse_patch(p, v, "'allocs_n' must be [gap, value] integer pairs with gaps >= 1",
+                            &g->allocs_n, &g->nallocs_n)) != DJN_OK)
+        return st;
+    struct {
+        const char *key, *plain, *bad;
+        const djn_sym_run_t **runs;
+        uint32_t *n;
+        bool *has;
+    } f[3] = {
+        {"binds_d", "binds", "'binds_d' must be [count, delta] integer pairs with counts >= 1",
+         &g->binds_d, &g->nbinds_d, &g->has_binds_d},
+        {"allocs_d", "allocs", "'allocs_d' must be [count, delta] integer pairs with counts >= 1",
+         &g->allocs_d, &g->nallocs_d, &g->has_allocs_d},
+        {"frees_d", "frees", "'frees_d' must be [count, delta] integer pairs with counts >= 1",
+         &g->frees_d, &g->nfrees_d, &g->has_frees_d},
+    };
+    for (int i = 0; i < 3; i++) {
+        if ((v = djn_value_get(body, f[i].key)) == NULL)
+            continue;
+        if ((st = s_parse_runs(p, v, f[i].bad, f[i].runs, f[i].n)) != DJN_OK)
+            return st;
+        if (djn_value_get(body, f[i].plain)) {
+            s_err(p->err, p->errlen, "%s: '%s' and '%s' exclude each other", p->what, f[i].plain,
+                  f[i].key);
+            return DJN_ERR_PROTO;
+        }
+        *f[i].has = true;
+    }
+    if ((v = djn_value_get(body, "pal")) != NULL) {
+        if (!s_list(v) || v->len > DJN_SYM_MAX_CLASSES)
+            return s_bad(p, "'pal' must be an array of at most 4096 integers");
+        int64_t *pal = djn_arena_alloc(p->a, sizeof(int64_t) * (v->len + 1));
+        if (!pal)
+            return DJN_ERR_NOMEM;
+        for (uint32_t i = 0; i < v->len; i++) {
+            if (v->u.items[i].kind != DJN_V_INT)
+                return s_bad(p, "'pal' must be an array of at most 4096 integers");
+            pal[i] = v->u.items[i].u.i;
+        }
+        g->pal = pal;
+        g->npal = v->len;
+        const djn_value_t *pat = djn_value_get(body, "pat"), *pid = djn_value_get(body, "pid");
+        if (!!pat == !!pid)
+            return s_bad(p, "'pal' needs exactly one of 'pat' and 'pid'");
+        if (pid && (!s_uint(pid, &g->pid) || !g->pid))
+            return s_bad(p, "'pid' must be a non-zero integer");
+        if (pat) {
+            if ((st = s_parse_patch(p, pat,
+                                    "'pat' must be [gap, class] integer pairs with gaps >= 1",
+                                    &g->pat, &g->npat)) != DJN_OK)
+                return st;
+            for (uint32_t i = 0; i < g->npat; i++)
+                if (g->pat[i].val < 0 || g->pat[i].val >= (int64_t)g->npal)
+                    return s_bad(p, "'pat' names a class 'pal' does not have");
+            g->has_pat = true;
+        }
+        if (g->npatch || g->nallocs_n || g->has_binds_d || djn_value_get(body, "binds") ||
+            djn_value_get(body, "allocs"))
+            return s_bad(p, "'pal' excludes 'patch', 'allocs_n', 'binds', 'binds_d' and 'allocs'");
+    } else if (djn_value_get(body, "pat") || djn_value_get(body, "pid")) {
+        return s_bad(p, "'pat' and 'pid' need 'pal'");
+    }
+    bool compact =
+        g->npatch || g->nallocs_n || g->has_binds_d || g->has_allocs_d || g->has_frees_d || g->pal;
+    if (compact && !g->tpl)
+        return s_bad(p, "'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'");
+    if (g->nallocs_n && !g->has_allocs_d)
+        return s_bad(p, "'allocs_n' needs 'allocs_d'");
+    return DJN_OK;
+}
+
 static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_graph_req_t *g) {
     uint64_t u;
     djn_status_t st;
@@ -251,7 +380,7 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
         g->nfetches = v->len;
         g->fetches = fetches;
     }
-    return DJN_OK;
+    return s_parse_tpl(p, body, g);
 }
 
 static djn_status_t s_parse_have(s_parse_t *p, const djn_value_t *body, djn_have_req_t *h) {
@@ -448,9 +577,118 @@ void djn_node_encode(djn_buf_t *b, const djn_node_t *n) {
     djn_node_enc_end(b, n->flags);
 }
 
+static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t n, bool runs) {
+    djn_enc_cstr(b, k);
+    djn_enc_array(b, 2 * n);
+    int64_t pos = -1;
+    for (uint32_t i = 0; i < n; i++) {
+        if (runs) {
+            const djn_sym_run_t *r = (const djn_sym_run_t *)items + i;
+            djn_enc_uint(b, r->count);
+            if (i >= 2 && r->delta == r[-2].delta && (r->delta > 15 || r->delta < -15))
+                djn_enc_nil(b); /* the delta of the run two before: one byte */
+            else
+                djn_enc_int(b, r->delta);
+        } else {
+            const djn_sym_patch_t *pt = (const djn_sym_patch_t *)items + i;
+            djn_enc_uint(b, (uint64_t)((int64_t)pt->pos - pos));
+            djn_enc_int(b, pt->val);
+            pos = pt->pos;
+        }
+    }
+}
+
+/* A GRAPH_CACHED against a template (r->tpl != 0): only the fields it needs, compact ones
+ * where set; dev 0, no seed and empty lists are left out (all fields are optional). */
+static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
+    uint32_t n = 2 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
+                 (r->nallocs || r->has_allocs_d) + (r->nallocs_n != 0) + (r->nuploads != 0) +
+                 (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0) +
+                 (r->pal ? 2 : 0);
+    djn_enc_map(b, n);
+    if (r->device)
+        s_kv_uint(b, "dev", r->device);
+    if (r->seed >= 0) {
+        djn_enc_cstr(b, "seed");
+        djn_enc_int(b, r->seed);
+    }
+    if (r->has_binds_d) {
+        s_enc_pairs(b, "binds_d", r->binds_d, r->nbinds_d, true);
+    } else if (r->nbinds) {
+        djn_enc_cstr(b, "binds");
+        djn_enc_array(b, r->nbinds);
+        for (uint32_t i = 0; i < r->nbinds; i++)
+            djn_enc_uint(b, r->binds[i]);
+    }
+    if (r->has_allocs_d) {
+        s_enc_pairs(b, "allocs_d", r->allocs_d, r->nallocs_d, true);
+        if (r->nallocs_n)
+            s_enc_pairs(b, "allocs_n", r->allocs_n, r->nallocs_n, false);
+    } else if (r->nallocs) {
+        djn_enc_cstr(b, "allocs");
+        djn_enc_array(b, r->nallocs);
+        for (uint32_t i = 0; i < r->nallocs; i++) {
+            djn_enc_array(b, 2);
+            djn_enc_uint(b, r->allocs[i].handle);
+            djn_enc_uint(b, r->allocs[i].nbytes);
+        }
+    }
+    if (r->nuploads) {
+        djn_enc_cstr(b, "uploads");
+        djn_enc_array(b, r->nuploads);
+        for (uint32_t i = 0; i < r->nuploads; i++) {
+            const djn_upload_t *u = &r->uploads[i];
+            djn_enc_array(b, u->text ? 3 : 2);
+            djn_enc_uint(b, u->handle);
+            djn_enc_uint(b, u->frame);
+            if (u->text)
+                djn_enc_bool(b, true);
+        }
+    }
+    if (r->has_frees_d) {
+        s_enc_pairs(b, "frees_d", r->frees_d, r->nfrees_d, true);
+    } else if (r->nfrees) {
+        djn_enc_cstr(b, "frees");
+        djn_enc_array(b, r->nfrees);
+        for (uint32_t i = 0; i < r->nfrees; i++)
+            djn_enc_uint(b, r->frees[i]);
+    }
+    if (r->nfetches) {
+        djn_enc_cstr(b, "fetch");
+        djn_enc_array(b, r->nfetches);
+        for (uint32_t i = 0; i < r->nfetches; i++) {
+            djn_enc_array(b, 3);
+            djn_enc_uint(b, r->fetches[i].handle);
+            djn_enc_uint(b, r->fetches[i].offset);
+            djn_enc_uint(b, r->fetches[i].nbytes);
+        }
+    }
+    djn_enc_cstr(b, "fp");
+    djn_enc_array(b, 2);
+    djn_enc_uint(b, r->fp[0]);
+    djn_enc_uint(b, r->fp[1]);
+    s_kv_uint(b, "tpl", r->tpl);
+    if (r->npatch)
+        s_enc_pairs(b, "patch", r->patch, r->npatch, false);
+    if (r->pal) {
+        djn_enc_cstr(b, "pal");
+        djn_enc_array(b, r->npal);
+        for (uint32_t i = 0; i < r->npal; i++)
+            djn_enc_int(b, r->pal[i]);
+        if (r->has_pat)
+            s_enc_pairs(b, "pat", r->pat, r->npat, false);
+        else
+            s_kv_uint(b, "pid", r->pid);
+    }
+}
+
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r) {
     bool nodes = hdr->type != DJN_MSG_GRAPH_CACHED;
     s_header(b, hdr);
+    if (!nodes && r->tpl) {
+        s_graph_cached_compact(b, r);
+        return;
+    }
     djn_enc_map(b, nodes ? 9 : 8);
     s_kv_uint(b, "dev", r->device);
     djn_enc_cstr(b, "seed");

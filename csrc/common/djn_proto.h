@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define DJN_PROTO_VERSION 3
+#define DJN_PROTO_VERSION 4
 
 /* ---- message types (frozen) ---- */
 typedef enum djn_msg_type {
@@ -200,6 +200,18 @@ typedef struct djn_fetch {
     uint64_t handle, offset, nbytes;
 } djn_fetch_t;
 
+/* GRAPH_CACHED against its template (djn_sym.h, docs/PROTOCOL.md 7.4): an integer that
+ * differs from the template's, and a run of `count` handles that differ from the
+ * template's by `delta` (wrapping). */
+typedef struct djn_sym_patch {
+    uint32_t pos;
+    int64_t val;
+} djn_sym_patch_t;
+typedef struct djn_sym_run {
+    uint64_t count;
+    int64_t delta;
+} djn_sym_run_t;
+
 /* GRAPH, GRAPH_CACHED (no nodes: the server's cached ones run) and FETCH. */
 typedef struct djn_graph_req {
     uint32_t device;
@@ -213,6 +225,24 @@ typedef struct djn_graph_req {
     const djn_node_t *nodes;
     const uint64_t *frees;
     const djn_fetch_t *fetches;
+    /* GRAPH_CACHED only: the template named by its digest (0: none, the cached nodes run
+     * as filed) and what differs from it; a has_* flag set means the compact field
+     * replaces the plain one (which must then be absent). */
+    uint64_t tpl;
+    uint32_t npatch, nallocs_n, nbinds_d, nallocs_d, nfrees_d;
+    const djn_sym_patch_t *patch;    /* integers of the nodes */
+    const djn_sym_patch_t *allocs_n; /* allocation sizes (needs allocs_d) */
+    const djn_sym_run_t *binds_d, *allocs_d, *frees_d;
+    bool has_binds_d, has_allocs_d, has_frees_d;
+    /* GRAPH_CACHED by pattern: the integers, allocation sizes and binds that differ,
+     * as classes of equal deltas: pal[class] is a class's delta; pat (position, class)
+     * says which values are in which class and is kept by the entry; pid names the
+     * pattern the entry keeps (its hash) instead of sending it again. */
+    uint32_t npal, npat;
+    const int64_t *pal;
+    const djn_sym_patch_t *pat; /* val: the class */
+    uint64_t pid;
+    bool has_pat;
     /* Encoding only: nodes already encoded as msgpack (the client's recorder writes
      * them as ops are captured); used instead of `nodes` when set. */
     const uint8_t *nodes_raw;

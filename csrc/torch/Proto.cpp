@@ -9,6 +9,7 @@
 
 #include <deque>
 
+#include "djn_sym.h"
 #include "remote.h"
 
 namespace py = pybind11;
@@ -184,6 +185,18 @@ py::bytes encode(int type, uint64_t sid, uint64_t seq, const py::dict &body) {
     return out;
 }
 
+/* The template digest of a fragment (docs/PROTOCOL.md 7.4), for tests that send
+ * GRAPH_CACHED against a template by hand. allocs: [(handle, nbytes), ...]. */
+uint64_t sym_digest(const std::vector<int64_t> &ints, const std::vector<uint64_t> &binds,
+                    const std::vector<std::pair<uint64_t, uint64_t>> &allocs,
+                    const std::vector<uint64_t> &frees) {
+    std::vector<djn_alloc_t> a;
+    for (auto &[h, n] : allocs)
+        a.push_back({h, n});
+    return djn_sym_digest(ints.data(), (uint32_t)ints.size(), binds.data(), (uint32_t)binds.size(),
+                          a.data(), (uint32_t)a.size(), frees.data(), (uint32_t)frees.size());
+}
+
 } // namespace
 
 void register_proto(py::module_ &m) {
@@ -191,6 +204,8 @@ void register_proto(py::module_ &m) {
     pm.def("encode", &encode, py::arg("type"), py::arg("sid"), py::arg("seq"),
            py::arg("body") = py::dict(),
            "Encode frame 0 of a request with the protocol's own encoder.");
+    pm.def("sym_digest", &sym_digest, py::arg("ints"), py::arg("binds"), py::arg("allocs"),
+           py::arg("frees"), "The template digest of a fragment (djn_sym_digest).");
     py::dict k;
     k["VERSION"] = DJN_PROTO_VERSION;
     k["HELLO"] = (int)DJN_MSG_HELLO;

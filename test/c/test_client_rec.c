@@ -2,8 +2,8 @@
  *
  * Named test_client_* so that the Makefile links the client sources. Covers:
  *   - slots: assigned in order of first use, reused, mapped back to handles by binds;
- *   - the fingerprint: XXH3-128 of the nodes' bytes, which depend on ops, shapes,
- *     scalars and wiring but not on handle values;
+ *   - the fingerprint: XXH3-128 of the nodes' skeleton (djn_sym.h), which depends on
+ *     ops, dtypes, ranks and wiring but not on handle values, sizes or int scalars;
  *   - djn_rec_abort: the recorder is exactly as before the node (binds, slots, node
  *     bytes, SRG), so the next sealed fragment is byte-identical to one recorded without
  *     the aborted node;
@@ -24,6 +24,7 @@
 #include "djn_codec.h"
 #include "djn_proto.h"
 #include "djn_rec.h"
+#include "djn_sym.h"
 
 #define ERRLEN 256
 
@@ -230,9 +231,18 @@ static fp_t fp_of(const uint64_t h[4], int64_t size, int64_t s2, const char *op2
     f.fp[0] = g.fp[0];
     f.fp[1] = g.fp[1];
     djn_buf_raw(&f.nodes, g.nodes_raw, g.nodes_raw_len);
-    /* The fingerprint is XXH3-128 of exactly the node bytes that are sent. */
-    XXH128_hash_t x = XXH3_128bits(g.nodes_raw, g.nodes_raw_len);
-    CHECK(g.fp[0] == x.high64 && g.fp[1] == x.low64);
+    /* The fingerprint is that of the skeleton of exactly the node bytes that are sent
+     * (djn_sym.h), and the recorder keeps their integers. */
+    djn_buf_t skel = {0};
+    djn_vec_t ints = DJN_VEC(int64_t);
+    uint64_t x[2] = {0, 0};
+    CHECK(djn_sym_scan(g.nodes_raw, g.nodes_raw_len, g.nnodes, &skel, &ints, x) == DJN_OK);
+    CHECK(g.fp[0] == x[0] && g.fp[1] == x[1]);
+    uint32_t nints = 0;
+    const int64_t *kept = djn_rec_ints(r, &nints);
+    CHECK(kept && nints == ints.len && !memcmp(kept, ints.data, nints * sizeof(int64_t)));
+    djn_buf_release(&skel);
+    djn_vec_release(&ints);
     uint64_t sfp[2] = {0, 0};
     djn_rec_srg(r, NULL, 0, sfp);
     CHECK(sfp[0] == g.fp[0] && sfp[1] == g.fp[1]);
@@ -258,8 +268,10 @@ static void test_fingerprint(void) {
     /* Same program, other handles: same bytes, same fingerprint. */
     CHECK(fp_eq(&base, &other_handles));
     CHECK(buf_eq(&base.nodes, &other_handles.nodes));
-    CHECK(!fp_eq(&base, &other_shape));
-    CHECK(!fp_eq(&base, &other_scalar));
+    /* Sizes and int scalars are bindings, not structure: same fingerprint, other bytes. */
+    CHECK(fp_eq(&base, &other_shape));
+    CHECK(fp_eq(&base, &other_scalar));
+    CHECK(!buf_eq(&base.nodes, &other_shape.nodes));
     CHECK(!fp_eq(&base, &other_op));
     CHECK(!fp_eq(&base, &other_wiring));
     CHECK(!fp_eq(&base, &aliased));

@@ -13,6 +13,7 @@
 #include "djn_test.h"
 
 #include "djn_codec.h"
+#include "djn_sym.h"
 #include "djn_tlb.h"
 
 #define SID 7
@@ -64,7 +65,7 @@ static djn_msg_t *s_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev) {
 static void s_insert(djn_tlb_t *t, uint64_t sid, uint64_t fp, uint32_t dev) {
     djn_msg_t *m = s_graph(fp, fp, dev);
     if (m)
-        djn_tlb_insert(t, sid, &m->u.graph, NULL, 0, 0, NULL);
+        djn_tlb_insert(t, sid, &m->u.graph, NULL, NULL, 0, 0, NULL);
     djn_msg_free(&m);
 }
 
@@ -96,7 +97,7 @@ static void s_insert_owned(djn_tlb_t *t, uint64_t sid, uint64_t fp, uint32_t dev
     djn_tlb_owner_t owner = {a, s_charge_fn, s_release_fn};
     djn_msg_t *m = s_graph(fp, fp, dev);
     if (m)
-        djn_tlb_insert(t, sid, &m->u.graph, NULL, 0, 0, &owner);
+        djn_tlb_insert(t, sid, &m->u.graph, NULL, NULL, 0, 0, &owner);
     djn_msg_free(&m);
 }
 
@@ -123,7 +124,7 @@ static void test_hit_and_miss(void) {
     djn_msg_t *m = s_graph(1, 2, 0);
     CHECK(m && m->u.graph.nslots == 1);
     if (m)
-        djn_tlb_insert(t, SID, &m->u.graph, NULL, 0, 0, NULL);
+        djn_tlb_insert(t, SID, &m->u.graph, NULL, NULL, 0, 0, NULL);
     djn_msg_free(&m);
     uint64_t fp[2] = {1, 2}, other[2] = {1, 3};
     djn_tlb_entry_t *e = djn_tlb_lookup(t, fp, 0, SID);
@@ -176,7 +177,7 @@ static void test_entry_outlives_message(void) {
         return;
     }
     const djn_node_t *src = m->u.graph.nodes;
-    djn_tlb_insert(t, SID, &m->u.graph, NULL, 0, 0, NULL);
+    djn_tlb_insert(t, SID, &m->u.graph, NULL, NULL, 0, 0, NULL);
     djn_msg_free(&m); /* ASan: any pointer into the message arena would now be fatal */
     uint64_t fp[2] = {11, 12};
     djn_tlb_entry_t *e = djn_tlb_lookup(t, fp, 2, SID);
@@ -215,7 +216,7 @@ static void test_plan_copied(void) {
     djn_msg_t *m = s_graph(21, 22, 0);
     uint64_t place[3] = {1, 0, 4097};
     if (m)
-        djn_tlb_insert(t, SID, &m->u.graph, place, 3, 8192, NULL);
+        djn_tlb_insert(t, SID, &m->u.graph, place, NULL, 3, 8192, NULL);
     djn_msg_free(&m);
     place[0] = place[1] = place[2] = 99;
     uint64_t fp[2] = {21, 22};
@@ -235,7 +236,7 @@ static void test_plan_copied(void) {
     /* A plan with zero slots is no plan. */
     m = s_graph(23, 23, 0);
     if (m)
-        djn_tlb_insert(t, SID, &m->u.graph, place, 0, 100, NULL);
+        djn_tlb_insert(t, SID, &m->u.graph, place, NULL, 0, 100, NULL);
     djn_msg_free(&m);
     uint64_t fp2[2] = {23, 23};
     e = djn_tlb_lookup(t, fp2, 0, SID);
@@ -293,7 +294,7 @@ static void test_duplicate_and_unfingerprinted(void) {
     if (m) { /* no nodes: nothing to cache */
         djn_graph_req_t g = m->u.graph;
         g.nnodes = 0;
-        djn_tlb_insert(t, SID, &g, NULL, 0, 0, NULL);
+        djn_tlb_insert(t, SID, &g, NULL, NULL, 0, 0, NULL);
     }
     djn_msg_free(&m);
     djn_tlb_stats_t st = s_stats(t);
@@ -377,7 +378,7 @@ static void test_bytes_accounting(void) {
     djn_msg_t *m = s_graph(5, 5, 0);
     uint64_t place[4] = {1, 2, 3, 4};
     if (m)
-        djn_tlb_insert(t, SID, &m->u.graph, place, 4, 64, NULL);
+        djn_tlb_insert(t, SID, &m->u.graph, place, NULL, 4, 64, NULL);
     djn_msg_free(&m);
     CHECK_EQ_INT(s_stats(t).bytes, one + 4 * sizeof(uint64_t));
     djn_tlb_destroy(&t);
@@ -395,7 +396,7 @@ static void test_insert_fault_injection(void) {
         uint64_t place[2] = {1, 9};
         djn_mem_fail_after(n);
         if (m)
-            djn_tlb_insert(t, SID, &m->u.graph, place, 2, 16, NULL);
+            djn_tlb_insert(t, SID, &m->u.graph, place, NULL, 2, 16, NULL);
         djn_mem_fail_after(-1);
         djn_msg_free(&m);
         djn_tlb_stats_t st = s_stats(t);
@@ -446,7 +447,7 @@ static void test_owner_accounting(void) {
         djn_tlb_owner_t owner = {&a, s_charge_fn, s_release_fn};
         djn_graph_req_t g = m->u.graph;
         g.nnodes = 0;
-        djn_tlb_insert(t, SID, &g, NULL, 0, 0, &owner);
+        djn_tlb_insert(t, SID, &g, NULL, NULL, 0, 0, &owner);
     }
     djn_msg_free(&m);
     CHECK_EQ_INT(a.releases, 3);
@@ -502,7 +503,7 @@ static void test_owner_accounting(void) {
     m = s_graph(9, 9, 0);
     c.charged = 1 << 20; /* so the release has something to take back */
     if (m)
-        djn_tlb_insert(t, SID, &m->u.graph, NULL, 0, 0, &release_only);
+        djn_tlb_insert(t, SID, &m->u.graph, NULL, NULL, 0, 0, &release_only);
     djn_msg_free(&m);
     CHECK_EQ_INT(c.charges, 0);
     CHECK_EQ_INT(s_stats(t).entries, 1);
@@ -526,7 +527,7 @@ static void test_owner_fault_injection(void) {
         djn_msg_t *m = s_graph(2, 2, 0);
         djn_mem_fail_after(n);
         if (m)
-            djn_tlb_insert(t, SID, &m->u.graph, NULL, 0, 0, &owner);
+            djn_tlb_insert(t, SID, &m->u.graph, NULL, NULL, 0, 0, &owner);
         djn_mem_fail_after(-1);
         djn_msg_free(&m);
         bool filed = s_has(t, SID, 2, 0);
@@ -563,17 +564,606 @@ static void test_drop_many_and_late_insert(void) {
     djn_msg_t *m = s_graph(200, 200, 0);
     s_live = false;
     if (m)
-        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, 0, 0, &owner);
+        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, NULL, 0, 0, &owner);
     CHECK_EQ_INT(djn_tlb_session_entries(t, SID + 20), 0);
     CHECK_EQ_INT(a.charged, 0);
     CHECK_EQ_INT(a.releases, 1);
     s_live = true;
     if (m)
-        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, 0, 0, &owner);
+        djn_tlb_insert(t, SID + 20, &m->u.graph, NULL, NULL, 0, 0, &owner);
     CHECK_EQ_INT(djn_tlb_session_entries(t, SID + 20), 1);
     djn_msg_free(&m);
     djn_tlb_destroy(&t);
     CHECK_EQ_INT(a.charged, 0);
+}
+
+/* ------------------------------------------------------------------ templates (djn_sym.h)
+ *
+ * A fragment's integers as bindings (csrc/common/djn_sym.c) and the application of a
+ * GRAPH_CACHED's template fields (djn_tlb_bind over an entry). Covers: the client's scan of encoded
+ * bytes and the server's walk of the decoded nodes give the same integers in the same order (on
+ * nodes with lists, maps, scalars of every msgpack width and tensor references of several ranks);
+ * the skeleton fingerprint is the same for fragments that differ only in integers and differs when
+ * a dtype, a rank, a slot, a float or an operator differs; a patch applied to a copy of cached
+ * nodes gives the integers of the new fragment and leaves the cached nodes alone, sharing the nodes
+ * it does not touch; hostile patches (a position past the template, a negative stride, a
+ * size that overflows the extent, a stride that makes the extent overflow) are refused
+ * with the decoder's words; the decoder's checks on the new fields; runs of handle deltas
+ * (nil repeats the delta two runs before) expanded against the template and refused when
+ * they do not cover it exactly; and a template that is not the cached one is a miss
+ * (code 14). */
+
+/* One node, aten::op(tensor slot 0 of rank nd, sizes n.., an int list [a, b], a float,
+ * an int of every width) -> [tensor slot 1]. */
+static void s_node(djn_buf_t *b, const char *op, uint8_t dtype, uint8_t nd, int64_t n, int64_t a,
+                   double f, int64_t big) {
+    djn_node_enc_begin(b, op, "", 5);
+    djn_tref_t t;
+    memset(&t, 0, sizeof t);
+    t.handle = 0;
+    t.offset = n;
+    t.dtype = dtype;
+    t.ndim = nd;
+    for (uint8_t d = 0; d < nd; d++) {
+        t.sizes[d] = n + d;
+        t.strides[d] = d + 1 == nd ? 1 : n * 2;
+    }
+    djn_enc_tref(b, &t);
+    djn_enc_array(b, 2);
+    djn_enc_int(b, a);
+    djn_enc_int(b, -a);
+    djn_enc_float(b, f);
+    djn_enc_map(b, 1);
+    djn_enc_cstr(b, "k");
+    djn_enc_int(b, big);
+    djn_enc_bool(b, true);
+    djn_node_enc_outs(b, 1);
+    t.handle = 1;
+    t.offset = 0;
+    djn_enc_tref(b, &t);
+    djn_node_enc_end(b, 0);
+}
+
+/* Two nodes; n is the "KV length", the rest structure. */
+static void s_frag(djn_buf_t *b, int64_t n, uint8_t dtype, uint8_t nd, double f, const char *op) {
+    djn_buf_reset(b);
+    s_node(b, "aten::cat", DJN_DTYPE_F32, 2, n, 3, 0.5, 1);
+    s_node(b, op, dtype, nd, n + 1, n * 1000, f, (int64_t)1 << 40);
+}
+
+/* Decode the fragment as the server does: a GRAPH with binds [0x100, 0x200]. */
+static djn_msg_t *s_decode(const djn_buf_t *nodes, uint32_t nnodes, const uint64_t fp[2]) {
+    static const uint64_t binds[2] = {0x100, 0x200};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.nbinds = 2;
+    g.binds = binds;
+    g.nnodes = nnodes;
+    g.nodes_raw = nodes->data;
+    g.nodes_raw_len = nodes->len;
+    g.fp[0] = fp[0];
+    g.fp[1] = fp[1];
+    djn_msg_hdr_t h = {DJN_MSG_GRAPH, 1, 1};
+    djn_buf_t b = {0};
+    djn_graph_req_encode(&b, &h, &g);
+    djn_msg_t *m = NULL;
+    char err[256];
+    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err);
+    djn_buf_release(&b);
+    CHECK(st == DJN_OK);
+    return m;
+}
+
+static void test_scan_matches_walk(void) {
+    djn_buf_t b = {0}, skel = {0};
+    djn_vec_t ints = DJN_VEC(int64_t);
+    uint64_t fp[2];
+    s_frag(&b, 300, DJN_DTYPE_F16, 3, 0.25, "aten::mul");
+    CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp));
+    djn_msg_t *m = s_decode(&b, 2, fp);
+    if (m) {
+        uint32_t n0 = djn_sym_node_ints(&m->u.graph.nodes[0], NULL);
+        uint32_t n1 = djn_sym_node_ints(&m->u.graph.nodes[1], NULL);
+        /* tref 1 + 2*2, list 2, map 1 (the key is a str), out tref 1 + 2*2; then rank 3 */
+        CHECK_EQ_INT(n0, 5 + 2 + 1 + 5);
+        CHECK_EQ_INT(n1, 7 + 2 + 1 + 7);
+        CHECK_EQ_INT(ints.len, n0 + n1);
+        int64_t w[64];
+        djn_sym_node_ints(&m->u.graph.nodes[0], w);
+        djn_sym_node_ints(&m->u.graph.nodes[1], w + n0);
+        for (uint32_t i = 0; i < n0 + n1 && i < ints.len; i++)
+            CHECK_EQ_INT(w[i], DJN_VEC_AT(&ints, int64_t, i));
+        CHECK_EQ_INT(w[n0 + 7], 300000);  /* the list's first int, 4-byte width */
+        CHECK_EQ_INT(w[n0 + 8], -300000); /* negative */
+        CHECK_EQ_INT(w[n0 + 9], (int64_t)1 << 40);
+    }
+    djn_msg_free(&m);
+    djn_buf_release(&b);
+    djn_buf_release(&skel);
+    djn_vec_release(&ints);
+}
+
+static void test_skeleton_fingerprint(void) {
+    djn_buf_t b = {0}, skel = {0};
+    djn_vec_t ints = DJN_VEC(int64_t);
+    uint64_t base[2], fp[2];
+    s_frag(&b, 5, DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+    CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &ints, base));
+    size_t nints = ints.len;
+    /* other integers of every width (5 -> 70000 crosses fixint, uint16, uint32): same */
+    int64_t lens[] = {6, 127, 128, 70000, 5000000000ll};
+    for (int i = 0; i < 5; i++) {
+        s_frag(&b, lens[i], DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+        ints.len = 0;
+        CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp));
+        CHECK(fp[0] == base[0] && fp[1] == base[1]);
+        CHECK_EQ_INT(ints.len, nints);
+    }
+    /* structure: dtype, rank, float, operator */
+    s_frag(&b, 5, DJN_DTYPE_F16, 2, 0.5, "aten::mul");
+    ints.len = 0;
+    CHECK(djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp) == DJN_OK &&
+          (fp[0] != base[0] || fp[1] != base[1]));
+    s_frag(&b, 5, DJN_DTYPE_F32, 3, 0.5, "aten::mul");
+    ints.len = 0;
+    CHECK(djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp) == DJN_OK &&
+          (fp[0] != base[0] || fp[1] != base[1]));
+    s_frag(&b, 5, DJN_DTYPE_F32, 2, 0.75, "aten::mul");
+    ints.len = 0;
+    CHECK(djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp) == DJN_OK &&
+          (fp[0] != base[0] || fp[1] != base[1]));
+    s_frag(&b, 5, DJN_DTYPE_F32, 2, 0.5, "aten::add");
+    ints.len = 0;
+    CHECK(djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp) == DJN_OK &&
+          (fp[0] != base[0] || fp[1] != base[1]));
+    /* malformed bytes: the scan fails (the client then sends the bytes' hash) */
+    ints.len = 0;
+    CHECK(djn_sym_scan(b.data, b.len - 1, 2, &skel, &ints, fp) == DJN_ERR_PROTO);
+    CHECK(djn_sym_scan(b.data, b.len, 3, &skel, &ints, fp) == DJN_ERR_PROTO);
+    djn_buf_release(&b);
+    djn_buf_release(&skel);
+    djn_vec_release(&ints);
+}
+
+/* A plan cache holding the fragment of length n0 for session 1, and the scanned
+ * integers of fragments n0 and n1. */
+typedef struct {
+    djn_tlb_t *t;
+    djn_tlb_entry_t *e;
+    djn_vec_t i0, i1;
+    uint64_t fp[2];
+} s_fix_t;
+
+static void s_fix(s_fix_t *x, int64_t n0, int64_t n1) {
+    djn_buf_t b = {0}, skel = {0};
+    x->i0 = DJN_VEC(int64_t);
+    x->i1 = DJN_VEC(int64_t);
+    s_frag(&b, n1, DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+    CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &x->i1, x->fp));
+    s_frag(&b, n0, DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+    CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &x->i0, x->fp));
+    x->t = djn_tlb_new(4);
+    djn_msg_t *m = s_decode(&b, 2, x->fp);
+    if (m)
+        djn_tlb_insert(x->t, 1, &m->u.graph, NULL, NULL, 0, 0, NULL);
+    djn_msg_free(&m);
+    x->e = djn_tlb_lookup(x->t, x->fp, 0, 1);
+    CHECK(x->e != NULL);
+    djn_buf_release(&b);
+    djn_buf_release(&skel);
+}
+
+static void s_fix_free(s_fix_t *x) {
+    djn_tlb_release(x->t, &x->e);
+    djn_tlb_destroy(&x->t);
+    djn_vec_release(&x->i0);
+    djn_vec_release(&x->i1);
+}
+
+/* The patch that turns i0 into i1 (deltas). */
+static uint32_t s_diff(const s_fix_t *x, djn_sym_patch_t *p) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < x->i0.len; i++) {
+        int64_t a = DJN_VEC_AT(&x->i0, int64_t, i), b = DJN_VEC_AT(&x->i1, int64_t, i);
+        if (a != b)
+            p[n++] = (djn_sym_patch_t){i, b - a};
+    }
+    return n;
+}
+
+static void test_patch_applies(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 9);
+    if (!x.e) {
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(x.e);
+    const djn_graph_req_t *cg = djn_tlb_graph(x.e);
+    djn_sym_patch_t p[64];
+    uint32_t np = s_diff(&x, p);
+    CHECK(np > 0 && np < x.i0.len);
+    djn_arena_t *a = djn_arena_new();
+    const djn_node_t *out = NULL;
+    char err[256] = {0};
+    CHECK(djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, p, np, 2, &out, err, sizeof err) ==
+          DJN_OK);
+    int64_t w[64];
+    if (out) {
+        uint32_t n0 = djn_sym_node_ints(&out[0], w);
+        djn_sym_node_ints(&out[1], w + n0);
+        for (uint32_t i = 0; i < x.i1.len; i++)
+            CHECK_EQ_INT(w[i], DJN_VEC_AT(&x.i1, int64_t, i));
+        /* the cached nodes are untouched */
+        n0 = djn_sym_node_ints(&cg->nodes[0], w);
+        djn_sym_node_ints(&cg->nodes[1], w + n0);
+        for (uint32_t i = 0; i < x.i0.len; i++)
+            CHECK_EQ_INT(w[i], DJN_VEC_AT(&x.i0, int64_t, i));
+    }
+    /* a patch of node 1 only shares node 0 */
+    djn_sym_patch_t last = {tp->start[2] - 1, 1};
+    CHECK(djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, &last, 1, 2, &out, err, sizeof err) ==
+          DJN_OK);
+    CHECK(out && out[0].args == cg->nodes[0].args && out[1].args != cg->nodes[1].args);
+    /* no patch: the cached nodes themselves */
+    CHECK(djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, NULL, 0, 2, &out, err, sizeof err) ==
+          DJN_OK);
+    CHECK(out == cg->nodes);
+    djn_arena_destroy(&a);
+    s_fix_free(&x);
+}
+
+static void test_hostile_patches(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 5);
+    if (!x.e) {
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(x.e);
+    const djn_graph_req_t *cg = djn_tlb_graph(x.e);
+    djn_arena_t *a = djn_arena_new();
+    const djn_node_t *out = NULL;
+    char err[256];
+    /* node 0: offset at 0, sizes at 1..2, strides at 3..4 */
+    struct {
+        djn_sym_patch_t p;
+        const char *words;
+    } bad[] = {
+        {{tp->start[2], 1}, "GRAPH_CACHED patch names integer 26 but the cached fragment has 26"},
+        {{3, -100}, "GRAPH: node 0 (aten::cat) has a malformed tensor reference or unbound slot"},
+        {{1, -6}, "GRAPH: node 0 (aten::cat) has a malformed tensor reference or unbound slot"},
+        {{1, INT64_MAX},
+         "GRAPH: node 0 (aten::cat) has a malformed tensor reference or unbound slot"},
+        {{3, (int64_t)1 << 61},
+         "GRAPH: node 0 (aten::cat) has a malformed tensor reference or unbound slot"},
+        {{0, -6}, "GRAPH: node 0 (aten::cat) has a malformed tensor reference or unbound slot"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        CHECK(djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, &bad[i].p, 1, 2, &out, err,
+                            sizeof err) == DJN_ERR_PROTO);
+        CHECK_STR(err, bad[i].words);
+    }
+    /* a slot the message's binds do not cover */
+    djn_sym_patch_t ok = {1, 1};
+    CHECK(djn_sym_patch(a, cg->nodes, cg->nnodes, tp->start, &ok, 1, 0, &out, err, sizeof err) ==
+          DJN_ERR_PROTO);
+    djn_arena_destroy(&a);
+    s_fix_free(&x);
+}
+
+/* Encode a GRAPH_CACHED with the template fields and decode it as the server does. */
+static djn_status_t s_cached(const djn_graph_req_t *g, djn_msg_t **m, char *err, size_t errlen) {
+    djn_msg_hdr_t h = {DJN_MSG_GRAPH_CACHED, 1, 2};
+    djn_buf_t b = {0};
+    djn_graph_req_encode(&b, &h, g);
+    djn_status_t st = djn_msg_decode(b.data, b.len, 0, m, NULL, err, errlen);
+    djn_buf_release(&b);
+    return st;
+}
+
+static void test_bind_template(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 9);
+    if (!x.e) {
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(x.e);
+    djn_sym_patch_t p[64];
+    uint32_t np = s_diff(&x, p);
+    djn_sym_run_t runs[3] = {{1, 0x50}, {1, -0x10}};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.fp[0] = x.fp[0];
+    g.fp[1] = x.fp[1];
+    g.tpl = tp->digest;
+    g.patch = p;
+    g.npatch = np;
+    g.has_binds_d = true;
+    g.binds_d = runs;
+    g.nbinds_d = 2;
+    djn_msg_t *m = NULL;
+    char err[256] = {0};
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m) {
+        const djn_node_t *nodes = NULL;
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_OK);
+        CHECK_EQ_INT(m->u.graph.nbinds, 2);
+        if (m->u.graph.nbinds == 2) {
+            CHECK_EQ_INT(m->u.graph.binds[0], 0x150);
+            CHECK_EQ_INT(m->u.graph.binds[1], 0x1f0);
+        }
+        int64_t w[64];
+        if (nodes) {
+            uint32_t n0 = djn_sym_node_ints(&nodes[0], w);
+            djn_sym_node_ints(&nodes[1], w + n0);
+            for (uint32_t i = 0; i < x.i1.len; i++)
+                CHECK_EQ_INT(w[i], DJN_VEC_AT(&x.i1, int64_t, i));
+        }
+    }
+    djn_msg_free(&m);
+    /* binds that would be 0, runs that do not cover the template */
+    runs[0] = (djn_sym_run_t){2, -0x100};
+    g.nbinds_d = 1;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    const djn_node_t *nodes;
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_STR(err, "GRAPH: 'binds' must hold non-zero handles");
+    djn_msg_free(&m);
+    runs[0] = (djn_sym_run_t){3, 0};
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_STR(err, "GRAPH_CACHED: 'binds_d' must cover the template's 2 binds");
+    djn_msg_free(&m);
+    /* another template: a miss */
+    runs[0] = (djn_sym_run_t){2, 0};
+    g.tpl = tp->digest ^ 1;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_ERR_EVICTED);
+    CHECK_HAS(err, "plan cache miss");
+    djn_msg_free(&m);
+    s_fix_free(&x);
+}
+
+/* The decoder's checks on the new fields, and the nil run. */
+static djn_status_t s_body(int which, char *err, size_t errlen) {
+    djn_buf_t b = {0};
+    djn_enc_map(&b, 4);
+    djn_enc_cstr(&b, "type");
+    djn_enc_uint(&b, DJN_MSG_GRAPH_CACHED);
+    djn_enc_cstr(&b, "sid");
+    djn_enc_uint(&b, 1);
+    djn_enc_cstr(&b, "seq");
+    djn_enc_uint(&b, 1);
+    djn_enc_cstr(&b, "body");
+    bool tpl = which != 0 && which != 4;
+    djn_enc_map(&b, which == 7 ? 3 : tpl || which == 0 ? 2 : 1);
+    if (tpl) {
+        djn_enc_cstr(&b, "tpl");
+        djn_enc_uint(&b, 1);
+    }
+    switch (which) {
+    case 0: /* tpl 0 */
+        djn_enc_cstr(&b, "tpl");
+        djn_enc_uint(&b, 0);
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 0);
+        break;
+    case 1: /* odd length */
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 1);
+        djn_enc_uint(&b, 1);
+        break;
+    case 2: /* a gap of 0 */
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 0);
+        djn_enc_int(&b, 1);
+        break;
+    case 3: /* a negative gap */
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 4);
+        djn_enc_uint(&b, 1);
+        djn_enc_int(&b, 1);
+        djn_enc_int(&b, -1);
+        djn_enc_int(&b, 1);
+        break;
+    case 4: /* no tpl */
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 1);
+        djn_enc_int(&b, 1);
+        break;
+    case 5: /* nil in the first run */
+        djn_enc_cstr(&b, "binds_d");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 1);
+        djn_enc_nil(&b);
+        break;
+    case 6: /* a count of 0 */
+        djn_enc_cstr(&b, "frees_d");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 0);
+        djn_enc_int(&b, 0);
+        break;
+    case 7: /* both */
+        djn_enc_cstr(&b, "binds_d");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 1);
+        djn_enc_int(&b, 0);
+        djn_enc_cstr(&b, "binds");
+        djn_enc_array(&b, 0);
+        break;
+    case 8: /* sizes without handles */
+        djn_enc_cstr(&b, "allocs_n");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, 1);
+        djn_enc_int(&b, 1);
+        break;
+    case 9: /* a position past 2^32 - 1 */
+        djn_enc_cstr(&b, "patch");
+        djn_enc_array(&b, 2);
+        djn_enc_uint(&b, (1ull << 32) + 1);
+        djn_enc_int(&b, 1);
+        break;
+    }
+    djn_msg_t *m = NULL;
+    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, errlen);
+    djn_msg_free(&m);
+    djn_buf_release(&b);
+    return st;
+}
+
+static void test_decode_fields(void) {
+    const char *words[] = {
+        "GRAPH: 'tpl' must be a non-zero integer",
+        "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
+        "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
+        "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
+        "GRAPH: 'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'",
+        "GRAPH: 'binds_d' must be [count, delta] integer pairs with counts >= 1",
+        "GRAPH: 'frees_d' must be [count, delta] integer pairs with counts >= 1",
+        "GRAPH: 'binds' and 'binds_d' exclude each other",
+        "GRAPH: 'allocs_n' needs 'allocs_d'",
+        "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
+    };
+    for (int i = 0; i < (int)(sizeof words / sizeof words[0]); i++) {
+        char err[256] = {0};
+        CHECK(s_body(i, err, sizeof err) == DJN_ERR_PROTO);
+        CHECK_STR(err, words[i]);
+    }
+    /* the nil run: decoded as the delta two runs before */
+    djn_sym_run_t runs[4] = {{1, 0}, {2, 1000}, {3, 0}, {4, 1000}};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.tpl = 7;
+    g.has_frees_d = true;
+    g.frees_d = runs;
+    g.nfrees_d = 4;
+    djn_msg_t *m = NULL;
+    char err[256];
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m) {
+        CHECK_EQ_INT(m->u.graph.nfrees_d, 4);
+        CHECK_EQ_INT(m->u.graph.frees_d[3].delta, 1000);
+        CHECK_EQ_INT(m->u.graph.frees_d[2].delta, 0);
+        CHECK_EQ_INT(m->u.graph.frees_d[3].count, 4);
+    }
+    djn_msg_free(&m);
+}
+
+/* 'pal' + 'pat' / 'pid': the pattern is kept by the entry and named by its hash. */
+static void test_bind_by_pattern(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 9);
+    if (!x.e) {
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(x.e);
+    /* the integer deltas as classes, then bind 1 (position nints + 0 allocs + 1) */
+    djn_sym_patch_t pat[64];
+    int64_t pal[64];
+    uint32_t np = 0, ncls = 0;
+    for (uint32_t i = 0; i < x.i0.len; i++) {
+        int64_t d = DJN_VEC_AT(&x.i1, int64_t, i) - DJN_VEC_AT(&x.i0, int64_t, i);
+        if (!d)
+            continue;
+        uint32_t k = 0;
+        while (k < ncls && pal[k] != d)
+            k++;
+        if (k == ncls)
+            pal[ncls++] = d;
+        pat[np++] = (djn_sym_patch_t){i, k};
+    }
+    pal[ncls] = 0x40;
+    pat[np++] = (djn_sym_patch_t){(uint32_t)x.i0.len + 1, ncls++};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.fp[0] = x.fp[0];
+    g.fp[1] = x.fp[1];
+    g.tpl = tp->digest;
+    g.pal = pal;
+    g.npal = ncls;
+    g.has_pat = true;
+    g.pat = pat;
+    g.npat = np;
+    uint64_t pid = djn_sym_pattern_hash(pat, np);
+    char err[256] = {0};
+    const djn_node_t *nodes = NULL;
+    for (int round = 0; round < 3; round++) {
+        djn_msg_t *m = NULL;
+        if (round == 1) { /* the kept pattern, named */
+            g.has_pat = false;
+            g.pid = pid;
+        }
+        if (round == 2)
+            g.pid = pid ^ 1; /* not the kept one: a miss */
+        CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+        if (!m)
+            continue;
+        djn_status_t st = djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err);
+        if (round == 2) {
+            CHECK(st == DJN_ERR_EVICTED);
+            CHECK_HAS(err, "holds no pattern");
+        } else {
+            CHECK(st == DJN_OK);
+            CHECK_EQ_INT(m->u.graph.nbinds, 2);
+            if (m->u.graph.nbinds == 2) {
+                CHECK_EQ_INT(m->u.graph.binds[0], 0x100);
+                CHECK_EQ_INT(m->u.graph.binds[1], 0x240);
+            }
+            int64_t w[64];
+            if (nodes && st == DJN_OK) {
+                uint32_t n0 = djn_sym_node_ints(&nodes[0], w);
+                djn_sym_node_ints(&nodes[1], w + n0);
+                for (uint32_t i = 0; i < x.i1.len; i++)
+                    CHECK_EQ_INT(w[i], DJN_VEC_AT(&x.i1, int64_t, i));
+            }
+        }
+        djn_msg_free(&m);
+    }
+    /* a pattern past the template's values, and classes the palette does not have */
+    g.has_pat = true;
+    pat[np - 1].pos = (uint32_t)x.i0.len + 2;
+    djn_msg_t *m = NULL;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, x.e, &nodes, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_HAS(err, "'pat' names value 28 but the template has 28");
+    djn_msg_free(&m);
+    pat[np - 1].pos = (uint32_t)x.i0.len + 1;
+    g.npal = ncls - 1;
+    err[0] = 0;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_STR(err, "GRAPH: 'pat' names a class 'pal' does not have");
+    djn_msg_free(&m);
+    s_fix_free(&x);
+}
+
+static void test_runs_roundtrip(void) {
+    uint64_t tpl[6] = {10, 20, 30, 40, 50, 60}, cur[6] = {10, 120, 130, 40, 150, 61}, out[6];
+    djn_vec_t runs = DJN_VEC(djn_sym_run_t);
+    CHECK(djn_sym_runs(tpl, cur, 6, &runs));
+    CHECK_EQ_INT(runs.len, 5);
+    CHECK(djn_sym_expand(tpl, 6, runs.data, (uint32_t)runs.len, out));
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ_INT(out[i], cur[i]);
+    djn_sym_run_t shortr = {5, 0}, longr[2] = {{5, 0}, {2, 0}};
+    CHECK(!djn_sym_expand(tpl, 6, &shortr, 1, out));
+    CHECK(!djn_sym_expand(tpl, 6, longr, 2, out));
+    djn_sym_run_t huge = {UINT64_MAX, 0};
+    CHECK(!djn_sym_expand(tpl, 6, &huge, 1, out));
+    djn_vec_release(&runs);
 }
 
 int main(void) {
@@ -591,5 +1181,13 @@ int main(void) {
     RUN(test_insert_fault_injection);
     RUN(test_owner_accounting);
     RUN(test_owner_fault_injection);
+    RUN(test_scan_matches_walk);
+    RUN(test_skeleton_fingerprint);
+    RUN(test_patch_applies);
+    RUN(test_hostile_patches);
+    RUN(test_bind_template);
+    RUN(test_decode_fields);
+    RUN(test_bind_by_pattern);
+    RUN(test_runs_roundtrip);
     return djn_test_report();
 }
