@@ -35,6 +35,9 @@ typedef struct djn_server_cfg {
     bool inline_small;                    /* run tiny cached fragments on the transport thread */
     bool remove_ipc_dir;                  /* embedded: remove the ipc socket's directory at exit */
     const char *keys_dir;                 /* CURVE keys (djn_auth.h); NULL: none */
+    const char *realtime_tenants;         /* "alice,bob": may claim realtime; NULL: none */
+    uint32_t qos_age_passes;              /* djn_sched_set_aging */
+    uint64_t qos_age_ns;
     bool verbose;
 } djn_server_cfg_t;
 

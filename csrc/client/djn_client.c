@@ -31,6 +31,7 @@
 #include "djn_cert.h"
 #include "djn_fcache.h"
 #include "djn_heartbeat.h"
+#include "djn_hostmem.h"
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_spawn.h"
@@ -53,6 +54,9 @@ struct djn_client {
     uint32_t max_nodes;
     uint64_t text_min; /* uploads this large are content-addressed (DJINN_TEXT_MIN_BYTES) */
     bool plan_cache;   /* send GRAPH_CACHED for fragments the server holds (DJINN_PLAN_CACHE) */
+    uint8_t qos;      /* DJN_QOS_*: the class asked for the fragments sent (DJINN_QOS, djinn.qos) */
+    bool qos_by_api;  /* djn_client_set_qos was called: DJINN_QOS no longer applies */
+    char qos_bad[64]; /* an unknown DJINN_QOS value, reported at connect */
 
     /* connection and session */
     bool connected, forked, broken;
@@ -562,6 +566,51 @@ static void s_read_config(djn_client_t *c) {
     c->max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
     c->text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
     c->plan_cache = s_env_int("DJINN_PLAN_CACHE", 1) != 0;
+    const char *q = getenv("DJINN_QOS");
+    c->qos_bad[0] = 0;
+    if (!c->qos_by_api && q && *q) {
+        int v = djn_client_qos_parse(q);
+        if (v < 0)
+            snprintf(c->qos_bad, sizeof c->qos_bad, "%.40s", q);
+        else
+            c->qos = (uint8_t)v;
+    }
+}
+
+int djn_client_qos_parse(const char *name) {
+    static const char *names[] = {"auto", "realtime", "interactive", "batch"};
+    for (int i = 0; i <= DJN_QOS_MAX; i++)
+        if (!strcmp(name, names[i]))
+            return i;
+    return -1;
+}
+
+static djn_status_t s_flush_locked(djn_client_t *c, bool wait, const djn_fetch_t *fetch,
+                                   s_resp_t *out);
+
+djn_status_t djn_client_set_qos(djn_client_t *c, int qos) {
+    if (qos < 0 || qos > DJN_QOS_MAX)
+        return s_fail(DJN_ERR_ARGS, "djinn: qos must be 'auto', 'realtime', 'interactive' or "
+                                    "'batch'");
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = DJN_OK;
+    /* the nodes recorded so far were asked for in the old class: they go in it */
+    if (c->connected && qos != c->qos && !djn_rec_empty(c->rec))
+        st = s_flush_locked(c, false, NULL, NULL);
+    c->qos = (uint8_t)qos;
+    c->qos_by_api = true;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+int djn_client_qos(djn_client_t *c) {
+    pthread_mutex_lock(&c->mu);
+    const char *env = getenv("DJINN_QOS");
+    int q = !c->qos_by_api && env && *env && djn_client_qos_parse(env) >= 0
+                ? djn_client_qos_parse(env)
+                : c->qos;
+    pthread_mutex_unlock(&c->mu);
+    return q;
 }
 
 /* CURVE keys for a remote server: DJINN_CLIENT_CERT (this client's keypair, a
@@ -640,6 +689,11 @@ static djn_status_t s_connect_locked(djn_client_t *c) {
         c->broken = false;
     }
     s_read_config(c);
+    if (c->qos_bad[0])
+        return s_fail(DJN_ERR_ARGS,
+                      "djinn: DJINN_QOS must be 'auto', 'realtime', 'interactive' or 'batch', "
+                      "got '%s'",
+                      c->qos_bad);
     djn_rec_set_max_nodes(c->rec, c->max_nodes);
     const char *ep = getenv("DJINN_SERVER");
     char err[512];
@@ -938,6 +992,7 @@ static djn_status_t s_flush_locked(djn_client_t *c, bool wait, const djn_fetch_t
     djn_graph_req_t g;
     if (djn_rec_seal(c->rec, fetch, &g) != DJN_OK)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory sealing a fragment");
+    g.qos = c->qos;
     /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
      * nodes. Only for flushes we wait on and without uploads, so that an eviction can
      * be answered by sending the full GRAPH right away. */
@@ -1047,6 +1102,23 @@ djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const 
     }
     pthread_mutex_unlock(&c->mu);
     return st;
+}
+
+djn_status_t djn_client_check_host(uint64_t nbytes) {
+    if (nbytes < DJN_CLIENT_HOST_CHECK_MIN)
+        return DJN_OK;
+    const char *what = NULL;
+    uint64_t usable = djn_hostmem_usable(&what);
+    uint64_t need = nbytes > UINT64_MAX / 2 ? UINT64_MAX : 2 * nbytes; /* frame + tensor */
+    if (need <= usable)
+        return DJN_OK;
+    return s_fail(DJN_ERR_OOM,
+                  "djinn: materialising %llu bytes of a remote tensor on this host needs about "
+                  "%llu bytes (the received frame and the CPU tensor) but this process can use "
+                  "%llu more (%s); keep the tensor on 'remote', or bring a slice or a reduction "
+                  "of it to the CPU",
+                  (unsigned long long)nbytes, (unsigned long long)need, (unsigned long long)usable,
+                  what);
 }
 
 djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,

@@ -251,6 +251,25 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
         g->nfetches = v->len;
         g->fetches = fetches;
     }
+    if ((v = djn_value_get(body, "qos")) != NULL) {
+        if (!s_uint(v, &u) || u > DJN_QOS_MAX)
+            return s_bad(p, "'qos' must be 0 (auto), 1 (realtime), 2 (interactive) or 3 (batch)");
+        g->qos = (uint8_t)u;
+    }
+    if ((v = djn_value_get(body, "phase")) != NULL) {
+        if (!s_uint(v, &u) || u > DJN_PHASE_MAX)
+            return s_bad(p, "'phase' must be 0 (none), 1 (prefill), 2 (decode) or 3 (training)");
+        g->phase = (uint8_t)u;
+    }
+    if ((v = djn_value_get(body, "life")) != NULL) {
+        uint64_t kept, transient;
+        if (!s_list(v) || v->len != 2 || !s_uint(&v->u.items[0], &kept) ||
+            !s_uint(&v->u.items[1], &transient) || kept > DJN_MAX_NODES ||
+            transient > DJN_MAX_NODES - kept)
+            return s_bad(p, "'life' must be [kept, transient] node counts");
+        g->life_kept = (uint32_t)kept;
+        g->life_transient = (uint32_t)transient;
+    }
     return DJN_OK;
 }
 
@@ -408,8 +427,9 @@ void djn_node_encode(djn_buf_t *b, const djn_node_t *n) {
 
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r) {
     bool nodes = hdr->type != DJN_MSG_GRAPH_CACHED;
+    bool sem = r->qos || r->phase || r->life_kept || r->life_transient;
     s_header(b, hdr);
-    djn_enc_map(b, nodes ? 9 : 8);
+    djn_enc_map(b, (nodes ? 9 : 8) + (sem ? 3 : 0));
     s_kv_uint(b, "dev", r->device);
     djn_enc_cstr(b, "seed");
     if (r->seed >= 0)
@@ -462,6 +482,14 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
     djn_enc_array(b, 2);
     djn_enc_uint(b, r->fp[0]);
     djn_enc_uint(b, r->fp[1]);
+    if (sem) {
+        s_kv_uint(b, "qos", r->qos);
+        s_kv_uint(b, "phase", r->phase);
+        djn_enc_cstr(b, "life");
+        djn_enc_array(b, 2);
+        djn_enc_uint(b, r->life_kept);
+        djn_enc_uint(b, r->life_transient);
+    }
 }
 
 void djn_have_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_req_t *r) {
