@@ -102,7 +102,8 @@ class Conn:
 def start_server():
     r, w = os.pipe()
     p = subprocess.Popen(
-        [SERVER_BIN, "--listen", "tcp://127.0.0.1:0", "--device", "cpu", "--announce-fd", str(w)],
+        [SERVER_BIN, "--listen", "tcp://127.0.0.1:0", "--device", "cpu", "--lease-ms", "0"]
+        + ["--announce-fd", str(w)],
         pass_fds=(w,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
