@@ -187,30 +187,48 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
     return peak;
 }
 
-/* Step 2b: the results this fragment declares and keeps (allocations it does not also
- * free, still without storage) end in the Data segment whatever the slab plan does, so
- * a fragment whose kept results cannot fit the segment's free bytes now is refused
- * before any node runs, rather than failing halfway with the earlier nodes' writes done.
- * Blocks are rounded as the heap rounds them. Free bytes are not one block: a
- * fragmented segment can still fail later, with the usual out-of-memory error. */
+/* Step 2b: the results this fragment declares, writes and keeps (allocations a node
+ * writes and the message does not also free, still without storage) end in the Data segment
+ * whatever the slab plan does, so a fragment whose kept results cannot fit the segment's free bytes
+ * now is refused before any node runs, rather than failing halfway with the earlier nodes' writes
+ * done. Blocks are rounded as the heap rounds them. Free bytes are not one block: a fragmented
+ * segment can still fail later, with the usual out-of-memory error. */
+static void s_mark_written(const djn_graph_req_t *g, const djn_value_t *v, djn_map_t *w,
+                           int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_TENSOR && v->u.t->handle < g->nbinds)
+        djn_map_put(w, g->binds[v->u.t->handle], 1);
+    else if (v->kind == DJN_V_LIST)
+        for (uint32_t k = 0; k < v->len; k++)
+            s_mark_written(g, &v->u.items[k], w, depth + 1);
+}
+
 static djn_status_t s_fits_data(const djn_frag_env_t *env, const djn_frag_in_t *in,
-                                djn_frag_out_t *out) {
+                                const djn_node_t *nodes, uint32_t nnodes, djn_frag_out_t *out) {
     const djn_graph_req_t *g = in->g;
-    if (!g->nallocs)
+    if (!g->nallocs || !nnodes)
         return DJN_OK;
-    djn_map_t freed = {0};
+    djn_map_t freed = {0}, written = {0};
     for (uint32_t i = 0; i < g->nfrees; i++)
         djn_map_put(&freed, g->frees[i], 1);
+    /* only what a node writes takes memory: a declared, never-written handle reads as
+     * zeros without storage (a map OOM only forgets handles: the check is then weaker) */
+    for (uint32_t i = 0; i < nnodes; i++)
+        for (uint32_t a = 0; a < nodes[i].nouts; a++)
+            s_mark_written(g, &nodes[i].outs[a], &written, 0);
     uint64_t need = 0;
     for (uint32_t i = 0; i < g->nallocs; i++) {
         const djn_alloc_t *a = &g->allocs[i];
-        if (djn_map_get(&freed, a->handle, NULL) || !djn_session_is_lazy(in->sess, a->handle))
+        if (djn_map_get(&freed, a->handle, NULL) || !djn_map_get(&written, a->handle, NULL) ||
+            !djn_session_is_lazy(in->sess, a->handle))
             continue;
         uint64_t n = a->nbytes > UINT64_MAX - 255 ? UINT64_MAX - 255 : a->nbytes;
         n = (n + 255) & ~(uint64_t)255;
         need = need > UINT64_MAX - n ? UINT64_MAX : need + n;
     }
     djn_map_release(&freed);
+    djn_map_release(&written);
     uint64_t cap = 0, free_bytes = djn_vmu_data_free(env->vmu, &cap);
     if (need <= free_bytes)
         return DJN_OK;
@@ -463,7 +481,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     if (st == DJN_OK)
         st = s_uploads(env, in, out); /* 2 */
     if (st == DJN_OK && env->vmu)
-        st = s_fits_data(env, in, out); /* 2b */
+        st = s_fits_data(env, in, nodes, nnodes, out); /* 2b */
     bool planned = false;
     uint64_t peak = 0;
     uint64_t t0 = s_now_ns();
