@@ -68,6 +68,44 @@ from .models import from_pretrained  # noqa: E402
 
 models._install_hook()
 
+QOS_CLASSES = ("auto", "realtime", "interactive", "batch")
+
+
+class qos:  # noqa: N801 - used like torch.no_grad
+    """Run the work of a block in a QoS class: ``with djinn.qos('interactive'): ...``.
+
+    ``'interactive'`` fragments go before ``'batch'`` ones on a busy device, and a long
+    batch fragment pauses between its nodes to let them run; ``'realtime'`` goes first of
+    all, for keys the server allows (others get ``RemoteError`` naming the class).
+    ``'auto'`` (the default, or ``DJINN_QOS``) lets the server decide from the work: decode
+    steps interactive, prefill, training and bulk transfers batch. The class is the
+    process's (all threads); the block's end restores the previous one. Work recorded
+    before the block keeps its class: it is sent first.
+    """
+
+    def __init__(self, name):
+        if name not in QOS_CLASSES:
+            raise ValueError(
+                f"djinn.qos: the class must be one of {', '.join(QOS_CLASSES)}, got {name!r}"
+            )
+        self.name = name
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(_C._qos())
+        _C._set_qos(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        _C._set_qos(self._prev.pop())
+        return False
+
+
+def current_qos():
+    """The QoS class fragments are sent in now (``'auto'`` unless set)."""
+    return _C._qos()
+
+
 __all__ = [
     "RemoteError",
     "SessionLost",
@@ -81,4 +119,6 @@ __all__ = [
     "reset_bytes_moved",
     "from_pretrained",
     "models",
+    "qos",
+    "current_qos",
 ]

@@ -137,7 +137,12 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
     uint64_t seq;
     if (djn_msg_decode(frames[0].p, frames[0].n, nframes - 1, &m, &seq, err, sizeof err) != DJN_OK)
         return;
-    djn_frag_env_t env = {g.exec, g.vmu, 0, g.text, g.tlb, 1u << 24};
+    djn_frag_env_t env = {.exec = g.exec,
+                          .vmu = g.vmu,
+                          .device = 0,
+                          .text = g.text,
+                          .tlb = g.tlb,
+                          .max_tensor_bytes = 1u << 24};
     djn_blob_t blobs[8];
     for (uint32_t i = 1; i < nframes; i++)
         blobs[i - 1] = (djn_blob_t){frames[i].p, frames[i].n};
@@ -221,8 +226,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     djn_sessions_stats_t ss;
     djn_sessions_stats(g.sessions, &ss);
     if (ss.handles || ss.bytes || ts.entries || ts.refs || vs.data.used || vs.slab_live) {
-        fprintf(stderr, "leak: %llu handles, %llu session bytes, text %llu entries %llu refs, "
-                        "data %llu bytes, %llu slab blocks\n",
+        fprintf(stderr,
+                "leak: %llu handles, %llu session bytes, text %llu entries %llu refs, "
+                "data %llu bytes, %llu slab blocks\n",
                 (unsigned long long)ss.handles, (unsigned long long)ss.bytes,
                 (unsigned long long)ts.entries, (unsigned long long)ts.refs,
                 (unsigned long long)vs.data.used, (unsigned long long)vs.slab_live);

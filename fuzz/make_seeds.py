@@ -4,6 +4,7 @@ Runs a mix of workloads on 'remote' with DJINN_RECORD_DIR set (the client writes
 request in the server fuzzer's framing), then keeps a bounded, de-duplicated set:
 fuzz/corpus/server gets whole framed messages, fuzz/corpus/decode their header frames.
 """
+
 import hashlib
 import os
 import shutil
@@ -94,6 +95,39 @@ def _pattern_conversation():
     return _frame(hdr(3, 1, graph), [x4]) + _frame(hdr(4, 2, cached), [x2])
 
 
+def semantic_seeds():
+    """Hand-built GRAPHs with the semantic fields (qos, phase, life), valid and edge values:
+    the recorded workload sends auto-class fragments only."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from djinn._C import _proto
+
+    k = _proto.constants
+    out = []
+    for qos, phase, life in ((1, 2, [1, 0]), (3, 1, [3, 65533]), (2, 3, [0, 0])):
+        body = {
+            "dev": 0,
+            "binds": [1 << 44],
+            "allocs": [[1 << 44, 16]],
+            "uploads": [[1 << 44, 1]],
+            "fetch": [[1 << 44, 0, 16]],
+            "qos": qos,
+            "phase": phase,
+            "life": life,
+        }
+        hdr = _proto.encode(k["GRAPH"], 1, 1, body)
+        frame = bytes(16)
+        out.append(bytes([1, len(hdr) & 0xFF, len(hdr) >> 8]) + hdr + bytes([16, 0]) + frame)
+    return out
+
+
+def write_semantic_seeds(root):
+    for data in semantic_seeds():
+        h = hashlib.sha256(data).hexdigest()
+        open(os.path.join(root, "corpus", "server", h[:16]), "wb").write(data)
+        hlen = data[1] | data[2] << 8
+        open(os.path.join(root, "corpus", "decode", h[:16]), "wb").write(data[3 : 3 + hlen])
+
+
 def main():
     root = os.path.dirname(os.path.abspath(__file__))
     rec = tempfile.mkdtemp(prefix="djinn-rec-")
@@ -128,7 +162,8 @@ def main():
         hlen = data[1] | data[2] << 8
         open(os.path.join(root, "corpus", "decode", f"template-{i}"), "wb").write(data[3 : 3 + hlen])
     n = _load_model_seeds(root)
-    print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, {n} LOAD_MODEL seeds")
+    write_semantic_seeds(root)
+    print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, {n} LOAD_MODEL seeds, semantic seeds")
 
 
 def _load_model_seeds(root):

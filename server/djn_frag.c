@@ -4,11 +4,17 @@
  *   1. declare: each alloc becomes a lazy handle (no memory until first use);
  *   2. uploads: each data frame becomes a storage; Text uploads are hashed by the server
  *      itself and deduplicated against the shared segment;
+ *   2b. fit (devices with a VMU): the results the fragment keeps must fit the Data
+ *      segment's free bytes, or the fragment is refused before any node runs;
  *   3. plan (devices with a VMU): the intermediates (handles declared and freed by this
  *      message) get slab offsets from their lifetimes over the nodes (djn_plan); a plan
  *      cache hit reuses the cached fragment's plan when its slots are intermediates
  *      again; a plan that does not fit the slab refuses the fragment before any node runs;
- *   4. nodes, in order, stopping at the first failure;
+ *   4. nodes, in order, stopping at the first failure; between two nodes, when the
+ *      worker says better-class work of another session waits (env->urgent_fn), that
+ *      work runs nested (env->yield_fn) with this fragment paused: its session stays
+ *      locked, its random state is saved first, and the nested fragments never plan into
+ *      or reset the slab (env->nested), so the paused plan's region is untouched;
  *   5. poison: the outputs of the failed node and of every node after it read as an
  *      error naming the cause, never as zeros or half-written bytes;
  *   6. copy-out: results the client still holds that sit in the slab move to Data;
@@ -180,6 +186,59 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
     djn_vec_release(&w.use_t);
     djn_vec_release(&w.use_n);
     return peak;
+}
+
+/* Step 2b: the results this fragment declares, writes and keeps (allocations a node
+ * writes and the message does not also free, still without storage) end in the Data segment
+ * whatever the slab plan does, so a fragment whose kept results cannot fit the segment's free bytes
+ * now is refused before any node runs, rather than failing halfway with the earlier nodes' writes
+ * done. Blocks are rounded as the heap rounds them. Free bytes are not one block: a fragmented
+ * segment can still fail later, with the usual out-of-memory error. */
+static void s_mark_written(const djn_graph_req_t *g, const djn_value_t *v, djn_map_t *w,
+                           int depth) {
+    if (depth > DJN_MAX_DEPTH)
+        return;
+    if (v->kind == DJN_V_TENSOR && v->u.t->handle < g->nbinds)
+        djn_map_put(w, g->binds[v->u.t->handle], 1);
+    else if (v->kind == DJN_V_LIST)
+        for (uint32_t k = 0; k < v->len; k++)
+            s_mark_written(g, &v->u.items[k], w, depth + 1);
+}
+
+static djn_status_t s_fits_data(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                                const djn_node_t *nodes, uint32_t nnodes, djn_frag_out_t *out) {
+    const djn_graph_req_t *g = in->g;
+    if (!g->nallocs || !nnodes)
+        return DJN_OK;
+    djn_map_t freed = {0}, written = {0};
+    for (uint32_t i = 0; i < g->nfrees; i++)
+        djn_map_put(&freed, g->frees[i], 1);
+    /* only what a node writes takes memory: a declared, never-written handle reads as
+     * zeros without storage (a map OOM only forgets handles: the check is then weaker) */
+    for (uint32_t i = 0; i < nnodes; i++)
+        for (uint32_t a = 0; a < nodes[i].nouts; a++)
+            s_mark_written(g, &nodes[i].outs[a], &written, 0);
+    uint64_t need = 0;
+    for (uint32_t i = 0; i < g->nallocs; i++) {
+        const djn_alloc_t *a = &g->allocs[i];
+        if (djn_map_get(&freed, a->handle, NULL) || !djn_map_get(&written, a->handle, NULL) ||
+            !djn_session_is_lazy(in->sess, a->handle))
+            continue;
+        uint64_t n = a->nbytes > UINT64_MAX - 255 ? UINT64_MAX - 255 : a->nbytes;
+        n = (n + 255) & ~(uint64_t)255;
+        need = need > UINT64_MAX - n ? UINT64_MAX : need + n;
+    }
+    djn_map_release(&freed);
+    djn_map_release(&written);
+    uint64_t cap = 0, free_bytes = djn_vmu_data_free(env->vmu, &cap);
+    if (need <= free_bytes)
+        return DJN_OK;
+    snprintf(out->err, sizeof out->err,
+             "out of memory: this fragment's results need %" PRIu64 " bytes of the Data "
+             "segment but %" PRIu64 " of its %" PRIu64 " bytes are free; free tensors you no "
+             "longer need, split the work, or start djinn-server with a larger --data-bytes",
+             need, free_bytes, cap);
+    return DJN_ERR_OOM;
 }
 
 /* A plan-cache hit reuses the fragment's slab plan when it still holds: every planned
@@ -426,10 +485,12 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     djn_status_t st = s_declare(env, in, out); /* 1 */
     if (st == DJN_OK)
         st = s_uploads(env, in, out); /* 2 */
+    if (st == DJN_OK && env->vmu)
+        st = s_fits_data(env, in, nodes, nnodes, out); /* 2b */
     bool planned = false;
     uint64_t peak = 0;
     uint64_t t0 = s_now_ns();
-    if (st == DJN_OK && env->vmu) { /* 3 */
+    if (st == DJN_OK && env->vmu && !env->nested) { /* 3 */
         uint64_t too_big = 0;
         if (!(in->cached && s_reuse_plan(g, in->cached, &place, &peak)))
             peak = s_plan(env, g, nodes, nnodes, &place, &too_big);
@@ -452,6 +513,10 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     out->plan_ns = t1 - t0;
     for (uint32_t i = 0; st == DJN_OK && i < nnodes; i++) { /* 4 */
         const djn_node_t *n = &nodes[i];
+        if (i && env->yield_fn && env->urgent_fn(env->yield_ctx)) { /* 4a: preemption */
+            out->rng |= djn_exec_rng_exit(env->exec, &xe);          /* re-entered lazily after */
+            env->yield_fn(env->yield_ctx);
+        }
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
         djn_crash_note(n->op, n->overload, djn_session_id(s), djn_session_peer(s)->tenant);
         st =
@@ -471,7 +536,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         for (uint32_t i = from; i < nnodes; i++)
             s_poison_node(s, g, &nodes[i], out->err, out->bad_node == (int64_t)i);
     }
-    out->rng = djn_exec_rng_exit(env->exec, &xe);
+    out->rng |= djn_exec_rng_exit(env->exec, &xe);
     if (planned) { /* 6: what the client still holds leaves the slab before it is reset */
         uint64_t moved = 0;
         djn_map_t freed = {0};

@@ -31,6 +31,17 @@ typedef struct djn_frag_env {
     djn_text_t *text;
     djn_tlb_t *tlb;
     uint64_t max_tensor_bytes;
+    /* Preemption at node boundaries (NULL: never). Between two nodes, when urgent_fn
+     * says better-class work waits, the runtime saves the session's random state and
+     * calls yield_fn, which runs that work nested on this thread and returns; then the
+     * next node runs. */
+    bool (*urgent_fn)(void *ctx);
+    void (*yield_fn)(void *ctx);
+    void *yield_ctx;
+    /* A nested run (inside another fragment's yield_fn): it must not touch the stack
+     * slab, which holds the paused fragment's planned activations: no plan, no slab
+     * reset, every allocation in the Data segment. */
+    bool nested;
 } djn_frag_env_t;
 
 typedef struct djn_blob {

@@ -1,23 +1,67 @@
-/* djn_sched.c: one FIFO per device under one mutex, a condition variable per device.
- * The lock is held for a few pointer moves; a worker waits on its own condition. */
+/* djn_sched.c: per device, one FIFO per QoS class under one mutex, a condition variable
+ * per device. The lock is held for a few pointer moves and, at worst, a walk of the
+ * queued items of one device (bounded by --session-max-queued times the sessions).
+ *
+ * Choosing the next item of a device (s_pick), under the lock:
+ *   1. the candidate is the head of the best non-empty class;
+ *   2. aging: a head of a worse class that was passed over `age_passes` times or waited
+ *      `age_ns` goes instead (the longest-waiting such head); every worse head that is
+ *      passed over counts one more pass. So a batch item waits at most age_passes picks
+ *      or age_ns, whatever arrives: batch never starves;
+ *   3. order: if the candidate's owner (its session) has an older item queued in another
+ *      class, that oldest item goes instead: a session's fragments run in the order sent,
+ *      so an interactive fragment behind its own batch fragment lifts that one (priority
+ *      inheritance) rather than overtaking it and reading results not yet written;
+ *   4. the chosen item is unlinked (from the middle of its list, for step 3).
+ * Preemption (djn_sched_pop_urgent): the worker of a long item asks between nodes for a
+ * queued item of a strictly better class whose owner has nothing older queued and is
+ * not the running item's owner; the worker runs it nested and then resumes. A lock-free
+ * count of queued items per class makes the question nearly free when nothing waits.
+ *
+ * Invariants: depth == the sum of the class lists' lengths; waiting[c] == the length of
+ * list c; per owner, the items of the lists are taken in increasing seq.
+ *
+ * Rejected: one queue sorted by a priority number (a heap): a session's order would
+ * need the same inheritance walk anyway, and three FIFOs keep push O(1); strict priority
+ * without aging: a tenant decoding without pause would starve every batch tenant;
+ * preempting inside a node (signals, killing kernels): a node is the unit ATen runs, so
+ * node boundaries are where a fragment can be paused with its state consistent. */
 #include "djn_sched.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "djn_mem.h"
 
 typedef struct {
     djn_sched_item_t *head, *tail;
+} s_list_t;
+
+typedef struct {
+    uint32_t wait_us[DJN_SCHED_SAMPLES], run_us[DJN_SCHED_SAMPLES];
+    uint64_t count; /* samples ever noted; the ring holds the last DJN_SCHED_SAMPLES */
+} s_lat_t;
+
+typedef struct {
+    s_list_t cls[DJN_SCHED_NCLASS];
+    _Atomic uint32_t waiting[DJN_SCHED_NCLASS];
     uint32_t depth;
+    uint64_t next_seq;
     bool running, claimed;
     pthread_cond_t cv;
+    _Atomic uint64_t preemptions;
+    s_lat_t lat[DJN_SCHED_NCLASS];
 } s_queue_t;
 
 struct djn_sched {
     pthread_mutex_t mu;
     bool stop;
     uint32_t n;
+    uint32_t age_passes;
+    uint64_t age_ns;
     s_queue_t *q;
 };
 
@@ -37,6 +81,8 @@ djn_sched_t *djn_sched_new(uint32_t ndevices) {
         return NULL;
     }
     s->n = ndevices;
+    s->age_passes = DJN_SCHED_AGE_PASSES;
+    s->age_ns = DJN_SCHED_AGE_NS;
     pthread_mutex_init(&s->mu, NULL);
     for (uint32_t i = 0; i < ndevices; i++)
         pthread_cond_init(&s->q[i].cv, NULL);
@@ -55,39 +101,105 @@ void djn_sched_destroy(djn_sched_t **self_p) {
     *self_p = NULL;
 }
 
+void djn_sched_set_aging(djn_sched_t *s, uint32_t passes, uint64_t ns) {
+    pthread_mutex_lock(&s->mu);
+    s->age_passes = passes;
+    s->age_ns = ns;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void djn_sched_push(djn_sched_t *s, uint32_t dev, djn_sched_item_t *it) {
     it->next = NULL;
     it->enq_ns = s_now_ns();
+    it->passed = 0;
+    if (it->cls >= DJN_SCHED_NCLASS)
+        it->cls = DJN_SCHED_BATCH;
     pthread_mutex_lock(&s->mu);
     s_queue_t *q = &s->q[dev];
-    if (q->tail)
-        q->tail->next = it;
+    it->seq = q->next_seq++;
+    s_list_t *l = &q->cls[it->cls];
+    if (l->tail)
+        l->tail->next = it;
     else
-        q->head = it;
-    q->tail = it;
+        l->head = it;
+    l->tail = it;
     q->depth++;
+    atomic_fetch_add(&q->waiting[it->cls], 1);
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&s->mu);
 }
 
-static djn_sched_item_t *s_take(s_queue_t *q) {
-    djn_sched_item_t *it = q->head;
-    if (it) {
-        q->head = it->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->depth--;
-        it->next = NULL;
+/* Unlink `it` from list `c` (it is there). */
+static void s_unlink(s_queue_t *q, uint8_t c, djn_sched_item_t *it) {
+    s_list_t *l = &q->cls[c];
+    djn_sched_item_t *prev = NULL;
+    for (djn_sched_item_t *p = l->head; p && p != it; p = p->next)
+        prev = p;
+    if (prev)
+        prev->next = it->next;
+    else
+        l->head = it->next;
+    if (l->tail == it)
+        l->tail = prev;
+    it->next = NULL;
+    q->depth--;
+    atomic_fetch_sub(&q->waiting[c], 1);
+}
+
+/* The oldest queued item of `owner` in any class, or NULL. Each list is in push order,
+ * so the first match of a list is that list's oldest. */
+static djn_sched_item_t *s_oldest_of(s_queue_t *q, uint64_t owner) {
+    djn_sched_item_t *best = NULL;
+    for (uint8_t c = 0; c < DJN_SCHED_NCLASS; c++)
+        for (djn_sched_item_t *p = q->cls[c].head; p; p = p->next)
+            if (p->owner == owner) {
+                if (!best || p->seq < best->seq)
+                    best = p;
+                break;
+            }
+    return best;
+}
+
+/* Steps 1-4 of the file comment; NULL when nothing is queued. */
+static djn_sched_item_t *s_pick(djn_sched_t *s, s_queue_t *q) {
+    int best = -1;
+    for (int c = 0; c < DJN_SCHED_NCLASS && best < 0; c++)
+        if (q->cls[c].head)
+            best = c;
+    if (best < 0)
+        return NULL;
+    djn_sched_item_t *it = q->cls[best].head;
+    uint64_t now = s->age_ns ? s_now_ns() : 0;
+    djn_sched_item_t *aged = NULL;
+    for (int c = best + 1; c < DJN_SCHED_NCLASS; c++) {
+        djn_sched_item_t *h = q->cls[c].head;
+        if (!h)
+            continue;
+        bool old = (s->age_passes && h->passed >= s->age_passes) ||
+                   (s->age_ns && now - h->enq_ns >= s->age_ns);
+        if (old && (!aged || h->enq_ns < aged->enq_ns))
+            aged = h;
     }
+    if (aged)
+        it = aged;
+    for (int c = best + 1; c < DJN_SCHED_NCLASS; c++) /* the heads passed over this time */
+        if (q->cls[c].head && q->cls[c].head != it)
+            q->cls[c].head->passed++;
+    if (it->owner) {
+        djn_sched_item_t *first = s_oldest_of(q, it->owner);
+        if (first && first->seq < it->seq)
+            it = first;
+    }
+    s_unlink(q, it->cls, it);
     return it;
 }
 
 djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
     s_queue_t *q = &s->q[dev];
-    while ((!q->head || q->claimed) && !s->stop)
+    while ((!q->depth || q->claimed) && !s->stop)
         pthread_cond_wait(&q->cv, &s->mu);
-    djn_sched_item_t *it = s->stop ? NULL : s_take(q);
+    djn_sched_item_t *it = s->stop ? NULL : s_pick(s, q);
     q->running = it != NULL;
     pthread_mutex_unlock(&s->mu);
     return it;
@@ -99,11 +211,43 @@ void djn_sched_done(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_unlock(&s->mu);
 }
 
+bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls) {
+    s_queue_t *q = &s->q[dev];
+    for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS; c++)
+        if (atomic_load_explicit(&q->waiting[c], memory_order_relaxed))
+            return true;
+    return false;
+}
+
+djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t owner,
+                                       djn_sched_ok_fn ok_fn, void *ctx) {
+    s_queue_t *q = &s->q[dev];
+    if (!djn_sched_urgent(s, dev, cls))
+        return NULL;
+    djn_sched_item_t *got = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS && !got && !s->stop; c++)
+        for (djn_sched_item_t *p = q->cls[c].head; p; p = p->next) {
+            if (p->owner == owner || (p->owner && s_oldest_of(q, p->owner) != p))
+                continue;
+            if (ok_fn && !ok_fn(p, ctx))
+                continue;
+            got = p;
+            break;
+        }
+    if (got) {
+        s_unlink(q, got->cls, got);
+        atomic_fetch_add(&q->preemptions, 1);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
 bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev) {
     if (pthread_mutex_trylock(&s->mu) != 0)
         return false;
     s_queue_t *q = &s->q[dev];
-    bool ok = !q->head && !q->running && !q->claimed && !s->stop;
+    bool ok = !q->depth && !q->running && !q->claimed && !s->stop;
     if (ok)
         q->claimed = true;
     pthread_mutex_unlock(&s->mu);
@@ -113,14 +257,20 @@ bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev) {
 void djn_sched_release(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
     s->q[dev].claimed = false;
-    if (s->q[dev].head) /* what was pushed meanwhile may go now */
+    if (s->q[dev].depth) /* what was pushed meanwhile may go now */
         pthread_cond_signal(&s->q[dev].cv);
     pthread_mutex_unlock(&s->mu);
 }
 
 djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
-    djn_sched_item_t *it = s_take(&s->q[dev]);
+    s_queue_t *q = &s->q[dev];
+    djn_sched_item_t *it = NULL;
+    for (uint8_t c = 0; c < DJN_SCHED_NCLASS; c++)
+        if (q->cls[c].head && (!it || q->cls[c].head->seq < it->seq))
+            it = q->cls[c].head;
+    if (it)
+        s_unlink(q, it->cls, it);
     pthread_mutex_unlock(&s->mu);
     return it;
 }
@@ -136,7 +286,7 @@ bool djn_sched_idle(djn_sched_t *s) {
     pthread_mutex_lock(&s->mu);
     bool idle = true;
     for (uint32_t i = 0; i < s->n && idle; i++)
-        idle = !s->q[i].head && !s->q[i].running && !s->q[i].claimed;
+        idle = !s->q[i].depth && !s->q[i].running && !s->q[i].claimed;
     pthread_mutex_unlock(&s->mu);
     return idle;
 }
@@ -147,4 +297,60 @@ void djn_sched_stop(djn_sched_t *s) {
     for (uint32_t i = 0; i < s->n; i++)
         pthread_cond_broadcast(&s->q[i].cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------ latency */
+
+static uint32_t s_us(uint64_t ns) {
+    uint64_t us = ns / 1000;
+    return us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+}
+
+void djn_sched_note(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t wait_ns, uint64_t run_ns) {
+    if (dev >= s->n || cls >= DJN_SCHED_NCLASS)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s_lat_t *l = &s->q[dev].lat[cls];
+    uint32_t i = (uint32_t)(l->count % DJN_SCHED_SAMPLES);
+    l->wait_us[i] = s_us(wait_ns);
+    l->run_us[i] = s_us(run_ns);
+    l->count++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int s_cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile (nearest rank) of n sorted samples. */
+static uint64_t s_pct(const uint32_t *v, uint32_t n, uint32_t p) {
+    if (!n)
+        return 0;
+    uint32_t rank = (uint32_t)(((uint64_t)p * n + 99) / 100); /* ceil(p/100 * n), >= 1 */
+    return v[rank - 1];
+}
+
+void djn_sched_latency(djn_sched_t *s, uint32_t dev, uint8_t cls, djn_sched_lat_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (dev >= s->n || cls >= DJN_SCHED_NCLASS)
+        return;
+    static _Thread_local uint32_t wait[DJN_SCHED_SAMPLES], run[DJN_SCHED_SAMPLES];
+    pthread_mutex_lock(&s->mu);
+    const s_lat_t *l = &s->q[dev].lat[cls];
+    uint32_t n = l->count < DJN_SCHED_SAMPLES ? (uint32_t)l->count : DJN_SCHED_SAMPLES;
+    memcpy(wait, l->wait_us, n * sizeof(uint32_t));
+    memcpy(run, l->run_us, n * sizeof(uint32_t));
+    out->count = l->count;
+    pthread_mutex_unlock(&s->mu);
+    qsort(wait, n, sizeof(uint32_t), s_cmp_u32);
+    qsort(run, n, sizeof(uint32_t), s_cmp_u32);
+    out->wait_p50_us = s_pct(wait, n, 50);
+    out->wait_p99_us = s_pct(wait, n, 99);
+    out->run_p50_us = s_pct(run, n, 50);
+    out->run_p99_us = s_pct(run, n, 99);
+}
+
+uint64_t djn_sched_preemptions(djn_sched_t *s, uint32_t dev) {
+    return dev < s->n ? atomic_load(&s->q[dev].preemptions) : 0;
 }

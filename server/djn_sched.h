@@ -1,12 +1,22 @@
-/* djn_sched.h: the work queues of the devices.
+/* djn_sched.h: the work queues of the devices, by QoS class.
  *
  * The transport thread pushes each fragment a session sends onto the queue of the
- * device it names; the device's worker pops them in order. A session's fragments for one
- * device run in the order sent, which is what lets a client pipeline fragments without
- * waiting. A device is also "busy" while its worker runs an item, so another thread (the
- * transport, for a tiny cached fragment) can run one in its place only when nothing is
- * queued or running, which keeps the order. Items are intrusive (embed djn_sched_item_t first in
- * your job struct), so a push never allocates and never fails. No ZeroMQ, no torch: unit-tested
+ * device it names, in the fragment's class (realtime, interactive, batch); the device's
+ * worker pops them. The algorithm, its invariants and the alternatives rejected are in
+ * djn_sched.c. What callers rely on:
+ *   - a session's items for one device run in the order sent, whatever their classes
+ *     (an item carries its owner; an item never overtakes an older item of its owner),
+ *     which is what lets a client pipeline fragments without waiting;
+ *   - among owners, a better class goes first; a batch item passed over too often or
+ *     waiting too long goes next anyway (aging: batch never starves);
+ *   - a worker running a long item asks djn_sched_pop_urgent between its nodes for a
+ *     better-class item of another owner to run nested (preemption at node boundaries);
+ *   - a device is "busy" while its worker runs an item, so another thread (the
+ *     transport, for a tiny cached fragment) can run one in its place only when nothing
+ *     is queued or running, which keeps the order.
+ * Items are intrusive (embed djn_sched_item_t first in your job struct), so a push never
+ * allocates and never fails. The scheduler also keeps the queue-wait and run-time
+ * samples of each (device, class) for STATS' p50/p99. No ZeroMQ, no torch: unit-tested
  * alone. */
 #ifndef DJN_SCHED_H
 #define DJN_SCHED_H
@@ -18,32 +28,69 @@
 extern "C" {
 #endif
 
+/* Classes, best first (the wire's `qos` minus one, djn_proto.h DJN_QOS_*). */
+enum { DJN_SCHED_REALTIME = 0, DJN_SCHED_INTERACTIVE = 1, DJN_SCHED_BATCH = 2, DJN_SCHED_NCLASS };
+
+/* Aging defaults: a waiting batch (or interactive) head goes first once better-class
+ * items were chosen over it this many times, or once it has waited this long. */
+#define DJN_SCHED_AGE_PASSES 32u
+#define DJN_SCHED_AGE_NS (200ull * 1000000ull)
+/* Latency samples kept per (device, class): the most recent ones. */
+#define DJN_SCHED_SAMPLES 1024u
+
 typedef struct djn_sched_item {
     struct djn_sched_item *next;
     uint64_t enq_ns; /* set by push: when the item entered its queue */
+    uint64_t seq;    /* set by push: order of pushes on the device */
+    uint64_t owner;  /* set by the caller: items of one owner keep their order (0: none) */
+    uint32_t passed; /* times a better class was chosen while this item headed its queue */
+    uint8_t cls;     /* set by the caller: DJN_SCHED_REALTIME .. DJN_SCHED_BATCH */
 } djn_sched_item_t;
 
 typedef struct djn_sched djn_sched_t;
 
+/* p50/p99 of the recent samples of one (device, class), microseconds. */
+typedef struct djn_sched_lat {
+    uint64_t count; /* items run since start (samples kept: at most DJN_SCHED_SAMPLES) */
+    uint64_t wait_p50_us, wait_p99_us, run_p50_us, run_p99_us;
+} djn_sched_lat_t;
+
 djn_sched_t *djn_sched_new(uint32_t ndevices);
 void djn_sched_destroy(djn_sched_t **self_p); /* the queues must be empty */
+/* Aging bounds (0 passes / 0 ns: that rule never fires); before the workers start. */
+void djn_sched_set_aging(djn_sched_t *s, uint32_t passes, uint64_t ns);
 void djn_sched_push(djn_sched_t *s, uint32_t dev, djn_sched_item_t *it);
 /* The next item of a device, waiting for one (and for a claim to end); the device is
  * busy until djn_sched_done. NULL once stopped (items left are taken with
  * djn_sched_take). */
 djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev);
 void djn_sched_done(djn_sched_t *s, uint32_t dev);
+/* For the worker between two nodes of an item of class `cls` and owner `owner`: a
+ * queued item of a strictly better class, of another owner, with no older item of its
+ * owner queued, for which ok_fn(item, ctx) says yes (the worker try-locks its session:
+ * a nested run must never wait for a lock). Unlinked and returned; NULL otherwise (at
+ * once, without the lock, when nothing better waits). Never blocks. */
+typedef bool (*djn_sched_ok_fn)(djn_sched_item_t *it, void *ctx);
+djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t owner,
+                                       djn_sched_ok_fn ok_fn, void *ctx);
+/* Whether an item of a class better than `cls` is queued (lock-free; a hint). */
+bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls);
 /* Run something on the device now, from another thread, if it is idle: nothing queued,
  * nothing running, not claimed. True: the caller owns the device until djn_sched_release
  * (the worker waits). Never blocks. */
 bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev);
 void djn_sched_release(djn_sched_t *s, uint32_t dev);
-/* The next item without waiting, or NULL. */
+/* The next item without waiting (oldest push first), or NULL. */
 djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev);
 uint32_t djn_sched_depth(djn_sched_t *s, uint32_t dev);
 /* Nothing queued, running or claimed on any device. */
 bool djn_sched_idle(djn_sched_t *s);
 void djn_sched_stop(djn_sched_t *s);
+
+/* Latency bookkeeping: one item of class cls waited wait_ns in its queue and ran run_ns. */
+void djn_sched_note(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t wait_ns, uint64_t run_ns);
+void djn_sched_latency(djn_sched_t *s, uint32_t dev, uint8_t cls, djn_sched_lat_t *out);
+uint64_t djn_sched_preemptions(djn_sched_t *s, uint32_t dev); /* items pop_urgent handed out */
 
 #ifdef __cplusplus
 }

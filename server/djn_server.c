@@ -57,6 +57,8 @@ typedef struct s_job {
     djn_tlb_entry_t *plan;   /* GRAPH_CACHED: the cached fragment whose nodes run */
     const djn_node_t *nodes; /* GRAPH_CACHED: those nodes patched (in msg's arena) */
     uint64_t frame_bytes;    /* its data frames, charged to the session while queued */
+    uint64_t start_ns;       /* when its run began (0: not sampled for STATS) */
+    uint64_t nested_ns;      /* time its run spent in nested fragments (preemption) */
 } s_job_t;
 
 typedef struct {
@@ -183,10 +185,21 @@ static void s_job_free(djn_server_t *srv, s_job_t *j) {
     djn_free(j, sizeof(*j));
 }
 
+static void s_note(s_worker_t *w, s_job_t *j, uint64_t start, uint64_t end, uint64_t nested) {
+    uint64_t run = end - start;
+    djn_sched_note(w->srv->sched, w->index, j->item.cls,
+                   start > j->item.enq_ns ? start - j->item.enq_ns : 0,
+                   run > nested ? run - nested : 0);
+}
+
 static djn_frag_env_t s_env(s_worker_t *w) {
     djn_server_t *srv = w->srv;
-    return (djn_frag_env_t){w->exec,   w->vmu,   w->index,
-                            srv->text, srv->tlb, srv->cfg.max_tensor_bytes};
+    return (djn_frag_env_t){.exec = w->exec,
+                            .vmu = w->vmu,
+                            .device = w->index,
+                            .text = srv->text,
+                            .tlb = srv->tlb,
+                            .max_tensor_bytes = srv->cfg.max_tensor_bytes};
 }
 
 static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
@@ -194,6 +207,8 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_frag_env_t env = s_env(w);
     uint32_t *missing = NULL, nmissing = 0;
     djn_status_t st = djn_frag_have(&env, j->sess, &j->msg->u.have, &missing, &nmissing);
+    if (j->start_ns)
+        s_note(w, j, j->start_ns, s_now_ns(), 0);
     if (st != DJN_OK) {
         s_send_error(srv, push, &j->ident, j->msg->sid, j->msg->seq, st, djn_status_str(st), -1,
                      NULL);
@@ -208,9 +223,10 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(missing, j->msg->u.have.nitems * sizeof(uint32_t));
 }
 
-static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
+static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *push, s_job_t *j,
+                            bool locked) {
     djn_server_t *srv = w->srv;
-    djn_frag_env_t env = s_env(w);
+    djn_frag_env_t env = *envp;
     djn_blob_t *blobs = j->nframes ? djn_calloc(j->nframes, sizeof(djn_blob_t)) : NULL;
     djn_frag_out_t out;
     if (j->nframes && !blobs) {
@@ -223,6 +239,8 @@ static void s_run_graph(s_worker_t *w, void *push, s_job_t *j, bool locked) {
     djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan,
                         j->nodes,     blobs,   j->nframes,       locked};
     djn_frag_run(&env, &in, &out);
+    if (j->start_ns) /* sampled before the reply leaves: a STATS after it sees this run */
+        s_note(w, j, j->start_ns, s_now_ns(), j->nested_ns);
     if (j->plan && out.st == DJN_OK) /* what may run inline next time (s_inline_ok) */
         djn_tlb_note_run(j->plan, out.rng || out.dyn.len ? UINT64_MAX
                                   : out.run_ns           ? out.run_ns
@@ -303,6 +321,44 @@ static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
     djn_arena_destroy(&a);
 }
 
+/* Preemption (djn_frag.h urgent_fn / yield_fn): while the worker runs `running`, a
+ * queued GRAPH of a better class from another session, whose session lock is free right
+ * now, runs nested; one per node boundary, so the paused fragment still advances a node
+ * between two nested runs (it never starves either). Nested runs never yield again. */
+typedef struct {
+    s_worker_t *w;
+    void *push;
+    s_job_t *running; /* its nested_ns grows by each nested run */
+} s_yield_t;
+
+static bool s_urgent_fn(void *ctx) {
+    s_yield_t *y = ctx;
+    return djn_sched_urgent(y->w->srv->sched, y->w->index, y->running->item.cls);
+}
+
+static bool s_nest_ok_fn(djn_sched_item_t *it, void *ctx) {
+    (void)ctx;
+    s_job_t *j = (s_job_t *)it;
+    return j->msg->type != DJN_MSG_HAVE && djn_session_trylock(j->sess);
+}
+
+static void s_yield_fn(void *ctx) {
+    s_yield_t *y = ctx;
+    s_worker_t *w = y->w;
+    djn_sched_item_t *it = djn_sched_pop_urgent(w->srv->sched, w->index, y->running->item.cls,
+                                                y->running->item.owner, s_nest_ok_fn, NULL);
+    if (!it)
+        return;
+    s_job_t *j = (s_job_t *)it;
+    uint64_t t0 = s_now_ns();
+    djn_frag_env_t env = s_env(w);
+    env.nested = true;
+    j->start_ns = t0;
+    s_run_graph_env(w, &env, y->push, j, true);
+    y->running->nested_ns += s_now_ns() - t0;
+    s_job_free(w->srv, j);
+}
+
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
     char name[16]; /* "djn-worker-<i>" in top, gdb and /proc/<pid>/task/<tid>/comm */
@@ -317,12 +373,21 @@ static void *s_worker_main(void *arg) {
     djn_sched_item_t *it;
     while ((it = djn_sched_pop(w->srv->sched, w->index)) != NULL) {
         s_job_t *j = (s_job_t *)it;
-        if (j->msg->type == DJN_MSG_HAVE)
+        s_yield_t y = {w, push, j};
+        j->start_ns = s_now_ns();
+        if (j->msg->type == DJN_MSG_HAVE) {
             s_run_have(w, push, j);
-        else if (j->msg->type == DJN_MSG_LOAD_MODEL)
+        } else if (j->msg->type == DJN_MSG_LOAD_MODEL) {
             s_run_load(w, push, j);
-        else
-            s_run_graph(w, push, j, false);
+        } else {
+            djn_frag_env_t env = s_env(w);
+            if (j->item.cls > DJN_SCHED_REALTIME) {
+                env.urgent_fn = s_urgent_fn;
+                env.yield_fn = s_yield_fn;
+                env.yield_ctx = &y;
+            }
+            s_run_graph_env(w, &env, push, j, false);
+        }
         s_job_free(w->srv, j);
         djn_sched_done(w->srv->sched, w->index);
     }
@@ -332,6 +397,38 @@ static void *s_worker_main(void *arg) {
 }
 
 /* ------------------------------------------------------------------ transport */
+
+/* The scheduler's per-class latency figures of one device (operators only). */
+static void s_qos_stats(djn_server_t *srv, uint32_t dev, djn_stats_device_t *d) {
+    djn_sched_lat_t l[DJN_SCHED_NCLASS];
+    for (uint8_t c = 0; c < DJN_SCHED_NCLASS; c++)
+        djn_sched_latency(srv->sched, dev, c, &l[c]);
+#define S_QOS_ROWS(p, c)                                                                           \
+    d->p##_fragments = l[c].count;                                                                 \
+    d->p##_wait_p50_us = l[c].wait_p50_us;                                                         \
+    d->p##_wait_p99_us = l[c].wait_p99_us;                                                         \
+    d->p##_run_p50_us = l[c].run_p50_us;                                                           \
+    d->p##_run_p99_us = l[c].run_p99_us;
+    S_QOS_ROWS(rt, DJN_SCHED_REALTIME)
+    S_QOS_ROWS(ia, DJN_SCHED_INTERACTIVE)
+    S_QOS_ROWS(bt, DJN_SCHED_BATCH)
+#undef S_QOS_ROWS
+    d->preemptions = djn_sched_preemptions(srv->sched, dev);
+    d->queued = djn_sched_depth(srv->sched, dev);
+}
+
+/* Whether `name` is one of the comma-separated names of `list`. */
+static bool s_listed(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && n && !strncmp(p, name, n))
+            return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
 
 /* Who sent a message: the tenant ZAP admitted for its connection (ZeroMQ's User-Id
  * property, present on every frame of an authenticated connection) and the connection's
@@ -352,7 +449,7 @@ static void s_peer(djn_server_t *srv, zmq_msg_t *ident, zmq_msg_t *hdr, djn_peer
     if (t) {
         snprintf(p->tenant, sizeof p->tenant, "%s", t->name);
         p->is_operator = t->is_operator;
-        p->realtime = t->realtime;
+        p->realtime = t->realtime || s_listed(srv->cfg.realtime_tenants, t->name);
     }
 }
 
@@ -512,9 +609,11 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
                 d->nodes = atomic_load(&w->nodes);
                 d->fragments = atomic_load(&w->jobs);
                 d->errors = atomic_load(&w->errors);
+                s_qos_stats(srv, (uint32_t)i, d);
             }
             continue;
         }
+        s_qos_stats(srv, (uint32_t)i, d);
         d->nodes = atomic_load(&w->nodes);
         d->fragments = atomic_load(&w->jobs);
         d->errors = atomic_load(&w->errors);
@@ -727,6 +826,29 @@ static bool s_inline_ok(djn_server_t *srv, s_job_t *j, uint32_t device) {
     return false;
 }
 
+/* The scheduling class of a job (PROTOCOL.md 7.6): what the client asked for, else from
+ * the fragment's semantics: decode steps interactive; prefill, training and bulk
+ * transfers (S_BULK_BYTES uploaded or fetched) batch; other fragments interactive. A HAVE
+ * is interactive: it only binds content, and it precedes the session's next fragment. */
+#define S_BULK_BYTES (4ull << 20)
+static uint8_t s_class_of(const s_job_t *j) {
+    if (j->msg->type == DJN_MSG_HAVE)
+        return DJN_SCHED_INTERACTIVE;
+    const djn_graph_req_t *g = &j->msg->u.graph;
+    if (g->qos != DJN_QOS_AUTO)
+        return (uint8_t)(g->qos - DJN_QOS_REALTIME);
+    if (g->phase == DJN_PHASE_DECODE)
+        return DJN_SCHED_INTERACTIVE;
+    if (g->phase == DJN_PHASE_PREFILL || g->phase == DJN_PHASE_TRAINING)
+        return DJN_SCHED_BATCH;
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < j->nframes; i++)
+        bytes += zmq_msg_size(&j->frames[i]);
+    for (uint32_t i = 0; i < g->nfetches && bytes < S_BULK_BYTES; i++)
+        bytes += g->fetches[i].nbytes > S_BULK_BYTES ? S_BULK_BYTES : g->fetches[i].nbytes;
+    return bytes >= S_BULK_BYTES ? DJN_SCHED_BATCH : DJN_SCHED_INTERACTIVE;
+}
+
 /* A fragment (or HAVE) for a worker: checks that need no session lock, then the queue. */
 static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                           djn_session_t **sess_p, s_rx_t *rx, uint64_t t0) {
@@ -761,6 +883,17 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
         s_send_simple(srv, ident, m, DJN_ERR_DEVICE, err);
         return;
     }
+    uint8_t qos = m->type == DJN_MSG_HAVE ? DJN_QOS_INTERACTIVE : m->u.graph.qos;
+    if (qos == DJN_QOS_REALTIME && !djn_session_peer(*sess_p)->realtime) {
+        djn_tlb_release(srv->tlb, &plan);
+        snprintf(err, sizeof err,
+                 "qos 'realtime' refused: tenant '%s' may not claim the realtime class (the "
+                 "server grants it to keys made with `djinn-server keygen DIR NAME --realtime` "
+                 "or named by --realtime-tenants); use 'interactive' or 'batch'",
+                 djn_session_peer(*sess_p)->tenant);
+        s_send_simple(srv, ident, m, DJN_ERR_DENIED, err);
+        return;
+    }
     uint64_t frame_bytes = 0;
     for (uint32_t i = 0; i < rx->nframes; i++)
         frame_bytes += zmq_msg_size(&rx->frames[i]);
@@ -788,6 +921,8 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     j->nodes = nodes;
     j->sched_ns = s_now_ns() - t0;
     j->frames_cap = rx->cap;
+    j->item.owner = djn_session_id(j->sess);
+    j->item.cls = s_class_of(j);
     rx->frames = NULL;
     rx->nframes = rx->cap = 0;
     *m_p = NULL;
@@ -798,7 +933,8 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
          * waits: the device is claimed and the session locked only if free at once. */
         s_worker_t *w = &srv->workers[device];
         djn_exec_enter(w->exec);
-        s_run_graph(w, srv->router, j, true);
+        djn_frag_env_t env = s_env(w);
+        s_run_graph_env(w, &env, srv->router, j, true);
         djn_exec_leave(w->exec);
         djn_sched_release(srv->sched, device);
         atomic_fetch_add(&srv->inline_runs, 1);
@@ -942,6 +1078,8 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         cfg->lease_ms,     cfg->session_quota_bytes,         cfg->session_max_queued,
         cfg->max_sessions, cfg->max_sessions_per_connection, cfg->session_max_handles};
     srv->sessions = srv->text ? djn_sessions_new(&lim, srv->text) : NULL;
+    if (srv->sched)
+        djn_sched_set_aging(srv->sched, cfg->qos_age_passes, cfg->qos_age_ns);
     srv->ctx = zmq_ctx_new();
     if (!srv->sessions || !srv->ctx || !srv->tlb || !srv->sched ||
         !djn_sessions_start_reaper(srv->sessions)) {

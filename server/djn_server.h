@@ -39,6 +39,9 @@ typedef struct djn_server_cfg {
     uint64_t text_cache_bytes;            /* unreferenced Text kept for reuse (LRU); 0: none */
     const char *text_cache_dir;           /* Text uploads also kept on disk (djn_tcache.h); NULL */
     uint64_t drain_timeout_ms;            /* djn_server_drain: longest wait; 0 = stop at once */
+    const char *realtime_tenants;         /* "alice,bob": may claim realtime; NULL: none */
+    uint32_t qos_age_passes;              /* djn_sched_set_aging */
+    uint64_t qos_age_ns;
 } djn_server_cfg_t;
 
 typedef struct djn_server djn_server_t;

@@ -273,3 +273,13 @@ void djn_vmu_stats(djn_vmu_t *v, djn_vmu_stats_t *out) {
 uint64_t djn_vmu_slab_capacity(const djn_vmu_t *v) {
     return v->slab_bytes;
 }
+
+uint64_t djn_vmu_data_free(djn_vmu_t *v, uint64_t *capacity) {
+    djn_heap_stats_t hs;
+    pthread_mutex_lock(&v->mu);
+    djn_heap_stats(v->heap, &hs);
+    pthread_mutex_unlock(&v->mu);
+    if (capacity)
+        *capacity = hs.capacity;
+    return hs.free_bytes;
+}

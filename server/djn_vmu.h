@@ -70,6 +70,8 @@ void djn_vmu_note_plan(djn_vmu_t *v, uint64_t peak, uint64_t lower_bound, uint64
 void djn_vmu_note_copy_out(djn_vmu_t *v, uint64_t n);
 void djn_vmu_stats(djn_vmu_t *v, djn_vmu_stats_t *out);
 uint64_t djn_vmu_slab_capacity(const djn_vmu_t *v);
+/* Free bytes of the Data segment now, and its capacity (the fit check of a fragment). */
+uint64_t djn_vmu_data_free(djn_vmu_t *v, uint64_t *capacity);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,7 @@
 #include "djn_mem.h"
 #include "djn_policy.h"
 #include "djn_proto.h"
+#include "djn_sched.h"
 #include "djn_server.h"
 
 static void s_usage(FILE *f) {
@@ -79,6 +80,12 @@ static void s_usage(FILE *f) {
         "                       fragments ran, waiting at most S seconds; 0 = exit at once\n"
         "                       [DJINN_DRAIN_TIMEOUT] (default 30). A second SIGTERM, or\n"
         "                       SIGINT, stops at once\n"
+        "  --realtime-tenants LIST  comma-separated tenant names (keys) that may claim the\n"
+        "                       realtime class, besides keys made with keygen --realtime\n"
+        "                       [DJINN_REALTIME_TENANTS]; without --keys the owner may\n"
+        "  --qos-age-passes N   a batch fragment passed over N times by better classes goes\n"
+        "                       next (aging; 0 = off) [DJINN_QOS_AGE_PASSES] (default 32)\n"
+        "  --qos-age-ms N       ... or once it waited N ms [DJINN_QOS_AGE_MS] (default 200)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -172,7 +179,8 @@ int main(int argc, char **argv) {
     unsigned long long lease = 10000, hb = 1000, maxt = DJN_MAX_TENSOR_BYTES, quota = ~0ull,
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
-                       tcache = ~0ull;
+                       tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
+                       age_ms = DJN_SCHED_AGE_NS / 1000000;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -187,6 +195,8 @@ int main(int argc, char **argv) {
         {"--max-sessions", "DJINN_MAX_SESSIONS", &max_sess},
         {"--max-sessions-per-connection", "DJINN_MAX_SESSIONS_PER_CONNECTION", &per_conn},
         {"--text-cache-bytes", "DJINN_TEXT_CACHE_BYTES", &tcache},
+        {"--qos-age-passes", "DJINN_QOS_AGE_PASSES", &age_passes},
+        {"--qos-age-ms", "DJINN_QOS_AGE_MS", &age_ms},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
         {"--drain-timeout", "DJINN_DRAIN_TIMEOUT", &drain_s},
@@ -220,11 +230,12 @@ int main(int argc, char **argv) {
                            : !strcmp(a, "--keys")                              ? &cfg.keys_dir
                            : !strcmp(a, "--models")                            ? &cfg.models_dir
                            : !strcmp(a, "--text-cache")                        ? &cfg.text_cache_dir
-                           : !strcmp(a, "--stats")                             ? &stats_ep
-                           : !strcmp(a, "--check")                             ? &check_ep
-                           : !strcmp(a, "--log-format")                        ? &log_format
-                           : !strcmp(a, "--log-level")                         ? &log_level
-                                                                               : NULL;
+                           : !strcmp(a, "--realtime-tenants") ? &cfg.realtime_tenants
+                           : !strcmp(a, "--stats")            ? &stats_ep
+                           : !strcmp(a, "--check")            ? &check_ep
+                           : !strcmp(a, "--log-format")       ? &log_format
+                           : !strcmp(a, "--log-level")        ? &log_level
+                                                              : NULL;
         if (str) {
             if (!val) {
                 fprintf(stderr, "djinn-server: %s needs a value\n", a);
@@ -302,6 +313,10 @@ int main(int argc, char **argv) {
     cfg.parent_pid = (int)ppid;
     cfg.inline_small = !no_inline;
     cfg.drain_timeout_ms = drain_s * 1000;
+    cfg.qos_age_passes = age_passes > UINT32_MAX ? UINT32_MAX : (uint32_t)age_passes;
+    cfg.qos_age_ns = age_ms > UINT64_MAX / 1000000 ? UINT64_MAX : age_ms * 1000000;
+    if (!cfg.realtime_tenants)
+        cfg.realtime_tenants = s_env("DJINN_REALTIME_TENANTS", NULL);
     char devbuf[1024];
     if (!devices) {
         int n = djn_exec_cuda_count();

@@ -38,6 +38,7 @@
 #include "djn_cert.h"
 #include "djn_fcache.h"
 #include "djn_heartbeat.h"
+#include "djn_hostmem.h"
 #include "djn_map.h"
 #include "djn_mem.h"
 #include "djn_spawn.h"
@@ -112,6 +113,10 @@ struct djn_client {
     s_link_t *cur;  /* the link recording a node (rec_begin .. rec_end / run_dynamic) */
     s_link_t *last; /* the link that recorded last (the SRG snapshot) */
     char endpoints[S_MAX_SERVERS * 258];
+    /* the class asked for the fragments sent, on every server */
+    uint8_t qos;      /* DJN_QOS_*: DJINN_QOS or djinn.qos */
+    bool qos_by_api;  /* djn_client_set_qos was called: DJINN_QOS no longer applies */
+    char qos_bad[64]; /* an unknown DJINN_QOS value, reported at connect */
 
     djn_client_t *next; /* the live clients, for the fork handler */
 };
@@ -843,6 +848,54 @@ static void s_read_config(s_link_t *c) {
     c->max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
     c->text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
     c->plan_cache = s_env_int("DJINN_PLAN_CACHE", 1) != 0;
+    djn_client_t *o = c->owner;
+    const char *q = getenv("DJINN_QOS");
+    o->qos_bad[0] = 0;
+    if (!o->qos_by_api && q && *q) {
+        int v = djn_client_qos_parse(q);
+        if (v < 0)
+            snprintf(o->qos_bad, sizeof o->qos_bad, "%.40s", q);
+        else
+            o->qos = (uint8_t)v;
+    }
+}
+
+int djn_client_qos_parse(const char *name) {
+    static const char *names[] = {"auto", "realtime", "interactive", "batch"};
+    for (int i = 0; i <= DJN_QOS_MAX; i++)
+        if (!strcmp(name, names[i]))
+            return i;
+    return -1;
+}
+
+static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fetch, s_resp_t *out);
+
+djn_status_t djn_client_set_qos(djn_client_t *c, int qos) {
+    if (qos < 0 || qos > DJN_QOS_MAX)
+        return s_fail(DJN_ERR_ARGS, "djinn: qos must be 'auto', 'realtime', 'interactive' or "
+                                    "'batch'");
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = DJN_OK;
+    /* the nodes recorded so far were asked for in the old class: they go in it */
+    for (int i = 0; i < c->nlinks && st == DJN_OK; i++) {
+        s_link_t *l = c->links[i];
+        if (l->connected && qos != c->qos && !djn_rec_empty(l->rec))
+            st = s_flush_locked(l, false, NULL, NULL);
+    }
+    c->qos = (uint8_t)qos;
+    c->qos_by_api = true;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+int djn_client_qos(djn_client_t *c) {
+    pthread_mutex_lock(&c->mu);
+    const char *env = getenv("DJINN_QOS");
+    int q = !c->qos_by_api && env && *env && djn_client_qos_parse(env) >= 0
+                ? djn_client_qos_parse(env)
+                : c->qos;
+    pthread_mutex_unlock(&c->mu);
+    return q;
 }
 
 /* CURVE keys for a remote server: DJINN_CLIENT_CERT (this client's keypair, a
@@ -921,6 +974,11 @@ static djn_status_t s_connect_locked(s_link_t *c) {
         c->broken = false;
     }
     s_read_config(c);
+    if (c->owner->qos_bad[0])
+        return s_fail(DJN_ERR_ARGS,
+                      "djinn: DJINN_QOS must be 'auto', 'realtime', 'interactive' or 'batch', "
+                      "got '%s'",
+                      c->owner->qos_bad);
     djn_rec_set_max_nodes(c->rec, c->max_nodes);
     char err[512];
     djn_status_t st;
@@ -1177,6 +1235,7 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
     djn_graph_req_t g;
     if (djn_rec_seal(c->rec, fetch, &g) != DJN_OK)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory sealing a fragment");
+    g.qos = c->owner->qos;
     /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
      * nodes. Only for flushes we wait on and without uploads, so that an eviction can
      * be answered by sending the full GRAPH right away. */
@@ -1287,6 +1346,23 @@ static djn_status_t s_link_run_dynamic(s_link_t *c, djn_reply_t **reply, const d
     }
     pthread_mutex_unlock(c->mu);
     return st;
+}
+
+djn_status_t djn_client_check_host(uint64_t nbytes) {
+    if (nbytes < DJN_CLIENT_HOST_CHECK_MIN)
+        return DJN_OK;
+    const char *what = NULL;
+    uint64_t usable = djn_hostmem_usable(&what);
+    uint64_t need = nbytes > UINT64_MAX / 2 ? UINT64_MAX : 2 * nbytes; /* frame + tensor */
+    if (need <= usable)
+        return DJN_OK;
+    return s_fail(DJN_ERR_OOM,
+                  "djinn: materialising %llu bytes of a remote tensor on this host needs about "
+                  "%llu bytes (the received frame and the CPU tensor) but this process can use "
+                  "%llu more (%s); keep the tensor on 'remote', or bring a slice or a reduction "
+                  "of it to the CPU",
+                  (unsigned long long)nbytes, (unsigned long long)need, (unsigned long long)usable,
+                  what);
 }
 
 static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,

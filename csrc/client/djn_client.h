@@ -101,6 +101,17 @@ void djn_client_rec_abort(djn_client_t *c); /* drop a node whose recording faile
 djn_status_t djn_client_flush(djn_client_t *c, bool wait); /* every server; the first error */
 /* Bytes [off, off+n) of a storage, after every pending node ran. Cached by handle until
  * a node writes to it. */
+/* QoS class of the fragments sent from now on (DJN_QOS_*; djinn.qos); a change sends
+ * the fragment recorded so far first, in its class. Default: DJINN_QOS, else auto. */
+djn_status_t djn_client_set_qos(djn_client_t *c, int qos);
+int djn_client_qos(djn_client_t *c);
+int djn_client_qos_parse(const char *name); /* "batch" -> DJN_QOS_BATCH; -1 if unknown */
+
+/* The capability interlock (djn_hostmem.h): DJN_ERR_OOM, naming the bytes, when bringing
+ * nbytes of a remote tensor into host memory would pass what this process can use.
+ * Reads below DJN_CLIENT_HOST_CHECK_MIN are not checked (no file reads on item()). */
+#define DJN_CLIENT_HOST_CHECK_MIN (4ull << 20)
+djn_status_t djn_client_check_host(uint64_t nbytes);
 djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
                              void *dst);
 /* Send a fragment whose last node was recorded with DJN_NODE_DYNAMIC and return the

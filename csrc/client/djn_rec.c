@@ -319,7 +319,7 @@ const int64_t *djn_rec_ints(const djn_rec_t *r, uint32_t *n) {
 }
 
 djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_t *out) {
-    memset(out, 0, sizeof(*out));
+    memset(out, 0, sizeof(*out)); /* qos 0: the owner sets it */
     bool ok = djn_vec_reserve(&r->sealed_allocs, r->allocs.len) &&
               djn_vec_reserve(&r->sealed_ups, r->ups.len) &&
               (!r->nnodes || djn_vec_reserve(&r->last_srg, r->srg.len));
@@ -339,6 +339,7 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
             fp[1] = h.low64 ? h.low64 : 1;
         }
     }
+    bool decode = false, training = false; /* the fragment's phase: decode > prefill > training */
     if (r->nnodes) { /* the SRG, lifecycles from the frees; kept for djinn.srg */
         djn_map_t freed = {0};
         for (size_t i = 0; i < r->frees.len; i++)
@@ -351,7 +352,17 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
                 persistent |= !djn_map_get(&freed, DJN_VEC_AT(&r->srg_outs, uint64_t, j), NULL);
             s.persistent = persistent;
             djn_vec_push(&r->last_srg, &s); /* reserved above */
+            if (persistent)
+                out->life_kept++;
+            else
+                out->life_transient++;
+            if (s.phase == DJN_PHASE_DECODE || (s.phase == DJN_PHASE_PREFILL && !decode))
+                out->phase = s.phase;
+            decode |= s.phase == DJN_PHASE_DECODE;
+            training |= strstr(s.op, "_backward") != NULL;
         }
+        if (out->phase == DJN_PHASE_NONE && training)
+            out->phase = DJN_PHASE_TRAINING;
         djn_map_release(&freed);
         r->last_fp[0] = fp[0];
         r->last_fp[1] = fp[1];

@@ -27,7 +27,6 @@ extern "C" {
 
 /* SRG semantic fields */
 typedef enum { DJN_CLASS_MEMORY = 0, DJN_CLASS_COMPUTE = 1 } djn_op_class_t;
-typedef enum { DJN_PHASE_NONE = 0, DJN_PHASE_PREFILL = 1, DJN_PHASE_DECODE = 2 } djn_phase_t;
 
 /* What the recorder asks of its owner after a call. */
 typedef enum {

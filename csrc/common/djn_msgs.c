@@ -380,6 +380,25 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
         g->nfetches = v->len;
         g->fetches = fetches;
     }
+    if ((v = djn_value_get(body, "qos")) != NULL) {
+        if (!s_uint(v, &u) || u > DJN_QOS_MAX)
+            return s_bad(p, "'qos' must be 0 (auto), 1 (realtime), 2 (interactive) or 3 (batch)");
+        g->qos = (uint8_t)u;
+    }
+    if ((v = djn_value_get(body, "phase")) != NULL) {
+        if (!s_uint(v, &u) || u > DJN_PHASE_MAX)
+            return s_bad(p, "'phase' must be 0 (none), 1 (prefill), 2 (decode) or 3 (training)");
+        g->phase = (uint8_t)u;
+    }
+    if ((v = djn_value_get(body, "life")) != NULL) {
+        uint64_t kept, transient;
+        if (!s_list(v) || v->len != 2 || !s_uint(&v->u.items[0], &kept) ||
+            !s_uint(&v->u.items[1], &transient) || kept > DJN_MAX_NODES ||
+            transient > DJN_MAX_NODES - kept)
+            return s_bad(p, "'life' must be [kept, transient] node counts");
+        g->life_kept = (uint32_t)kept;
+        g->life_transient = (uint32_t)transient;
+    }
     return s_parse_tpl(p, body, g);
 }
 
@@ -598,13 +617,29 @@ static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t
     }
 }
 
+/* The fragment's semantics (`qos`, `phase`, `life`): three keys, or none when all are 0. */
+static bool s_has_sem(const djn_graph_req_t *r) {
+    return r->qos || r->phase || r->life_kept || r->life_transient;
+}
+
+static void s_enc_sem(djn_buf_t *b, const djn_graph_req_t *r) {
+    if (!s_has_sem(r))
+        return;
+    s_kv_uint(b, "qos", r->qos);
+    s_kv_uint(b, "phase", r->phase);
+    djn_enc_cstr(b, "life");
+    djn_enc_array(b, 2);
+    djn_enc_uint(b, r->life_kept);
+    djn_enc_uint(b, r->life_transient);
+}
+
 /* A GRAPH_CACHED against a template (r->tpl != 0): only the fields it needs, compact ones
  * where set; dev 0, no seed and empty lists are left out (all fields are optional). */
 static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
     uint32_t n = 2 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
                  (r->nallocs || r->has_allocs_d) + (r->nallocs_n != 0) + (r->nuploads != 0) +
                  (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0) +
-                 (r->pal ? 2 : 0);
+                 (r->pal ? 2 : 0) + (s_has_sem(r) ? 3 : 0);
     djn_enc_map(b, n);
     if (r->device)
         s_kv_uint(b, "dev", r->device);
@@ -680,6 +715,7 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
         else
             s_kv_uint(b, "pid", r->pid);
     }
+    s_enc_sem(b, r);
 }
 
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r) {
@@ -689,7 +725,7 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
         s_graph_cached_compact(b, r);
         return;
     }
-    djn_enc_map(b, nodes ? 9 : 8);
+    djn_enc_map(b, (nodes ? 9 : 8) + (s_has_sem(r) ? 3 : 0));
     s_kv_uint(b, "dev", r->device);
     djn_enc_cstr(b, "seed");
     if (r->seed >= 0)
@@ -742,6 +778,7 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
     djn_enc_array(b, 2);
     djn_enc_uint(b, r->fp[0]);
     djn_enc_uint(b, r->fp[1]);
+    s_enc_sem(b, r);
 }
 
 void djn_have_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_req_t *r) {

@@ -66,6 +66,26 @@ typedef enum djn_msg_type {
 #define DJN_MAX_DEVICES 64                 /* devices of one server */
 #define DJN_MAX_TENSOR_NAME 512            /* a model tensor's name, bytes */
 
+/* ---- fragment semantics (GRAPH's optional `qos`, `phase`, `life`; frozen) ----
+ * The client's word about what a fragment is. The server schedules by the class (an
+ * absent `qos` means DJN_QOS_AUTO: the server derives it from the phase, see
+ * PROTOCOL.md 7.6); the phase and the lifecycle summary are reported, never trusted for
+ * memory safety. */
+typedef enum djn_qos {
+    DJN_QOS_AUTO = 0,
+    DJN_QOS_REALTIME = 1, /* only for tenants the server allows (`realtime` right) */
+    DJN_QOS_INTERACTIVE = 2,
+    DJN_QOS_BATCH = 3,
+} djn_qos_t;
+#define DJN_QOS_MAX DJN_QOS_BATCH
+typedef enum djn_phase {
+    DJN_PHASE_NONE = 0,
+    DJN_PHASE_PREFILL = 1,  /* attention over a whole prompt */
+    DJN_PHASE_DECODE = 2,   /* attention of one new token against a longer key */
+    DJN_PHASE_TRAINING = 3, /* backward ops */
+} djn_phase_t;
+#define DJN_PHASE_MAX DJN_PHASE_TRAINING
+
 /* ---- handle space ----
  * A handle names a storage of one session. The client picks its own handles in
  * [1, DJN_HANDLE_CLIENT_END); the server issues handles for results whose size it alone
@@ -243,6 +263,11 @@ typedef struct djn_graph_req {
     const djn_sym_patch_t *pat; /* val: the class */
     uint64_t pid;
     bool has_pat;
+    /* Semantics (0 when absent): the class asked for, the phase, and the lifecycle
+     * summary: nodes with a result the client keeps, nodes whose results all die in the
+     * fragment. */
+    uint8_t qos, phase;
+    uint32_t life_kept, life_transient;
     /* Encoding only: nodes already encoded as msgpack (the client's recorder writes
      * them as ops are captured); used instead of `nodes` when set. */
     const uint8_t *nodes_raw;

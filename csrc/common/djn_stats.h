@@ -104,7 +104,32 @@ extern "C" {
       "bytes copied from the slab to the Data segment (results that outlive a fragment)")          \
     X(scrub_bytes, U64, "scrub.bytes",                                                             \
       "bytes zeroed before they changed hands (tenant isolation)")                                 \
-    X(scrub_ns, U64, "scrub.ns", "time spent zeroing them, ns")
+    X(scrub_ns, U64, "scrub.ns", "time spent zeroing them, ns")                                    \
+    X(queued, U64, "qos.queued", "fragments waiting in the device's queues now")                   \
+    X(rt_fragments, U64, "qos.realtime.fragments", "realtime fragments run (HAVE included)")       \
+    X(rt_wait_p50_us, U64, "qos.realtime.wait_p50_us",                                             \
+      "realtime: median queue wait, us (recent 1024)")                                             \
+    X(rt_wait_p99_us, U64, "qos.realtime.wait_p99_us",                                             \
+      "realtime: p99 queue wait, us (recent 1024)")                                                \
+    X(rt_run_p50_us, U64, "qos.realtime.run_p50_us",                                               \
+      "realtime: median run time, us (recent 1024)")                                               \
+    X(rt_run_p99_us, U64, "qos.realtime.run_p99_us", "realtime: p99 run time, us (recent 1024)")   \
+    X(ia_fragments, U64, "qos.interactive.fragments", "interactive fragments run (HAVE included)") \
+    X(ia_wait_p50_us, U64, "qos.interactive.wait_p50_us",                                          \
+      "interactive: median queue wait, us (recent 1024)")                                          \
+    X(ia_wait_p99_us, U64, "qos.interactive.wait_p99_us",                                          \
+      "interactive: p99 queue wait, us (recent 1024)")                                             \
+    X(ia_run_p50_us, U64, "qos.interactive.run_p50_us",                                            \
+      "interactive: median run time, us (recent 1024)")                                            \
+    X(ia_run_p99_us, U64, "qos.interactive.run_p99_us",                                            \
+      "interactive: p99 run time, us (recent 1024)")                                               \
+    X(bt_fragments, U64, "qos.batch.fragments", "batch fragments run (HAVE included)")             \
+    X(bt_wait_p50_us, U64, "qos.batch.wait_p50_us", "batch: median queue wait, us (recent 1024)")  \
+    X(bt_wait_p99_us, U64, "qos.batch.wait_p99_us", "batch: p99 queue wait, us (recent 1024)")     \
+    X(bt_run_p50_us, U64, "qos.batch.run_p50_us", "batch: median run time, us (recent 1024)")      \
+    X(bt_run_p99_us, U64, "qos.batch.run_p99_us", "batch: p99 run time, us (recent 1024)")         \
+    X(preemptions, U64, "qos.preemptions",                                                         \
+      "better-class fragments run nested between two nodes of a paused one")
 
 /* Client-side counters (djinn.bytes_moved()); the field is also the Python key. */
 #define DJN_STATS_CLIENT(X)                                                                        \

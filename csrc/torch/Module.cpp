@@ -90,6 +90,23 @@ PYBIND11_MODULE(_C, m) {
         }
         check_py(st);
     });
+    m.def("_set_qos", [](const std::string &name) {
+        int q = djn_client_qos_parse(name.c_str());
+        if (q < 0)
+            throw py::value_error("djinn.qos: the class must be 'auto', 'realtime', 'interactive' "
+                                  "or 'batch', got '" +
+                                  name + "'");
+        djn_status_t st;
+        {
+            py::gil_scoped_release r;
+            st = djn_client_set_qos(C(), q);
+        }
+        check_py(st);
+    });
+    m.def("_qos", []() {
+        static const char *names[] = {"auto", "realtime", "interactive", "batch"};
+        return std::string(names[djn_client_qos(C())]);
+    });
     m.def("_manual_seed", [](uint64_t s) { djn_client_seed(C(), s); });
     m.def("_get_default_generator", [](int idx) {
         return py::reinterpret_steal<py::object>(
@@ -118,7 +135,7 @@ PYBIND11_MODULE(_C, m) {
         uint64_t fp[2];
         uint32_t n = djn_client_srg(C(), nodes.data(), (uint32_t)nodes.size(), fp);
         py::list l;
-        static const char *phases[] = {"none", "prefill", "decode"};
+        static const char *phases[] = {"none", "prefill", "decode", "training"};
         for (uint32_t i = 0; i < n && i < nodes.size(); i++) {
             const auto &x = nodes[i];
             std::string op = std::string(x.op) + (x.overload[0] ? "." : "") + x.overload;

@@ -123,6 +123,12 @@ py::bytes encode(int type, uint64_t sid, uint64_t seq, const py::dict &body) {
         TORCH_CHECK(fp.size() == 2, "djinn._proto: fp is [hi, lo]");
         g.fp[0] = fp[0];
         g.fp[1] = fp[1];
+        g.qos = get<uint8_t>(body, "qos", 0);
+        g.phase = get<uint8_t>(body, "phase", 0);
+        auto life = get<std::vector<uint32_t>>(body, "life", {0, 0});
+        TORCH_CHECK(life.size() == 2, "djinn._proto: life is [kept, transient]");
+        g.life_kept = life[0];
+        g.life_transient = life[1];
         for (auto a : get<py::list>(body, "allocs", py::list())) {
             auto t = a.cast<py::sequence>();
             p.allocs.push_back({t[0].cast<uint64_t>(), t[1].cast<uint64_t>()});
@@ -233,6 +239,14 @@ void register_proto(py::module_ &m) {
     k["HANDLE_SERVER_BASE"] = DJN_HANDLE_SERVER_BASE;
     k["EXT_TENSOR"] = DJN_EXT_TENSOR;
     k["EXT_COMPLEX"] = DJN_EXT_COMPLEX;
+    k["QOS_AUTO"] = (int)DJN_QOS_AUTO;
+    k["QOS_REALTIME"] = (int)DJN_QOS_REALTIME;
+    k["QOS_INTERACTIVE"] = (int)DJN_QOS_INTERACTIVE;
+    k["QOS_BATCH"] = (int)DJN_QOS_BATCH;
+    k["PHASE_NONE"] = (int)DJN_PHASE_NONE;
+    k["PHASE_PREFILL"] = (int)DJN_PHASE_PREFILL;
+    k["PHASE_DECODE"] = (int)DJN_PHASE_DECODE;
+    k["PHASE_TRAINING"] = (int)DJN_PHASE_TRAINING;
     pm.attr("constants") = k;
     py::dict codes;
     for (int st = DJN_OK; st < DJN_STATUS_COUNT; st++)

@@ -209,6 +209,7 @@ at::Tensor download(const at::Tensor &src) {
     uint64_t b = 0, e = 0;
     TORCH_CHECK(djn_tref_extent(&r, &b, &e), "djinn: malformed remote tensor");
     size_t isz = src.itemsize();
+    check(djn_client_check_host(e - b)); // before the CPU tensor exists
     auto buf = at::empty({static_cast<int64_t>(e - b)}, at::TensorOptions().dtype(at::kByte));
     if (e > b)
         check(djn_client_read(client(), src.device().index(), r.handle, b, e - b, buf.data_ptr()));

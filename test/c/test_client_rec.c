@@ -907,6 +907,10 @@ static void test_seal_fault_injection(void) {
     snap_t want;
     snap_take(ref, &want);
     CHECK(want.nsrg == 35 && !want.srg[0].persistent && want.srg[1].persistent);
+    djn_graph_req_t wg;
+    CHECK_EQ_INT(djn_rec_seal(ref, NULL, &wg), DJN_OK);
+    CHECK_EQ_INT(wg.life_kept + wg.life_transient, 35);
+    CHECK(wg.life_transient > 0);
     for (int64_t n = 0; n < 12; n++) {
         djn_rec_t *r = djn_rec_new(1000);
         for (uint32_t i = 0; i < nops; i++)
@@ -917,6 +921,11 @@ static void test_seal_fault_injection(void) {
         djn_mem_fail_after(-1);
         CHECK(st == DJN_OK || st == DJN_ERR_NOMEM);
         if (st == DJN_OK) {
+            /* the lifecycle summary follows the SRG: degraded, kept only grows */
+            CHECK_EQ_INT(g.life_kept + g.life_transient, wg.life_kept + wg.life_transient);
+            CHECK(g.life_kept >= wg.life_kept);
+            g.life_kept = wg.life_kept;
+            g.life_transient = wg.life_transient;
             djn_buf_t b = {0};
             djn_msg_hdr_t h = {DJN_MSG_GRAPH, 1, 1};
             djn_graph_req_encode(&b, &h, &g);

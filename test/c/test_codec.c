@@ -1103,6 +1103,26 @@ static void test_rt_graph_types(void) {
         CHECK(m && graph_eq(&g, &m->u.graph, true));
         djn_msg_free(&m);
     }
+    /* The semantic fields round-trip; absent, they decode as 0. */
+    for (uint8_t q = 0; q <= DJN_QOS_MAX; q++) {
+        djn_graph_req_t g = c.g;
+        g.qos = q;
+        g.phase = (uint8_t)(DJN_PHASE_MAX - q);
+        g.life_kept = q * 7u;
+        g.life_transient = DJN_MAX_NODES - q * 7u;
+        djn_msg_hdr_t h = hdr_make(DJN_MSG_GRAPH, 1, 2);
+        djn_buf_reset(&b);
+        djn_graph_req_encode(&b, &h, &g);
+        djn_msg_t *m = decode_ok(&b, G_NFRAMES);
+        CHECK(m != NULL);
+        if (m) {
+            CHECK_EQ_INT(m->u.graph.qos, q);
+            CHECK_EQ_INT(m->u.graph.phase, DJN_PHASE_MAX - q);
+            CHECK_EQ_INT(m->u.graph.life_kept, q * 7u);
+            CHECK_EQ_INT(m->u.graph.life_transient, DJN_MAX_NODES - q * 7u);
+        }
+        djn_msg_free(&m);
+    }
     /* An empty request: every count 0, seed -1. */
     djn_graph_req_t e = graph_empty();
     djn_msg_hdr_t h = hdr_make(DJN_MSG_GRAPH, 1, 2);
@@ -1111,7 +1131,8 @@ static void test_rt_graph_types(void) {
     djn_msg_t *m = decode_ok(&b, 0);
     CHECK(m && graph_eq(&e, &m->u.graph, true));
     if (m)
-        CHECK(m->u.graph.nslots == 0 && m->u.graph.nnodes == 0 && m->u.graph.seed == -1);
+        CHECK(m->u.graph.nslots == 0 && m->u.graph.nnodes == 0 && m->u.graph.seed == -1 &&
+              m->u.graph.qos == 0 && m->u.graph.phase == 0 && m->u.graph.life_kept == 0);
     djn_msg_free(&m);
     djn_buf_release(&b);
 }

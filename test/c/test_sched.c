@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <string.h>
 #include <time.h>
 
 #include "djn_proto.h"
@@ -106,7 +107,7 @@ static void test_fifo_per_device(void) {
     CHECK(s != NULL);
     if (!s)
         return;
-    job_t jobs[12];
+    job_t jobs[12] = {0};
     for (uint32_t i = 0; i < 12; i++) {
         jobs[i].producer = i % 3; /* device */
         jobs[i].seq = i;
@@ -162,7 +163,7 @@ static uint64_t s_now_ns(void) {
 /* push stamps enq_ns with the monotonic clock, in push order. */
 static void test_enqueue_time(void) {
     djn_sched_t *s = djn_sched_new(1);
-    job_t a, b;
+    job_t a = {0}, b = {0};
     a.it.enq_ns = b.it.enq_ns = 0;
     uint64_t t0 = s_now_ns();
     djn_sched_push(s, 0, &a.it);
@@ -187,7 +188,7 @@ static void test_pop_blocks_until_push(void) {
     CHECK_EQ_INT(latch_wait(&started, 1, S_WAIT_MS), 1);
     /* Nothing queued: still waiting after a while; a push on device 0 does not wake it. */
     CHECK_EQ_INT(latch_wait(&done, 1, S_BLOCK_MS), 0);
-    job_t other, mine;
+    job_t other = {0}, mine = {0};
     djn_sched_push(s, 0, &other.it);
     CHECK_EQ_INT(latch_wait(&done, 1, S_BLOCK_MS), 0);
     djn_sched_push(s, 1, &mine.it);
@@ -207,7 +208,7 @@ static void test_pop_blocks_until_push(void) {
 /* An item pushed before pop is returned at once. */
 static void test_pop_does_not_wait_when_queued(void) {
     djn_sched_t *s = djn_sched_new(1);
-    job_t j;
+    job_t j = {0};
     djn_sched_push(s, 0, &j.it);
     CHECK(djn_sched_pop(s, 0) == &j.it); /* would hang the test if it waited */
     CHECK(djn_sched_take(s, 0) == NULL);
@@ -235,7 +236,7 @@ static void test_stop_wakes_waiters(void) {
     for (int i = 0; i < N; i++)
         CHECK(w[i].got == NULL);
     /* After stop: pop returns NULL at once even with work queued; take drains it. */
-    job_t a, b;
+    job_t a = {0}, b = {0};
     djn_sched_push(s, 2, &a.it);
     djn_sched_push(s, 2, &b.it);
     CHECK(djn_sched_pop(s, 2) == NULL);
@@ -349,7 +350,7 @@ static void test_new_and_fault_injection(void) {
     CHECK(s != NULL);
     CHECK(djn_mem_in_use() > mem0);
     if (s) {
-        job_t j;
+        job_t j = {0};
         djn_sched_push(s, DJN_MAX_DEVICES - 1, &j.it);
         CHECK_EQ_INT(djn_sched_depth(s, DJN_MAX_DEVICES - 1), 1);
         CHECK(djn_sched_take(s, DJN_MAX_DEVICES - 1) == &j.it);
@@ -375,6 +376,145 @@ static void test_idle(void) {
     djn_sched_destroy(&s);
 }
 
+/* ------------------------------------------------------------------ QoS classes */
+
+static void s_push_as(djn_sched_t *s, job_t *j, uint8_t cls, uint64_t owner, uint32_t seq) {
+    memset(j, 0, sizeof(*j));
+    j->it.cls = cls;
+    j->it.owner = owner;
+    j->seq = seq;
+    djn_sched_push(s, 0, &j->it);
+}
+
+/* Better classes first; FIFO inside a class; an out-of-range class is batch. */
+static void test_classes_in_order(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, 0, 0);
+    job_t b1, i1, r1, b2, i2, bad;
+    s_push_as(s, &b1, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    s_push_as(s, &b2, DJN_SCHED_BATCH, 3, 0);
+    s_push_as(s, &r1, DJN_SCHED_REALTIME, 4, 0);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 5, 0);
+    s_push_as(s, &bad, 200, 6, 0);
+    CHECK_EQ_INT(bad.it.cls, DJN_SCHED_BATCH);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 6);
+    job_t *want[] = {&r1, &i1, &i2, &b1, &b2, &bad};
+    for (int k = 0; k < 6; k++) {
+        djn_sched_item_t *it = djn_sched_pop(s, 0);
+        CHECK(it == &want[k]->it);
+        djn_sched_done(s, 0);
+    }
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 0);
+    djn_sched_destroy(&s);
+}
+
+/* Aging by passes: with interactive work always queued, a batch item still goes after
+ * `passes` interactive picks. Without aging it would wait for all of them. */
+static void test_batch_never_starves(void) {
+    enum { N = 40, PASSES = 5 };
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, PASSES, 0);
+    job_t batch, inter[N];
+    s_push_as(s, &batch, DJN_SCHED_BATCH, 1, 0);
+    for (uint32_t i = 0; i < N; i++)
+        s_push_as(s, &inter[i], DJN_SCHED_INTERACTIVE, 2 + i, i);
+    int at = -1;
+    for (int k = 0; k < N + 1; k++) {
+        djn_sched_item_t *it = djn_sched_pop(s, 0);
+        djn_sched_done(s, 0);
+        if (it == &batch.it)
+            at = k;
+    }
+    CHECK_EQ_INT(at, PASSES);
+    /* and by time: a batch item that waited age_ns goes before fresher interactive work */
+    djn_sched_set_aging(s, 0, 1);
+    s_push_as(s, &batch, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &inter[0], DJN_SCHED_INTERACTIVE, 2, 0);
+    struct timespec ts = {0, 2000};
+    nanosleep(&ts, NULL);
+    CHECK(djn_sched_pop(s, 0) == &batch.it);
+    CHECK(djn_sched_take(s, 0) == &inter[0].it);
+    djn_sched_destroy(&s);
+}
+
+/* A session's items keep their order across classes: its interactive item behind its
+ * own batch item lifts the batch one, and pop_urgent never hands out an item whose
+ * owner has an older one queued, nor one of the running item's owner. */
+static void test_owner_order_and_urgent(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, 0, 0);
+    job_t a_b, a_i, b_i, c_b;
+    s_push_as(s, &c_b, DJN_SCHED_BATCH, 3, 0);
+    s_push_as(s, &a_b, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &a_i, DJN_SCHED_INTERACTIVE, 1, 1);
+    s_push_as(s, &b_i, DJN_SCHED_INTERACTIVE, 2, 0);
+    /* nothing better than interactive waits for an interactive item */
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_INTERACTIVE, 9, NULL, NULL) == NULL);
+    /* the running batch item of owner 2 (say) may be preempted by... owner 1's
+     * interactive item? No: owner 1 has an older batch item queued. b_i is its owner's */
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 2, NULL, NULL) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 7, NULL, NULL) == &b_i.it);
+    CHECK_EQ_INT(djn_sched_preemptions(s, 0), 1);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 3);
+    /* the first pop wants a_i (best class) but owner 1's batch item is older: it goes */
+    CHECK(djn_sched_pop(s, 0) == &a_b.it);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_pop(s, 0) == &a_i.it);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_pop(s, 0) == &c_b.it);
+    djn_sched_done(s, 0);
+    djn_sched_destroy(&s);
+}
+
+static bool s_refuse_fn(djn_sched_item_t *it, void *ctx) {
+    (void)it;
+    (*(int *)ctx)++;
+    return false;
+}
+
+/* ok_fn can refuse (a session lock that is taken): the item stays queued. */
+static void test_urgent_respects_ok_fn(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    job_t r;
+    s_push_as(s, &r, DJN_SCHED_REALTIME, 5, 0);
+    int asked = 0;
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, s_refuse_fn, &asked) == NULL);
+    CHECK_EQ_INT(asked, 1);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 1);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_REALTIME, 1, NULL, NULL) == NULL);
+    CHECK(djn_sched_take(s, 0) == &r.it);
+    djn_sched_destroy(&s);
+}
+
+/* Percentiles by nearest rank over the samples kept; out-of-range arguments are 0. */
+static void test_latency_percentiles(void) {
+    djn_sched_t *s = djn_sched_new(2);
+    djn_sched_lat_t l;
+    djn_sched_latency(s, 1, DJN_SCHED_BATCH, &l);
+    CHECK_EQ_INT(l.count, 0);
+    CHECK_EQ_INT(l.wait_p99_us, 0);
+    for (uint64_t i = 100; i >= 1; i--) /* 1..100 ms wait, 1..100 us run */
+        djn_sched_note(s, 1, DJN_SCHED_BATCH, i * 1000000ull, i * 1000ull);
+    djn_sched_latency(s, 1, DJN_SCHED_BATCH, &l);
+    CHECK_EQ_INT(l.count, 100);
+    CHECK_EQ_INT(l.wait_p50_us, 50000);
+    CHECK_EQ_INT(l.wait_p99_us, 99000);
+    CHECK_EQ_INT(l.run_p50_us, 50);
+    CHECK_EQ_INT(l.run_p99_us, 99);
+    djn_sched_latency(s, 0, DJN_SCHED_BATCH, &l);
+    CHECK_EQ_INT(l.count, 0);
+    djn_sched_latency(s, 5, DJN_SCHED_BATCH, &l);
+    CHECK_EQ_INT(l.count, 0);
+    /* the ring keeps the most recent samples */
+    for (uint32_t i = 0; i < DJN_SCHED_SAMPLES; i++)
+        djn_sched_note(s, 0, DJN_SCHED_REALTIME, 7000, 3000);
+    djn_sched_latency(s, 0, DJN_SCHED_REALTIME, &l);
+    CHECK_EQ_INT(l.wait_p99_us, 7);
+    CHECK_EQ_INT(l.run_p50_us, 3);
+    djn_sched_destroy(&s);
+}
+
 int main(void) {
     RUN(test_idle);
     RUN(test_fifo_per_device);
@@ -384,5 +524,10 @@ int main(void) {
     RUN(test_stop_wakes_waiters);
     RUN(test_many_producers);
     RUN(test_new_and_fault_injection);
+    RUN(test_classes_in_order);
+    RUN(test_batch_never_starves);
+    RUN(test_owner_order_and_urgent);
+    RUN(test_urgent_respects_ok_fn);
+    RUN(test_latency_percentiles);
     return djn_test_report();
 }
