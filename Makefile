@@ -135,8 +135,12 @@ build: server ext
 $(BUILD)/ctest/%: test/c/%.c $(COMMON_SRC) $(CLIENT_SRC) $(wildcard server/*.c) $(HEADERS) $(wildcard test/c/*.h) | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -g -O1 $(SAN) -Wall -Wextra -Icsrc/common -Icsrc/client -Iserver -Itest/c $< \
-	    $(COMMON_SRC) $(wildcard server/djn_$(patsubst test_%,%,$*).c) \
+	    $(COMMON_SRC) $(wildcard server/djn_$(patsubst test_%,%,$*).c) $(CTEST_SRC_$*) \
 	    $(if $(findstring client,$*),$(CLIENT_SRC),) -lmsgpackc -lxxhash -lzmq -lpthread -o $@
+# server modules a test needs besides its own (test_X links server/djn_X.c)
+CTEST_SRC_test_dvmu := server/djn_dev.c server/djn_heap.c server/djn_slab.c
+CTEST_SRC_test_stage := server/djn_dev.c
+CTEST_SRC_test_gcache := server/djn_dev.c server/djn_tlb.c
 
 # ---------------------------------------------------------------- fuzzing (libFuzzer)
 # fuzz_decode: the message layer; fuzz_server: the server's message handling below the

@@ -53,6 +53,8 @@ struct djn_tlb {
     djn_map_t index;
     djn_tlb_entry_t *head, *tail;
     djn_tlb_stats_t st;
+    djn_tlb_drop_fn drop_fn; /* what is derived from a plan leaves with it (djn_gcache) */
+    void *drop_ctx;
 };
 
 static uint64_t s_digest(const uint64_t fp[2], uint32_t dev, uint64_t sid) {
@@ -100,7 +102,16 @@ static void s_remove(djn_tlb_t *t, djn_tlb_entry_t *e) {
     djn_map_del(&t->index, s_digest(e->fp, e->dev, e->sid), NULL);
     t->st.entries--;
     t->st.bytes -= e->bytes;
+    if (t->drop_fn)
+        t->drop_fn(t->drop_ctx, e->fp, e->dev, e->sid);
     s_unref(e);
+}
+
+void djn_tlb_on_drop(djn_tlb_t *t, djn_tlb_drop_fn fn, void *ctx) {
+    pthread_mutex_lock(&t->mu);
+    t->drop_fn = fn;
+    t->drop_ctx = ctx;
+    pthread_mutex_unlock(&t->mu);
 }
 
 djn_tlb_t *djn_tlb_new(uint32_t capacity) {

@@ -54,6 +54,12 @@ typedef struct djn_tlb_owner {
 void djn_tlb_insert(djn_tlb_t *t, uint64_t sid, const djn_graph_req_t *g, const uint64_t *place,
                     const uint64_t *psize, uint32_t nslots, uint64_t peak,
                     const djn_tlb_owner_t *owner);
+/* Called under the cache's lock for each entry that leaves it (evicted, replaced by
+ * another template, dropped with its session, destroyed with the cache), so that what is
+ * derived from a plan leaves with it (its captured graphs: djn_gcache_drop_plan). It must
+ * not call back into the cache. fn NULL: none. */
+typedef void (*djn_tlb_drop_fn)(void *ctx, const uint64_t fp[2], uint32_t dev, uint64_t sid);
+void djn_tlb_on_drop(djn_tlb_t *t, djn_tlb_drop_fn fn, void *ctx);
 /* Drop every entry of these sessions (closed or expired): one walk of the cache. */
 void djn_tlb_drop_sessions(djn_tlb_t *t, const uint64_t *sids, uint32_t n);
 uint32_t djn_tlb_session_entries(djn_tlb_t *t, uint64_t sid);
