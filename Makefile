@@ -64,7 +64,7 @@ build/.sysenv: $(BUILD)/.deps
 	@touch $@
 venv: $(ENV_STAMP)
 
-$(BUILD)/torch.mk: $(ENV_STAMP)
+$(BUILD)/torch.mk: $(ENV_STAMP) scripts/cuda_mk.py
 	@mkdir -p $(BUILD)
 	@$(PYTHON) -c "import torch, os, torch.utils.cpp_extension as c; \
 	  lib = os.path.join(os.path.dirname(torch.__file__), 'lib'); \
@@ -73,13 +73,14 @@ $(BUILD)/torch.mk: $(ENV_STAMP)
 	  print('TORCH_LIB := -L' + lib + ' -Wl,-rpath,' + lib + ' -Wl,--no-as-needed' + \
 	        (' -ltorch_cuda' if cuda else '') + ' -ltorch -ltorch_cpu -lc10 -Wl,--as-needed'); \
 	  print('TORCH_CUDA := ' + ('1' if cuda else '0'))" > $@
+	@$(PYTHON) scripts/cuda_mk.py >> $@
 
 -include $(BUILD)/torch.mk
 
 # ---------------------------------------------------------------- server
-$(BUILD)/server/%.o: server/%.c $(HEADERS) | $(BUILD)/.deps
+$(BUILD)/server/%.o: server/%.c $(HEADERS) $(BUILD)/torch.mk | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) -c $< -o $@
+	$(CC) $(CFLAGS_COMMON) $(DJN_CUDA_FLAGS) -c $< -o $@
 $(BUILD)/common/%.o: csrc/common/%.c $(HEADERS) | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -c $< -o $@
@@ -88,7 +89,7 @@ $(BUILD)/client/%.o: csrc/client/%.c $(HEADERS) | $(BUILD)/.deps
 	$(CC) $(CFLAGS_COMMON) -c $< -o $@
 $(BUILD)/server/%.o: server/%.cpp $(HEADERS) $(BUILD)/torch.mk
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_COMMON) $(TORCH_INC) -c $< -o $@
+	$(CXX) $(CXXFLAGS_COMMON) $(DJN_CUDA_FLAGS) $(TORCH_INC) -c $< -o $@
 
 SERVER_OBJS := $(patsubst server/%.c,$(BUILD)/server/%.o,$(SERVER_C)) \
                $(patsubst server/%.cpp,$(BUILD)/server/%.o,$(SERVER_CXX)) \
@@ -96,7 +97,7 @@ SERVER_OBJS := $(patsubst server/%.c,$(BUILD)/server/%.o,$(SERVER_C)) \
                $(BUILD)/client/djn_transport.o
 
 $(BUILD)/djinn-server: $(SERVER_OBJS)
-	$(CXX) -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
+	$(CXX) -o $@ $^ $(TORCH_LIB) $(DJN_CUDA_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
 	@mkdir -p djinn/bin && cp $@ djinn/bin/.djinn-server.tmp && mv -f djinn/bin/.djinn-server.tmp djinn/bin/djinn-server
 
 server: $(BUILD)/djinn-server
@@ -104,9 +105,9 @@ server: $(BUILD)/djinn-server
 # the same server under AddressSanitizer, for the shutdown tests (test/test_shutdown.py)
 ASAN_FLAGS := -O1 -g -fsanitize=address -fno-omit-frame-pointer
 ASAN_OBJS := $(patsubst %.o,$(BUILD)/asan/%.o,$(notdir $(SERVER_OBJS)))
-$(BUILD)/asan/%.o: server/%.c $(HEADERS) | $(BUILD)/.deps
+$(BUILD)/asan/%.o: server/%.c $(HEADERS) $(BUILD)/torch.mk | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
+	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) $(DJN_CUDA_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
 $(BUILD)/asan/%.o: csrc/common/%.c $(HEADERS) | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
@@ -115,9 +116,9 @@ $(BUILD)/asan/%.o: csrc/client/%.c $(HEADERS) | $(BUILD)/.deps
 	$(CC) -std=gnu11 -fPIC $(ASAN_FLAGS) -Icsrc/common -Icsrc/client -Iserver -c $< -o $@
 $(BUILD)/asan/%.o: server/%.cpp $(HEADERS) $(BUILD)/torch.mk
 	@mkdir -p $(dir $@)
-	$(CXX) -std=c++20 -fPIC $(ASAN_FLAGS) -Wno-unused-parameter -Icsrc/common -Iserver $(TORCH_INC) -c $< -o $@
+	$(CXX) -std=c++20 -fPIC $(ASAN_FLAGS) $(DJN_CUDA_FLAGS) -Wno-unused-parameter -Icsrc/common -Iserver $(TORCH_INC) -c $< -o $@
 $(BUILD)/asan/djinn-server: $(ASAN_OBJS)
-	$(CXX) -fsanitize=address -o $@ $^ $(TORCH_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
+	$(CXX) -fsanitize=address -o $@ $^ $(TORCH_LIB) $(DJN_CUDA_LIB) -lzmq -lmsgpackc -lxxhash -lpthread
 asan-server: $(BUILD)/asan/djinn-server
 
 # ---------------------------------------------------------------- client extension

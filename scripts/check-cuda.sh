@@ -34,8 +34,10 @@ CUDA_VER=$(sed -n "s/^cuda: Optional\[str\] = '\(.*\)'/\1/p" "$TORCH/version.py"
 echo "== torch $(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$TORCH/version.py") (CUDA $CUDA_VER), toolkit $CUDA_HOME"
 
 INC="-isystem $TORCH/include -isystem $TORCH/include/torch/csrc/api/include -isystem $CUDA_HOME/include"
-CXXFLAGS="-std=c++20 -O1 -g -fPIC -Wall -Wno-unused-parameter -Werror -DDJN_CHECK_CUDA=1"
-CFLAGS="-std=gnu11 -O1 -g -fPIC -Wall -Wextra -Werror -Icsrc/common -Icsrc/client -Iserver"
+# DJN_CUDA: the server's CUDA half (djn_dev_cuda.c, the pluggable allocator in executor.cpp)
+CXXFLAGS="-std=c++20 -O1 -g -fPIC -Wall -Wno-unused-parameter -Werror -DDJN_CUDA=1"
+CFLAGS="-std=gnu11 -O1 -g -fPIC -Wall -Wextra -Werror -DDJN_CUDA=1 -isystem $CUDA_HOME/include \
+-Icsrc/common -Icsrc/client -Iserver"
 # libtorch_cuda's own CUDA dependencies (cuBLAS, cuDNN, NCCL...) come with the runtime
 # packages we did not install: the link resolves our symbols, not theirs
 LIBS="-L$TORCH/lib -Wl,-rpath,$TORCH/lib -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -ltorch \
@@ -55,18 +57,30 @@ for src in server/*.cpp; do
 done
 c++ -o $OUT/djinn-server "${objs[@]}" $LIBS -lzmq -lmsgpackc -lxxhash -lpthread
 echo "== $OUT/djinn-server"
+# the CUDA half is really in it: the seam on the runtime API, the pluggable allocator
+syms=$(nm -C $OUT/djinn-server)
+for sym in djn_dev_cuda_new cudaMalloc cudaStreamWaitEvent cudaGraphLaunch \
+    'CUDAPluggableAllocator::changeCurrentAllocator'; do
+    grep -q "$sym" <<<"$syms" || { echo "djinn-server lacks $sym"; exit 1; }
+done
+
+# the device VMU as a torch.cuda.memory.CUDAPluggableAllocator library (make bench-gpu)
+cc $CFLAGS -shared -o $OUT/libdjn_vmu_alloc.so benchmarks/vmu_alloc.c server/djn_dvmu.c \
+    server/djn_dev.c server/djn_dev_cuda.c server/djn_heap.c server/djn_slab.c \
+    csrc/common/djn_mem.c csrc/common/djn_map.c -L$CUDA_HOME/lib64 -lcudart -lpthread -Wl,--no-undefined
+echo "== $OUT/libdjn_vmu_alloc.so"
 
 # the extension: the C core and the C++ layer, as setup.py builds them
 PYINC=$($VENV/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 EXTFLAGS="$CXXFLAGS -fvisibility=hidden -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C \
--isystem $PYINC -Icsrc/common -Icsrc/client -Icsrc/torch"
+-isystem $PYINC -Icsrc/common -Icsrc/client -Icsrc/torch -Iserver"
 eobjs=()
 for src in csrc/common/*.c csrc/client/*.c; do
     o=$OUT/obj/ext_$(basename "${src%.c}").o
     cc $CFLAGS -fvisibility=hidden -c "$src" -o "$o"
     eobjs+=("$o")
 done
-for src in csrc/torch/*.cpp; do
+for src in csrc/torch/*.cpp server/policy.cpp; do # setup.py's CXX_SOURCES
     o=$OUT/obj/ext_$(basename "${src%.cpp}").o
     c++ $EXTFLAGS $INC -c "$src" -o "$o"
     eobjs+=("$o")
@@ -79,4 +93,4 @@ echo "== $OUT/_C.so"
 for f in $OUT/djinn-server $OUT/_C.so; do
     readelf -d "$f" | grep -q 'libtorch_cuda.so' || { echo "$f does not link libtorch_cuda.so"; exit 1; }
 done
-echo "check-cuda: OK (server and extension built and linked against torch $TORCH_VERSION+cu${CUDA_VER/./})"
+echo "check-cuda: OK (server, extension and the VMU allocator library built and linked against torch $TORCH_VERSION+cu${CUDA_VER/./})"

@@ -37,8 +37,10 @@ uint64_t djn_stor_nbytes(const djn_stor_t *s);
 /* The identity of the device storage (equal for every djn_stor_t of one storage). */
 uint64_t djn_stor_id(const djn_stor_t *s);
 
-/* Install the c10 CPU allocator that routes worker allocations through their VMU. Call
- * once, before the workers start. */
+/* Install the c10 CPU allocator that routes worker allocations through their VMU and, in
+ * CUDA builds (-DDJN_CUDA), torch's pluggable CUDA allocator over each CUDA device's
+ * arena (djn_dvmu, created by djn_exec_new("cuda:N")). Call once, before the first CUDA
+ * allocation and before the workers start. */
 void djn_exec_install_allocator(void);
 /* Give a CPU executor its VMU (NULL: plain allocations); call on the worker thread,
  * which it binds for allocations (in Data mode; djn_exec_node switches to the slab for

@@ -105,7 +105,7 @@ static bool s_add(djn_models_t *m, const char *name, const char *dir) {
     m->models = nm;
     s_model_t *x = &m->models[m->n++];
     memset(x, 0, sizeof(*x));
-    snprintf(x->name, sizeof x->name, "%s", name);
+    snprintf(x->name, sizeof x->name, "%.*s", DJN_MAX_NAME, name); /* s_good_name: fits */
     snprintf(x->dir, sizeof x->dir, "%s", dir);
     return true;
 }

@@ -35,6 +35,13 @@
 #include "djn_guard.h"
 #include "djn_policy.h"
 
+#if DJN_CUDA
+#include <torch/csrc/cuda/CUDAPluggableAllocator.h>
+
+#include "djn_dev.h"
+#include "djn_dvmu.h"
+#endif
+
 static_assert(int(at::kByte) == DJN_DTYPE_U8 && int(at::kChar) == DJN_DTYPE_I8 &&
                   int(at::kShort) == DJN_DTYPE_I16 && int(at::kInt) == DJN_DTYPE_I32 &&
                   int(at::kLong) == DJN_DTYPE_I64 && int(at::kHalf) == DJN_DTYPE_F16 &&
@@ -144,6 +151,88 @@ struct VmuAllocator final : c10::Allocator {
 };
 
 VmuAllocator g_vmu_allocator;
+
+#if DJN_CUDA
+// ---------------------------------------------------------------- CUDA VMU allocator
+//
+// CUDA builds (-DDJN_CUDA) route every ATen CUDA allocation through the device's VMU
+// arena (djn_dvmu: Data heap + stack slab in one cudaMalloc, reuse ordered by stream
+// events) with torch's pluggable allocator, installed once before any CUDA allocation.
+// DJINN_CUDA_ALLOCATOR=caching keeps ATen's caching allocator instead; the arena's
+// sizes come from DJINN_CUDA_DATA_BYTES / DJINN_CUDA_SLAB_BYTES (0 or unset: sized from
+// the device's free memory). The arena lives until the process exits: ATen keeps
+// per-device workspaces (cuBLAS) in statics that outlive the executors.
+// Not yet run on a GPU (README, "What has run on a GPU").
+
+bool g_cuda_vmu = false; // the pluggable allocator is installed
+// Devices whose arena could not be reserved (another process holds the memory): their
+// allocations go straight to cudaMalloc / cudaFree through the seam, slow but correct.
+djn_dev_t *g_direct[64];
+
+uint64_t env_bytes(const char *name) {
+    const char *v = std::getenv(name);
+    return v && *v ? std::strtoull(v, nullptr, 10) : 0;
+}
+
+djn_dev_t *direct_dev(int dev) {
+    return dev >= 0 && dev < 64 ? g_direct[dev] : nullptr;
+}
+
+void *cuda_alloc(size_t n, int dev, cudaStream_t s) {
+    void *p = djn_dvmu_alloc_fn(n, dev, s);
+    if (!p && direct_dev(dev) && djn_dev_reserve(direct_dev(dev), n ? n : 1, &p) != DJN_OK)
+        p = nullptr;
+    TORCH_CHECK_WITH(OutOfMemoryError, p, "djinn-server: out of memory on cuda:", dev, ": ",
+                     direct_dev(dev) ? djn_dev_last_error(direct_dev(dev)) : djn_dvmu_oom_words(),
+                     "; start djinn-server with a larger DJINN_CUDA_DATA_BYTES, or with "
+                     "DJINN_CUDA_ALLOCATOR=caching");
+    return p;
+}
+
+void cuda_free(void *p, size_t n, int dev, cudaStream_t s) {
+    if (p && !djn_dvmu_find(p) && direct_dev(dev))
+        djn_dev_release(direct_dev(dev), p);
+    else
+        djn_dvmu_free_fn(p, n, dev, s);
+}
+
+void install_cuda_allocator() {
+    const char *mode = std::getenv("DJINN_CUDA_ALLOCATOR");
+    if (mode && !std::strcmp(mode, "caching"))
+        return;
+    try {
+        auto a =
+            torch::cuda::CUDAPluggableAllocator::createCustomAllocator(&cuda_alloc, &cuda_free);
+        torch::cuda::CUDAPluggableAllocator::changeCurrentAllocator(a);
+        g_cuda_vmu = true;
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "djinn-server: keeping ATen's CUDA caching allocator: %s\n", e.what());
+    }
+}
+
+// The arena of CUDA device idx, created on its executor's first use (before any of its
+// allocations: the workers have not started). An arena that cannot be reserved leaves
+// the device in direct mode (a line on stderr says why); no such device fails.
+bool cuda_arena(int idx, char *err, size_t errlen) {
+    if (!g_cuda_vmu || idx < 0 || idx >= 64 || djn_dvmu_of_device(idx) || g_direct[idx])
+        return true;
+    djn_dev_t *d = djn_dev_cuda_new(idx, err, errlen);
+    if (!d)
+        return false;
+    char why[512] = "";
+    djn_dvmu_t *v = djn_dvmu_new(d, env_bytes("DJINN_CUDA_DATA_BYTES"),
+                                 env_bytes("DJINN_CUDA_SLAB_BYTES"), why, sizeof why);
+    if (v && djn_dvmu_register(idx, v))
+        return true;
+    djn_dvmu_destroy(&v);
+    std::fprintf(stderr,
+                 "djinn-server: cuda:%d allocates without its VMU arena (cudaMalloc per "
+                 "tensor): %s\n",
+                 idx, why);
+    g_direct[idx] = d;
+    return true;
+}
+#endif
 
 } // namespace
 
@@ -858,6 +947,10 @@ djn_exec_t *djn_exec_new(const char *device, char *err, size_t errlen) {
         }
         if (x->device.is_cuda() && !x->device.has_index())
             x->device.set_index(0);
+#if DJN_CUDA
+        if (x->device.is_cuda() && !cuda_arena(x->device.index(), err, errlen))
+            return nullptr;
+#endif
         x->name = x->device.str();
         return x.release();
     } catch (const std::exception &e) {
@@ -939,11 +1032,14 @@ djn_status_t djn_exec_zero(djn_exec_t *x, djn_stor_t *s, char *err, size_t errle
 
 void djn_exec_install_allocator(void) {
     c10::SetCPUAllocator(&g_vmu_allocator, /*priority=*/100);
+#if DJN_CUDA
+    install_cuda_allocator();
+#endif
 }
 
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {
     if (!x->device.is_cpu())
-        return; // CUDA workers keep ATen's caching allocator (see README)
+        return; // CUDA workers: their device's djn_dvmu (DJN_CUDA builds) or ATen's allocator
     x->vmu = v;
     t_vmu = v;
 }
