@@ -213,6 +213,7 @@ check-cuda: $(BUILD)/.deps
 bench-gpu: build
 	$(PYTHON) benchmarks/run.py --quick --gpu
 	$(PYTHON) benchmarks/memory_bench.py
+	$(PYTHON) benchmarks/gpu_bench.py
 
 C_FORMATTED := $(wildcard csrc/*/*.[ch] csrc/torch/*.cpp server/*.[ch] server/*.cpp test/c/*.[ch] benchmarks/*.c)
 PY_FORMATTED := djinn test/*.py benchmarks examples
