@@ -86,6 +86,7 @@ struct djn_server {
     int nworkers;
     int64_t started_ms;
     _Atomic uint64_t requests, errors, bytes_in, bytes_out, inline_runs;
+    _Atomic uint64_t errors_by[DJN_ERR_DENIED + 1]; /* ERROR replies by status */
     /* scheduling latency: header decode + plan-cache lookup (transport) and planning
      * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
     _Atomic uint64_t sched_ns_hit, sched_n_hit, sched_ns_miss, sched_n_miss;
@@ -158,6 +159,7 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
     djn_error_rep_t e = {st, msg, node, op};
     djn_error_rep_encode(&b, &h, &e);
     atomic_fetch_add(&srv->errors, 1);
+    atomic_fetch_add(&srv->errors_by[st > 0 && st <= DJN_ERR_DENIED ? st : DJN_ERR_INTERNAL], 1);
     djn_log(DJN_LOG_DEBUG, "error reply", DJN_KV_HEX("session", sid), DJN_KV_U64("seq", seq),
             DJN_KV_STR("status", djn_status_name(st)), DJN_KV_STR("op", op),
             DJN_KV_STR("error", msg));
@@ -398,6 +400,25 @@ static void *s_worker_main(void *arg) {
 
 /* ------------------------------------------------------------------ transport */
 
+/* ERROR replies by kind: the statuses an operator tells apart (PROTOCOL.md section 6). */
+static void s_error_kinds(djn_server_t *srv, djn_stats_server_t *sv) {
+    uint64_t n[DJN_ERR_DENIED + 1];
+    for (int i = 0; i <= DJN_ERR_DENIED; i++)
+        n[i] = atomic_load(&srv->errors_by[i]);
+    sv->errors_proto = n[DJN_ERR_PROTO] + n[DJN_ERR_VERSION];
+    sv->errors_limit = n[DJN_ERR_LIMIT];
+    sv->errors_session = n[DJN_ERR_SESSION];
+    sv->errors_handle = n[DJN_ERR_HANDLE];
+    sv->errors_op = n[DJN_ERR_OP];
+    sv->errors_args = n[DJN_ERR_ARGS];
+    sv->errors_device = n[DJN_ERR_DEVICE];
+    sv->errors_memory = n[DJN_ERR_OOM] + n[DJN_ERR_NOMEM];
+    sv->errors_quota = n[DJN_ERR_QUOTA];
+    sv->errors_evicted = n[DJN_ERR_EVICTED];
+    sv->errors_denied = n[DJN_ERR_DENIED];
+    sv->errors_other = n[DJN_ERR_TIMEOUT] + n[DJN_ERR_IO] + n[DJN_ERR_CLOSED] + n[DJN_ERR_INTERNAL];
+}
+
 /* The scheduler's per-class latency figures of one device (operators only). */
 static void s_qos_stats(djn_server_t *srv, uint32_t dev, djn_stats_device_t *d) {
     djn_sched_lat_t l[DJN_SCHED_NCLASS];
@@ -576,6 +597,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     sv->bytes_in_use = ss.bytes;
     sv->requests = atomic_load(&srv->requests);
     sv->errors = atomic_load(&srv->errors);
+    s_error_kinds(srv, sv);
     sv->bytes_received = atomic_load(&srv->bytes_in);
     sv->bytes_sent = atomic_load(&srv->bytes_out);
     sv->text_entries = ts.entries;
