@@ -411,6 +411,8 @@ OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias, const
     OutSpec o;
     if (!r.defined())
         return o;
+    if (r.layout() != c10::kStrided && r.layout() != c10::kSparse)
+        refuse_layout(r.layout()); // compressed, mkldnn: the message of every other entry
     TORCH_CHECK_NOT_IMPLEMENTED(r.layout() == c10::kStrided, "djinn: ", info.name,
                                 " would return a tensor of layout ", r.layout(),
                                 "; only strided tensors live on 'remote' (sparse tensors stay on "

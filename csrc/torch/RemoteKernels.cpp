@@ -329,8 +329,8 @@ TORCH_LIBRARY_IMPL(aten, Negative, m) {
     m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
 }
 
-// Sparse layouts do not live on 'remote' (the server keeps strided tensors only): any op
-// that would make or use one says so at once.
+// Sparse COO tensors on 'remote' have the few kernels of RemoteSparse.cpp: any other op
+// on one says so at once (the compressed layouts: RemoteLayouts.cpp).
 void sparse_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
     TORCH_CHECK_NOT_IMPLEMENTED(false, "djinn: sparse tensors are not supported on 'remote' (",
                                 op.schema().name(),
@@ -338,10 +338,6 @@ void sparse_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
 }
 
 TORCH_LIBRARY_IMPL(_, SparsePrivateUse1, m) {
-    m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
-}
-
-TORCH_LIBRARY_IMPL(_, SparseCsrPrivateUse1, m) {
     m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
 }
 

@@ -38,6 +38,10 @@ inline void check_dtype(at::ScalarType t) {
                      " are not supported on 'remote'");
 }
 
+// Refuse a layout 'remote' does not hold (compressed sparse, mkldnn, ...), naming it and
+// saying what to do (RemoteLayouts.cpp): NotImplementedError, nothing recorded.
+[[noreturn]] void refuse_layout(at::Layout layout);
+
 c10::Allocator *allocator();
 // Pinned host memory (RemoteHostAllocator.cpp).
 c10::Allocator *pinned_allocator();
