@@ -492,20 +492,21 @@ def transformer(ctx):
             },
         )
     )
-    sent = mean(pooled("djinn", "step_sent"))
+    sent = {k: mean(pooled(k, "step_sent")) for k in results if results[k][0]["step_sent"]}
     rows.append(
         C.row(
             f"{label}: bytes sent per decode step (HF default DynamicCache)",
             g,
             "bytes",
-            {"djinn": sent, "local": 0},  # local: nothing crosses a wire
+            sent,
             "<= 512 B per token (issue 11)",
             lambda v: v["djinn"] <= 512,
             extra={
                 **extra,
                 "note": "djinn: bytes_moved()['bytes_sent'] deltas per step; the fragment of a "
                 "step goes as GRAPH_CACHED against the first step's template "
-                "(docs/PROTOCOL.md 7.4)",
+                "(docs/PROTOCOL.md 7.4); naive: measured on its socket; rpc: the tensor "
+                "payload sent (token + KV cache)",
             },
         )
     )
