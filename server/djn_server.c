@@ -122,11 +122,12 @@ void djn_server_drain(void) {
 typedef struct {
     djn_session_t *sess;
     uint64_t len;
+    void *hold; /* a lent storage snapshot (djn_exec_lend), or NULL: data is ours */
 } s_sent_t;
 
 static void s_free_sent(void *data, void *hint) {
     s_sent_t *h = hint;
-    djn_free(data, h->len);
+    djn_frag_fetched_free(data, h->len, h->hold);
     djn_session_uncharge_reply(h->sess, h->len);
     djn_session_release(&h->sess);
     djn_free(h, sizeof(*h));
@@ -268,7 +269,7 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     for (uint32_t i = 0; st == DJN_OK && i < out.nfetched; i++) {
         s_sent_t *h = djn_malloc(sizeof(*h));
         if (h)
-            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i]};
+            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i], out.fetched_hold[i]};
         if (!h || zmq_msg_init_data(&frames[i], out.fetched[i], out.fetched_len[i], s_free_sent,
                                     h) != 0) {
             if (h)

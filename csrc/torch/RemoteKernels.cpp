@@ -6,10 +6,12 @@
 #include <ATen/native/Resize.h>
 #include <ATen/native/transformers/attention.h>
 #include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/alias_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include "remote.h"
@@ -224,6 +226,66 @@ at::Tensor download(const at::Tensor &src) {
     return out;
 }
 
+// Whether a remote tensor's elements are, in order, its storage's bytes [*b, *e): then a
+// read of that range is the tensor's value, ready for a contiguous CPU tensor.
+bool dense_range(const at::Tensor &t, uint64_t *b, uint64_t *e) {
+    if (!t.is_contiguous() || t.is_conj() || t.is_neg() || t.numel() == 0)
+        return false;
+    djn_tref_t r = tref_of(t);
+    return djn_tref_extent(&r, b, e) && *e - *b == static_cast<uint64_t>(t.numel()) * t.itemsize();
+}
+
+// remote -> CPU: straight into the destination's memory when both are laid out alike
+// (one copy, from the reply), else through a staging tensor and copy_.
+void download_into(const at::Tensor &dst, const at::Tensor &src) {
+    uint64_t b = 0, e = 0;
+    if (dst.is_contiguous() && dst.scalar_type() == src.scalar_type() && !dst.is_conj() &&
+        !dst.is_neg() && dst.sizes() == src.sizes() && dense_range(src, &b, &e)) {
+        check(djn_client_read(client(), src.device().index(), handle_of(src.storage()), b, e - b,
+                              dst.data_ptr()));
+        return;
+    }
+    dst.copy_(download(src));
+}
+
+// Reads larger than this become the CPU tensor's memory as they arrived (the reply's
+// frame), without a copy; smaller ones go through the fetch cache.
+constexpr uint64_t kAdoptMin = 4ull << 20;
+
+void frame_free(void *keep) {
+    djn_client_frame_free(keep);
+}
+
+// remote -> CPU as a new tensor (.cpu(), .to('cpu')): a large dense tensor's CPU copy is
+// the server's reply itself, adopted as the storage (resizable through the CPU allocator;
+// its data pointer is 8-byte aligned, so only for elements of at most 8 bytes). Anything
+// else is PyTorch's own _to_copy (an empty tensor, then copy_ -> copy_from).
+at::Tensor to_copy(const at::Tensor &self, std::optional<at::ScalarType> dtype,
+                   std::optional<at::Layout> layout, std::optional<at::Device> device,
+                   std::optional<bool> pin_memory, bool non_blocking,
+                   std::optional<at::MemoryFormat> memory_format) {
+    auto mf = memory_format.value_or(at::MemoryFormat::Preserve);
+    uint64_t b = 0, e = 0;
+    if (device && device->is_cpu() && (!dtype || *dtype == self.scalar_type()) &&
+        (!layout || *layout == at::kStrided) && !pin_memory.value_or(false) &&
+        (mf == at::MemoryFormat::Preserve || mf == at::MemoryFormat::Contiguous) &&
+        self.itemsize() <= 8 && dense_range(self, &b, &e) && e - b > kAdoptMin) {
+        const void *data = nullptr;
+        void *keep = nullptr;
+        check(djn_client_read_frame(client(), self.device().index(), handle_of(self.storage()), b,
+                                    e - b, &data, &keep));
+        c10::Storage st(c10::make_intrusive<c10::StorageImpl>(
+            c10::StorageImpl::use_byte_size_t(), static_cast<size_t>(e - b),
+            c10::DataPtr(const_cast<void *>(data), keep, &frame_free, c10::Device(c10::kCPU)),
+            c10::GetCPUAllocator(), /*resizable=*/true));
+        auto out = at::empty({0}, at::TensorOptions().dtype(self.scalar_type()));
+        out.set_(st, 0, self.sizes(), c10::contiguous_strides(self.sizes()));
+        return out;
+    }
+    return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking,
+                                memory_format);
+}
+
 at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blocking) {
     (void)non_blocking; // uploads are snapshots and downloads complete before returning
     bool src_remote = self.device().type() == kPU1, dst_remote = dst.device().type() == kPU1;
@@ -242,7 +304,7 @@ at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blo
     } else {
         TORCH_CHECK(dst.device().is_cpu(), "djinn: cannot copy from remote to ", dst.device(),
                     "; copy to cpu first");
-        dst.copy_(download(self));
+        download_into(dst, self);
     }
     return dst;
 }
@@ -300,6 +362,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("set_.source_Tensor", TORCH_FN(set_tensor));
     m.impl("_copy_from", TORCH_FN(copy_from));
     m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
+    m.impl("_to_copy", TORCH_FN(to_copy));
     m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
     m.impl("_has_compatible_shallow_copy_type", TORCH_FN(has_compatible_shallow_copy_type));
     // Composite-explicit ops whose PrivateUse1 decomposition would end in an
