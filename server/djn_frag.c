@@ -134,6 +134,14 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
                        uint32_t nnodes, djn_map_t *place, uint64_t *too_big) {
     if (!env->vmu || !g->nallocs || !g->nfrees || !nnodes)
         return 0;
+    if ((uint64_t)g->nallocs * g->nfrees <= 64) { /* no intermediates, found without maps */
+        bool any = false;
+        for (uint32_t i = 0; !any && i < g->nallocs; i++)
+            for (uint32_t k = 0; !any && k < g->nfrees; k++)
+                any = g->allocs[i].handle == g->frees[k];
+        if (!any)
+            return 0;
+    }
     s_walk_t w = {0};
     w.handle = DJN_VEC(uint64_t);
     w.def = w.use_t = w.use_n = DJN_VEC(uint32_t);

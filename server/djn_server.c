@@ -226,6 +226,8 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(missing, j->msg->u.have.nitems * sizeof(uint32_t));
 }
 
+#define S_SMALL_FRAME 4096u /* fetched frames this small are copied into the message */
+
 static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *push, s_job_t *j,
                             bool locked) {
     djn_server_t *srv = w->srv;
@@ -267,6 +269,20 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     uint32_t nframes = 0;
     djn_status_t st = out.nfetched && !frames ? DJN_ERR_NOMEM : DJN_OK;
     for (uint32_t i = 0; st == DJN_OK && i < out.nfetched; i++) {
+        if (out.fetched_len[i] <= S_SMALL_FRAME && !out.fetched_hold[i]) {
+            /* a scalar for .item() and the like: copied into ZeroMQ's own message (inline
+             * up to 33 bytes) and given back now, rather than tracked until sent */
+            if (zmq_msg_init_size(&frames[i], out.fetched_len[i]) != 0) {
+                st = DJN_ERR_NOMEM;
+                break;
+            }
+            memcpy(zmq_msg_data(&frames[i]), out.fetched[i], out.fetched_len[i]);
+            djn_frag_fetched_free(out.fetched[i], out.fetched_len[i], NULL);
+            djn_session_uncharge_reply(out.sess, out.fetched_len[i]);
+            out.fetched[i] = NULL;
+            nframes++;
+            continue;
+        }
         s_sent_t *h = djn_malloc(sizeof(*h));
         if (h)
             *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i], out.fetched_hold[i]};

@@ -314,10 +314,71 @@ at::Tensor copy_from_and_resize(const at::Tensor &self, const at::Tensor &dst) {
     return copy_from(self, dst, false);
 }
 
+template <class T> at::Scalar scalar_at(const uint8_t *p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return at::Scalar(v);
+}
+
+// A Scalar of the element bytes at p, for the dtypes .item() meets (false: another one).
+bool scalar_of(at::ScalarType t, const uint8_t *p, at::Scalar *out) {
+    switch (t) {
+    case at::kFloat:
+        *out = scalar_at<float>(p);
+        return true;
+    case at::kDouble:
+        *out = scalar_at<double>(p);
+        return true;
+    case at::kHalf:
+        *out = scalar_at<at::Half>(p);
+        return true;
+    case at::kBFloat16:
+        *out = scalar_at<at::BFloat16>(p);
+        return true;
+    case at::kLong:
+        *out = scalar_at<int64_t>(p);
+        return true;
+    case at::kInt:
+        *out = scalar_at<int32_t>(p);
+        return true;
+    case at::kShort:
+        *out = scalar_at<int16_t>(p);
+        return true;
+    case at::kChar:
+        *out = scalar_at<int8_t>(p);
+        return true;
+    case at::kByte:
+        *out = scalar_at<uint8_t>(p);
+        return true;
+    case at::kBool:
+        *out = at::Scalar(p[0] != 0);
+        return true;
+    case at::kComplexFloat:
+        *out = scalar_at<c10::complex<float>>(p);
+        return true;
+    case at::kComplexDouble:
+        *out = scalar_at<c10::complex<double>>(p);
+        return true;
+    default:
+        return false;
+    }
+}
+
+// .item(): the element's bytes read into a local buffer and made a Scalar, without the
+// staging CPU tensor download() builds (three TensorImpls and a dispatch of item() on
+// the CPU copy). Other dtypes and the conjugate and negative bits go through download().
 at::Scalar local_scalar_dense(const at::Tensor &self) {
     TORCH_CHECK(self.numel() == 1, "djinn: a tensor with ", self.numel(),
                 " elements cannot be converted to a scalar");
-    return download(self).item();
+    alignas(16) uint8_t b[16] = {0};
+    at::Scalar v;
+    if (self.is_conj() || self.is_neg() || !scalar_of(self.scalar_type(), b, &v))
+        return download(self).item();
+    size_t isz = self.itemsize();
+    check(djn_client_read(client(), self.device().index(), handle_of(self.storage()),
+                          static_cast<uint64_t>(self.storage_offset()) * isz, isz, b));
+    scalar_of(self.scalar_type(), b, &v);
+    return v;
 }
 
 // Module.to('remote') keeps each Parameter object (param.data = the remote tensor), as
