@@ -241,6 +241,7 @@ void download_into(const at::Tensor &dst, const at::Tensor &src) {
     uint64_t b = 0, e = 0;
     if (dst.is_contiguous() && dst.scalar_type() == src.scalar_type() && !dst.is_conj() &&
         !dst.is_neg() && dst.sizes() == src.sizes() && dense_range(src, &b, &e)) {
+        check(djn_client_check_host(e - b)); // the received frame
         check(djn_client_read(client(), src.device().index(), handle_of(src.storage()), b, e - b,
                               dst.data_ptr()));
         return;
@@ -272,6 +273,7 @@ at::Tensor to_copy(const at::Tensor &self, std::optional<at::ScalarType> dtype,
         self.itemsize() <= 8 && dense_range(self, &b, &e) && e - b > kAdoptMin) {
         const void *data = nullptr;
         void *keep = nullptr;
+        check(djn_client_check_host(e - b)); // before the frame that becomes the tensor
         check(djn_client_read_frame(client(), self.device().index(), handle_of(self.storage()), b,
                                     e - b, &data, &keep));
         c10::Storage st(c10::make_intrusive<c10::StorageImpl>(
