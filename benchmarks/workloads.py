@@ -22,7 +22,12 @@ from decode import decode_client, decode_direct
 
 # DESIGN section 7 targets, as (text, check on the row's values)
 T_CAPTURE = ("<= 5 us/op with meta-cache hits (eager ~2 us/op)", lambda v: v["djinn"] <= 5.0)
-T_RTT = ("<= 60 us (TensorPipe RPC: 97 us shm, 205 us TCP)", lambda v: v["djinn"] <= 60.0)
+T_RTT = ("<= 1.2x the raw ZeroMQ ping-pong, same run", lambda v: v["djinn"] <= 1.2 * v["zmq"])
+# bulk transfers (DESIGN section 7): >= 0.9x raw ZeroMQ throughput, faster than rpc
+T_BULK = (
+    ">= 0.9x raw ZeroMQ throughput, faster than rpc",
+    lambda v: v["djinn"] * 0.9 <= v["zmq"] and (v["rpc"] is None or v["djinn"] < v["rpc"]),
+)
 T_SMALL = ("<= local + 0.5 ms (warm plan cache)", lambda v: v["djinn"] - v["local"] <= 0.5)
 T_DECODE = ("djinn / local <= 1.3", lambda v: v["djinn"] / v["local"] <= 1.3)
 
@@ -251,6 +256,7 @@ def _bandwidth_size(ctx, size, peer):
                 "bandwidth",
                 "ms",
                 {k: 1e3 * v for k, v in vals.items()},
+                *(T_BULK if size >= 64 << 20 else ()),
                 extra=extra,
             )
         )

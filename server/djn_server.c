@@ -122,11 +122,12 @@ void djn_server_drain(void) {
 typedef struct {
     djn_session_t *sess;
     uint64_t len;
+    void *hold; /* a lent storage snapshot (djn_exec_lend), or NULL: data is ours */
 } s_sent_t;
 
 static void s_free_sent(void *data, void *hint) {
     s_sent_t *h = hint;
-    djn_free(data, h->len);
+    djn_frag_fetched_free(data, h->len, h->hold);
     djn_session_uncharge_reply(h->sess, h->len);
     djn_session_release(&h->sess);
     djn_free(h, sizeof(*h));
@@ -225,6 +226,8 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(missing, j->msg->u.have.nitems * sizeof(uint32_t));
 }
 
+#define S_SMALL_FRAME 4096u /* fetched frames this small are copied into the message */
+
 static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *push, s_job_t *j,
                             bool locked) {
     djn_server_t *srv = w->srv;
@@ -266,9 +269,23 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     uint32_t nframes = 0;
     djn_status_t st = out.nfetched && !frames ? DJN_ERR_NOMEM : DJN_OK;
     for (uint32_t i = 0; st == DJN_OK && i < out.nfetched; i++) {
+        if (out.fetched_len[i] <= S_SMALL_FRAME && !out.fetched_hold[i]) {
+            /* a scalar for .item() and the like: copied into ZeroMQ's own message (inline
+             * up to 33 bytes) and given back now, rather than tracked until sent */
+            if (zmq_msg_init_size(&frames[i], out.fetched_len[i]) != 0) {
+                st = DJN_ERR_NOMEM;
+                break;
+            }
+            memcpy(zmq_msg_data(&frames[i]), out.fetched[i], out.fetched_len[i]);
+            djn_frag_fetched_free(out.fetched[i], out.fetched_len[i], NULL);
+            djn_session_uncharge_reply(out.sess, out.fetched_len[i]);
+            out.fetched[i] = NULL;
+            nframes++;
+            continue;
+        }
         s_sent_t *h = djn_malloc(sizeof(*h));
         if (h)
-            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i]};
+            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i], out.fetched_hold[i]};
         if (!h || zmq_msg_init_data(&frames[i], out.fetched[i], out.fetched_len[i], s_free_sent,
                                     h) != 0) {
             if (h)

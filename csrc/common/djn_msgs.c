@@ -333,10 +333,15 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
             return DJN_ERR_NOMEM;
         for (uint32_t i = 0; i < v->len; i++) {
             const djn_value_t *e = &v->u.items[i];
-            if (!s_list(e) || (e->len != 2 && e->len != 3) ||
-                !s_uint(&e->u.items[0], &ups[i].handle) || !s_uint(&e->u.items[1], &u))
-                return s_bad(p, "each upload must be [handle, frame] or [handle, frame, text]");
-            ups[i].text = e->len == 3 && e->u.items[2].kind == DJN_V_BOOL && e->u.items[2].u.b;
+            if (!s_list(e) || (e->len != 2 && e->len != 3 && e->len != 5) ||
+                !s_uint(&e->u.items[0], &ups[i].handle) || !s_uint(&e->u.items[1], &u) ||
+                (e->len == 5 &&
+                 (e->u.items[2].kind != DJN_V_BOOL || !s_uint(&e->u.items[3], &ups[i].offset) ||
+                  !s_uint(&e->u.items[4], &ups[i].total))))
+                return s_bad(p, "each upload must be [handle, frame], [handle, frame, text] or "
+                                "[handle, frame, text, offset, total]");
+            ups[i].text = e->len >= 3 && e->u.items[2].kind == DJN_V_BOOL && e->u.items[2].u.b;
+            ups[i].chunk = e->len == 5;
             if ((st = s_client_handle(p, ups[i].handle)) != DJN_OK)
                 return st;
             if (u < 1 || u > p->nframes) {
@@ -596,6 +601,20 @@ void djn_node_encode(djn_buf_t *b, const djn_node_t *n) {
     djn_node_enc_end(b, n->flags);
 }
 
+/* [handle, frame], [handle, frame, true] or, for a chunk, [handle, frame, text, offset,
+ * total] */
+static void s_enc_upload(djn_buf_t *b, const djn_upload_t *u) {
+    djn_enc_array(b, u->chunk ? 5 : u->text ? 3 : 2);
+    djn_enc_uint(b, u->handle);
+    djn_enc_uint(b, u->frame);
+    if (u->text || u->chunk)
+        djn_enc_bool(b, u->text);
+    if (u->chunk) {
+        djn_enc_uint(b, u->offset);
+        djn_enc_uint(b, u->total);
+    }
+}
+
 static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t n, bool runs) {
     djn_enc_cstr(b, k);
     djn_enc_array(b, 2 * n);
@@ -638,14 +657,8 @@ static void s_enc_allocs(djn_buf_t *b, const djn_graph_req_t *r) {
 static void s_enc_uploads(djn_buf_t *b, const djn_graph_req_t *r) {
     djn_enc_cstr(b, "uploads");
     djn_enc_array(b, r->nuploads);
-    for (uint32_t i = 0; i < r->nuploads; i++) {
-        const djn_upload_t *u = &r->uploads[i];
-        djn_enc_array(b, u->text ? 3 : 2);
-        djn_enc_uint(b, u->handle);
-        djn_enc_uint(b, u->frame);
-        if (u->text)
-            djn_enc_bool(b, true);
-    }
+    for (uint32_t i = 0; i < r->nuploads; i++)
+        s_enc_upload(b, &r->uploads[i]);
 }
 
 static void s_enc_fetches(djn_buf_t *b, const djn_graph_req_t *r) {
