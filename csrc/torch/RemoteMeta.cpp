@@ -16,11 +16,17 @@
 //      (`at::meta::add_outf`, ...). These are the inactive C++ Meta kernels, and the very
 //      code CPU and CUDA kernels run to size, stride and type their outputs: exact by
 //      construction (TensorIterator's strides follow the inputs' permutation, type
-//      promotion, broadcasting, out= resizing).
-//   2. Non-structured ops that reach the fallback in functional form (where,
-//      index_select, native_layer_norm, relu): shape functions written here from their
-//      CPU kernels (noted at each), using TensorIterator where the kernel does. They may
-//      decline a case they do not describe (it then takes the Meta device path).
+//      promotion, broadcasting, out= resizing). One nuance: where inputs of mixed dtypes
+//      are not dense, CPU's TensorIterator converts them before choosing strides, CUDA's
+//      and the meta function's do not. A CPU server computes into the declared out as it
+//      is (structured out= kernels keep an out of the right shape), so 'remote' tensors
+//      carry CUDA's strides then, as the outputs PyTorch's default backend kernels make
+//      for 'remote' always have.
+//   2. Ops that are not structured and reach the fallback themselves (where,
+//      index_select, native_layer_norm and its backward, embedding_dense_backward, relu,
+//      relu_, masked_fill_, copy_, arange.start_out): shape functions written here from
+//      their CPU kernels (noted at each), using TensorIterator where the kernel does.
+//      They may decline a case they do not describe (it then takes the Meta device path).
 // Each table entry's C++ signature is compared with the operator's schema once
 // (c10::findSchemaDifferences); an entry that disagrees is not used. Anything without an
 // entry takes the Meta device path unchanged. test/test_meta_fast.py checks every entry
@@ -33,13 +39,16 @@
 // the Python kernel. The shape functions are exact for every size and cost a few µs.
 //
 // Nothing here takes the GIL: the meta functions dispatch only C++ Meta kernels
-// (resize_, as_strided_, empty_strided, copy_ of meta tensors).
+// (resize_, as_strided_, empty_strided, copy_ of meta tensors); the tests watch for any
+// Python frame of a Meta kernel, ref or decomposition while an op is captured.
+#include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/MetaFunctions.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/WrapDimUtils.h>
 #include <ATen/core/op_registration/infer_schema.h>
+#include <ATen/native/RangeUtils.h>
 #include <ATen/ops/result_type_native.h>
 #include <c10/util/strides.h>
 
@@ -168,6 +177,10 @@ const Entry kStructured[] = {
     DJN_META("le", "Scalar_out", le_outf, WithScalar),
     DJN_META("gt", "Scalar_out", gt_outf, WithScalar),
     DJN_META("ge", "Scalar_out", ge_outf, WithScalar),
+    DJN_META("isin", "Tensor_Tensor_out", isin_outf, T &(CT, CT, bool, bool, T &)),
+    DJN_META("isin", "Tensor_Scalar_out", isin_outf, T &(CT, S, bool, bool, T &)),
+    DJN_META("isposinf", "out", isposinf_outf, Unary),
+    DJN_META("isneginf", "out", isneginf_outf, Unary),
     DJN_META("addcmul", "out", addcmul_outf, TernaryScalar),
     DJN_META("addcdiv", "out", addcdiv_outf, TernaryScalar),
     DJN_META("lerp", "Scalar_out", lerp_outf, T &(CT, CT, S, T &)),
@@ -185,6 +198,15 @@ const Entry kStructured[] = {
     DJN_META("amin", "out", amin_outf, DimsKeep),
     DJN_META("max", "dim_max", max_outf, DimMinMax),
     DJN_META("min", "dim_min", min_outf, DimMinMax),
+    DJN_META("all", "out", all_outf, T &(CT, int64_t, bool, T &)),
+    DJN_META("any", "out", any_outf, T &(CT, int64_t, bool, T &)),
+    DJN_META("all", "dims_out", all_outf, T &(CT, at::OptionalIntArrayRef, bool, T &)),
+    DJN_META("any", "dims_out", any_outf, T &(CT, at::OptionalIntArrayRef, bool, T &)),
+    DJN_META("all", "all_out", all_outf, Unary),
+    DJN_META("any", "all_out", any_outf, Unary),
+    // (all.dims and any.dims reach the fallback themselves: RemoteKernels.cpp)
+    DJN_META("all", "dims", all, T(CT, at::OptionalIntArrayRef, bool)),
+    DJN_META("any", "dims", any, T(CT, at::OptionalIntArrayRef, bool)),
     DJN_META("argmax", "out", argmax_outf, ArgMinMax),
     DJN_META("argmin", "out", argmin_outf, ArgMinMax),
     DJN_META("prod", "int_out", prod_outf, T &(CT, int64_t, bool, OptDtype, T &)),
@@ -236,18 +258,25 @@ void result(Stack &s, at::TensorBase t) {
 }
 
 // where.self(Tensor condition, Tensor self, Tensor other) -> Tensor
-// CPU (TensorCompare.cpp, where + where_self_out): out = empty({0}, result_type), inputs of
-// another dtype converted with .to(), then a TensorIterator over (out; condition, self,
-// other) without dtype checks, which resizes out and gives it the iterator's strides.
+// where.self_out(Tensor condition, Tensor self, Tensor other, *, Tensor(a!) out) -> Tensor(a!)
+// CPU (TensorCompare.cpp, where + where_self_out): out = empty({0}, result_type) unless
+// given (then of that dtype), inputs of another dtype converted with .to(), then a
+// TensorIterator over (out; condition, self, other) without dtype checks, which resizes out
+// and gives it the iterator's strides (or keeps a given out of the right shape as it is).
 // Declined: a uint8 condition, dtypes to convert, CPU scalars (the kernel moves them).
-bool where_self(const c10::OperatorHandle &, Stack &s) {
+bool where(const c10::OperatorHandle &op, Stack &s) {
     const T &cond = arg(s, 0), &self = arg(s, 1), &other = arg(s, 2);
     if (!cond.is_meta() || !self.is_meta() || !other.is_meta() || cond.scalar_type() != at::kBool)
         return false;
     at::ScalarType rt = at::native::result_type(self, other);
     if (self.scalar_type() != rt || other.scalar_type() != rt)
         return false;
-    T out(at::detail::empty_meta({0}, rt));
+    bool given = s.size() > 3;
+    if (given && !arg(s, 3).is_meta())
+        return false;
+    T out = given ? arg(s, 3) : T(at::detail::empty_meta({0}, rt));
+    TORCH_CHECK(out.scalar_type() == rt, "Expected out type to be ", rt, " but got ",
+                out.scalar_type());
     at::TensorIteratorConfig()
         .check_all_same_dtype(false)
         .add_output(out)
@@ -371,11 +400,108 @@ bool masked_fill_(const c10::OperatorHandle &, Stack &s) {
     return true;
 }
 
+// copy_(Tensor(a!) self, Tensor src, bool non_blocking=False) -> Tensor(a!)
+// (RemoteKernels' copies between remote tensors record this.) ATen's copy_ of a meta
+// tensor (Copy.cpp, copy_impl): src must broadcast to self; self comes back as it was.
+bool copy_(const c10::OperatorHandle &, Stack &s) {
+    T self = arg(s, 0);
+    const T &src = arg(s, 1);
+    if (!self.is_meta() || !src.is_meta())
+        return false;
+    auto shape = at::infer_size(self.sizes(), src.sizes());
+    TORCH_CHECK(self.sizes().equals(shape), "output with shape ", self.sizes(),
+                " doesn't match the broadcast shape ", shape);
+    result(s, std::move(self));
+    return true;
+}
+
+// arange.start_out(Scalar start, Scalar end, Scalar step=1, *, Tensor(a!) out) -> Tensor(a!)
+// CPU and CUDA (RangeFactories.cpp, arange_out): size = compute_arange_size<out's type>;
+// out is resized to (size,) only when its numel differs. Decodes call it with a new start
+// each step (cache positions), so it misses every time.
+bool arange_out(const c10::OperatorHandle &, Stack &s) {
+    T out = arg(s, 3);
+    if (!out.is_meta())
+        return false;
+    switch (out.scalar_type()) { // the kernel's AT_DISPATCH_ALL_TYPES_AND2(Half, BFloat16)
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong:
+    case at::kFloat:
+    case at::kDouble:
+    case at::kHalf:
+    case at::kBFloat16:
+        break;
+    default:
+        return false;
+    }
+    int64_t size = 0;
+    AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "arange_meta", [&] {
+        size = at::native::compute_arange_size<scalar_t>(s[0].toScalar(), s[1].toScalar(),
+                                                         s[2].toScalar());
+    });
+    if (out.numel() != size)
+        out.resize_({size});
+    result(s, std::move(out));
+    return true;
+}
+
+// embedding_dense_backward(Tensor grad_output, Tensor indices, SymInt num_weights,
+//                          SymInt padding_idx, bool scale_grad_by_freq) -> Tensor
+// CPU (Embedding.cpp, embedding_dense_backward_cpu): zeros (num_weights, grad.size(-1)) in
+// grad's dtype, contiguous; int32 or int64 indices.
+bool embedding_dense_backward(const c10::OperatorHandle &, Stack &s) {
+    const T &grad = arg(s, 0), &indices = arg(s, 1);
+    if (!grad.is_meta() || !indices.is_meta() || grad.dim() == 0 || !s[2].isInt())
+        return false;
+    TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+                "embedding_backward: Expected tensor for argument #1 'indices' to have one of the "
+                "following scalar types: Long, Int; but got ",
+                indices.scalar_type());
+    result(s, at::detail::empty_meta({s[2].toInt(), grad.size(-1)}, grad.scalar_type()));
+    return true;
+}
+
+// native_layer_norm_backward(Tensor grad_out, Tensor input, SymInt[] normalized_shape,
+//     Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, bool[3] output_mask)
+//     -> (Tensor, Tensor, Tensor)
+// CPU (layer_norm.cpp, layer_norm_backward_cpu): each output asked for is contiguous, like
+// the input (grad_input) or the weight and bias (their grads, in their dtypes); the others
+// undefined. Declined: a parameter's grad asked for without the parameter.
+bool native_layer_norm_backward(const c10::OperatorHandle &, Stack &s) {
+    const T &input = arg(s, 1);
+    auto mask = s[7].toBoolList();
+    auto param = [&](size_t i) -> const T * {
+        if (s[i].isNone() || !s[i].toTensor().defined())
+            return nullptr;
+        return &s[i].toTensor();
+    };
+    const T *weight = param(5), *bias = param(6);
+    if (!input.is_meta() || (mask[1] && (!weight || !weight->is_meta())) ||
+        (mask[2] && (!bias || !bias->is_meta())))
+        return false;
+    auto like = [](const T &t) { return T(at::detail::empty_meta(t.sizes(), t.scalar_type())); };
+    T dx = mask[0] ? like(input) : T(), dw = mask[1] ? like(*weight) : T(),
+      db = mask[2] ? like(*bias) : T();
+    s.clear();
+    s.emplace_back(std::move(dx));
+    s.emplace_back(std::move(dw));
+    s.emplace_back(std::move(db));
+    return true;
+}
+
 const Entry kHandwritten[] = {
+    {"aten::where", "self_out", &where, nullptr},
+    {"aten::copy_", "", &copy_, nullptr},
+    {"aten::arange", "start_out", &arange_out, nullptr},
+    {"aten::embedding_dense_backward", "", &embedding_dense_backward, nullptr},
+    {"aten::native_layer_norm_backward", "", &native_layer_norm_backward, nullptr},
     {"aten::relu_", "", &relu_, nullptr},
     {"aten::masked_fill_", "Scalar", &masked_fill_, nullptr},
     {"aten::masked_fill_", "Tensor", &masked_fill_, nullptr},
-    {"aten::where", "self", &where_self, nullptr},
+    {"aten::where", "self", &where, nullptr},
     {"aten::index_select", "", &index_select, nullptr},
     {"aten::native_layer_norm", "", &native_layer_norm, nullptr},
     {"aten::relu", "", &relu, nullptr},
