@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <memory>
 
 #include <mutex>
 #include <shared_mutex>
@@ -76,7 +77,8 @@ struct OpInfo {
 
 std::shared_mutex g_mu;
 std::unordered_map<const c10::FunctionSchema *, OpInfo> g_ops;
-std::unordered_map<std::string, MetaResult> g_meta;
+// entries are shared: a caller keeps its result while another thread clears the map
+std::unordered_map<std::string, std::shared_ptr<const MetaResult>> g_meta;
 std::atomic<uint64_t> g_hits{0}, g_fast{0}, g_slow{0};
 std::unordered_map<std::string, uint64_t> g_slow_ops; // under g_mu
 thread_local djn_phase_t t_phase = DJN_PHASE_NONE;
@@ -850,12 +852,12 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     kb.put(cpu);
     for (size_t i = first; i < stack->size(); i++)
         kb.value((*stack)[i]);
-    const MetaResult *mr = nullptr;
+    std::shared_ptr<const MetaResult> mr;
     {
         std::shared_lock<std::shared_mutex> lock(g_mu);
         auto it = g_meta.find(kb.k);
         if (it != g_meta.end())
-            mr = &it->second;
+            mr = it->second;
     }
     if (mr) {
         g_hits.fetch_add(1, std::memory_order_relaxed);
@@ -864,7 +866,7 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
         std::unique_lock<std::shared_mutex> lock(g_mu);
         if (g_meta.size() > 65536)
             g_meta.clear(); // bound memory; the working set refills in one pass
-        mr = &g_meta.emplace(kb.k, std::move(r)).first->second;
+        mr = g_meta.emplace(kb.k, std::make_shared<const MetaResult>(std::move(r))).first->second;
     }
     if (mr->dynamic) {
         run_dynamic(op, info, stack, first, dev, rebound);
