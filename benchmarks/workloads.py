@@ -22,6 +22,7 @@ from decode import decode_client, decode_direct
 
 # DESIGN section 7 targets, as (text, check on the row's values)
 T_CAPTURE = ("<= 5 us/op with meta-cache hits (eager ~2 us/op)", lambda v: v["djinn"] <= 5.0)
+T_MISS = ("<= 15 us/op (C++ shape functions, no Python Meta kernels)", lambda v: v["djinn"] <= 15.0)
 T_RTT = ("<= 1.2x the raw ZeroMQ ping-pong, same run", lambda v: v["djinn"] <= 1.2 * v["zmq"])
 # bulk transfers (DESIGN section 7): >= 0.9x raw ZeroMQ throughput, faster than rpc
 T_BULK = (
@@ -97,7 +98,8 @@ def capture_hits(ctx):
 
 def capture_misses(ctx):
     """µs per captured op when every op is new to the meta cache: each op runs on a
-    shape never seen before (views of one buffer, created outside the timed region)."""
+    shape never seen before (views of one buffer, created outside the timed region).
+    benchmarks/meta_misses.py measures the same op by op for the ops models use most."""
     n = {"smoke": 20, "quick": 500, "full": 2000}[ctx.mode]
     rep = {"smoke": 1, "quick": 3, "full": 5}[ctx.mode]
     base = 100_003  # far from any shape the other workloads use
@@ -129,7 +131,7 @@ def capture_misses(ctx):
             "micro",
             "us/op",
             {"local": 1e6 * C.median(t_local) / n, "djinn": 1e6 * C.median(t_djinn) / n},
-            "- (informational: shape inference on Meta)",
+            *T_MISS,
             extra={"ops": n, "repeats": rep},
         )
     ]
