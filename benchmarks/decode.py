@@ -11,8 +11,8 @@ Two ways to run the same loop:
   the logits and the grown KV cache back (what a stateless, return-everything server does).
 
 Each returns a dict: ``tokens``, ``prefill_s``, ``step_s`` (list), ``step_bytes`` (bytes
-moved per decode step where measurable, else None), ``step_sent`` (djinn: the part of it
-sent) and ``full_return_bytes`` (local: logits + KV cache bytes of each step's outputs,
+moved per decode step where measurable, else None), ``step_sent`` (the part of it
+the client sent; for RPC the tensor payload) and ``full_return_bytes`` (local: logits + KV cache bytes of each step's outputs,
 what returning every output costs).
 """
 
@@ -81,7 +81,7 @@ def decode_client(client, name, ids, steps):
     Bytes per step: measured on the socket for the naive server; for RPC the tensor
     payload (TensorPipe's framing is not visible), which is a lower bound."""
     measured = hasattr(client, "bytes_sent")
-    step_s, step_bytes = [], []
+    step_s, step_bytes, step_sent = [], [], []
     t0 = time.perf_counter()
     outs = client.call(name, ids)
     logits, kv = outs[0], outs[1:]
@@ -90,6 +90,7 @@ def decode_client(client, name, ids, steps):
     prefill_s = time.perf_counter() - t0
     for _ in range(steps):
         b0 = client.bytes_sent + client.bytes_received if measured else 0
+        s0 = client.bytes_sent if measured else 0
         t0 = time.perf_counter()
         outs = client.call(name, nxt, *kv)
         logits, kv = outs[0], outs[1:]
@@ -98,17 +99,19 @@ def decode_client(client, name, ids, steps):
         step_s.append(time.perf_counter() - t0)
         if measured:
             step_bytes.append(client.bytes_sent + client.bytes_received - b0)
+            step_sent.append(client.bytes_sent - s0)
         else:
             # what went in (token + previous KV, one position shorter) and what came back
             # (logits + new KV)
             kv_bytes = _nbytes(kv)
             per_position = kv_bytes // max(1, kv[0].shape[-2])
             step_bytes.append(nxt.nbytes + 2 * kv_bytes - per_position + logits.nbytes)
+            step_sent.append(nxt.nbytes + kv_bytes - per_position)
     return {
         "tokens": tokens,
         "prefill_s": prefill_s,
         "step_s": step_s,
         "step_bytes": step_bytes,
-        "step_sent": None,
+        "step_sent": step_sent,
         "full_return_bytes": None,
     }

@@ -46,7 +46,11 @@ LANDMARKS = [
         "a Meta kernel implemented in Python (torch._meta_registrations / _refs)",
     ),
     (r"djinn::.*record\(", "djinn: append the node to the pending fragment (msgpack encode)"),
-    (r"djinn::.*(meta|infer)", "djinn: shape inference on Meta (cache miss path)"),
+    (
+        r"djinn::.*(meta|infer)",
+        "djinn: shape inference on a miss (C++ shape function, else the Meta device)",
+    ),
+    (r"djinn::.*structured<", "djinn: ATen's C++ meta function of the op (RemoteMeta.cpp)"),
     (r"(djinn|djn)_.*alloc|RemoteAllocator", "djinn: handle allocation"),
     (r"XXH3|xxh", "fingerprint hashing"),
     (r"malloc|free", "heap (malloc/free)"),

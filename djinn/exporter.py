@@ -12,7 +12,11 @@ body *generically*, so counters the server adds later appear without a change he
    for ``devices`` and ``name`` for any other list (two devices may share a name:
    ``--device cpu,cpu``; the index keeps their samples apart);
 4. top-level strings become labels of ``djinn_server_info`` (value 1);
-5. everything carries a ``server`` label: the endpoint it was read from.
+5. everything carries a ``server`` label: the endpoint it was read from;
+6. two groups are folded into labelled families (``relabel``): the per-class figures of
+   each device become ``djinn_qos_queue_wait_seconds`` and ``djinn_qos_run_seconds``
+   ``{class, quantile}`` (seconds) and ``djinn_qos_fragments_total{class}``; the ERROR
+   replies by kind (``errors_args`` ...) become ``djinn_error_replies_total{kind}``.
 
 ``KNOWN`` gives HELP text and the type of the fields docs/PROTOCOL.md documents:
 counters (exposed with the ``_total`` suffix) or gauges. A field not in it is exposed
@@ -110,7 +114,41 @@ KNOWN = {
     "devices.plan_peak_sum": (C, "Sum of planned slab peaks, bytes"),
     "devices.plan_lower_bound_sum": (C, "Sum of planned lower bounds, bytes"),
     "devices.copied_out_bytes": (C, "Bytes copied from the slab to the Data segment"),
+    "devices.queued": (G, "Fragments waiting in the device's queues"),
+    "devices.preemptions": (C, "Better-class fragments run nested between two nodes"),
 }
+
+# Fields folded into labelled families, so that an operator filters and sums by label
+# (``sum by (class) (...)``) instead of by metric name: the per-class latency figures of
+# each device and the ERROR replies by kind. Each maps a STATS key to (family, type, HELP,
+# extra labels, scale).
+_CLASSES = {"rt": "realtime", "ia": "interactive", "bt": "batch"}
+_QOS_FIELD = re.compile(r"^devices\.(rt|ia|bt)_(wait|run)_(p50|p99)_us$")
+_QOS_COUNT = re.compile(r"^devices\.(rt|ia|bt)_fragments$")
+_ERR_KIND = re.compile(r"^errors_([a-z]+)$")
+
+
+def relabel(key):
+    """The labelled family a STATS key belongs to, or None (exported under its own name)."""
+    m = _QOS_FIELD.match(key)
+    if m:
+        cls, what, q = m.groups()
+        name, doc = {
+            "wait": ("qos_queue_wait_seconds", "Queue wait per QoS class (recent 1024 fragments)"),
+            "run": ("qos_run_seconds", "Run time per QoS class (recent 1024 fragments)"),
+        }[what]
+        quantile = {"p50": "0.5", "p99": "0.99"}[q]
+        return PREFIX + name, G, doc, (("class", _CLASSES[cls]), ("quantile", quantile)), 1e-6
+    m = _QOS_COUNT.match(key)
+    if m:
+        doc = "Fragments run per QoS class (HAVE included)"
+        return PREFIX + "qos_fragments", C, doc, (("class", _CLASSES[m.group(1)]),), 1
+    m = _ERR_KIND.match(key)
+    if m:
+        doc = "ERROR replies sent, by kind (docs/PROTOCOL.md section 6)"
+        return PREFIX + "error_replies", C, doc, (("kind", m.group(1)),), 1
+    return None
+
 
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -294,6 +332,10 @@ class StatsCollector:
             if kind == SKIP:
                 continue
             name = _metric_name(path)
+            folded = relabel(key)
+            if folded:
+                name, kind, doc, extra, scale = folded
+                labels, value = labels + extra, value * scale
             label_names = ["server"] + [_label_name(k) for k, _ in labels]
             if name not in fams:
                 cls = {C: CounterMetricFamily, G: GaugeMetricFamily}.get(kind, UnknownMetricFamily)

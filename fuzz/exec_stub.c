@@ -170,6 +170,34 @@ djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t 
     return DJN_OK;
 }
 
+djn_status_t djn_exec_write(djn_exec_t *x, djn_stor_t *s, uint64_t off, const void *bytes,
+                            uint64_t n, char *err, size_t errlen) {
+    (void)x;
+    if (off > s->b->n || n > s->b->n - off) {
+        snprintf(err, errlen, "write beyond a storage");
+        return DJN_ERR_ARGS;
+    }
+    if (n)
+        memcpy(s->b->p + off, bytes, n);
+    return DJN_OK;
+}
+
+bool djn_exec_equal(djn_exec_t *x, djn_stor_t *a, djn_stor_t *b) {
+    (void)x;
+    return a->b->n == b->b->n && (!a->b->n || memcmp(a->b->p, b->b->p, a->b->n) == 0);
+}
+
+/* Never lends: the fuzzer's fetches take the copying path. */
+bool djn_exec_lend(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, const void **data,
+                   void **hold) {
+    (void)x, (void)s, (void)off, (void)n;
+    *data = NULL;
+    *hold = NULL;
+    return false;
+}
+
+void djn_exec_unlend(void *hold) { (void)hold; }
+
 /* Resolve every reference in a value; write a pattern over outputs' extents. */
 static djn_status_t s_touch(djn_exec_env_t *env, const djn_value_t *v, int write, int depth,
                             char *err, size_t errlen) {

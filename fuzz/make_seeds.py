@@ -134,6 +134,7 @@ def main():
     env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     env["PYTHONPATH"] = os.path.dirname(root) + os.pathsep + env.get("PYTHONPATH", "")
+    env["DJINN_UPLOAD_CHUNK"] = "16384"  # the 128 KiB uploads below travel in chunks (7.6)
     msgs = _record(WORKLOAD, rec, env)
     seen, kept = set(), []
     for data in msgs:
@@ -163,7 +164,43 @@ def main():
         open(os.path.join(root, "corpus", "decode", f"template-{i}"), "wb").write(data[3 : 3 + hlen])
     n = _load_model_seeds(root)
     write_semantic_seeds(root)
-    print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, {n} LOAD_MODEL seeds, semantic seeds")
+    k = _chunk_seeds(root)
+    print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, "
+          f"{n} LOAD_MODEL seeds, semantic seeds, {k} chunked-upload conversations")
+
+
+def _chunk_seeds(root):
+    """Uploads in chunks (PROTOCOL.md 7.6), written by hand so that every rule has a seed:
+    a private upload in three chunks then read back, a Text upload in two chunks sent
+    twice (the second deduplicated), and sequences the server refuses (a gap, a restart
+    while open, a chunk past the end, one of another total)."""
+    import msgpack
+
+    sid, h0, h1 = 12345, 1 << 44, (1 << 44) + 4096
+
+    def up(seq, h, off, total, n, text=False, fetch=()):
+        body = {"dev": 0, "binds": [h], "uploads": [[h, 1, text, off, total]],
+                "fetch": [list(f) for f in fetch]}
+        hd = msgpack.packb({"type": 3, "sid": sid, "seq": seq, "body": body})
+        return hd, [bytes((off + i) & 0xFF for i in range(n))]
+
+    convs = [
+        [up(1, h0, 0, 2500, 1000), up(2, h0, 1000, 2500, 1000),
+         up(3, h0, 2000, 2500, 500, fetch=[(h0, 0, 2500)])],
+        [up(1, h0, 0, 3000, 2000, True), up(2, h0, 2000, 3000, 1000, True),
+         up(3, h1, 0, 3000, 2000, True), up(4, h1, 2000, 3000, 1000, True, [(h1, 0, 3000)])],
+        [up(1, h0, 0, 3000, 1000), up(2, h0, 2000, 3000, 1000), up(3, h0, 0, 3000, 1000),
+         up(4, h0, 0, 3000, 1000), up(5, h0, 1000, 3000, 2500), up(6, h1, 0, 100, 100),
+         up(7, h1, 0, 9000, 1000), up(8, h1, 1000, 9001, 1000)],
+    ]
+    for conv in convs:
+        data = b"".join(_frame(hd, frames) for hd, frames in conv)
+        name = "chunks-" + hashlib.sha256(data).hexdigest()[:10]
+        open(os.path.join(root, "corpus", "server", name), "wb").write(data)
+        for hd, _ in conv:
+            name = "chunks-" + hashlib.sha256(hd).hexdigest()[:10]
+            open(os.path.join(root, "corpus", "decode", name), "wb").write(hd)
+    return len(convs)
 
 
 def _load_model_seeds(root):

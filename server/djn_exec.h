@@ -71,6 +71,20 @@ bool djn_exec_same(djn_exec_t *x, djn_stor_t *s, const void *bytes, uint64_t n);
 djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, void *dst,
                            char *err, size_t errlen);
 
+/* Write n bytes at byte off of a storage (an upload arriving in chunks). */
+djn_status_t djn_exec_write(djn_exec_t *x, djn_stor_t *s, uint64_t off, const void *bytes,
+                            uint64_t n, char *err, size_t errlen);
+/* Whether two storages hold the same bytes (and size). */
+bool djn_exec_equal(djn_exec_t *x, djn_stor_t *a, djn_stor_t *b);
+/* Bytes [off, off + n) of a storage for a reply frame, without a copy: true with *data
+ * pointing at them and *hold keeping them valid and unchanged (a copy-on-write snapshot:
+ * a later write, resize or free of the storage leaves them as they were) until
+ * djn_exec_unlend(*hold), on any thread. false: not lendable here (a device storage, a
+ * slab storage, a data pointer c10 cannot share): read a copy with djn_exec_read. */
+bool djn_exec_lend(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, const void **data,
+                   void **hold);
+void djn_exec_unlend(void *hold);
+
 /* What a node needs from the fragment that runs it (djn_frag.c fills it). */
 typedef struct djn_exec_env {
     void *ctx;

@@ -134,6 +134,14 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
                        uint32_t nnodes, djn_map_t *place, uint64_t *too_big) {
     if (!env->vmu || !g->nallocs || !g->nfrees || !nnodes)
         return 0;
+    if ((uint64_t)g->nallocs * g->nfrees <= 64) { /* no intermediates, found without maps */
+        bool any = false;
+        for (uint32_t i = 0; !any && i < g->nallocs; i++)
+            for (uint32_t k = 0; !any && k < g->nfrees; k++)
+                any = g->allocs[i].handle == g->frees[k];
+        if (!any)
+            return 0;
+    }
     s_walk_t w = {0};
     w.handle = DJN_VEC(uint64_t);
     w.def = w.use_t = w.use_n = DJN_VEC(uint32_t);
@@ -324,12 +332,48 @@ static djn_status_t s_declare(const djn_frag_env_t *env, const djn_frag_in_t *in
 
 typedef struct {
     djn_exec_t *x;
-    const djn_blob_t *f;
+    const djn_blob_t *f; /* the upload's bytes, or (NULL) */
+    djn_stor_t *stor;    /* the storage its chunks were written to */
 } s_same_t;
 
 static bool s_same_fn(void *ctx, djn_stor_t *filed) {
     s_same_t *c = ctx;
-    return djn_exec_same(c->x, filed, c->f->data, c->f->len);
+    return c->stor ? djn_exec_equal(c->x, filed, c->stor)
+                   : djn_exec_same(c->x, filed, c->f->data, c->f->len);
+}
+
+/* Bind handle to Text content of n bytes hashed to key/plain: the entry another upload
+ * of identical content filed already, or a new one holding these bytes (`stor`, written
+ * already, or else a storage made from f). */
+static djn_status_t s_file_text(const djn_frag_env_t *env, const djn_frag_in_t *in, uint64_t handle,
+                                djn_text_key_t *key, const uint64_t plain[2], const djn_blob_t *f,
+                                djn_stor_t *stor, uint64_t n, djn_frag_out_t *out) {
+    uint32_t tenant = djn_text_tenant(env->text, djn_session_peer(in->sess)->tenant);
+    s_same_t same = {env->exec, f, stor};
+    djn_stor_t *filed = djn_text_share(env->text, key, tenant, s_same_fn, &same);
+    djn_status_t st = DJN_OK;
+    if (!filed) {
+        djn_stor_t *mine = stor ? djn_stor_retain(stor) : NULL;
+        if (!stor && (st = djn_exec_upload(env->exec, f->data, f->len, &mine, out->err,
+                                           sizeof out->err)) != DJN_OK)
+            return st;
+        filed = mine ? djn_text_insert(env->text, key, plain, tenant, mine) : NULL;
+        djn_stor_release(mine);
+        if (!filed) {
+            snprintf(out->err, sizeof out->err, "out of host memory filing an upload");
+            return DJN_ERR_NOMEM;
+        }
+    }
+    st = djn_session_bind_text(in->sess, handle, key, filed);
+    if (st != DJN_OK) {
+        djn_text_release(env->text, key);
+        snprintf(out->err, sizeof out->err,
+                 st == DJN_ERR_QUOTA ? "session quota exceeded by an upload of %" PRIu64 " bytes "
+                                       "(--session-quota-bytes)"
+                                     : "cannot bind an upload of %" PRIu64 " bytes",
+                 n);
+    }
+    return st;
 }
 
 /* A Text upload: the bytes another upload of identical content filed already, or these
@@ -339,31 +383,117 @@ static djn_status_t s_upload_text(const djn_frag_env_t *env, const djn_frag_in_t
     djn_text_key_t key = {0, 0, env->device, 0};
     uint64_t plain[2];
     djn_text_hash(env->text, f->data, f->len, &key, plain);
-    uint32_t tenant = djn_text_tenant(env->text, djn_session_peer(in->sess)->tenant);
-    s_same_t same = {env->exec, f};
-    djn_stor_t *filed = djn_text_share(env->text, &key, tenant, s_same_fn, &same);
+    return s_file_text(env, in, u->handle, &key, plain, f, NULL, f->len, out);
+}
+
+/* An upload's storage (private), bound to its handle, replacing what the handle held. */
+static djn_status_t s_bind_upload(const djn_frag_in_t *in, uint64_t handle, djn_stor_t *stor,
+                                  uint64_t n, djn_frag_out_t *out) {
+    djn_status_t st = djn_session_bind(in->sess, handle, stor);
+    if (st == DJN_ERR_QUOTA)
+        snprintf(out->err, sizeof out->err,
+                 "session quota exceeded by an upload of %" PRIu64 " bytes (--session-quota-bytes)",
+                 n);
+    else if (st != DJN_OK)
+        snprintf(out->err, sizeof out->err, "cannot bind the upload to handle 0x%" PRIx64 ": %s",
+                 handle, djn_status_str(st));
+    return st;
+}
+
+/* One chunk of an upload arriving in several messages (PROTOCOL.md 7.6), in these steps:
+ *   1. check it against the upload of its handle: the first chunk (offset 0) opens one,
+ *      of `total` bytes, on a handle with none open; every later chunk starts exactly
+ *      where the previous one ended and repeats its total and text flag; no chunk is
+ *      empty or reaches past total. A chunk that breaks a rule is refused (DJN_ERR_ARGS)
+ *      and the handle's open upload, if any, is dropped: a refused sequence leaves
+ *      nothing behind;
+ *   2. write its bytes at its offset into the upload's storage (a fresh Data block, the
+ *      whole size charged to the session from the first chunk), and hash them for Text;
+ *   3. at the last byte, bind the handle to the storage (private) or file it as Text
+ *      (deduplicated against identical content, as a one-frame Text upload is).
+ * The storage is the destination: no staging buffer, and the worker writes a chunk
+ * while the next one is still on the wire. */
+static djn_status_t s_upload_chunk(const djn_frag_env_t *env, const djn_frag_in_t *in,
+                                   const djn_upload_t *u, const djn_blob_t *f,
+                                   djn_frag_out_t *out) {
+    djn_session_t *s = in->sess;
+    djn_chunked_t c, *open = djn_session_chunked(s, u->handle);
     djn_status_t st = DJN_OK;
-    if (!filed) {
-        djn_stor_t *stor = NULL;
-        st = djn_exec_upload(env->exec, f->data, f->len, &stor, out->err, sizeof out->err);
-        if (st != DJN_OK)
+    if (u->total > env->max_tensor_bytes) {
+        snprintf(out->err, sizeof out->err,
+                 "upload of %" PRIu64 " bytes exceeds the server's limit of %" PRIu64, u->total,
+                 env->max_tensor_bytes);
+        st = DJN_ERR_LIMIT;
+    } else if (!f->len || u->offset >= u->total || f->len > u->total - u->offset) {
+        snprintf(out->err, sizeof out->err,
+                 "chunk of bytes [%" PRIu64 ", %" PRIu64 ") of an upload of %" PRIu64
+                 " bytes to handle 0x%" PRIx64 ": %s",
+                 u->offset, u->offset + f->len, u->total, u->handle,
+                 f->len ? "beyond the upload" : "empty");
+        st = DJN_ERR_ARGS;
+    } else if (u->offset == 0 && open) {
+        snprintf(out->err, sizeof out->err,
+                 "chunk at byte 0 of handle 0x%" PRIx64 " while an upload to it is open at byte "
+                 "%" PRIu64 " of %" PRIu64,
+                 u->handle, open->next, open->total);
+        st = DJN_ERR_ARGS;
+    } else if (u->offset && (!open || open->next != u->offset || open->total != u->total ||
+                             open->text != u->text)) {
+        if (open)
+            snprintf(out->err, sizeof out->err,
+                     "chunk at byte %" PRIu64 " of an upload of %" PRIu64
+                     " bytes to handle 0x%" PRIx64 " out of sequence: the upload open for it "
+                     "expects byte %" PRIu64 " of %" PRIu64 "%s",
+                     u->offset, u->total, u->handle, open->next, open->total,
+                     open->text != u->text ? " (and the other text flag)" : "");
+        else
+            snprintf(out->err, sizeof out->err,
+                     "chunk at byte %" PRIu64 " of handle 0x%" PRIx64
+                     " but no upload to it is open (chunks start at byte 0)",
+                     u->offset, u->handle);
+        st = DJN_ERR_ARGS;
+    }
+    if (st != DJN_OK) { /* 1: nothing of a broken sequence stays */
+        if (open && djn_session_chunked_take(s, u->handle, &c)) {
+            djn_stor_release(c.stor);
+            djn_text_hasher_destroy(&c.hasher);
+        }
+        return st;
+    }
+    if (!open) {
+        c = (djn_chunked_t){u->handle, u->total, 0, u->text, NULL, NULL};
+        if ((st = djn_exec_alloc(env->exec, u->total, UINT64_MAX, &c.stor, out->err,
+                                 sizeof out->err)) != DJN_OK)
             return st;
-        filed = djn_text_insert(env->text, &key, plain, tenant, stor);
-        djn_stor_release(stor);
-        if (!filed) {
-            snprintf(out->err, sizeof out->err, "out of host memory filing an upload");
+        if (u->text && !(c.hasher = djn_text_hasher_new(env->text))) {
+            djn_stor_release(c.stor);
+            snprintf(out->err, sizeof out->err, "out of host memory");
             return DJN_ERR_NOMEM;
         }
+        if ((st = djn_session_chunked_open(s, &c, out->err, sizeof out->err)) != DJN_OK) {
+            djn_stor_release(c.stor);
+            djn_text_hasher_destroy(&c.hasher);
+            return st;
+        }
+        open = djn_session_chunked(s, u->handle);
     }
-    st = djn_session_bind_text(in->sess, u->handle, &key, filed);
-    if (st != DJN_OK) {
-        djn_text_release(env->text, &key);
-        snprintf(out->err, sizeof out->err,
-                 st == DJN_ERR_QUOTA ? "session quota exceeded by an upload of %zu bytes "
-                                       "(--session-quota-bytes)"
-                                     : "cannot bind an upload of %zu bytes",
-                 f->len);
+    if (open->hasher) /* 2 */
+        djn_text_hasher_update(open->hasher, f->data, f->len);
+    st = djn_exec_write(env->exec, open->stor, u->offset, f->data, f->len, out->err,
+                        sizeof out->err);
+    if (st == DJN_OK && (open->next += f->len) < open->total)
+        return DJN_OK;
+    djn_session_chunked_take(s, u->handle, &c); /* 3, or a failed write */
+    if (st == DJN_OK && c.text) {
+        djn_text_key_t key = {0, 0, env->device, 0};
+        uint64_t plain[2];
+        djn_text_hasher_final(c.hasher, &key, plain);
+        st = s_file_text(env, in, u->handle, &key, plain, NULL, c.stor, c.total, out);
+    } else if (st == DJN_OK) {
+        st = s_bind_upload(in, u->handle, c.stor, c.total, out);
     }
+    djn_stor_release(c.stor);
+    djn_text_hasher_destroy(&c.hasher);
     return st;
 }
 
@@ -374,6 +504,11 @@ static djn_status_t s_uploads(const djn_frag_env_t *env, const djn_frag_in_t *in
         const djn_upload_t *u = &g->uploads[i];
         const djn_blob_t *f = &in->frames[u->frame - 1];
         djn_status_t st;
+        if (u->chunk) {
+            if ((st = s_upload_chunk(env, in, u, f, out)) != DJN_OK)
+                return st;
+            continue;
+        }
         if (u->text) {
             if ((st = s_upload_text(env, in, u, f, out)) != DJN_OK)
                 return st;
@@ -383,21 +518,18 @@ static djn_status_t s_uploads(const djn_frag_env_t *env, const djn_frag_in_t *in
         st = djn_exec_upload(env->exec, f->data, f->len, &stor, out->err, sizeof out->err);
         if (st != DJN_OK)
             return st;
-        st = djn_session_bind(in->sess, u->handle, stor);
+        st = s_bind_upload(in, u->handle, stor, f->len, out);
         djn_stor_release(stor);
-        if (st == DJN_ERR_QUOTA)
-            snprintf(out->err, sizeof out->err,
-                     "session quota exceeded by an upload of %zu bytes (--session-quota-bytes)",
-                     f->len);
-        else if (st != DJN_OK)
-            snprintf(out->err, sizeof out->err,
-                     "cannot bind the upload to handle 0x%" PRIx64 ": %s", u->handle,
-                     djn_status_str(st));
         if (st != DJN_OK)
             return st;
     }
     return DJN_OK;
 }
+
+/* Fetches from this size are lent (djn_exec_lend) rather than copied: below it a copy
+ * costs less than making the storage copy-on-write (an allocation, and a storage that
+ * stays copy-on-write for its life). */
+#define S_LEND_MIN (64u << 10)
 
 static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in,
                               djn_frag_out_t *out) {
@@ -407,7 +539,8 @@ static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in
     out->fetch_cap = g->nfetches;
     out->fetched = djn_calloc(g->nfetches, sizeof(uint8_t *));
     out->fetched_len = djn_calloc(g->nfetches, sizeof(uint64_t));
-    if (!out->fetched || !out->fetched_len) {
+    out->fetched_hold = djn_calloc(g->nfetches, sizeof(void *));
+    if (!out->fetched || !out->fetched_len || !out->fetched_hold) {
         snprintf(out->err, sizeof out->err, "out of host memory");
         return DJN_ERR_NOMEM;
     }
@@ -436,6 +569,20 @@ static djn_status_t s_fetches(const djn_frag_env_t *env, const djn_frag_in_t *in
         if ((st = djn_session_charge_reply(in->sess, f->nbytes, out->err, sizeof out->err)) !=
             DJN_OK)
             return st; /* the bytes fetched so far and these would pass the session's quota */
+        /* a private storage's bytes go out as they are (a snapshot: no copy, no fresh
+         * pages); Text content, the slab, device memory and small reads are copied */
+        const void *lent;
+        void *hold;
+        if (!lazy && f->nbytes >= S_LEND_MIN && !djn_session_shared(in->sess, f->handle) &&
+            djn_exec_lend(env->exec, stor, f->offset, f->nbytes, &lent, &hold)) {
+            if (!out->sess)
+                out->sess = djn_session_retain(in->sess);
+            out->fetched[i] = (uint8_t *)lent;
+            out->fetched_len[i] = f->nbytes;
+            out->fetched_hold[i] = hold;
+            out->nfetched = i + 1;
+            continue;
+        }
         uint8_t *buf = lazy ? djn_calloc(1, f->nbytes) : djn_malloc(f->nbytes);
         if (!buf) {
             djn_session_uncharge_reply(in->sess, f->nbytes);
@@ -593,7 +740,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         if (!out->err[0])
             snprintf(out->err, sizeof out->err, "%s", djn_status_str(st));
         for (uint32_t i = 0; i < out->nfetched; i++) {
-            djn_free(out->fetched[i], out->fetched_len[i]);
+            djn_frag_fetched_free(out->fetched[i], out->fetched_len[i], out->fetched_hold[i]);
             djn_session_uncharge_reply(s, out->fetched_len[i]);
             out->fetched[i] = NULL;
         }
@@ -601,17 +748,26 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     }
 }
 
+void djn_frag_fetched_free(void *data, uint64_t len, void *hold) {
+    if (hold)
+        djn_exec_unlend(hold);
+    else
+        djn_free(data, len);
+}
+
 void djn_frag_out_release(djn_frag_out_t *out) {
     for (uint32_t i = 0; i < out->nfetched; i++)
         if (out->fetched[i]) { /* NULL once taken */
-            djn_free(out->fetched[i], out->fetched_len[i]);
+            djn_frag_fetched_free(out->fetched[i], out->fetched_len[i], out->fetched_hold[i]);
             djn_session_uncharge_reply(out->sess, out->fetched_len[i]);
         }
     djn_session_release(&out->sess);
     djn_free(out->fetched, out->fetch_cap * sizeof(uint8_t *));
     djn_free(out->fetched_len, out->fetch_cap * sizeof(uint64_t));
+    djn_free(out->fetched_hold, out->fetch_cap * sizeof(void *));
     out->fetched = NULL;
     out->fetched_len = NULL;
+    out->fetched_hold = NULL;
     out->nfetched = out->fetch_cap = 0;
     djn_buf_release(&out->dyn);
 }

@@ -65,11 +65,14 @@ typedef struct djn_frag_out {
     char err[1024];
     int64_t bad_node; /* -1: the failure is not a node's */
     char op[2 * DJN_MAX_NAME + 2];
-    /* success: one counted host buffer (djn_malloc, nbytes each) per fetch, in order;
-     * the caller takes them (zero-copy frames) or djn_frag_out_release frees them */
+    /* success: the bytes of each fetch, in order: a counted host buffer (djn_malloc,
+     * nbytes each; hold NULL), or the storage's own bytes lent without a copy (hold: the
+     * snapshot that keeps them, djn_exec_lend). The caller takes them (zero-copy frames,
+     * freed by djn_frag_fetched_free) or djn_frag_out_release frees them. */
     uint32_t nfetched, fetch_cap;
     uint8_t **fetched; /* an entry set to NULL has been taken */
     uint64_t *fetched_len;
+    void **fetched_hold;
     djn_session_t *sess; /* charged for the fetched bytes until each is freed (a reference) */
     djn_buf_t dyn;       /* the results of a DYNAMIC last node, encoded (len 0: none) */
     uint64_t plan_ns;    /* time spent planning */
@@ -81,6 +84,8 @@ typedef struct djn_frag_out {
 /* Runs the fragment under the session's lock. Always fills *out. */
 void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_out_t *out);
 void djn_frag_out_release(djn_frag_out_t *out);
+/* Free one fetched buffer the caller took (any thread; its session is uncharged apart). */
+void djn_frag_fetched_free(void *data, uint64_t len, void *hold);
 
 /* HAVE: bind each item's handle to Text content this session's tenant uploaded before.
  * *missing gets the indexes of the others (ascending; djn_free(*missing, n * 4)). */

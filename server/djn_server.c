@@ -86,6 +86,7 @@ struct djn_server {
     int nworkers;
     int64_t started_ms;
     _Atomic uint64_t requests, errors, bytes_in, bytes_out, inline_runs;
+    _Atomic uint64_t errors_by[DJN_ERR_DENIED + 1]; /* ERROR replies by status */
     /* scheduling latency: header decode + plan-cache lookup (transport) and planning
      * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
     _Atomic uint64_t sched_ns_hit, sched_n_hit, sched_ns_miss, sched_n_miss;
@@ -121,11 +122,12 @@ void djn_server_drain(void) {
 typedef struct {
     djn_session_t *sess;
     uint64_t len;
+    void *hold; /* a lent storage snapshot (djn_exec_lend), or NULL: data is ours */
 } s_sent_t;
 
 static void s_free_sent(void *data, void *hint) {
     s_sent_t *h = hint;
-    djn_free(data, h->len);
+    djn_frag_fetched_free(data, h->len, h->hold);
     djn_session_uncharge_reply(h->sess, h->len);
     djn_session_release(&h->sess);
     djn_free(h, sizeof(*h));
@@ -158,6 +160,7 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
     djn_error_rep_t e = {st, msg, node, op};
     djn_error_rep_encode(&b, &h, &e);
     atomic_fetch_add(&srv->errors, 1);
+    atomic_fetch_add(&srv->errors_by[st > 0 && st <= DJN_ERR_DENIED ? st : DJN_ERR_INTERNAL], 1);
     djn_log(DJN_LOG_DEBUG, "error reply", DJN_KV_HEX("session", sid), DJN_KV_U64("seq", seq),
             DJN_KV_STR("status", djn_status_name(st)), DJN_KV_STR("op", op),
             DJN_KV_STR("error", msg));
@@ -223,6 +226,8 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
     djn_free(missing, j->msg->u.have.nitems * sizeof(uint32_t));
 }
 
+#define S_SMALL_FRAME 4096u /* fetched frames this small are copied into the message */
+
 static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *push, s_job_t *j,
                             bool locked) {
     djn_server_t *srv = w->srv;
@@ -264,9 +269,23 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     uint32_t nframes = 0;
     djn_status_t st = out.nfetched && !frames ? DJN_ERR_NOMEM : DJN_OK;
     for (uint32_t i = 0; st == DJN_OK && i < out.nfetched; i++) {
+        if (out.fetched_len[i] <= S_SMALL_FRAME && !out.fetched_hold[i]) {
+            /* a scalar for .item() and the like: copied into ZeroMQ's own message (inline
+             * up to 33 bytes) and given back now, rather than tracked until sent */
+            if (zmq_msg_init_size(&frames[i], out.fetched_len[i]) != 0) {
+                st = DJN_ERR_NOMEM;
+                break;
+            }
+            memcpy(zmq_msg_data(&frames[i]), out.fetched[i], out.fetched_len[i]);
+            djn_frag_fetched_free(out.fetched[i], out.fetched_len[i], NULL);
+            djn_session_uncharge_reply(out.sess, out.fetched_len[i]);
+            out.fetched[i] = NULL;
+            nframes++;
+            continue;
+        }
         s_sent_t *h = djn_malloc(sizeof(*h));
         if (h)
-            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i]};
+            *h = (s_sent_t){djn_session_retain(out.sess), out.fetched_len[i], out.fetched_hold[i]};
         if (!h || zmq_msg_init_data(&frames[i], out.fetched[i], out.fetched_len[i], s_free_sent,
                                     h) != 0) {
             if (h)
@@ -397,6 +416,25 @@ static void *s_worker_main(void *arg) {
 }
 
 /* ------------------------------------------------------------------ transport */
+
+/* ERROR replies by kind: the statuses an operator tells apart (PROTOCOL.md section 6). */
+static void s_error_kinds(djn_server_t *srv, djn_stats_server_t *sv) {
+    uint64_t n[DJN_ERR_DENIED + 1];
+    for (int i = 0; i <= DJN_ERR_DENIED; i++)
+        n[i] = atomic_load(&srv->errors_by[i]);
+    sv->errors_proto = n[DJN_ERR_PROTO] + n[DJN_ERR_VERSION];
+    sv->errors_limit = n[DJN_ERR_LIMIT];
+    sv->errors_session = n[DJN_ERR_SESSION];
+    sv->errors_handle = n[DJN_ERR_HANDLE];
+    sv->errors_op = n[DJN_ERR_OP];
+    sv->errors_args = n[DJN_ERR_ARGS];
+    sv->errors_device = n[DJN_ERR_DEVICE];
+    sv->errors_memory = n[DJN_ERR_OOM] + n[DJN_ERR_NOMEM];
+    sv->errors_quota = n[DJN_ERR_QUOTA];
+    sv->errors_evicted = n[DJN_ERR_EVICTED];
+    sv->errors_denied = n[DJN_ERR_DENIED];
+    sv->errors_other = n[DJN_ERR_TIMEOUT] + n[DJN_ERR_IO] + n[DJN_ERR_CLOSED] + n[DJN_ERR_INTERNAL];
+}
 
 /* The scheduler's per-class latency figures of one device (operators only). */
 static void s_qos_stats(djn_server_t *srv, uint32_t dev, djn_stats_device_t *d) {
@@ -576,6 +614,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     sv->bytes_in_use = ss.bytes;
     sv->requests = atomic_load(&srv->requests);
     sv->errors = atomic_load(&srv->errors);
+    s_error_kinds(srv, sv);
     sv->bytes_received = atomic_load(&srv->bytes_in);
     sv->bytes_sent = atomic_load(&srv->bytes_out);
     sv->text_entries = ts.entries;

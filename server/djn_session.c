@@ -42,10 +42,12 @@ struct djn_session {
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
-    _Atomic uint64_t queued_bytes; /* data frames of the queued messages */
-    _Atomic bool closed;           /* left the table: nothing more may be filed for it */
-    uint64_t peer_key;             /* s_peer_key(peer) */
-    char last_failure[256];        /* why poisoned handles were never computed */
+    _Atomic uint64_t queued_bytes;           /* data frames of the queued messages */
+    _Atomic bool closed;                     /* left the table: nothing more may be filed for it */
+    uint64_t peer_key;                       /* s_peer_key(peer) */
+    char last_failure[256];                  /* why poisoned handles were never computed */
+    djn_chunked_t ups[DJN_MAX_OPEN_UPLOADS]; /* uploads arriving in chunks, nups open */
+    uint32_t nups;
 };
 
 struct djn_sessions {
@@ -120,6 +122,11 @@ static void s_session_free(djn_session_t *s) {
         djn_free(e, sizeof(*e));
     }
     djn_map_release(&s->handles);
+    for (uint32_t i = 0; i < s->nups; i++) { /* a client that died mid-upload */
+        atomic_fetch_sub(&s->owner->bytes, s->ups[i].total);
+        djn_stor_release(s->ups[i].stor);
+        djn_text_hasher_destroy(&s->ups[i].hasher);
+    }
     for (int i = 0; i < S_MAX_DEVICES; i++)
         if (s->gens[i])
             djn_exec_gen_release(s->gens[i]);
@@ -701,6 +708,52 @@ djn_status_t djn_session_recheck(djn_session_t *s, uint64_t handle, char *err, s
     }
     e->nbytes = now;
     return st;
+}
+
+bool djn_session_shared(djn_session_t *s, uint64_t handle) {
+    s_entry_t *e = s_entry(s, handle);
+    return e && e->stor && e->text;
+}
+
+djn_chunked_t *djn_session_chunked(djn_session_t *s, uint64_t handle) {
+    for (uint32_t i = 0; i < s->nups; i++)
+        if (s->ups[i].handle == handle)
+            return &s->ups[i];
+    return NULL;
+}
+
+djn_status_t djn_session_chunked_open(djn_session_t *s, const djn_chunked_t *c, char *err,
+                                      size_t errlen) {
+    if (s->nups == DJN_MAX_OPEN_UPLOADS) {
+        snprintf(err, errlen,
+                 "upload to handle 0x%" PRIx64 " refused: %u uploads are arriving in chunks "
+                 "already, the most one session may have open",
+                 c->handle, DJN_MAX_OPEN_UPLOADS);
+        return DJN_ERR_ARGS;
+    }
+    if (s_quota(s, c->total, NULL, 0) != DJN_OK) {
+        snprintf(err, errlen,
+                 "session quota exceeded by an upload of %" PRIu64 " bytes (--session-quota-bytes)",
+                 c->total);
+        return DJN_ERR_QUOTA;
+    }
+    s->ups[s->nups++] = *c;
+    s->bytes += c->total;
+    if (s->bytes > s->peak)
+        s->peak = s->bytes;
+    atomic_fetch_add(&s->owner->bytes, c->total);
+    return DJN_OK;
+}
+
+bool djn_session_chunked_take(djn_session_t *s, uint64_t handle, djn_chunked_t *out) {
+    djn_chunked_t *c = djn_session_chunked(s, handle);
+    if (!c)
+        return false;
+    *out = *c;
+    *c = s->ups[--s->nups];
+    s->bytes -= out->total;
+    atomic_fetch_sub(&s->owner->bytes, out->total);
+    return true;
 }
 
 bool djn_session_lazy_size(djn_session_t *s, uint64_t handle, uint64_t *nbytes) {

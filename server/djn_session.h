@@ -112,6 +112,31 @@ uint64_t djn_session_cache_bytes(const djn_session_t *s);
 void **djn_session_gen_slot(djn_session_t *s, uint32_t device);
 /* A new server-issued handle for a result of nbytes whose size only the server knew. */
 djn_status_t djn_session_new_handle(djn_session_t *s, uint64_t nbytes, uint64_t *out);
+/* Bound to shared Text content (its bytes belong to every session that holds it). */
+bool djn_session_shared(djn_session_t *s, uint64_t handle);
+
+/* An upload arriving in chunks (PROTOCOL.md 7.6): the storage being filled in order,
+ * the next byte expected and, for Text content, the running hashes. The handle keeps
+ * what it held until the last chunk arrives. At most DJN_MAX_OPEN_UPLOADS per session;
+ * the whole size counts against the session's quota (and in its bytes) from the first
+ * chunk, and an upload still open when the session ends is freed with it. */
+typedef struct djn_chunked {
+    uint64_t handle, total, next;
+    bool text;
+    djn_stor_t *stor;
+    djn_text_hasher_t *hasher; /* Text uploads only */
+} djn_chunked_t;
+/* The upload open for handle, or NULL (caller holds the session lock). */
+djn_chunked_t *djn_session_chunked(djn_session_t *s, uint64_t handle);
+/* Open one: the session takes c's storage and hasher. DJN_ERR_QUOTA (err says so), or
+ * DJN_ERR_ARGS when DJN_MAX_OPEN_UPLOADS are open already; on failure they stay the
+ * caller's. */
+djn_status_t djn_session_chunked_open(djn_session_t *s, const djn_chunked_t *c, char *err,
+                                      size_t errlen);
+/* Close the upload open for handle: its bytes leave the session's count and its storage
+ * and hasher become the caller's (false: none is open). */
+bool djn_session_chunked_take(djn_session_t *s, uint64_t handle, djn_chunked_t *out);
+
 /* Declared but not materialised (a fresh output). */
 bool djn_session_is_lazy(djn_session_t *s, uint64_t handle);
 /* The same, with the declared size in *nbytes (poisoned handles are not lazy). */

@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t by value: counted, aligned memory */
 #include <xxhash.h>
 
 #include "djn_map.h"
@@ -130,8 +131,69 @@ void djn_text_destroy(djn_text_t **self_p) {
     *self_p = NULL;
 }
 
+/* Both hashes in one pass over memory: each block of S_HASH_BLOCK bytes is hashed twice
+ * while it sits in the core's L2 cache, instead of the whole buffer twice (64 MiB on the
+ * loaded 2-core VM: two passes 21-26 ms, fused 10-25 ms). An upload in chunks hashes each
+ * chunk just after the kernel wrote it, when it is in cache anyway. Below
+ * S_HASH_STREAM_MIN the one-shot calls are cheaper than the streaming state. */
+#define S_HASH_BLOCK (256u << 10)
+#define S_HASH_STREAM_MIN (1u << 20)
+
+struct djn_text_hasher {
+    XXH3_state_t keyed, plain; /* 64-byte aligned members (XXH3_state_t asks for it) */
+    void *mem;                 /* the counted allocation this struct sits in */
+};
+
+djn_text_hasher_t *djn_text_hasher_new(const djn_text_t *t) {
+    size_t sz = sizeof(djn_text_hasher_t) + 64;
+    void *mem = djn_malloc(sz);
+    if (!mem)
+        return NULL;
+    djn_text_hasher_t *h = (djn_text_hasher_t *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    h->mem = mem;
+    XXH3_128bits_reset_withSecret(&h->keyed, t->secret, sizeof t->secret);
+    XXH3_128bits_reset(&h->plain);
+    return h;
+}
+
+void djn_text_hasher_update(djn_text_hasher_t *h, const void *bytes, uint64_t n) {
+    const uint8_t *p = bytes;
+    while (n) {
+        size_t k = n < S_HASH_BLOCK ? (size_t)n : S_HASH_BLOCK;
+        XXH3_128bits_update(&h->keyed, p, k);
+        XXH3_128bits_update(&h->plain, p, k);
+        p += k;
+        n -= k;
+    }
+}
+
+void djn_text_hasher_final(djn_text_hasher_t *h, djn_text_key_t *key, uint64_t plain[2]) {
+    XXH128_hash_t k = XXH3_128bits_digest(&h->keyed), p = XXH3_128bits_digest(&h->plain);
+    key->hi = k.high64;
+    key->lo = k.low64;
+    key->serial = 0;
+    plain[0] = p.high64;
+    plain[1] = p.low64;
+}
+
+void djn_text_hasher_destroy(djn_text_hasher_t **h_p) {
+    if (!h_p || !*h_p)
+        return;
+    djn_free((*h_p)->mem, sizeof(djn_text_hasher_t) + 64);
+    *h_p = NULL;
+}
+
 void djn_text_hash(const djn_text_t *t, const void *bytes, uint64_t n, djn_text_key_t *key,
                    uint64_t plain[2]) {
+    if (n >= S_HASH_STREAM_MIN) {
+        djn_text_hasher_t *h = djn_text_hasher_new(t);
+        if (h) {
+            djn_text_hasher_update(h, bytes, n);
+            djn_text_hasher_final(h, key, plain);
+            djn_text_hasher_destroy(&h);
+            return;
+        }
+    }
     XXH128_hash_t h = XXH3_128bits_withSecret(bytes, (size_t)n, t->secret, sizeof t->secret);
     key->hi = h.high64;
     key->lo = h.low64;

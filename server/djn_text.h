@@ -52,6 +52,14 @@ void djn_text_destroy(djn_text_t **self_p);
  * hash a client offers in HAVE). */
 void djn_text_hash(const djn_text_t *t, const void *bytes, uint64_t n, djn_text_key_t *key,
                    uint64_t plain[2]);
+/* The same two hashes over bytes that arrive in pieces (an upload in chunks): update
+ * with each piece in order, then final. Equal to djn_text_hash of the concatenation. The
+ * hasher reads the secret of t, which must outlive it. */
+typedef struct djn_text_hasher djn_text_hasher_t;
+djn_text_hasher_t *djn_text_hasher_new(const djn_text_t *t);
+void djn_text_hasher_update(djn_text_hasher_t *h, const void *bytes, uint64_t n);
+void djn_text_hasher_final(djn_text_hasher_t *h, djn_text_key_t *key, uint64_t plain[2]);
+void djn_text_hasher_destroy(djn_text_hasher_t **h_p);
 /* Share an upload's bytes: an entry under key whose content `same` confirms gains a
  * reference and the tenant as an owner; *key gets its serial.
  * NULL: none holds these bytes. The storage is borrowed: valid while the reference is

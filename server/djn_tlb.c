@@ -444,6 +444,24 @@ oom:
     return DJN_ERR_NOMEM;
 }
 
+/* A template's handle list moved by a message's runs (`<field>_d`), in the arena. */
+static djn_status_t s_expand(djn_arena_t *a, const uint64_t *tpl, uint32_t n,
+                             const djn_sym_run_t *runs, uint32_t nruns, const char *field,
+                             uint64_t **out, char *err, size_t errlen) {
+    uint64_t *v = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)n + 1));
+    if (!v) {
+        snprintf(err, errlen, "out of host memory");
+        return DJN_ERR_NOMEM;
+    }
+    if (!djn_sym_expand(tpl, n, runs, nruns, v)) {
+        snprintf(err, errlen, "GRAPH_CACHED: '%s_d' must cover the template's %u %s", field, n,
+                 field);
+        return DJN_ERR_PROTO;
+    }
+    *out = v;
+    return DJN_OK;
+}
+
 djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
                           const djn_node_t **nodes, char *err, size_t errlen) {
     const djn_graph_req_t *cg = djn_tlb_graph(e);
@@ -460,14 +478,10 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
     if (g->pal && (st = s_by_pattern(a, g, e, err, errlen)) != DJN_OK)
         return st;
     if (g->has_binds_d) {
-        uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
-        if (!b)
-            goto oom;
-        if (!djn_sym_expand(tp->binds, tp->nbinds, g->binds_d, g->nbinds_d, b)) {
-            snprintf(err, errlen, "GRAPH_CACHED: 'binds_d' must cover the template's %u binds",
-                     tp->nbinds);
-            return DJN_ERR_PROTO;
-        }
+        uint64_t *b;
+        if ((st = s_expand(a, tp->binds, tp->nbinds, g->binds_d, g->nbinds_d, "binds", &b, err,
+                           errlen)) != DJN_OK)
+            return st;
         for (uint32_t i = 0; i < tp->nbinds; i++)
             if (!b[i]) {
                 snprintf(err, errlen, "GRAPH: 'binds' must hold non-zero handles");
@@ -509,14 +523,10 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
         g->nallocs = tp->nallocs;
     }
     if (g->has_frees_d) {
-        uint64_t *f = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nfrees + 1));
-        if (!f)
-            goto oom;
-        if (!djn_sym_expand(tp->frees, tp->nfrees, g->frees_d, g->nfrees_d, f)) {
-            snprintf(err, errlen, "GRAPH_CACHED: 'frees_d' must cover the template's %u frees",
-                     tp->nfrees);
-            return DJN_ERR_PROTO;
-        }
+        uint64_t *f;
+        if ((st = s_expand(a, tp->frees, tp->nfrees, g->frees_d, g->nfrees_d, "frees", &f, err,
+                           errlen)) != DJN_OK)
+            return st;
         g->frees = f;
         g->nfrees = tp->nfrees;
     }

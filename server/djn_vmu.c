@@ -13,7 +13,20 @@
  *      the kernel past S_MADVISE_MIN: the next touch maps zero pages), and the slab's
  *      used range [0, top) when it is reset. Everything above the slab's top and every
  *      free Data block is zero. (A fragment reusing its own intermediates' slab bytes
- *      sees its own data: one session, one fragment.) */
+ *      sees its own data: one session, one fragment.)
+ *
+ * Warm Data. Giving a freed block's pages back to the kernel is cheap, but the next
+ * block placed there pays a page fault per 4 KiB page as it is written: measured on the
+ * 2-core VM, 64 MiB written into fresh pages takes ~140 ms, into resident ones ~17 ms,
+ * and zeroing resident pages costs about what MADV_DONTNEED does (~13-16 ms). A large
+ * upload or result that replaces one of the same size (a training step's batch, a
+ * benchmark's repeated transfer) would pay the faults every time. So freed large blocks
+ * are zeroed in place and stay resident ("warm") within a budget (S_WARM_MAX, at most an
+ * eighth of the Data segment); past it the oldest warm ranges are given back:
+ *   5. every warm extent lies in free heap space, zeroed; warm_bytes is their sum and
+ *      never exceeds warm_cap; an allocation takes the warm extents it overlaps out of
+ *      the list (those pages are its own now), and extents are evicted (madvise) only
+ *      under the heap lock, so no allocation can land on a range being given back. */
 #define _GNU_SOURCE
 #include "djn_vmu.h"
 
@@ -29,6 +42,12 @@
 #define S_ALIGN 256u
 #define S_MAX_VMUS 64
 #define S_MADVISE_MIN (1u << 20)
+#define S_WARM_MAX (256ull << 20) /* freed large blocks kept resident, zeroed */
+#define S_WARM_EXTENTS 32
+
+typedef struct {
+    uint64_t off, n; /* a warm range of the Data segment, by offset */
+} s_warm_t;
 
 struct djn_vmu {
     uint8_t *base;
@@ -41,6 +60,9 @@ struct djn_vmu {
     bool in_planned;   /* between a planned fragment's begin and end */
     uint64_t frag_top; /* the highest slab top since that begin */
     djn_vmu_stats_t st;
+    s_warm_t warm[S_WARM_EXTENTS]; /* oldest first; under mu */
+    uint32_t nwarm;
+    uint64_t warm_bytes, warm_cap;
 };
 
 /* The registry behind djn_vmu_find: slots written at new/destroy, read lock-free. */
@@ -82,6 +104,7 @@ djn_vmu_t *djn_vmu_new(uint64_t data_bytes, uint64_t slab_bytes, char *err, size
     v->data_bytes = data_bytes;
     v->slab_bytes = slab_bytes;
     v->total = data_bytes + slab_bytes;
+    v->warm_cap = data_bytes / 8 < S_WARM_MAX ? data_bytes / 8 : S_WARM_MAX;
     pthread_mutex_init(&v->mu, NULL);
     void *p = mmap(NULL, v->total, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -147,10 +170,66 @@ static void s_scrub(djn_vmu_t *v, uint8_t *p, uint64_t n) {
     atomic_fetch_add(&v->scrub_ns, s_now_ns() - t0);
 }
 
+/* Give the pages of a free range back to the kernel (they read as zeros after). */
+static void s_giveback(djn_vmu_t *v, uint64_t off, uint64_t n) {
+    const uintptr_t pg = 4096;
+    uintptr_t a = ((uintptr_t)v->base + off + pg - 1) & ~(pg - 1),
+              b = ((uintptr_t)v->base + off + n) & ~(pg - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* Take [off, off + n) out of the warm list: it is being allocated (lock held). A split
+ * that finds the list full gives the smaller piece back instead (invariant 5). */
+static void s_warm_take(djn_vmu_t *v, uint64_t off, uint64_t n) {
+    for (uint32_t i = 0; i < v->nwarm; i++) {
+        s_warm_t w = v->warm[i];
+        if (off >= w.off + w.n || w.off >= off + n)
+            continue;
+        uint64_t lo_n = off > w.off ? off - w.off : 0,
+                 hi_n = w.off + w.n > off + n ? w.off + w.n - (off + n) : 0;
+        v->warm_bytes -= w.n - lo_n - hi_n;
+        if (lo_n && hi_n && v->nwarm == S_WARM_EXTENTS) {
+            uint64_t go = lo_n < hi_n ? w.off : off + n, go_n = lo_n < hi_n ? lo_n : hi_n;
+            s_giveback(v, go, go_n);
+            v->warm_bytes -= go_n;
+            if (lo_n < hi_n)
+                lo_n = 0;
+            else
+                hi_n = 0;
+        }
+        if (lo_n && hi_n) {
+            v->warm[i].n = lo_n;
+            v->warm[v->nwarm++] = (s_warm_t){off + n, hi_n};
+        } else if (lo_n || hi_n) {
+            v->warm[i] = lo_n ? (s_warm_t){w.off, lo_n} : (s_warm_t){off + n, hi_n};
+        } else {
+            memmove(&v->warm[i], &v->warm[i + 1], (v->nwarm - i - 1) * sizeof(s_warm_t));
+            v->nwarm--;
+            i--;
+        }
+    }
+}
+
+/* A freed large block, zeroed already, joins the warm list (lock held, the block still
+ * allocated): the oldest extents are given back while the budget or the list is short. */
+static void s_warm_put(djn_vmu_t *v, uint64_t off, uint64_t n) {
+    while (v->nwarm && (v->nwarm == S_WARM_EXTENTS || v->warm_bytes + n > v->warm_cap)) {
+        s_giveback(v, v->warm[0].off, v->warm[0].n);
+        v->warm_bytes -= v->warm[0].n;
+        memmove(&v->warm[0], &v->warm[1], (v->nwarm - 1) * sizeof(s_warm_t));
+        v->nwarm--;
+    }
+    v->warm[v->nwarm++] = (s_warm_t){off, n};
+    v->warm_bytes += n;
+}
+
 void *djn_vmu_data_alloc(djn_vmu_t *v, uint64_t n) {
     uint64_t off;
     pthread_mutex_lock(&v->mu);
     djn_status_t st = djn_heap_alloc(v->heap, n, &off);
+    if (st == DJN_OK && v->nwarm)
+        s_warm_take(v, off, djn_heap_size_of(v->heap, off));
     pthread_mutex_unlock(&v->mu);
     return st == DJN_OK ? v->base + off : NULL;
 }
@@ -196,8 +275,18 @@ bool djn_vmu_release(djn_vmu_t *v, void *p) {
     pthread_mutex_lock(&v->mu);
     uint64_t n = djn_heap_size_of(v->heap, off);
     pthread_mutex_unlock(&v->mu);
-    s_scrub(v, p, n); /* still ours: nobody else can be handed this block yet */
+    bool warm = n >= S_MADVISE_MIN && n <= v->warm_cap;
+    if (warm) { /* zeroed in place, kept resident: the next block here is written warm */
+        uint64_t t0 = s_now_ns();
+        memset(p, 0, n);
+        atomic_fetch_add(&v->scrub_bytes, n);
+        atomic_fetch_add(&v->scrub_ns, s_now_ns() - t0);
+    } else {
+        s_scrub(v, p, n); /* still ours: nobody else can be handed this block yet */
+    }
     pthread_mutex_lock(&v->mu);
+    if (warm)
+        s_warm_put(v, off, n);
     djn_heap_free(v->heap, off);
     pthread_mutex_unlock(&v->mu);
     return true;

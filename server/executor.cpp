@@ -18,6 +18,7 @@
 #include <ATen/core/stack.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/COW.h>
 #include <c10/core/impl/InlineDeviceGuard.h>
 #include <torch/version.h>
 
@@ -1166,6 +1167,88 @@ djn_status_t djn_exec_read(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t 
         set_err(err, errlen, std::string("read from ") + x->name + " failed: " + e.what());
         return DJN_ERR_DEVICE;
     }
+}
+
+djn_status_t djn_exec_write(djn_exec_t *x, djn_stor_t *s, uint64_t off, const void *bytes,
+                            uint64_t n, char *err, size_t errlen) {
+    if (off > s->storage.nbytes() || n > s->storage.nbytes() - off) {
+        set_err(err, errlen,
+                "write of bytes [" + std::to_string(off) + ", " + std::to_string(off + n) +
+                    ") beyond a storage of " + std::to_string(s->storage.nbytes()) + " bytes");
+        return DJN_ERR_ARGS;
+    }
+    if (!n)
+        return DJN_OK;
+    try {
+        if (x->device.is_cpu()) {
+            std::memcpy(static_cast<uint8_t *>(s->storage.mutable_data()) + off, bytes, n);
+            return DJN_OK;
+        }
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        auto src = at::from_blob(const_cast<void *>(bytes), {(int64_t)n},
+                                 at::TensorOptions().dtype(at::kByte));
+        auto d = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(x->device));
+        d.set_(s->storage, (int64_t)off, {(int64_t)n}, {1});
+        d.copy_(src, false);
+        return DJN_OK;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, std::string("write to ") + x->name + " failed: " + e.what());
+        return DJN_ERR_DEVICE;
+    }
+}
+
+bool djn_exec_equal(djn_exec_t *x, djn_stor_t *a, djn_stor_t *b) {
+    size_t n = a->storage.nbytes();
+    if (n != b->storage.nbytes())
+        return false;
+    if (!n || a->storage.unsafeGetStorageImpl() == b->storage.unsafeGetStorageImpl())
+        return true;
+    try {
+        if (x->device.is_cpu())
+            return std::memcmp(a->storage.data(), b->storage.data(), n) == 0;
+        c10::DeviceGuard g(x->device);
+        c10::InferenceMode im;
+        auto opts = at::TensorOptions().dtype(at::kByte).device(x->device);
+        auto ta = at::empty({0}, opts), tb = at::empty({0}, opts);
+        ta.set_(a->storage, 0, {(int64_t)n}, {1});
+        tb.set_(b->storage, 0, {(int64_t)n}, {1});
+        return at::equal(ta, tb);
+    } catch (...) {
+        return false; /* not shown equal: not shared */
+    }
+}
+
+// A fetch sent without a copy: the reply frame points into a copy-on-write snapshot of
+// the storage (c10::impl::cow::lazy_clone_storage), which the frame holds until ZeroMQ
+// has sent it. A kernel that writes the storage meanwhile (a later fragment of a client
+// that did not wait for the reply), or a resize or free of it, leaves the snapshot's
+// bytes as they were: c10 copies for the writer. Host memory only, and only storages
+// whose data pointer is plain (VMU blocks and the server's CPU allocations are).
+bool djn_exec_lend(djn_exec_t *x, djn_stor_t *s, uint64_t off, uint64_t n, const void **data,
+                   void **hold) {
+    *data = nullptr;
+    *hold = nullptr;
+    const c10::Storage &st = s->storage;
+    if (!x->device.is_cpu() || !n || off > st.nbytes() || n > st.nbytes() - off || !st.data() ||
+        storage_in_slab(x, st))
+        return false;
+    try {
+        c10::intrusive_ptr<c10::StorageImpl> snap =
+            c10::impl::cow::lazy_clone_storage(*st.unsafeGetStorageImpl());
+        if (!snap || snap->data() != st.data())
+            return false;
+        *data = static_cast<const uint8_t *>(snap->data()) + off;
+        *hold = snap.release();
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void djn_exec_unlend(void *hold) {
+    if (hold) /* the snapshot's last reference may be the storage's: its deleter runs here */
+        (void)c10::intrusive_ptr<c10::StorageImpl>::reclaim(static_cast<c10::StorageImpl *>(hold));
 }
 
 void djn_exec_gen_release(void *gen) {

@@ -125,7 +125,7 @@ def test_smoke_numbers_say_what_they_claim(smoke):
     with open(glob.glob(os.path.join(out, "*-smoke.json"))[0]) as f:
         res = json.load(f)
     # djinn's decode step moves less than returning every output (logits + KV) would
-    b = _row(res, lambda r: r["group"] == "transformer" and r["unit"] == "bytes")
+    b = _row(res, lambda r: r["group"] == "transformer" and "bytes moved per decode" in r["name"])
     full = b["extra"]["full_return_bytes_per_step"]
     assert 0 < b["extra"]["djinn_sent_per_step"] < b["values"]["djinn"] < full, b
     assert 0 < b["extra"]["djinn_reduction_vs_full_return"] < 1
@@ -135,6 +135,12 @@ def test_smoke_numbers_say_what_they_claim(smoke):
     for s in ("rpc", "naive"):  # the baselines send the KV cache both ways
         assert b["values"][s] > b["values"]["djinn"], (s, b["values"])
     assert all(b["extra"]["tokens_match_local"].values()), b["extra"]["tokens_match_local"]
+    # what djinn sends per step (the plan-cache hit) is the row above's sent part, and
+    # less than what the baselines send (token and the whole KV cache)
+    sent = _row(res, lambda r: r["group"] == "transformer" and "bytes sent per decode" in r["name"])
+    assert sent["values"]["djinn"] == pytest.approx(b["extra"]["djinn_sent_per_step"])
+    for s in ("rpc", "naive"):
+        assert sent["values"][s] > sent["values"]["djinn"], (s, sent["values"])
     # the wire's floor is in the round trip and in every transfer, over djinn's transport
     rtt = _row(res, lambda r: r["name"] == "1-op round trip x.add(1).item()")
     assert "zmq" in rtt["systems"] and rtt["extra"]["zmq_transport"] in ("ipc", "tcp")

@@ -80,13 +80,115 @@ def test_scraped_counters_equal_server_stats(worked_server, live_exporter):
     assert s.types["djinn_devices_data_used"] == "gauge"
     assert "djinn_session_bytes" not in s.types
     # every numeric field of the reply is exported (generic mapping, nothing dropped)
+    # (or folded into a labelled family: per-class figures, errors by kind)
+    from djinn.exporter import relabel
+
+    def exported(key, name):
+        folded = relabel(key)
+        return (folded[0] if folded else name) in s.types
+
     skipped = {"session_bytes", "session_peak_bytes"}
     for k, v in before.items():
         if k not in skipped and isinstance(v, (int, float)):
-            assert f"djinn_{k}" in s.types, k
+            assert exported(k, f"djinn_{k}"), k
     for k in before["devices"][0]:
         if k != "name":
-            assert f"djinn_devices_{k}" in s.types, k
+            assert exported(f"devices.{k}", f"djinn_devices_{k}"), k
+
+
+QOS_AND_ERRORS_WORK = """
+import torch, djinn
+x = torch.arange(64.0, device='remote')
+with djinn.qos('interactive'):
+    for _ in range(3):
+        (x * 2).sum().item()
+with djinn.qos('batch'):
+    for _ in range(2):
+        (x + 1).sum().item()
+# an operator that fails on the server (E_OP), and one too large for the device (E_OOM)
+for fn in (lambda: x[torch.tensor([100], device='remote')].cpu(),
+           lambda: torch.ones(1 << 22, device='remote').sum().item()):
+    try:
+        fn()
+    except djinn.RemoteError as e:
+        print(type(e).__name__)
+"""
+
+
+def test_queue_waits_by_class_and_errors_by_kind(tmp_path):
+    """Per-class queue waits and run times, and ERROR replies by kind, as labelled
+    families that equal the server's own STATS (issue 14)."""
+    proc, ep = start_server("--data-bytes", str(4 << 20))
+    exp = None
+    try:
+        r = run_python(QOS_AND_ERRORS_WORK, subprocess_env(DJINN_SERVER=ep))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["RemoteError", "ResourceError"], r.stdout
+        exp = Exporter("--server", ep)
+        before = stats(ep)["body"]
+        s = exp.scrape()
+        dev = before["devices"][0]
+        assert dev["ia_fragments"] >= 3 and dev["bt_fragments"] >= 2, dev
+        for short, cls in (("rt", "realtime"), ("ia", "interactive"), ("bt", "batch")):
+            got = s.get(
+                "djinn_qos_fragments_total", server=ep, device="cpu", index="0", **{"class": cls}
+            )
+            assert got == dev[f"{short}_fragments"], cls
+            for what, fam in (("wait", "queue_wait"), ("run", "run")):
+                for q, quantile in (("p50", "0.5"), ("p99", "0.99")):
+                    labels = {"server": ep, "device": "cpu", "index": "0", "class": cls}
+                    v = s.get(f"djinn_qos_{fam}_seconds", quantile=quantile, **labels)
+                    assert v == pytest.approx(dev[f"{short}_{what}_{q}_us"] / 1e6), (cls, what, q)
+        assert (
+            s.get(
+                "djinn_qos_run_seconds",
+                server=ep,
+                device="cpu",
+                index="0",
+                quantile="0.99",
+                **{"class": "interactive"},
+            )
+            > 0
+        )
+        # the per-class fields are folded, not exported twice under their own names
+        assert "djinn_devices_ia_wait_p99_us" not in s.types
+        kinds = s.series("djinn_error_replies_total")
+        by_kind = {dict(k)["kind"]: v for k, v in kinds.items()}
+        assert by_kind["op"] == before["errors_op"] >= 1
+        assert by_kind["memory"] == before["errors_memory"] >= 1
+        assert by_kind["denied"] == 0
+        assert sum(by_kind.values()) == before["errors"] == s.get("djinn_errors_total", server=ep)
+        assert s.types["djinn_error_replies"] == "counter"
+    finally:
+        if exp:
+            assert exp.stop() == 0
+        stop_server(proc)
+
+
+def test_stats_tables_in_protocol_match_the_descriptor_table():
+    """PROTOCOL.md section 6's tables are the djn_stats.h table (they cannot go stale)."""
+    import djinn
+
+    with open(os.path.join(REPO, "docs", "PROTOCOL.md")) as f:
+        doc = f.read()
+    section = doc[doc.index("## 6. STATS") : doc.index("## 7.")]
+    rows = re.findall(
+        r"^\| `([a-z_0-9]+)` \| (uint|float64) \| `([a-z_.0-9]+)` \| (.*) \|$", section, re.M
+    )
+    documented = {(w, p, d) for w, _, p, d in rows}
+    for scope, wire, py, doc_ in djinn._C._stats_fields():
+        if scope == "client":
+            continue
+        assert (wire, py, doc_) in documented, (
+            f"{scope} field {wire} is not documented as in djn_stats.h"
+        )
+    for scope, title in (
+        ("server", "Server scope"),
+        ("session", "Session scope"),
+        ("device", "Device scope"),
+    ):
+        n = sum(1 for sc, *_ in djinn._C._stats_fields() if sc == scope)
+        assert f"**{title}** ({n} rows" in section, (scope, n)
 
 
 def test_known_fields_are_documented_in_protocol():
@@ -133,6 +235,9 @@ def test_grafana_panels_reference_only_exported_metrics(live_exporter):
         "djinn_bytes_sent_total",
         "djinn_devices_data_used",
         "djinn_errors_total",
+        "djinn_error_replies_total",
+        "djinn_qos_queue_wait_seconds",
+        "djinn_qos_run_seconds",
     ):
         assert need in used, need
 

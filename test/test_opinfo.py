@@ -151,7 +151,8 @@ SUBSET = {
 
 # (run, op) -> (status it fails with, root cause). Issue 9 fixed every failure the survey
 # of main found (docs/opinfo-baseline.md) except compressed sparse layouts, which stay on
-# the CPU: they fail with a clear error at their first use on 'remote'.
+# the CPU: they fail with a clear error where they would enter 'remote' (the sample's
+# copy to 'remote').
 _CSR = "compressed sparse layouts (CSR/CSC/BSR/BSC) are not supported on 'remote'"
 KNOWN = {
     ("float32", "sparse.sampled_addmm"): ("remote-error", _CSR),
@@ -159,7 +160,7 @@ KNOWN = {
     ("grad-float32", "sparse.sampled_addmm"): ("remote-error", _CSR),
 }
 # What the error of a known failure must say (a clear error, not any error).
-KNOWN_DETAIL = {_CSR: "sparse tensors are not supported on 'remote'"}
+KNOWN_DETAIL = {_CSR: "djinn: sparse layout torch.sparse_csr is not supported on 'remote'"}
 
 RUNS = [(dt, "forward") for dt in h.DTYPE_NAMES] + [("float32", "grad")]
 SELFTEST = {

@@ -198,7 +198,9 @@ def test_uint64_results_and_failed_capture_leaves_fragment():
         torch.empty(3, dtype=torch.qint8, device=R)
     with pytest.raises(djinn.RemoteError, match="policy: quantized tensors are not kept"):
         torch.quantize_per_tensor(xr.float(), 0.1, 0, torch.qint8)
-    with pytest.raises(NotImplementedError, match="only the sparse COO layout lives on 'remote'"):
+    with pytest.raises(
+        NotImplementedError, match="sparse layout torch.sparse_csr is not supported"
+    ):
         xr.float().to_sparse(layout=torch.sparse_csr)
     assert_close(pending, x + 1)  # the fragment was left as it was
 
@@ -218,6 +220,154 @@ def test_sparse_coo_on_remote():
     (dr.to_sparse().to_dense() * torch.arange(3.0).to(R)).sum().backward()
     (dc.to_sparse().to_dense() * torch.arange(3.0)).sum().backward()
     assert_close(dr.grad, dc.grad)
+
+
+# ------------------------------------------------------------------ layouts
+
+_D = torch.tensor([[0.0, 1.5, 0.0], [2.0, 0.0, -3.0]])
+COMPRESSED = [torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc]
+
+
+def _sparse_msg(layout):
+    return (
+        f"djinn: sparse layout {layout} is not supported on 'remote'; convert with "
+        ".to_dense() or .to_sparse() (COO) first, or keep the tensor on the CPU"
+    )
+
+
+NESTED_MSG = (
+    "djinn: nested tensors of layout torch.strided are not supported on 'remote'; use "
+    "torch.nested.nested_tensor(..., layout=torch.jagged), or keep the tensor on the CPU"
+)
+MKLDNN_MSG = (
+    "djinn: layout torch._mkldnn is not supported on 'remote'; convert with .to_dense() "
+    "first, or keep the tensor on the CPU"
+)
+
+
+def _refused_cleanly(fn, msg, exc=NotImplementedError):
+    """``fn`` raises exactly ``msg`` and leaves the session as it was: a computation
+    recorded before still runs, and an unrelated one after it works."""
+    x = torch.arange(6.0)
+    pending = x.to(R) * 2 + 1  # recorded, not run
+    with pytest.raises(exc) as e:
+        fn()
+    assert str(e.value) == msg
+    assert_close(pending, x * 2 + 1)
+    y = torch.randn(3, 4)
+    assert_close(y.to(R).t() @ y.to(R), y.t() @ y)
+
+
+def _parts(s):
+    if s.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return s.crow_indices(), s.col_indices(), s.values()
+    return s.ccol_indices(), s.row_indices(), s.values()
+
+
+class _Holder(nn.Module):
+    def __init__(self, buf):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.register_buffer("adj", buf)
+
+
+# Every way a compressed tensor could enter 'remote': the copy, the factories (CPU or
+# remote parts), the conversions of a dense or COO remote tensor, copy_ into a remote
+# tensor and zeros_like.
+COMPRESSED_PATHS = {
+    "to": lambda s, L, name, bs: s.to(R),
+    "to_dtype": lambda s, L, name, bs: s.to(R, torch.float64),
+    "module_to": lambda s, L, name, bs: _Holder(s).to(R),
+    "factory": lambda s, L, name, bs: getattr(torch, f"sparse_{name}_tensor")(
+        *_parts(s), s.shape, device=R
+    ),
+    "factory_remote_parts": lambda s, L, name, bs: getattr(torch, f"sparse_{name}_tensor")(
+        *_r(*_parts(s)), s.shape
+    ),
+    "compressed_factory": lambda s, L, name, bs: torch.sparse_compressed_tensor(
+        *_parts(s), s.shape, layout=L, device=R
+    ),
+    "zeros": lambda s, L, name, bs: torch.zeros(2, 3, layout=L, device=R),
+    "dense_to_sparse": lambda s, L, name, bs: _D.to(R).to_sparse(layout=L, blocksize=bs),
+    "dense_to_method": lambda s, L, name, bs: getattr(_D.to(R), f"to_sparse_{name}")(
+        *([bs] if bs else [])
+    ),
+    "coo_to_sparse": lambda s, L, name, bs: _D.to(R).to_sparse().to_sparse(layout=L, blocksize=bs),
+    "coo_to_method": lambda s, L, name, bs: getattr(_D.to(R).to_sparse(), f"to_sparse_{name}")(
+        *([bs] if bs else [])
+    ),
+    "copy_into_remote": lambda s, L, name, bs: torch.empty(2, 3, device=R).copy_(s),
+    "zeros_like": lambda s, L, name, bs: torch.zeros_like(s, device=R),
+}
+
+
+@pytest.mark.parametrize("path", sorted(COMPRESSED_PATHS))
+@pytest.mark.parametrize("layout", COMPRESSED, ids=str)
+def test_compressed_sparse_layouts_refused_where_they_enter(layout, path):
+    name = str(layout).rsplit("_", 1)[1]
+    bs = (1, 1) if name in ("bsr", "bsc") else None
+    s = _D.to_sparse(layout=layout, blocksize=bs)
+    _refused_cleanly(lambda: COMPRESSED_PATHS[path](s, layout, name, bs), _sparse_msg(layout))
+
+
+def test_empty_like_compressed_is_refused_at_its_first_use():
+    # the one known way in (RemoteLayouts.cpp): PyTorch's SparseCsrCPU empty_like builds
+    # the tensor without dispatching on 'remote'; what it makes cannot be used or read
+    s = _D.to_sparse_csr()
+    slipped = torch.empty_like(s, device=R)
+    for use in (repr, lambda t: t.cpu(), lambda t: t.to_dense(), lambda t: t.sum()):
+        _refused_cleanly(lambda: use(slipped), _sparse_msg(torch.sparse_csr))
+
+
+def test_coo_still_lives_on_remote_next_to_refused_layouts():
+    i, v = _D.to_sparse().indices(), _D.to_sparse().values()
+    made = torch.sparse_coo_tensor(i, v, _D.shape, device=R)
+    assert made.layout == torch.sparse_coo and made.device.type == "remote"
+    assert_close(made.to_dense(), _D)
+    s = _D.to(R).to_sparse()
+    assert s.to_sparse() is s and s.to_sparse(layout=torch.sparse_coo) is s
+    assert_close(s.to_dense() * 2, _D * 2)
+    _refused_cleanly(lambda: s.to_sparse_csr(), _sparse_msg(torch.sparse_csr))
+    assert_close(s.to_dense(), _D)  # the COO tensor itself is untouched
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["to", "nested_tensor_device", "as_nested_tensor_remote"],
+)
+def test_strided_nested_tensors_refused_where_they_enter(path):
+    parts = [torch.arange(2.0), torch.arange(3.0)]
+    fn = {
+        "to": lambda: torch.nested.nested_tensor(parts).to(R),
+        "nested_tensor_device": lambda: torch.nested.nested_tensor(parts, device=R),
+        "as_nested_tensor_remote": lambda: torch.nested.as_nested_tensor(_r(*parts)),
+    }[path]
+    _refused_cleanly(fn, NESTED_MSG)
+
+
+def test_jagged_nested_tensors_live_on_remote():
+    parts = [torch.arange(2.0), torch.arange(3.0) - 1]
+    nt = torch.nested.nested_tensor(parts, layout=torch.jagged)
+    for r in (nt.to(R), torch.nested.nested_tensor(parts, layout=torch.jagged, device=R)):
+        assert r.layout == torch.jagged and r.device.type == "remote"
+        got = (r * 2 + 1).sin()
+        assert [t.device.type for t in got.unbind()] == ["remote", "remote"]
+        assert_close(list(got.unbind()), list((nt * 2 + 1).sin().unbind()))
+        padded = torch.nested.to_padded_tensor(got, 0.0)
+        assert_close(padded, torch.nested.to_padded_tensor((nt * 2 + 1).sin(), 0.0))
+
+
+def test_mkldnn_refused_where_it_enters():
+    m = torch.ones(2, 3).to_mkldnn()
+    # m.to('remote') passes m's layout with the device: PyTorch's own dispatch-key
+    # computation refuses it first, as for any device without an mkldnn layout
+    _refused_cleanly(lambda: m.to(R), "Unsupported device type for mkldnn layout: remote")
+    _refused_cleanly(
+        lambda: torch.empty(2, layout=torch._mkldnn, device=R),
+        "Unsupported device type for mkldnn layout: remote",
+    )
+    _refused_cleanly(lambda: m.to(R, torch.float32), MKLDNN_MSG)
+    _refused_cleanly(lambda: torch.ones(2, 3).to(R).to_mkldnn(), MKLDNN_MSG)
 
 
 @pytest.mark.parametrize("wdt", [torch.bfloat16, torch.float32])

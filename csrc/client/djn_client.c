@@ -72,6 +72,7 @@ typedef struct s_link {
     uint32_t max_nodes;
     uint64_t text_min; /* uploads this large are content-addressed (DJINN_TEXT_MIN_BYTES) */
     bool plan_cache;   /* send GRAPH_CACHED for fragments the server holds (DJINN_PLAN_CACHE) */
+    uint64_t chunk; /* uploads this large go at once, in chunks this large (DJINN_UPLOAD_CHUNK) */
 
     /* connection and session */
     bool connected, forked, broken;
@@ -99,6 +100,11 @@ typedef struct s_link {
     int hb_ms;
     int64_t hb_last_ms;
     uint64_t hb_seq;
+
+    /* frames of a direct upload that ZeroMQ has let go of (s_upload_direct) */
+    pthread_mutex_t rel_mu;
+    pthread_cond_t rel_cv;
+    uint64_t released;
 } s_link_t;
 
 /* The client: one link per server of DJINN_SERVER (made at first use), and the map of
@@ -412,6 +418,8 @@ static void s_link_destroy(s_link_t **self_p) {
         djn_vec_release(&l->sym_runs[i]);
     djn_vec_release(&l->sym_h);
     djn_vec_release(&l->sym_pal);
+    pthread_mutex_destroy(&l->rel_mu);
+    pthread_cond_destroy(&l->rel_cv);
     djn_free(l, sizeof(*l));
     *self_p = NULL;
 }
@@ -432,6 +440,8 @@ static s_link_t *s_link_new(djn_client_t *c, const char *want) {
         l->sym_runs[i] = DJN_VEC(djn_sym_run_t);
     l->sym_h = DJN_VEC(uint64_t);
     l->sym_pal = DJN_VEC(int64_t);
+    pthread_mutex_init(&l->rel_mu, NULL);
+    pthread_cond_init(&l->rel_cv, NULL);
     if (!l->rec || !l->fcache)
         s_link_destroy(&l);
     return l;
@@ -848,6 +858,8 @@ static void s_read_config(s_link_t *c) {
     c->max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
     c->text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
     c->plan_cache = s_env_int("DJINN_PLAN_CACHE", 1) != 0;
+    int chunk = s_env_int("DJINN_UPLOAD_CHUNK", 1 << 20);
+    c->chunk = chunk > 0 ? (uint64_t)chunk : 1u << 20;
     djn_client_t *o = c->owner;
     const char *q = getenv("DJINN_QOS");
     o->qos_bad[0] = 0;
@@ -1365,8 +1377,11 @@ djn_status_t djn_client_check_host(uint64_t nbytes) {
                   what);
 }
 
+/* Bytes [off, off+n) of a storage into dst; or, with keep, the reply's own frame: *keep
+ * takes the received message and dst is set to point at the bytes in it (no copy, no
+ * fetch cache). */
 static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
-                                void *dst) {
+                                void *dst, djn_rx_t **keep) {
     if (n == 0)
         return DJN_OK;
     pthread_mutex_lock(c->mu);
@@ -1376,7 +1391,7 @@ static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64
         pthread_mutex_unlock(c->mu);
         return st;
     }
-    if (djn_fcache_read(c->fcache, handle, off, n, dst)) {
+    if (!keep && djn_fcache_read(c->fcache, handle, off, n, dst)) {
         /* still flush pending work so errors surface at this sync point */
         if (!djn_rec_empty(c->rec) || c->seq > c->acked)
             st = s_flush_locked(c, true, NULL, NULL);
@@ -1388,7 +1403,7 @@ static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64
     uint64_t total = 0;
     djn_map_get(&c->sizes, handle, &total);
     djn_fetch_t f = {handle, off, n};
-    if (total >= off + n && total <= S_CACHE_WHOLE_LIMIT) { /* the whole storage, cached */
+    if (!keep && total >= off + n && total <= S_CACHE_WHOLE_LIMIT) { /* the whole storage */
         f.offset = 0;
         f.nbytes = total;
     }
@@ -1407,6 +1422,12 @@ static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64
             if (!bytes || len != f.nbytes) {
                 st = s_fail(DJN_ERR_PROTO, "djinn: fetch of %llu bytes returned %zu",
                             (unsigned long long)f.nbytes, len);
+            } else if (keep) {
+                c->ctr.fetches++;
+                c->ctr.fetch_bytes += len;
+                *(const void **)dst = bytes;
+                *keep = x.rx;
+                x.rx = NULL;
             } else {
                 c->ctr.fetches++;
                 c->ctr.fetch_bytes += len;
@@ -1421,12 +1442,153 @@ static djn_status_t s_link_read(s_link_t *c, int device, uint64_t handle, uint64
     return st;
 }
 
+/* ZeroMQ let go of a frame of a direct upload (its I/O thread, or a failed send). */
+static void s_released_fn(void *data, void *hint) {
+    (void)data;
+    s_link_t *c = hint;
+    pthread_mutex_lock(&c->rel_mu);
+    c->released++;
+    pthread_cond_signal(&c->rel_cv);
+    pthread_mutex_unlock(&c->rel_mu);
+}
+
+/* Wait until ZeroMQ has let go of `sent` frames of the caller's memory. If it does not
+ * within the request timeout (the server stopped reading), the connection is torn down:
+ * closing it makes ZeroMQ drop what it still holds, so the caller's memory is never read
+ * after this returns. */
+static djn_status_t s_wait_released(s_link_t *c, uint64_t sent) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += c->timeout_ms / 1000;
+    bool late = false;
+    pthread_mutex_lock(&c->rel_mu);
+    while (c->released < sent && !late)
+        late = pthread_cond_timedwait(&c->rel_cv, &c->rel_mu, &dl) != 0 && c->released < sent;
+    pthread_mutex_unlock(&c->rel_mu);
+    if (!late)
+        return DJN_OK;
+    c->broken = true;
+    djn_heartbeat_stop(&c->hb);
+    djn_conn_destroy(&c->conn); /* ZeroMQ's context ends: every frame is let go of */
+    pthread_mutex_lock(&c->rel_mu);
+    while (c->released < sent)
+        pthread_cond_wait(&c->rel_cv, &c->rel_mu);
+    pthread_mutex_unlock(&c->rel_mu);
+    return s_fail(DJN_ERR_TIMEOUT,
+                  "djinn: the server at %s did not take an upload within %d ms (DJINN_TIMEOUT); "
+                  "the connection was closed",
+                  c->endpoint, c->timeout_ms);
+}
+
+/* HAVE for one upload: *held when the server bound the handle to content this tenant
+ * uploaded before (nothing to send). */
+static djn_status_t s_have_one(s_link_t *c, uint64_t handle, XXH128_hash_t h, uint64_t n,
+                               bool *held) {
+    *held = false;
+    djn_status_t st = c->pending_st == DJN_OK ? s_drain(c) : DJN_OK; /* HAVE binds at once */
+    if (st != DJN_OK && !c->broken && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO &&
+        st != DJN_ERR_SESSION) {
+        c->pending_st = st; /* an earlier fragment's error: still the next sync point's */
+        snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
+        st = DJN_OK;
+    }
+    if (st != DJN_OK || c->pending_st != DJN_OK) /* the upload goes, and fails, in order */
+        return st;
+    djn_have_item_t item = {handle, h.high64, h.low64, n};
+    djn_have_req_t req = {(uint32_t)djn_rec_device(c->rec), 1, &item};
+    s_resp_t x = {0};
+    st = s_request(c, DJN_MSG_HAVE, s_have_enc, &req, c->timeout_ms, &x);
+    djn_have_rep_t rep;
+    char err[256];
+    if (st == DJN_OK && djn_have_rep_parse(x.rep, &rep, err, sizeof err) != DJN_OK)
+        st = s_fail(DJN_ERR_PROTO, "djinn: %s", err);
+    if (st == DJN_OK)
+        *held = rep.nmissing == 0;
+    s_resp_free(&x);
+    return st;
+}
+
+/* A large upload, sent now from the caller's memory without a copy (PROTOCOL.md 7.6):
+ *   1. pending work goes first (it declares the handle, and may name it);
+ *   2. Text content (DJINN_TEXT_MIN_BYTES) is offered by its hash: held, nothing is sent;
+ *   3. the bytes go as chunks of c->chunk bytes, each its own GRAPH whose only frame
+ *      points into the caller's memory: the server writes chunk k into the destination
+ *      while chunk k+1 is on the wire, and its receive buffers stay small and warm;
+ *      replies are collected like those of any asynchronous fragment (at most
+ *      S_MAX_OUTSTANDING in flight, errors at the next sync point);
+ *   4. return once ZeroMQ has let go of every frame: the caller may then change or free
+ *      its tensor (a snapshot, like a copy, without the copy).
+ * Rejected: a staging copy (one more pass over memory whose pages are fresh: on the
+ * 2-core VM a 64 MiB copy into fresh pages costs ~140 ms, the transfer itself ~100 ms),
+ * and the caller's storage made copy-on-write instead of waiting (a numpy array or raw
+ * pointer made before could still write to the bytes while they wait to be sent). */
+static djn_status_t s_upload_direct(s_link_t *c, uint64_t handle, const uint8_t *bytes,
+                                    uint64_t n) {
+    djn_status_t st = s_flush_locked(c, false, NULL, NULL); /* 1 */
+    if (st != DJN_OK)
+        return st;
+    djn_fcache_drop(c->fcache, handle);
+    c->ctr.uploads++;
+    bool text = n >= c->text_min;
+    if (text) { /* 2 */
+        bool held;
+        if ((st = s_have_one(c, handle, XXH3_128bits(bytes, n), n, &held)) != DJN_OK)
+            return st;
+        if (held) {
+            c->ctr.dedup_bytes += n;
+            return DJN_OK;
+        }
+    }
+    pthread_mutex_lock(&c->rel_mu);
+    c->released = 0;
+    pthread_mutex_unlock(&c->rel_mu);
+    uint64_t sent = 0;
+    djn_buf_t b = {0};
+    for (uint64_t off = 0; st == DJN_OK && off < n; off += c->chunk) { /* 3 */
+        uint64_t len = n - off < c->chunk ? n - off : c->chunk;
+        djn_upload_t up = {handle, 1, text, true, off, n};
+        djn_graph_req_t g = {
+            .device = (uint32_t)djn_rec_device(c->rec), .seed = -1, .nuploads = 1, .uploads = &up};
+        djn_msg_hdr_t hdr = {DJN_MSG_GRAPH, c->sid, ++c->seq};
+        djn_buf_reset(&b);
+        djn_graph_req_encode(&b, &hdr, &g);
+        if (b.failed) {
+            c->seq--; /* never sent: no reply to wait for */
+            st = s_fail(DJN_ERR_NOMEM, "djinn: out of memory encoding a request");
+            break;
+        }
+        djn_frame_t f = {bytes + off, len, s_released_fn, c};
+        sent++; /* ZeroMQ owns the frame now, or the failed send let go of it */
+        st = s_send(c, &b, &f, 1);
+        c->ctr.upload_bytes += st == DJN_OK ? len : 0;
+        if (st == DJN_OK && c->seq - c->acked > S_MAX_OUTSTANDING) {
+            s_resp_t x = {0};
+            st = s_wait(c, c->acked + 1, c->timeout_ms, &x);
+            if (st == DJN_OK)
+                s_resp_free(&x);
+            else if (c->pending_st == DJN_OK && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO) {
+                c->pending_st = st; /* an earlier fragment's error: the next sync point's */
+                snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
+                st = DJN_OK;
+            }
+        }
+    }
+    djn_buf_release(&b);
+    djn_status_t rst = s_wait_released(c, sent); /* 4 */
+    return st != DJN_OK ? st : rst;
+}
+
 static djn_status_t s_link_upload(s_link_t *c, int device, uint64_t handle, const void *bytes,
                                   uint64_t n) {
     pthread_mutex_lock(c->mu);
     djn_status_t st = s_connect_locked(c);
     if (st == DJN_OK && device != djn_rec_device(c->rec))
         st = s_use_device(c, device);
+    if (st == DJN_OK && n && n >= c->chunk) {
+        st = s_upload_direct(c, handle, bytes, n);
+        pthread_mutex_unlock(c->mu);
+        return st;
+    }
     /* an upload replaces the storage before the fragment's nodes run: if a pending node
      * names this storage, that node must run first */
     if (st == DJN_OK && djn_rec_nnodes(c->rec) && djn_rec_names(c->rec, handle))
@@ -1805,9 +1967,30 @@ djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint6
     pthread_mutex_lock(&c->mu);
     int local;
     s_link_t *l = s_route(c, device, &local);
-    djn_status_t st = l ? s_link_read(l, local, handle, off, n, dst) : t_st;
+    djn_status_t st = l ? s_link_read(l, local, handle, off, n, dst, NULL) : t_st;
     pthread_mutex_unlock(&c->mu);
     return st;
+}
+
+djn_status_t djn_client_read_frame(djn_client_t *c, int device, uint64_t handle, uint64_t off,
+                                   uint64_t n, const void **data, void **keep) {
+    *data = NULL;
+    *keep = NULL;
+    if (!n)
+        return s_fail(DJN_ERR_ARGS, "djinn: a read of 0 bytes has no frame");
+    pthread_mutex_lock(&c->mu);
+    int local;
+    s_link_t *l = s_route(c, device, &local);
+    djn_rx_t *rx = NULL;
+    djn_status_t st = l ? s_link_read(l, local, handle, off, n, (void *)data, &rx) : t_st;
+    pthread_mutex_unlock(&c->mu);
+    *keep = rx;
+    return st;
+}
+
+void djn_client_frame_free(void *keep) {
+    djn_rx_t *rx = keep;
+    djn_rx_free(&rx);
 }
 
 djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, const void *bytes,

@@ -114,11 +114,20 @@ int djn_client_qos_parse(const char *name); /* "batch" -> DJN_QOS_BATCH; -1 if u
 djn_status_t djn_client_check_host(uint64_t nbytes);
 djn_status_t djn_client_read(djn_client_t *c, int device, uint64_t handle, uint64_t off, uint64_t n,
                              void *dst);
+/* The same read without a copy: *data points at the n bytes inside the server's reply,
+ * which *keep holds until djn_client_frame_free(*keep) (any thread). Bypasses the fetch
+ * cache: for large reads whose destination the caller makes from the frame. */
+djn_status_t djn_client_read_frame(djn_client_t *c, int device, uint64_t handle, uint64_t off,
+                                   uint64_t n, const void **data, void **keep);
+void djn_client_frame_free(void *keep);
 /* Send a fragment whose last node was recorded with DJN_NODE_DYNAMIC and return the
  * server's reply; *dyn is the description of that node's results (djn_dyn_* in
  * djn_proto.h), valid until djn_reply_free(reply). */
 djn_status_t djn_client_run_dynamic(djn_client_t *c, djn_reply_t **reply, const djn_value_t **dyn);
-/* Upload bytes as the whole content of a storage (snapshot: copied now). */
+/* Upload bytes as the whole content of a storage, as a snapshot: small uploads are
+ * copied and sent with the next fragment; from DJINN_UPLOAD_CHUNK bytes (1 MiB) they are
+ * sent at once from `bytes`, in chunks, and this returns once they left the caller's
+ * memory (no copy). */
 djn_status_t djn_client_upload(djn_client_t *c, int device, uint64_t handle, const void *bytes,
                                uint64_t n);
 void djn_client_seed(djn_client_t *c, uint64_t seed);

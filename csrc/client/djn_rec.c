@@ -380,7 +380,7 @@ djn_status_t djn_rec_seal(djn_rec_t *r, const djn_fetch_t *fetch, djn_graph_req_
     r->sealed_ups.len = 0;
     for (size_t i = 0; i < r->ups.len; i++) {
         const s_upload_t *u = &DJN_VEC_AT(&r->ups, s_upload_t, i);
-        djn_upload_t d = {u->handle, (uint32_t)i + 1, u->text};
+        djn_upload_t d = {u->handle, (uint32_t)i + 1, u->text, false, 0, 0};
         djn_vec_push(&r->sealed_ups, &d);
     }
     out->device = (uint32_t)r->dev;

@@ -333,10 +333,15 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
             return DJN_ERR_NOMEM;
         for (uint32_t i = 0; i < v->len; i++) {
             const djn_value_t *e = &v->u.items[i];
-            if (!s_list(e) || (e->len != 2 && e->len != 3) ||
-                !s_uint(&e->u.items[0], &ups[i].handle) || !s_uint(&e->u.items[1], &u))
-                return s_bad(p, "each upload must be [handle, frame] or [handle, frame, text]");
-            ups[i].text = e->len == 3 && e->u.items[2].kind == DJN_V_BOOL && e->u.items[2].u.b;
+            if (!s_list(e) || (e->len != 2 && e->len != 3 && e->len != 5) ||
+                !s_uint(&e->u.items[0], &ups[i].handle) || !s_uint(&e->u.items[1], &u) ||
+                (e->len == 5 &&
+                 (e->u.items[2].kind != DJN_V_BOOL || !s_uint(&e->u.items[3], &ups[i].offset) ||
+                  !s_uint(&e->u.items[4], &ups[i].total))))
+                return s_bad(p, "each upload must be [handle, frame], [handle, frame, text] or "
+                                "[handle, frame, text, offset, total]");
+            ups[i].text = e->len >= 3 && e->u.items[2].kind == DJN_V_BOOL && e->u.items[2].u.b;
+            ups[i].chunk = e->len == 5;
             if ((st = s_client_handle(p, ups[i].handle)) != DJN_OK)
                 return st;
             if (u < 1 || u > p->nframes) {
@@ -596,6 +601,20 @@ void djn_node_encode(djn_buf_t *b, const djn_node_t *n) {
     djn_node_enc_end(b, n->flags);
 }
 
+/* [handle, frame], [handle, frame, true] or, for a chunk, [handle, frame, text, offset,
+ * total] */
+static void s_enc_upload(djn_buf_t *b, const djn_upload_t *u) {
+    djn_enc_array(b, u->chunk ? 5 : u->text ? 3 : 2);
+    djn_enc_uint(b, u->handle);
+    djn_enc_uint(b, u->frame);
+    if (u->text || u->chunk)
+        djn_enc_bool(b, u->text);
+    if (u->chunk) {
+        djn_enc_uint(b, u->offset);
+        djn_enc_uint(b, u->total);
+    }
+}
+
 static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t n, bool runs) {
     djn_enc_cstr(b, k);
     djn_enc_array(b, 2 * n);
@@ -615,6 +634,49 @@ static void s_enc_pairs(djn_buf_t *b, const char *k, const void *items, uint32_t
             pos = pt->pos;
         }
     }
+}
+
+/* The plain list fields of a GRAPH (both encoders write them alike). */
+static void s_enc_u64s(djn_buf_t *b, const char *k, const uint64_t *v, uint32_t n) {
+    djn_enc_cstr(b, k);
+    djn_enc_array(b, n);
+    for (uint32_t i = 0; i < n; i++)
+        djn_enc_uint(b, v[i]);
+}
+
+static void s_enc_allocs(djn_buf_t *b, const djn_graph_req_t *r) {
+    djn_enc_cstr(b, "allocs");
+    djn_enc_array(b, r->nallocs);
+    for (uint32_t i = 0; i < r->nallocs; i++) {
+        djn_enc_array(b, 2);
+        djn_enc_uint(b, r->allocs[i].handle);
+        djn_enc_uint(b, r->allocs[i].nbytes);
+    }
+}
+
+static void s_enc_uploads(djn_buf_t *b, const djn_graph_req_t *r) {
+    djn_enc_cstr(b, "uploads");
+    djn_enc_array(b, r->nuploads);
+    for (uint32_t i = 0; i < r->nuploads; i++)
+        s_enc_upload(b, &r->uploads[i]);
+}
+
+static void s_enc_fetches(djn_buf_t *b, const djn_graph_req_t *r) {
+    djn_enc_cstr(b, "fetch");
+    djn_enc_array(b, r->nfetches);
+    for (uint32_t i = 0; i < r->nfetches; i++) {
+        djn_enc_array(b, 3);
+        djn_enc_uint(b, r->fetches[i].handle);
+        djn_enc_uint(b, r->fetches[i].offset);
+        djn_enc_uint(b, r->fetches[i].nbytes);
+    }
+}
+
+static void s_enc_fp(djn_buf_t *b, const djn_graph_req_t *r) {
+    djn_enc_cstr(b, "fp");
+    djn_enc_array(b, 2);
+    djn_enc_uint(b, r->fp[0]);
+    djn_enc_uint(b, r->fp[1]);
 }
 
 /* The fragment's semantics (`qos`, `phase`, `life`): three keys, or none when all are 0. */
@@ -650,58 +712,27 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
     if (r->has_binds_d) {
         s_enc_pairs(b, "binds_d", r->binds_d, r->nbinds_d, true);
     } else if (r->nbinds) {
-        djn_enc_cstr(b, "binds");
-        djn_enc_array(b, r->nbinds);
-        for (uint32_t i = 0; i < r->nbinds; i++)
-            djn_enc_uint(b, r->binds[i]);
+        s_enc_u64s(b, "binds", r->binds, r->nbinds);
     }
     if (r->has_allocs_d) {
         s_enc_pairs(b, "allocs_d", r->allocs_d, r->nallocs_d, true);
         if (r->nallocs_n)
             s_enc_pairs(b, "allocs_n", r->allocs_n, r->nallocs_n, false);
     } else if (r->nallocs) {
-        djn_enc_cstr(b, "allocs");
-        djn_enc_array(b, r->nallocs);
-        for (uint32_t i = 0; i < r->nallocs; i++) {
-            djn_enc_array(b, 2);
-            djn_enc_uint(b, r->allocs[i].handle);
-            djn_enc_uint(b, r->allocs[i].nbytes);
-        }
+        s_enc_allocs(b, r);
     }
     if (r->nuploads) {
-        djn_enc_cstr(b, "uploads");
-        djn_enc_array(b, r->nuploads);
-        for (uint32_t i = 0; i < r->nuploads; i++) {
-            const djn_upload_t *u = &r->uploads[i];
-            djn_enc_array(b, u->text ? 3 : 2);
-            djn_enc_uint(b, u->handle);
-            djn_enc_uint(b, u->frame);
-            if (u->text)
-                djn_enc_bool(b, true);
-        }
+        s_enc_uploads(b, r);
     }
     if (r->has_frees_d) {
         s_enc_pairs(b, "frees_d", r->frees_d, r->nfrees_d, true);
     } else if (r->nfrees) {
-        djn_enc_cstr(b, "frees");
-        djn_enc_array(b, r->nfrees);
-        for (uint32_t i = 0; i < r->nfrees; i++)
-            djn_enc_uint(b, r->frees[i]);
+        s_enc_u64s(b, "frees", r->frees, r->nfrees);
     }
     if (r->nfetches) {
-        djn_enc_cstr(b, "fetch");
-        djn_enc_array(b, r->nfetches);
-        for (uint32_t i = 0; i < r->nfetches; i++) {
-            djn_enc_array(b, 3);
-            djn_enc_uint(b, r->fetches[i].handle);
-            djn_enc_uint(b, r->fetches[i].offset);
-            djn_enc_uint(b, r->fetches[i].nbytes);
-        }
+        s_enc_fetches(b, r);
     }
-    djn_enc_cstr(b, "fp");
-    djn_enc_array(b, 2);
-    djn_enc_uint(b, r->fp[0]);
-    djn_enc_uint(b, r->fp[1]);
+    s_enc_fp(b, r);
     s_kv_uint(b, "tpl", r->tpl);
     if (r->npatch)
         s_enc_pairs(b, "patch", r->patch, r->npatch, false);
@@ -732,27 +763,9 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
         djn_enc_int(b, r->seed);
     else
         djn_enc_nil(b);
-    djn_enc_cstr(b, "binds");
-    djn_enc_array(b, r->nbinds);
-    for (uint32_t i = 0; i < r->nbinds; i++)
-        djn_enc_uint(b, r->binds[i]);
-    djn_enc_cstr(b, "allocs");
-    djn_enc_array(b, r->nallocs);
-    for (uint32_t i = 0; i < r->nallocs; i++) {
-        djn_enc_array(b, 2);
-        djn_enc_uint(b, r->allocs[i].handle);
-        djn_enc_uint(b, r->allocs[i].nbytes);
-    }
-    djn_enc_cstr(b, "uploads");
-    djn_enc_array(b, r->nuploads);
-    for (uint32_t i = 0; i < r->nuploads; i++) {
-        const djn_upload_t *u = &r->uploads[i];
-        djn_enc_array(b, u->text ? 3 : 2);
-        djn_enc_uint(b, u->handle);
-        djn_enc_uint(b, u->frame);
-        if (u->text)
-            djn_enc_bool(b, true);
-    }
+    s_enc_u64s(b, "binds", r->binds, r->nbinds);
+    s_enc_allocs(b, r);
+    s_enc_uploads(b, r);
     if (nodes) {
         djn_enc_cstr(b, "nodes");
         djn_enc_array(b, r->nnodes);
@@ -762,22 +775,9 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
             for (uint32_t i = 0; i < r->nnodes; i++)
                 djn_node_encode(b, &r->nodes[i]);
     }
-    djn_enc_cstr(b, "frees");
-    djn_enc_array(b, r->nfrees);
-    for (uint32_t i = 0; i < r->nfrees; i++)
-        djn_enc_uint(b, r->frees[i]);
-    djn_enc_cstr(b, "fetch");
-    djn_enc_array(b, r->nfetches);
-    for (uint32_t i = 0; i < r->nfetches; i++) {
-        djn_enc_array(b, 3);
-        djn_enc_uint(b, r->fetches[i].handle);
-        djn_enc_uint(b, r->fetches[i].offset);
-        djn_enc_uint(b, r->fetches[i].nbytes);
-    }
-    djn_enc_cstr(b, "fp");
-    djn_enc_array(b, 2);
-    djn_enc_uint(b, r->fp[0]);
-    djn_enc_uint(b, r->fp[1]);
+    s_enc_u64s(b, "frees", r->frees, r->nfrees);
+    s_enc_fetches(b, r);
+    s_enc_fp(b, r);
     s_enc_sem(b, r);
 }
 

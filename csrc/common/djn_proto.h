@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define DJN_PROTO_VERSION 4
+#define DJN_PROTO_VERSION 5
 
 /* ---- message types (frozen) ---- */
 typedef enum djn_msg_type {
@@ -65,6 +65,7 @@ typedef enum djn_msg_type {
 #define DJN_MAX_OBJECTS (1u << 22)         /* msgpack objects in one header */
 #define DJN_MAX_DEVICES 64                 /* devices of one server */
 #define DJN_MAX_TENSOR_NAME 512            /* a model tensor's name, bytes */
+#define DJN_MAX_OPEN_UPLOADS 8             /* uploads one session has arriving in chunks */
 
 /* ---- fragment semantics (GRAPH's optional `qos`, `phase`, `life`; frozen) ----
  * The client's word about what a fragment is. The server schedules by the class (an
@@ -215,6 +216,10 @@ typedef struct djn_upload {
     uint64_t handle;
     uint32_t frame; /* 1-based index of the data frame */
     bool text;      /* shared content: deduplicated in the Text segment */
+    /* a chunk of an upload of `total` bytes arriving in several messages: the frame's
+     * bytes go at byte `offset` (PROTOCOL.md 7.6); false: the frame is the whole upload */
+    bool chunk;
+    uint64_t offset, total;
 } djn_upload_t;
 typedef struct djn_fetch {
     uint64_t handle, offset, nbytes;

@@ -37,6 +37,26 @@ extern "C" {
       "bytes of private materialised storages over all sessions")                                  \
     X(requests, U64, "server.requests", "messages received, rejected ones included")               \
     X(errors, U64, "server.errors", "ERROR replies sent")                                          \
+    X(errors_proto, U64, "server.errors_proto",                                                    \
+      "ERROR replies, E_PROTO, E_VERSION: malformed messages")                                     \
+    X(errors_limit, U64, "server.errors_limit", "ERROR replies, E_LIMIT: a size limit exceeded")   \
+    X(errors_session, U64, "server.errors_session",                                                \
+      "ERROR replies, E_SESSION: unknown or expired sessions")                                     \
+    X(errors_handle, U64, "server.errors_handle",                                                  \
+      "ERROR replies, E_HANDLE: handles the session does not own")                                 \
+    X(errors_op, U64, "server.errors_op", "ERROR replies, E_OP: operators that failed")            \
+    X(errors_args, U64, "server.errors_args", "ERROR replies, E_ARGS: arguments refused")          \
+    X(errors_device, U64, "server.errors_device",                                                  \
+      "ERROR replies, E_DEVICE: no such device, or it failed")                                     \
+    X(errors_memory, U64, "server.errors_memory",                                                  \
+      "ERROR replies, E_OOM, E_NOMEM: device or host memory full")                                 \
+    X(errors_quota, U64, "server.errors_quota",                                                    \
+      "ERROR replies, E_QUOTA: per-session quotas exceeded")                                       \
+    X(errors_evicted, U64, "server.errors_evicted",                                                \
+      "ERROR replies, E_EVICTED: plan-cache entries gone")                                         \
+    X(errors_denied, U64, "server.errors_denied", "ERROR replies, E_DENIED: refused by policy")    \
+    X(errors_other, U64, "server.errors_other",                                                    \
+      "ERROR replies, E_TIMEOUT, E_IO, E_CLOSED, E_INTERNAL")                                      \
     X(bytes_received, U64, "server.bytes_received", "bytes of every frame received")               \
     X(bytes_sent, U64, "server.bytes_sent", "bytes of every reply sent")                           \
     X(text_entries, U64, "text.entries", "distinct contents in the shared Text segment")           \

@@ -120,6 +120,19 @@ PYBIND11_MODULE(_C, m) {
         return fields_to_py(DJN_STATS_SCOPE_CLIENT, &c);
     });
     m.def("_reset_counters", []() { djn_client_counters_reset(C()); });
+    // The fallback's meta cache and its C++ shape functions (tests, benchmarks)
+    m.def("_meta_cache_clear", []() { djinn::meta_cache_clear(); });
+    m.def("_meta_counters", []() {
+        auto c = djinn::meta_counters();
+        py::dict d;
+        d["hits"] = c.hits;
+        d["fast"] = c.fast;
+        d["slow"] = c.slow;
+        return d;
+    });
+    m.def("_meta_slow_ops", []() { return djinn::meta_slow_ops(); });
+    m.def("_meta_fast", [](bool on) { return djinn::set_meta_fast(on); });
+    m.def("_meta_fast_ops", []() { return djinn::meta_fast_ops(); });
     m.def("_stats_fields", []() {
         // the descriptor table: [(scope, wire name, python key, doc)]
         static const char *scopes[] = {"server", "session", "device", "client"};

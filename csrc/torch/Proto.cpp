@@ -134,9 +134,11 @@ py::bytes encode(int type, uint64_t sid, uint64_t seq, const py::dict &body) {
             p.allocs.push_back({t[0].cast<uint64_t>(), t[1].cast<uint64_t>()});
         }
         for (auto a : get<py::list>(body, "uploads", py::list())) {
-            auto t = a.cast<py::sequence>();
-            p.ups.push_back(
-                {t[0].cast<uint64_t>(), t[1].cast<uint32_t>(), t.size() > 2 && t[2].cast<bool>()});
+            auto t = a.cast<py::sequence>(); // [handle, frame(, text(, offset, total))]
+            bool chunk = t.size() == 5;
+            p.ups.push_back({t[0].cast<uint64_t>(), t[1].cast<uint32_t>(),
+                             t.size() > 2 && t[2].cast<bool>(), chunk,
+                             chunk ? t[3].cast<uint64_t>() : 0, chunk ? t[4].cast<uint64_t>() : 0});
         }
         for (auto n : get<py::list>(body, "nodes", py::list())) {
             auto t = n.cast<py::sequence>();

@@ -6,24 +6,28 @@
 //      become remote temporaries); wrapped numbers stay scalars so type promotion
 //      matches eager PyTorch.
 //   2. Shape inference: a key of (op, every argument's dtype/geometry/alias group, every
-//      scalar value) selects a cached MetaResult; on a miss the op runs on the Meta
-//      device over mirrors that share meta storages exactly where the real inputs share
-//      storages, and each output is classified by storage identity: fresh, a view of
-//      an input, or the input itself (in-place / out=).
+//      scalar value) selects a cached MetaResult; on a miss the op's C++ shape function
+//      (RemoteMeta.cpp: ATen's own meta functions for structured ops, a few written
+//      there) or else the Meta device runs over mirrors that share meta storages exactly
+//      where the real inputs share storages, and each output is classified by storage
+//      identity: fresh, a view of an input, or the input itself (in-place / out=).
 //   3. Outputs are made (fresh remote storages, or views over the inputs' storages).
 //   4. The node is encoded into the fragment under the C core's lock.
 // Ops whose output shapes depend on data (nonzero, masked_select, unique, boolean-mask
 // indexing, ops returning Python numbers) or that have no Meta kernel are recorded as
 // DYNAMIC: the fragment is flushed at once and the server describes the results.
-// No Python and no GIL on this path (a Meta kernel registered from Python, on a cache
-// miss, is the exception: torch calls it under its own GIL handling).
+// No Python and no GIL on this path, except on a cache miss of an op without a shape
+// function whose Meta kernel is registered from Python (torch._meta_registrations):
+// torch calls it under its own GIL handling.
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/strides.h>
 
+#include <atomic>
 #include <cstring>
 #include <functional>
+#include <memory>
 
 #include <mutex>
 #include <shared_mutex>
@@ -67,12 +71,16 @@ struct OpInfo {
     bool data_dependent = false;
     const char *denied = nullptr; // the server's operator policy refuses it (why)
     DeviceRule devices = DeviceRule::CpuScalars;
-    std::vector<bool> written; // per argument: Tensor(a!) / Tensor(a!)[]
+    std::vector<bool> written;   // per argument: Tensor(a!) / Tensor(a!)[]
+    MetaShapeFn shape = nullptr; // C++ shape function (RemoteMeta.cpp), else the Meta device
 };
 
 std::shared_mutex g_mu;
 std::unordered_map<const c10::FunctionSchema *, OpInfo> g_ops;
-std::unordered_map<std::string, MetaResult> g_meta;
+// entries are shared: a caller keeps its result while another thread clears the map
+std::unordered_map<std::string, std::shared_ptr<const MetaResult>> g_meta;
+std::atomic<uint64_t> g_hits{0}, g_fast{0}, g_slow{0};
+std::unordered_map<std::string, uint64_t> g_slow_ops; // under g_mu
 thread_local djn_phase_t t_phase = DJN_PHASE_NONE;
 thread_local int t_phase_left = 0;
 
@@ -131,6 +139,7 @@ const OpInfo &op_info(const c10::OperatorHandle &op) {
     }
     for (const auto &a : s.arguments())
         info.written.push_back(a.alias_info() && a.alias_info()->isWrite());
+    info.shape = meta_shape_fn(s);
     std::unique_lock<std::shared_mutex> lock(g_mu);
     return g_ops.emplace(key, std::move(info)).first->second;
 }
@@ -411,6 +420,8 @@ OutSpec classify(const at::Tensor &r, const MetaCtx &mc, bool write_alias, const
     OutSpec o;
     if (!r.defined())
         return o;
+    if (r.layout() != c10::kStrided && r.layout() != c10::kSparse)
+        refuse_layout(r.layout()); // compressed, mkldnn: the message of every other entry
     TORCH_CHECK_NOT_IMPLEMENTED(r.layout() == c10::kStrided, "djinn: ", info.name,
                                 " would return a tensor of layout ", r.layout(),
                                 "; only strided tensors live on 'remote' (sparse tensors stay on "
@@ -478,7 +489,16 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
     try {
         c10::impl::ExcludeDispatchKeyGuard no_autograd(
             c10::autograd_dispatch_keyset_with_ADInplaceOrView);
-        op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::Meta), &ms);
+        if (info.shape && meta_fast_enabled() && info.shape(op, ms)) {
+            g_fast.fetch_add(1, std::memory_order_relaxed);
+        } else {
+            g_slow.fetch_add(1, std::memory_order_relaxed);
+            {
+                std::unique_lock<std::shared_mutex> lock(g_mu);
+                g_slow_ops[info.overload.empty() ? info.name : info.name + "." + info.overload]++;
+            }
+            op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::Meta), &ms);
+        }
     } catch (const std::exception &) {
         res.dynamic = true; // no Meta kernel, or data-dependent: let the server decide
         return res;
@@ -832,19 +852,21 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     kb.put(cpu);
     for (size_t i = first; i < stack->size(); i++)
         kb.value((*stack)[i]);
-    const MetaResult *mr = nullptr;
+    std::shared_ptr<const MetaResult> mr;
     {
         std::shared_lock<std::shared_mutex> lock(g_mu);
         auto it = g_meta.find(kb.k);
         if (it != g_meta.end())
-            mr = &it->second;
+            mr = it->second;
     }
-    if (!mr) {
+    if (mr) {
+        g_hits.fetch_add(1, std::memory_order_relaxed);
+    } else {
         MetaResult r = infer(op, info, *stack, first, cpu);
         std::unique_lock<std::shared_mutex> lock(g_mu);
         if (g_meta.size() > 65536)
             g_meta.clear(); // bound memory; the working set refills in one pass
-        mr = &g_meta.emplace(kb.k, std::move(r)).first->second;
+        mr = g_meta.emplace(kb.k, std::make_shared<const MetaResult>(std::move(r))).first->second;
     }
     if (mr->dynamic) {
         run_dynamic(op, info, stack, first, dev, rebound);
@@ -877,6 +899,21 @@ void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     write_back(rebound, outs);
     for (auto &o : outs)
         stack->push_back(std::move(o));
+}
+
+void meta_cache_clear() {
+    std::unique_lock<std::shared_mutex> lock(g_mu);
+    g_meta.clear();
+    g_slow_ops.clear();
+}
+
+MetaCounters meta_counters() {
+    return {g_hits.load(), g_fast.load(), g_slow.load()};
+}
+
+std::vector<std::pair<std::string, uint64_t>> meta_slow_ops() {
+    std::shared_lock<std::shared_mutex> lock(g_mu);
+    return {g_slow_ops.begin(), g_slow_ops.end()};
 }
 
 void record_inplace(const char *name, const at::Tensor &t) {

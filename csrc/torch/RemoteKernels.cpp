@@ -6,10 +6,12 @@
 #include <ATen/native/Resize.h>
 #include <ATen/native/transformers/attention.h>
 #include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/alias_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include "remote.h"
@@ -224,6 +226,68 @@ at::Tensor download(const at::Tensor &src) {
     return out;
 }
 
+// Whether a remote tensor's elements are, in order, its storage's bytes [*b, *e): then a
+// read of that range is the tensor's value, ready for a contiguous CPU tensor.
+bool dense_range(const at::Tensor &t, uint64_t *b, uint64_t *e) {
+    if (!t.is_contiguous() || t.is_conj() || t.is_neg() || t.numel() == 0)
+        return false;
+    djn_tref_t r = tref_of(t);
+    return djn_tref_extent(&r, b, e) && *e - *b == static_cast<uint64_t>(t.numel()) * t.itemsize();
+}
+
+// remote -> CPU: straight into the destination's memory when both are laid out alike
+// (one copy, from the reply), else through a staging tensor and copy_.
+void download_into(const at::Tensor &dst, const at::Tensor &src) {
+    uint64_t b = 0, e = 0;
+    if (dst.is_contiguous() && dst.scalar_type() == src.scalar_type() && !dst.is_conj() &&
+        !dst.is_neg() && dst.sizes() == src.sizes() && dense_range(src, &b, &e)) {
+        check(djn_client_check_host(e - b)); // the received frame
+        check(djn_client_read(client(), src.device().index(), handle_of(src.storage()), b, e - b,
+                              dst.data_ptr()));
+        return;
+    }
+    dst.copy_(download(src));
+}
+
+// Reads larger than this become the CPU tensor's memory as they arrived (the reply's
+// frame), without a copy; smaller ones go through the fetch cache.
+constexpr uint64_t kAdoptMin = 4ull << 20;
+
+void frame_free(void *keep) {
+    djn_client_frame_free(keep);
+}
+
+// remote -> CPU as a new tensor (.cpu(), .to('cpu')): a large dense tensor's CPU copy is
+// the server's reply itself, adopted as the storage (resizable through the CPU allocator;
+// its data pointer is 8-byte aligned, so only for elements of at most 8 bytes). Anything
+// else is PyTorch's own _to_copy (an empty tensor, then copy_ -> copy_from).
+at::Tensor to_copy(const at::Tensor &self, std::optional<at::ScalarType> dtype,
+                   std::optional<at::Layout> layout, std::optional<at::Device> device,
+                   std::optional<bool> pin_memory, bool non_blocking,
+                   std::optional<at::MemoryFormat> memory_format) {
+    auto mf = memory_format.value_or(at::MemoryFormat::Preserve);
+    uint64_t b = 0, e = 0;
+    if (device && device->is_cpu() && (!dtype || *dtype == self.scalar_type()) &&
+        (!layout || *layout == at::kStrided) && !pin_memory.value_or(false) &&
+        (mf == at::MemoryFormat::Preserve || mf == at::MemoryFormat::Contiguous) &&
+        self.itemsize() <= 8 && dense_range(self, &b, &e) && e - b > kAdoptMin) {
+        const void *data = nullptr;
+        void *keep = nullptr;
+        check(djn_client_check_host(e - b)); // before the frame that becomes the tensor
+        check(djn_client_read_frame(client(), self.device().index(), handle_of(self.storage()), b,
+                                    e - b, &data, &keep));
+        c10::Storage st(c10::make_intrusive<c10::StorageImpl>(
+            c10::StorageImpl::use_byte_size_t(), static_cast<size_t>(e - b),
+            c10::DataPtr(const_cast<void *>(data), keep, &frame_free, c10::Device(c10::kCPU)),
+            c10::GetCPUAllocator(), /*resizable=*/true));
+        auto out = at::empty({0}, at::TensorOptions().dtype(self.scalar_type()));
+        out.set_(st, 0, self.sizes(), c10::contiguous_strides(self.sizes()));
+        return out;
+    }
+    return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking,
+                                memory_format);
+}
+
 at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blocking) {
     (void)non_blocking; // uploads are snapshots and downloads complete before returning
     bool src_remote = self.device().type() == kPU1, dst_remote = dst.device().type() == kPU1;
@@ -242,7 +306,7 @@ at::Tensor copy_from(const at::Tensor &self, const at::Tensor &dst, bool non_blo
     } else {
         TORCH_CHECK(dst.device().is_cpu(), "djinn: cannot copy from remote to ", dst.device(),
                     "; copy to cpu first");
-        dst.copy_(download(self));
+        download_into(dst, self);
     }
     return dst;
 }
@@ -252,10 +316,71 @@ at::Tensor copy_from_and_resize(const at::Tensor &self, const at::Tensor &dst) {
     return copy_from(self, dst, false);
 }
 
+template <class T> at::Scalar scalar_at(const uint8_t *p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return at::Scalar(v);
+}
+
+// A Scalar of the element bytes at p, for the dtypes .item() meets (false: another one).
+bool scalar_of(at::ScalarType t, const uint8_t *p, at::Scalar *out) {
+    switch (t) {
+    case at::kFloat:
+        *out = scalar_at<float>(p);
+        return true;
+    case at::kDouble:
+        *out = scalar_at<double>(p);
+        return true;
+    case at::kHalf:
+        *out = scalar_at<at::Half>(p);
+        return true;
+    case at::kBFloat16:
+        *out = scalar_at<at::BFloat16>(p);
+        return true;
+    case at::kLong:
+        *out = scalar_at<int64_t>(p);
+        return true;
+    case at::kInt:
+        *out = scalar_at<int32_t>(p);
+        return true;
+    case at::kShort:
+        *out = scalar_at<int16_t>(p);
+        return true;
+    case at::kChar:
+        *out = scalar_at<int8_t>(p);
+        return true;
+    case at::kByte:
+        *out = scalar_at<uint8_t>(p);
+        return true;
+    case at::kBool:
+        *out = at::Scalar(p[0] != 0);
+        return true;
+    case at::kComplexFloat:
+        *out = scalar_at<c10::complex<float>>(p);
+        return true;
+    case at::kComplexDouble:
+        *out = scalar_at<c10::complex<double>>(p);
+        return true;
+    default:
+        return false;
+    }
+}
+
+// .item(): the element's bytes read into a local buffer and made a Scalar, without the
+// staging CPU tensor download() builds (three TensorImpls and a dispatch of item() on
+// the CPU copy). Other dtypes and the conjugate and negative bits go through download().
 at::Scalar local_scalar_dense(const at::Tensor &self) {
     TORCH_CHECK(self.numel() == 1, "djinn: a tensor with ", self.numel(),
                 " elements cannot be converted to a scalar");
-    return download(self).item();
+    alignas(16) uint8_t b[16] = {0};
+    at::Scalar v;
+    if (self.is_conj() || self.is_neg() || !scalar_of(self.scalar_type(), b, &v))
+        return download(self).item();
+    size_t isz = self.itemsize();
+    check(djn_client_read(client(), self.device().index(), handle_of(self.storage()),
+                          static_cast<uint64_t>(self.storage_offset()) * isz, isz, b));
+    scalar_of(self.scalar_type(), b, &v);
+    return v;
 }
 
 // Module.to('remote') keeps each Parameter object (param.data = the remote tensor), as
@@ -300,6 +425,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("set_.source_Tensor", TORCH_FN(set_tensor));
     m.impl("_copy_from", TORCH_FN(copy_from));
     m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
+    m.impl("_to_copy", TORCH_FN(to_copy));
     m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
     m.impl("_has_compatible_shallow_copy_type", TORCH_FN(has_compatible_shallow_copy_type));
     // Composite-explicit ops whose PrivateUse1 decomposition would end in an
@@ -329,8 +455,8 @@ TORCH_LIBRARY_IMPL(aten, Negative, m) {
     m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
 }
 
-// Sparse layouts do not live on 'remote' (the server keeps strided tensors only): any op
-// that would make or use one says so at once.
+// Sparse COO tensors on 'remote' have the few kernels of RemoteSparse.cpp: any other op
+// on one says so at once (the compressed layouts: RemoteLayouts.cpp).
 void sparse_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
     TORCH_CHECK_NOT_IMPLEMENTED(false, "djinn: sparse tensors are not supported on 'remote' (",
                                 op.schema().name(),
@@ -338,10 +464,6 @@ void sparse_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
 }
 
 TORCH_LIBRARY_IMPL(_, SparsePrivateUse1, m) {
-    m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
-}
-
-TORCH_LIBRARY_IMPL(_, SparseCsrPrivateUse1, m) {
     m.fallback(torch::CppFunction::makeFromBoxedFunction<&sparse_refused>());
 }
 

@@ -8,15 +8,14 @@
 //   - sparse_mask (to_dense's backward): the dense tensor indexed at the mask's indices;
 //   - the accessors PyTorch's generic code needs (_indices, _values, sparse_dim, _nnz,
 //     ...) and copies to and from the CPU (_to_copy copies indices and values).
-// Everything else on a sparse remote tensor, and every compressed layout (CSR, CSC,
-// BSR, BSC), raises a clear error at its first use (RemoteKernels.cpp's fallbacks for
-// the SparsePrivateUse1 and SparseCsrPrivateUse1 keys).
+// Everything else on a sparse remote tensor raises a clear error at its first use
+// (RemoteKernels.cpp's fallback for the SparsePrivateUse1 key); the compressed layouts
+// (CSR, CSC, BSR, BSC) are refused where they would enter 'remote' (RemoteLayouts.cpp).
 #include <ATen/ops/_coalesced_native.h>
 #include <ATen/ops/_indices_native.h>
 #include <ATen/ops/_nnz_native.h>
 #include <ATen/ops/_sparse_coo_tensor_with_dims_and_tensors_native.h>
 #include <ATen/ops/_sparse_coo_tensor_with_dims_native.h>
-#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/_to_sparse_native.h>
 #include <ATen/ops/_values_native.h>
 #include <ATen/ops/dense_dim_native.h>
@@ -33,10 +32,17 @@ namespace {
 
 at::Tensor to_sparse(const at::Tensor &self, std::optional<at::Layout> layout,
                      at::OptionalIntArrayRef blocksize, std::optional<int64_t> dense_dim) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!layout || *layout == at::kSparse,
-                                "djinn: only the sparse COO layout lives on 'remote' (asked for ",
-                                *layout, "); convert on the CPU");
+    if (layout && *layout != at::kSparse)
+        refuse_layout(*layout);
     return at::native::dense_to_sparse(self, at::kSparse, blocksize, dense_dim);
+}
+
+// A COO tensor's to_sparse(layout=...) to another layout (to COO it is PyTorch's check).
+at::Tensor coo_to_sparse(const at::Tensor &self, std::optional<at::Layout> layout,
+                         at::OptionalIntArrayRef blocksize, std::optional<int64_t> dense_dim) {
+    if (layout && *layout != at::kSparse)
+        refuse_layout(*layout);
+    return at::native::sparse_coo_to_sparse(self, layout, blocksize, dense_dim);
 }
 
 at::Tensor to_sparse_dim(const at::Tensor &self, int64_t sparse_dim) {
@@ -76,47 +82,9 @@ at::Tensor sparse_mask(const at::Tensor &self, const at::Tensor &mask) {
 
 } // namespace
 
-// Compressed layouts are built from dense indices and values (a copy to 'remote' builds
-// them from remote ones): refused here, at the copy, rather than at a later op.
-void compressed_refused(const c10::OperatorHandle &op, torch::jit::Stack *) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false,
-                                "djinn: sparse tensors are not supported on 'remote' in "
-                                "compressed layouts (CSR, CSC, BSR, BSC: ",
-                                op.schema().name(), "); use to_dense(), or the COO layout");
-}
-
-// A compressed tensor copied to 'remote': PyTorch's _to_copy builds the copy without the
-// dispatcher, so the refusal sits on the CPU side of the copy (any other destination
-// goes to PyTorch's own _to_copy, unchanged).
-at::Tensor compressed_to_copy(const at::Tensor &self, std::optional<at::ScalarType> dtype,
-                              std::optional<at::Layout> layout, std::optional<at::Device> device,
-                              std::optional<bool> pin_memory, bool non_blocking,
-                              std::optional<at::MemoryFormat> memory_format) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!device || device->type() != c10::DeviceType::PrivateUse1,
-                                "djinn: sparse tensors are not supported on 'remote' in "
-                                "compressed layouts (",
-                                self.layout(), "); use to_dense(), or the COO layout");
-    return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking,
-                                memory_format);
-}
-
-TORCH_LIBRARY_IMPL(aten, SparseCsrCPU, m) {
-    m.impl("_to_copy", TORCH_FN(compressed_to_copy));
-}
-
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     m.impl("_to_sparse", TORCH_FN(to_sparse));
     m.impl("_to_sparse.sparse_dim", TORCH_FN(to_sparse_dim));
-    for (const char *name :
-         {"_sparse_compressed_tensor_unsafe", "_sparse_csr_tensor_unsafe",
-          "_sparse_csc_tensor_unsafe", "_sparse_bsr_tensor_unsafe", "_sparse_bsc_tensor_unsafe",
-          "sparse_compressed_tensor.comp_plain_value",
-          "sparse_compressed_tensor.comp_plain_value_size", "sparse_csr_tensor.crow_col_value",
-          "sparse_csr_tensor.crow_col_value_size", "sparse_csc_tensor.ccol_row_value",
-          "sparse_csc_tensor.ccol_row_value_size", "sparse_bsr_tensor.crow_col_value",
-          "sparse_bsr_tensor.crow_col_value_size", "sparse_bsc_tensor.ccol_row_value",
-          "sparse_bsc_tensor.ccol_row_value_size"})
-        m.impl(name, torch::CppFunction::makeFromBoxedFunction<&compressed_refused>());
 }
 
 TORCH_LIBRARY_IMPL(aten, SparsePrivateUse1, m) {
@@ -134,6 +102,7 @@ TORCH_LIBRARY_IMPL(aten, SparsePrivateUse1, m) {
     m.impl("_nnz", TORCH_FN(at::native::_nnz_sparse));
     m.impl("is_coalesced", TORCH_FN(at::native::is_coalesced_sparse));
     m.impl("_coalesced_", TORCH_FN(at::native::_coalesced_sparse_));
+    m.impl("_to_sparse", TORCH_FN(coo_to_sparse));
     m.impl("_to_dense", TORCH_FN(to_dense));
     m.impl("sparse_mask", TORCH_FN(sparse_mask));
 }

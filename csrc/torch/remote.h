@@ -38,6 +38,10 @@ inline void check_dtype(at::ScalarType t) {
                      " are not supported on 'remote'");
 }
 
+// Refuse a layout 'remote' does not hold (compressed sparse, mkldnn, ...), naming it and
+// saying what to do (RemoteLayouts.cpp): NotImplementedError, nothing recorded.
+[[noreturn]] void refuse_layout(at::Layout layout);
+
 c10::Allocator *allocator();
 // Pinned host memory (RemoteHostAllocator.cpp).
 c10::Allocator *pinned_allocator();
@@ -108,4 +112,26 @@ namespace djinn {
 void resize_storage_bytes(const c10::Storage &storage, size_t newsize);
 // Phase hint for the next nodes, set where attention is dispatched.
 void set_phase_hint(djn_phase_t p);
+} // namespace djinn
+
+namespace djinn {
+// C++ shape functions (RemoteMeta.cpp): a kernel over the fallback's meta mirrors that
+// replaces the mirrors on the stack by the op's meta results and returns true, or returns
+// false, leaving the stack as it was, for a case it does not describe.
+using MetaShapeFn = bool (*)(const c10::OperatorHandle &op, torch::jit::Stack &mirrors);
+// The op's shape function, or nullptr: it then runs on the Meta device.
+MetaShapeFn meta_shape_fn(const c10::FunctionSchema &schema);
+// Whether shape functions are used (tests and benchmarks switch them off to compare).
+bool meta_fast_enabled();
+bool set_meta_fast(bool on); // returns the previous setting
+// Every op with a shape function, and whether this torch's schema lets it be used.
+std::vector<std::pair<std::string, bool>> meta_fast_ops();
+// The fallback's meta cache: forget every entry; count misses by how they were inferred.
+struct MetaCounters {
+    uint64_t hits, fast, slow;
+};
+void meta_cache_clear();
+MetaCounters meta_counters();
+// Ops whose misses ran on the Meta device since the last meta_cache_clear(), with counts.
+std::vector<std::pair<std::string, uint64_t>> meta_slow_ops();
 } // namespace djinn

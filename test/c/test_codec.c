@@ -268,7 +268,11 @@ static bool graph_eq(const djn_graph_req_t *a, const djn_graph_req_t *b, bool no
             why = "allocs";
     for (uint32_t i = 0; !why && i < a->nuploads; i++)
         if (a->uploads[i].handle != b->uploads[i].handle ||
-            a->uploads[i].frame != b->uploads[i].frame || a->uploads[i].text != b->uploads[i].text)
+            a->uploads[i].frame != b->uploads[i].frame ||
+            a->uploads[i].text != b->uploads[i].text ||
+            a->uploads[i].chunk != b->uploads[i].chunk ||
+            (a->uploads[i].chunk && (a->uploads[i].offset != b->uploads[i].offset ||
+                                     a->uploads[i].total != b->uploads[i].total)))
             why = "uploads";
     for (uint32_t i = 0; !why && i < a->nfetches; i++)
         if (a->fetches[i].handle != b->fetches[i].handle ||
@@ -538,8 +542,8 @@ static void canon_init(canon_t *c) {
     c->allocs[0] = (djn_alloc_t){10, 4096};
     c->allocs[1] = (djn_alloc_t){11, 24};
     c->allocs[2] = (djn_alloc_t){12, 24};
-    c->uploads[0] = (djn_upload_t){10, 1, false};
-    c->uploads[1] = (djn_upload_t){11, 2, false};
+    c->uploads[0] = (djn_upload_t){10, 1, false, false, 0, 0};
+    c->uploads[1] = (djn_upload_t){11, 2, false, false, 0, 0};
     c->frees[0] = 10;
     c->frees[1] = 11;
     c->fetches[0] = (djn_fetch_t){12, 0, 24};
@@ -1134,6 +1138,66 @@ static void test_rt_graph_types(void) {
         CHECK(m->u.graph.nslots == 0 && m->u.graph.nnodes == 0 && m->u.graph.seed == -1 &&
               m->u.graph.qos == 0 && m->u.graph.phase == 0 && m->u.graph.life_kept == 0);
     djn_msg_free(&m);
+    djn_buf_release(&b);
+}
+
+/* Chunks of an upload (PROTOCOL.md 7.6): [handle, frame, text, offset, total] round-trips
+ * next to the older forms, text true or false, offsets up to 2^64 - 1; the decoder takes
+ * no other length and wants a bool third and integers fourth and fifth. */
+static void test_rt_upload_chunks(void) {
+    djn_upload_t ups[4] = {{10, 1, false, false, 0, 0},
+                           {11, 2, false, true, 0, 1 << 20},
+                           {12, 3, true, true, (1 << 20) - 1, 3ull << 20},
+                           {13, 1, false, true, UINT64_MAX - 1, UINT64_MAX}};
+    djn_graph_req_t g = graph_empty();
+    g.nuploads = 4;
+    g.uploads = ups;
+    djn_buf_t b = {0};
+    djn_msg_hdr_t h = hdr_make(DJN_MSG_GRAPH, 1, 2);
+    djn_graph_req_encode(&b, &h, &g);
+    djn_msg_t *m = decode_ok(&b, 3);
+    CHECK(m && graph_eq(&g, &m->u.graph, true));
+    if (m)
+        CHECK(m->u.graph.uploads[2].text && m->u.graph.uploads[2].chunk &&
+              m->u.graph.uploads[2].offset == (1 << 20) - 1);
+    djn_msg_free(&m);
+    /* refused: four elements, a text that is not a bool, an offset that is not an
+     * integer, six elements */
+    for (int k = 0; k < 4; k++) {
+        djn_buf_reset(&b);
+        djn_enc_map(&b, 4);
+        djn_enc_cstr(&b, "type");
+        djn_enc_uint(&b, DJN_MSG_GRAPH);
+        djn_enc_cstr(&b, "sid");
+        djn_enc_uint(&b, 1);
+        djn_enc_cstr(&b, "seq");
+        djn_enc_uint(&b, 2);
+        djn_enc_cstr(&b, "body");
+        djn_enc_map(&b, 1);
+        djn_enc_cstr(&b, "uploads");
+        djn_enc_array(&b, 1);
+        djn_enc_array(&b, k == 0 ? 4 : k == 3 ? 6 : 5);
+        djn_enc_uint(&b, 10);
+        djn_enc_uint(&b, 1);
+        if (k == 1)
+            djn_enc_uint(&b, 1); /* text not a bool */
+        else
+            djn_enc_bool(&b, true);
+        if (k == 2)
+            djn_enc_float(&b, 1.5); /* offset not an integer */
+        else
+            djn_enc_uint(&b, 0);
+        if (k != 0)
+            djn_enc_uint(&b, 16);
+        if (k == 3)
+            djn_enc_uint(&b, 0);
+        djn_msg_t *bm = NULL;
+        uint64_t seq = 0;
+        char err[256] = "";
+        CHECK_EQ_INT(djn_msg_decode(b.data, b.len, 1, &bm, &seq, err, sizeof err), DJN_ERR_PROTO);
+        CHECK(strstr(err, "[handle, frame, text, offset, total]") != NULL);
+        CHECK(bm == NULL);
+    }
     djn_buf_release(&b);
 }
 
@@ -2194,7 +2258,8 @@ static void test_msg_graph_fp(void) {
  * client sends it: dev, seed nil, binds, fp, allocs, uploads, frees, fetch. */
 static const uint64_t s_cached_binds[4] = {20, 21, 22, (uint64_t)1 << 62}; /* a server handle */
 static const djn_alloc_t s_cached_allocs[2] = {{21, 24}, {22, 24}};
-static const djn_upload_t s_cached_uploads[2] = {{21, 1, true}, {22, 2, false}};
+static const djn_upload_t s_cached_uploads[2] = {{21, 1, true, false, 0, 0},
+                                                 {22, 2, false, false, 0, 0}};
 static const uint64_t s_cached_frees[1] = {20};
 static const djn_fetch_t s_cached_fetch[1] = {{22, 4, 20}};
 
@@ -2799,7 +2864,7 @@ static void f_upload_neg_handle(djn_buf_t *b) {
 
 /* graph_base with one upload, encoded as `type`. */
 static void graph_upload(djn_buf_t *b, uint8_t type, uint64_t handle, uint32_t frame, bool text) {
-    djn_upload_t u = {handle, frame, text};
+    djn_upload_t u = {handle, frame, text, false, 0, 0};
     djn_graph_req_t g = graph_base();
     g.nuploads = 1;
     g.uploads = &u;
@@ -2825,13 +2890,21 @@ static void test_reject_uploads(void) {
     } wire[] = {
         {f_upload_neg, "GRAPH: upload names frame 18446744073709551615 but the message has 2"},
         {f_upload_wide, "GRAPH: upload names frame 4294967297 but the message has 2"},
-        {f_upload_str, "GRAPH: each upload must be [handle, frame] or [handle, frame, text]"},
-        {f_upload_arity, "GRAPH: each upload must be [handle, frame] or [handle, frame, text]"},
-        {f_upload_arity1, "GRAPH: each upload must be [handle, frame] or [handle, frame, text]"},
-        {f_upload_item_notlist,
-         "GRAPH: each upload must be [handle, frame] or [handle, frame, text]"},
-        {f_upload_third_str_frame,
-         "GRAPH: each upload must be [handle, frame] or [handle, frame, text]"},
+        {f_upload_str, "GRAPH: each upload must be [handle, frame], [handle, frame, text] or "
+                       "[handle, frame, text, "
+                       "offset, total]"},
+        {f_upload_arity, "GRAPH: each upload must be [handle, frame], [handle, frame, text] or "
+                         "[handle, frame, text, "
+                         "offset, total]"},
+        {f_upload_arity1, "GRAPH: each upload must be [handle, frame], [handle, frame, text] or "
+                          "[handle, frame, text, "
+                          "offset, total]"},
+        {f_upload_item_notlist, "GRAPH: each upload must be [handle, frame], [handle, frame, text] "
+                                "or [handle, frame, text, "
+                                "offset, total]"},
+        {f_upload_third_str_frame, "GRAPH: each upload must be [handle, frame], [handle, frame, "
+                                   "text] or [handle, frame, text, "
+                                   "offset, total]"},
         {f_upload_notlist, "GRAPH: 'uploads' must be an array"},
         {f_upload_neg_handle, "GRAPH: client handles must be in [1, 2^62)"},
     };
@@ -2863,7 +2936,8 @@ static void test_reject_uploads(void) {
     }
     /* Mixed: a text upload next to a plain one. */
     {
-        static const djn_upload_t ups[2] = {{10, 2, true}, {11, 1, false}};
+        static const djn_upload_t ups[2] = {{10, 2, true, false, 0, 0},
+                                            {11, 1, false, false, 0, 0}};
         djn_graph_req_t g = graph_base();
         g.nuploads = 2;
         g.uploads = ups;
@@ -4248,7 +4322,7 @@ static void build_big_graph(djn_buf_t *b) {
     }
     for (int i = 0; i < 100; i++)
         x.frees[i] = (uint64_t)i;
-    x.upload = (djn_upload_t){1, 1, false};
+    x.upload = (djn_upload_t){1, 1, false, false, 0, 0};
     for (int i = 0; i < BIG_NODES; i++) {
         for (int k = 0; k < 3; k++)
             x.t[i][k] = tref_2x3((uint64_t)i + (uint64_t)k);
@@ -4521,6 +4595,7 @@ int main(void) {
     /* 2. message round trips */
     RUN(test_rt_hello_req);
     RUN(test_rt_graph_types);
+    RUN(test_rt_upload_chunks);
     RUN(test_rt_node_encoders);
     RUN(test_rt_have_req);
     RUN(test_rt_empty);

@@ -10,6 +10,8 @@
  *      owner, never); a HAVE miss asks the store and files what it returns. */
 #include "djn_test.h"
 
+#include <xxhash.h>
+
 #include "djn_exec.h"
 #include "djn_text.h"
 
@@ -213,7 +215,45 @@ static void test_store(void) {
     CHECK_EQ_INT(s_live, 0);
 }
 
+/* 5. The streaming hasher (uploads in chunks): any split of the bytes gives the keyed
+ *    and plain hashes of djn_text_hash over the whole, below and above the size from
+ *    which djn_text_hash streams itself; the plain one is XXH3-128, what HAVE offers. */
+static void test_hasher_matches_one_shot(void) {
+    djn_text_t *t = djn_text_new();
+    static const uint64_t sizes[] = {1, 4095, 65536, (1u << 20) + 3, (3u << 20) + 17};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        uint64_t n = sizes[k];
+        uint8_t *p = djn_malloc(n);
+        for (uint64_t i = 0; i < n; i++)
+            p[i] = (uint8_t)(i * 2654435761u >> 13);
+        djn_text_key_t whole = {0, 0, 0, 0};
+        uint64_t plain[2];
+        djn_text_hash(t, p, n, &whole, plain);
+        XXH128_hash_t x = XXH3_128bits(p, n);
+        CHECK(plain[0] == x.high64 && plain[1] == x.low64);
+        static const uint64_t splits[] = {1, 4096, 1u << 20, 333333};
+        for (size_t s = 0; s < sizeof splits / sizeof splits[0]; s++) {
+            djn_text_hasher_t *h = djn_text_hasher_new(t);
+            CHECK(h != NULL);
+            for (uint64_t off = 0; h && off < n; off += splits[s])
+                djn_text_hasher_update(h, p + off, n - off < splits[s] ? n - off : splits[s]);
+            djn_text_key_t key = {0, 0, 0, 0};
+            uint64_t pl[2] = {0, 0};
+            if (h)
+                djn_text_hasher_final(h, &key, pl);
+            djn_text_hasher_destroy(&h);
+            CHECK(h == NULL);
+            CHECK(key.hi == whole.hi && key.lo == whole.lo && key.serial == 0);
+            CHECK(pl[0] == plain[0] && pl[1] == plain[1]);
+            CHECK(key.hi != pl[0] || key.lo != pl[1]); /* keyed: not the plain hash */
+        }
+        djn_free(p, n);
+    }
+    djn_text_destroy(&t);
+}
+
 int main(void) {
+    RUN(test_hasher_matches_one_shot);
     RUN(test_budget_zero);
     RUN(test_cached_and_revived);
     RUN(test_lru_eviction);
