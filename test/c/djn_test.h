@@ -49,6 +49,15 @@ static inline uint64_t rng_below(uint64_t n) {
     return n ? rng() % n : 0;
 }
 
+/* Whether the n bytes at p all equal byte. */
+static inline int all_bytes(const void *p, int byte, uint64_t n) {
+    const uint8_t *q = (const uint8_t *)p;
+    for (uint64_t i = 0; i < n; i++)
+        if (q[i] != (uint8_t)byte)
+            return 0;
+    return 1;
+}
+
 static int djn_t_checks_failed; /* failed checks in the running test */
 static int djn_t_passed, djn_t_failed;
 

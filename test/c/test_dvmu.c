@@ -39,14 +39,6 @@ static djn_dvmu_t *s_vmu(djn_dev_t *d, uint64_t data, uint64_t slab) {
     return v;
 }
 
-static bool s_all(const void *p, int byte, uint64_t n) {
-    const uint8_t *q = p;
-    for (uint64_t i = 0; i < n; i++)
-        if (q[i] != (uint8_t)byte)
-            return false;
-    return true;
-}
-
 static djn_dev_stream_t *s_stream(djn_dev_t *d) {
     djn_dev_stream_t *s = NULL;
     CHECK_EQ_INT(djn_dev_stream_new(d, 0, &s), DJN_OK);
@@ -61,7 +53,7 @@ static void test_arena(void) {
     CHECK_EQ_INT(fs.device_bytes, 1 * MiB + 256 * KiB); /* one reservation */
     uint8_t *p = djn_dvmu_data_alloc(v, 1 * MiB, NULL);
     CHECK(p != NULL);
-    CHECK(s_all(p, 0, 1 * MiB)); /* zeroed once at creation */
+    CHECK(all_bytes(p, 0, 1 * MiB)); /* zeroed once at creation */
     CHECK(djn_dvmu_owns(v, p) && !djn_dvmu_in_slab(v, p));
     CHECK(djn_dvmu_data_alloc(v, 1, NULL) == NULL); /* full */
     CHECK(djn_dvmu_release(v, p, NULL));
@@ -143,7 +135,7 @@ static void test_data_two_streams(void) {
     CHECK(djn_dev_fake_step(d, s1)); /* s1's memset */
     CHECK(!djn_dev_fake_step(d, s2));
     djn_dev_fake_drain(d);
-    CHECK(s_all(b, 0x22, 8 * KiB)); /* s2's bytes, not wiped by s1's late scrub */
+    CHECK(all_bytes(b, 0x22, 8 * KiB)); /* s2's bytes, not wiped by s1's late scrub */
     djn_dvmu_stats_t st;
     djn_dvmu_stats(v, &st);
     CHECK_EQ_INT(st.data_stream_waits, 1);
@@ -210,7 +202,7 @@ static void test_slab_one_stream(void) {
     CHECK_EQ_INT(st.slab_live, 0);
     djn_dev_fake_drain(d);
     uint8_t *slab = (uint8_t *)djn_dvmu_data_alloc(v, 64 * KiB, s) + 64 * KiB;
-    CHECK(s_all(slab, 0, 64 * KiB)); /* scrubbed after each fragment */
+    CHECK(all_bytes(slab, 0, 64 * KiB)); /* scrubbed after each fragment */
     CHECK(djn_dvmu_release(v, slab - 64 * KiB, s));
     CHECK_EQ_INT(djn_dvmu_fragment_end(v, s), DJN_ERR_ARGS);           /* none open */
     CHECK_EQ_INT(djn_dvmu_fragment_begin(v, s, 0, 100), DJN_ERR_ARGS); /* unaligned base */
@@ -243,7 +235,7 @@ static void test_slab_delayed_completion(void) {
     uint8_t *p2 = djn_dvmu_slab_at(v, 0, 16 * KiB);
     CHECK_EQ_INT(djn_dev_memset(d, p2, 0x22, 16 * KiB, s2), DJN_OK);
     CHECK(djn_dev_fake_step(d, s2)); /* s2 runs beside s1: no wait queued */
-    CHECK(s_all(p2, 0x22, 16 * KiB));
+    CHECK(all_bytes(p2, 0x22, 16 * KiB));
     CHECK(djn_dvmu_release(v, p2, s2));
     CHECK_EQ_INT(djn_dvmu_fragment_end(v, s2), DJN_OK);
     djn_dvmu_stats_t st;
@@ -264,7 +256,7 @@ static void test_slab_delayed_completion(void) {
     CHECK_EQ_INT(djn_dev_memset(d, p3, 0x33, 40 * KiB, s3), DJN_OK);
     CHECK(!djn_dev_fake_step(d, s3)); /* blocked until s1 and s2 are done */
     djn_dev_fake_drain(d);
-    CHECK(s_all(p3, 0x33, 40 * KiB)); /* neither late scrub wiped it */
+    CHECK(all_bytes(p3, 0x33, 40 * KiB)); /* neither late scrub wiped it */
     CHECK(djn_dvmu_release(v, p3, s3));
     CHECK_EQ_INT(djn_dvmu_fragment_end(v, s3), DJN_OK);
     djn_dev_fake_drain(d);
@@ -310,7 +302,7 @@ static void test_slab_held(void) {
     CHECK_EQ_INT(djn_dev_memset(d, kept, 0x44, 8 * KiB, s), DJN_OK);
     CHECK_EQ_INT(djn_dvmu_fragment_end(v, s), DJN_OK); /* still referenced: HELD */
     djn_dev_fake_drain(d);
-    CHECK(s_all(kept, 0x44, 8 * KiB)); /* not scrubbed under its owner */
+    CHECK(all_bytes(kept, 0x44, 8 * KiB)); /* not scrubbed under its owner */
     /* the same stream cannot reuse a held generation: the window moves above it */
     CHECK_EQ_INT(djn_dvmu_fragment_begin(v, s, 8 * KiB, UINT64_MAX), DJN_OK);
     CHECK(djn_dvmu_window(v, &base, &end));
@@ -328,7 +320,7 @@ static void test_slab_held(void) {
     CHECK_EQ_INT(st.slab_inflight, 2); /* with the second window's, not reaped yet */
     CHECK_EQ_INT(kept[0], 0x44);       /* the scrub is queued on t */
     djn_dev_fake_drain(d);
-    CHECK(s_all(kept, 0, 8 * KiB));
+    CHECK(all_bytes(kept, 0, 8 * KiB));
     CHECK_EQ_INT(djn_dvmu_fragment_begin(v, s, 8 * KiB, UINT64_MAX), DJN_OK);
     CHECK(djn_dvmu_window(v, &base, &end));
     CHECK_EQ_INT(base, 0); /* done: reused */
@@ -391,7 +383,7 @@ static void test_slab_grow(void) {
     CHECK_EQ_INT(st.slab_stream_waits, 1);
     CHECK_EQ_INT(djn_dev_memset(d, b, 0x55, 16 * KiB, s2), DJN_OK);
     djn_dev_fake_drain(d);
-    CHECK(s_all(b, 0x55, 16 * KiB));                     /* s1's scrub ran before, not after */
+    CHECK(all_bytes(b, 0x55, 16 * KiB));                 /* s1's scrub ran before, not after */
     CHECK(djn_dvmu_slab_alloc(v, 64 * KiB, s2) == NULL); /* past capacity */
     CHECK(djn_dvmu_release(v, a, s2));
     CHECK(djn_dvmu_release(v, b, s2));
@@ -580,10 +572,10 @@ static void test_random_trace(void) {
     CHECK_EQ_INT(st.slab_live, 0);
     CHECK_EQ_INT(st.gens_held, 0);
     CHECK_EQ_INT(st.data.used, 0);
-    CHECK(st.windows_moved > 0);                 /* streams ran side by side */
-    CHECK(st.slab_stream_waits > 0);             /* and waited on each other */
-    CHECK(data_waits_seen > 0);                  /* Data crossed streams too */
-    CHECK(s_all(data, 0, 64 * KiB + 256 * KiB)); /* all scrubbed once everything ran */
+    CHECK(st.windows_moved > 0);                     /* streams ran side by side */
+    CHECK(st.slab_stream_waits > 0);                 /* and waited on each other */
+    CHECK(data_waits_seen > 0);                      /* Data crossed streams too */
+    CHECK(all_bytes(data, 0, 64 * KiB + 256 * KiB)); /* all scrubbed once everything ran */
     for (int i = 0; i < nP; i++)
         djn_dev_event_destroy(d, P[i].probe);
     for (int i = 0; i < nF; i++)
@@ -654,7 +646,7 @@ static void test_host_oom(void) {
             if (x) {
                 if (djn_dev_memset(d, x, 0x66, 200 * KiB, s1) == DJN_OK) {
                     djn_dev_fake_drain(d);
-                    CHECK(s_all(x, 0x66, 200 * KiB)); /* after every late scrub */
+                    CHECK(all_bytes(x, 0x66, 200 * KiB)); /* after every late scrub */
                 }
                 CHECK(djn_dvmu_release(v, x, s1));
             }

@@ -20,6 +20,7 @@
 #include "djn_codec.h"
 #include "djn_dev.h"
 #include "djn_gcache.h"
+#include "djn_tgraph.h"
 #include "djn_tlb.h"
 
 static djn_gcache_key_t s_key(uint64_t fp, uint32_t dev, uint64_t sid, uint64_t shape) {
@@ -192,40 +193,9 @@ static void test_drops(void) {
     djn_dev_destroy(&d);
 }
 
-/* A decoded GRAPH: aten::neg on slot 0, with fingerprint (fp, fp), as test_tlb builds. */
+/* A decoded GRAPH of session 7: aten::neg on slot 0, with fingerprint (fp, fp). */
 static djn_msg_t *s_tlb_graph(uint64_t fp, uint32_t dev) {
-    djn_tref_t r;
-    memset(&r, 0, sizeof r);
-    r.dtype = DJN_DTYPE_F32;
-    r.ndim = 1;
-    r.sizes[0] = 4;
-    r.strides[0] = 1;
-    djn_value_t arg, out;
-    memset(&arg, 0, sizeof arg);
-    memset(&out, 0, sizeof out);
-    arg.kind = DJN_V_TENSOR;
-    arg.u.t = &r;
-    out.kind = DJN_V_NONE;
-    djn_node_t n = {"aten::neg", "", 1, 1, &arg, &out, 0};
-    static const uint64_t binds[1] = {0x1000};
-    djn_graph_req_t g;
-    memset(&g, 0, sizeof g);
-    g.device = dev;
-    g.seed = -1;
-    g.nbinds = 1;
-    g.binds = binds;
-    g.fp[0] = fp;
-    g.fp[1] = fp;
-    g.nnodes = 1;
-    g.nodes = &n;
-    djn_msg_hdr_t h = {DJN_MSG_GRAPH, 7, 1};
-    djn_buf_t b = {0};
-    djn_graph_req_encode(&b, &h, &g);
-    djn_msg_t *m = NULL;
-    char err[256];
-    CHECK_EQ_INT(djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err), DJN_OK);
-    djn_buf_release(&b);
-    return m;
+    return neg_graph(fp, fp, dev, 0, 7);
 }
 
 static void test_dropped_with_the_plan_cache(void) {

@@ -31,14 +31,6 @@ static djn_stage_t *s_ring(djn_dev_t *d, uint64_t bytes, uint32_t max) {
     return r;
 }
 
-static bool s_all(const void *p, int byte, uint64_t n) {
-    const uint8_t *q = p;
-    for (uint64_t i = 0; i < n; i++)
-        if (q[i] != (uint8_t)byte)
-            return false;
-    return true;
-}
-
 static void test_new(void) {
     djn_dev_t *d = djn_dev_fake_new();
     djn_stage_t *r = s_ring(d, 1000, 0);
@@ -89,19 +81,19 @@ static void test_upload_delayed(void) {
     djn_stage_stats(r, &st);
     CHECK_EQ_INT(st.in_use, 4 * KiB);
     CHECK_EQ_INT(st.full, 1);
-    CHECK(s_all(dst[0], 0, 2 * KiB)); /* nothing ran */
+    CHECK(all_bytes(dst[0], 0, 2 * KiB)); /* nothing ran */
     /* ...or the host waits for the oldest copy, and only that one */
     CHECK_EQ_INT(djn_stage_acquire(r, 2 * KiB, true, &c[2]), DJN_OK);
     CHECK(c[2].p == c[0].p);
-    CHECK(s_all(dst[0], 0x10, 2 * KiB)); /* the copy ran before its bytes were reused */
-    memset(c[2].p, 0x12, 2 * KiB);       /* the host may overwrite them now */
+    CHECK(all_bytes(dst[0], 0x10, 2 * KiB)); /* the copy ran before its bytes were reused */
+    memset(c[2].p, 0x12, 2 * KiB);           /* the host may overwrite them now */
     CHECK_EQ_INT(djn_dev_memcpy(d, dst[2], c[2].p, 2 * KiB, DJN_DEV_H2D, copy), DJN_OK);
     CHECK_EQ_INT(djn_stage_fence(r, c[2].ticket, copy), DJN_OK);
     djn_stage_release(r, c[2].ticket);
     djn_dev_fake_drain(d);
-    CHECK(s_all(dst[0], 0x10, 2 * KiB));
-    CHECK(s_all(dst[1], 0x11, 2 * KiB));
-    CHECK(s_all(dst[2], 0x12, 2 * KiB));
+    CHECK(all_bytes(dst[0], 0x10, 2 * KiB));
+    CHECK(all_bytes(dst[1], 0x11, 2 * KiB));
+    CHECK(all_bytes(dst[2], 0x12, 2 * KiB));
     djn_stage_stats(r, &st);
     CHECK_EQ_INT(st.host_waits, 1);
     CHECK_EQ_INT(st.acquires, 3);
@@ -126,7 +118,7 @@ static void test_fetch(void) {
     CHECK_EQ_INT(djn_dev_memcpy(d, c.p, src, sizeof src, DJN_DEV_D2H, s), DJN_OK);
     CHECK_EQ_INT(djn_stage_fence(r, c.ticket, s), DJN_OK);
     CHECK_EQ_INT(djn_stage_wait(r, c.ticket), DJN_OK);
-    CHECK(s_all(c.p, 0x7e, sizeof src));
+    CHECK(all_bytes(c.p, 0x7e, sizeof src));
     djn_stage_release(r, c.ticket);
     /* a chunk never fenced is free on release */
     CHECK_EQ_INT(djn_stage_acquire(r, 100, true, &c), DJN_OK);
@@ -253,7 +245,7 @@ static void test_random_trace(void) {
     djn_dev_fake_drain(d);
     int bad = 0;
     for (int i = 0; i < NU; i++)
-        bad += len[i] && !s_all(dst[i], (uint8_t)(i * 7 + 1), len[i]);
+        bad += len[i] && !all_bytes(dst[i], (uint8_t)(i * 7 + 1), len[i]);
     CHECK_EQ_INT(bad, 0); /* every copy read the bytes written for it */
     djn_stage_stats_t st;
     djn_stage_stats(r, &st);
@@ -289,8 +281,8 @@ static void test_host_oom(void) {
                 CHECK_EQ_INT(djn_stage_fence(r, c.ticket, s), DJN_OK);
                 djn_stage_release(r, c.ticket);
                 if (st == DJN_OK && i == 0) {
-                    djn_dev_fake_drain(d);               /* everything queued ran... */
-                    CHECK(s_all(dst[0], 0x40, 2 * KiB)); /* ...before the bytes changed */
+                    djn_dev_fake_drain(d);                   /* everything queued ran... */
+                    CHECK(all_bytes(dst[0], 0x40, 2 * KiB)); /* ...before the bytes changed */
                 }
             }
             djn_stage_destroy(&r);

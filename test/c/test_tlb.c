@@ -14,48 +14,13 @@
 
 #include "djn_codec.h"
 #include "djn_sym.h"
+#include "djn_tgraph.h"
 #include "djn_tlb.h"
 
 #define SID 7
 
-/* A decoded GRAPH: aten::neg(slot 0: float32 [4] at offset off) -> [nil], binds [0x1000],
- * on device dev, with the given fingerprint. */
 static djn_msg_t *s_graph_at(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev, int64_t off) {
-    djn_tref_t r;
-    memset(&r, 0, sizeof r);
-    r.handle = 0; /* slot 0 */
-    r.offset = off;
-    r.dtype = DJN_DTYPE_F32;
-    r.ndim = 1;
-    r.sizes[0] = 4;
-    r.strides[0] = 1;
-    djn_value_t arg, out;
-    memset(&arg, 0, sizeof arg);
-    memset(&out, 0, sizeof out);
-    arg.kind = DJN_V_TENSOR;
-    arg.u.t = &r;
-    out.kind = DJN_V_NONE;
-    djn_node_t n = {"aten::neg", "", 1, 1, &arg, &out, 0};
-    static const uint64_t binds[1] = {0x1000};
-    djn_graph_req_t g;
-    memset(&g, 0, sizeof g);
-    g.device = dev;
-    g.seed = -1;
-    g.nbinds = 1;
-    g.binds = binds;
-    g.fp[0] = fp_hi;
-    g.fp[1] = fp_lo;
-    g.nnodes = 1;
-    g.nodes = &n;
-    djn_msg_hdr_t h = {DJN_MSG_GRAPH, SID, 1};
-    djn_buf_t b = {0};
-    djn_graph_req_encode(&b, &h, &g);
-    djn_msg_t *m = NULL;
-    char err[256];
-    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err);
-    djn_buf_release(&b);
-    CHECK(st == DJN_OK);
-    return m;
+    return neg_graph(fp_hi, fp_lo, dev, off, SID);
 }
 static djn_msg_t *s_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev) {
     return s_graph_at(fp_hi, fp_lo, dev, 0);
