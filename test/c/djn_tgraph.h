@@ -1,11 +1,25 @@
 /* djn_tgraph.h: a decoded GRAPH message for unit tests of the plan cache and what hangs
  * off it: aten::neg(slot 0: float32 [4] at offset off) -> [nil], binds [0x1000], on
- * device dev, with fingerprint (fp_hi, fp_lo), from session sid. Include after djn_test.h.
+ * device dev, with fingerprint (fp_hi, fp_lo), from session sid; graph_roundtrip for any
+ * other GRAPH. Include after djn_test.h.
  * The caller frees the message (djn_msg_free). */
 #ifndef DJN_TGRAPH_H
 #define DJN_TGRAPH_H
 
 #include "djn_codec.h"
+
+/* g encoded as session sid's GRAPH and decoded as the server does. */
+static inline djn_msg_t *graph_roundtrip(const djn_graph_req_t *g, uint32_t sid) {
+    djn_msg_hdr_t h = {DJN_MSG_GRAPH, sid, 1};
+    djn_buf_t b = {0};
+    djn_graph_req_encode(&b, &h, g);
+    djn_msg_t *m = NULL;
+    char err[256];
+    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err);
+    djn_buf_release(&b);
+    CHECK(st == DJN_OK);
+    return m;
+}
 
 static inline djn_msg_t *neg_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev, int64_t off,
                                    uint32_t sid) {
@@ -35,15 +49,7 @@ static inline djn_msg_t *neg_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev,
     g.fp[1] = fp_lo;
     g.nnodes = 1;
     g.nodes = &n;
-    djn_msg_hdr_t h = {DJN_MSG_GRAPH, sid, 1};
-    djn_buf_t b = {0};
-    djn_graph_req_encode(&b, &h, &g);
-    djn_msg_t *m = NULL;
-    char err[256];
-    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err);
-    djn_buf_release(&b);
-    CHECK(st == DJN_OK);
-    return m;
+    return graph_roundtrip(&g, sid);
 }
 
 #endif

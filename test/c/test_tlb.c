@@ -609,15 +609,7 @@ static djn_msg_t *s_decode(const djn_buf_t *nodes, uint32_t nnodes, const uint64
     g.nodes_raw_len = nodes->len;
     g.fp[0] = fp[0];
     g.fp[1] = fp[1];
-    djn_msg_hdr_t h = {DJN_MSG_GRAPH, 1, 1};
-    djn_buf_t b = {0};
-    djn_graph_req_encode(&b, &h, &g);
-    djn_msg_t *m = NULL;
-    char err[256];
-    djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, sizeof err);
-    djn_buf_release(&b);
-    CHECK(st == DJN_OK);
-    return m;
+    return graph_roundtrip(&g, 1);
 }
 
 static void test_scan_matches_walk(void) {
