@@ -59,6 +59,8 @@ typedef struct s_job {
     uint64_t frame_bytes;    /* its data frames, charged to the session while queued */
     uint64_t start_ns;       /* when its run began (0: not sampled for STATS) */
     uint64_t nested_ns;      /* time its run spent in nested fragments (preemption) */
+    uint64_t cpu0_ns;        /* the worker thread's CPU clock when its run began */
+    uint64_t nested_cpu_ns;  /* ... and the CPU time its nested fragments took */
 } s_job_t;
 
 typedef struct {
@@ -66,6 +68,7 @@ typedef struct {
     uint32_t index;
     djn_exec_t *exec;
     djn_vmu_t *vmu; /* CPU devices: the Data segment and the stack slab */
+    bool cpu;       /* a CPU device: its time is the worker thread's CPU time */
     pthread_t th;
     bool started;
     _Atomic uint64_t nodes, jobs, errors;
@@ -95,6 +98,14 @@ struct djn_server {
 static uint64_t s_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The calling thread's CPU time: what a fragment costs a CPU device, without the time
+ * the OS gave the core to other processes meanwhile. */
+static uint64_t s_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -187,9 +198,17 @@ static void s_job_free(djn_server_t *srv, s_job_t *j) {
 
 static void s_note(s_worker_t *w, s_job_t *j, uint64_t start, uint64_t end, uint64_t nested) {
     uint64_t run = end - start;
+    run = run > nested ? run - nested : 0;
     djn_sched_note(w->srv->sched, w->index, j->item.cls,
-                   start > j->item.enq_ns ? start - j->item.enq_ns : 0,
-                   run > nested ? run - nested : 0);
+                   start > j->item.enq_ns ? start - j->item.enq_ns : 0, run);
+    /* the batch share: a CPU device's time is CPU time (on a loaded host a token
+     * descheduled for 100 ms did not cost the device 100 ms); a GPU's is wall time */
+    uint64_t cost = run;
+    if (w->cpu) {
+        uint64_t cpu = s_cpu_ns() - j->cpu0_ns;
+        cost = cpu > j->nested_cpu_ns ? cpu - j->nested_cpu_ns : 0;
+    }
+    djn_sched_ran(w->srv->sched, w->index, &j->item, cost);
 }
 
 static djn_frag_env_t s_env(s_worker_t *w) {
@@ -331,9 +350,20 @@ typedef struct {
     s_job_t *running; /* its nested_ns grows by each nested run */
 } s_yield_t;
 
+/* The device time the running job has taken so far, nested runs excluded: CPU time on
+ * a CPU device, wall time on a GPU (what the batch share counts, djn_sched.c). */
+static uint64_t s_progress(const s_worker_t *w, const s_job_t *j) {
+    uint64_t t = w->cpu ? s_cpu_ns() - j->cpu0_ns : s_now_ns() - j->start_ns,
+             nested = w->cpu ? j->nested_cpu_ns : j->nested_ns;
+    return t > nested ? t - nested : 0;
+}
+
 static bool s_urgent_fn(void *ctx) {
     s_yield_t *y = ctx;
-    return djn_sched_urgent(y->w->srv->sched, y->w->index, y->running->item.cls);
+    uint64_t need;
+    if (!djn_sched_urgent(y->w->srv->sched, y->w->index, y->running->item.cls, &need))
+        return false;
+    return !need || s_progress(y->w, y->running) >= need; /* interactive over its share */
 }
 
 static bool s_nest_ok_fn(djn_sched_item_t *it, void *ctx) {
@@ -345,17 +375,20 @@ static bool s_nest_ok_fn(djn_sched_item_t *it, void *ctx) {
 static void s_yield_fn(void *ctx) {
     s_yield_t *y = ctx;
     s_worker_t *w = y->w;
-    djn_sched_item_t *it = djn_sched_pop_urgent(w->srv->sched, w->index, y->running->item.cls,
-                                                y->running->item.owner, s_nest_ok_fn, NULL);
+    djn_sched_item_t *it =
+        djn_sched_pop_urgent(w->srv->sched, w->index, y->running->item.cls, y->running->item.owner,
+                             s_progress(w, y->running), s_nest_ok_fn, NULL);
     if (!it)
         return;
     s_job_t *j = (s_job_t *)it;
-    uint64_t t0 = s_now_ns();
+    uint64_t t0 = s_now_ns(), c0 = s_cpu_ns();
     djn_frag_env_t env = s_env(w);
     env.nested = true;
     j->start_ns = t0;
+    j->cpu0_ns = c0;
     s_run_graph_env(w, &env, y->push, j, true);
     y->running->nested_ns += s_now_ns() - t0;
+    y->running->nested_cpu_ns += s_cpu_ns() - c0;
     s_job_free(w->srv, j);
 }
 
@@ -375,6 +408,7 @@ static void *s_worker_main(void *arg) {
         s_job_t *j = (s_job_t *)it;
         s_yield_t y = {w, push, j};
         j->start_ns = s_now_ns();
+        j->cpu0_ns = s_cpu_ns();
         if (j->msg->type == DJN_MSG_HAVE) {
             s_run_have(w, push, j);
         } else if (j->msg->type == DJN_MSG_LOAD_MODEL) {
@@ -1078,8 +1112,10 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         cfg->lease_ms,     cfg->session_quota_bytes,         cfg->session_max_queued,
         cfg->max_sessions, cfg->max_sessions_per_connection, cfg->session_max_handles};
     srv->sessions = srv->text ? djn_sessions_new(&lim, srv->text) : NULL;
-    if (srv->sched)
+    if (srv->sched) {
         djn_sched_set_aging(srv->sched, cfg->qos_age_passes, cfg->qos_age_ns);
+        djn_sched_set_share(srv->sched, cfg->qos_batch_share, DJN_SCHED_BURST_NS);
+    }
     srv->ctx = zmq_ctx_new();
     if (!srv->sessions || !srv->ctx || !srv->tlb || !srv->sched ||
         !djn_sessions_start_reaper(srv->sessions)) {
@@ -1142,6 +1178,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         w->exec = djn_exec_new(cfg->devices[i], err, errlen);
         if (!w->exec)
             goto fail;
+        w->cpu = !strncmp(cfg->devices[i], "cpu", 3);
         srv->nworkers++;
         if (srv->tcache)
             djn_tcache_set_exec(srv->tcache, (uint32_t)i, w->exec);
