@@ -186,7 +186,7 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     s_setup();
-    djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1};
+    djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1, .fd = -1};
     djn_status_t st;
     char why[256];
     djn_session_t *s = djn_sessions_open(g.sessions, 0, &peer, &st, why, sizeof why);

@@ -403,6 +403,27 @@ djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev) {
     return it;
 }
 
+djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t owner) {
+    djn_sched_item_t *head = NULL, **tail = &head;
+    pthread_mutex_lock(&s->mu);
+    s_queue_t *q = &s->q[dev];
+    djn_sched_item_t *it;
+    while (owner && (it = s_oldest_of(q, owner)) != NULL) {
+        s_unlink(q, it->cls, it);
+        *tail = it;
+        tail = &it->next;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return head;
+}
+
+uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev) {
+    pthread_mutex_lock(&s->mu);
+    uint32_t d = s->q[dev].depth + (s->q[dev].running || s->q[dev].claimed);
+    pthread_mutex_unlock(&s->mu);
+    return d;
+}
+
 uint32_t djn_sched_depth(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
     uint32_t d = s->q[dev].depth;

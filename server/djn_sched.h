@@ -97,6 +97,11 @@ bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_
  * excluded): a batch item's run earns interactive work its share, an interactive item
  * chosen while batch work waited is charged it. */
 void djn_sched_ran(djn_sched_t *s, uint32_t dev, const djn_sched_item_t *it, uint64_t run_ns);
+/* Remove every queued item of `owner` on a device (its session expired): returned as a
+ * list linked by `next`, oldest first; NULL when it had none. */
+djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t owner);
+/* Queued items plus the one running (0 or 1): the device's backlog, for placement. */
+uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev);
 /* Run something on the device now, from another thread, if it is idle: nothing queued,
  * nothing running, not claimed. True: the caller owns the device until djn_sched_release
  * (the worker waits). Never blocks. */

@@ -45,6 +45,7 @@
 
 #define S_REPLY_EP "inproc://djn-replies"
 #define S_ZAP_EP "inproc://zeromq.zap.01" /* where libzmq asks who may connect (RFC 27) */
+#define S_MON_EP "inproc://djn-monitor"   /* the ROUTER's disconnect events */
 
 typedef struct s_job {
     djn_sched_item_t item; /* first: the queue links it */
@@ -77,6 +78,7 @@ typedef struct {
 struct djn_server {
     djn_server_cfg_t cfg;
     void *ctx, *router, *pull, *zap;
+    void *mon;        /* PAIR: the ROUTER's socket monitor (connections that closed) */
     djn_auth_t *auth; /* NULL: no keys, one tenant (the owner), every client an operator */
     char endpoint[256];
     djn_sessions_t *sessions;
@@ -186,7 +188,7 @@ static void s_send_simple(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
 static void s_job_free(djn_server_t *srv, s_job_t *j) {
     djn_tlb_release(srv->tlb, &j->plan);
     if (j->sess)
-        djn_session_queue_leave(j->sess, j->frame_bytes);
+        djn_session_queue_leave(j->sess, j->frame_bytes, s_now_ms());
     zmq_msg_close(&j->ident);
     for (uint32_t i = 0; i < j->nframes; i++)
         zmq_msg_close(&j->frames[i]);
@@ -209,6 +211,16 @@ static void s_note(s_worker_t *w, s_job_t *j, uint64_t start, uint64_t end, uint
         cost = cpu > j->nested_cpu_ns ? cpu - j->nested_cpu_ns : 0;
     }
     djn_sched_ran(w->srv->sched, w->index, &j->item, cost);
+}
+
+/* A job of a session whose lease ran out (its client is gone): answered, never run. */
+static void s_refuse_expired(djn_server_t *srv, void *sock, s_job_t *j) {
+    char e[200];
+    snprintf(e, sizeof e,
+             "unknown session 0x%" PRIx64 ": the lease expired while this message waited "
+             "(the client was silent for a lease and its connection closed)",
+             j->msg->sid);
+    s_send_error(srv, sock, &j->ident, j->msg->sid, j->msg->seq, DJN_ERR_SESSION, e, -1, NULL);
 }
 
 static djn_frag_env_t s_env(s_worker_t *w) {
@@ -381,6 +393,12 @@ static void s_yield_fn(void *ctx) {
     if (!it)
         return;
     s_job_t *j = (s_job_t *)it;
+    if (djn_session_expired(j->sess)) {
+        djn_session_unlock(j->sess);
+        s_refuse_expired(w->srv, y->push, j);
+        s_job_free(w->srv, j);
+        return;
+    }
     uint64_t t0 = s_now_ns(), c0 = s_cpu_ns();
     djn_frag_env_t env = s_env(w);
     env.nested = true;
@@ -409,7 +427,9 @@ static void *s_worker_main(void *arg) {
         s_yield_t y = {w, push, j};
         j->start_ns = s_now_ns();
         j->cpu0_ns = s_cpu_ns();
-        if (j->msg->type == DJN_MSG_HAVE) {
+        if (djn_session_expired(j->sess)) { /* expired after it was popped */
+            s_refuse_expired(w->srv, push, j);
+        } else if (j->msg->type == DJN_MSG_HAVE) {
             s_run_have(w, push, j);
         } else if (j->msg->type == DJN_MSG_LOAD_MODEL) {
             s_run_load(w, push, j);
@@ -474,6 +494,7 @@ static void s_peer(djn_server_t *srv, zmq_msg_t *ident, zmq_msg_t *hdr, djn_peer
         n = sizeof p->rid;
     memcpy(p->rid, zmq_msg_data(ident), n);
     p->rid_len = (uint8_t)n;
+    p->fd = zmq_msg_get(hdr, ZMQ_SRCFD); /* -1 where the transport has none (inproc) */
     if (!srv->auth) {
         p->is_operator = p->realtime = true;
         return;
@@ -940,7 +961,7 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     s_job_t *j = djn_calloc(1, sizeof(*j));
     if (!j) {
         djn_tlb_release(srv->tlb, &plan);
-        djn_session_queue_leave(*sess_p, frame_bytes);
+        djn_session_queue_leave(*sess_p, frame_bytes, s_now_ms());
         s_send_simple(srv, ident, m, DJN_ERR_NOMEM, "out of host memory");
         return;
     }
@@ -978,6 +999,59 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     djn_sched_push(srv->sched, device, &j->item);
 }
 
+/* The ROUTER's socket monitor: a connection that closed (its process died, or ZMTP
+ * heartbeats timed out) no longer holds the lease of its sessions' queued work
+ * (djn_session.c, "Leases"). An event is [u16 event, u32 value (the fd)][endpoint]. */
+static void s_handle_monitor(djn_server_t *srv) {
+    if (!srv->mon)
+        return;
+    for (;;) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, srv->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        bool more = zmq_msg_more(&ev);
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (const uint8_t *)zmq_msg_data(&ev) + 2, 4);
+        }
+        zmq_msg_close(&ev);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&ep);
+            if (zmq_msg_recv(&ep, srv->mon, 0) < 0) {
+                zmq_msg_close(&ep);
+                break;
+            }
+            more = zmq_msg_more(&ep);
+            zmq_msg_close(&ep);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED) {
+            uint32_t n = djn_sessions_conn_lost(srv->sessions, (int)value);
+            if (n)
+                djn_log(DJN_LOG_DEBUG, "connection closed", DJN_KV_U64("sessions", n));
+        }
+    }
+}
+
+/* The queued messages of sessions whose lease ran out: answered and dropped, unrun (a
+ * fragment of theirs that is running stops at its next node, djn_frag.c). */
+static void s_drop_expired(djn_server_t *srv, const uint64_t *gone, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        for (int d = 0; d < srv->nworkers; d++) {
+            djn_sched_item_t *it = djn_sched_remove_owner(srv->sched, (uint32_t)d, gone[i]);
+            while (it) {
+                s_job_t *j = (s_job_t *)it;
+                it = it->next;
+                s_refuse_expired(srv, srv->router, j);
+                s_job_free(srv, j);
+            }
+        }
+}
+
 /* Receive one multipart message from the ROUTER and answer or queue it. */
 static void s_handle_client(djn_server_t *srv) {
     zmq_msg_t ident;
@@ -991,6 +1065,9 @@ static void s_handle_client(djn_server_t *srv) {
     zmq_msg_init(&rx.hdr);
     s_recv_rest(srv, &ident, &rx);
     atomic_fetch_add(&srv->bytes_in, rx.bytes);
+    /* a connection that closed before this one opened on the same fd is forgotten first:
+     * its event was queued before this message could arrive */
+    s_handle_monitor(srv);
     uint64_t t0 = s_now_ns();
     djn_msg_t *m = NULL;
     char err[512] = {0};
@@ -1171,6 +1248,15 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     size_t eplen = sizeof srv->endpoint;
     zmq_getsockopt(srv->router, ZMQ_LAST_ENDPOINT, srv->endpoint, &eplen);
+    /* closed connections (djn_session.c, "Leases"); without the monitor a session with
+     * queued work keeps its lease until that work ran */
+    srv->mon = zmq_socket(srv->ctx, ZMQ_PAIR);
+    if (!srv->mon || zmq_socket_monitor(srv->router, S_MON_EP, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        zmq_connect(srv->mon, S_MON_EP) != 0) {
+        snprintf(err, errlen, "cannot monitor the socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    zmq_setsockopt(srv->mon, ZMQ_LINGER, &linger, sizeof linger);
     for (int i = 0; i < cfg->ndevices; i++) {
         s_worker_t *w = &srv->workers[i];
         w->srv = srv;
@@ -1262,16 +1348,19 @@ djn_status_t djn_server_run(djn_server_t *srv) {
                     DJN_KV_U64("queued", s_queued(srv)),
                     DJN_KV_U64("timeout_ms", srv->cfg.drain_timeout_ms));
         }
-        zmq_pollitem_t items[3] = {{srv->router, 0, ZMQ_POLLIN, 0},
+        zmq_pollitem_t items[4] = {{srv->router, 0, ZMQ_POLLIN, 0},
                                    {srv->pull, 0, ZMQ_POLLIN, 0},
+                                   {srv->mon, 0, ZMQ_POLLIN, 0},
                                    {srv->zap, 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(items, srv->zap ? 3 : 2, srv->draining ? 10 : 100);
+        int rc = zmq_poll(items, srv->zap ? 4 : 3, srv->draining ? 10 : 100);
         if (rc < 0 && errno != EINTR)
             break;
         /* zmq_poll is level-triggered: one message per ready socket, then poll again
          * (every ZeroMQ call checks the socket's mailbox: fewer calls, fewer syscalls) */
-        if (rc > 0 && srv->zap && (items[2].revents & ZMQ_POLLIN))
+        if (rc > 0 && srv->zap && (items[3].revents & ZMQ_POLLIN))
             s_handle_zap(srv);
+        if (rc > 0 && (items[2].revents & ZMQ_POLLIN))
+            s_handle_monitor(srv);
         if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
             s_forward_reply(srv);
         if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
@@ -1294,6 +1383,7 @@ djn_status_t djn_server_run(djn_server_t *srv) {
             uint64_t gone[256]; /* at most this many per tick: a burst is spread out */
             uint32_t n = djn_sessions_expire(srv->sessions, now, gone, 256);
             djn_tlb_drop_sessions(srv->tlb, gone, n);
+            s_drop_expired(srv, gone, n);
             if (n)
                 djn_log(DJN_LOG_DEBUG, "reclaimed expired sessions", DJN_KV_U64("count", n));
             if (srv->cfg.parent_pid > 0 && getppid() != srv->cfg.parent_pid) {
@@ -1329,6 +1419,8 @@ void djn_server_destroy(djn_server_t **self_p) {
         while ((it = djn_sched_take(srv->sched, (uint32_t)i)) != NULL)
             s_job_free(srv, (s_job_t *)it);
     }
+    if (srv->mon)
+        zmq_close(srv->mon);
     if (srv->router)
         zmq_close(srv->router);
     if (srv->pull)

@@ -765,7 +765,13 @@ static djn_status_t s_wait(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t 
             if ((st = s_liveness(c, &handshakes)) != DJN_ERR_TIMEOUT)
                 return st;
             if (left > slice) {
-                s_heartbeat_send(c, false); /* renews the lease while we wait */
+                /* renew the lease while we wait: this link's and the other servers',
+                 * whose heartbeat threads cannot take the lock we hold */
+                djn_client_t *o = c->owner;
+                for (int i = 0; o && i < o->nlinks; i++)
+                    s_heartbeat_send(o->links[i], false);
+                if (!o)
+                    s_heartbeat_send(c, false);
                 continue;
             }
             c->broken = true;

@@ -7,7 +7,8 @@
  * device keep each producer's order with nothing lost or duplicated; create/destroy and
  * allocation failure; idle (what a drain waits for) is false while anything is queued,
  * running or claimed on any device; classes, aging, owner order, preemption; the batch
- * share (interactive work over its share of the device waits for batch work).
+ * share (interactive work over its share of the device waits for batch work); removing
+ * an expired owner's items; the load placement reads.
  *
  * Threads are plain pthreads. Every wait for another thread is bounded (S_WAIT_MS): a
  * broken queue fails the test instead of hanging it. The one place that needs time to
@@ -596,6 +597,28 @@ static void test_batch_share(void) {
     djn_sched_destroy(&s);
 }
 
+/* An expired session's items leave every class at once, oldest first; the others stay.
+ * The load counts the queued items and the running one. */
+static void test_remove_owner_and_load(void) {
+    djn_sched_t *s = djn_sched_new(2);
+    job_t a1, a2, a3, b1;
+    s_push_as(s, &a1, DJN_SCHED_BATCH, 7, 0);
+    s_push_as(s, &b1, DJN_SCHED_INTERACTIVE, 8, 0);
+    s_push_as(s, &a2, DJN_SCHED_INTERACTIVE, 7, 1);
+    s_push_as(s, &a3, DJN_SCHED_REALTIME, 7, 2);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 4);
+    CHECK(djn_sched_remove_owner(s, 1, 7) == NULL);
+    djn_sched_item_t *l = djn_sched_remove_owner(s, 0, 7);
+    CHECK(l == &a1.it && l->next == &a2.it && l->next->next == &a3.it && !a3.it.next);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 1);
+    CHECK(djn_sched_remove_owner(s, 0, 7) == NULL);
+    CHECK(djn_sched_pop(s, 0) == &b1.it);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 1); /* running */
+    djn_sched_done(s, 0);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 0);
+    djn_sched_destroy(&s);
+}
+
 int main(void) {
     RUN(test_idle);
     RUN(test_fifo_per_device);
@@ -611,5 +634,6 @@ int main(void) {
     RUN(test_urgent_respects_ok_fn);
     RUN(test_latency_percentiles);
     RUN(test_batch_share);
+    RUN(test_remove_owner_and_load);
     return djn_test_report();
 }
