@@ -36,6 +36,7 @@
 #include "djn_log.h"
 #include "djn_mem.h"
 #include "djn_models.h"
+#include "djn_place.h"
 #include "djn_proto.h"
 #include "djn_sched.h"
 #include "djn_session.h"
@@ -326,13 +327,18 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     djn_frag_out_release(&out);
 }
 
-/* LOAD_MODEL: the model store answers, for the tenant's access list (its certificate's
- * `models`; every model on a server without keys). */
+/* The models a tenant may load: its certificate's `models`; every model on a server
+ * without keys. */
+static const char *s_model_acl(djn_server_t *srv, const djn_peer_t *peer) {
+    const djn_tenant_t *t = srv->auth ? djn_auth_by_name(srv->auth, peer->tenant) : NULL;
+    return srv->auth ? (t ? t->models : "") : "*";
+}
+
+/* LOAD_MODEL: the model store answers, for the tenant's access list. */
 static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
     djn_server_t *srv = w->srv;
     const djn_peer_t *peer = djn_session_peer(j->sess);
-    const djn_tenant_t *t = srv->auth ? djn_auth_by_name(srv->auth, peer->tenant) : NULL;
-    const char *acl = srv->auth ? (t ? t->models : "") : "*";
+    const char *acl = s_model_acl(srv, peer);
     djn_arena_t *a = djn_arena_new();
     djn_load_rep_t rep;
     char err[4096] = "out of host memory";
@@ -590,6 +596,52 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, sid, m->seq};
     djn_hello_rep_encode(&b, &h, &rep);
+    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    djn_buf_release(&b);
+}
+
+/* PLACE (PROTOCOL.md 5.6), on the transport thread (it never waits for a worker or a
+ * model load): the figures of each device for djn_place_choose. The content counted is
+ * the hashes' Text content this tenant uploaded before (the rule HAVE answers by, so
+ * placement is no oracle for other tenants' content) and the named model if its access
+ * list allows it. Unless the request is a probe, the session then counts among the
+ * device's sessions, so that sessions opened together spread before any sent work. */
+static void s_reply_place(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *m,
+                          djn_session_t *sess, const djn_peer_t *peer) {
+    const djn_place_req_t *r = &m->u.place;
+    uint32_t n = (uint32_t)srv->nworkers, per[DJN_SERVER_MAX_DEVICES];
+    djn_place_dev_t devs[DJN_SERVER_MAX_DEVICES];
+    djn_sessions_per_device(srv->sessions, m->sid, n, per);
+    uint32_t tenant = r->nhashes ? djn_text_tenant(srv->text, peer->tenant) : 0;
+    const char *acl = s_model_acl(srv, peer);
+    for (uint32_t d = 0; d < n; d++) {
+        djn_place_dev_t *c = &devs[d];
+        *c = (djn_place_dev_t){.sessions = per[d], .backlog = djn_sched_load(srv->sched, d)};
+        for (uint32_t i = 0; i < r->nhashes; i++) {
+            uint64_t plain[2] = {r->hashes[i].hi, r->hashes[i].lo};
+            c->held += djn_text_held(srv->text, d, plain, r->hashes[i].nbytes, tenant);
+        }
+        c->held += djn_models_held(srv->models, r->model, acl, d);
+        if (srv->workers[d].vmu) {
+            djn_vmu_stats_t vs;
+            djn_vmu_stats(srv->workers[d].vmu, &vs);
+            c->used = vs.data.used;
+        }
+    }
+    uint32_t dev = djn_place_choose(devs, n);
+    if (!r->probe)
+        djn_session_use_device(sess, dev);
+    djn_place_rep_t rep = {.device = dev, .held = devs[dev].held, .has_load = peer->is_operator};
+    if (rep.has_load) { /* the load describes other tenants' work: operators only */
+        rep.sessions = devs[dev].sessions;
+        rep.backlog = devs[dev].backlog;
+        rep.used = devs[dev].used;
+    }
+    djn_log(DJN_LOG_DEBUG, "placed", DJN_KV_HEX("session", m->sid), DJN_KV_U64("device", dev),
+            DJN_KV_U64("held", rep.held));
+    djn_buf_t b = {0};
+    djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
+    djn_place_rep_encode(&b, &h, &rep);
     s_send_reply(srv, srv->router, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
@@ -978,6 +1030,11 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     j->frames_cap = rx->cap;
     j->item.owner = djn_session_id(j->sess);
     j->item.cls = s_class_of(j);
+    const djn_graph_req_t *g = &m->u.graph;
+    bool holds = m->type == DJN_MSG_HAVE || m->type == DJN_MSG_LOAD_MODEL || g->nallocs ||
+                 g->has_allocs_d || g->nuploads;
+    if (holds) /* it holds memory there: it counts among the device's sessions (PLACE) */
+        djn_session_use_device(j->sess, device);
     rx->frames = NULL;
     rx->nframes = rx->cap = 0;
     *m_p = NULL;
@@ -1123,6 +1180,9 @@ static void s_handle_client(djn_server_t *srv) {
     switch (m->type) {
     case DJN_MSG_HEARTBEAT:
         s_reply_empty(srv, &ident, m);
+        break;
+    case DJN_MSG_PLACE:
+        s_reply_place(srv, &ident, m, sess, &peer);
         break;
     case DJN_MSG_CLOSE:
         djn_session_release(&sess);

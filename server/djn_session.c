@@ -65,6 +65,7 @@ struct djn_session {
     _Atomic bool closed;           /* left the table: nothing more may be filed for it */
     _Atomic bool expired;          /* left it by its lease: queued work is dropped */
     _Atomic int64_t idle_since_ms; /* when a queued message of it last finished */
+    _Atomic uint64_t devices;      /* bit d: it uses device d (djn_session_use_device) */
     int conn_fd;                   /* the socket it was last heard on (-1: unknown); t->mu */
     bool conn_lost;                /* that connection is gone; t->mu */
     uint64_t peer_key;             /* s_peer_key(peer) */
@@ -398,6 +399,20 @@ uint32_t djn_sessions_conn_lost(djn_sessions_t *t, int fd) {
     return n;
 }
 
+void djn_sessions_per_device(djn_sessions_t *t, uint64_t except, uint32_t ndev, uint32_t *counts) {
+    uint64_t k, v;
+    memset(counts, 0, ndev * sizeof *counts);
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+        if (k == except)
+            continue;
+        uint64_t m = atomic_load(&((djn_session_t *)(uintptr_t)v)->devices);
+        for (uint32_t d = 0; d < ndev && d < 64; d++)
+            counts[d] += (uint32_t)((m >> d) & 1);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
     pthread_mutex_lock(&t->mu);
     out->open = t->by_id.len;
@@ -422,6 +437,10 @@ bool djn_session_live(const djn_session_t *s) {
 }
 bool djn_session_expired(const djn_session_t *s) {
     return atomic_load_explicit(&s->expired, memory_order_relaxed);
+}
+void djn_session_use_device(djn_session_t *s, uint32_t dev) {
+    if (dev < 64 && !(atomic_load_explicit(&s->devices, memory_order_relaxed) & (1ull << dev)))
+        atomic_fetch_or(&s->devices, 1ull << dev);
 }
 void djn_session_lock(djn_session_t *s) {
     pthread_mutex_lock(&s->mu);

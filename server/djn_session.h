@@ -78,6 +78,9 @@ uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, 
  * sessions last heard on it no longer hold their lease while their messages wait.
  * Returns how many sessions were marked. */
 uint32_t djn_sessions_conn_lost(djn_sessions_t *t, int fd);
+/* Sessions in the table per device they use (djn_session_use_device): counts[d] for
+ * d < ndev, leaving out `except` (0: none). */
+void djn_sessions_per_device(djn_sessions_t *t, uint64_t except, uint32_t ndev, uint32_t *counts);
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out);
 uint64_t djn_sessions_lease_ms(const djn_sessions_t *t);
 
@@ -88,6 +91,9 @@ bool djn_session_live(const djn_session_t *s);
  * unrun and a fragment of it that is running stops between two nodes. (A CLOSE is not
  * an expiry: what the client queued before it still runs.) */
 bool djn_session_expired(const djn_session_t *s);
+/* The session uses device `dev` (PLACE chose it, or it declared or uploaded storage
+ * there): it counts among the device's sessions (djn_sessions_per_device). */
+void djn_session_use_device(djn_session_t *s, uint32_t dev);
 djn_session_t *djn_session_retain(djn_session_t *s); /* + ref, returns s */
 void djn_session_release(djn_session_t **s_p);
 void djn_session_lock(djn_session_t *s);

@@ -3525,7 +3525,7 @@ static void test_reject_header_fields(void) {
      * match a valid type in their low byte. */
     static const uint64_t unknown[] = {0,
                                        DJN_MSG_UPLOAD,
-                                       11,
+                                       12,
                                        63,
                                        DJN_MSG_REPLY,
                                        DJN_MSG_ERROR,
