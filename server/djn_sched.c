@@ -37,9 +37,10 @@
  * Realtime work is neither limited nor charged (a right the operator grants). While the
  * bucket is empty, `unblock_at` (the running batch item's progress at which it refills
  * past zero) lets the lock-free hint answer "not yet" between two nodes without the lock.
- * Measured (benchmarks/qos_bench.py, 2-core VM, results/qos.md): with tokens that need
- * about as much of the device as the batch tenant's nodes, aging and preemption alone
- * left batch about half its solo throughput; the share keeps it near 75%. Charging wall
+ * Measured (benchmarks/qos_bench.py, 2-core VM shared with other work, results/qos.md):
+ * with tokens that need about as much of the device as the batch tenant's nodes
+ * (8 192x192 matmuls beside 256x256 ones), aging and preemption alone left batch 28% of
+ * its solo throughput; the share keeps it at 70%. Charging wall
  * time instead (the first version) let a loaded host's descheduling of one token look
  * like 100 ms of device time and stall interactive work for seconds.
  *
