@@ -172,7 +172,7 @@ def test_waiting_on_one_server_renews_the_other_servers_lease(private_server):
         torch.remote.synchronize()
         x = torch.randn(768, 768, device='remote:0')
         t0 = time.monotonic()
-        for _ in range(200):
+        for _ in range(600):                             # seconds of work: several leases of B
             x = (x @ x) / 768 ** 0.5
         x.cpu()                                          # waits on A for seconds
         print('WAITED', time.monotonic() - t0)
