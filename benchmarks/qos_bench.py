@@ -3,22 +3,28 @@
 One ``djinn-server --device cpu`` per run; two sessions on separate connections, driven
 from two threads of this process by the wire protocol (the protocol's own encoder):
 
-* the **interactive** tenant sends a "token" fragment (a chain of small matmuls, about a
-  millisecond) and waits for its reply, ``--tokens`` times: per-token latency;
+* the **interactive** tenant sends a "token" fragment (a chain of 8 NxN matmuls,
+  ``--token-n``: 64, a sliver of the device; 192, a demand the batch share must cap) and
+  waits for its reply, back to back: per-token latency;
 * the **batch** tenant keeps two "step" fragments (a chain of large matmuls, tens of ms)
   in flight at all times: steps per second.
 
 Runs, side by side: interactive alone, batch alone, both with every fragment sent as
-batch (one class: the old FIFO), and both with the interactive tenant marked
-interactive (QoS). Prints p50/p99 token latency against the solo p99 and the batch
-throughput against solo, and writes benchmarks/results/qos.{json,md}. Never asserts a
-time. ``python benchmarks/qos_bench.py [--tokens N]``.
+batch (one class: the old FIFO), both with the interactive tenant marked interactive
+(QoS, with the server's batch share, ``--share``), and QoS with the batch share off
+(``--qos-batch-share 0``: priority, preemption and aging only, the scheduler before the
+share). Prints p50/p99 token latency against the solo p99 and the batch throughput
+against solo, with the host's load average around each run (the machine may be
+shared), and writes benchmarks/results/qos.{json,md}. Never asserts a time.
+Every mode runs ``--rounds`` times, interleaved, for ``--seconds`` each; ratios are taken
+within a round. ``python benchmarks/qos_bench.py [--seconds S] [--rounds R] [--share P]``.
 """
 
 import argparse
 import json
 import os
 import selectors
+import statistics
 import struct
 import subprocess
 import sys
@@ -99,11 +105,18 @@ class Conn:
         return h
 
 
-def start_server():
+def start_server(flags=(), threads=0):
+    """threads > 0: ATen's threads in the server (as benchmarks/run.py: on a small, shared
+    machine one descheduled thread stalls a whole parallel region, and the batch tenant's
+    throughput becomes noise)."""
+    env = dict(os.environ)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     r, w = os.pipe()
     p = subprocess.Popen(
         [SERVER_BIN, "--listen", "tcp://127.0.0.1:0", "--device", "cpu", "--lease-ms", "0"]
-        + ["--announce-fd", str(w)],
+        + ["--announce-fd", str(w), *flags],
+        env=env,
         pass_fds=(w,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -119,19 +132,24 @@ def start_server():
     return p, line.split()[1].decode()
 
 
-def run(mode, tokens, step_nodes, step_n):
-    """mode: alone-i, alone-b, fifo, qos. Returns (token latencies s, batch steps/s)."""
-    proc, ep = start_server()
+MODES = ("alone-i", "alone-b", "fifo", "qos", "qos-no-share")
+
+
+def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
+    """One run of `mode` (one of MODES) on a fresh server, measured over `seconds` after
+    the batch tenant has saturated the device. Returns (token latencies s, batch steps/s
+    over the same window)."""
+    flags = ["--qos-batch-share", str(share if mode != "qos-no-share" else 0)]
+    proc, ep = start_server(flags, threads)
     try:
-        lat, steps = [], [0]
+        lat, steps = [], [0, 0]  # steps done in all, and when the window opened
+        window = threading.Event()
         stop = threading.Event()
-        t_batch = [0.0, 0.0]
 
         def batch():
             c = Conn(ep)
             body, frames = chain(step_nodes, step_n, K["QOS_BATCH"])
             inflight = 0
-            t_batch[0] = time.perf_counter()
             while not stop.is_set():
                 while inflight < 2:
                     c.send(body, frames)
@@ -139,7 +157,6 @@ def run(mode, tokens, step_nodes, step_n):
                 c.recv()
                 inflight -= 1
                 steps[0] += 1
-            t_batch[1] = time.perf_counter()
             while inflight:
                 c.recv()
                 inflight -= 1
@@ -148,22 +165,25 @@ def run(mode, tokens, step_nodes, step_n):
         if mode != "alone-i":
             th = threading.Thread(target=batch)
             th.start()
-            time.sleep(0.5)  # the batch tenant saturates the device first (not a sync)
-        if mode == "alone-b":
-            time.sleep(tokens * 0.01)
-        else:
-            c = Conn(ep)
-            q = K["QOS_BATCH"] if mode == "fifo" else K["QOS_INTERACTIVE"]
-            body, frames = chain(8, 64, q)
-            for _ in range(tokens):
-                t0 = time.perf_counter()
-                c.send(body, frames)
-                c.recv()
-                lat.append(time.perf_counter() - t0)
+            time.sleep(1.0)  # the batch tenant saturates the device first (not a sync)
+        c = Conn(ep) if mode != "alone-b" else None
+        q = K["QOS_BATCH"] if mode == "fifo" else K["QOS_INTERACTIVE"]
+        body, frames = chain(8, token_n, q)
+        t0 = time.perf_counter()
+        steps[1] = steps[0]
+        window.set()
+        while time.perf_counter() - t0 < seconds:
+            if c is None:
+                time.sleep(0.05)
+                continue
+            t = time.perf_counter()
+            c.send(body, frames)
+            c.recv()
+            lat.append(time.perf_counter() - t)
+        rate = (steps[0] - steps[1]) / (time.perf_counter() - t0) if th else 0.0
         stop.set()
         if th:
             th.join()
-        rate = steps[0] / (t_batch[1] - t_batch[0]) if th else 0.0
         return lat, rate
     finally:
         proc.terminate()
@@ -177,41 +197,105 @@ def pct(v, p):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured time of one run")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every mode, interleaved")
     ap.add_argument("--step-nodes", type=int, default=40)
     ap.add_argument("--step-n", type=int, default=256)
+    ap.add_argument("--share", type=int, default=75, help="the qos run's --qos-batch-share")
+    ap.add_argument(
+        "--token-n",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[64, 192],
+        help="token matmul sizes, one scenario each: 64 needs a sliver of the device, 192 "
+        "about as much as the batch tenant's nodes (then the share decides)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1 if (os.cpu_count() or 1) <= 4 else 0,
+        help="ATen threads in the server (0: its default)",
+    )
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
+    host = {"cpus": os.cpu_count(), "uname": " ".join(os.uname()[2:4])}
+    out = {"args": vars(a), "host": host, "scenarios": {}}
+    md = [
+        "# QoS: interactive tenant beside a saturating batch tenant (CPU device)\n",
+        f"{host['cpus']} CPUs, ATen threads in the server: {a.threads or 'default'}. "
+        f"{a.rounds} rounds of every run, interleaved, {a.seconds:g} s measured each; ratios "
+        "are against the solo runs of the same round, median over rounds; p50/p99 over every "
+        f"token of every round. Batch steps of {a.step_nodes} {a.step_n}x{a.step_n} matmuls, "
+        "two in flight; tokens of 8 NxN matmuls, one at a time, back to back. qos: "
+        f"`--qos-batch-share {a.share}`; qos-no-share: 0 (priority, preemption between nodes "
+        "and aging only). The load average is the host's: other work shares the machine.\n",
+    ]
+    for token_n in a.token_n:
+        res = scenario(a, token_n)
+        out["scenarios"][f"token_n={token_n}"] = res
+        md.append(f"\n## Tokens of 8 {token_n}x{token_n} matmuls\n\n" + table(res) + "\n")
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "qos.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(a.out, "qos.md"), "w") as f:
+        f.write("\n".join(md))
+
+
+def scenario(a, token_n):
+    rounds = []  # per round: mode -> (latencies, batch rate, load before, load after)
+    for r in range(a.rounds):
+        got = {}
+        for mode in MODES:
+            load0 = os.getloadavg()[0]
+            lat, rate = run(mode, a.seconds, a.step_nodes, a.step_n, token_n, a.share, a.threads)
+            got[mode] = (lat, rate, load0, os.getloadavg()[0])
+            print(
+                f"tokens {token_n} round {r} {mode}: {len(lat)} tokens, p99 "
+                f"{pct(lat, 99) * 1e3:.2f} ms, batch {rate:.2f} steps/s, load {load0:.1f}",
+                flush=True,
+            )
+        rounds.append(got)
+    # each ratio against the solo runs of its own round (minutes apart at most: the
+    # machine's other load drifts less within a round), then the median over rounds
     res = {}
-    for mode in ("alone-i", "alone-b", "fifo", "qos"):
-        lat, rate = run(mode, a.tokens, a.step_nodes, a.step_n)
+    for mode in MODES:
+        lat = [x for g in rounds for x in g[mode][0]]
         res[mode] = {
+            "tokens": len(lat),
             "p50_ms": pct(lat, 50) * 1e3,
             "p99_ms": pct(lat, 99) * 1e3,
-            "batch_steps_per_s": rate,
+            "p99_ms_by_round": [pct(g[mode][0], 99) * 1e3 for g in rounds],
+            "batch_steps_per_s_by_round": [g[mode][1] for g in rounds],
+            "p99_over_solo": statistics.median(
+                pct(g[mode][0], 99) / pct(g["alone-i"][0], 99) for g in rounds
+            )
+            if lat and mode != "alone-b"
+            else 0.0,
+            "batch_over_solo": statistics.median(
+                g[mode][1] / max(g["alone-b"][1], 1e-9) for g in rounds
+            )
+            if mode != "alone-i"
+            else 0.0,
+            "load_avg_1m": [round(x, 2) for g in rounds for x in g[mode][2:]],
         }
-        print(mode, json.dumps(res[mode]))
-    solo_p99, solo_rate = res["alone-i"]["p99_ms"], res["alone-b"]["batch_steps_per_s"]
+    print(table(res), flush=True)
+    return res
+
+
+def table(res):
     rows = [
-        "| run | token p50 ms | token p99 ms | p99 / solo p99 | batch steps/s | / solo |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | tokens | token p50 ms | token p99 ms | p99 / solo p99 | batch steps/s "
+        "(rounds) | batch / solo | load avg 1 min (before, after each run) |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
     ]
-    for mode in ("alone-i", "alone-b", "fifo", "qos"):
+    for mode in MODES:
         r = res[mode]
         rows.append(
-            f"| {mode} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['p99_ms'] / solo_p99 if solo_p99 and mode != 'alone-b' else 0:.2f} | "
-            f"{r['batch_steps_per_s']:.1f} | "
-            f"{r['batch_steps_per_s'] / solo_rate if solo_rate else 0:.2f} |"
+            f"| {mode} | {r['tokens']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['p99_over_solo']:.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in r['batch_steps_per_s_by_round'])} | "
+            f"{r['batch_over_solo']:.2f} | {', '.join(f'{x:.1f}' for x in r['load_avg_1m'])} |"
         )
-    table = "\n".join(rows)
-    print(table)
-    out = os.path.join(HERE, "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "qos.json"), "w") as f:
-        json.dump({"args": vars(a), "results": res}, f, indent=1)
-    with open(os.path.join(out, "qos.md"), "w") as f:
-        f.write("# QoS: interactive tenant beside a saturating batch tenant (CPU device)\n\n")
-        f.write(table + "\n")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

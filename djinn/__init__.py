@@ -61,6 +61,7 @@ _torch._register_device_module("remote", remote)
 _torch.utils.generate_methods_for_privateuse1_backend(for_storage=True)
 _C._init()
 remote._patch_printing()
+remote._install_place_hook()
 
 from .remote import bytes_moved, reset_bytes_moved, server_stats, synchronize  # noqa: E402
 from . import models  # noqa: E402

@@ -182,6 +182,8 @@ def _nbytes(dtype, shape):
 
 
 def _ghost(name, device, auto_class):
+    if device.index is None:  # the server places this process by the model (PROTOCOL 5.6)
+        _C._place(name, [])
     idx = device.index if device.index is not None else torch.remote.current_device()
     config_json, tensors = _C._model_describe(idx, name)
     ckpt = {n: (_DTYPES[code], shape) for n, code, shape in tensors}
@@ -273,12 +275,33 @@ class ShadowSync:
                 self._native.wait(0.1)
 
 
+def _shadow_hashes(ckpt, files):
+    """Content hashes of the checkpoint's largest tensors (read memory-mapped), for
+    placement: the device already holding them for this tenant is chosen."""
+    import mmap
+
+    from .remote import _PLACE_TENSORS, _text_min_bytes
+
+    big = sorted((v for v in ckpt.values() if v[4] >= _text_min_bytes()), key=lambda v: -v[4])
+    out = []
+    for _, _, fi, off, n in big[:_PLACE_TENSORS]:
+        with open(files[fi], "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)[off : off + n]
+            try:
+                out.append(_C._content_hash_buffer(view))
+            finally:
+                view.release()
+    return out
+
+
 def _shadow(path, device, auto_class, progress):
-    idx = device.index if device.index is not None else torch.remote.current_device()
-    dev = torch.device("remote", idx)
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
     ckpt, files = _local_checkpoint(path)
+    if device.index is None and _C._place_pending():
+        _C._place(None, _shadow_hashes(ckpt, files))
+    idx = device.index if device.index is not None else torch.remote.current_device()
+    dev = torch.device("remote", idx)
     model = _build(config, auto_class)
     bound, upload, missing = _plan(model, ckpt)
     items = []

@@ -1,6 +1,8 @@
 """``torch.remote``: the device module of the ``remote`` backend, mirroring ``torch.cuda``."""
 
 import contextlib
+import functools
+import os
 
 import torch
 
@@ -43,14 +45,17 @@ def device_name(index=None):
 
 
 def current_device():
+    """This thread's device: the one set (:func:`set_device`), else the process's default,
+    which the server chooses the first time it is needed (the device that holds this
+    process's model, else the least loaded; ``DJINN_PLACE=0``: device 0)."""
     return _C._get_device()
 
 
 def _idx(device):
-    if isinstance(device, torch.device):
-        return device.index or 0
     if isinstance(device, str):
-        return torch.device(device).index or 0
+        device = torch.device(device)
+    if isinstance(device, torch.device):
+        return current_device() if device.index is None else device.index
     return int(device)
 
 
@@ -87,7 +92,10 @@ def manual_seed(seed):
     _default_generator(current_device()).manual_seed(int(seed) & ((1 << 63) - 1))
 
 
-manual_seed_all = manual_seed
+def manual_seed_all(seed):
+    """Seed this session's random state on every device (what ``torch.manual_seed`` calls)."""
+    for i in range(device_count()):
+        _default_generator(i).manual_seed(int(seed) & ((1 << 63) - 1))
 
 
 def seed():
@@ -243,6 +251,81 @@ def endpoint():
 
 def session_id():
     return _C._session_id()
+
+
+# ------------------------------------------------------------------ placement
+
+_PLACE_TENSORS = 8  # content hashes offered: the largest weights identify a model
+
+
+def _text_min_bytes():
+    try:
+        return int(float(os.environ.get("DJINN_TEXT_MIN_BYTES", "65536")))
+    except ValueError:
+        return 65536
+
+
+def _place_hashes(tensors):
+    """(hash_hi, hash_lo, nbytes) of the largest CPU tensors that would travel as shared
+    content (Text uploads: DJINN_TEXT_MIN_BYTES and up), each storage once."""
+    least, seen, sized = _text_min_bytes(), set(), []
+    for t in tensors:
+        if t is None or t.device.type != "cpu" or t.layout != torch.strided:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        n = t.numel() * t.element_size()
+        if n >= least and key not in seen:
+            seen.add(key)
+            sized.append((n, t))
+    sized.sort(key=lambda x: -x[0])
+    return [_C._content_hash(t.detach()) for _, t in sized[:_PLACE_TENSORS]]
+
+
+def _place_for(module):
+    """Before a module's first move to 'remote' without an index: let the server choose
+    the default device knowing the module's weights (the device that already holds them
+    for this tenant, else the least loaded)."""
+    if _C._place_pending():
+        _C._place(None, _place_hashes(list(module.parameters()) + list(module.buffers())))
+
+
+def _wants_default_remote(device):
+    return (
+        device is not None
+        and torch.device(device).type == "remote"
+        and (torch.device(device).index is None)
+    )
+
+
+def _install_place_hook():
+    """``module.to('remote')`` and ``module.remote()`` consult the server before they
+    move the first weight, when the default device is not chosen yet."""
+    nn = torch.nn.Module
+    if getattr(nn.to, "_djinn_place", False):
+        return
+    orig_to, orig_remote = nn.to, getattr(nn, "remote", None)
+
+    @functools.wraps(orig_to)
+    def to(self, *args, **kwargs):
+        try:
+            device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        except Exception:  # noqa: BLE001 - the real call reports bad arguments
+            device = None
+        if _wants_default_remote(device):
+            _place_for(self)
+        return orig_to(self, *args, **kwargs)
+
+    to._djinn_place = True
+    nn.to = to
+    if orig_remote is not None:
+
+        @functools.wraps(orig_remote)
+        def remote(self, device=None):
+            if device is None or _wants_default_remote(device):
+                _place_for(self)
+            return orig_remote(self, device)
+
+        nn.remote = remote
 
 
 def _patch_printing():

@@ -10,8 +10,10 @@
  * closed, and every handle, device byte and Text entry must be back (a leak is a crash;
  * host memory is LeakSanitizer's). LOAD_MODEL runs against a small model store the
  * harness writes at start (djn_models.c: access list, parse, describe, bind into Text
- * without a cache, so its entries must go with the session too). Seeds are real client
- * messages (fuzz/corpus/server, `make fuzz-seeds`) and LOAD_MODEL requests. */
+ * without a cache, so its entries must go with the session too). PLACE gathers what the
+ * transport gathers for device 0 (Text held for the tenant, the model store) and runs the
+ * placement rule. Seeds are real client messages (fuzz/corpus/server, `make fuzz-seeds`),
+ * LOAD_MODEL and PLACE requests. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include "djn_frag.h"
 #include "djn_mem.h"
 #include "djn_models.h"
+#include "djn_place.h"
 #include "djn_session.h"
 #include "djn_text.h"
 #include "djn_tlb.h"
@@ -180,13 +183,25 @@ static void s_run(djn_session_t *s, const s_span_t *frames, uint32_t nframes) {
         if (st == DJN_OK && (m->u.load.nbinds ? rep.bound != m->u.load.nbinds : rep.ntensors != 3))
             abort();
         djn_arena_destroy(&a);
+    } else if (m->type == DJN_MSG_PLACE) { /* the figures the transport gathers, device 0 */
+        djn_place_dev_t d = {0};
+        uint32_t tenant = djn_text_tenant(g.text, "fuzz");
+        for (uint32_t i = 0; i < m->u.place.nhashes; i++) {
+            uint64_t plain[2] = {m->u.place.hashes[i].hi, m->u.place.hashes[i].lo};
+            d.held += djn_text_held(g.text, 0, plain, m->u.place.hashes[i].nbytes, tenant);
+        }
+        d.held += djn_models_held(g.models, m->u.place.model, "tiny, org/tiny", 0);
+        if (djn_place_choose(&d, 1) != 0)
+            abort();
+        if (!m->u.place.probe)
+            djn_session_use_device(s, 0);
     }
     djn_msg_free(&m);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     s_setup();
-    djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1};
+    djn_peer_t peer = {.tenant = "fuzz", .rid = {1}, .rid_len = 1, .fd = -1};
     djn_status_t st;
     char why[256];
     djn_session_t *s = djn_sessions_open(g.sessions, 0, &peer, &st, why, sizeof why);

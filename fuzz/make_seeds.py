@@ -134,7 +134,7 @@ def main():
     env = dict(os.environ)
     env.pop("DJINN_SERVER", None)
     env["PYTHONPATH"] = os.path.dirname(root) + os.pathsep + env.get("PYTHONPATH", "")
-    env["DJINN_UPLOAD_CHUNK"] = "16384"  # the 128 KiB uploads below travel in chunks (7.6)
+    env["DJINN_UPLOAD_CHUNK"] = "16384"  # the 128 KiB uploads below travel in chunks (7.7)
     msgs = _record(WORKLOAD, rec, env)
     seen, kept = set(), []
     for data in msgs:
@@ -165,12 +165,14 @@ def main():
     n = _load_model_seeds(root)
     write_semantic_seeds(root)
     k = _chunk_seeds(root)
+    p = _place_seeds(root)
     print(f"{len(kept)} seeds from {len(seen)} distinct messages, one template conversation, "
-          f"{n} LOAD_MODEL seeds, semantic seeds, {k} chunked-upload conversations")
+          f"{n} LOAD_MODEL seeds, semantic seeds, {k} chunked-upload conversations, "
+          f"{p} PLACE seeds")
 
 
 def _chunk_seeds(root):
-    """Uploads in chunks (PROTOCOL.md 7.6), written by hand so that every rule has a seed:
+    """Uploads in chunks (PROTOCOL.md 7.7), written by hand so that every rule has a seed:
     a private upload in three chunks then read back, a Text upload in two chunks sent
     twice (the second deduplicated), and sequences the server refuses (a gap, a restart
     while open, a chunk past the end, one of another total)."""
@@ -253,5 +255,77 @@ def _load_model_seeds(root):
     return n + 1
 
 
+def _place_seeds(root):
+    """PLACE conversations (PROTOCOL.md 5.6): a Text upload then a PLACE naming its hash
+    (held for this tenant), a bind of the store's model "tiny" then a PLACE naming it,
+    probes, the 64-hash limit and malformed hints; and PLACE replies for fuzz_decode. Written
+    by hand: the recording client's server has a single device, where it never asks."""
+    import msgpack
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from djinn._C import _proto
+
+    sid, h0 = 12345, 1 << 44
+    k = _proto.constants
+    data = bytes(range(64)) * 1024  # a 64 KiB weight: its hash, as a client offers it
+    (hi, lo), n = _xxh3_128(data), len(data)
+
+    def hdr(type_, seq, body):
+        return msgpack.packb({"type": type_, "sid": sid, "seq": seq, "body": body})
+
+    def frame(m, frames=()):
+        out = bytes([len(frames)]) + len(m).to_bytes(2, "little") + m
+        for f in frames:
+            out += len(f).to_bytes(2, "little") + f
+        return out
+
+    def place(seq, **body):
+        return hdr(k["PLACE"], seq, body)
+
+    small = bytes(16)  # the fuzzer's frames are at most 64 KiB - 1: a 16-byte Text upload
+    sh, sl = _xxh3_128(small)
+    up16 = {"dev": 0, "binds": [h0], "allocs": [[h0, 16]], "uploads": [[h0, 1, True]]}
+    convs = [
+        [frame(hdr(3, 1, up16), [small]), frame(place(2, hashes=[[sh, sl, 16], [hi, lo, n]]))],
+        [frame(hdr(8, 1, {"dev": 0, "name": "tiny", "binds": [["w", h0]]})),
+         frame(place(2, model="tiny")), frame(place(3, model="secret", probe=True))],
+        [frame(place(1)), frame(place(2, probe=True, hashes=[[1, 2, 3]] * 64))],
+        [frame(place(1, model="tiny", hashes=[[hi, lo, n]], probe=False))],
+    ]
+    out = 0
+    for conv in convs:
+        blob = b"".join(conv)
+        open(os.path.join(root, "corpus", "server", "place-" + hashlib.sha256(blob).hexdigest()[:12]), "wb").write(blob)
+        out += 1
+    decode = [
+        place(1, hashes=[[hi, lo, n]]),
+        place(2, model="org/tiny", probe=True),
+        msgpack.packb({"type": k["PLACE"], "sid": sid, "seq": 3, "body": {"hashes": [[1, 2, 3]] * 65}}),
+        msgpack.packb({"type": k["PLACE"], "sid": sid, "seq": 4, "body": {"model": "", "probe": 1}}),
+        hdr(64, 5, {"dev": 2, "held": n, "load": [3, 1, 4096]}),
+        hdr(64, 6, {"dev": 0, "held": 0}),
+    ]
+    for m in decode:
+        open(os.path.join(root, "corpus", "decode", "place-" + hashlib.sha256(m).hexdigest()[:12]), "wb").write(m)
+    return out
+
+
+def _xxh3_128(data):
+    """(high64, low64) of the plain XXH3-128, as the client offers it (HAVE, PLACE)."""
+    from djinn._C import _content_hash_buffer
+
+    h = _content_hash_buffer(data)
+    return h[0], h[1]
+
+
+def place_seeds_only():
+    """Write the PLACE seeds alone (no recording): ``python fuzz/make_seeds.py place``."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    print(_place_seeds(root), "PLACE conversations")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["place"]:
+        place_seeds_only()
+    else:
+        main()

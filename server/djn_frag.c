@@ -14,7 +14,8 @@
  *      worker says better-class work of another session waits (env->urgent_fn), that
  *      work runs nested (env->yield_fn) with this fragment paused: its session stays
  *      locked, its random state is saved first, and the nested fragments never plan into
- *      or reset the slab (env->nested), so the paused plan's region is untouched;
+ *      or reset the slab (env->nested), so the paused plan's region is untouched; and a
+ *      fragment whose session's lease expired meanwhile (its client died) stops there;
  *   5. poison: the outputs of the failed node and of every node after it read as an
  *      error naming the cause, never as zeros or half-written bytes;
  *   6. copy-out: results the client still holds that sit in the slab move to Data;
@@ -400,7 +401,7 @@ static djn_status_t s_bind_upload(const djn_frag_in_t *in, uint64_t handle, djn_
     return st;
 }
 
-/* One chunk of an upload arriving in several messages (PROTOCOL.md 7.6), in these steps:
+/* One chunk of an upload arriving in several messages (PROTOCOL.md 7.7), in these steps:
  *   1. check it against the upload of its handle: the first chunk (offset 0) opens one,
  *      of `total` bytes, on a handle with none open; every later chunk starts exactly
  *      where the previous one ended and repeats its total and text flag; no chunk is
@@ -663,6 +664,17 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         if (i && env->yield_fn && env->urgent_fn(env->yield_ctx)) { /* 4a: preemption */
             out->rng |= djn_exec_rng_exit(env->exec, &xe);          /* re-entered lazily after */
             env->yield_fn(env->yield_ctx);
+        }
+        if (i && djn_session_expired(s)) { /* 4b: its client is gone (djn_session.c) */
+            st = DJN_ERR_SESSION;
+            out->bad_node = i;
+            snprintf(out->op, sizeof out->op, "%s%s%s", n->op, n->overload[0] ? "." : "",
+                     n->overload);
+            snprintf(out->err, sizeof out->err,
+                     "the session's lease expired while this fragment ran (its client was "
+                     "silent for a lease and its connection closed); stopped before node %u",
+                     i);
+            break;
         }
         bool dynamic = (n->flags & DJN_NODE_DYNAMIC) && i + 1 == nnodes;
         djn_crash_note(n->op, n->overload, djn_session_id(s), djn_session_peer(s)->tenant);

@@ -29,6 +29,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,9 @@ typedef struct {
     uint32_t *tfile;             /* file of each tensor */
     uint32_t ntensors;
     djn_text_key_t *keys[DJN_MAX_DEVICES]; /* per device; serial 0: not in Text */
+    /* read without the store's mutex (placement, djn_models_held): the devices where a
+     * bind succeeded, and the model's bytes */
+    _Atomic uint64_t on_dev, nbytes;
 } s_model_t;
 
 struct djn_models {
@@ -616,7 +620,24 @@ static djn_status_t s_bind(djn_models_t *m, s_model_t *x, djn_exec_t *ex, uint32
         if (maps[i].base)
             munmap(maps[i].base, maps[i].len);
     djn_free(maps, x->nfiles * sizeof(s_map_t));
+    if (st == DJN_OK && rep->bound) {
+        uint64_t total = 0;
+        for (uint32_t i = 0; i < x->ntensors; i++)
+            total += x->tensors[i].end - x->tensors[i].begin;
+        atomic_store(&x->nbytes, total);
+        atomic_fetch_or(&x->on_dev, 1ull << dev);
+    }
     return st;
+}
+
+uint64_t djn_models_held(djn_models_t *m, const char *name, const char *acl, uint32_t dev) {
+    if (!m || !name || dev >= DJN_MAX_DEVICES || !djn_models_allowed(acl, name))
+        return 0;
+    s_model_t *x = s_find(m, name); /* the table is fixed after the scan: no lock needed */
+    if (!x || !(atomic_load(&x->on_dev) & (1ull << dev)))
+        return 0;
+    uint64_t n = atomic_load(&x->nbytes);
+    return n ? n : 1;
 }
 
 djn_status_t djn_models_load(djn_models_t *m, djn_exec_t *ex, uint32_t dev, djn_session_t *s,

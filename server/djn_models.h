@@ -54,6 +54,11 @@ djn_status_t djn_models_load(djn_models_t *m, djn_exec_t *x, uint32_t dev, djn_s
                              const djn_load_req_t *req, const char *acl, const char *tenant,
                              djn_arena_t *a, djn_load_rep_t *rep, char *err, size_t errlen);
 
+/* Placement (PLACE): the bytes of model `name` on device dev if the access list allows
+ * it and a bind of it succeeded there (its tensors may since have left the Text cache:
+ * then they are read again on the next load), else 0. Never waits for a load. */
+uint64_t djn_models_held(djn_models_t *m, const char *name, const char *acl, uint32_t dev);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,15 +8,41 @@
  *      `age_ns` goes instead (the longest-waiting such head); every worse head that is
  *      passed over counts one more pass. So a batch item waits at most age_passes picks
  *      or age_ns, whatever arrives: batch never starves;
- *   3. order: if the candidate's owner (its session) has an older item queued in another
+ *   3. share: if the candidate is interactive, a batch item is queued and interactive
+ *      work has used up its share of the device (the bucket below is empty), the batch
+ *      head goes instead;
+ *   4. order: if the candidate's owner (its session) has an older item queued in another
  *      class, that oldest item goes instead: a session's fragments run in the order sent,
  *      so an interactive fragment behind its own batch fragment lifts that one (priority
  *      inheritance) rather than overtaking it and reading results not yet written;
- *   4. the chosen item is unlinked (from the middle of its list, for step 3).
+ *   5. the chosen item is unlinked (from the middle of its list, for step 4).
  * Preemption (djn_sched_pop_urgent): the worker of a long item asks between nodes for a
  * queued item of a strictly better class whose owner has nothing older queued and is
  * not the running item's owner; the worker runs it nested and then resumes. A lock-free
  * count of queued items per class makes the question nearly free when nothing waits.
+ * An interactive item is not nested into a batch item while the bucket is empty.
+ *
+ * The batch share, per device, is a bucket of nanoseconds of device time, counted in
+ * the device's own time (what the worker reports: CPU time on a CPU device, so a host
+ * busy with other processes changes nothing; wall time on a GPU):
+ *   a. batch work that runs earns interactive work share' = (100 - share) / share of its
+ *      run time (reported between nodes, djn_sched_pop_urgent's `progress`, and at its
+ *      end, djn_sched_ran), up to a burst (DJN_SCHED_BURST_NS);
+ *   b. an interactive item chosen while batch work waited (queued, for step 2b; paused
+ *      under it, for preemption) is charged its run time when it ends (djn_sched_ran);
+ *   c. when no batch work waits, the bucket is full again: the share protects waiting
+ *      batch work, it is no debt an interactive tenant carries.
+ * So while batch work waits, interactive work takes at most (100 - share)% of the device
+ * plus one burst plus the item that overdrew the bucket, whatever else the host does.
+ * Realtime work is neither limited nor charged (a right the operator grants). While the
+ * bucket is empty, `unblock_at` (the running batch item's progress at which it refills
+ * past zero) lets the lock-free hint answer "not yet" between two nodes without the lock.
+ * Measured (benchmarks/qos_bench.py, 2-core VM shared with other work, results/qos.md):
+ * with tokens that need about as much of the device as the batch tenant's nodes
+ * (8 192x192 matmuls beside 256x256 ones), aging and preemption alone left batch 28% of
+ * its solo throughput; the share keeps it at 70%. Charging wall
+ * time instead (the first version) let a loaded host's descheduling of one token look
+ * like 100 ms of device time and stall interactive work for seconds.
  *
  * Invariants: depth == the sum of the class lists' lengths; waiting[c] == the length of
  * list c; per owner, the items of the lists are taken in increasing seq.
@@ -24,6 +50,9 @@
  * Rejected: one queue sorted by a priority number (a heap): a session's order would
  * need the same inheritance walk anyway, and three FIFOs keep push O(1); strict priority
  * without aging: a tenant decoding without pause would starve every batch tenant;
+ * aging alone as the bound on what interactive work takes (it bounds a batch item's
+ * wait to be picked, not the time taken from it once it runs and is paused at every
+ * node); a sliding window of run times (the bucket is the same bound in O(1) state);
  * preempting inside a node (signals, killing kernels): a node is the unit ATen runs, so
  * node boundaries are where a fragment can be paused with its state consistent. */
 #include "djn_sched.h"
@@ -54,6 +83,9 @@ typedef struct {
     pthread_cond_t cv;
     _Atomic uint64_t preemptions;
     s_lat_t lat[DJN_SCHED_NCLASS];
+    int64_t bucket_ns;           /* interactive time left ahead of waiting batch work */
+    uint64_t credited_ns;        /* the running batch item's progress already earned (a.) */
+    _Atomic uint64_t unblock_at; /* bucket empty: that progress at which it is not (0: no) */
 } s_queue_t;
 
 struct djn_sched {
@@ -62,6 +94,8 @@ struct djn_sched {
     uint32_t n;
     uint32_t age_passes;
     uint64_t age_ns;
+    uint32_t prio_pm;  /* per mille of time interactive work may take (1000: unlimited) */
+    uint64_t burst_ns; /* the bucket's size */
     s_queue_t *q;
 };
 
@@ -83,9 +117,13 @@ djn_sched_t *djn_sched_new(uint32_t ndevices) {
     s->n = ndevices;
     s->age_passes = DJN_SCHED_AGE_PASSES;
     s->age_ns = DJN_SCHED_AGE_NS;
+    s->prio_pm = 1000 - DJN_SCHED_BATCH_SHARE * 10;
+    s->burst_ns = DJN_SCHED_BURST_NS;
     pthread_mutex_init(&s->mu, NULL);
-    for (uint32_t i = 0; i < ndevices; i++)
+    for (uint32_t i = 0; i < ndevices; i++) {
         pthread_cond_init(&s->q[i].cv, NULL);
+        s->q[i].bucket_ns = (int64_t)s->burst_ns;
+    }
     return s;
 }
 
@@ -108,10 +146,65 @@ void djn_sched_set_aging(djn_sched_t *s, uint32_t passes, uint64_t ns) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* ------------------------------------------------------------------ the batch share */
+
+#define S_DEBT_MAX (60ll * 1000000000ll) /* one pathological item overdraws a minute at most */
+
+/* Where the lock-free hint reads the bucket: the running batch item's progress at which
+ * it is positive again (lock held). */
+static void s_set_unblock(djn_sched_t *s, s_queue_t *q) {
+    uint64_t at = 0;
+    if (q->bucket_ns <= 0 && s->prio_pm < 1000)
+        at = q->credited_ns + (uint64_t)(-q->bucket_ns) * (1000 - s->prio_pm) / s->prio_pm + 1;
+    atomic_store_explicit(&q->unblock_at, at, memory_order_relaxed);
+}
+
+/* a.: batch work ran `ns` more (lock held). */
+static void s_earn(djn_sched_t *s, s_queue_t *q, uint64_t ns) {
+    uint64_t add = ns / (1000 - s->prio_pm) * s->prio_pm; /* ns * prio / (1000 - prio) */
+    q->bucket_ns = add >= s->burst_ns || q->bucket_ns + (int64_t)add > (int64_t)s->burst_ns
+                       ? (int64_t)s->burst_ns
+                       : q->bucket_ns + (int64_t)add;
+}
+
+/* c.: no batch work waits any more (lock held). */
+static void s_refill(djn_sched_t *s, s_queue_t *q) {
+    q->bucket_ns = (int64_t)s->burst_ns;
+    q->credited_ns = 0;
+    atomic_store_explicit(&q->unblock_at, 0, memory_order_relaxed);
+}
+
+void djn_sched_set_share(djn_sched_t *s, uint32_t batch_pct, uint64_t burst_ns) {
+    pthread_mutex_lock(&s->mu);
+    s->prio_pm = batch_pct ? 1000 - 10 * (batch_pct > 95 ? 95 : batch_pct) : 1000;
+    s->burst_ns = burst_ns;
+    for (uint32_t i = 0; i < s->n; i++)
+        s_refill(s, &s->q[i]);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void djn_sched_ran(djn_sched_t *s, uint32_t dev, const djn_sched_item_t *it, uint64_t run_ns) {
+    if (dev >= s->n || s->prio_pm >= 1000 || (it->cls != DJN_SCHED_BATCH && !it->charged))
+        return;
+    pthread_mutex_lock(&s->mu);
+    s_queue_t *q = &s->q[dev];
+    if (it->cls == DJN_SCHED_BATCH) { /* a. the rest of its run */
+        s_earn(s, q, run_ns > q->credited_ns ? run_ns - q->credited_ns : 0);
+        q->credited_ns = 0;
+    } else { /* b. */
+        q->bucket_ns -= run_ns > (uint64_t)S_DEBT_MAX ? S_DEBT_MAX : (int64_t)run_ns;
+        if (q->bucket_ns < -S_DEBT_MAX)
+            q->bucket_ns = -S_DEBT_MAX;
+    }
+    s_set_unblock(s, q);
+    pthread_mutex_unlock(&s->mu);
+}
+
 void djn_sched_push(djn_sched_t *s, uint32_t dev, djn_sched_item_t *it) {
     it->next = NULL;
     it->enq_ns = s_now_ns();
     it->passed = 0;
+    it->charged = false;
     if (it->cls >= DJN_SCHED_NCLASS)
         it->cls = DJN_SCHED_BATCH;
     pthread_mutex_lock(&s->mu);
@@ -182,15 +275,31 @@ static djn_sched_item_t *s_pick(djn_sched_t *s, s_queue_t *q) {
     }
     if (aged)
         it = aged;
+    djn_sched_item_t *bh = q->cls[DJN_SCHED_BATCH].head;
+    if (it->cls == DJN_SCHED_INTERACTIVE && bh && s->prio_pm < 1000) { /* 3 */
+        if (q->bucket_ns > 0)
+            it->charged = true;
+        else
+            it = bh;
+    }
     for (int c = best + 1; c < DJN_SCHED_NCLASS; c++) /* the heads passed over this time */
         if (q->cls[c].head && q->cls[c].head != it)
             q->cls[c].head->passed++;
     if (it->owner) {
         djn_sched_item_t *first = s_oldest_of(q, it->owner);
-        if (first && first->seq < it->seq)
+        if (first && first->seq < it->seq) {
+            first->charged = it->charged && first->cls == DJN_SCHED_INTERACTIVE;
+            it->charged = false;
             it = first;
+        }
     }
     s_unlink(q, it->cls, it);
+    if (it->cls == DJN_SCHED_BATCH) { /* its progress is what earns (a.) */
+        q->credited_ns = 0;
+        s_set_unblock(s, q);
+    } else if (!q->cls[DJN_SCHED_BATCH].head) { /* c. */
+        s_refill(s, q);
+    }
     return it;
 }
 
@@ -211,22 +320,40 @@ void djn_sched_done(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_unlock(&s->mu);
 }
 
-bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls) {
+bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_progress) {
     s_queue_t *q = &s->q[dev];
+    *need_progress = 0;
     for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS; c++)
-        if (atomic_load_explicit(&q->waiting[c], memory_order_relaxed))
+        if (atomic_load_explicit(&q->waiting[c], memory_order_relaxed)) {
+            if (c == DJN_SCHED_INTERACTIVE && cls == DJN_SCHED_BATCH) /* within the share */
+                *need_progress = atomic_load_explicit(&q->unblock_at, memory_order_relaxed);
             return true;
+        }
     return false;
 }
 
 djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t owner,
-                                       djn_sched_ok_fn ok_fn, void *ctx) {
+                                       uint64_t progress_ns, djn_sched_ok_fn ok_fn, void *ctx) {
     s_queue_t *q = &s->q[dev];
-    if (!djn_sched_urgent(s, dev, cls))
+    uint64_t need;
+    if (!djn_sched_urgent(s, dev, cls, &need) || progress_ns < need)
         return NULL;
     djn_sched_item_t *got = NULL;
     pthread_mutex_lock(&s->mu);
-    for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS && !got && !s->stop; c++)
+    /* into a batch item, interactive work goes only within its share; the batch item's
+     * progress so far has earned some (a.) */
+    bool share = true;
+    if (cls == DJN_SCHED_BATCH && s->prio_pm < 1000) {
+        if (progress_ns > q->credited_ns) {
+            s_earn(s, q, progress_ns - q->credited_ns);
+            q->credited_ns = progress_ns;
+        }
+        s_set_unblock(s, q);
+        share = q->bucket_ns > 0;
+    }
+    for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS && !got && !s->stop; c++) {
+        if (c == DJN_SCHED_INTERACTIVE && !share)
+            break;
         for (djn_sched_item_t *p = q->cls[c].head; p; p = p->next) {
             if (p->owner == owner || (p->owner && s_oldest_of(q, p->owner) != p))
                 continue;
@@ -235,8 +362,10 @@ djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls
             got = p;
             break;
         }
+    }
     if (got) {
         s_unlink(q, got->cls, got);
+        got->charged = cls == DJN_SCHED_BATCH && got->cls == DJN_SCHED_INTERACTIVE;
         atomic_fetch_add(&q->preemptions, 1);
     }
     pthread_mutex_unlock(&s->mu);
@@ -273,6 +402,27 @@ djn_sched_item_t *djn_sched_take(djn_sched_t *s, uint32_t dev) {
         s_unlink(q, it->cls, it);
     pthread_mutex_unlock(&s->mu);
     return it;
+}
+
+djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t owner) {
+    djn_sched_item_t *head = NULL, **tail = &head;
+    pthread_mutex_lock(&s->mu);
+    s_queue_t *q = &s->q[dev];
+    djn_sched_item_t *it;
+    while (owner && (it = s_oldest_of(q, owner)) != NULL) {
+        s_unlink(q, it->cls, it);
+        *tail = it;
+        tail = &it->next;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return head;
+}
+
+uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev) {
+    pthread_mutex_lock(&s->mu);
+    uint32_t d = s->q[dev].depth + (s->q[dev].running || s->q[dev].claimed);
+    pthread_mutex_unlock(&s->mu);
+    return d;
 }
 
 uint32_t djn_sched_depth(djn_sched_t *s, uint32_t dev) {

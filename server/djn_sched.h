@@ -11,6 +11,8 @@
  *     waiting too long goes next anyway (aging: batch never starves);
  *   - a worker running a long item asks djn_sched_pop_urgent between its nodes for a
  *     better-class item of another owner to run nested (preemption at node boundaries);
+ *   - while batch work waits, interactive work (chosen first, or nested) takes at most
+ *     its share of the device's time (the batch share): beyond it, batch goes first;
  *   - a device is "busy" while its worker runs an item, so another thread (the
  *     transport, for a tiny cached fragment) can run one in its place only when nothing
  *     is queued or running, which keeps the order.
@@ -35,6 +37,13 @@ enum { DJN_SCHED_REALTIME = 0, DJN_SCHED_INTERACTIVE = 1, DJN_SCHED_BATCH = 2, D
  * items were chosen over it this many times, or once it has waited this long. */
 #define DJN_SCHED_AGE_PASSES 32u
 #define DJN_SCHED_AGE_NS (200ull * 1000000ull)
+/* The batch share (djn_sched_set_share): while batch work waits on a device (queued, or
+ * paused for nested runs), interactive work may take at most 100 - share percent of the
+ * device's time (as the worker measures it: djn_sched_ran, pop_urgent's progress), by a
+ * bucket that batch work's progress fills and that holds at most DJN_SCHED_BURST_NS (so
+ * a quiet interactive tenant gets a burst at once). */
+#define DJN_SCHED_BATCH_SHARE 75u
+#define DJN_SCHED_BURST_NS (50ull * 1000000ull)
 /* Latency samples kept per (device, class): the most recent ones. */
 #define DJN_SCHED_SAMPLES 1024u
 
@@ -45,6 +54,7 @@ typedef struct djn_sched_item {
     uint64_t owner;  /* set by the caller: items of one owner keep their order (0: none) */
     uint32_t passed; /* times a better class was chosen while this item headed its queue */
     uint8_t cls;     /* set by the caller: DJN_SCHED_REALTIME .. DJN_SCHED_BATCH */
+    bool charged;    /* set by pop: batch work waited while it was chosen (djn_sched_ran) */
 } djn_sched_item_t;
 
 typedef struct djn_sched djn_sched_t;
@@ -59,22 +69,39 @@ djn_sched_t *djn_sched_new(uint32_t ndevices);
 void djn_sched_destroy(djn_sched_t **self_p); /* the queues must be empty */
 /* Aging bounds (0 passes / 0 ns: that rule never fires); before the workers start. */
 void djn_sched_set_aging(djn_sched_t *s, uint32_t passes, uint64_t ns);
+/* The batch share, percent (0: none, interactive work always goes first; at most 95),
+ * and the bucket's burst in ns; before the workers start. */
+void djn_sched_set_share(djn_sched_t *s, uint32_t batch_pct, uint64_t burst_ns);
 void djn_sched_push(djn_sched_t *s, uint32_t dev, djn_sched_item_t *it);
 /* The next item of a device, waiting for one (and for a claim to end); the device is
  * busy until djn_sched_done. NULL once stopped (items left are taken with
  * djn_sched_take). */
 djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev);
 void djn_sched_done(djn_sched_t *s, uint32_t dev);
-/* For the worker between two nodes of an item of class `cls` and owner `owner`: a
- * queued item of a strictly better class, of another owner, with no older item of its
- * owner queued, for which ok_fn(item, ctx) says yes (the worker try-locks its session:
- * a nested run must never wait for a lock). Unlinked and returned; NULL otherwise (at
- * once, without the lock, when nothing better waits). Never blocks. */
+/* For the worker between two nodes of an item of class `cls` and owner `owner`, which
+ * has run for progress_ns of device time so far (nested runs excluded): a queued item
+ * of a strictly better class, of another owner, with no older item of its owner queued,
+ * within the batch share if it is interactive and the running item batch, for which
+ * ok_fn(item, ctx) says yes (the worker try-locks its session: a nested run must never
+ * wait for a lock). Unlinked and returned; NULL otherwise (at once, without the lock,
+ * when nothing better may go). Never blocks. */
 typedef bool (*djn_sched_ok_fn)(djn_sched_item_t *it, void *ctx);
 djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t owner,
-                                       djn_sched_ok_fn ok_fn, void *ctx);
-/* Whether an item of a class better than `cls` is queued (lock-free; a hint). */
-bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls);
+                                       uint64_t progress_ns, djn_sched_ok_fn ok_fn, void *ctx);
+/* Whether an item of a class better than `cls` is queued (lock-free; a hint). When only
+ * interactive work waits beside a running batch item and is over its share,
+ * *need_progress is the running item's progress at which it may go (else 0): the
+ * worker reads its clock only then. */
+bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_progress);
+/* An item pop or pop_urgent handed out ran for run_ns of device time (nested runs
+ * excluded): a batch item's run earns interactive work its share, an interactive item
+ * chosen while batch work waited is charged it. */
+void djn_sched_ran(djn_sched_t *s, uint32_t dev, const djn_sched_item_t *it, uint64_t run_ns);
+/* Remove every queued item of `owner` on a device (its session expired): returned as a
+ * list linked by `next`, oldest first; NULL when it had none. */
+djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t owner);
+/* Queued items plus the one running (0 or 1): the device's backlog, for placement. */
+uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev);
 /* Run something on the device now, from another thread, if it is idle: nothing queued,
  * nothing running, not claimed. True: the caller owns the device until djn_sched_release
  * (the worker waits). Never blocks. */

@@ -36,6 +36,7 @@
 #include "djn_log.h"
 #include "djn_mem.h"
 #include "djn_models.h"
+#include "djn_place.h"
 #include "djn_proto.h"
 #include "djn_sched.h"
 #include "djn_session.h"
@@ -45,6 +46,7 @@
 
 #define S_REPLY_EP "inproc://djn-replies"
 #define S_ZAP_EP "inproc://zeromq.zap.01" /* where libzmq asks who may connect (RFC 27) */
+#define S_MON_EP "inproc://djn-monitor"   /* the ROUTER's disconnect events */
 
 typedef struct s_job {
     djn_sched_item_t item; /* first: the queue links it */
@@ -59,6 +61,8 @@ typedef struct s_job {
     uint64_t frame_bytes;    /* its data frames, charged to the session while queued */
     uint64_t start_ns;       /* when its run began (0: not sampled for STATS) */
     uint64_t nested_ns;      /* time its run spent in nested fragments (preemption) */
+    uint64_t cpu0_ns;        /* the worker thread's CPU clock when its run began */
+    uint64_t nested_cpu_ns;  /* ... and the CPU time its nested fragments took */
 } s_job_t;
 
 typedef struct {
@@ -66,6 +70,7 @@ typedef struct {
     uint32_t index;
     djn_exec_t *exec;
     djn_vmu_t *vmu; /* CPU devices: the Data segment and the stack slab */
+    bool cpu;       /* a CPU device: its time is the worker thread's CPU time */
     pthread_t th;
     bool started;
     _Atomic uint64_t nodes, jobs, errors;
@@ -74,6 +79,7 @@ typedef struct {
 struct djn_server {
     djn_server_cfg_t cfg;
     void *ctx, *router, *pull, *zap;
+    void *mon;        /* PAIR: the ROUTER's socket monitor (connections that closed) */
     djn_auth_t *auth; /* NULL: no keys, one tenant (the owner), every client an operator */
     char endpoint[256];
     djn_sessions_t *sessions;
@@ -96,6 +102,14 @@ struct djn_server {
 static uint64_t s_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The calling thread's CPU time: what a fragment costs a CPU device, without the time
+ * the OS gave the core to other processes meanwhile. */
+static uint64_t s_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -178,7 +192,7 @@ static void s_send_simple(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
 static void s_job_free(djn_server_t *srv, s_job_t *j) {
     djn_tlb_release(srv->tlb, &j->plan);
     if (j->sess)
-        djn_session_queue_leave(j->sess, j->frame_bytes);
+        djn_session_queue_leave(j->sess, j->frame_bytes, s_now_ms());
     zmq_msg_close(&j->ident);
     for (uint32_t i = 0; i < j->nframes; i++)
         zmq_msg_close(&j->frames[i]);
@@ -190,9 +204,27 @@ static void s_job_free(djn_server_t *srv, s_job_t *j) {
 
 static void s_note(s_worker_t *w, s_job_t *j, uint64_t start, uint64_t end, uint64_t nested) {
     uint64_t run = end - start;
+    run = run > nested ? run - nested : 0;
     djn_sched_note(w->srv->sched, w->index, j->item.cls,
-                   start > j->item.enq_ns ? start - j->item.enq_ns : 0,
-                   run > nested ? run - nested : 0);
+                   start > j->item.enq_ns ? start - j->item.enq_ns : 0, run);
+    /* the batch share: a CPU device's time is CPU time (on a loaded host a token
+     * descheduled for 100 ms did not cost the device 100 ms); a GPU's is wall time */
+    uint64_t cost = run;
+    if (w->cpu) {
+        uint64_t cpu = s_cpu_ns() - j->cpu0_ns;
+        cost = cpu > j->nested_cpu_ns ? cpu - j->nested_cpu_ns : 0;
+    }
+    djn_sched_ran(w->srv->sched, w->index, &j->item, cost);
+}
+
+/* A job of a session whose lease ran out (its client is gone): answered, never run. */
+static void s_refuse_expired(djn_server_t *srv, void *sock, s_job_t *j) {
+    char e[200];
+    snprintf(e, sizeof e,
+             "unknown session 0x%" PRIx64 ": the lease expired while this message waited "
+             "(the client was silent for a lease and its connection closed)",
+             j->msg->sid);
+    s_send_error(srv, sock, &j->ident, j->msg->sid, j->msg->seq, DJN_ERR_SESSION, e, -1, NULL);
 }
 
 static djn_frag_env_t s_env(s_worker_t *w) {
@@ -314,13 +346,18 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     djn_frag_out_release(&out);
 }
 
-/* LOAD_MODEL: the model store answers, for the tenant's access list (its certificate's
- * `models`; every model on a server without keys). */
+/* The models a tenant may load: its certificate's `models`; every model on a server
+ * without keys. */
+static const char *s_model_acl(djn_server_t *srv, const djn_peer_t *peer) {
+    const djn_tenant_t *t = srv->auth ? djn_auth_by_name(srv->auth, peer->tenant) : NULL;
+    return srv->auth ? (t ? t->models : "") : "*";
+}
+
+/* LOAD_MODEL: the model store answers, for the tenant's access list. */
 static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
     djn_server_t *srv = w->srv;
     const djn_peer_t *peer = djn_session_peer(j->sess);
-    const djn_tenant_t *t = srv->auth ? djn_auth_by_name(srv->auth, peer->tenant) : NULL;
-    const char *acl = srv->auth ? (t ? t->models : "") : "*";
+    const char *acl = s_model_acl(srv, peer);
     djn_arena_t *a = djn_arena_new();
     djn_load_rep_t rep;
     char err[4096] = "out of host memory";
@@ -350,9 +387,20 @@ typedef struct {
     s_job_t *running; /* its nested_ns grows by each nested run */
 } s_yield_t;
 
+/* The device time the running job has taken so far, nested runs excluded: CPU time on
+ * a CPU device, wall time on a GPU (what the batch share counts, djn_sched.c). */
+static uint64_t s_progress(const s_worker_t *w, const s_job_t *j) {
+    uint64_t t = w->cpu ? s_cpu_ns() - j->cpu0_ns : s_now_ns() - j->start_ns,
+             nested = w->cpu ? j->nested_cpu_ns : j->nested_ns;
+    return t > nested ? t - nested : 0;
+}
+
 static bool s_urgent_fn(void *ctx) {
     s_yield_t *y = ctx;
-    return djn_sched_urgent(y->w->srv->sched, y->w->index, y->running->item.cls);
+    uint64_t need;
+    if (!djn_sched_urgent(y->w->srv->sched, y->w->index, y->running->item.cls, &need))
+        return false;
+    return !need || s_progress(y->w, y->running) >= need; /* interactive over its share */
 }
 
 static bool s_nest_ok_fn(djn_sched_item_t *it, void *ctx) {
@@ -364,17 +412,26 @@ static bool s_nest_ok_fn(djn_sched_item_t *it, void *ctx) {
 static void s_yield_fn(void *ctx) {
     s_yield_t *y = ctx;
     s_worker_t *w = y->w;
-    djn_sched_item_t *it = djn_sched_pop_urgent(w->srv->sched, w->index, y->running->item.cls,
-                                                y->running->item.owner, s_nest_ok_fn, NULL);
+    djn_sched_item_t *it =
+        djn_sched_pop_urgent(w->srv->sched, w->index, y->running->item.cls, y->running->item.owner,
+                             s_progress(w, y->running), s_nest_ok_fn, NULL);
     if (!it)
         return;
     s_job_t *j = (s_job_t *)it;
-    uint64_t t0 = s_now_ns();
+    if (djn_session_expired(j->sess)) {
+        djn_session_unlock(j->sess);
+        s_refuse_expired(w->srv, y->push, j);
+        s_job_free(w->srv, j);
+        return;
+    }
+    uint64_t t0 = s_now_ns(), c0 = s_cpu_ns();
     djn_frag_env_t env = s_env(w);
     env.nested = true;
     j->start_ns = t0;
+    j->cpu0_ns = c0;
     s_run_graph_env(w, &env, y->push, j, true);
     y->running->nested_ns += s_now_ns() - t0;
+    y->running->nested_cpu_ns += s_cpu_ns() - c0;
     s_job_free(w->srv, j);
 }
 
@@ -394,7 +451,10 @@ static void *s_worker_main(void *arg) {
         s_job_t *j = (s_job_t *)it;
         s_yield_t y = {w, push, j};
         j->start_ns = s_now_ns();
-        if (j->msg->type == DJN_MSG_HAVE) {
+        j->cpu0_ns = s_cpu_ns();
+        if (djn_session_expired(j->sess)) { /* expired after it was popped */
+            s_refuse_expired(w->srv, push, j);
+        } else if (j->msg->type == DJN_MSG_HAVE) {
             s_run_have(w, push, j);
         } else if (j->msg->type == DJN_MSG_LOAD_MODEL) {
             s_run_load(w, push, j);
@@ -478,6 +538,7 @@ static void s_peer(djn_server_t *srv, zmq_msg_t *ident, zmq_msg_t *hdr, djn_peer
         n = sizeof p->rid;
     memcpy(p->rid, zmq_msg_data(ident), n);
     p->rid_len = (uint8_t)n;
+    p->fd = zmq_msg_get(hdr, ZMQ_SRCFD); /* -1 where the transport has none (inproc) */
     if (!srv->auth) {
         p->is_operator = p->realtime = true;
         return;
@@ -573,6 +634,52 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, sid, m->seq};
     djn_hello_rep_encode(&b, &h, &rep);
+    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    djn_buf_release(&b);
+}
+
+/* PLACE (PROTOCOL.md 5.6), on the transport thread (it never waits for a worker or a
+ * model load): the figures of each device for djn_place_choose. The content counted is
+ * the hashes' Text content this tenant uploaded before (the rule HAVE answers by, so
+ * placement is no oracle for other tenants' content) and the named model if its access
+ * list allows it. Unless the request is a probe, the session then counts among the
+ * device's sessions, so that sessions opened together spread before any sent work. */
+static void s_reply_place(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *m,
+                          djn_session_t *sess, const djn_peer_t *peer) {
+    const djn_place_req_t *r = &m->u.place;
+    uint32_t n = (uint32_t)srv->nworkers, per[DJN_SERVER_MAX_DEVICES];
+    djn_place_dev_t devs[DJN_SERVER_MAX_DEVICES];
+    djn_sessions_per_device(srv->sessions, m->sid, n, per);
+    uint32_t tenant = r->nhashes ? djn_text_tenant(srv->text, peer->tenant) : 0;
+    const char *acl = s_model_acl(srv, peer);
+    for (uint32_t d = 0; d < n; d++) {
+        djn_place_dev_t *c = &devs[d];
+        *c = (djn_place_dev_t){.sessions = per[d], .backlog = djn_sched_load(srv->sched, d)};
+        for (uint32_t i = 0; i < r->nhashes; i++) {
+            uint64_t plain[2] = {r->hashes[i].hi, r->hashes[i].lo};
+            c->held += djn_text_held(srv->text, d, plain, r->hashes[i].nbytes, tenant);
+        }
+        c->held += djn_models_held(srv->models, r->model, acl, d);
+        if (srv->workers[d].vmu) {
+            djn_vmu_stats_t vs;
+            djn_vmu_stats(srv->workers[d].vmu, &vs);
+            c->used = vs.data.used;
+        }
+    }
+    uint32_t dev = djn_place_choose(devs, n);
+    if (!r->probe)
+        djn_session_use_device(sess, dev);
+    djn_place_rep_t rep = {.device = dev, .held = devs[dev].held, .has_load = peer->is_operator};
+    if (rep.has_load) { /* the load describes other tenants' work: operators only */
+        rep.sessions = devs[dev].sessions;
+        rep.backlog = devs[dev].backlog;
+        rep.used = devs[dev].used;
+    }
+    djn_log(DJN_LOG_DEBUG, "placed", DJN_KV_HEX("session", m->sid), DJN_KV_U64("device", dev),
+            DJN_KV_U64("held", rep.held));
+    djn_buf_t b = {0};
+    djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
+    djn_place_rep_encode(&b, &h, &rep);
     s_send_reply(srv, srv->router, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
@@ -945,7 +1052,7 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     s_job_t *j = djn_calloc(1, sizeof(*j));
     if (!j) {
         djn_tlb_release(srv->tlb, &plan);
-        djn_session_queue_leave(*sess_p, frame_bytes);
+        djn_session_queue_leave(*sess_p, frame_bytes, s_now_ms());
         s_send_simple(srv, ident, m, DJN_ERR_NOMEM, "out of host memory");
         return;
     }
@@ -962,6 +1069,11 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     j->frames_cap = rx->cap;
     j->item.owner = djn_session_id(j->sess);
     j->item.cls = s_class_of(j);
+    const djn_graph_req_t *g = &m->u.graph;
+    bool holds = m->type == DJN_MSG_HAVE || m->type == DJN_MSG_LOAD_MODEL || g->nallocs ||
+                 g->has_allocs_d || g->nuploads;
+    if (holds) /* it holds memory there: it counts among the device's sessions (PLACE) */
+        djn_session_use_device(j->sess, device);
     rx->frames = NULL;
     rx->nframes = rx->cap = 0;
     *m_p = NULL;
@@ -983,6 +1095,59 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
     djn_sched_push(srv->sched, device, &j->item);
 }
 
+/* The ROUTER's socket monitor: a connection that closed (its process died, or ZMTP
+ * heartbeats timed out) no longer holds the lease of its sessions' queued work
+ * (djn_session.c, "Leases"). An event is [u16 event, u32 value (the fd)][endpoint]. */
+static void s_handle_monitor(djn_server_t *srv) {
+    if (!srv->mon)
+        return;
+    for (;;) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, srv->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        bool more = zmq_msg_more(&ev);
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (const uint8_t *)zmq_msg_data(&ev) + 2, 4);
+        }
+        zmq_msg_close(&ev);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&ep);
+            if (zmq_msg_recv(&ep, srv->mon, 0) < 0) {
+                zmq_msg_close(&ep);
+                break;
+            }
+            more = zmq_msg_more(&ep);
+            zmq_msg_close(&ep);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED) {
+            uint32_t n = djn_sessions_conn_lost(srv->sessions, (int)value);
+            if (n)
+                djn_log(DJN_LOG_DEBUG, "connection closed", DJN_KV_U64("sessions", n));
+        }
+    }
+}
+
+/* The queued messages of sessions whose lease ran out: answered and dropped, unrun (a
+ * fragment of theirs that is running stops at its next node, djn_frag.c). */
+static void s_drop_expired(djn_server_t *srv, const uint64_t *gone, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        for (int d = 0; d < srv->nworkers; d++) {
+            djn_sched_item_t *it = djn_sched_remove_owner(srv->sched, (uint32_t)d, gone[i]);
+            while (it) {
+                s_job_t *j = (s_job_t *)it;
+                it = it->next;
+                s_refuse_expired(srv, srv->router, j);
+                s_job_free(srv, j);
+            }
+        }
+}
+
 /* Receive one multipart message from the ROUTER and answer or queue it. */
 static void s_handle_client(djn_server_t *srv) {
     zmq_msg_t ident;
@@ -996,6 +1161,9 @@ static void s_handle_client(djn_server_t *srv) {
     zmq_msg_init(&rx.hdr);
     s_recv_rest(srv, &ident, &rx);
     atomic_fetch_add(&srv->bytes_in, rx.bytes);
+    /* a connection that closed before this one opened on the same fd is forgotten first:
+     * its event was queued before this message could arrive */
+    s_handle_monitor(srv);
     uint64_t t0 = s_now_ns();
     djn_msg_t *m = NULL;
     char err[512] = {0};
@@ -1051,6 +1219,9 @@ static void s_handle_client(djn_server_t *srv) {
     switch (m->type) {
     case DJN_MSG_HEARTBEAT:
         s_reply_empty(srv, &ident, m);
+        break;
+    case DJN_MSG_PLACE:
+        s_reply_place(srv, &ident, m, sess, &peer);
         break;
     case DJN_MSG_CLOSE:
         djn_session_release(&sess);
@@ -1117,8 +1288,10 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         cfg->lease_ms,     cfg->session_quota_bytes,         cfg->session_max_queued,
         cfg->max_sessions, cfg->max_sessions_per_connection, cfg->session_max_handles};
     srv->sessions = srv->text ? djn_sessions_new(&lim, srv->text) : NULL;
-    if (srv->sched)
+    if (srv->sched) {
         djn_sched_set_aging(srv->sched, cfg->qos_age_passes, cfg->qos_age_ns);
+        djn_sched_set_share(srv->sched, cfg->qos_batch_share, DJN_SCHED_BURST_NS);
+    }
     srv->ctx = zmq_ctx_new();
     if (!srv->sessions || !srv->ctx || !srv->tlb || !srv->sched ||
         !djn_sessions_start_reaper(srv->sessions)) {
@@ -1174,6 +1347,15 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     size_t eplen = sizeof srv->endpoint;
     zmq_getsockopt(srv->router, ZMQ_LAST_ENDPOINT, srv->endpoint, &eplen);
+    /* closed connections (djn_session.c, "Leases"); without the monitor a session with
+     * queued work keeps its lease until that work ran */
+    srv->mon = zmq_socket(srv->ctx, ZMQ_PAIR);
+    if (!srv->mon || zmq_socket_monitor(srv->router, S_MON_EP, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        zmq_connect(srv->mon, S_MON_EP) != 0) {
+        snprintf(err, errlen, "cannot monitor the socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    zmq_setsockopt(srv->mon, ZMQ_LINGER, &linger, sizeof linger);
     for (int i = 0; i < cfg->ndevices; i++) {
         s_worker_t *w = &srv->workers[i];
         w->srv = srv;
@@ -1181,6 +1363,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         w->exec = djn_exec_new(cfg->devices[i], err, errlen);
         if (!w->exec)
             goto fail;
+        w->cpu = !strncmp(cfg->devices[i], "cpu", 3);
         srv->nworkers++;
         if (srv->tcache)
             djn_tcache_set_exec(srv->tcache, (uint32_t)i, w->exec);
@@ -1264,16 +1447,19 @@ djn_status_t djn_server_run(djn_server_t *srv) {
                     DJN_KV_U64("queued", s_queued(srv)),
                     DJN_KV_U64("timeout_ms", srv->cfg.drain_timeout_ms));
         }
-        zmq_pollitem_t items[3] = {{srv->router, 0, ZMQ_POLLIN, 0},
+        zmq_pollitem_t items[4] = {{srv->router, 0, ZMQ_POLLIN, 0},
                                    {srv->pull, 0, ZMQ_POLLIN, 0},
+                                   {srv->mon, 0, ZMQ_POLLIN, 0},
                                    {srv->zap, 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(items, srv->zap ? 3 : 2, srv->draining ? 10 : 100);
+        int rc = zmq_poll(items, srv->zap ? 4 : 3, srv->draining ? 10 : 100);
         if (rc < 0 && errno != EINTR)
             break;
         /* zmq_poll is level-triggered: one message per ready socket, then poll again
          * (every ZeroMQ call checks the socket's mailbox: fewer calls, fewer syscalls) */
-        if (rc > 0 && srv->zap && (items[2].revents & ZMQ_POLLIN))
+        if (rc > 0 && srv->zap && (items[3].revents & ZMQ_POLLIN))
             s_handle_zap(srv);
+        if (rc > 0 && (items[2].revents & ZMQ_POLLIN))
+            s_handle_monitor(srv);
         if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
             s_forward_reply(srv);
         if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
@@ -1296,6 +1482,7 @@ djn_status_t djn_server_run(djn_server_t *srv) {
             uint64_t gone[256]; /* at most this many per tick: a burst is spread out */
             uint32_t n = djn_sessions_expire(srv->sessions, now, gone, 256);
             djn_tlb_drop_sessions(srv->tlb, gone, n);
+            s_drop_expired(srv, gone, n);
             if (n)
                 djn_log(DJN_LOG_DEBUG, "reclaimed expired sessions", DJN_KV_U64("count", n));
             if (srv->cfg.parent_pid > 0 && getppid() != srv->cfg.parent_pid) {
@@ -1331,6 +1518,8 @@ void djn_server_destroy(djn_server_t **self_p) {
         while ((it = djn_sched_take(srv->sched, (uint32_t)i)) != NULL)
             s_job_free(srv, (s_job_t *)it);
     }
+    if (srv->mon)
+        zmq_close(srv->mon);
     if (srv->router)
         zmq_close(srv->router);
     if (srv->pull)

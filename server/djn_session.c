@@ -1,4 +1,23 @@
-/* djn_session.c: session table and per-session handle tables (see djn_session.h). */
+/* djn_session.c: session table and per-session handle tables (see djn_session.h).
+ *
+ * Leases. A session is reclaimed (djn_sessions_expire, every 250 ms on the transport
+ * thread) when both hold:
+ *   1. it has been silent for lease_ms, counted from the later of the last message heard
+ *      from it (any message naming it renews) and the moment a queued message of it last
+ *      finished (queue_leave): a client that waited minutes for a reply is not charged
+ *      for them, and gets a whole lease to send its next message;
+ *   2. it has nothing queued or running, or the connection it was last heard on is gone
+ *      (ZeroMQ reported it closed: the process died, or ZMTP heartbeats timed out).
+ * So a session whose messages wait behind a long batch job keeps its lease however long
+ * the wait (the server made it wait), whether or not its client sends heartbeats
+ * meanwhile; a client that dies while its messages wait is reclaimed one lease after it
+ * was last heard, its queued messages dropped unrun (the server does that: it owns the
+ * queues) and a fragment of it that is running stopped at its next node.
+ * Rejected: renewing the lease when a queued message starts or ends only (a session
+ * queued behind a job longer than the lease would still expire while it waits); never
+ * expiring a session with queued work (a dead client's work would run, and hold its
+ * memory, however long the queue); dropping a session the moment its connection closes
+ * (a network blip reconnects with the same routing id, and the session must survive it). */
 #include "djn_session.h"
 
 #include <errno.h>
@@ -44,6 +63,11 @@ struct djn_session {
     _Atomic uint32_t queued;
     _Atomic uint64_t queued_bytes;           /* data frames of the queued messages */
     _Atomic bool closed;                     /* left the table: nothing more may be filed for it */
+    _Atomic bool expired;                    /* left it by its lease: queued work is dropped */
+    _Atomic int64_t idle_since_ms;           /* when a queued message of it last finished */
+    _Atomic uint64_t devices;                /* bit d: it uses device d (djn_session_use_device) */
+    int conn_fd;                             /* the socket it was last heard on (-1: unknown); t->mu */
+    bool conn_lost;                          /* that connection is gone; t->mu */
     uint64_t peer_key;                       /* s_peer_key(peer) */
     char last_failure[256];                  /* why poisoned handles were never computed */
     djn_chunked_t ups[DJN_MAX_OPEN_UPLOADS]; /* uploads arriving in chunks, nups open */
@@ -239,6 +263,7 @@ djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_pe
     pthread_mutex_init(&s->mu, NULL);
     s->refs = 2; /* the table's and the caller's */
     s->last_seen_ms = now_ms;
+    s->conn_fd = peer->fd;
     s->owner = t;
     s->peer = *peer;
     s->peer_key = s_peer_key(peer);
@@ -297,6 +322,8 @@ djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms,
         } else {
             atomic_fetch_add(&s->refs, 1);
             s->last_seen_ms = now_ms;
+            s->conn_fd = peer->fd; /* heard on it now: it is up (a reconnect may change it) */
+            s->conn_lost = false;
         }
     }
     pthread_mutex_unlock(&t->mu);
@@ -321,6 +348,11 @@ bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer)
     return found;
 }
 
+/* Rule 2 of "Leases": may its lease run now? (t->mu held) */
+static bool s_lease_runs(const djn_session_t *s) {
+    return atomic_load(&s->queued) == 0 || s->conn_lost;
+}
+
 uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap) {
     if (!t->lease_ms || !cap)
         return 0;
@@ -329,13 +361,19 @@ uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, 
     /* one pass collects the victims (the map must not change while iterating), a second
      * takes them out: O(open sessions) per call, whatever expires */
     pthread_mutex_lock(&t->mu);
-    for (uint32_t it = 0; n < cap && djn_map_next(&t->by_id, &it, &k, &v);)
-        if (now_ms - ((djn_session_t *)(uintptr_t)v)->last_seen_ms > (int64_t)t->lease_ms)
+    for (uint32_t it = 0; n < cap && djn_map_next(&t->by_id, &it, &k, &v);) {
+        djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        bool runs = s_lease_runs(s); /* the count first: see djn_session_queue_leave */
+        int64_t idle = atomic_load(&s->idle_since_ms);
+        int64_t from = s->last_seen_ms > idle ? s->last_seen_ms : idle; /* rule 1 */
+        if (runs && now_ms - from > (int64_t)t->lease_ms)
             gone[n++] = k;
+    }
     djn_session_t *victims = NULL;
     for (uint32_t i = 0; i < n; i++) {
         djn_map_del(&t->by_id, gone[i], &v);
         djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        atomic_store(&s->expired, true); /* before s_left: whoever sees closed sees why */
         s_left(t, s);
         s->reap_next = victims; /* free to reuse: not queued for the reaper while referenced */
         victims = s;
@@ -349,6 +387,37 @@ uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, 
         djn_session_release(&s);
     }
     return n;
+}
+
+uint32_t djn_sessions_conn_lost(djn_sessions_t *t, int fd) {
+    if (fd < 0)
+        return 0;
+    uint32_t n = 0;
+    uint64_t k, v;
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+        djn_session_t *s = (djn_session_t *)(uintptr_t)v;
+        if (s->conn_fd == fd && !s->conn_lost) {
+            s->conn_lost = true;
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+void djn_sessions_per_device(djn_sessions_t *t, uint64_t except, uint32_t ndev, uint32_t *counts) {
+    uint64_t k, v;
+    memset(counts, 0, ndev * sizeof *counts);
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t it = 0; djn_map_next(&t->by_id, &it, &k, &v);) {
+        if (k == except)
+            continue;
+        uint64_t m = atomic_load(&((djn_session_t *)(uintptr_t)v)->devices);
+        for (uint32_t d = 0; d < ndev && d < 64; d++)
+            counts[d] += (uint32_t)((m >> d) & 1);
+    }
+    pthread_mutex_unlock(&t->mu);
 }
 
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out) {
@@ -372,6 +441,13 @@ uint64_t djn_session_id(const djn_session_t *s) {
 }
 bool djn_session_live(const djn_session_t *s) {
     return !atomic_load(&s->closed);
+}
+bool djn_session_expired(const djn_session_t *s) {
+    return atomic_load_explicit(&s->expired, memory_order_relaxed);
+}
+void djn_session_use_device(djn_session_t *s, uint32_t dev) {
+    if (dev < 64 && !(atomic_load_explicit(&s->devices, memory_order_relaxed) & (1ull << dev)))
+        atomic_fetch_or(&s->devices, 1ull << dev);
 }
 void djn_session_lock(djn_session_t *s) {
     pthread_mutex_lock(&s->mu);
@@ -530,9 +606,14 @@ djn_status_t djn_session_queue_enter(djn_session_t *s, uint64_t frame_bytes, cha
     return DJN_OK;
 }
 
-void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes) {
-    atomic_fetch_sub(&s->queued, 1);
+void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes, int64_t now_ms) {
     atomic_fetch_sub(&s->queued_bytes, frame_bytes);
+    /* the restart point is written before the count drops: the expiry pass, which reads
+     * the count first, never sees "nothing queued" with an old restart point */
+    int64_t prev = atomic_load(&s->idle_since_ms);
+    while (prev < now_ms && !atomic_compare_exchange_weak(&s->idle_since_ms, &prev, now_ms)) {
+    }
+    atomic_fetch_sub(&s->queued, 1);
 }
 
 uint64_t djn_session_bytes(const djn_session_t *s) {

@@ -33,6 +33,7 @@ typedef struct djn_peer {
     uint8_t rid_len;
     bool is_operator; /* may read server-wide STATS */
     bool realtime;    /* may claim the realtime class */
+    int fd;           /* the connection's socket (ZeroMQ's ZMQ_SRCFD), -1 if unknown */
 } djn_peer_t;
 
 typedef struct djn_sessions_stats {
@@ -60,19 +61,39 @@ bool djn_sessions_start_reaper(djn_sessions_t *t);
  * DJN_ERR_LIMIT past max_sessions or max_per_peer (err says which), DJN_ERR_NOMEM. */
 djn_session_t *djn_sessions_open(djn_sessions_t *t, int64_t now_ms, const djn_peer_t *peer,
                                  djn_status_t *st, char *err, size_t errlen);
-/* The session `sid` if peer owns it (+ ref, renews its lease), else NULL. */
+/* The session `sid` if peer owns it (+ ref, renews its lease, and notes the connection
+ * it was heard on as up), else NULL. */
 djn_session_t *djn_sessions_get(djn_sessions_t *t, uint64_t sid, int64_t now_ms,
                                 const djn_peer_t *peer);
 bool djn_sessions_close(djn_sessions_t *t, uint64_t sid, const djn_peer_t *peer);
 /* Reclaim sessions whose lease ran out, at most cap per call (one pass over the table);
- * returns how many, their ids in gone[0..n). */
+ * returns how many, their ids in gone[0..n). The lease (djn_session.c, "Leases") runs
+ * from the later of the last message heard and the moment a queued message of the
+ * session last finished, and does not run at all while the session has messages queued or
+ * running on a connection that is still up: waiting in a queue is the server's doing.
+ * An expired session is marked (djn_session_expired): its queued messages are to be
+ * dropped and a running fragment stops at its next node. */
 uint32_t djn_sessions_expire(djn_sessions_t *t, int64_t now_ms, uint64_t *gone, uint32_t cap);
+/* The connection with socket `fd` is gone (ZeroMQ reported it closed or timed out): the
+ * sessions last heard on it no longer hold their lease while their messages wait.
+ * Returns how many sessions were marked. */
+uint32_t djn_sessions_conn_lost(djn_sessions_t *t, int fd);
+/* Sessions in the table per device they use (djn_session_use_device): counts[d] for
+ * d < ndev, leaving out `except` (0: none). */
+void djn_sessions_per_device(djn_sessions_t *t, uint64_t except, uint32_t ndev, uint32_t *counts);
 void djn_sessions_stats(djn_sessions_t *t, djn_sessions_stats_t *out);
 uint64_t djn_sessions_lease_ms(const djn_sessions_t *t);
 
 uint64_t djn_session_id(const djn_session_t *s);
 /* False once the session is closed or expired: nothing may be filed for it any more. */
 bool djn_session_live(const djn_session_t *s);
+/* True once its lease ran out: its client is gone, so its queued messages are dropped
+ * unrun and a fragment of it that is running stops between two nodes. (A CLOSE is not
+ * an expiry: what the client queued before it still runs.) */
+bool djn_session_expired(const djn_session_t *s);
+/* The session uses device `dev` (PLACE chose it, or it declared or uploaded storage
+ * there): it counts among the device's sessions (djn_sessions_per_device). */
+void djn_session_use_device(djn_session_t *s, uint32_t dev);
 djn_session_t *djn_session_retain(djn_session_t *s); /* + ref, returns s */
 void djn_session_release(djn_session_t **s_p);
 void djn_session_lock(djn_session_t *s);
@@ -93,7 +114,9 @@ djn_status_t djn_session_bind_text(djn_session_t *s, uint64_t handle, const djn_
  * received them already; queued, they are the session's host memory). */
 djn_status_t djn_session_queue_enter(djn_session_t *s, uint64_t frame_bytes, char *err,
                                      size_t errlen);
-void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes);
+/* ... and leaves it (it ran, or was dropped) at now_ms: the lease starts again from
+ * now_ms (the client has a whole lease to answer a reply). */
+void djn_session_queue_leave(djn_session_t *s, uint64_t frame_bytes, int64_t now_ms);
 uint64_t djn_session_bytes(const djn_session_t *s); /* private bytes held */
 uint64_t djn_session_peak(const djn_session_t *s);  /* their high-water mark */
 uint64_t djn_session_quota(const djn_session_t *s);
@@ -115,7 +138,7 @@ djn_status_t djn_session_new_handle(djn_session_t *s, uint64_t nbytes, uint64_t 
 /* Bound to shared Text content (its bytes belong to every session that holds it). */
 bool djn_session_shared(djn_session_t *s, uint64_t handle);
 
-/* An upload arriving in chunks (PROTOCOL.md 7.6): the storage being filled in order,
+/* An upload arriving in chunks (PROTOCOL.md 7.7): the storage being filled in order,
  * the next byte expected and, for Text content, the running hashes. The handle keeps
  * what it held until the last chunk arrives. At most DJN_MAX_OPEN_UPLOADS per session;
  * the whole size counts against the session's quota (and in its bytes) from the first

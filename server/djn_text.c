@@ -354,6 +354,20 @@ djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t p
     return filed;
 }
 
+uint64_t djn_text_held(djn_text_t *t, uint32_t dev, const uint64_t plain[2], uint64_t nbytes,
+                       uint32_t tenant) {
+    uint64_t held = 0;
+    pthread_mutex_lock(&t->mu);
+    for (s_entry_t *e = s_chain(&t->by_plain, s_mix(plain[0], plain[1], dev)); e; e = e->pnext)
+        if (e->plain[0] == plain[0] && e->plain[1] == plain[1] && e->key.dev == dev &&
+            e->nbytes == nbytes && s_owned(e, tenant)) {
+            held = e->nbytes;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    return held;
+}
+
 djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
                                      djn_text_key_t *key_out) {
     uint64_t v;

@@ -74,6 +74,10 @@ djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t p
  * before, or NULL (whether or not another tenant holds it). */
 djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t plain[2],
                                    uint32_t tenant, djn_text_key_t *key_out);
+/* Placement: the size of content of this plain hash and size on dev that `tenant`
+ * uploaded before (the rule HAVE answers by), or 0. Takes no reference. */
+uint64_t djn_text_held(djn_text_t *t, uint32_t dev, const uint64_t plain[2], uint64_t nbytes,
+                       uint32_t tenant);
 /* A new reference to the entry holding this very storage, or NULL if it is not shared. */
 djn_stor_t *djn_text_acquire_storage(djn_text_t *t, const djn_stor_t *stor,
                                      djn_text_key_t *key_out);

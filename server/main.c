@@ -86,6 +86,10 @@ static void s_usage(FILE *f) {
         "  --qos-age-passes N   a batch fragment passed over N times by better classes goes\n"
         "                       next (aging; 0 = off) [DJINN_QOS_AGE_PASSES] (default 32)\n"
         "  --qos-age-ms N       ... or once it waited N ms [DJINN_QOS_AGE_MS] (default 200)\n"
+        "  --qos-batch-share P  while batch work waits on a device, keep at least P percent\n"
+        "                       of its time for batch: interactive work beyond the rest\n"
+        "                       waits (0 = no share, interactive always first; at most 95)\n"
+        "                       [DJINN_QOS_BATCH_SHARE] (default 75)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -180,7 +184,7 @@ int main(int argc, char **argv) {
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
-                       age_ms = DJN_SCHED_AGE_NS / 1000000;
+                       age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -197,6 +201,7 @@ int main(int argc, char **argv) {
         {"--text-cache-bytes", "DJINN_TEXT_CACHE_BYTES", &tcache},
         {"--qos-age-passes", "DJINN_QOS_AGE_PASSES", &age_passes},
         {"--qos-age-ms", "DJINN_QOS_AGE_MS", &age_ms},
+        {"--qos-batch-share", "DJINN_QOS_BATCH_SHARE", &batch_share},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
         {"--drain-timeout", "DJINN_DRAIN_TIMEOUT", &drain_s},
@@ -315,6 +320,11 @@ int main(int argc, char **argv) {
     cfg.drain_timeout_ms = drain_s * 1000;
     cfg.qos_age_passes = age_passes > UINT32_MAX ? UINT32_MAX : (uint32_t)age_passes;
     cfg.qos_age_ns = age_ms > UINT64_MAX / 1000000 ? UINT64_MAX : age_ms * 1000000;
+    if (batch_share > 95) {
+        fprintf(stderr, "djinn-server: --qos-batch-share is a percentage of at most 95\n");
+        return 2;
+    }
+    cfg.qos_batch_share = (uint32_t)batch_share;
     if (!cfg.realtime_tenants)
         cfg.realtime_tenants = s_env("DJINN_REALTIME_TENANTS", NULL);
     char devbuf[1024];

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import poll, run_python, subprocess_env
 from deploy_util import read_line, stats
 
@@ -158,3 +159,30 @@ def test_one_server_dying_is_reported_for_its_devices_only(private_server):
         if c.poll() is None:
             c.kill()
             c.wait()
+
+
+def test_waiting_on_one_server_renews_the_other_servers_lease(private_server):
+    """The client holds its lock while it waits for a reply, so the heartbeat threads of
+    the other links cannot run: the wait itself renews every server's lease."""
+    a = private_server("--lease-ms", "0")
+    b = private_server("--lease-ms", "1000", "--heartbeat-ms", "200")
+    code = """
+        import time, torch, djinn
+        y = torch.arange(4.0, device='remote:1') * 2      # a session on B, holding a tensor
+        torch.remote.synchronize()
+        x = torch.randn(768, 768, device='remote:0')
+        t0 = time.monotonic()
+        for _ in range(600):                             # seconds of work: several leases of B
+            x = (x @ x) / 768 ** 0.5
+        x.cpu()                                          # waits on A for seconds
+        print('WAITED', time.monotonic() - t0)
+        print('B', (y + 1).cpu().tolist())
+    """
+    r = run_python(code, subprocess_env(DJINN_SERVER=f"{a},{b}", OMP_NUM_THREADS=1), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "B [1.0, 3.0, 5.0, 7.0]", r.stdout
+    waited = float(lines[-2].split()[1])
+    if waited < 2.5:
+        pytest.skip(f"the wait on A took {waited:.1f}s: too short to outlast B's lease")
+    assert stats(b)["body"]["sessions_expired"] == 0

@@ -297,6 +297,33 @@ def test_strict_priority_when_aging_is_off(make_server):
     assert order[-1] == sb, order
 
 
+@pytest.mark.parametrize("share", [0, 75])
+def test_batch_keeps_its_share_of_the_device(make_server, share):
+    """Ten interactive fragments, as much work together as a batch fragment, arrive while
+    it runs. Without a batch share (0) every one of them runs nested at the batch
+    fragment's node boundaries, all before it ends; with 75 % kept for batch, interactive
+    work takes at most a third of what batch runs (a quarter of the device) while batch
+    waits, so the batch fragment ends before the last of them."""
+    srv = make_server("--no-inline", "--qos-batch-share", str(share))
+    m = Multi(srv.endpoint)
+    srv.conns.append(m)
+    a, b = m.open(), m.open()
+    # 384 x 384: a node takes milliseconds, so the bucket's 50 ms burst is a small part
+    sa = m.send(a, *_chain(300, qos=QOS_BATCH, n=384))
+    _wait_running(m)
+    inter = [m.send(b, *_chain(30, qos=QOS_INTERACTIVE, n=384)) for _ in range(10)]
+    reps = m.replies(11, timeout=600)
+    assert all(r[0]["type"] == REPLY for r in reps), [r[0] for r in reps]
+    order = [r[0]["seq"] for r in reps]
+    assert [s for s in order if s != sa] == inter  # one session: its order
+    if share:
+        assert order.index(sa) < 10, order
+    else:
+        assert order[-1] == sa, order
+    d = m.stats0()["devices"][0]
+    assert d["preemptions"] >= 1, d
+
+
 # ================================================================== Data segment fit
 
 

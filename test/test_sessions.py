@@ -211,12 +211,16 @@ def clients():
 def wait_for(server, pred, timeout, desc):
     """Poll the server's STATS until ``pred(stats)`` holds; returns (stats, seconds)."""
     t0 = time.monotonic()
-    st = poll(
-        lambda: (lambda s: s if pred(s) else None)(server.stats()),
-        timeout=timeout,
-        interval=0.02,
-        desc=desc,
-    )
+    last = [None]
+
+    def check():
+        last[0] = server.stats()
+        return last[0] if pred(last[0]) else None
+
+    try:
+        st = poll(check, timeout=timeout, interval=0.02, desc=desc)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the last STATS: {last[0]}") from None
     return st, time.monotonic() - t0
 
 
@@ -322,6 +326,144 @@ def test_killed_client_is_reclaimed_within_one_lease(make_server, clients):
     assert dt <= bound, f"reclaimed after {dt:.2f}s, lease {lease_ms} ms"
     assert st["sessions_closed"] == base["sessions_closed"], st
     assert st["bytes_in_use"] == base["bytes_in_use"] and st["text_bytes"] == base["text_bytes"], st
+
+
+# ------------------------------------------------------------------ 2b. leases and queues
+#
+# A session's lease does not run while its messages wait in a queue on a connection that
+# is up (the server made it wait); a client that dies meanwhile is reclaimed one lease
+# after it was last heard, its queued messages dropped unrun and a running fragment of it
+# stopped (PROTOCOL.md 5). Raw sessions send no heartbeats: only the queue holds them.
+
+BIG = 512  # the long fragments' matrices: tens of ms per node on the 2-core VM
+
+
+def _long_chain(nodes):
+    from test_qos import QOS_BATCH, _chain
+
+    return _chain(nodes, qos=QOS_BATCH, n=BIG)
+
+
+def _multi(srv):
+    from test_qos import Multi
+
+    return Multi(srv.endpoint)
+
+
+def _queued(srv):
+    return srv.stats()["devices"][0]["queued"]
+
+
+@pytest.mark.timeout(400)
+def test_a_session_waiting_in_the_queue_keeps_its_lease(make_server):
+    from test_qos import QOS_BATCH, _small, _wait_running
+
+    lease_ms = 1000
+    srv = make_server("--lease-ms", str(lease_ms), "--no-inline")
+    m = _multi(srv)
+    a, b = m.open(), m.open()
+    t0 = time.monotonic()
+    sa = m.send(a, *_long_chain(2000))  # seconds on a quiet host, tens on a loaded one
+    _wait_running(m)
+    sb = m.send(b, *_small(QOS_BATCH))  # batch too: it waits for the whole chain
+    reps = m.replies(2, timeout=380)
+    waited = time.monotonic() - t0
+    assert [r[0]["seq"] for r in reps] == [sa, sb]
+    assert all(r[0]["type"] == REPLY for r in reps), reps
+    if waited < 3 * lease_ms / 1000:
+        pytest.skip(f"the long fragment ran in {waited:.1f}s: too fast to outlast the lease")
+    # both were silent for several leases (no heartbeats) and are still there, and each
+    # reply gave them a whole lease to send the next message
+    for sid in (a, b):
+        m.send(sid, *_small())
+        h, frames = m.replies(1)[0]
+        assert h["type"] == REPLY, h
+    st = srv.stats()
+    assert st["sessions_expired"] == 0 and st["sessions_open"] == 2, st
+    # and once they really are silent with nothing queued, the lease runs as before
+    wait_for(
+        srv,
+        lambda s: s["sessions_expired"] == 2,
+        lease_ms / 1000 + MARGIN + 10,
+        "the idle sessions to expire",
+    )
+
+
+@pytest.mark.timeout(400)
+def test_a_client_that_dies_while_queued_is_reclaimed_and_its_work_dropped(make_server):
+    from test_qos import _wait_running
+
+    lease_ms = 1000
+    srv = make_server("--lease-ms", str(lease_ms), "--no-inline")
+    base = srv.stats()
+    m = _multi(srv)  # A: alive, runs a long fragment
+    a = m.open()
+    victim = _multi(srv)  # B: holds memory, queues work behind A, then dies
+    b = victim.open()
+    hb = (1 << 44) + 3 * (1 << 30)
+    victim.send(
+        b, {"dev": 0, "binds": [hb], "allocs": [[hb, MiB]], "uploads": [[hb, 1]]}, [bytes(MiB)]
+    )
+    assert victim.replies(1)[0][0]["type"] == REPLY
+    sa = m.send(a, *_long_chain(400))
+    _wait_running(m)
+    for _ in range(3):
+        victim.send(b, *_long_chain(50))
+    poll(lambda: _queued(srv) == 3, timeout=30, desc="B's fragments to be queued")
+    held = srv.stats()
+    assert held["bytes_in_use"] - base["bytes_in_use"] >= MiB, held
+    victim.sock.close(0)  # the process dies: its connection closes
+    # one lease after it was last heard, while A's chain still runs: B's work never ran
+    wait_for(
+        srv,
+        lambda s: (
+            s["sessions_expired"] == base["sessions_expired"] + 1
+            # B's MiB freed (A's chain may have ended and freed its own meanwhile)
+            and s["bytes_in_use"] <= held["bytes_in_use"] - MiB
+            and s["devices"][0]["queued"] == 0
+        ),
+        lease_ms / 1000 + MARGIN + 10,
+        "the dead client's session to be reclaimed and its queued work dropped",
+    )
+    h, _ = m.replies(1, timeout=380)[0]
+    assert h["seq"] == sa and h["type"] == REPLY, h
+    d = srv.stats()["devices"][0]
+    # B's upload and A's chain ran; B's three queued fragments never did
+    assert d["fragments"] == base["devices"][0]["fragments"] + 2, d
+    m.seq += 1
+    m.sock.send_multipart([encode_close(a, m.seq)])
+    wait_for(srv, back_to(base), 30, "every counter back where it started")
+
+
+@pytest.mark.timeout(300)
+def test_a_client_that_dies_while_its_fragment_runs_stops_it(make_server):
+    from test_qos import _wait_running
+
+    lease_ms = 1000
+    srv = make_server("--lease-ms", str(lease_ms), "--no-inline")
+    base = srv.stats()
+    victim = _multi(srv)
+    b = victim.open()
+    victim.send(b, *_long_chain(3000))  # minutes of work
+    _wait_running(victim)
+    victim.sock.close(0)
+    # stopped at a node boundary one lease later, not minutes later at the chain's end
+    wait_for(
+        srv,
+        lambda s: (
+            s["sessions_expired"] == base["sessions_expired"] + 1
+            and back_to(base)(s)
+            and s["devices"][0]["errors"] == base["devices"][0]["errors"] + 1
+        ),
+        lease_ms / 1000 + MARGIN + 30,
+        "the dead client's running fragment to stop and its session to be reclaimed",
+    )
+
+
+def encode_close(sid, seq):
+    from proto import encode
+
+    return encode(CLOSE, sid, seq, {})
 
 
 # ------------------------------------------------------------------ 3. clean exits

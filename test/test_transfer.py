@@ -1,4 +1,4 @@
-"""Bulk transfers (issue 11, PROTOCOL.md 7.6): uploads sent in chunks from the caller's
+"""Bulk transfers (issue 11, PROTOCOL.md 7.7): uploads sent in chunks from the caller's
 memory, fetches sent from a copy-on-write snapshot of the storage, downloads written
 straight into the destination (or adopted as the CPU tensor's memory).
 

@@ -120,7 +120,8 @@ struct djn_client {
     s_link_t *last; /* the link that recorded last (the SRG snapshot) */
     char endpoints[S_MAX_SERVERS * 258];
     /* the class asked for the fragments sent, on every server */
-    uint8_t qos;      /* DJN_QOS_*: DJINN_QOS or djinn.qos */
+    int placed;  /* the device 'remote' without an index means (djn_client_place); -1: not yet */
+    uint8_t qos; /* DJN_QOS_*: DJINN_QOS or djinn.qos */
     bool qos_by_api;  /* djn_client_set_qos was called: DJINN_QOS no longer applies */
     char qos_bad[64]; /* an unknown DJINN_QOS value, reported at connect */
 
@@ -452,6 +453,7 @@ djn_client_t *djn_client_new(const char *server_bin) {
     if (!c)
         return NULL;
     s_init_mutex(&c->mu);
+    c->placed = -1;
     snprintf(c->server_bin, sizeof c->server_bin, "%s", server_bin ? server_bin : "");
     pthread_mutex_lock(&s_live_mu);
     c->next = s_live;
@@ -775,7 +777,13 @@ static djn_status_t s_wait(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t 
             if ((st = s_liveness(c, &handshakes)) != DJN_ERR_TIMEOUT)
                 return st;
             if (left > slice) {
-                s_heartbeat_send(c, false); /* renews the lease while we wait */
+                /* renew the lease while we wait: this link's and the other servers',
+                 * whose heartbeat threads cannot take the lock we hold */
+                djn_client_t *o = c->owner;
+                for (int i = 0; o && i < o->nlinks; i++)
+                    s_heartbeat_send(o->links[i], false);
+                if (!o)
+                    s_heartbeat_send(c, false);
                 continue;
             }
             c->broken = true;
@@ -1094,7 +1102,15 @@ static void s_link_shutdown(s_link_t *c) {
 
 /* ------------------------------------------------------------------ handles */
 
-static bool s_link_alloc(s_link_t *c, uint64_t h, uint64_t nbytes) {
+/* A declaration rides the fragment being recorded, whatever its device (the server's
+ * handle table is the session's, not a device's). When nothing is recorded or in flight,
+ * the recorder moves to the storage's device first, so the node that follows (usually on
+ * that device) does not flush a fragment of declarations and wait for it; with work in
+ * flight it stays, since a later free recorded for another device could otherwise
+ * overtake that work. */
+static bool s_link_alloc(s_link_t *c, int device, uint64_t h, uint64_t nbytes) {
+    if (c->connected && c->seq == c->acked && device >= 0 && device < c->ndev)
+        djn_rec_use_device(c->rec, device); /* no effect unless the recorder is empty */
     return djn_rec_alloc(c->rec, h, nbytes) == DJN_OK && djn_map_put(&c->sizes, h, nbytes);
 }
 
@@ -1508,7 +1524,7 @@ static djn_status_t s_have_one(s_link_t *c, uint64_t handle, XXH128_hash_t h, ui
     return st;
 }
 
-/* A large upload, sent now from the caller's memory without a copy (PROTOCOL.md 7.6):
+/* A large upload, sent now from the caller's memory without a copy (PROTOCOL.md 7.7):
  *   1. pending work goes first (it declares the handle, and may name it);
  *   2. Text content (DJINN_TEXT_MIN_BYTES) is offered by its hash: held, nothing is sent;
  *   3. the bytes go as chunks of c->chunk bytes, each its own GRAPH whose only frame
@@ -1850,6 +1866,79 @@ uint64_t djn_client_session_id(djn_client_t *c) {
     return c->nlinks ? c->links[0]->sid : 0;
 }
 
+/* ------------------------------------------------------------------ placement
+ *
+ * 'remote' without an index means the device the servers choose for this process
+ * (PROTOCOL.md 5.6), asked once, at the first use of the default device, with whatever
+ * hints the caller has (a model of the server's store, content hashes of weights about
+ * to be uploaded). One server: one PLACE. Several: a probe of each (nothing recorded),
+ * then a PLACE to the chosen one, which counts the session there: the most hinted bytes
+ * held, then the lightest load (when the server tells it: operators), then the first
+ * listed. One device in all, or DJINN_PLACE=0: device 0, nothing asked. The answer is
+ * kept for the life of the client (a lost session does not move the default device:
+ * Python code may hold torch.device objects naming it). */
+static void s_place_enc(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg) {
+    djn_place_req_encode(b, hdr, arg);
+}
+
+static djn_status_t s_link_place(s_link_t *l, const djn_place_req_t *req, djn_place_rep_t *rep) {
+    s_resp_t x = {0};
+    djn_status_t st = s_request(l, DJN_MSG_PLACE, s_place_enc, req, l->timeout_ms, &x);
+    char err[256];
+    if (st == DJN_OK && djn_place_rep_parse(x.rep, rep, err, sizeof err) != DJN_OK)
+        st = s_fail(DJN_ERR_PROTO, "djinn: %s", err);
+    if (st == DJN_OK && (int)rep->device >= l->ndev)
+        st = s_fail(DJN_ERR_PROTO, "djinn: PLACE chose device %u of a server with %d", rep->device,
+                    l->ndev);
+    s_resp_free(&x);
+    return st;
+}
+
+/* Is a better than b (a later-listed server)? */
+static bool s_place_better(const djn_place_rep_t *a, const djn_place_rep_t *b) {
+    if (a->held != b->held)
+        return a->held > b->held;
+    if (a->has_load && b->has_load && a->sessions + a->backlog != b->sessions + b->backlog)
+        return a->sessions + a->backlog < b->sessions + b->backlog;
+    return a->has_load && b->has_load && a->used < b->used;
+}
+
+djn_status_t djn_client_place(djn_client_t *c, const char *model, const djn_place_hash_t *hashes,
+                              uint32_t nhashes, int *device) {
+    pthread_mutex_lock(&c->mu);
+    djn_status_t st = DJN_OK;
+    if (c->placed < 0) {
+        const char *env = getenv("DJINN_PLACE");
+        bool off = env && *env && !strcmp(env, "0");
+        st = s_connect_all(c);
+        if (st == DJN_OK && (off || c->ndev <= 1)) {
+            c->placed = 0;
+        } else if (st == DJN_OK) {
+            djn_place_req_t req = {model, nhashes, hashes, c->nlinks > 1};
+            djn_place_rep_t best = {0}, r;
+            int at = -1;
+            for (int i = 0; st == DJN_OK && c->nlinks > 1 && i < c->nlinks; i++)
+                if ((st = s_link_place(c->links[i], &req, &r)) == DJN_OK &&
+                    (at < 0 || s_place_better(&r, &best))) {
+                    best = r;
+                    at = i;
+                }
+            req.probe = false;
+            if (st == DJN_OK && (st = s_link_place(c->links[at < 0 ? 0 : at], &req, &r)) == DJN_OK)
+                c->placed = c->links[at < 0 ? 0 : at]->dev0 + (int)r.device;
+        }
+    }
+    *device = c->placed;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+void djn_client_content_hash(const void *bytes, uint64_t n, uint64_t out[2]) {
+    XXH128_hash_t h = XXH3_128bits(bytes, (size_t)n);
+    out[0] = h.high64;
+    out[1] = h.low64;
+}
+
 void djn_client_shutdown(djn_client_t *c) {
     /* stop the heartbeats before taking the lock: a tick may be waiting for it */
     for (int i = 0; i < c->nlinks; i++)
@@ -1877,7 +1966,7 @@ uint64_t djn_client_alloc(djn_client_t *c, int device, uint64_t nbytes) {
     pthread_mutex_lock(&c->mu);
     int local;
     s_link_t *l = s_route(c, device, &local);
-    bool ok = l && s_link_alloc(l, h, nbytes);
+    bool ok = l && s_link_alloc(l, local, h, nbytes);
     pthread_mutex_unlock(&c->mu);
     return ok ? h : 0;
 }

@@ -72,6 +72,17 @@ bool djn_client_server_info(djn_client_t *c, int server, djn_client_server_t *ou
 int djn_client_device_server(djn_client_t *c, int device, int *local);
 void djn_client_shutdown(djn_client_t *c); /* CLOSE and stop an embedded server */
 
+/* ---- placement (PROTOCOL.md 5.6) ---- */
+/* The global device 'remote' without an index means: asked of the servers (PLACE) the
+ * first time, with the hints given then (model: a model of the server's store, or NULL;
+ * hashes: plain XXH3-128 and size of weights about to be uploaded), and kept. 0 without
+ * asking when there is one device in all, or DJINN_PLACE=0. On failure (no server) *device
+ * is -1 and nothing is kept. */
+djn_status_t djn_client_place(djn_client_t *c, const char *model, const djn_place_hash_t *hashes,
+                              uint32_t nhashes, int *device);
+/* The plain XXH3-128 of some bytes (high 64 bits first): what HAVE and PLACE offer. */
+void djn_client_content_hash(const void *bytes, uint64_t n, uint64_t out[2]);
+
 /* The last error on this thread: status and a message naming the op and the cause. */
 djn_status_t djn_client_errcode(void);
 const char *djn_client_errmsg(void);

@@ -75,6 +75,7 @@ void djn_hello_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_hell
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r);
 void djn_have_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_req_t *r);
 void djn_load_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_req_t *r);
+void djn_place_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_place_req_t *r);
 void djn_empty_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr);
 
 /* A node, [op, overload, [args], [outs], flags]: whole, or in three steps by a recorder
@@ -111,12 +112,15 @@ djn_status_t djn_stats_rep_parse(const djn_reply_t *r, djn_stats_rep_t *out, cha
                                  size_t errlen);
 djn_status_t djn_load_rep_parse(const djn_reply_t *r, djn_load_rep_t *out, char *err,
                                 size_t errlen);
+djn_status_t djn_place_rep_parse(const djn_reply_t *r, djn_place_rep_t *out, char *err,
+                                 size_t errlen);
 
 void djn_hello_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_hello_rep_t *r);
 void djn_graph_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_rep_t *r);
 void djn_have_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_rep_t *r);
 void djn_stats_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_stats_rep_t *r);
 void djn_load_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_rep_t *r);
+void djn_place_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_place_rep_t *r);
 void djn_error_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_error_rep_t *r);
 
 /* Data-dependent results inside a dyn tree. */

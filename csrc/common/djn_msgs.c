@@ -467,6 +467,34 @@ static djn_status_t s_parse_load(s_parse_t *p, const djn_value_t *body, djn_load
     return DJN_OK;
 }
 
+static djn_status_t s_parse_place(s_parse_t *p, const djn_value_t *body, djn_place_req_t *r) {
+    const djn_value_t *model = djn_value_get(body, "model"),
+                      *hashes = djn_value_get(body, "hashes"),
+                      *probe = djn_value_get(body, "probe");
+    if (model && !s_str(model, DJN_MAX_NAME))
+        return s_bad(p, "'model' must be a model name of at most 256 bytes");
+    r->model = model ? model->u.s : NULL;
+    if (probe && probe->kind != DJN_V_BOOL)
+        return s_bad(p, "'probe' must be true or false");
+    r->probe = probe && probe->u.b;
+    if (!hashes)
+        return DJN_OK;
+    if (!s_list(hashes) || hashes->len > DJN_MAX_PLACE_HASHES)
+        return s_bad(p, "'hashes' must be an array of at most 64 [hash_hi, hash_lo, nbytes]");
+    djn_place_hash_t *out = djn_arena_alloc(p->a, sizeof(djn_place_hash_t) * (hashes->len + 1));
+    if (!out)
+        return DJN_ERR_NOMEM;
+    for (uint32_t i = 0; i < hashes->len; i++) {
+        const djn_value_t *e = &hashes->u.items[i];
+        if (!s_list(e) || e->len != 3 || !s_uint(&e->u.items[0], &out[i].hi) ||
+            !s_uint(&e->u.items[1], &out[i].lo) || !s_uint(&e->u.items[2], &out[i].nbytes))
+            return s_bad(p, "'hashes' must be an array of at most 64 [hash_hi, hash_lo, nbytes]");
+    }
+    r->nhashes = hashes->len;
+    r->hashes = out;
+    return DJN_OK;
+}
+
 djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_msg_t **out,
                             uint64_t *seq_out, char *err, size_t errlen) {
     *out = NULL;
@@ -537,6 +565,12 @@ djn_status_t djn_msg_decode(const void *buf, size_t len, uint32_t nframes, djn_m
     case DJN_MSG_LOAD_MODEL:
         p.what = "LOAD_MODEL";
         st = s_parse_load(&p, body, &m->u.load);
+        if (st != DJN_OK)
+            goto fail;
+        break;
+    case DJN_MSG_PLACE:
+        p.what = "PLACE";
+        st = s_parse_place(&p, body, &m->u.place);
         if (st != DJN_OK)
             goto fail;
         break;
@@ -813,6 +847,29 @@ void djn_load_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_
     }
 }
 
+void djn_place_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_place_req_t *r) {
+    s_header(b, hdr);
+    djn_enc_map(b, (r->model != NULL) + (r->nhashes != 0) + r->probe);
+    if (r->model) {
+        djn_enc_cstr(b, "model");
+        djn_enc_cstr(b, r->model);
+    }
+    if (r->nhashes) {
+        djn_enc_cstr(b, "hashes");
+        djn_enc_array(b, r->nhashes);
+        for (uint32_t i = 0; i < r->nhashes; i++) {
+            djn_enc_array(b, 3);
+            djn_enc_uint(b, r->hashes[i].hi);
+            djn_enc_uint(b, r->hashes[i].lo);
+            djn_enc_uint(b, r->hashes[i].nbytes);
+        }
+    }
+    if (r->probe) {
+        djn_enc_cstr(b, "probe");
+        djn_enc_bool(b, true);
+    }
+}
+
 void djn_empty_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr) {
     s_header(b, hdr);
     djn_enc_map(b, 0);
@@ -1051,6 +1108,35 @@ void djn_load_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_load_
     }
     s_kv_uint(b, "bound", r->bound);
     s_kv_uint(b, "read_bytes", r->read_bytes);
+}
+
+djn_status_t djn_place_rep_parse(const djn_reply_t *r, djn_place_rep_t *out, char *err,
+                                 size_t errlen) {
+    memset(out, 0, sizeof(*out));
+    uint64_t dev;
+    if (!s_uint(djn_value_get(r->body, "dev"), &dev) || dev >= DJN_MAX_DEVICES)
+        return s_rep_bad(err, errlen, "PLACE needs 'dev' (a device index)");
+    out->device = (uint32_t)dev;
+    s_uint(djn_value_get(r->body, "held"), &out->held);
+    const djn_value_t *l = djn_value_get(r->body, "load");
+    if (s_list(l) && l->len == 3 && s_uint(&l->u.items[0], &out->sessions) &&
+        s_uint(&l->u.items[1], &out->backlog) && s_uint(&l->u.items[2], &out->used))
+        out->has_load = true;
+    return DJN_OK;
+}
+
+void djn_place_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_place_rep_t *r) {
+    s_header(b, hdr);
+    djn_enc_map(b, r->has_load ? 3 : 2);
+    s_kv_uint(b, "dev", r->device);
+    s_kv_uint(b, "held", r->held);
+    if (r->has_load) {
+        djn_enc_cstr(b, "load");
+        djn_enc_array(b, 3);
+        djn_enc_uint(b, r->sessions);
+        djn_enc_uint(b, r->backlog);
+        djn_enc_uint(b, r->used);
+    }
 }
 
 void djn_error_rep_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_error_rep_t *r) {

@@ -49,6 +49,7 @@ typedef enum djn_msg_type {
     DJN_MSG_LOAD_MODEL = 8,   /* describe a model of the server's store, or bind handles to it */
     DJN_MSG_STATS = 9,        /* counters: the session's, and the server's for operators */
     DJN_MSG_CLOSE = 10,       /* close the session, freeing everything it holds */
+    DJN_MSG_PLACE = 11,       /* which device should this session use by default? */
     DJN_MSG_REPLY = 64,
     DJN_MSG_ERROR = 65,
 } djn_msg_type_t;
@@ -66,6 +67,7 @@ typedef enum djn_msg_type {
 #define DJN_MAX_DEVICES 64                 /* devices of one server */
 #define DJN_MAX_TENSOR_NAME 512            /* a model tensor's name, bytes */
 #define DJN_MAX_OPEN_UPLOADS 8             /* uploads one session has arriving in chunks */
+#define DJN_MAX_PLACE_HASHES 64            /* content hashes in one PLACE */
 
 /* ---- fragment semantics (GRAPH's optional `qos`, `phase`, `life`; frozen) ----
  * The client's word about what a fragment is. The server schedules by the class (an
@@ -217,7 +219,7 @@ typedef struct djn_upload {
     uint32_t frame; /* 1-based index of the data frame */
     bool text;      /* shared content: deduplicated in the Text segment */
     /* a chunk of an upload of `total` bytes arriving in several messages: the frame's
-     * bytes go at byte `offset` (PROTOCOL.md 7.6); false: the frame is the whole upload */
+     * bytes go at byte `offset` (PROTOCOL.md 7.7); false: the frame is the whole upload */
     bool chunk;
     uint64_t offset, total;
 } djn_upload_t;
@@ -304,6 +306,22 @@ typedef struct djn_load_req {
     const djn_model_bind_t *binds;
 } djn_load_req_t;
 
+/* PLACE (docs/PROTOCOL.md 5.6): the client asks which of the server's devices its
+ * session should use for 'remote' without an index. Hints: the model it is about to
+ * load from the server's store, and content hashes (plain XXH3-128, as in HAVE) of the
+ * weights it is about to upload. The server answers the device that holds the most of
+ * that content this tenant may use, else the least loaded one; unless `probe`, the
+ * session then counts among that device's sessions. */
+typedef struct djn_place_hash {
+    uint64_t hi, lo, nbytes;
+} djn_place_hash_t;
+typedef struct djn_place_req {
+    const char *model; /* NULL: none */
+    uint32_t nhashes;
+    const djn_place_hash_t *hashes;
+    bool probe; /* answer only (several servers: the client asks each, then commits one) */
+} djn_place_req_t;
+
 /* A decoded request. HEARTBEAT, STATS and CLOSE carry an empty body. */
 typedef struct djn_msg {
     uint8_t type;
@@ -313,6 +331,7 @@ typedef struct djn_msg {
         djn_graph_req_t graph;
         djn_have_req_t have;
         djn_load_req_t load;
+        djn_place_req_t place;
     } u;
     void *arena; /* owns every pointer above */
 } djn_msg_t;
@@ -358,6 +377,16 @@ typedef struct djn_load_rep {
     uint32_t bound;
     uint64_t read_bytes;
 } djn_load_rep_t;
+
+/* PLACE reply: the device chosen, the bytes of the hinted content it holds for this
+ * tenant, and (operators only, has_load) its load: sessions on it, fragments queued or
+ * running, Data bytes in use. */
+typedef struct djn_place_rep {
+    uint32_t device;
+    uint64_t held;
+    bool has_load;
+    uint64_t sessions, backlog, used;
+} djn_place_rep_t;
 
 /* ERROR: code, words, and for a failed node its index and "op.overload". */
 typedef struct djn_error_rep {

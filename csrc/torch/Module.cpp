@@ -80,7 +80,50 @@ PYBIND11_MODULE(_C, m) {
     m.def("_device_name", [](int i) { return std::string(djn_client_device_name(C(), i)); });
     m.def("_endpoint", []() { return std::string(djn_client_endpoint(C())); });
     m.def("_session_id", []() { return djn_client_session_id(C()); });
-    m.def("_get_device", []() { return (int)djinn::current_device(); });
+    m.def(
+        "_get_device", []() { return (int)djinn::current_device(); }, release());
+    m.def("_place_pending", []() { return djinn::place_pending(); });
+    // Have the servers choose the default device now, with hints: a model of their store
+    // and (hash_hi, hash_lo, nbytes) of weights about to be uploaded (PROTOCOL.md 5.6).
+    m.def("_place", [](std::optional<std::string> model,
+                       const std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> &hashes) {
+        if (!djinn::place_pending())
+            return (int)djinn::current_device();
+        std::vector<djn_place_hash_t> h;
+        for (size_t i = 0; i < hashes.size() && i < DJN_MAX_PLACE_HASHES; i++)
+            h.push_back({std::get<0>(hashes[i]), std::get<1>(hashes[i]), std::get<2>(hashes[i])});
+        int dev = -1;
+        djn_status_t st;
+        {
+            py::gil_scoped_release r;
+            st = djn_client_place(C(), model ? model->c_str() : nullptr, h.data(),
+                                  (uint32_t)h.size(), &dev);
+        }
+        check_py(st);
+        djinn::set_placed((c10::DeviceIndex)dev);
+        return dev;
+    });
+    // (hash_hi, hash_lo, nbytes): the plain XXH3-128 of a contiguous CPU tensor's bytes or
+    // of a buffer, as an upload of them is offered to the server (HAVE, PLACE).
+    m.def("_content_hash", [](const at::Tensor &t) {
+        TORCH_CHECK(t.device().is_cpu(), "djinn: _content_hash takes a CPU tensor");
+        at::Tensor c = t.contiguous();
+        uint64_t n = c.nbytes(), h[2];
+        {
+            py::gil_scoped_release r;
+            djn_client_content_hash(c.data_ptr(), n, h);
+        }
+        return std::make_tuple(h[0], h[1], n);
+    });
+    m.def("_content_hash_buffer", [](py::buffer b) {
+        py::buffer_info bi = b.request();
+        uint64_t n = (uint64_t)(bi.size * bi.itemsize), h[2];
+        {
+            py::gil_scoped_release r;
+            djn_client_content_hash(bi.ptr, n, h);
+        }
+        return std::make_tuple(h[0], h[1], n);
+    });
     m.def("_set_device", [](int d) { djinn::set_current_device((c10::DeviceIndex)d); });
     m.def("_synchronize", []() {
         djn_status_t st;

@@ -183,6 +183,18 @@ py::bytes encode(int type, uint64_t sid, uint64_t seq, const py::dict &body) {
         djn_have_req_encode(&b, &hdr, &h);
         break;
     }
+    case DJN_MSG_PLACE: {
+        std::vector<djn_place_hash_t> hs;
+        for (auto it : get<py::list>(body, "hashes", py::list())) {
+            auto t = it.cast<py::sequence>();
+            hs.push_back({t[0].cast<uint64_t>(), t[1].cast<uint64_t>(), t[2].cast<uint64_t>()});
+        }
+        djn_place_req_t r{body.contains("model") ? p.str(body["model"].cast<std::string>())
+                                                 : nullptr,
+                          (uint32_t)hs.size(), hs.data(), get<bool>(body, "probe", false)};
+        djn_place_req_encode(&b, &hdr, &r);
+        break;
+    }
     default:
         djn_empty_encode(&b, &hdr);
         break;
@@ -226,6 +238,8 @@ void register_proto(py::module_ &m) {
     k["LOAD_MODEL"] = (int)DJN_MSG_LOAD_MODEL;
     k["STATS"] = (int)DJN_MSG_STATS;
     k["CLOSE"] = (int)DJN_MSG_CLOSE;
+    k["PLACE"] = (int)DJN_MSG_PLACE;
+    k["MAX_PLACE_HASHES"] = DJN_MAX_PLACE_HASHES;
     k["REPLY"] = (int)DJN_MSG_REPLY;
     k["ERROR"] = (int)DJN_MSG_ERROR;
     k["NODE_DYNAMIC"] = DJN_NODE_DYNAMIC;

@@ -46,8 +46,14 @@ c10::Allocator *allocator();
 // Pinned host memory (RemoteHostAllocator.cpp).
 c10::Allocator *pinned_allocator();
 bool is_pinned_ptr(const void *ptr);
+// The current device of this thread: the one set, else the process's default, which the
+// servers choose the first time (RemoteGuard.cpp, "Placement").
 c10::DeviceIndex current_device();
-void set_current_device(c10::DeviceIndex d);
+void set_current_device(c10::DeviceIndex d); // -1: none (the default)
+// Whether this thread's current device is still to be chosen by the servers; and what
+// they chose (djn_client_place, with hints: Module.cpp's _place).
+bool place_pending();
+void set_placed(c10::DeviceIndex d);
 
 inline uint64_t handle_of(const c10::Storage &s) {
     return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(s.data_ptr().get()));

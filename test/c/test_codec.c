@@ -1141,7 +1141,7 @@ static void test_rt_graph_types(void) {
     djn_buf_release(&b);
 }
 
-/* Chunks of an upload (PROTOCOL.md 7.6): [handle, frame, text, offset, total] round-trips
+/* Chunks of an upload (PROTOCOL.md 7.7): [handle, frame, text, offset, total] round-trips
  * next to the older forms, text true or false, offsets up to 2^64 - 1; the decoder takes
  * no other length and wants a bool third and integers fourth and fifth. */
 static void test_rt_upload_chunks(void) {
@@ -3599,7 +3599,7 @@ static void test_reject_header_fields(void) {
      * match a valid type in their low byte. */
     static const uint64_t unknown[] = {0,
                                        DJN_MSG_UPLOAD,
-                                       11,
+                                       12,
                                        63,
                                        DJN_MSG_REPLY,
                                        DJN_MSG_ERROR,

@@ -6,7 +6,9 @@
  * drains what is left; push stamps enq_ns in order; many producers and one consumer per
  * device keep each producer's order with nothing lost or duplicated; create/destroy and
  * allocation failure; idle (what a drain waits for) is false while anything is queued,
- * running or claimed on any device.
+ * running or claimed on any device; classes, aging, owner order, preemption; the batch
+ * share (interactive work over its share of the device waits for batch work); removing
+ * an expired owner's items; the load placement reads.
  *
  * Threads are plain pthreads. Every wait for another thread is bounded (S_WAIT_MS): a
  * broken queue fails the test instead of hanging it. The one place that needs time to
@@ -450,11 +452,11 @@ static void test_owner_order_and_urgent(void) {
     s_push_as(s, &a_i, DJN_SCHED_INTERACTIVE, 1, 1);
     s_push_as(s, &b_i, DJN_SCHED_INTERACTIVE, 2, 0);
     /* nothing better than interactive waits for an interactive item */
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_INTERACTIVE, 9, NULL, NULL) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_INTERACTIVE, 9, 0, NULL, NULL) == NULL);
     /* the running batch item of owner 2 (say) may be preempted by... owner 1's
      * interactive item? No: owner 1 has an older batch item queued. b_i is its owner's */
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 2, NULL, NULL) == NULL);
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 7, NULL, NULL) == &b_i.it);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 2, 0, NULL, NULL) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 7, 0, NULL, NULL) == &b_i.it);
     CHECK_EQ_INT(djn_sched_preemptions(s, 0), 1);
     CHECK_EQ_INT(djn_sched_depth(s, 0), 3);
     /* the first pop wants a_i (best class) but owner 1's batch item is older: it goes */
@@ -479,10 +481,10 @@ static void test_urgent_respects_ok_fn(void) {
     job_t r;
     s_push_as(s, &r, DJN_SCHED_REALTIME, 5, 0);
     int asked = 0;
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, s_refuse_fn, &asked) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 0, s_refuse_fn, &asked) == NULL);
     CHECK_EQ_INT(asked, 1);
     CHECK_EQ_INT(djn_sched_depth(s, 0), 1);
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_REALTIME, 1, NULL, NULL) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_REALTIME, 1, 0, NULL, NULL) == NULL);
     CHECK(djn_sched_take(s, 0) == &r.it);
     djn_sched_destroy(&s);
 }
@@ -515,6 +517,108 @@ static void test_latency_percentiles(void) {
     djn_sched_destroy(&s);
 }
 
+#define MS (1000000ull)
+
+/* The batch share, in device time: while batch work waits, interactive work that used
+ * up its share (here 25%: batch earns it a third of its own run time, bursts of 10 ms)
+ * no longer goes first nor nests into a batch item until batch progress has earned it
+ * back; realtime work is not limited; an item chosen while no batch work waited is not
+ * charged, and the bucket is full again once none waits; share 0 turns it off. No clock
+ * is involved: progress and run times are what the worker reports. */
+static void test_batch_share(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, 0, 0);
+    djn_sched_set_share(s, 75, 10 * MS);
+    job_t b1, b2, i1, i2, i3, r1;
+    uint64_t need;
+    s_push_as(s, &b1, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    djn_sched_item_t *it = djn_sched_pop(s, 0);
+    CHECK(it == &i1.it); /* the bucket is full: interactive first, charged */
+    CHECK(it->charged);
+    djn_sched_ran(s, 0, it, 20 * MS); /* 10 ms over: batch must run 30 ms to pay it back */
+    djn_sched_done(s, 0);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 3, 0);
+    CHECK(djn_sched_pop(s, 0) == &b1.it); /* over its share: batch goes first */
+    /* b1 runs: i2 may nest once b1 has run 30 ms, not before; the hint says when */
+    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need));
+    CHECK(need > 29 * MS && need <= 30 * MS + 1);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 0, NULL, NULL) == NULL);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 15 * MS, NULL, NULL) == NULL);
+    /* realtime is not limited */
+    s_push_as(s, &r1, DJN_SCHED_REALTIME, 4, 0);
+    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need) && need == 0);
+    it = djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 15 * MS, NULL, NULL);
+    CHECK(it == &r1.it);
+    CHECK(!it->charged);
+    djn_sched_ran(s, 0, it, 100 * MS);
+    it = djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 31 * MS, NULL, NULL);
+    CHECK(it == &i2.it); /* paid back: nested, and charged */
+    CHECK(it->charged);
+    djn_sched_ran(s, 0, it, 2 * MS);
+    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need) == false); /* nothing waits */
+    djn_sched_ran(s, 0, &b1.it, 40 * MS); /* b1 ends: the rest of its run earns too */
+    djn_sched_done(s, 0);
+    /* no batch work waiting: interactive is chosen and not charged */
+    s_push_as(s, &i3, DJN_SCHED_INTERACTIVE, 5, 0);
+    it = djn_sched_pop(s, 0);
+    CHECK(it == &i3.it);
+    CHECK(!it->charged);
+    djn_sched_done(s, 0);
+    /* deep in debt while batch waited; once no batch work waits the debt is forgotten */
+    s_push_as(s, &b2, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    it = djn_sched_pop(s, 0);
+    CHECK(it == &i1.it && it->charged);
+    djn_sched_ran(s, 0, it, 1000 * MS);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_pop(s, 0) == &b2.it);
+    djn_sched_ran(s, 0, &b2.it, 1 * MS);
+    djn_sched_done(s, 0);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    it = djn_sched_pop(s, 0); /* nothing batch queued: the bucket is full again */
+    CHECK(it == &i1.it && !it->charged);
+    djn_sched_done(s, 0);
+    s_push_as(s, &b2, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 3, 0);
+    CHECK(djn_sched_pop(s, 0) == &i2.it);
+    djn_sched_done(s, 0);
+    /* share 0: interactive always first, however much it ran */
+    djn_sched_set_share(s, 0, 0);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    it = djn_sched_pop(s, 0);
+    CHECK(it == &i1.it);
+    djn_sched_ran(s, 0, it, 60ull * 1000 * MS);
+    djn_sched_done(s, 0);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 3, 0);
+    CHECK(djn_sched_pop(s, 0) == &i2.it);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_take(s, 0) == &b2.it);
+    djn_sched_destroy(&s);
+}
+
+/* An expired session's items leave every class at once, oldest first; the others stay.
+ * The load counts the queued items and the running one. */
+static void test_remove_owner_and_load(void) {
+    djn_sched_t *s = djn_sched_new(2);
+    job_t a1, a2, a3, b1;
+    s_push_as(s, &a1, DJN_SCHED_BATCH, 7, 0);
+    s_push_as(s, &b1, DJN_SCHED_INTERACTIVE, 8, 0);
+    s_push_as(s, &a2, DJN_SCHED_INTERACTIVE, 7, 1);
+    s_push_as(s, &a3, DJN_SCHED_REALTIME, 7, 2);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 4);
+    CHECK(djn_sched_remove_owner(s, 1, 7) == NULL);
+    djn_sched_item_t *l = djn_sched_remove_owner(s, 0, 7);
+    CHECK(l == &a1.it && l->next == &a2.it && l->next->next == &a3.it && !a3.it.next);
+    CHECK_EQ_INT(djn_sched_depth(s, 0), 1);
+    CHECK(djn_sched_remove_owner(s, 0, 7) == NULL);
+    CHECK(djn_sched_pop(s, 0) == &b1.it);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 1); /* running */
+    djn_sched_done(s, 0);
+    CHECK_EQ_INT(djn_sched_load(s, 0), 0);
+    djn_sched_destroy(&s);
+}
+
 int main(void) {
     RUN(test_idle);
     RUN(test_fifo_per_device);
@@ -529,5 +633,7 @@ int main(void) {
     RUN(test_owner_order_and_urgent);
     RUN(test_urgent_respects_ok_fn);
     RUN(test_latency_percentiles);
+    RUN(test_batch_share);
+    RUN(test_remove_owner_and_load);
     return djn_test_report();
 }
