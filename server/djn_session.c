@@ -61,15 +61,15 @@ struct djn_session {
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
-    _Atomic uint64_t queued_bytes;           /* data frames of the queued messages */
-    _Atomic bool closed;                     /* left the table: nothing more may be filed for it */
-    _Atomic bool expired;                    /* left it by its lease: queued work is dropped */
-    _Atomic int64_t idle_since_ms;           /* when a queued message of it last finished */
-    _Atomic uint64_t devices;                /* bit d: it uses device d (djn_session_use_device) */
-    int conn_fd;                             /* the socket it was last heard on (-1: unknown); t->mu */
-    bool conn_lost;                          /* that connection is gone; t->mu */
-    uint64_t peer_key;                       /* s_peer_key(peer) */
-    char last_failure[256];                  /* why poisoned handles were never computed */
+    _Atomic uint64_t queued_bytes; /* data frames of the queued messages */
+    _Atomic bool closed;           /* left the table: nothing more may be filed for it */
+    _Atomic bool expired;          /* left it by its lease: queued work is dropped */
+    _Atomic int64_t idle_since_ms; /* when a queued message of it last finished */
+    _Atomic uint64_t devices;      /* bit d: it uses device d (djn_session_use_device) */
+    int conn_fd;                   /* the socket it was last heard on (-1: unknown); t->mu */
+    bool conn_lost;                /* that connection is gone; t->mu */
+    uint64_t peer_key;             /* s_peer_key(peer) */
+    char last_failure[256];        /* why poisoned handles were never computed */
     djn_chunked_t ups[DJN_MAX_OPEN_UPLOADS]; /* uploads arriving in chunks, nups open */
     uint32_t nups;
 };

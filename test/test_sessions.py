@@ -344,6 +344,16 @@ def _long_chain(nodes):
     return _chain(nodes, qos=QOS_BATCH, n=BIG)
 
 
+def _nodes_lasting(m, sid, seconds):
+    """Nodes of a _long_chain that runs about `seconds` on this host, quiet or loaded:
+    timed on a chain of 200 (one more fragment of session sid)."""
+    t0 = time.monotonic()
+    m.send(sid, *_long_chain(200))
+    assert m.replies(1)[0][0]["type"] == REPLY
+    per_node = (time.monotonic() - t0) / 200
+    return int(min(20000, max(400, seconds / per_node)))
+
+
 def _multi(srv):
     from test_qos import Multi
 
@@ -361,9 +371,11 @@ def test_a_session_waiting_in_the_queue_keeps_its_lease(make_server):
     lease_ms = 1000
     srv = make_server("--lease-ms", str(lease_ms), "--no-inline")
     m = _multi(srv)
-    a, b = m.open(), m.open()
+    a = m.open()
+    nodes = _nodes_lasting(m, a, 5 * lease_ms / 1000)
+    b = m.open()
     t0 = time.monotonic()
-    sa = m.send(a, *_long_chain(2000))  # seconds on a quiet host, tens on a loaded one
+    sa = m.send(a, *_long_chain(nodes))
     _wait_running(m)
     sb = m.send(b, *_small(QOS_BATCH))  # batch too: it waits for the whole chain
     reps = m.replies(2, timeout=380)
@@ -398,6 +410,7 @@ def test_a_client_that_dies_while_queued_is_reclaimed_and_its_work_dropped(make_
     base = srv.stats()
     m = _multi(srv)  # A: alive, runs a long fragment
     a = m.open()
+    nodes = _nodes_lasting(m, a, 3 * (lease_ms / 1000 + MARGIN + 2))  # outlasts B's reclamation
     victim = _multi(srv)  # B: holds memory, queues work behind A, then dies
     b = victim.open()
     hb = (1 << 44) + 3 * (1 << 30)
@@ -405,7 +418,7 @@ def test_a_client_that_dies_while_queued_is_reclaimed_and_its_work_dropped(make_
         b, {"dev": 0, "binds": [hb], "allocs": [[hb, MiB]], "uploads": [[hb, 1]]}, [bytes(MiB)]
     )
     assert victim.replies(1)[0][0]["type"] == REPLY
-    sa = m.send(a, *_long_chain(400))
+    sa = m.send(a, *_long_chain(nodes))
     _wait_running(m)
     for _ in range(3):
         victim.send(b, *_long_chain(50))
@@ -428,8 +441,8 @@ def test_a_client_that_dies_while_queued_is_reclaimed_and_its_work_dropped(make_
     h, _ = m.replies(1, timeout=380)[0]
     assert h["seq"] == sa and h["type"] == REPLY, h
     d = srv.stats()["devices"][0]
-    # B's upload and A's chain ran; B's three queued fragments never did
-    assert d["fragments"] == base["devices"][0]["fragments"] + 2, d
+    # B's upload and A's two chains ran; B's three queued fragments never did
+    assert d["fragments"] == base["devices"][0]["fragments"] + 3, d
     m.seq += 1
     m.sock.send_multipart([encode_close(a, m.seq)])
     wait_for(srv, back_to(base), 30, "every counter back where it started")
