@@ -20,8 +20,8 @@
 #include "djn_codec.h"
 #include "djn_dev.h"
 #include "djn_gcache.h"
-#include "djn_tgraph.h"
 #include "djn_tlb.h"
+#include "djn_tmsg.h"
 
 static djn_gcache_key_t s_key(uint64_t fp, uint32_t dev, uint64_t sid, uint64_t shape) {
     djn_gcache_key_t k = {{fp, ~fp}, dev, sid, shape};

@@ -10,6 +10,7 @@
 
 #include "djn_codec.h"
 #include "djn_proto.h"
+#include "djn_tmsg.h"
 
 #define ERRLEN 256
 
@@ -270,16 +271,7 @@ static void test_load_fault_injection(void) {
     djn_msg_hdr_t h = {DJN_MSG_LOAD_MODEL, 1, 2};
     djn_buf_t b = {0};
     djn_load_req_encode(&b, &h, &r);
-    for (int k = 0; k < 64; k++) {
-        djn_mem_fail_after(k);
-        djn_msg_t *m = NULL;
-        char err[ERRLEN];
-        djn_status_t st = djn_msg_decode(b.data, b.len, 0, &m, NULL, err, ERRLEN);
-        djn_mem_fail_after(-1);
-        CHECK(st == DJN_OK || st == DJN_ERR_NOMEM);
-        CHECK((st == DJN_OK) == (m != NULL));
-        djn_msg_free(&m);
-    }
+    decode_under_fault_injection(&b);
     djn_buf_release(&b);
 }
 

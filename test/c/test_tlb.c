@@ -14,8 +14,8 @@
 
 #include "djn_codec.h"
 #include "djn_sym.h"
-#include "djn_tgraph.h"
 #include "djn_tlb.h"
+#include "djn_tmsg.h"
 
 #define SID 7
 

@@ -1,10 +1,13 @@
-/* djn_tgraph.h: a decoded GRAPH message for unit tests of the plan cache and what hangs
- * off it: aten::neg(slot 0: float32 [4] at offset off) -> [nil], binds [0x1000], on
- * device dev, with fingerprint (fp_hi, fp_lo), from session sid; graph_roundtrip for any
- * other GRAPH. Include after djn_test.h.
- * The caller frees the message (djn_msg_free). */
-#ifndef DJN_TGRAPH_H
-#define DJN_TGRAPH_H
+/* djn_tmsg.h: message helpers for the C unit tests. Include after djn_test.h.
+ *
+ * neg_graph: a decoded GRAPH for tests of the plan cache and what hangs off it:
+ * aten::neg(slot 0: float32 [4] at offset off) -> [nil], binds [0x1000], on device dev,
+ * with fingerprint (fp_hi, fp_lo), from session sid; graph_roundtrip for any other GRAPH.
+ * The caller frees the message (djn_msg_free).
+ * decode_under_fault_injection: an encoded message decoded with every allocation failing
+ * in turn: each decode succeeds or says DJN_ERR_NOMEM, and leaks nothing. */
+#ifndef DJN_TMSG_H
+#define DJN_TMSG_H
 
 #include "djn_codec.h"
 
@@ -50,6 +53,19 @@ static inline djn_msg_t *neg_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev,
     g.nnodes = 1;
     g.nodes = &n;
     return graph_roundtrip(&g, sid);
+}
+
+static inline void decode_under_fault_injection(const djn_buf_t *b) {
+    for (int k = 0; k < 64; k++) {
+        djn_mem_fail_after(k);
+        djn_msg_t *m = NULL;
+        char err[256];
+        djn_status_t st = djn_msg_decode(b->data, b->len, 0, &m, NULL, err, sizeof err);
+        djn_mem_fail_after(-1);
+        CHECK(st == DJN_OK || st == DJN_ERR_NOMEM);
+        CHECK((st == DJN_OK) == (m != NULL));
+        djn_msg_free(&m);
+    }
 }
 
 #endif
