@@ -4,6 +4,8 @@
  * aten::neg(slot 0: float32 [4] at offset off) -> [nil], binds [0x1000], on device dev,
  * with fingerprint (fp_hi, fp_lo), from session sid; graph_roundtrip for any other GRAPH.
  * The caller frees the message (djn_msg_free).
+ * decode_expect: b decoded as the server does, with the status wanted and, if why is not
+ * NULL, the error text wanted; returns the message (NULL on error).
  * decode_under_fault_injection: an encoded message decoded with every allocation failing
  * in turn: each decode succeeds or says DJN_ERR_NOMEM, and leaks nothing. */
 #ifndef DJN_TMSG_H
@@ -53,6 +55,16 @@ static inline djn_msg_t *neg_graph(uint64_t fp_hi, uint64_t fp_lo, uint32_t dev,
     g.nnodes = 1;
     g.nodes = &n;
     return graph_roundtrip(&g, sid);
+}
+
+static inline djn_msg_t *decode_expect(const djn_buf_t *b, djn_status_t want, const char *why) {
+    djn_msg_t *m = NULL;
+    char err[256] = "";
+    djn_status_t st = djn_msg_decode(b->data, b->len, 0, &m, NULL, err, sizeof err);
+    CHECK_EQ_INT(st, want);
+    if (why)
+        CHECK_STR(err, why);
+    return m;
 }
 
 static inline void decode_under_fault_injection(const djn_buf_t *b) {

@@ -14,22 +14,12 @@
 
 #define ERRLEN 256
 
-static djn_msg_t *s_decode(const djn_buf_t *b, djn_status_t want, const char *why) {
-    djn_msg_t *m = NULL;
-    char err[ERRLEN] = "";
-    djn_status_t st = djn_msg_decode(b->data, b->len, 0, &m, NULL, err, ERRLEN);
-    CHECK_EQ_INT(st, want);
-    if (why)
-        CHECK_STR(err, why);
-    return m;
-}
-
 static void test_rt_load_req(void) {
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_LOAD_MODEL, 7, 8};
     djn_load_req_t r = {3, "sentence-transformers/all-MiniLM-L6-v2", 0, NULL};
     djn_load_req_encode(&b, &h, &r);
-    djn_msg_t *m = s_decode(&b, DJN_OK, NULL);
+    djn_msg_t *m = decode_expect(&b, DJN_OK, NULL);
     CHECK(m != NULL);
     if (m) {
         CHECK_EQ_INT(m->type, DJN_MSG_LOAD_MODEL);
@@ -47,7 +37,7 @@ static void test_rt_load_req(void) {
     r = (djn_load_req_t){0, "m", 3, binds};
     djn_buf_reset(&b);
     djn_load_req_encode(&b, &h, &r);
-    m = s_decode(&b, DJN_OK, NULL);
+    m = decode_expect(&b, DJN_OK, NULL);
     CHECK(m != NULL);
     if (m) {
         CHECK_EQ_INT(m->u.load.nbinds, 3);
@@ -204,7 +194,7 @@ static void test_reject_load_req(void) {
     djn_buf_t b = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         s_msg(&b, cases[i].body);
-        djn_msg_t *m = s_decode(&b, DJN_ERR_PROTO, cases[i].why);
+        djn_msg_t *m = decode_expect(&b, DJN_ERR_PROTO, cases[i].why);
         CHECK(m == NULL);
         djn_msg_free(&m);
     }

@@ -18,22 +18,12 @@
 
 #define ERRLEN 256
 
-static djn_msg_t *s_decode(const djn_buf_t *b, djn_status_t want, const char *why) {
-    djn_msg_t *m = NULL;
-    char err[ERRLEN] = "";
-    djn_status_t st = djn_msg_decode(b->data, b->len, 0, &m, NULL, err, ERRLEN);
-    CHECK_EQ_INT(st, want);
-    if (why)
-        CHECK_STR(err, why);
-    return m;
-}
-
 static void test_rt_place_req(void) {
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_PLACE, 7, 8};
     djn_place_req_t r = {0};
     djn_place_req_encode(&b, &h, &r);
-    djn_msg_t *m = s_decode(&b, DJN_OK, NULL);
+    djn_msg_t *m = decode_expect(&b, DJN_OK, NULL);
     CHECK(m && m->type == DJN_MSG_PLACE && m->sid == 7 && m->seq == 8);
     CHECK(m && !m->u.place.model && !m->u.place.nhashes && !m->u.place.probe);
     djn_msg_free(&m);
@@ -43,7 +33,7 @@ static void test_rt_place_req(void) {
     r = (djn_place_req_t){"org/model", DJN_MAX_PLACE_HASHES, hs, true};
     djn_buf_reset(&b);
     djn_place_req_encode(&b, &h, &r);
-    m = s_decode(&b, DJN_OK, NULL);
+    m = decode_expect(&b, DJN_OK, NULL);
     CHECK(m != NULL);
     if (m) {
         CHECK_STR(m->u.place.model, "org/model");
@@ -167,7 +157,7 @@ static void test_reject_place_req(void) {
     djn_buf_t b = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         s_place(&b, cases[i].body);
-        djn_msg_t *m = s_decode(&b, DJN_ERR_PROTO, cases[i].why);
+        djn_msg_t *m = decode_expect(&b, DJN_ERR_PROTO, cases[i].why);
         CHECK(m == NULL);
         djn_msg_free(&m);
     }
