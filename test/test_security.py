@@ -45,6 +45,7 @@ from conftest import PYTHON, REPO, SERVER_BIN, free_port, poll, run_python, subp
 from proto import (
     CLOSE,
     DYNAMIC,
+    ERROR,
     E_ARGS,
     E_DENIED,
     E_EVICTED,
@@ -55,7 +56,6 @@ from proto import (
     E_PROTO,
     E_QUOTA,
     E_SESSION,
-    ERROR,
     F32,
     FETCH,
     GRAPH,
@@ -65,11 +65,12 @@ from proto import (
     HEARTBEAT,
     HELLO,
     I64,
+    PLACE,
     PROTO_VERSION,
     REPLY,
+    Raw,
     STATS,
     U8,
-    Raw,
     assert_error,
     dyn_tensor,
     encode,
@@ -584,6 +585,7 @@ def _foreign_requests(victim_handle):
         ("GRAPH_CACHED", GRAPH_CACHED, {"dev": 0, "binds": [h], "fp": [1, 2]}, []),
         ("HAVE", HAVE, {"dev": 0, "items": [[h, 1, 2, 16]]}, []),
         ("HEARTBEAT", HEARTBEAT, {}, []),
+        ("PLACE", PLACE, {"hashes": [[1, 2, 16]]}, []),
         ("CLOSE", CLOSE, {}, []),
     ]
 
