@@ -11,9 +11,10 @@ from two threads of this process by the wire protocol (the protocol's own encode
 
 Runs, side by side: interactive alone, batch alone, both with every fragment sent as
 batch (one class: the old FIFO), both with the interactive tenant marked interactive
-(QoS, with the server's batch share, ``--share``), and QoS with the batch share off
-(``--qos-batch-share 0``: priority, preemption and aging only, the scheduler before the
-share). Prints p50/p99 token latency against the solo p99 and the batch throughput
+(QoS, with the server's batch share, ``--share``, and its default lane: interactive
+fragments run on a second thread beside the batch fragment), QoS without the lane
+(``--lanes 0``: interactive fragments run nested between two batch nodes), and QoS with
+the batch share off (``--qos-batch-share 0``). Prints p50/p99 token latency against the solo p99 and the batch throughput
 against solo, with the host's load average around each run (the machine may be
 shared), and writes benchmarks/results/qos.{json,md}. Never asserts a time.
 Every mode runs ``--rounds`` times, interleaved, for ``--seconds`` each; ratios are taken
@@ -94,6 +95,12 @@ class Conn:
         )
         self.sid = self.recv()["body"]["sid"]
 
+    def stats(self):
+        """The device's STATS row (the server has no keys: every client is an operator)."""
+        self.seq += 1
+        self.sock.send_multipart([_proto.encode(K["STATS"], self.sid, self.seq, {})])
+        return self.recv()["body"]["devices"][0]
+
     def send(self, body, frames):
         self.seq += 1
         self.sock.send_multipart([_proto.encode(K["GRAPH"], self.sid, self.seq, body), *frames])
@@ -132,7 +139,7 @@ def start_server(flags=(), threads=0):
     return p, line.split()[1].decode()
 
 
-MODES = ("alone-i", "alone-b", "fifo", "qos", "qos-no-share")
+MODES = ("alone-i", "alone-b", "fifo", "qos", "qos-no-lane", "qos-no-share")
 
 
 def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
@@ -140,6 +147,8 @@ def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
     the batch tenant has saturated the device. Returns (token latencies s, batch steps/s
     over the same window)."""
     flags = ["--qos-batch-share", str(share if mode != "qos-no-share" else 0)]
+    if mode == "qos-no-lane":
+        flags += ["--lanes", "0"]
     proc, ep = start_server(flags, threads)
     try:
         lat, steps = [], [0, 0]  # steps done in all, and when the window opened
@@ -184,7 +193,8 @@ def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
         stop.set()
         if th:
             th.join()
-        return lat, rate
+        d = Conn(ep).stats()
+        return lat, rate, {k: d[k] for k in ("lane_runs", "preemptions")}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -226,8 +236,11 @@ def main():
         "are against the solo runs of the same round, median over rounds; p50/p99 over every "
         f"token of every round. Batch steps of {a.step_nodes} {a.step_n}x{a.step_n} matmuls, "
         "two in flight; tokens of 8 NxN matmuls, one at a time, back to back. qos: "
-        f"`--qos-batch-share {a.share}`; qos-no-share: 0 (priority, preemption between nodes "
-        "and aging only). The load average is the host's: other work shares the machine.\n",
+        f"`--qos-batch-share {a.share}` and the server's default lane (interactive fragments "
+        "run on a second thread beside the batch fragment); qos-no-lane: `--lanes 0` "
+        "(interactive fragments run nested between two batch nodes); qos-no-share: "
+        "`--qos-batch-share 0`. The load average is the host's: other work shares the "
+        "machine.\n",
     ]
     for token_n in a.token_n:
         res = scenario(a, token_n)
@@ -246,11 +259,14 @@ def scenario(a, token_n):
         got = {}
         for mode in MODES:
             load0 = os.getloadavg()[0]
-            lat, rate = run(mode, a.seconds, a.step_nodes, a.step_n, token_n, a.share, a.threads)
-            got[mode] = (lat, rate, load0, os.getloadavg()[0])
+            lat, rate, how = run(
+                mode, a.seconds, a.step_nodes, a.step_n, token_n, a.share, a.threads
+            )
+            got[mode] = (lat, rate, load0, os.getloadavg()[0], how)
             print(
                 f"tokens {token_n} round {r} {mode}: {len(lat)} tokens, p99 "
-                f"{pct(lat, 99) * 1e3:.2f} ms, batch {rate:.2f} steps/s, load {load0:.1f}",
+                f"{pct(lat, 99) * 1e3:.2f} ms, batch {rate:.2f} steps/s, load {load0:.1f}, "
+                f"lane runs {how['lane_runs']}, nested runs {how['preemptions']}",
                 flush=True,
             )
         rounds.append(got)
@@ -275,7 +291,9 @@ def scenario(a, token_n):
             )
             if mode != "alone-i"
             else 0.0,
-            "load_avg_1m": [round(x, 2) for g in rounds for x in g[mode][2:]],
+            "load_avg_1m": [round(x, 2) for g in rounds for x in g[mode][2:4]],
+            "lane_runs": sum(g[mode][4]["lane_runs"] for g in rounds),
+            "nested_runs": sum(g[mode][4]["preemptions"] for g in rounds),
         }
     print(table(res), flush=True)
     return res
@@ -284,8 +302,8 @@ def scenario(a, token_n):
 def table(res):
     rows = [
         "| run | tokens | token p50 ms | token p99 ms | p99 / solo p99 | batch steps/s "
-        "(rounds) | batch / solo | load avg 1 min (before, after each run) |",
-        "|---|---:|---:|---:|---:|---|---:|---|",
+        "(rounds) | batch / solo | on a lane / nested | load avg 1 min (before, after each run) |",
+        "|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for mode in MODES:
         r = res[mode]
@@ -293,7 +311,8 @@ def table(res):
             f"| {mode} | {r['tokens']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['p99_over_solo']:.2f} | "
             f"{', '.join(f'{x:.2f}' for x in r['batch_steps_per_s_by_round'])} | "
-            f"{r['batch_over_solo']:.2f} | {', '.join(f'{x:.1f}' for x in r['load_avg_1m'])} |"
+            f"{r['batch_over_solo']:.2f} | {r['lane_runs']} / {r['nested_runs']} | "
+            f"{', '.join(f'{x:.1f}' for x in r['load_avg_1m'])} |"
         )
     return "\n".join(rows)
 

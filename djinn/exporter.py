@@ -116,6 +116,7 @@ KNOWN = {
     "devices.copied_out_bytes": (C, "Bytes copied from the slab to the Data segment"),
     "devices.queued": (G, "Fragments waiting in the device's queues"),
     "devices.preemptions": (C, "Better-class fragments run nested between two nodes"),
+    "devices.lane_runs": (C, "Realtime and interactive fragments run on a lane, beside the worker"),
 }
 
 # Fields folded into labelled families, so that an operator filters and sums by label

@@ -9,7 +9,8 @@
  *   3. plan (devices with a VMU): the intermediates (handles declared and freed by this
  *      message) get slab offsets from their lifetimes over the nodes (djn_plan); a plan
  *      cache hit reuses the cached fragment's plan when its slots are intermediates
- *      again; a plan that does not fit the slab refuses the fragment before any node runs;
+ *      again; a plan that does not fit the slab refuses the fragment before any node runs
+ *      (also for a nested run, which then runs unplanned: env->nested);
  *   4. nodes, in order, stopping at the first failure; between two nodes, when the
  *      worker says better-class work of another session waits (env->urgent_fn), that
  *      work runs nested (env->yield_fn) with this fragment paused: its session stays
@@ -180,7 +181,8 @@ static uint64_t s_plan(const djn_frag_env_t *env, const djn_graph_req_t *g, cons
                 for (uint32_t t = 0; t < n; t++)
                     djn_map_put(place, DJN_VEC_AT(&w.handle, uint64_t, t), plan->offsets[t] + 1);
                 peak = plan->peak;
-                djn_vmu_note_plan(env->vmu, plan->peak, plan->lower_bound, bump);
+                if (!env->nested) /* the planner's figures: plans the slab runs */
+                    djn_vmu_note_plan(env->vmu, plan->peak, plan->lower_bound, bump);
             }
             djn_plan_destroy(&plan);
         }
@@ -638,7 +640,7 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
     bool planned = false;
     uint64_t peak = 0;
     uint64_t t0 = s_now_ns();
-    if (st == DJN_OK && env->vmu && !env->nested) { /* 3 */
+    if (st == DJN_OK && env->vmu) { /* 3 (nested: only the limit, the slab is the worker's) */
         uint64_t too_big = 0;
         if (!(in->cached && s_reuse_plan(g, in->cached, &place, &peak)))
             peak = s_plan(env, g, nodes, nnodes, &place, &too_big);
@@ -650,6 +652,8 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
                      "into smaller steps (torch.remote.synchronize()) or start djinn-server with "
                      "a larger --slab-bytes",
                      too_big, djn_vmu_slab_capacity(env->vmu));
+        } else if (env->nested) {
+            djn_map_clear(&place); /* its intermediates go to the Data segment */
         } else {
             if (djn_vmu_fragment_begin(env->vmu, peak) != DJN_OK)
                 djn_map_clear(&place); /* the slab was not empty: run unplanned */

@@ -38,9 +38,11 @@ typedef struct djn_frag_env {
     bool (*urgent_fn)(void *ctx);
     void (*yield_fn)(void *ctx);
     void *yield_ctx;
-    /* A nested run (inside another fragment's yield_fn): it must not touch the stack
-     * slab, which holds the paused fragment's planned activations: no plan, no slab
-     * reset, every allocation in the Data segment. */
+    /* A nested run (inside another fragment's yield_fn, or on a lane beside the worker):
+     * it must not touch the stack slab, which holds the worker's fragment's planned
+     * activations: no slab placement, no slab reset, every allocation in the Data
+     * segment; its plan is still made, so a fragment whose activations cannot fit the
+     * slab is refused here as on the worker. */
     bool nested;
 } djn_frag_env_t;
 

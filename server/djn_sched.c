@@ -21,6 +21,14 @@
  * not the running item's owner; the worker runs it nested and then resumes. A lock-free
  * count of queued items per class makes the question nearly free when nothing waits.
  * An interactive item is not nested into a batch item while the bucket is empty.
+ * Lanes (djn_sched_pop_lane): extra threads of a device that take realtime and
+ * interactive items only, and only while the worker is busy (an idle worker takes them
+ * itself, planned into the slab), under the same rules as a nested run (owner order,
+ * the share, charged when batch work waits) plus one: never an item of the owner whose
+ * item the worker runs (it may be popped and not yet locked). While a lane waits the worker
+ * nests nothing, so a paused batch item is no longer the price of an interactive one:
+ * preemption between nodes left the interactive p99 one batch node above its solo p99
+ * (results/qos.md); a lane removes that wait where the device has a spare core.
  *
  * The batch share, per device, is a bucket of nanoseconds of device time, counted in
  * the device's own time (what the worker reports: CPU time on a CPU device, so a host
@@ -80,8 +88,13 @@ typedef struct {
     uint32_t depth;
     uint64_t next_seq;
     bool running, claimed;
+    uint8_t run_cls;    /* the class of the item the worker runs (while running) */
+    uint64_t run_owner; /* ... and its owner: no lane takes that owner's items meanwhile */
     pthread_cond_t cv;
-    _Atomic uint64_t preemptions;
+    pthread_cond_t lane_cv;       /* lanes wait here for realtime or interactive work */
+    uint32_t lanes_running;       /* lanes running an item */
+    _Atomic uint32_t lanes_ready; /* lanes waiting in pop_lane: they take better classes */
+    _Atomic uint64_t preemptions, lane_runs;
     s_lat_t lat[DJN_SCHED_NCLASS];
     int64_t bucket_ns;           /* interactive time left ahead of waiting batch work */
     uint64_t credited_ns;        /* the running batch item's progress already earned (a.) */
@@ -122,6 +135,7 @@ djn_sched_t *djn_sched_new(uint32_t ndevices) {
     pthread_mutex_init(&s->mu, NULL);
     for (uint32_t i = 0; i < ndevices; i++) {
         pthread_cond_init(&s->q[i].cv, NULL);
+        pthread_cond_init(&s->q[i].lane_cv, NULL);
         s->q[i].bucket_ns = (int64_t)s->burst_ns;
     }
     return s;
@@ -131,8 +145,10 @@ void djn_sched_destroy(djn_sched_t **self_p) {
     if (!self_p || !*self_p)
         return;
     djn_sched_t *s = *self_p;
-    for (uint32_t i = 0; i < s->n; i++)
+    for (uint32_t i = 0; i < s->n; i++) {
         pthread_cond_destroy(&s->q[i].cv);
+        pthread_cond_destroy(&s->q[i].lane_cv);
+    }
     pthread_mutex_destroy(&s->mu);
     djn_free(s->q, (s->n ? s->n : 1) * sizeof(s_queue_t));
     djn_free(s, sizeof(*s));
@@ -162,13 +178,18 @@ static void s_set_unblock(djn_sched_t *s, s_queue_t *q) {
 /* a.: batch work ran `ns` more (lock held). */
 static void s_earn(djn_sched_t *s, s_queue_t *q, uint64_t ns) {
     uint64_t add = ns / (1000 - s->prio_pm) * s->prio_pm; /* ns * prio / (1000 - prio) */
+    bool was_empty = q->bucket_ns <= 0;
     q->bucket_ns = add >= s->burst_ns || q->bucket_ns + (int64_t)add > (int64_t)s->burst_ns
                        ? (int64_t)s->burst_ns
                        : q->bucket_ns + (int64_t)add;
+    if (was_empty && q->bucket_ns > 0 && q->lanes_ready) /* interactive work may go again */
+        pthread_cond_broadcast(&q->lane_cv);
 }
 
 /* c.: no batch work waits any more (lock held). */
 static void s_refill(djn_sched_t *s, s_queue_t *q) {
+    if (q->bucket_ns <= 0 && q->lanes_ready)
+        pthread_cond_broadcast(&q->lane_cv);
     q->bucket_ns = (int64_t)s->burst_ns;
     q->credited_ns = 0;
     atomic_store_explicit(&q->unblock_at, 0, memory_order_relaxed);
@@ -219,6 +240,8 @@ void djn_sched_push(djn_sched_t *s, uint32_t dev, djn_sched_item_t *it) {
     q->depth++;
     atomic_fetch_add(&q->waiting[it->cls], 1);
     pthread_cond_signal(&q->cv);
+    if (it->cls < DJN_SCHED_BATCH && q->lanes_ready && q->running)
+        pthread_cond_signal(&q->lane_cv);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -310,14 +333,107 @@ djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev) {
         pthread_cond_wait(&q->cv, &s->mu);
     djn_sched_item_t *it = s->stop ? NULL : s_pick(s, q);
     q->running = it != NULL;
+    if (it) {
+        q->run_cls = it->cls;
+        q->run_owner = it->owner;
+        if (q->lanes_ready &&
+            (q->cls[DJN_SCHED_REALTIME].head || q->cls[DJN_SCHED_INTERACTIVE].head))
+            pthread_cond_broadcast(&q->lane_cv); /* the worker is busy: what waits is theirs */
+    }
     pthread_mutex_unlock(&s->mu);
     return it;
 }
 
 void djn_sched_done(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
-    s->q[dev].running = false;
+    s_queue_t *q = &s->q[dev];
+    q->running = false;
+    q->run_owner = 0; /* what waits now goes to the worker (lanes only help a busy one) */
     pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------ lanes */
+
+/* Whether batch work waits on the device: queued, or running on the worker (lock held). */
+static bool s_batch_waits(const s_queue_t *q) {
+    return q->cls[DJN_SCHED_BATCH].head || (q->running && q->run_cls == DJN_SCHED_BATCH);
+}
+
+/* The item a lane may take now, unlinked, or NULL; *busy: one was refused by ok_fn
+ * (a lock held elsewhere), so the lane should look again soon (lock held). */
+static djn_sched_item_t *s_lane_pick(djn_sched_t *s, s_queue_t *q, djn_sched_ok_fn ok_fn, void *ctx,
+                                     bool *busy) {
+    if (!q->running) /* an idle worker takes it: planned into the slab, not beside it */
+        return NULL;
+    bool batch = s_batch_waits(q) && s->prio_pm < 1000;
+    djn_sched_item_t *got = NULL;
+    for (uint8_t c = 0; c < DJN_SCHED_BATCH && !got; c++) {
+        if (c == DJN_SCHED_INTERACTIVE && batch && q->bucket_ns <= 0)
+            break; /* over its share: the worker's progress refills the bucket (s_earn) */
+        for (djn_sched_item_t *p = q->cls[c].head; p; p = p->next) {
+            if (p->owner &&
+                ((q->running && p->owner == q->run_owner) || s_oldest_of(q, p->owner) != p))
+                continue;
+            if (ok_fn && !ok_fn(p, ctx)) {
+                *busy = true;
+                continue;
+            }
+            got = p;
+            break;
+        }
+    }
+    if (!got)
+        return NULL;
+    s_unlink(q, got->cls, got);
+    got->charged = batch && got->cls == DJN_SCHED_INTERACTIVE;
+    if (!batch && !q->cls[DJN_SCHED_BATCH].head)
+        s_refill(s, q); /* c. */
+    atomic_fetch_add(&q->lane_runs, 1);
+    return got;
+}
+
+#define S_LANE_RETRY_NS 1000000 /* a refused item (its session busy) is tried again after */
+
+djn_sched_item_t *djn_sched_pop_lane(djn_sched_t *s, uint32_t dev, djn_sched_ok_fn ok_fn,
+                                     void *ctx) {
+    pthread_mutex_lock(&s->mu);
+    s_queue_t *q = &s->q[dev];
+    djn_sched_item_t *got = NULL;
+    atomic_fetch_add(&q->lanes_ready, 1); /* from now on the worker leaves such work to it */
+    while (!s->stop) {
+        bool busy = false;
+        if (!q->claimed &&
+            (q->cls[DJN_SCHED_REALTIME].head || q->cls[DJN_SCHED_INTERACTIVE].head) &&
+            (got = s_lane_pick(s, q, ok_fn, ctx, &busy)) != NULL)
+            break;
+        if (busy) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += S_LANE_RETRY_NS;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&q->lane_cv, &s->mu, &ts);
+        } else {
+            pthread_cond_wait(&q->lane_cv, &s->mu);
+        }
+    }
+    atomic_fetch_sub(&q->lanes_ready, 1);
+    if (got)
+        q->lanes_running++;
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+void djn_sched_lane_done(djn_sched_t *s, uint32_t dev) {
+    pthread_mutex_lock(&s->mu);
+    s->q[dev].lanes_running--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t djn_sched_lane_runs(djn_sched_t *s, uint32_t dev) {
+    return dev < s->n ? atomic_load(&s->q[dev].lane_runs) : 0;
 }
 
 bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_progress) {
@@ -327,7 +443,9 @@ bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_
         if (atomic_load_explicit(&q->waiting[c], memory_order_relaxed)) {
             if (c == DJN_SCHED_INTERACTIVE && cls == DJN_SCHED_BATCH) /* within the share */
                 *need_progress = atomic_load_explicit(&q->unblock_at, memory_order_relaxed);
-            return true;
+            /* a lane waits for it: no pause; over the share, pop_urgent's progress
+             * refills the bucket and wakes the lane (s_earn) */
+            return !atomic_load_explicit(&q->lanes_ready, memory_order_relaxed) || *need_progress;
         }
     return false;
 }
@@ -350,6 +468,10 @@ djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls
         }
         s_set_unblock(s, q);
         share = q->bucket_ns > 0;
+    }
+    if (atomic_load_explicit(&q->lanes_ready, memory_order_relaxed)) {
+        pthread_mutex_unlock(&s->mu); /* a lane takes it (woken by s_earn if it was over) */
+        return NULL;
     }
     for (uint8_t c = 0; c < cls && c < DJN_SCHED_NCLASS && !got && !s->stop; c++) {
         if (c == DJN_SCHED_INTERACTIVE && !share)
@@ -376,7 +498,7 @@ bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev) {
     if (pthread_mutex_trylock(&s->mu) != 0)
         return false;
     s_queue_t *q = &s->q[dev];
-    bool ok = !q->depth && !q->running && !q->claimed && !s->stop;
+    bool ok = !q->depth && !q->running && !q->lanes_running && !q->claimed && !s->stop;
     if (ok)
         q->claimed = true;
     pthread_mutex_unlock(&s->mu);
@@ -386,8 +508,10 @@ bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev) {
 void djn_sched_release(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
     s->q[dev].claimed = false;
-    if (s->q[dev].depth) /* what was pushed meanwhile may go now */
+    if (s->q[dev].depth) { /* what was pushed meanwhile may go now */
         pthread_cond_signal(&s->q[dev].cv);
+        pthread_cond_broadcast(&s->q[dev].lane_cv);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -420,7 +544,8 @@ djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t 
 
 uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev) {
     pthread_mutex_lock(&s->mu);
-    uint32_t d = s->q[dev].depth + (s->q[dev].running || s->q[dev].claimed);
+    uint32_t d =
+        s->q[dev].depth + (s->q[dev].running || s->q[dev].claimed) + s->q[dev].lanes_running;
     pthread_mutex_unlock(&s->mu);
     return d;
 }
@@ -436,7 +561,7 @@ bool djn_sched_idle(djn_sched_t *s) {
     pthread_mutex_lock(&s->mu);
     bool idle = true;
     for (uint32_t i = 0; i < s->n && idle; i++)
-        idle = !s->q[i].depth && !s->q[i].running && !s->q[i].claimed;
+        idle = !s->q[i].depth && !s->q[i].running && !s->q[i].claimed && !s->q[i].lanes_running;
     pthread_mutex_unlock(&s->mu);
     return idle;
 }
@@ -444,8 +569,10 @@ bool djn_sched_idle(djn_sched_t *s) {
 void djn_sched_stop(djn_sched_t *s) {
     pthread_mutex_lock(&s->mu);
     s->stop = true;
-    for (uint32_t i = 0; i < s->n; i++)
+    for (uint32_t i = 0; i < s->n; i++) {
         pthread_cond_broadcast(&s->q[i].cv);
+        pthread_cond_broadcast(&s->q[i].lane_cv);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 

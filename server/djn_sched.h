@@ -13,7 +13,9 @@
  *     better-class item of another owner to run nested (preemption at node boundaries);
  *   - while batch work waits, interactive work (chosen first, or nested) takes at most
  *     its share of the device's time (the batch share): beyond it, batch goes first;
- *   - a device is "busy" while its worker runs an item, so another thread (the
+ *   - a device's lanes (extra threads of a CPU device) take realtime and interactive
+ *     items beside the worker, so that they need not wait for a batch node to end;
+ *   - a device is "busy" while its worker or a lane runs an item, so another thread (the
  *     transport, for a tiny cached fragment) can run one in its place only when nothing
  *     is queued or running, which keeps the order.
  * Items are intrusive (embed djn_sched_item_t first in your job struct), so a push never
@@ -46,6 +48,8 @@ enum { DJN_SCHED_REALTIME = 0, DJN_SCHED_INTERACTIVE = 1, DJN_SCHED_BATCH = 2, D
 #define DJN_SCHED_BURST_NS (50ull * 1000000ull)
 /* Latency samples kept per (device, class): the most recent ones. */
 #define DJN_SCHED_SAMPLES 1024u
+/* Lanes one device may have (djn_sched_pop_lane). */
+#define DJN_SCHED_MAX_LANES 4u
 
 typedef struct djn_sched_item {
     struct djn_sched_item *next;
@@ -88,6 +92,20 @@ void djn_sched_done(djn_sched_t *s, uint32_t dev);
 typedef bool (*djn_sched_ok_fn)(djn_sched_item_t *it, void *ctx);
 djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t owner,
                                        uint64_t progress_ns, djn_sched_ok_fn ok_fn, void *ctx);
+/* Lanes: extra threads of a device that run realtime and interactive work beside its
+ * worker (a CPU device's other cores), so that such work never waits for the node a
+ * batch item is running. A lane waits, while the worker is busy (an idle worker takes
+ * the work itself, planned into its slab), for a queued realtime or interactive item
+ * whose owner has no older item queued and no item on the worker, within the batch share
+ * while batch work waits (queued or running: the lane's run is charged like a nested
+ * one), for which ok_fn(item, ctx) says yes (the lane try-locks its session, as for a
+ * nested run). While a lane waits, the worker nests no such work (djn_sched_urgent says
+ * no): the lane takes it with the batch item left running. NULL once stopped.
+ * djn_sched_lane_done when its run ended. */
+djn_sched_item_t *djn_sched_pop_lane(djn_sched_t *s, uint32_t dev, djn_sched_ok_fn ok_fn,
+                                     void *ctx);
+void djn_sched_lane_done(djn_sched_t *s, uint32_t dev);
+uint64_t djn_sched_lane_runs(djn_sched_t *s, uint32_t dev); /* items lanes took */
 /* Whether an item of a class better than `cls` is queued (lock-free; a hint). When only
  * interactive work waits beside a running batch item and is over its share,
  * *need_progress is the running item's progress at which it may go (else 0): the
@@ -100,11 +118,12 @@ void djn_sched_ran(djn_sched_t *s, uint32_t dev, const djn_sched_item_t *it, uin
 /* Remove every queued item of `owner` on a device (its session expired): returned as a
  * list linked by `next`, oldest first; NULL when it had none. */
 djn_sched_item_t *djn_sched_remove_owner(djn_sched_t *s, uint32_t dev, uint64_t owner);
-/* Queued items plus the one running (0 or 1): the device's backlog, for placement. */
+/* Queued items plus those running (the worker's and the lanes'): the device's backlog,
+ * for placement. */
 uint32_t djn_sched_load(djn_sched_t *s, uint32_t dev);
 /* Run something on the device now, from another thread, if it is idle: nothing queued,
- * nothing running, not claimed. True: the caller owns the device until djn_sched_release
- * (the worker waits). Never blocks. */
+ * nothing running (on the worker or a lane), not claimed. True: the caller owns the device until
+ * djn_sched_release (the worker waits). Never blocks. */
 bool djn_sched_try_claim(djn_sched_t *s, uint32_t dev);
 void djn_sched_release(djn_sched_t *s, uint32_t dev);
 /* The next item without waiting (oldest push first), or NULL. */

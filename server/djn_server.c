@@ -12,7 +12,11 @@
  *
  * Workers: one thread per device. A worker pops a job, runs it through the fragment
  * runtime (djn_frag.c) with its device's executor and VMU, encodes the reply and pushes
- * it to the transport over inproc (ZeroMQ sockets are not shared across threads). */
+ * it to the transport over inproc (ZeroMQ sockets are not shared across threads).
+ * Lanes (--lanes, CPU devices): more threads per device, each with its own executor on
+ * the device's VMU, that run only realtime and interactive fragments (djn_sched_pop_lane)
+ * beside the worker, as a nested run would (no slab: Data allocations), so that such a
+ * fragment does not wait for the batch node the worker is running. */
 #define _GNU_SOURCE
 #include "djn_server.h"
 
@@ -65,15 +69,17 @@ typedef struct s_job {
     uint64_t nested_cpu_ns;  /* ... and the CPU time its nested fragments took */
 } s_job_t;
 
-typedef struct {
+typedef struct s_worker {
     djn_server_t *srv;
     uint32_t index;
     djn_exec_t *exec;
     djn_vmu_t *vmu; /* CPU devices: the Data segment and the stack slab */
     bool cpu;       /* a CPU device: its time is the worker thread's CPU time */
+    bool lane;      /* a lane (its vmu is the worker's); else the device's worker */
     pthread_t th;
     bool started;
     _Atomic uint64_t nodes, jobs, errors;
+    struct s_worker *counts; /* whose nodes/jobs/errors it adds to: the device's worker */
 } s_worker_t;
 
 struct djn_server {
@@ -90,6 +96,8 @@ struct djn_server {
     djn_sched_t *sched;
     s_worker_t workers[DJN_SERVER_MAX_DEVICES];
     int nworkers;
+    s_worker_t lanes[DJN_SERVER_MAX_DEVICES * DJN_SCHED_MAX_LANES];
+    int nlanes;
     int64_t started_ms;
     _Atomic uint64_t requests, errors, bytes_in, bytes_out, inline_runs;
     _Atomic uint64_t errors_by[DJN_ERR_DENIED + 1]; /* ERROR replies by status */
@@ -283,15 +291,15 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
                                   : out.run_ns           ? out.run_ns
                                                          : 1);
     djn_free(blobs, j->nframes * sizeof(djn_blob_t));
-    atomic_fetch_add(&w->nodes, out.nodes_run);
-    atomic_fetch_add(&w->jobs, 1);
+    atomic_fetch_add(&w->counts->nodes, out.nodes_run);
+    atomic_fetch_add(&w->counts->jobs, 1);
     if (in.g->nnodes || j->plan) {
         uint64_t ns = j->sched_ns + out.plan_ns;
         atomic_fetch_add(j->plan ? &srv->sched_ns_hit : &srv->sched_ns_miss, ns);
         atomic_fetch_add(j->plan ? &srv->sched_n_hit : &srv->sched_n_miss, 1);
     }
     if (out.st != DJN_OK) {
-        atomic_fetch_add(&w->errors, 1);
+        atomic_fetch_add(&w->counts->errors, 1);
         s_send_error(srv, push, &j->ident, j->msg->sid, j->msg->seq, out.st, out.err, out.bad_node,
                      out.op);
         djn_frag_out_release(&out);
@@ -435,17 +443,63 @@ static void s_yield_fn(void *ctx) {
     s_job_free(w->srv, j);
 }
 
-static void *s_worker_main(void *arg) {
-    s_worker_t *w = arg;
-    char name[16]; /* "djn-worker-<i>" in top, gdb and /proc/<pid>/task/<tid>/comm */
-    snprintf(name, sizeof name, "djn-worker-%u", (unsigned)w->index);
+/* A worker's or lane's thread: named "djn-worker-<i>" / "djn-lane-<i>" in top, gdb and
+ * /proc/<pid>/task/<tid>/comm, crash-reporting, allocating from its device's VMU; the
+ * PUSH socket its replies leave through. */
+static void *s_thread_begin(s_worker_t *w) {
+    char name[16];
+    snprintf(name, sizeof name, "djn-%s-%u", w->lane ? "lane" : "worker", (unsigned)w->index);
     pthread_setname_np(pthread_self(), name);
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
     void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
-    int hwm = 0, linger = 0;
+    int hwm = 0;
     zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_connect(push, S_REPLY_EP);
+    return push;
+}
+
+static void s_thread_end(void *push) {
+    int linger = 0;
+    zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(push);
+}
+
+/* What a lane takes: a fragment (not HAVE or LOAD_MODEL, which need the worker's
+ * executor), its session locked now (a lane never waits for a lock). */
+static bool s_lane_ok_fn(djn_sched_item_t *it, void *ctx) {
+    (void)ctx;
+    s_job_t *j = (s_job_t *)it;
+    return j->msg->type != DJN_MSG_HAVE && j->msg->type != DJN_MSG_LOAD_MODEL &&
+           djn_session_trylock(j->sess);
+}
+
+static void *s_lane_main(void *arg) {
+    s_worker_t *w = arg;
+    void *push = s_thread_begin(w);
+    djn_sched_item_t *it;
+    while ((it = djn_sched_pop_lane(w->srv->sched, w->index, s_lane_ok_fn, NULL)) != NULL) {
+        s_job_t *j = (s_job_t *)it;
+        j->start_ns = s_now_ns();
+        j->cpu0_ns = s_cpu_ns();
+        if (djn_session_expired(j->sess)) {
+            djn_session_unlock(j->sess);
+            s_refuse_expired(w->srv, push, j);
+        } else {
+            djn_frag_env_t env = s_env(w);
+            env.nested = true; /* the slab is the worker's */
+            s_run_graph_env(w, &env, push, j, true);
+        }
+        s_job_free(w->srv, j);
+        djn_sched_lane_done(w->srv->sched, w->index);
+    }
+    s_thread_end(push);
+    return NULL;
+}
+
+static void *s_worker_main(void *arg) {
+    s_worker_t *w = arg;
+    void *push = s_thread_begin(w);
     djn_sched_item_t *it;
     while ((it = djn_sched_pop(w->srv->sched, w->index)) != NULL) {
         s_job_t *j = (s_job_t *)it;
@@ -470,8 +524,7 @@ static void *s_worker_main(void *arg) {
         s_job_free(w->srv, j);
         djn_sched_done(w->srv->sched, w->index);
     }
-    zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(push);
+    s_thread_end(push);
     return NULL;
 }
 
@@ -512,6 +565,7 @@ static void s_qos_stats(djn_server_t *srv, uint32_t dev, djn_stats_device_t *d) 
     S_QOS_ROWS(bt, DJN_SCHED_BATCH)
 #undef S_QOS_ROWS
     d->preemptions = djn_sched_preemptions(srv->sched, dev);
+    d->lane_runs = djn_sched_lane_runs(srv->sched, dev);
     d->queued = djn_sched_depth(srv->sched, dev);
 }
 
@@ -1364,6 +1418,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
         if (!w->exec)
             goto fail;
         w->cpu = !strncmp(cfg->devices[i], "cpu", 3);
+        w->counts = w;
         srv->nworkers++;
         if (srv->tcache)
             djn_tcache_set_exec(srv->tcache, (uint32_t)i, w->exec);
@@ -1371,9 +1426,24 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
             !(w->vmu = djn_vmu_new(cfg->data_bytes, cfg->slab_bytes, err, errlen)))
             goto fail;
     }
-    for (int i = 0; i < srv->nworkers; i++) {
-        s_worker_t *w = &srv->workers[i];
-        if (pthread_create(&w->th, NULL, s_worker_main, w) != 0) {
+    /* lanes: CPU devices only (a GPU's would need a stream of their own per class) */
+    uint32_t nl = cfg->lanes > DJN_SCHED_MAX_LANES ? DJN_SCHED_MAX_LANES : cfg->lanes;
+    for (int i = 0; i < srv->nworkers; i++)
+        for (uint32_t k = 0; srv->workers[i].cpu && k < nl; k++) {
+            s_worker_t *l = &srv->lanes[srv->nlanes];
+            *l = (s_worker_t){.srv = srv,
+                              .index = (uint32_t)i,
+                              .vmu = srv->workers[i].vmu,
+                              .cpu = true,
+                              .lane = true,
+                              .counts = &srv->workers[i]};
+            if (!(l->exec = djn_exec_new(cfg->devices[i], err, errlen)))
+                goto fail;
+            srv->nlanes++;
+        }
+    for (int i = 0; i < srv->nworkers + srv->nlanes; i++) {
+        s_worker_t *w = i < srv->nworkers ? &srv->workers[i] : &srv->lanes[i - srv->nworkers];
+        if (pthread_create(&w->th, NULL, w->lane ? s_lane_main : s_worker_main, w) != 0) {
             snprintf(err, errlen, "cannot start a worker thread");
             goto fail;
         }
@@ -1513,6 +1583,9 @@ void djn_server_destroy(djn_server_t **self_p) {
     for (int i = 0; i < srv->nworkers; i++)
         if (srv->workers[i].started)
             pthread_join(srv->workers[i].th, NULL);
+    for (int i = 0; i < srv->nlanes; i++)
+        if (srv->lanes[i].started)
+            pthread_join(srv->lanes[i].th, NULL);
     for (int i = 0; srv->sched && i < srv->nworkers; i++) {
         djn_sched_item_t *it;
         while ((it = djn_sched_take(srv->sched, (uint32_t)i)) != NULL)
@@ -1533,6 +1606,8 @@ void djn_server_destroy(djn_server_t **self_p) {
     djn_models_destroy(&srv->models);
     djn_text_destroy(&srv->text);
     djn_tcache_destroy(&srv->tcache);
+    for (int i = 0; i < srv->nlanes; i++)
+        djn_exec_destroy(&srv->lanes[i].exec); /* its vmu is its worker's */
     for (int i = 0; i < srv->nworkers; i++) {
         djn_exec_destroy(&srv->workers[i].exec);
         djn_vmu_destroy(&srv->workers[i].vmu);

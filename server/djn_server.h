@@ -43,6 +43,7 @@ typedef struct djn_server_cfg {
     uint32_t qos_age_passes;              /* djn_sched_set_aging */
     uint64_t qos_age_ns;
     uint32_t qos_batch_share; /* djn_sched_set_share, percent (0: none) */
+    uint32_t lanes;           /* per CPU device, threads for realtime/interactive work */
 } djn_server_cfg_t;
 
 typedef struct djn_server djn_server_t;

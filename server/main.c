@@ -90,6 +90,11 @@ static void s_usage(FILE *f) {
         "                       of its time for batch: interactive work beyond the rest\n"
         "                       waits (0 = no share, interactive always first; at most 95)\n"
         "                       [DJINN_QOS_BATCH_SHARE] (default 75)\n"
+        "  --lanes N            per CPU device, N more threads that run realtime and\n"
+        "                       interactive fragments beside its worker, so that they never\n"
+        "                       wait for a batch node to end (0 = none: such work runs\n"
+        "                       nested between batch nodes; at most 4) [DJINN_LANES]\n"
+        "                       (default 1 on a host with more than one core, else 0)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -184,7 +189,8 @@ int main(int argc, char **argv) {
                        data = ~0ull, slab = ~0ull, plan = 1024, queued = 256, fd = ~0ull, ppid = 0,
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
-                       age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE;
+                       age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE,
+                       lanes = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 1 : 0;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -202,6 +208,7 @@ int main(int argc, char **argv) {
         {"--qos-age-passes", "DJINN_QOS_AGE_PASSES", &age_passes},
         {"--qos-age-ms", "DJINN_QOS_AGE_MS", &age_ms},
         {"--qos-batch-share", "DJINN_QOS_BATCH_SHARE", &batch_share},
+        {"--lanes", "DJINN_LANES", &lanes},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
         {"--drain-timeout", "DJINN_DRAIN_TIMEOUT", &drain_s},
@@ -325,6 +332,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     cfg.qos_batch_share = (uint32_t)batch_share;
+    if (lanes > DJN_SCHED_MAX_LANES) {
+        fprintf(stderr, "djinn-server: --lanes is at most %u\n", DJN_SCHED_MAX_LANES);
+        return 2;
+    }
+    cfg.lanes = (uint32_t)lanes;
     if (!cfg.realtime_tenants)
         cfg.realtime_tenants = s_env("DJINN_REALTIME_TENANTS", NULL);
     char devbuf[1024];

@@ -7,6 +7,7 @@ order in which replies arrive is the order of completion, with no clock involved
 
 import os
 import struct
+import sys
 import time
 
 import msgpack
@@ -195,11 +196,13 @@ def _run(sess, bf):
 # ================================================================== scheduling
 
 
-def test_interactive_overtakes_a_running_batch_fragment(make_server):
+@pytest.mark.parametrize("lanes", [0, 1])
+def test_interactive_overtakes_a_running_batch_fragment(make_server, lanes):
     """Session B's interactive fragment, sent while session A's long batch fragment runs,
-    finishes first: the batch fragment pauses between two nodes to let it run. Its
-    results stay exact (the nested run does not touch the paused fragment's slab)."""
-    srv = make_server("--no-inline")
+    finishes first: without lanes the batch fragment pauses between two nodes to let it
+    run; with one, the lane runs it beside the batch fragment, which never pauses. The
+    batch results stay exact (neither touches the running fragment's slab)."""
+    srv = make_server("--no-inline", "--lanes", str(lanes))
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     a, b = m.open(), m.open()
@@ -213,7 +216,10 @@ def test_interactive_overtakes_a_running_batch_fragment(make_server):
     assert second[0]["type"] == REPLY, second[0]
     assert struct.unpack("<4f", second[1][0]) == (2.0,) * 4  # x @ I/... stays exact
     d = m.stats0()["devices"][0]
-    assert d["preemptions"] >= 1
+    if lanes:
+        assert (d["preemptions"], d["lane_runs"]) == (0, 1), d
+    else:
+        assert (d["preemptions"], d["lane_runs"]) == (1, 0), d
     assert d["ia_fragments"] >= 1 and d["bt_fragments"] >= 1
     # the interactive fragment arrived after the batch one started and finished before it:
     # its wait is inside the batch fragment's run (no timing ratio: CI runs on a loaded box)
@@ -236,8 +242,9 @@ def test_fifo_without_classes_keeps_the_old_order(make_server):
 def test_a_session_keeps_its_own_order_across_classes(make_server):
     """A session's interactive fragment never overtakes its own batch fragment (it reads
     what that one writes): it lifts it instead, ahead of another session's batch work
-    (aging by time off: the wait behind the busy fragment must not decide)."""
-    srv = make_server("--no-inline", "--qos-age-ms", "0")
+    (aging by time off: the wait behind the busy fragment must not decide). One worker,
+    no lane: the order of completion is the order of choice."""
+    srv = make_server("--no-inline", "--qos-age-ms", "0", "--lanes", "0")
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     busy, a, c = m.open(), m.open(), m.open()
@@ -267,7 +274,7 @@ def test_a_session_keeps_its_own_order_across_classes(make_server):
 def test_batch_never_starves(make_server):
     """With interactive work always queued, a waiting batch fragment still runs after
     --qos-age-passes interactive picks, not after all of them."""
-    srv = make_server("--no-inline", "--qos-age-passes", "3", "--qos-age-ms", "0")
+    srv = make_server("--no-inline", "--qos-age-passes", "3", "--qos-age-ms", "0", "--lanes", "0")
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     busy, a, d = m.open(), m.open(), m.open()
@@ -284,7 +291,7 @@ def test_batch_never_starves(make_server):
 def test_strict_priority_when_aging_is_off(make_server):
     """The same queue without aging: the batch fragment waits for every interactive one
     (what aging prevents)."""
-    srv = make_server("--no-inline", "--qos-age-passes", "0", "--qos-age-ms", "0")
+    srv = make_server("--no-inline", "--qos-age-passes", "0", "--qos-age-ms", "0", "--lanes", "0")
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     busy, a, d = m.open(), m.open(), m.open()
@@ -297,14 +304,15 @@ def test_strict_priority_when_aging_is_off(make_server):
     assert order[-1] == sb, order
 
 
-@pytest.mark.parametrize("share", [0, 75])
-def test_batch_keeps_its_share_of_the_device(make_server, share):
+@pytest.mark.parametrize("share, lanes", [(0, 0), (75, 0), (75, 1)])
+def test_batch_keeps_its_share_of_the_device(make_server, share, lanes):
     """Ten interactive fragments, as much work together as a batch fragment, arrive while
     it runs. Without a batch share (0) every one of them runs nested at the batch
     fragment's node boundaries, all before it ends; with 75 % kept for batch, interactive
     work takes at most a third of what batch runs (a quarter of the device) while batch
-    waits, so the batch fragment ends before the last of them."""
-    srv = make_server("--no-inline", "--qos-batch-share", str(share))
+    waits, so the batch fragment ends before the last of them, whether that work runs
+    nested or on a lane beside it (charged the same)."""
+    srv = make_server("--no-inline", "--qos-batch-share", str(share), "--lanes", str(lanes))
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     a, b = m.open(), m.open()
@@ -321,7 +329,92 @@ def test_batch_keeps_its_share_of_the_device(make_server, share):
     else:
         assert order[-1] == sa, order
     d = m.stats0()["devices"][0]
-    assert d["preemptions"] >= 1, d
+    assert (d["lane_runs"] if lanes else d["preemptions"]) >= 1, d
+
+
+def test_a_lane_keeps_each_sessions_order(make_server):
+    """With a lane, another session's interactive fragment runs beside a long batch
+    fragment and finishes first; the batch fragment's own session's interactive
+    fragment, which reads what the batch one writes, waits for it (the lane never takes
+    an item of the session the worker runs) and reads the finished result."""
+    srv = make_server("--no-inline", "--lanes", "1")
+    m = Multi(srv.endpoint)
+    srv.conns.append(m)
+    a, b = m.open(), m.open()
+    body, frames = _chain(300, qos=QOS_BATCH)  # the last node writes binds[0] (x)
+    x = body["binds"][0]
+    body["frees"] = body["binds"][1:]
+    body["fetch"] = []
+    sa1 = m.send(a, body, frames)
+    _wait_running(m)
+    sa2 = m.send(a, {"dev": 0, "binds": [x], "fetch": [[x, 0, 16]], "frees": [x], "qos": 2})
+    sb = m.send(b, *_small(QOS_INTERACTIVE))
+    reps = m.replies(3)
+    assert [r[0]["seq"] for r in reps] == [sb, sa1, sa2], [r[0] for r in reps]
+    _ok_small(reps[0])
+    assert reps[2][0]["type"] == REPLY, reps[2][0]
+    assert struct.unpack("<4f", reps[2][1][0]) == (2.0,) * 4
+    d = m.stats0()["devices"][0]
+    assert d["lane_runs"] >= 1 and d["preemptions"] == 0, d
+
+
+_RNG_CLIENT = r"""
+import os, sys, time, torch, djinn
+qos, base, n, work, ready, done = sys.argv[1:]
+base, n, work = int(base), int(n), int(work)
+if qos == 'interactive':  # draws while the batch tenant's fragments keep the worker busy
+    t0 = time.monotonic()
+    while not os.path.exists(ready):
+        assert time.monotonic() - t0 < 120, 'the batch tenant never started'
+        time.sleep(0.01)
+i = 0
+with djinn.qos(qos):
+    while i < n or (qos == 'batch' and not os.path.exists(done) and i < 100 * n):
+        torch.manual_seed(base + i)
+        want = torch.rand(96, 96)
+        torch.manual_seed(base + i)
+        a = torch.rand(96, 96, device='remote')
+        b = a
+        for _ in range(work):  # holds the device's generator across its nodes
+            b = torch.nn.functional.dropout(b @ a / 96, 0.1)
+        got = a.cpu()
+        if qos == 'batch' and i == 0:
+            open(ready, 'w').close()
+        b.sum().item()
+        assert torch.equal(got, want), (qos, i)
+        i += 1
+if qos == 'interactive':
+    open(done, 'w').close()
+print('lanes', torch.remote.memory_stats()['qos.lane_runs'])
+"""
+
+
+def test_random_streams_stay_per_session_beside_a_lane(make_server, tmp_path):
+    """Two tenants draw random numbers at once, one as batch work on the worker (with
+    dropout, which holds the device's generator across its nodes), one interactive on the
+    lane beside it: each session's stream is still exactly what torch.manual_seed gives
+    on the CPU (the device's generator is swapped per session under one lock, whichever
+    thread runs). The batch tenant works until the interactive one is done."""
+    import subprocess
+
+    srv = make_server("--lanes", "1")
+    env = subprocess_env(DJINN_SERVER=srv.endpoint)
+    files = [str(tmp_path / "ready"), str(tmp_path / "done")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RNG_CLIENT, *args, *files],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in (["batch", "100", "4", "200"], ["interactive", "7", "100", "0"])
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err
+    assert int(outs[1][0].split()[-1]) >= 1, outs[1]
+    assert srv.alive()
 
 
 # ================================================================== Data segment fit

@@ -149,7 +149,9 @@ extern "C" {
     X(bt_run_p50_us, U64, "qos.batch.run_p50_us", "batch: median run time, us (recent 1024)")      \
     X(bt_run_p99_us, U64, "qos.batch.run_p99_us", "batch: p99 run time, us (recent 1024)")         \
     X(preemptions, U64, "qos.preemptions",                                                         \
-      "better-class fragments run nested between two nodes of a paused one")
+      "better-class fragments run nested between two nodes of a paused one")                       \
+    X(lane_runs, U64, "qos.lane_runs",                                                             \
+      "realtime and interactive fragments run on a lane, beside the worker")
 
 /* Client-side counters (djinn.bytes_moved()); the field is also the Python key. */
 #define DJN_STATS_CLIENT(X)                                                                        \

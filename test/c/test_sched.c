@@ -8,7 +8,8 @@
  * allocation failure; idle (what a drain waits for) is false while anything is queued,
  * running or claimed on any device; classes, aging, owner order, preemption; the batch
  * share (interactive work over its share of the device waits for batch work); removing
- * an expired owner's items; the load placement reads.
+ * an expired owner's items; the load placement reads; lanes (what they take, what they
+ * leave to the worker, the share, and waking them).
  *
  * Threads are plain pthreads. Every wait for another thread is bounded (S_WAIT_MS): a
  * broken queue fails the test instead of hanging it. The one place that needs time to
@@ -82,12 +83,16 @@ typedef struct {
     uint32_t dev;
     latch_t *started, *done;
     djn_sched_item_t *got; /* written before `done` is counted */
+    bool lane;             /* pop as a lane (djn_sched_pop_lane) */
+    djn_sched_ok_fn ok_fn;
+    void *ok_ctx;
 } waiter_t;
 
 static void *s_waiter_fn(void *arg) {
     waiter_t *w = arg;
     latch_add(w->started);
-    w->got = djn_sched_pop(w->s, w->dev);
+    w->got = w->lane ? djn_sched_pop_lane(w->s, w->dev, w->ok_fn, w->ok_ctx)
+                     : djn_sched_pop(w->s, w->dev);
     latch_add(w->done);
     return NULL;
 }
@@ -184,7 +189,7 @@ static void test_pop_blocks_until_push(void) {
     latch_t started, done;
     latch_init(&started);
     latch_init(&done);
-    waiter_t w = {s, 1, &started, &done, NULL};
+    waiter_t w = {.s = s, .dev = 1, .started = &started, .done = &done};
     pthread_t th;
     CHECK_EQ_INT(pthread_create(&th, NULL, s_waiter_fn, &w), 0);
     CHECK_EQ_INT(latch_wait(&started, 1, S_WAIT_MS), 1);
@@ -227,7 +232,11 @@ static void test_stop_wakes_waiters(void) {
     waiter_t w[N];
     pthread_t th[N];
     for (int i = 0; i < N; i++) {
-        w[i] = (waiter_t){s, (uint32_t)(i % NDEV), &started, &done, (djn_sched_item_t *)&w[i]};
+        w[i] = (waiter_t){.s = s,
+                          .dev = (uint32_t)(i % NDEV),
+                          .started = &started,
+                          .done = &done,
+                          .got = (djn_sched_item_t *)&w[i]};
         CHECK_EQ_INT(pthread_create(&th[i], NULL, s_waiter_fn, &w[i]), 0);
     }
     CHECK_EQ_INT(latch_wait(&started, N, S_WAIT_MS), N);
@@ -619,6 +628,143 @@ static void test_remove_owner_and_load(void) {
     djn_sched_destroy(&s);
 }
 
+/* ------------------------------------------------------------------ lanes */
+
+/* A lane popping on device 0: started, and its result once `done` counts 1. */
+typedef struct {
+    waiter_t w;
+    latch_t started, done;
+    pthread_t th;
+} lane_t;
+
+static void s_lane_start(lane_t *l, djn_sched_t *s, djn_sched_ok_fn ok_fn, void *ctx) {
+    latch_init(&l->started);
+    latch_init(&l->done);
+    l->w = (waiter_t){s, 0, &l->started, &l->done, NULL, true, ok_fn, ctx};
+    CHECK_EQ_INT(pthread_create(&l->th, NULL, s_waiter_fn, &l->w), 0);
+    CHECK_EQ_INT(latch_wait(&l->started, 1, S_WAIT_MS), 1);
+}
+
+/* What the lane popped (NULL: still blocked after ms, or stopped); joined if it ended. */
+static djn_sched_item_t *s_lane_got(lane_t *l, int ms) {
+    if (latch_wait(&l->done, 1, ms) < 1)
+        return NULL;
+    pthread_join(l->th, NULL);
+    latch_destroy(&l->started);
+    latch_destroy(&l->done);
+    return l->w.got;
+}
+
+static bool s_once_fn(djn_sched_item_t *it, void *ctx) { /* refuses the first time it is asked */
+    (void)it;
+    return (*(int *)ctx)++ > 0;
+}
+
+/* A lane takes realtime and interactive items only, never batch, and only while the
+ * worker is busy (an idle worker takes them itself); never an item of the owner the
+ * worker runs, nor one behind an older item of its owner; while it waits, the worker
+ * nests nothing (the lane takes it with the batch item left running); try_claim, load
+ * and idle count what lanes run; an item ok_fn refused is tried again; stop wakes a
+ * waiting lane. */
+static void test_lanes(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, 0, 0);
+    job_t b1, b2, a_i, c_b, c_i, d_i, r1;
+    uint64_t need;
+    s_push_as(s, &b1, DJN_SCHED_BATCH, 1, 0);
+    CHECK(djn_sched_pop(s, 0) == &b1.it); /* the worker runs owner 1's batch item */
+    lane_t l;
+    s_lane_start(&l, s, NULL, NULL);
+    s_push_as(s, &b2, DJN_SCHED_BATCH, 2, 0);
+    s_push_as(s, &a_i, DJN_SCHED_INTERACTIVE, 1, 1); /* the running owner's */
+    s_push_as(s, &c_b, DJN_SCHED_BATCH, 3, 0);
+    s_push_as(s, &c_i, DJN_SCHED_INTERACTIVE, 3, 1); /* behind its owner's batch item */
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL);       /* none of these is the lane's */
+    /* the worker nests a_i? no: its owner is the one running */
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 0, NULL, NULL) == NULL);
+    s_push_as(s, &d_i, DJN_SCHED_INTERACTIVE, 4, 0);
+    CHECK(s_lane_got(&l, S_WAIT_MS) == &d_i.it);
+    CHECK(d_i.it.charged);                     /* batch work waited: charged like a nested run */
+    CHECK_EQ_INT(djn_sched_load(s, 0), 4 + 2); /* a_i, b2, c_b, c_i; the worker and the lane */
+    CHECK(!djn_sched_try_claim(s, 0));
+    djn_sched_lane_done(s, 0);
+    CHECK_EQ_INT(djn_sched_lane_runs(s, 0), 1);
+    /* an idle worker takes what waits itself (planned into its slab): a lane only helps
+     * a busy one, so a_i, free to go now, is still not the lane's */
+    djn_sched_done(s, 0);
+    int asked = 0;
+    s_lane_start(&l, s, s_once_fn, &asked);
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL);
+    CHECK(djn_sched_pop(s, 0) == &a_i.it);
+    djn_sched_done(s, 0);
+    /* while a lane waits, interactive work beside a batch item is the lane's: the worker
+     * is not told to pause (realtime neither) */
+    CHECK(djn_sched_pop(s, 0) == &c_b.it);     /* c_i (best class) lifts its owner's c_b */
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL); /* c_i is the running owner's */
+    s_push_as(s, &r1, DJN_SCHED_REALTIME, 5, 0);
+    CHECK(!djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need));
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 3, 0, NULL, NULL) == NULL);
+    /* ok_fn refused r1 once (its session busy): the lane tried again by itself */
+    CHECK(s_lane_got(&l, S_WAIT_MS) == &r1.it);
+    CHECK_EQ_INT(asked, 2);
+    CHECK(!r1.it.charged);
+    djn_sched_lane_done(s, 0);
+    djn_sched_done(s, 0);
+    CHECK(!djn_sched_idle(s));
+    CHECK(djn_sched_pop(s, 0) == &c_i.it);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_pop(s, 0) == &b2.it);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_idle(s));
+    CHECK(djn_sched_try_claim(s, 0));
+    djn_sched_release(s, 0);
+    /* stop wakes a waiting lane */
+    s_lane_start(&l, s, NULL, NULL);
+    djn_sched_stop(s);
+    CHECK_EQ_INT(latch_wait(&l.done, 1, S_WAIT_MS), 1);
+    CHECK(s_lane_got(&l, 0) == NULL);
+    djn_sched_destroy(&s);
+}
+
+/* The share binds lanes as it binds nested runs: while a batch item runs, a lane takes
+ * interactive work only while the bucket holds time; the batch item's progress refills
+ * it (pop_urgent at the hint's point), which wakes the lane; realtime is never held. */
+static void test_lane_share(void) {
+    djn_sched_t *s = djn_sched_new(1);
+    djn_sched_set_aging(s, 0, 0);
+    djn_sched_set_share(s, 75, 10 * MS);
+    job_t b1, b2, i1, i2;
+    uint64_t need;
+    s_push_as(s, &b1, DJN_SCHED_BATCH, 1, 0);
+    s_push_as(s, &b2, DJN_SCHED_BATCH, 1, 1);
+    CHECK(djn_sched_pop(s, 0) == &b1.it);
+    lane_t l;
+    s_lane_start(&l, s, NULL, NULL);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
+    CHECK(s_lane_got(&l, S_WAIT_MS) == &i1.it);
+    CHECK(i1.it.charged);
+    djn_sched_ran(s, 0, &i1.it, 20 * MS); /* 10 ms over */
+    djn_sched_lane_done(s, 0);
+    s_lane_start(&l, s, NULL, NULL);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 3, 0);
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL); /* over its share */
+    /* the worker is told when its progress pays the debt back; before, nothing */
+    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need));
+    CHECK(need > 29 * MS && need <= 30 * MS + 1);
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 15 * MS, NULL, NULL) == NULL);
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL);
+    /* paid back: the worker still nests nothing, the lane is woken and takes i2 */
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 31 * MS, NULL, NULL) == NULL);
+    CHECK(s_lane_got(&l, S_WAIT_MS) == &i2.it);
+    CHECK(i2.it.charged);
+    djn_sched_lane_done(s, 0);
+    CHECK_EQ_INT(djn_sched_preemptions(s, 0), 0);
+    djn_sched_done(s, 0);
+    CHECK(djn_sched_pop(s, 0) == &b2.it);
+    djn_sched_done(s, 0);
+    djn_sched_destroy(&s);
+}
+
 int main(void) {
     RUN(test_idle);
     RUN(test_fifo_per_device);
@@ -635,5 +781,7 @@ int main(void) {
     RUN(test_latency_percentiles);
     RUN(test_batch_share);
     RUN(test_remove_owner_and_load);
+    RUN(test_lanes);
+    RUN(test_lane_share);
     return djn_test_report();
 }
