@@ -1,7 +1,9 @@
 """QoS: an interactive tenant decoding beside a batch tenant that saturates the device.
 
 One ``djinn-server --device cpu`` per run; two sessions on separate connections, driven
-from two threads of this process by the wire protocol (the protocol's own encoder):
+by the wire protocol (the protocol's own encoder) from two processes, as two tenants
+would be (from two threads of one process, the batch tenant's encoding held the GIL the
+interactive tenant's next token waited for):
 
 * the **interactive** tenant sends a "token" fragment (a chain of 8 NxN matmuls,
   ``--token-n``: 64, a sliver of the device; 192, a demand the batch share must cap) and
@@ -29,7 +31,7 @@ import statistics
 import struct
 import subprocess
 import sys
-import threading
+import multiprocessing as mp
 import time
 
 import msgpack
@@ -139,6 +141,24 @@ def start_server(flags=(), threads=0):
     return p, line.split()[1].decode()
 
 
+def _batch_tenant(ep, step_nodes, step_n, steps, stop):
+    """The batch tenant, in a process of its own: two steps in flight until `stop`."""
+    c = Conn(ep)
+    body, frames = chain(step_nodes, step_n, K["QOS_BATCH"])
+    inflight = 0
+    while not stop.is_set():
+        while inflight < 2:
+            c.send(body, frames)
+            inflight += 1
+        c.recv()
+        inflight -= 1
+        with steps.get_lock():
+            steps.value += 1
+    while inflight:
+        c.recv()
+        inflight -= 1
+
+
 MODES = ("alone-i", "alone-b", "fifo", "qos", "qos-no-lane", "qos-no-share")
 
 
@@ -151,36 +171,21 @@ def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
         flags += ["--lanes", "0"]
     proc, ep = start_server(flags, threads)
     try:
-        lat, steps = [], [0, 0]  # steps done in all, and when the window opened
-        window = threading.Event()
-        stop = threading.Event()
-
-        def batch():
-            c = Conn(ep)
-            body, frames = chain(step_nodes, step_n, K["QOS_BATCH"])
-            inflight = 0
-            while not stop.is_set():
-                while inflight < 2:
-                    c.send(body, frames)
-                    inflight += 1
-                c.recv()
-                inflight -= 1
-                steps[0] += 1
-            while inflight:
-                c.recv()
-                inflight -= 1
-
+        lat = []
+        steps = mp.Value("q", 0)  # batch steps done, counted by the batch process
+        stop = mp.Event()
         th = None
         if mode != "alone-i":
-            th = threading.Thread(target=batch)
+            th = mp.get_context("fork").Process(
+                target=_batch_tenant, args=(ep, step_nodes, step_n, steps, stop)
+            )
             th.start()
             time.sleep(1.0)  # the batch tenant saturates the device first (not a sync)
         c = Conn(ep) if mode != "alone-b" else None
         q = K["QOS_BATCH"] if mode == "fifo" else K["QOS_INTERACTIVE"]
         body, frames = chain(8, token_n, q)
         t0 = time.perf_counter()
-        steps[1] = steps[0]
-        window.set()
+        steps0 = steps.value
         while time.perf_counter() - t0 < seconds:
             if c is None:
                 time.sleep(0.05)
@@ -189,10 +194,10 @@ def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
             c.send(body, frames)
             c.recv()
             lat.append(time.perf_counter() - t)
-        rate = (steps[0] - steps[1]) / (time.perf_counter() - t0) if th else 0.0
+        rate = (steps.value - steps0) / (time.perf_counter() - t0) if th else 0.0
         stop.set()
         if th:
-            th.join()
+            th.join(60)
         d = Conn(ep).stats()
         return lat, rate, {k: d[k] for k in ("lane_runs", "preemptions")}
     finally:

@@ -360,7 +360,8 @@ static djn_status_t s_file_text(const djn_frag_env_t *env, const djn_frag_in_t *
         if (!stor && (st = djn_exec_upload(env->exec, f->data, f->len, &mine, out->err,
                                            sizeof out->err)) != DJN_OK)
             return st;
-        filed = mine ? djn_text_insert(env->text, key, plain, tenant, mine) : NULL;
+        filed =
+            mine ? djn_text_insert(env->text, key, plain, tenant, mine, s_same_fn, &same) : NULL;
         djn_stor_release(mine);
         if (!filed) {
             snprintf(out->err, sizeof out->err, "out of host memory filing an upload");

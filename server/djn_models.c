@@ -559,7 +559,7 @@ static djn_status_t s_tensor_text(djn_models_t *m, s_model_t *x, djn_exec_t *ex,
     s_same_t same = {ex, bytes, n};
     djn_stor_t *filed = djn_text_share(m->text, key, UINT32_MAX, s_same_fn, &same);
     if (!filed)
-        filed = djn_text_insert(m->text, key, plain, UINT32_MAX, stor);
+        filed = djn_text_insert(m->text, key, plain, UINT32_MAX, stor, s_same_fn, &same);
     djn_stor_release(stor);
     if (!filed) {
         snprintf(err, errlen, "out of host memory filing model '%s'", x->name);

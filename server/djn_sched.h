@@ -96,17 +96,19 @@ djn_sched_item_t *djn_sched_pop_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls
  * worker (a CPU device's other cores), so that such work never waits for the node a
  * batch item is running. A lane waits, while the worker is busy (an idle worker takes
  * the work itself, planned into its slab), for a queued realtime or interactive item
- * whose owner has no older item queued and no item on the worker, within the batch share
- * while batch work waits (queued or running: the lane's run is charged like a nested
- * one), for which ok_fn(item, ctx) says yes (the lane try-locks its session, as for a
- * nested run). While a lane waits, the worker nests no such work (djn_sched_urgent says
- * no): the lane takes it with the batch item left running. NULL once stopped.
+ * whose owner has no older item queued and no item on the worker, for which
+ * ok_fn(item, ctx) says yes (the lane try-locks its session, as for a nested run). The
+ * batch share does not apply: a lane's run takes no time from the worker's batch item,
+ * which runs on meanwhile (djn_sched.c). While a lane waits, the worker nests nothing
+ * (djn_sched_urgent says no): the lane takes it with the batch item left running. NULL
+ * once stopped.
  * djn_sched_lane_done when its run ended. */
 djn_sched_item_t *djn_sched_pop_lane(djn_sched_t *s, uint32_t dev, djn_sched_ok_fn ok_fn,
                                      void *ctx);
 void djn_sched_lane_done(djn_sched_t *s, uint32_t dev);
 uint64_t djn_sched_lane_runs(djn_sched_t *s, uint32_t dev); /* items lanes took */
-/* Whether an item of a class better than `cls` is queued (lock-free; a hint). When only
+/* Whether an item of a class better than `cls` is queued and no lane waits to take it
+ * (lock-free; a hint). When only
  * interactive work waits beside a running batch item and is over its share,
  * *need_progress is the running item's progress at which it may go (else 0): the
  * worker reads its clock only then. */

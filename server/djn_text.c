@@ -245,9 +245,10 @@ static s_entry_t *s_chain(djn_map_t *m, uint64_t digest) {
     return (s_entry_t *)(uintptr_t)head;
 }
 
-djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
-                           djn_text_same_fn same, void *ctx) {
-    pthread_mutex_lock(&t->mu);
+/* The entry under key whose content `same` confirms, now referenced once more and
+ * owned by tenant too, with *key its key; NULL if none (lock held). */
+static s_entry_t *s_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
+                          djn_text_same_fn same, void *ctx) {
     s_entry_t *e = s_chain(&t->by_key, s_kdigest(key));
     for (; e; e = e->next) {
         if (e->key.hi != key->hi || e->key.lo != key->lo || e->key.dev != key->dev)
@@ -264,12 +265,19 @@ djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
         s_add_owner(e, tenant);
         *key = e->key;
     }
+    return e;
+}
+
+djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
+                           djn_text_same_fn same, void *ctx) {
+    pthread_mutex_lock(&t->mu);
+    s_entry_t *e = s_share(t, key, tenant, same, ctx);
     pthread_mutex_unlock(&t->mu);
     return e ? e->stor : NULL;
 }
 
 djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t plain[2],
-                            uint32_t tenant, djn_stor_t *stor) {
+                            uint32_t tenant, djn_stor_t *stor, djn_text_same_fn same, void *ctx) {
     s_entry_t *e = djn_calloc(1, sizeof(*e));
     djn_stor_t *r = e ? djn_stor_retain(stor) : NULL;
     if (!r) {
@@ -283,6 +291,12 @@ djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t p
     e->plain[0] = plain[0];
     e->plain[1] = plain[1];
     pthread_mutex_lock(&t->mu);
+    s_entry_t *had = same ? s_share(t, key, tenant, same, ctx) : NULL;
+    if (had) { /* filed meanwhile by another thread's upload of the same bytes */
+        pthread_mutex_unlock(&t->mu);
+        s_entry_free(e);
+        return had->stor;
+    }
     key->serial = ++t->serial;
     e->key = *key;
     uint64_t kd = s_kdigest(key), pd = s_mix(plain[0], plain[1], key->dev);
@@ -347,7 +361,7 @@ djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t p
     if (!stor)
         return NULL;
     key.dev = dev;
-    djn_stor_t *filed = djn_text_insert(t, &key, plain, tenant, stor);
+    djn_stor_t *filed = djn_text_insert(t, &key, plain, tenant, stor, NULL, NULL);
     djn_stor_release(stor);
     if (filed)
         *key_out = key;

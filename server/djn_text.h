@@ -67,9 +67,13 @@ void djn_text_hasher_destroy(djn_text_hasher_t **h_p);
 djn_stor_t *djn_text_share(djn_text_t *t, djn_text_key_t *key, uint32_t tenant,
                            djn_text_same_fn same, void *ctx);
 /* File a new storage (retained) under key, owned by tenant; *key gets its serial.
- * Returns the storage filed (borrowed) with one reference for the caller, NULL on OOM. */
+ * Returns the storage filed (borrowed) with one reference for the caller, NULL on OOM.
+ * With `same`, an entry that another thread filed under key since the caller's
+ * djn_text_share missed, and whose content `same` confirms, is shared instead (as
+ * djn_text_share would: stor is not filed), so that two uploads of the same bytes at
+ * once still make one copy. */
 djn_stor_t *djn_text_insert(djn_text_t *t, djn_text_key_t *key, const uint64_t plain[2],
-                            uint32_t tenant, djn_stor_t *stor);
+                            uint32_t tenant, djn_stor_t *stor, djn_text_same_fn same, void *ctx);
 /* HAVE: a new reference to content of this plain hash on dev that `tenant` uploaded
  * before, or NULL (whether or not another tenant holds it). */
 djn_stor_t *djn_text_acquire_owned(djn_text_t *t, uint32_t dev, const uint64_t plain[2],

@@ -304,15 +304,15 @@ def test_strict_priority_when_aging_is_off(make_server):
     assert order[-1] == sb, order
 
 
-@pytest.mark.parametrize("share, lanes", [(0, 0), (75, 0), (75, 1)])
-def test_batch_keeps_its_share_of_the_device(make_server, share, lanes):
+@pytest.mark.parametrize("share", [0, 75])
+def test_batch_keeps_its_share_of_the_device(make_server, share):
     """Ten interactive fragments, as much work together as a batch fragment, arrive while
     it runs. Without a batch share (0) every one of them runs nested at the batch
     fragment's node boundaries, all before it ends; with 75 % kept for batch, interactive
     work takes at most a third of what batch runs (a quarter of the device) while batch
-    waits, so the batch fragment ends before the last of them, whether that work runs
-    nested or on a lane beside it (charged the same)."""
-    srv = make_server("--no-inline", "--qos-batch-share", str(share), "--lanes", str(lanes))
+    waits, so the batch fragment ends before the last of them. One worker, no lane: the
+    share bounds what interactive work takes from the worker."""
+    srv = make_server("--no-inline", "--qos-batch-share", str(share), "--lanes", "0")
     m = Multi(srv.endpoint)
     srv.conns.append(m)
     a, b = m.open(), m.open()
@@ -329,7 +329,26 @@ def test_batch_keeps_its_share_of_the_device(make_server, share, lanes):
     else:
         assert order[-1] == sa, order
     d = m.stats0()["devices"][0]
-    assert (d["lane_runs"] if lanes else d["preemptions"]) >= 1, d
+    assert d["preemptions"] >= 1, d
+
+
+def test_a_lane_is_not_bound_by_the_batch_share(make_server):
+    """The share bounds what interactive work takes from the worker's time; a lane's run
+    takes none (the batch fragment runs on beside it), so even with 95 % kept for batch,
+    ten interactive fragments sent while a long batch fragment runs all run on the lane,
+    none nested, and all end before it."""
+    srv = make_server("--no-inline", "--qos-batch-share", "95", "--lanes", "1")
+    m = Multi(srv.endpoint)
+    srv.conns.append(m)
+    a, b = m.open(), m.open()
+    sa = m.send(a, *_chain(300, qos=QOS_BATCH, n=384))
+    _wait_running(m)
+    inter = [m.send(b, *_chain(3, qos=QOS_INTERACTIVE, n=384)) for _ in range(10)]
+    reps = m.replies(11, timeout=600)
+    assert all(r[0]["type"] == REPLY for r in reps), [r[0] for r in reps]
+    assert [r[0]["seq"] for r in reps] == [*inter, sa]
+    d = m.stats0()["devices"][0]
+    assert (d["lane_runs"], d["preemptions"]) == (10, 0), d
 
 
 def test_a_lane_keeps_each_sessions_order(make_server):

@@ -684,7 +684,7 @@ static void test_lanes(void) {
     CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 0, NULL, NULL) == NULL);
     s_push_as(s, &d_i, DJN_SCHED_INTERACTIVE, 4, 0);
     CHECK(s_lane_got(&l, S_WAIT_MS) == &d_i.it);
-    CHECK(d_i.it.charged);                     /* batch work waited: charged like a nested run */
+    CHECK(!d_i.it.charged);                    /* it takes no time from the worker: no share */
     CHECK_EQ_INT(djn_sched_load(s, 0), 4 + 2); /* a_i, b2, c_b, c_i; the worker and the lane */
     CHECK(!djn_sched_try_claim(s, 0));
     djn_sched_lane_done(s, 0);
@@ -726,42 +726,49 @@ static void test_lanes(void) {
     djn_sched_destroy(&s);
 }
 
-/* The share binds lanes as it binds nested runs: while a batch item runs, a lane takes
- * interactive work only while the bucket holds time; the batch item's progress refills
- * it (pop_urgent at the hint's point), which wakes the lane; realtime is never held. */
+/* The batch share binds the worker, not lanes: with interactive work over its share
+ * (the worker would be told to pause only once its batch item paid the debt back), a
+ * waiting lane takes interactive work at once, uncharged, and the worker is told
+ * nothing while a lane waits. */
 static void test_lane_share(void) {
     djn_sched_t *s = djn_sched_new(1);
     djn_sched_set_aging(s, 0, 0);
     djn_sched_set_share(s, 75, 10 * MS);
-    job_t b1, b2, i1, i2;
+    job_t b1, i0, i1, i2, i3;
     uint64_t need;
     s_push_as(s, &b1, DJN_SCHED_BATCH, 1, 0);
-    s_push_as(s, &b2, DJN_SCHED_BATCH, 1, 1);
+    s_push_as(s, &i0, DJN_SCHED_INTERACTIVE, 2, 0);
+    djn_sched_item_t *it = djn_sched_pop(s, 0);
+    CHECK(it == &i0.it && it->charged);
+    djn_sched_ran(s, 0, it, 20 * MS); /* 10 ms over its share */
+    djn_sched_done(s, 0);
     CHECK(djn_sched_pop(s, 0) == &b1.it);
+    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 3, 0);
+    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need)); /* no lane: wait for the share */
+    CHECK(need > 29 * MS && need <= 30 * MS + 1);
     lane_t l;
     s_lane_start(&l, s, NULL, NULL);
-    s_push_as(s, &i1, DJN_SCHED_INTERACTIVE, 2, 0);
     CHECK(s_lane_got(&l, S_WAIT_MS) == &i1.it);
-    CHECK(i1.it.charged);
-    djn_sched_ran(s, 0, &i1.it, 20 * MS); /* 10 ms over */
+    CHECK(!i1.it.charged);
+    djn_sched_ran(s, 0, &i1.it, 20 * MS);
     djn_sched_lane_done(s, 0);
     s_lane_start(&l, s, NULL, NULL);
-    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 3, 0);
-    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL); /* over its share */
-    /* the worker is told when its progress pays the debt back; before, nothing */
-    CHECK(djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need));
-    CHECK(need > 29 * MS && need <= 30 * MS + 1);
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 15 * MS, NULL, NULL) == NULL);
-    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL);
-    /* paid back: the worker still nests nothing, the lane is woken and takes i2 */
-    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 31 * MS, NULL, NULL) == NULL);
+    s_push_as(s, &i2, DJN_SCHED_INTERACTIVE, 4, 0);
     CHECK(s_lane_got(&l, S_WAIT_MS) == &i2.it);
-    CHECK(i2.it.charged);
+    CHECK(!i2.it.charged);
     djn_sched_lane_done(s, 0);
+    /* a lane waits (i3 is the running owner's: not its to take): no pause is asked */
+    s_lane_start(&l, s, NULL, NULL);
+    s_push_as(s, &i3, DJN_SCHED_INTERACTIVE, 1, 1);
+    CHECK(s_lane_got(&l, S_BLOCK_MS) == NULL);
+    CHECK(!djn_sched_urgent(s, 0, DJN_SCHED_BATCH, &need));
+    CHECK(djn_sched_pop_urgent(s, 0, DJN_SCHED_BATCH, 1, 60 * MS, NULL, NULL) == NULL);
     CHECK_EQ_INT(djn_sched_preemptions(s, 0), 0);
     djn_sched_done(s, 0);
-    CHECK(djn_sched_pop(s, 0) == &b2.it);
+    CHECK(djn_sched_pop(s, 0) == &i3.it); /* the worker, idle, takes it itself */
     djn_sched_done(s, 0);
+    djn_sched_stop(s);
+    CHECK(s_lane_got(&l, S_WAIT_MS) == NULL);
     djn_sched_destroy(&s);
 }
 

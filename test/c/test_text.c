@@ -56,7 +56,7 @@ static djn_stor_t *s_file(djn_text_t *t, uint64_t n, uint8_t fill, uint32_t tena
     djn_stor_t *s = s_new(n, fill);
     *key = (djn_text_key_t){0, 0, 0, 0};
     djn_text_hash(t, s->bytes, n, key, plain);
-    djn_stor_t *filed = djn_text_insert(t, key, plain, tenant, s);
+    djn_stor_t *filed = djn_text_insert(t, key, plain, tenant, s, NULL, NULL);
     djn_stor_release(s);
     return filed;
 }
@@ -119,6 +119,42 @@ static void test_cached_and_revived(void) {
     CHECK_EQ_INT(st.refs, 1);
     djn_text_release(t, &k3);
     djn_text_destroy(&t); /* frees cached entries too */
+    CHECK_EQ_INT(s_live, 0);
+}
+
+/* Two uploads of the same bytes at once (a device's worker and its lane): both shares
+ * missed, both insert; the second insert finds the first's entry and shares it, so one
+ * copy is filed. A forged key over other bytes is never shared (the bytes decide). */
+static void test_insert_shares_what_was_filed_meanwhile(void) {
+    djn_text_t *t = djn_text_new();
+    uint32_t alice = djn_text_tenant(t, "alice"), bob = djn_text_tenant(t, "bob");
+    djn_stor_t *a = s_new(64, 7), *b = s_new(64, 7), *c = s_new(64, 8);
+    djn_text_key_t ka = {0, 0, 0, 0}, kb = {0, 0, 0, 0};
+    uint64_t pa[2], pb[2];
+    djn_text_hash(t, a->bytes, 64, &ka, pa);
+    djn_text_hash(t, b->bytes, 64, &kb, pb);
+    CHECK(djn_text_share(t, &ka, alice, s_same_fn, a) == NULL);
+    CHECK(djn_text_share(t, &kb, bob, s_same_fn, b) == NULL);
+    CHECK(djn_text_insert(t, &ka, pa, alice, a, s_same_fn, a) == a);
+    CHECK(djn_text_insert(t, &kb, pb, bob, b, s_same_fn, b) == a); /* shared, not filed */
+    CHECK(kb.serial == ka.serial);
+    djn_text_stats_t st;
+    djn_text_stats(t, &st);
+    CHECK_EQ_INT(st.entries, 1);
+    CHECK_EQ_INT(st.bytes, 64);
+    CHECK_EQ_INT(st.refs, 2);
+    djn_text_key_t kc = ka; /* other bytes under a's key */
+    kc.serial = 0;
+    CHECK(djn_text_insert(t, &kc, pa, bob, c, s_same_fn, c) == c);
+    djn_text_stats(t, &st);
+    CHECK_EQ_INT(st.entries, 2);
+    djn_text_release(t, &ka);
+    djn_text_release(t, &kb);
+    djn_text_release(t, &kc);
+    djn_stor_release(a);
+    djn_stor_release(b);
+    djn_stor_release(c);
+    djn_text_destroy(&t);
     CHECK_EQ_INT(s_live, 0);
 }
 
@@ -256,6 +292,7 @@ int main(void) {
     RUN(test_hasher_matches_one_shot);
     RUN(test_budget_zero);
     RUN(test_cached_and_revived);
+    RUN(test_insert_shares_what_was_filed_meanwhile);
     RUN(test_lru_eviction);
     RUN(test_store);
     return djn_test_report();
