@@ -13,7 +13,7 @@ interactive tenant's next token waited for):
 
 Runs, side by side: interactive alone, batch alone, both with every fragment sent as
 batch (one class: the old FIFO), both with the interactive tenant marked interactive
-(QoS, with the server's batch share, ``--share``, and its default lane: interactive
+(QoS, with the server's batch share, ``--share``, and a lane, ``--lanes 1``: interactive
 fragments run on a second thread beside the batch fragment), QoS without the lane
 (``--lanes 0``: interactive fragments run nested between two batch nodes), and QoS with
 the batch share off (``--qos-batch-share 0``). Prints p50/p99 token latency against the solo p99 and the batch throughput
@@ -167,8 +167,7 @@ def run(mode, seconds, step_nodes, step_n, token_n, share, threads):
     the batch tenant has saturated the device. Returns (token latencies s, batch steps/s
     over the same window)."""
     flags = ["--qos-batch-share", str(share if mode != "qos-no-share" else 0)]
-    if mode == "qos-no-lane":
-        flags += ["--lanes", "0"]
+    flags += ["--lanes", "0" if mode == "qos-no-lane" else "1"]
     proc, ep = start_server(flags, threads)
     try:
         lat = []
@@ -241,7 +240,7 @@ def main():
         "are against the solo runs of the same round, median over rounds; p50/p99 over every "
         f"token of every round. Batch steps of {a.step_nodes} {a.step_n}x{a.step_n} matmuls, "
         "two in flight; tokens of 8 NxN matmuls, one at a time, back to back. qos: "
-        f"`--qos-batch-share {a.share}` and the server's default lane (interactive fragments "
+        f"`--qos-batch-share {a.share}` and `--lanes 1` (interactive fragments "
         "run on a second thread beside the batch fragment); qos-no-lane: `--lanes 0` "
         "(interactive fragments run nested between two batch nodes); qos-no-share: "
         "`--qos-batch-share 0`. The load average is the host's: other work shares the "
