@@ -304,6 +304,22 @@ def test_strict_priority_when_aging_is_off(make_server):
     assert order[-1] == sb, order
 
 
+def _interactive_beside_batch(srv, k):
+    """Session A's batch fragment of 300 384x384 matmuls (a node takes milliseconds, so
+    the bucket's 50 ms burst is a small part); once it runs, session B sends ten
+    interactive fragments of k. Returns the connection, A's seq, B's seqs and the order
+    in which the eleven replies arrived (all REPLY)."""
+    m = Multi(srv.endpoint)
+    srv.conns.append(m)
+    a, b = m.open(), m.open()
+    sa = m.send(a, *_chain(300, qos=QOS_BATCH, n=384))
+    _wait_running(m)
+    inter = [m.send(b, *_chain(k, qos=QOS_INTERACTIVE, n=384)) for _ in range(10)]
+    reps = m.replies(11, timeout=600)
+    assert all(r[0]["type"] == REPLY for r in reps), [r[0] for r in reps]
+    return m, sa, inter, [r[0]["seq"] for r in reps]
+
+
 @pytest.mark.parametrize("share", [0, 75])
 def test_batch_keeps_its_share_of_the_device(make_server, share):
     """Ten interactive fragments, as much work together as a batch fragment, arrive while
@@ -312,17 +328,9 @@ def test_batch_keeps_its_share_of_the_device(make_server, share):
     work takes at most a third of what batch runs (a quarter of the device) while batch
     waits, so the batch fragment ends before the last of them. One worker, no lane: the
     share bounds what interactive work takes from the worker."""
-    srv = make_server("--no-inline", "--qos-batch-share", str(share), "--lanes", "0")
-    m = Multi(srv.endpoint)
-    srv.conns.append(m)
-    a, b = m.open(), m.open()
-    # 384 x 384: a node takes milliseconds, so the bucket's 50 ms burst is a small part
-    sa = m.send(a, *_chain(300, qos=QOS_BATCH, n=384))
-    _wait_running(m)
-    inter = [m.send(b, *_chain(30, qos=QOS_INTERACTIVE, n=384)) for _ in range(10)]
-    reps = m.replies(11, timeout=600)
-    assert all(r[0]["type"] == REPLY for r in reps), [r[0] for r in reps]
-    order = [r[0]["seq"] for r in reps]
+    m, sa, inter, order = _interactive_beside_batch(
+        make_server("--no-inline", "--qos-batch-share", str(share), "--lanes", "0"), 30
+    )
     assert [s for s in order if s != sa] == inter  # one session: its order
     if share:
         assert order.index(sa) < 10, order
@@ -336,16 +344,10 @@ def test_a_lane_is_not_bound_by_the_batch_share(make_server):
     """The share bounds what interactive work takes from the worker's time; a lane's run
     takes none (the batch fragment runs on beside it), so even with 95 % kept for batch,
     ten interactive fragments sent while a long batch fragment runs all end before it."""
-    srv = make_server("--no-inline", "--qos-batch-share", "95", "--lanes", "1")
-    m = Multi(srv.endpoint)
-    srv.conns.append(m)
-    a, b = m.open(), m.open()
-    sa = m.send(a, *_chain(300, qos=QOS_BATCH, n=384))
-    _wait_running(m)
-    inter = [m.send(b, *_chain(3, qos=QOS_INTERACTIVE, n=384)) for _ in range(10)]
-    reps = m.replies(11, timeout=600)
-    assert all(r[0]["type"] == REPLY for r in reps), [r[0] for r in reps]
-    assert [r[0]["seq"] for r in reps] == [*inter, sa]
+    m, sa, inter, order = _interactive_beside_batch(
+        make_server("--no-inline", "--qos-batch-share", "95", "--lanes", "1"), 3
+    )
+    assert order == [*inter, sa]
     d = m.stats0()["devices"][0]
     # each ran on the lane, or, arriving while the lane was busy with the one before,
     # nested (within the share's burst)
