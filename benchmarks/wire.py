@@ -10,8 +10,10 @@
   once without keys and once with ``--keys`` (a server keypair, one client key), and the
   raw ZeroMQ floor with CURVE on and off: round trip and 64 MiB both ways.
 
-Run as a script this file is the ROUTER side: ``wire.py echo EP [--curve-secret Z85]``
-prints ``READY <endpoint>`` once bound. The djinn client of the CURVE rows is
+Run as a script this file is the ROUTER side: ``wire.py echo EP`` prints
+``READY <endpoint>`` once bound. With CURVE, its Z85 secret key comes in the environment
+(``DJN_WIRE_CURVE_SECRET``), not in argv: a Z85 key may begin with ``-`` (argparse would
+take it for an option) and argv is visible to every user in ``ps``. The djinn client of the CURVE rows is
 ``DJINN_CLIENT`` below, run with ``python -c`` against ``DJINN_SERVER``.
 """
 
@@ -75,10 +77,12 @@ class ZmqPeer:
         self.zmq = zmq
         args = [sys.executable, os.path.abspath(__file__), "echo", ep]
         spub = ssec = None
+        env = dict(os.environ)
+        env.pop("DJN_WIRE_CURVE_SECRET", None)
         if curve:
             spub, ssec = zmq.curve_keypair()
-            args += ["--curve-secret", ssec.decode()]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=HERE)
+            env["DJN_WIRE_CURVE_SECRET"] = ssec.decode()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=HERE, env=env)
         line = C.readline_until(self.proc, time.monotonic() + 60, "the ZeroMQ echo process")
         assert line.startswith("READY "), line
         self.ctx = zmq.Context()
@@ -239,9 +243,8 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("echo")
     e.add_argument("endpoint")
-    e.add_argument("--curve-secret", default="")
     a = ap.parse_args()
-    _echo(a.endpoint, a.curve_secret)
+    _echo(a.endpoint, os.environ.get("DJN_WIRE_CURVE_SECRET", ""))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 /* djn_frag.c: the fragment runtime (see djn_frag.h).
  *
- * A fragment runs in these steps, under its session's lock, in message order:
+ * A fragment runs in these steps, under its session's lock, in message order. The caller
+ * takes the lock before djn_frag_run and releases it once the reply has left: a session's
+ * next fragment (on the worker, a lane or nested) can then only run, and answer, after
+ * this one's reply is on its way (PROTOCOL.md 7.6: replies in the order sent).
  *   1. declare: each alloc becomes a lazy handle (no memory until first use);
  *   2. uploads: each data frame becomes a storage; Text uploads are hashed by the server
  *      itself and deduplicated against the shared segment;
@@ -629,8 +632,6 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         .seed = g->seed,
         .slab = false,
     };
-    if (!in->locked)
-        djn_session_lock(s);
     if (g->seed >= 0)
         djn_exec_reseed(env->exec, &xe);
     djn_status_t st = s_declare(env, in, out); /* 1 */
@@ -730,7 +731,6 @@ void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_o
         st = s_fetches(env, in, out);        /* 7 */
     for (uint32_t i = 0; i < g->nfrees; i++) /* 8 */
         djn_session_free(s, g->frees[i]);
-    djn_session_unlock(s);
     if (planned) {                /* 9 */
         djn_exec_sync(env->exec); /* the slab is reused only after the device finished */
         djn_vmu_fragment_end(env->vmu);

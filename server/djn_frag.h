@@ -59,7 +59,6 @@ typedef struct djn_frag_in {
     const djn_node_t *nodes;       /* GRAPH_CACHED: those nodes patched (NULL: as cached) */
     const djn_blob_t *frames;      /* the data frames, frames[0] is frame 1 */
     uint32_t nframes;
-    bool locked; /* the caller holds the session's lock already (it is released at the end) */
 } djn_frag_in_t;
 
 typedef struct djn_frag_out {
@@ -83,7 +82,10 @@ typedef struct djn_frag_out {
     bool rng; /* some node drew random numbers (under the shared generator's lock) */
 } djn_frag_out_t;
 
-/* Runs the fragment under the session's lock. Always fills *out. */
+/* Runs the fragment. The caller holds the session's lock (djn_session_lock or trylock)
+ * and keeps it until the reply built from *out has been sent, so that one session's
+ * replies leave in the order its fragments ran, whichever thread ran them. Always fills
+ * *out. */
 void djn_frag_run(const djn_frag_env_t *env, const djn_frag_in_t *in, djn_frag_out_t *out);
 void djn_frag_out_release(djn_frag_out_t *out);
 /* Free one fetched buffer the caller took (any thread; its session is uncharged apart). */

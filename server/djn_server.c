@@ -12,7 +12,9 @@
  *
  * Workers: one thread per device. A worker pops a job, runs it through the fragment
  * runtime (djn_frag.c) with its device's executor and VMU, encodes the reply and pushes
- * it to the transport over inproc (ZeroMQ sockets are not shared across threads).
+ * it to the transport over inproc: one PUSH socket per device, which the worker and the
+ * device's lanes share under a mutex, so that a device's replies reach the transport in
+ * the order they were sent (two sockets' pipes would be fair-queued).
  * Lanes (--lanes, CPU devices): more threads per device, each with its own executor on
  * the device's VMU, that run only realtime and interactive fragments (djn_sched_pop_lane)
  * beside the worker, as a nested run would (no slab: Data allocations), so that such a
@@ -52,6 +54,15 @@
 #define S_ZAP_EP "inproc://zeromq.zap.01" /* where libzmq asks who may connect (RFC 27) */
 #define S_MON_EP "inproc://djn-monitor"   /* the ROUTER's disconnect events */
 
+/* Where replies leave: the ROUTER (only the transport thread sends there) or a device's
+ * PUSH socket, shared by the device's worker and lanes under `mu`. A thread holds the
+ * session's lock until its reply has left (djn_frag.h), and a device's replies go down
+ * one pipe, so a session's replies reach the client in the order its fragments ran. */
+typedef struct {
+    void *sock;
+    pthread_mutex_t *mu; /* NULL: one thread only */
+} s_out_t;
+
 typedef struct s_job {
     djn_sched_item_t item; /* first: the queue links it */
     zmq_msg_t ident;
@@ -80,11 +91,16 @@ typedef struct s_worker {
     bool started;
     _Atomic uint64_t nodes, jobs, errors;
     struct s_worker *counts; /* whose nodes/jobs/errors it adds to: the device's worker */
+    s_out_t *out;            /* where its replies leave: the device worker's `push` */
+    s_out_t push;            /* the device's worker: the device's PUSH socket ... */
+    pthread_mutex_t push_mu; /* ... and the lock its worker and lanes send under */
+    bool push_mu_init;
 } s_worker_t;
 
 struct djn_server {
     djn_server_cfg_t cfg;
     void *ctx, *router, *pull, *zap;
+    s_out_t rout;     /* the ROUTER, as a reply destination */
     void *mon;        /* PAIR: the ROUTER's socket monitor (connections that closed) */
     djn_auth_t *auth; /* NULL: no keys, one tenant (the owner), every client an operator */
     char endpoint[256];
@@ -155,13 +171,17 @@ static void s_free_sent(void *data, void *hint) {
     djn_free(h, sizeof(*h));
 }
 
-/* Send [ident][header][frames] on `sock` (ROUTER from the transport thread, PUSH from a
- * worker). Takes ownership of the frames. */
-static void s_send_reply(djn_server_t *srv, void *sock, zmq_msg_t *ident, const djn_buf_t *hdr,
+/* Send [ident][header][frames] to `out` (the ROUTER from the transport thread, a device's
+ * PUSH from its worker or lanes), as one message under its lock. Takes ownership of the
+ * frames. */
+static void s_send_reply(djn_server_t *srv, s_out_t *out, zmq_msg_t *ident, const djn_buf_t *hdr,
                          zmq_msg_t *frames, uint32_t nframes) {
+    void *sock = out->sock;
     zmq_msg_t id;
     zmq_msg_init(&id);
     zmq_msg_copy(&id, ident);
+    if (out->mu)
+        pthread_mutex_lock(out->mu);
     if (zmq_msg_send(&id, sock, ZMQ_SNDMORE) < 0)
         zmq_msg_close(&id);
     zmq_send(sock, hdr->data, hdr->len, nframes ? ZMQ_SNDMORE : 0);
@@ -171,10 +191,12 @@ static void s_send_reply(djn_server_t *srv, void *sock, zmq_msg_t *ident, const 
         if (zmq_msg_send(&frames[i], sock, i + 1 < nframes ? ZMQ_SNDMORE : 0) < 0)
             zmq_msg_close(&frames[i]);
     }
+    if (out->mu)
+        pthread_mutex_unlock(out->mu);
     atomic_fetch_add(&srv->bytes_out, n);
 }
 
-static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64_t sid,
+static void s_send_error(djn_server_t *srv, s_out_t *sock, zmq_msg_t *ident, uint64_t sid,
                          uint64_t seq, djn_status_t st, const char *msg, int64_t node,
                          const char *op) {
     djn_buf_t b = {0};
@@ -192,7 +214,7 @@ static void s_send_error(djn_server_t *srv, void *sock, zmq_msg_t *ident, uint64
 
 static void s_send_simple(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *m, djn_status_t st,
                           const char *msg) {
-    s_send_error(srv, srv->router, ident, m->sid, m->seq, st, msg, -1, NULL);
+    s_send_error(srv, &srv->rout, ident, m->sid, m->seq, st, msg, -1, NULL);
 }
 
 /* ------------------------------------------------------------------ workers */
@@ -226,7 +248,7 @@ static void s_note(s_worker_t *w, s_job_t *j, uint64_t start, uint64_t end, uint
 }
 
 /* A job of a session whose lease ran out (its client is gone): answered, never run. */
-static void s_refuse_expired(djn_server_t *srv, void *sock, s_job_t *j) {
+static void s_refuse_expired(djn_server_t *srv, s_out_t *sock, s_job_t *j) {
     char e[200];
     snprintf(e, sizeof e,
              "unknown session 0x%" PRIx64 ": the lease expired while this message waited "
@@ -245,7 +267,7 @@ static djn_frag_env_t s_env(s_worker_t *w) {
                             .max_tensor_bytes = srv->cfg.max_tensor_bytes};
 }
 
-static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
+static void s_run_have(s_worker_t *w, s_out_t *push, s_job_t *j) {
     djn_server_t *srv = w->srv;
     djn_frag_env_t env = s_env(w);
     uint32_t *missing = NULL, nmissing = 0;
@@ -268,8 +290,7 @@ static void s_run_have(s_worker_t *w, void *push, s_job_t *j) {
 
 #define S_SMALL_FRAME 4096u /* fetched frames this small are copied into the message */
 
-static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *push, s_job_t *j,
-                            bool locked) {
+static void s_run_and_reply(s_worker_t *w, const djn_frag_env_t *envp, s_out_t *push, s_job_t *j) {
     djn_server_t *srv = w->srv;
     djn_frag_env_t env = *envp;
     djn_blob_t *blobs = j->nframes ? djn_calloc(j->nframes, sizeof(djn_blob_t)) : NULL;
@@ -282,7 +303,7 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     for (uint32_t i = 0; i < j->nframes; i++)
         blobs[i] = (djn_blob_t){zmq_msg_data(&j->frames[i]), zmq_msg_size(&j->frames[i])};
     djn_frag_in_t in = {j->msg->type, j->sess, &j->msg->u.graph, j->plan,
-                        j->nodes,     blobs,   j->nframes,       locked};
+                        j->nodes,     blobs,   j->nframes};
     djn_frag_run(&env, &in, &out);
     if (j->start_ns) /* sampled before the reply leaves: a STATS after it sees this run */
         s_note(w, j, j->start_ns, s_now_ns(), j->nested_ns);
@@ -354,6 +375,16 @@ static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, void *pus
     djn_frag_out_release(&out);
 }
 
+/* Runs a GRAPH, GRAPH_CACHED or FETCH job and sends its reply, under its session's lock
+ * from the run's start until the reply has left (`locked`: the caller took it). */
+static void s_run_graph_env(s_worker_t *w, const djn_frag_env_t *envp, s_out_t *push, s_job_t *j,
+                            bool locked) {
+    if (!locked)
+        djn_session_lock(j->sess);
+    s_run_and_reply(w, envp, push, j);
+    djn_session_unlock(j->sess);
+}
+
 /* The models a tenant may load: its certificate's `models`; every model on a server
  * without keys. */
 static const char *s_model_acl(djn_server_t *srv, const djn_peer_t *peer) {
@@ -362,7 +393,7 @@ static const char *s_model_acl(djn_server_t *srv, const djn_peer_t *peer) {
 }
 
 /* LOAD_MODEL: the model store answers, for the tenant's access list. */
-static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
+static void s_run_load(s_worker_t *w, s_out_t *push, s_job_t *j) {
     djn_server_t *srv = w->srv;
     const djn_peer_t *peer = djn_session_peer(j->sess);
     const char *acl = s_model_acl(srv, peer);
@@ -391,7 +422,7 @@ static void s_run_load(s_worker_t *w, void *push, s_job_t *j) {
  * between two nested runs (it never starves either). Nested runs never yield again. */
 typedef struct {
     s_worker_t *w;
-    void *push;
+    s_out_t *push;
     s_job_t *running; /* its nested_ns grows by each nested run */
 } s_yield_t;
 
@@ -444,25 +475,30 @@ static void s_yield_fn(void *ctx) {
 }
 
 /* A worker's or lane's thread: named "djn-worker-<i>" / "djn-lane-<i>" in top, gdb and
- * /proc/<pid>/task/<tid>/comm, crash-reporting, allocating from its device's VMU; the
- * PUSH socket its replies leave through. */
-static void *s_thread_begin(s_worker_t *w) {
+ * /proc/<pid>/task/<tid>/comm, crash-reporting, allocating from its device's VMU; where
+ * its replies leave (the device's PUSH socket). */
+static s_out_t *s_thread_begin(s_worker_t *w) {
     char name[16];
     snprintf(name, sizeof name, "djn-%s-%u", w->lane ? "lane" : "worker", (unsigned)w->index);
     pthread_setname_np(pthread_self(), name);
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
-    void *push = zmq_socket(w->srv->ctx, ZMQ_PUSH);
-    int hwm = 0;
-    zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_connect(push, S_REPLY_EP);
-    return push;
+    return w->out;
 }
 
-static void s_thread_end(void *push) {
-    int linger = 0;
-    zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(push);
+/* The device's PUSH socket, made (and connected) before its threads start. */
+static bool s_push_open(djn_server_t *srv, s_worker_t *w) {
+    int hwm = 0, linger = 0;
+    if (pthread_mutex_init(&w->push_mu, NULL) != 0)
+        return false;
+    w->push_mu_init = true;
+    w->push = (s_out_t){zmq_socket(srv->ctx, ZMQ_PUSH), &w->push_mu};
+    w->out = &w->push;
+    if (!w->push.sock)
+        return false;
+    zmq_setsockopt(w->push.sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(w->push.sock, ZMQ_LINGER, &linger, sizeof linger);
+    return zmq_connect(w->push.sock, S_REPLY_EP) == 0;
 }
 
 /* What a lane takes: a fragment (not HAVE or LOAD_MODEL, which need the worker's
@@ -476,7 +512,7 @@ static bool s_lane_ok_fn(djn_sched_item_t *it, void *ctx) {
 
 static void *s_lane_main(void *arg) {
     s_worker_t *w = arg;
-    void *push = s_thread_begin(w);
+    s_out_t *push = s_thread_begin(w);
     djn_sched_item_t *it;
     while ((it = djn_sched_pop_lane(w->srv->sched, w->index, s_lane_ok_fn, NULL)) != NULL) {
         s_job_t *j = (s_job_t *)it;
@@ -493,13 +529,12 @@ static void *s_lane_main(void *arg) {
         s_job_free(w->srv, j);
         djn_sched_lane_done(w->srv->sched, w->index);
     }
-    s_thread_end(push);
     return NULL;
 }
 
 static void *s_worker_main(void *arg) {
     s_worker_t *w = arg;
-    void *push = s_thread_begin(w);
+    s_out_t *push = s_thread_begin(w);
     djn_sched_item_t *it;
     while ((it = djn_sched_pop(w->srv->sched, w->index)) != NULL) {
         s_job_t *j = (s_job_t *)it;
@@ -524,7 +559,6 @@ static void *s_worker_main(void *arg) {
         s_job_free(w->srv, j);
         djn_sched_done(w->srv->sched, w->index);
     }
-    s_thread_end(push);
     return NULL;
 }
 
@@ -654,11 +688,11 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
         char e[160];
         snprintf(e, sizeof e, "protocol version %u is not supported: this server speaks version %d",
                  m->u.hello.version, DJN_PROTO_VERSION);
-        s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_VERSION, e, -1, NULL);
+        s_send_error(srv, &srv->rout, ident, 0, m->seq, DJN_ERR_VERSION, e, -1, NULL);
         return;
     }
     if (srv->draining || s_drain_flag) {
-        s_send_error(srv, srv->router, ident, 0, m->seq, DJN_ERR_CLOSED,
+        s_send_error(srv, &srv->rout, ident, 0, m->seq, DJN_ERR_CLOSED,
                      "the server is draining (it is shutting down) and opens no new sessions: "
                      "use another server, or this one once it has restarted",
                      -1, NULL);
@@ -668,7 +702,7 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     char e[256];
     djn_session_t *s = djn_sessions_open(srv->sessions, s_now_ms(), peer, &st, e, sizeof e);
     if (!s) {
-        s_send_error(srv, srv->router, ident, 0, m->seq, st, e, -1, NULL);
+        s_send_error(srv, &srv->rout, ident, 0, m->seq, st, e, -1, NULL);
         return;
     }
     uint64_t sid = djn_session_id(s);
@@ -688,7 +722,7 @@ static void s_reply_hello(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, sid, m->seq};
     djn_hello_rep_encode(&b, &h, &rep);
-    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    s_send_reply(srv, &srv->rout, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
 
@@ -734,7 +768,7 @@ static void s_reply_place(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
     djn_place_rep_encode(&b, &h, &rep);
-    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    s_send_reply(srv, &srv->rout, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
 
@@ -844,7 +878,7 @@ static void s_reply_stats(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
     djn_stats_rep_encode(&b, &h, r);
-    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    s_send_reply(srv, &srv->rout, ident, &b, NULL, 0);
     djn_buf_release(&b);
     djn_free(r, sizeof(*r));
 }
@@ -853,7 +887,7 @@ static void s_reply_empty(djn_server_t *srv, zmq_msg_t *ident, const djn_msg_t *
     djn_buf_t b = {0};
     djn_msg_hdr_t h = {DJN_MSG_REPLY, m->sid, m->seq};
     djn_empty_encode(&b, &h);
-    s_send_reply(srv, srv->router, ident, &b, NULL, 0);
+    s_send_reply(srv, &srv->rout, ident, &b, NULL, 0);
     djn_buf_release(&b);
 }
 
@@ -1000,6 +1034,8 @@ static bool s_shape_cost(const djn_graph_req_t *g) {
     return true;
 }
 
+static void s_forward_ready(djn_server_t *srv);
+
 /* Whether the transport may run a job itself: a plan-cache hit whose nodes ran in under
  * S_INLINE_RUN_NS last time, all of operators whose cost the shapes fix (above), with
  * small uploads and fetches, on an idle device (nothing queued or running: the order is
@@ -1137,9 +1173,10 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
          * time: run it here and answer on the ROUTER, saving two thread hand-offs. Never
          * waits: the device is claimed and the session locked only if free at once. */
         s_worker_t *w = &srv->workers[device];
+        s_forward_ready(srv); /* the device's last replies leave first: a session's order */
         djn_exec_enter(w->exec);
         djn_frag_env_t env = s_env(w);
-        s_run_graph_env(w, &env, srv->router, j, true);
+        s_run_graph_env(w, &env, &srv->rout, j, true);
         djn_exec_leave(w->exec);
         djn_sched_release(srv->sched, device);
         atomic_fetch_add(&srv->inline_runs, 1);
@@ -1196,7 +1233,7 @@ static void s_drop_expired(djn_server_t *srv, const uint64_t *gone, uint32_t n) 
             while (it) {
                 s_job_t *j = (s_job_t *)it;
                 it = it->next;
-                s_refuse_expired(srv, srv->router, j);
+                s_refuse_expired(srv, &srv->rout, j);
                 s_job_free(srv, j);
             }
         }
@@ -1224,15 +1261,15 @@ static void s_handle_client(djn_server_t *srv) {
     uint64_t seq = 0;
     djn_session_t *sess = NULL;
     if (!rx.have_hdr) {
-        s_send_error(srv, srv->router, &ident, 0, 0, DJN_ERR_PROTO,
-                     "message without a header frame", -1, NULL);
+        s_send_error(srv, &srv->rout, &ident, 0, 0, DJN_ERR_PROTO, "message without a header frame",
+                     -1, NULL);
         goto done;
     }
     if (rx.too_many || rx.alloc_failed) {
         if (rx.too_many)
             snprintf(err, sizeof err, "message has %u frames, the limit is %u", rx.total,
                      DJN_MAX_FRAMES);
-        s_send_error(srv, srv->router, &ident, 0, 0, rx.too_many ? DJN_ERR_LIMIT : DJN_ERR_NOMEM,
+        s_send_error(srv, &srv->rout, &ident, 0, 0, rx.too_many ? DJN_ERR_LIMIT : DJN_ERR_NOMEM,
                      rx.too_many ? err : "out of host memory receiving frames", -1, NULL);
         goto done;
     }
@@ -1240,13 +1277,13 @@ static void s_handle_client(djn_server_t *srv) {
         if (zmq_msg_size(&rx.frames[i]) > srv->cfg.max_tensor_bytes) {
             snprintf(err, sizeof err, "frame %u of %zu bytes exceeds the limit of %" PRIu64, i + 1,
                      zmq_msg_size(&rx.frames[i]), srv->cfg.max_tensor_bytes);
-            s_send_error(srv, srv->router, &ident, 0, 0, DJN_ERR_LIMIT, err, -1, NULL);
+            s_send_error(srv, &srv->rout, &ident, 0, 0, DJN_ERR_LIMIT, err, -1, NULL);
             goto done;
         }
     djn_status_t st = djn_msg_decode(zmq_msg_data(&rx.hdr), zmq_msg_size(&rx.hdr), rx.nframes, &m,
                                      &seq, err, sizeof err);
     if (st != DJN_OK) {
-        s_send_error(srv, srv->router, &ident, 0, seq, st, err[0] ? err : djn_status_str(st), -1,
+        s_send_error(srv, &srv->rout, &ident, 0, seq, st, err[0] ? err : djn_status_str(st), -1,
                      NULL);
         goto done;
     }
@@ -1323,6 +1360,13 @@ static void s_forward_reply(djn_server_t *srv) {
     }
 }
 
+/* Forward every reply the workers have pushed so far, without waiting. */
+static void s_forward_ready(djn_server_t *srv) {
+    zmq_pollitem_t it = {srv->pull, 0, ZMQ_POLLIN, 0};
+    while (zmq_poll(&it, 1, 0) > 0 && (it.revents & ZMQ_POLLIN))
+        s_forward_reply(srv);
+}
+
 /* ------------------------------------------------------------------ life cycle */
 
 djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errlen) {
@@ -1365,6 +1409,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     }
     srv->router = zmq_socket(srv->ctx, ZMQ_ROUTER);
     srv->pull = zmq_socket(srv->ctx, ZMQ_PULL);
+    srv->rout = (s_out_t){srv->router, NULL};
     int hwm = 0, linger = 0, mandatory = 0;
     int64_t maxmsg = (int64_t)cfg->max_tensor_bytes + (int64_t)DJN_MAX_HEADER_BYTES;
     zmq_setsockopt(srv->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -1436,10 +1481,16 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
                               .vmu = srv->workers[i].vmu,
                               .cpu = true,
                               .lane = true,
-                              .counts = &srv->workers[i]};
+                              .counts = &srv->workers[i],
+                              .out = &srv->workers[i].push};
             if (!(l->exec = djn_exec_new(cfg->devices[i], err, errlen)))
                 goto fail;
             srv->nlanes++;
+        }
+    for (int i = 0; i < srv->nworkers; i++)
+        if (!s_push_open(srv, &srv->workers[i])) {
+            snprintf(err, errlen, "cannot open a worker's reply socket: %s", zmq_strerror(errno));
+            goto fail;
         }
     for (int i = 0; i < srv->nworkers + srv->nlanes; i++) {
         s_worker_t *w = i < srv->nworkers ? &srv->workers[i] : &srv->lanes[i - srv->nworkers];
@@ -1474,7 +1525,7 @@ static uint32_t s_refuse_queued(djn_server_t *srv) {
         djn_sched_item_t *it;
         while ((it = djn_sched_take(srv->sched, (uint32_t)d)) != NULL) {
             s_job_t *j = (s_job_t *)it;
-            s_send_error(srv, srv->router, &j->ident, j->msg->sid, j->msg->seq, DJN_ERR_CLOSED,
+            s_send_error(srv, &srv->rout, &j->ident, j->msg->sid, j->msg->seq, DJN_ERR_CLOSED,
                          "the server stopped (its drain timeout ran out) before running this "
                          "fragment",
                          -1, NULL);
@@ -1590,6 +1641,12 @@ void djn_server_destroy(djn_server_t **self_p) {
         djn_sched_item_t *it;
         while ((it = djn_sched_take(srv->sched, (uint32_t)i)) != NULL)
             s_job_free(srv, (s_job_t *)it);
+    }
+    for (int i = 0; i < srv->nworkers; i++) {
+        if (srv->workers[i].push.sock)
+            zmq_close(srv->workers[i].push.sock);
+        if (srv->workers[i].push_mu_init)
+            pthread_mutex_destroy(&srv->workers[i].push_mu);
     }
     if (srv->mon)
         zmq_close(srv->mon);

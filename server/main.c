@@ -94,8 +94,7 @@ static void s_usage(FILE *f) {
         "                       interactive fragments beside its worker, so that they never\n"
         "                       wait for a batch node to end (0 = none: such work runs\n"
         "                       nested between batch nodes; at most 4) [DJINN_LANES]\n"
-        "                       (default 0: with lanes, a session's replies for one device\n"
-        "                       may arrive out of order; clients match them by seq)\n"
+        "                       (default 1, or 0 on a host with one CPU)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -191,7 +190,7 @@ int main(int argc, char **argv) {
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
                        age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE,
-                       lanes = 0;
+                       lanes = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 1 : 0;
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},

@@ -380,6 +380,36 @@ def test_a_lane_keeps_each_sessions_order(make_server):
     assert d["lane_runs"] >= 1 and d["preemptions"] == 0, d
 
 
+def test_replies_keep_each_sessions_order_with_lanes(make_server):
+    """Each session's replies arrive in the order it sent its fragments, although its
+    fragments run one after another on different threads of the device (two lanes and
+    the worker, which a batch session keeps busy part of the time): a thread keeps the
+    session locked until its reply has left, and a device's threads share one reply
+    socket (PROTOCOL.md 7.6). Read in arrival order on one connection."""
+    srv = make_server("--no-inline", "--lanes", "2")
+    m = Multi(srv.endpoint)
+    srv.conns.append(m)
+    bt = m.open()
+    sess = [m.open() for _ in range(4)]
+    sent = {s: [] for s in sess}
+    nbatch = 0
+    for _ in range(6):
+        m.send(bt, *_chain(20, qos=QOS_BATCH))
+        nbatch += 1
+        for _ in range(10):
+            for s in sess:
+                sent[s].append(m.send(s, *_small(QOS_INTERACTIVE)))
+    got = {s: [] for s in sess}
+    for h, frames in m.replies(nbatch + sum(len(v) for v in sent.values())):
+        assert h["type"] == REPLY, h
+        if h["sid"] in got:
+            _ok_small((h, frames))
+            got[h["sid"]].append(h["seq"])
+    for s in sess:
+        assert got[s] == sent[s], (s, got[s], sent[s])
+    assert m.stats0()["devices"][0]["lane_runs"] > 0
+
+
 _RNG_CLIENT = r"""
 import os, sys, time, torch, djinn
 qos, base, n, work, ready, done = sys.argv[1:]
