@@ -116,6 +116,8 @@ struct djn_server {
     int nlanes;
     int64_t started_ms;
     _Atomic uint64_t requests, errors, bytes_in, bytes_out, inline_runs;
+    _Atomic uint64_t pushed; /* replies the devices' threads sent to the transport ... */
+    uint64_t forwarded;      /* ... and those the transport forwarded (its thread only) */
     _Atomic uint64_t errors_by[DJN_ERR_DENIED + 1]; /* ERROR replies by status */
     /* scheduling latency: header decode + plan-cache lookup (transport) and planning
      * (worker), per fragment, split by plan-cache hit (GRAPH_CACHED) and miss (GRAPH) */
@@ -191,8 +193,10 @@ static void s_send_reply(djn_server_t *srv, s_out_t *out, zmq_msg_t *ident, cons
         if (zmq_msg_send(&frames[i], sock, i + 1 < nframes ? ZMQ_SNDMORE : 0) < 0)
             zmq_msg_close(&frames[i]);
     }
-    if (out->mu)
+    if (out->mu) {
+        atomic_fetch_add(&srv->pushed, 1);
         pthread_mutex_unlock(out->mu);
+    }
     atomic_fetch_add(&srv->bytes_out, n);
 }
 
@@ -1355,16 +1359,22 @@ static void s_forward_reply(djn_server_t *srv) {
         int more = zmq_msg_more(&part);
         if (zmq_msg_send(&part, srv->router, more ? ZMQ_SNDMORE : 0) < 0)
             zmq_msg_close(&part);
-        if (!more)
+        if (!more) {
+            srv->forwarded++;
             return;
+        }
     }
 }
 
-/* Forward every reply the workers have pushed so far, without waiting. */
+/* Forward every reply the devices' threads have sent so far (each is in the pipe once
+ * counted); nothing to do, and no system call, when all were forwarded already. */
 static void s_forward_ready(djn_server_t *srv) {
-    zmq_pollitem_t it = {srv->pull, 0, ZMQ_POLLIN, 0};
-    while (zmq_poll(&it, 1, 0) > 0 && (it.revents & ZMQ_POLLIN))
+    while (srv->forwarded != atomic_load(&srv->pushed)) {
+        zmq_pollitem_t it = {srv->pull, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0) /* bounded: a failed send is counted too */
+            return;
         s_forward_reply(srv);
+    }
 }
 
 /* ------------------------------------------------------------------ life cycle */
