@@ -7,6 +7,7 @@
  * that listens beyond this host must have keys, or be told --insecure. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,7 +95,8 @@ static void s_usage(FILE *f) {
         "                       interactive fragments beside its worker, so that they never\n"
         "                       wait for a batch node to end (0 = none: such work runs\n"
         "                       nested between batch nodes; at most 4) [DJINN_LANES]\n"
-        "                       (default 1, or 0 on a host with one CPU)\n"
+        "                       (default 1 when this process may use more CPUs than\n"
+        "                       there are CPU devices, else 0)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -160,6 +162,19 @@ typedef struct {
     unsigned long long *dst;
 } s_num_opt_t;
 
+/* --lanes by default: one lane per CPU device when this process may run on more CPUs
+ * than there are CPU devices (a lane then has a core beside its worker), else none (a
+ * lane would only take the worker's core, outside the batch share's sight). */
+static uint32_t s_auto_lanes(const djn_server_cfg_t *cfg) {
+    int cpu_devices = 0;
+    for (int i = 0; i < cfg->ndevices; i++)
+        cpu_devices += !strncmp(cfg->devices[i], "cpu", 3);
+    cpu_set_t set;
+    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                            : sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus > cpu_devices ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "keygen")) {
         if (argc < 4) {
@@ -190,7 +205,7 @@ int main(int argc, char **argv) {
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
                        age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE,
-                       lanes = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 1 : 0;
+                       lanes = ~0ull; /* auto: s_auto_lanes */
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -332,11 +347,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     cfg.qos_batch_share = (uint32_t)batch_share;
-    if (lanes > DJN_SCHED_MAX_LANES) {
+    if (lanes != ~0ull && lanes > DJN_SCHED_MAX_LANES) {
         fprintf(stderr, "djinn-server: --lanes is at most %u\n", DJN_SCHED_MAX_LANES);
         return 2;
     }
-    cfg.lanes = (uint32_t)lanes;
     if (!cfg.realtime_tenants)
         cfg.realtime_tenants = s_env("DJINN_REALTIME_TENANTS", NULL);
     char devbuf[1024];
@@ -366,6 +380,7 @@ int main(int argc, char **argv) {
         free(copy);
         return 2;
     }
+    cfg.lanes = lanes == ~0ull ? s_auto_lanes(&cfg) : (uint32_t)lanes;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;

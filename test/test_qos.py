@@ -410,6 +410,42 @@ def test_replies_keep_each_sessions_order_with_lanes(make_server):
     assert m.stats0()["devices"][0]["lane_runs"] > 0
 
 
+def _lane_threads(pid):
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    return sorted(n for n in names if n.startswith("djn-lane-"))
+
+
+@pytest.mark.parametrize(
+    "devices, flags, cpus",
+    [
+        ("cpu", (), None),  # every CPU this process may use
+        ("cpu", (), 1),  # one CPU: no lane
+        ("cpu,cpu", (), None),
+        ("cpu", ("--lanes", "2"), 1),  # asked for: as asked, whatever the CPUs
+        ("cpu,cpu", ("--lanes", "0"), None),
+    ],
+)
+def test_lanes_by_default_only_with_a_spare_cpu(make_server, devices, flags, cpus):
+    """--lanes by default: one lane per CPU device when the server may run on more CPUs
+    than it has CPU devices (the lane gets a core beside its worker), else none; the
+    flag, when given, wins. Counted by thread name (djn-lane-<device>)."""
+    saved = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, set(sorted(saved)[:cpus]))
+    try:
+        srv = make_server("--device", devices, *flags)
+    finally:
+        os.sched_setaffinity(0, saved)
+    ndev = devices.count(",") + 1
+    usable = cpus or len(saved)
+    per_dev = int(flags[1]) if flags else (1 if usable > ndev else 0)
+    want = sorted(f"djn-lane-{d}" for d in range(ndev) for _ in range(per_dev))
+    assert _lane_threads(srv.proc.pid) == want, (usable, ndev)
+
+
 _RNG_CLIENT = r"""
 import os, sys, time, torch, djinn
 qos, base, n, work, ready, done = sys.argv[1:]
