@@ -30,10 +30,11 @@
  * takes none of it (the batch item runs on meanwhile). Measured with the share binding
  * lanes too (benchmarks/qos_bench.py, 2-core VM), batch kept the same 90 % of its solo
  * throughput with or without the share, while the interactive p99 was 1.54x its solo
- * p99 instead of 1.16x: the charge throttled work that cost batch nothing. While a lane waits the
- * worker nests nothing, so a paused batch item is no longer the price of an interactive one:
- * preemption between nodes left the interactive p99 one batch node above its solo p99
- * (results/qos.md); a lane removes that wait where the device has a spare core.
+ * p99 instead of 1.16x: the charge throttled work that cost batch nothing. While a lane
+ * waits the worker nests nothing, so a paused batch item is no longer the price of an
+ * interactive one: preemption between nodes left the interactive p99 one batch node
+ * above its solo p99 (results/qos.md); a lane removes that wait where the device has a
+ * spare core.
  *
  * The batch share, per device, is a bucket of nanoseconds of device time, counted in
  * the device's own time (what the worker reports: CPU time on a CPU device, so a host
@@ -275,6 +276,11 @@ static djn_sched_item_t *s_oldest_of(s_queue_t *q, uint64_t owner) {
     return best;
 }
 
+/* Whether realtime or interactive work is queued: what a lane takes (lock held). */
+static bool s_lane_work(const s_queue_t *q) {
+    return q->cls[DJN_SCHED_REALTIME].head || q->cls[DJN_SCHED_INTERACTIVE].head;
+}
+
 /* Steps 1-4 of the file comment; NULL when nothing is queued. */
 static djn_sched_item_t *s_pick(djn_sched_t *s, s_queue_t *q) {
     int best = -1;
@@ -334,8 +340,7 @@ djn_sched_item_t *djn_sched_pop(djn_sched_t *s, uint32_t dev) {
     q->running = it != NULL;
     if (it) {
         q->run_owner = it->owner;
-        if (q->lanes_ready &&
-            (q->cls[DJN_SCHED_REALTIME].head || q->cls[DJN_SCHED_INTERACTIVE].head))
+        if (q->lanes_ready && s_lane_work(q))
             pthread_cond_broadcast(&q->lane_cv); /* the worker is busy: what waits is theirs */
     }
     pthread_mutex_unlock(&s->mu);
@@ -360,8 +365,7 @@ static djn_sched_item_t *s_lane_pick(s_queue_t *q, djn_sched_ok_fn ok_fn, void *
     djn_sched_item_t *got = NULL;
     for (uint8_t c = 0; c < DJN_SCHED_BATCH && !got; c++) {
         for (djn_sched_item_t *p = q->cls[c].head; p; p = p->next) {
-            if (p->owner &&
-                ((q->running && p->owner == q->run_owner) || s_oldest_of(q, p->owner) != p))
+            if (p->owner && (p->owner == q->run_owner || s_oldest_of(q, p->owner) != p))
                 continue;
             if (ok_fn && !ok_fn(p, ctx)) {
                 *busy = true;
@@ -389,9 +393,7 @@ djn_sched_item_t *djn_sched_pop_lane(djn_sched_t *s, uint32_t dev, djn_sched_ok_
     atomic_fetch_add(&q->lanes_ready, 1); /* from now on the worker leaves such work to it */
     while (!s->stop) {
         bool busy = false;
-        if (!q->claimed &&
-            (q->cls[DJN_SCHED_REALTIME].head || q->cls[DJN_SCHED_INTERACTIVE].head) &&
-            (got = s_lane_pick(q, ok_fn, ctx, &busy)) != NULL)
+        if (!q->claimed && s_lane_work(q) && (got = s_lane_pick(q, ok_fn, ctx, &busy)) != NULL)
             break;
         if (busy) {
             struct timespec ts;

@@ -108,10 +108,9 @@ djn_sched_item_t *djn_sched_pop_lane(djn_sched_t *s, uint32_t dev, djn_sched_ok_
 void djn_sched_lane_done(djn_sched_t *s, uint32_t dev);
 uint64_t djn_sched_lane_runs(djn_sched_t *s, uint32_t dev); /* items lanes took */
 /* Whether an item of a class better than `cls` is queued and no lane waits to take it
- * (lock-free; a hint). When only
- * interactive work waits beside a running batch item and is over its share,
- * *need_progress is the running item's progress at which it may go (else 0): the
- * worker reads its clock only then. */
+ * (lock-free; a hint). When only interactive work waits beside a running batch item and
+ * is over its share, *need_progress is the running item's progress at which it may go
+ * (else 0): the worker reads its clock only then. */
 bool djn_sched_urgent(djn_sched_t *s, uint32_t dev, uint8_t cls, uint64_t *need_progress);
 /* An item pop or pop_urgent handed out ran for run_ns of device time (nested runs
  * excluded): a batch item's run earns interactive work its share, an interactive item

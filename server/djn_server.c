@@ -91,7 +91,6 @@ typedef struct s_worker {
     bool started;
     _Atomic uint64_t nodes, jobs, errors;
     struct s_worker *counts; /* whose nodes/jobs/errors it adds to: the device's worker */
-    s_out_t *out;            /* where its replies leave: the device worker's `push` */
     s_out_t push;            /* the device's worker: the device's PUSH socket ... */
     pthread_mutex_t push_mu; /* ... and the lock its worker and lanes send under */
     bool push_mu_init;
@@ -487,7 +486,7 @@ static s_out_t *s_thread_begin(s_worker_t *w) {
     pthread_setname_np(pthread_self(), name);
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
-    return w->out;
+    return &w->counts->push;
 }
 
 /* The device's PUSH socket, made (and connected) before its threads start. */
@@ -497,7 +496,6 @@ static bool s_push_open(djn_server_t *srv, s_worker_t *w) {
         return false;
     w->push_mu_init = true;
     w->push = (s_out_t){zmq_socket(srv->ctx, ZMQ_PUSH), &w->push_mu};
-    w->out = &w->push;
     if (!w->push.sock)
         return false;
     zmq_setsockopt(w->push.sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -1491,15 +1489,15 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
                               .vmu = srv->workers[i].vmu,
                               .cpu = true,
                               .lane = true,
-                              .counts = &srv->workers[i],
-                              .out = &srv->workers[i].push};
+                              .counts = &srv->workers[i]};
             if (!(l->exec = djn_exec_new(cfg->devices[i], err, errlen)))
                 goto fail;
             srv->nlanes++;
         }
     for (int i = 0; i < srv->nworkers; i++)
         if (!s_push_open(srv, &srv->workers[i])) {
-            snprintf(err, errlen, "cannot open a worker's reply socket: %s", zmq_strerror(errno));
+            snprintf(err, errlen, "cannot open a worker's reply socket: %s",
+                     zmq_strerror(zmq_errno()));
             goto fail;
         }
     for (int i = 0; i < srv->nworkers + srv->nlanes; i++) {
