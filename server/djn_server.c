@@ -1097,6 +1097,18 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                                                       : m->u.graph.device;
     djn_tlb_entry_t *plan = NULL;
     const djn_node_t *nodes = NULL;
+    bool frag = m->type == DJN_MSG_GRAPH || m->type == DJN_MSG_GRAPH_CACHED;
+    uint64_t evicted = djn_session_evicted(*sess_p);
+    if (frag && m->u.graph.resume) {
+        djn_session_set_evicted(*sess_p, 0);
+    } else if (frag && evicted) { /* it may use the results of the one not run */
+        snprintf(err, sizeof err,
+                 "skipped: fragment %" PRIu64 " of this session was answered E_EVICTED and "
+                 "not run; later fragments wait for its resend (marked 'resume')",
+                 evicted);
+        s_send_simple(srv, ident, m, DJN_ERR_EVICTED, err);
+        return;
+    }
     if (m->type == DJN_MSG_GRAPH_CACHED) {
         plan = djn_tlb_lookup(srv->tlb, m->u.graph.fp, m->u.graph.device, m->sid);
         if (!plan) {
@@ -1104,12 +1116,15 @@ static void s_enqueue_job(djn_server_t *srv, zmq_msg_t *ident, djn_msg_t **m_p,
                      "plan cache miss: fragment %016" PRIx64 "%016" PRIx64
                      " is not cached (evicted); send the full GRAPH",
                      m->u.graph.fp[0], m->u.graph.fp[1]);
+            djn_session_set_evicted(*sess_p, m->seq ? m->seq : 1);
             s_send_simple(srv, ident, m, DJN_ERR_EVICTED, err);
             return;
         }
         djn_status_t st = djn_tlb_bind(m->arena, &m->u.graph, plan, &nodes, err, sizeof err);
         if (st != DJN_OK) {
             djn_tlb_release(srv->tlb, &plan);
+            if (st == DJN_ERR_EVICTED)
+                djn_session_set_evicted(*sess_p, m->seq ? m->seq : 1);
             s_send_simple(srv, ident, m, st, err);
             return;
         }

@@ -58,6 +58,7 @@ struct djn_session {
     uint64_t peak;     /* high-water mark of bytes */
     uint64_t next_dyn;
     int64_t last_seen_ms;
+    uint64_t evicted; /* transport thread only: seq of a fragment answered E_EVICTED */
     void *gens[S_MAX_DEVICES];
     djn_sessions_t *owner;
     _Atomic uint32_t queued;
@@ -444,6 +445,12 @@ bool djn_session_live(const djn_session_t *s) {
 }
 bool djn_session_expired(const djn_session_t *s) {
     return atomic_load_explicit(&s->expired, memory_order_relaxed);
+}
+uint64_t djn_session_evicted(const djn_session_t *s) {
+    return s->evicted;
+}
+void djn_session_set_evicted(djn_session_t *s, uint64_t seq) {
+    s->evicted = seq;
 }
 void djn_session_use_device(djn_session_t *s, uint32_t dev) {
     if (dev < 64 && !(atomic_load_explicit(&s->devices, memory_order_relaxed) & (1ull << dev)))

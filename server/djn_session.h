@@ -91,6 +91,11 @@ bool djn_session_live(const djn_session_t *s);
  * unrun and a fragment of it that is running stops between two nodes. (A CLOSE is not
  * an expiry: what the client queued before it still runs.) */
 bool djn_session_expired(const djn_session_t *s);
+/* The fragment chain (7.4), read and written by the transport thread only: the seq of a
+ * fragment of this session answered E_EVICTED (0: none). While set, the session's later
+ * fragments are refused unless one is marked `resume`: they may use its results. */
+uint64_t djn_session_evicted(const djn_session_t *s);
+void djn_session_set_evicted(djn_session_t *s, uint64_t seq);
 /* The session uses device `dev` (PLACE chose it, or it declared or uploaded storage
  * there): it counts among the device's sessions (djn_sessions_per_device). */
 void djn_session_use_device(djn_session_t *s, uint32_t dev);

@@ -179,10 +179,8 @@ def test_plan_cache_eviction_is_transparent():
     assert r["resends"] >= 1
 
 
-def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
-    r = _run(
-        STATS
-        + """
+# A two-layer Llama on CPU (`cpu`), its copy on the server (`m`) and a prompt (`p`).
+_TINY_LLAMA = """
     import copy, json, torch, djinn
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
@@ -191,6 +189,60 @@ def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
     cpu = LlamaForCausalLM(cfg).eval()
     m = copy.deepcopy(cpu).to('remote')
     p = torch.randint(0, 128, (1, 6))
+"""
+
+_PIPELINED_DECODE = _TINY_LLAMA + textwrap.indent(
+    """
+def decode(model, dev, steps=10):       # greedy, HF's default DynamicCache: shapes grow
+    with torch.no_grad():
+        out = model(p.to(dev), use_cache=True)
+        toks = []
+        for _ in range(steps):
+            nxt = out.logits[:, -1:].argmax(-1)
+            toks.append(int(nxt.item()))
+            out = model(nxt.to(dev), past_key_values=out.past_key_values, use_cache=True)
+        return toks, out.logits.cpu()
+
+ref, ref_logits = decode(cpu, 'cpu')
+got, logits = decode(m, 'remote')
+c = djinn.bytes_moved()
+print(json.dumps({"ref": ref, "got": got, "flushes": c["flushes"], "nodes": c["nodes"],
+                  "close": torch.allclose(logits, ref_logits, rtol=1e-4, atol=1e-5),
+                  "cached": c["plan_cache_sends"], "resends": c["plan_cache_resends"]}))
+""",
+    "    ",
+)
+
+
+def test_pipelined_decode_hits_the_plan_cache_piece_by_piece(srv):
+    """With DJINN_PIPELINE_NODES a decode step leaves in pieces, unwaited, so the server
+    runs one while the client captures the next; each piece is a plan-cache hit from the
+    second step on, and the tokens are CPU's."""
+    r = _run(_PIPELINED_DECODE, srv, DJINN_PIPELINE_NODES="16")
+    assert r["got"] == r["ref"] and r["close"], r
+    assert r["nodes"] / r["flushes"] <= 16, r  # pieces of at most 16 nodes
+    assert r["cached"] >= r["flushes"] / 2, r  # most pieces went without their nodes
+    assert r["resends"] == 0, r
+
+
+def test_pipelined_decode_survives_evictions(srv):
+    """A two-entry plan cache evicts the pieces of a step while later pieces, sent without
+    waiting, are in flight: the server refuses those until the evicted piece is resent
+    (7.4), the client resends them all, and the tokens are still CPU's."""
+    proc, ep = start_server("--lease-ms", "0", "--plan-cache", "2")
+    try:
+        r = _run(_PIPELINED_DECODE, ep, DJINN_PIPELINE_NODES="16")
+    finally:
+        stop_server(proc)
+    assert r["got"] == r["ref"] and r["close"], r
+    assert r["resends"] >= 1 and r["cached"] >= 1, r
+
+
+def test_generate_keeps_the_kv_cache_in_data_and_close_returns_it(srv):
+    r = _run(
+        STATS
+        + _TINY_LLAMA
+        + """
     with torch.no_grad():
         out = m(p.to('remote'), use_cache=True)
         kv = out.past_key_values

@@ -703,7 +703,37 @@ def test_graph_cached_miss_says_evicted_and_changes_nothing(session):
         session.call(GRAPH_CACHED, body), E_EVICTED, "plan cache miss", "send the full GRAPH"
     )
     # nothing of the refused message was applied: the handle it declared does not exist
-    assert_error(session.graph({"dev": 0, "fetch": [[0x7000, 0, 16]]}), E_HANDLE, "unknown handle")
+    fetch = {"dev": 0, "fetch": [[0x7000, 0, 16]], "resume": True}
+    assert_error(session.graph(fetch), E_HANDLE, "unknown handle")
+
+
+def test_after_evicted_later_fragments_wait_for_the_resend(session):
+    """A fragment sent after one answered E_EVICTED may use what that one makes: the
+    server refuses each until the resend, marked 'resume', arrives; then they run."""
+    missing = {"dev": 0, "binds": [0x7000], "allocs": [[0x7000, 16]], "fp": [0xDEAD, 0xBEEF]}
+    h, _ = session.call(GRAPH_CACHED, missing)
+    assert_error((h, _), E_EVICTED, "plan cache miss")
+    evicted = h["seq"]
+    later = _add_out_graph(0x7100, 0x7200)
+    for _ in range(2):  # plain or cached, each is refused, naming the evicted fragment
+        assert_error(
+            session.graph(later, frames=[_f32(1, 2, 3, 4)]),
+            E_EVICTED,
+            f"skipped: fragment {evicted} of this session was answered E_EVICTED",
+            "'resume'",
+        )
+    assert_error(session.call(GRAPH_CACHED, missing), E_EVICTED, "skipped")
+    resent = {"dev": 0, "allocs": [[0x7000, 16]], "resume": True}
+    h, _ = session.graph(resent)
+    assert h["type"] == REPLY, h
+    h, frames = session.graph(later, frames=[_f32(1, 2, 3, 4)])  # the chain runs again
+    assert h["type"] == REPLY, h
+    assert struct.unpack("<4f", frames[0]) == (2.0, 4.0, 6.0, 8.0)
+
+
+def test_resume_must_be_a_boolean(session):
+    body = {"dev": 0, "allocs": [[0x7000, 16]], "resume": 1}
+    assert_error(session.call_raw(GRAPH, body), E_PROTO, "'resume' must be a boolean")
 
 
 def test_graph_cached_hit_runs_the_cached_nodes_with_new_bindings(session):
@@ -815,7 +845,8 @@ def test_graph_cached_hostile_patch_is_refused(session, change, code, words):
     body.update(change)
     assert_error(session.call_raw(GRAPH_CACHED, body, frames=[_f32(1, 1, 1, 1)]), code, words)
     if code != E_ARGS:  # refused before anything ran: the declared handle does not exist
-        assert_error(session.graph({"dev": 0, "fetch": [[c, 0, 16]]}), E_HANDLE, "unknown handle")
+        fetch = {"dev": 0, "fetch": [[c, 0, 16]], "resume": True}  # after E_EVICTED: 7.4
+        assert_error(session.graph(fetch), E_HANDLE, "unknown handle")
     # the session and its cache entry still work
     ok = dict(body, tpl=tpl, patch=[], allocs_n=[], binds_d=[2, 0x2000], allocs_d=[2, 0x2000])
     ok.update(uploads=[[a + 0x2000, 1]], fetch=[[b + 0x2000, 0, 16]])
@@ -842,6 +873,7 @@ def test_graph_cached_by_pattern_sends_classes_of_deltas(session):
         E_EVICTED,
         "holds no pattern",
     )
+    body["resume"] = True  # the session's fragments wait for this resend (7.4)
     assert_error(
         session.call_raw(GRAPH_CACHED, dict(body, pal=[-2, -8]), frames=[_f32(5, 6)]),
         E_PROTO,
@@ -866,7 +898,8 @@ def test_graph_filed_again_with_another_template_replaces_the_entry(session):
         E_EVICTED,
         "another template",
     )
-    h, frames = session.call_raw(GRAPH_CACHED, dict(body, tpl=new), frames=[_f32(1, 1, 1, 1)])
+    resend = dict(body, tpl=new, resume=True)  # the session's fragments wait for it (7.4)
+    h, frames = session.call_raw(GRAPH_CACHED, resend, frames=[_f32(1, 1, 1, 1)])
     assert h["type"] == REPLY, h
     assert struct.unpack("<4f", frames[0]) == (2.0, 2.0, 2.0, 2.0)
 

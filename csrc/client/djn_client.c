@@ -94,6 +94,7 @@ typedef struct s_link {
     uint64_t known_bytes;
     djn_vec_t sym_patch, sym_allocs_n, sym_runs[3], sym_h; /* scratch for GRAPH_CACHED */
     djn_vec_t sym_pal;                                     /* int64_t */
+    djn_vec_t resend; /* s_resend_t, by seq: fragments kept until answered */
     djn_stats_client_t ctr;
 
     djn_heartbeat_t *hb;
@@ -190,6 +191,19 @@ __attribute__((constructor)) static void s_init(void) {
 
 /* ------------------------------------------------------------------ life cycle */
 
+/* A fragment kept for a resend (see "resends" below). */
+typedef struct s_resend {
+    uint64_t seq, fp[2];
+    djn_buf_t plain; /* the fragment as a GRAPH marked resume */
+    uint32_t skips;  /* refusals of its first sending still to come */
+} s_resend_t;
+
+static void s_resend_clear(s_link_t *c) {
+    for (size_t i = 0; i < c->resend.len; i++)
+        djn_buf_release(&DJN_VEC_AT(&c->resend, s_resend_t, i).plain);
+    c->resend.len = 0;
+}
+
 /* ------------------------------------------------------------------ templates
  *
  * What the client sent in the GRAPH that filed each fingerprint (djn_sym.h): a later
@@ -202,6 +216,7 @@ __attribute__((constructor)) static void s_init(void) {
 
 typedef struct s_tpl {
     uint64_t fp[2], digest; /* digest 0: not patchable (the scan failed) */
+    uint64_t filed;         /* seq of the GRAPH that filed it */
     uint64_t pat_hash;      /* the pattern the server's entry keeps (0: none sent yet) */
     uint32_t nints, nbinds, nallocs, nfrees;
     int64_t *ints;
@@ -419,6 +434,8 @@ static void s_link_destroy(s_link_t **self_p) {
         djn_vec_release(&l->sym_runs[i]);
     djn_vec_release(&l->sym_h);
     djn_vec_release(&l->sym_pal);
+    s_resend_clear(l);
+    djn_vec_release(&l->resend);
     pthread_mutex_destroy(&l->rel_mu);
     pthread_cond_destroy(&l->rel_cv);
     djn_free(l, sizeof(*l));
@@ -441,6 +458,7 @@ static s_link_t *s_link_new(djn_client_t *c, const char *want) {
         l->sym_runs[i] = DJN_VEC(djn_sym_run_t);
     l->sym_h = DJN_VEC(uint64_t);
     l->sym_pal = DJN_VEC(int64_t);
+    l->resend = DJN_VEC(s_resend_t);
     pthread_mutex_init(&l->rel_mu, NULL);
     pthread_cond_init(&l->rel_cv, NULL);
     if (!l->rec || !l->fcache)
@@ -587,6 +605,7 @@ static void s_session_lost(s_link_t *c) {
     c->handle_floor = atomic_load(&s_next_va);
     djn_fcache_clear(c->fcache);
     djn_rec_reset(c->rec);
+    s_resend_clear(c); /* what they named is gone with the session */
 }
 
 /* A handle of a session this client lost: client handles made before the loss, or
@@ -635,6 +654,66 @@ static djn_status_t s_child_check(s_link_t *c) {
                   "djinn: the embedded djinn-server %s; the remote tensors of this session are "
                   "gone (using 'remote' again starts a new server)",
                   why);
+}
+
+/* ------------------------------------------------------------------ resends
+ *
+ * A GRAPH_CACHED may be answered E_EVICTED (the server dropped the entry), and the server
+ * then refuses the session's later fragments until the resend (marked `resume`) arrives,
+ * since they may use its results (docs/PROTOCOL.md 7.4). So a GRAPH_CACHED, and every
+ * fragment sent while one is unanswered, is kept here as a full GRAPH until its answer;
+ * an E_EVICTED answer sends the evicted fragment and every later one again, under their
+ * own seqs, and whoever waits on them keeps waiting. Fragments with uploads are never
+ * kept: they wait until nothing is (s_settle). */
+/* Keep the fragment about to go out as `seq`; false on OOM (nothing kept). */
+static bool s_resend_keep(s_link_t *c, uint64_t seq, const djn_graph_req_t *plain) {
+    s_resend_t r = {seq, {plain->fp[0], plain->fp[1]}, {0}, 0};
+    djn_graph_req_t g = *plain;
+    g.resume = true;
+    djn_msg_hdr_t hdr = {DJN_MSG_GRAPH, c->sid, seq};
+    djn_graph_req_encode(&r.plain, &hdr, &g);
+    if (!r.plain.failed && djn_vec_push(&c->resend, &r))
+        return true;
+    djn_buf_release(&r.plain);
+    return false;
+}
+
+static s_resend_t *s_resend_find(s_link_t *c, uint64_t seq) {
+    for (size_t i = 0; i < c->resend.len; i++)
+        if (DJN_VEC_AT(&c->resend, s_resend_t, i).seq == seq)
+            return &DJN_VEC_AT(&c->resend, s_resend_t, i);
+    return NULL;
+}
+
+static void s_resend_drop(s_link_t *c, s_resend_t *r) {
+    djn_buf_release(&r->plain);
+    size_t i = (size_t)(r - (s_resend_t *)c->resend.data);
+    memmove(r, r + 1, (c->resend.len - i - 1) * sizeof(*r));
+    c->resend.len--;
+}
+
+/* The answer to a kept fragment `r`. True when it is consumed here: a refusal of a first
+ * sending already resent, or an E_EVICTED, which resends `r` and every later kept
+ * fragment (the server refuses those later ones once each: `skips`) and forgets their
+ * templates, so that their next sendings file them again. */
+static bool s_resend_answer(s_link_t *c, s_resend_t *r, const djn_reply_t *rep, djn_status_t *st) {
+    *st = DJN_OK;
+    if (rep->type != DJN_MSG_ERROR || rep->error.code != DJN_ERR_EVICTED) {
+        s_resend_drop(c, r);
+        return false;
+    }
+    if (r->skips) {
+        r->skips--;
+        return true;
+    }
+    s_resend_t *end = (s_resend_t *)c->resend.data + c->resend.len;
+    for (s_resend_t *e = r; e < end && *st == DJN_OK; e++) {
+        s_known_forget(c, e->fp);
+        e->skips += e != r;
+        c->ctr.plan_cache_resends++;
+        *st = s_send(c, &e->plain, NULL, 0);
+    }
+    return true;
 }
 
 /* The connection failed: the server refused our handshake, or receiving failed. */
@@ -720,6 +799,11 @@ static djn_status_t s_recv_one(s_link_t *c, uint64_t want, int timeout_ms, s_res
         s_resp_free(&x);
         return DJN_OK;
     }
+    s_resend_t *kept = rseq ? s_resend_find(c, rseq) : NULL;
+    if (kept && s_resend_answer(c, kept, x.rep, &st)) {
+        s_resp_free(&x);
+        return st; /* its answer is still to come */
+    }
     if (rseq > c->acked)
         c->acked = rseq;
     /* seq 0: the server could not read our header; it answers the request we wait for
@@ -776,39 +860,44 @@ static djn_status_t s_wait(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t 
         if (st == DJN_ERR_TIMEOUT) {
             if ((st = s_liveness(c, &handshakes)) != DJN_ERR_TIMEOUT)
                 return st;
-            if (left > slice) {
-                /* renew the lease while we wait: this link's and the other servers',
-                 * whose heartbeat threads cannot take the lock we hold */
-                djn_client_t *o = c->owner;
-                for (int i = 0; o && i < o->nlinks; i++)
-                    s_heartbeat_send(o->links[i], false);
-                if (!o)
-                    s_heartbeat_send(c, false);
-                continue;
+            if (left <= slice) {
+                c->broken = true;
+                return s_fail(st,
+                              "djinn: the server at %s did not answer within %d ms "
+                              "(DJINN_TIMEOUT); it may be down or overloaded",
+                              c->endpoint, timeout_ms);
             }
-            c->broken = true;
-            return s_fail(st,
-                          "djinn: the server at %s did not answer within %d ms "
-                          "(DJINN_TIMEOUT); it may be down or overloaded",
-                          c->endpoint, timeout_ms);
-        }
-        if (st != DJN_OK || got)
+        } else if (st != DJN_OK || got) {
             return st;
+        }
+        /* renew the leases that are due while we wait, whether or not replies arrive
+         * (pipelined fragments answer every so often): this link's and the other
+         * servers', whose heartbeat threads cannot take the lock we hold */
+        djn_client_t *o = c->owner;
+        for (int i = 0; o && i < o->nlinks; i++)
+            s_heartbeat_send(o->links[i], false);
+        if (!o)
+            s_heartbeat_send(c, false);
     }
 }
 
 /* Send a request with an empty body (or one `enc` encodes) and wait for its reply. */
 typedef void (*s_enc_fn)(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg);
 
+static djn_status_t s_settle(s_link_t *c);
+
 static djn_status_t s_request(s_link_t *c, uint8_t type, s_enc_fn enc, const void *arg,
                               int timeout_ms, s_resp_t *out) {
+    djn_status_t st;
+    if (type != DJN_MSG_HELLO && type != DJN_MSG_CLOSE && (st = s_settle(c)) != DJN_OK)
+        return st; /* it may name what a kept fragment makes */
     djn_buf_t b = {0};
     djn_msg_hdr_t hdr = {type, c->sid, ++c->seq};
     if (enc)
         enc(&b, &hdr, arg);
     else
         djn_empty_encode(&b, &hdr);
-    djn_status_t st = s_send(c, &b, NULL, 0);
+    st = s_send(c, &b, NULL, 0);
     djn_buf_release(&b);
     if (st != DJN_OK)
         return st;
@@ -864,6 +953,11 @@ static void s_read_config(s_link_t *c) {
     if (c->connect_timeout_ms <= 0)
         c->connect_timeout_ms = 10000;
     c->max_nodes = (uint32_t)s_env_int("DJINN_MAX_NODES", 4096);
+    /* a fragment also goes out, unwaited, every DJINN_PIPELINE_NODES nodes, so that the
+     * server runs it while the client captures the next (0: off) */
+    int pipe = s_env_int("DJINN_PIPELINE_NODES", 64);
+    if (pipe > 0 && (uint32_t)pipe < c->max_nodes)
+        c->max_nodes = (uint32_t)pipe;
     c->text_min = (uint64_t)s_env_int("DJINN_TEXT_MIN_BYTES", 65536);
     c->plan_cache = s_env_int("DJINN_PLAN_CACHE", 1) != 0;
     int chunk = s_env_int("DJINN_UPLOAD_CHUNK", 1 << 20);
@@ -1097,6 +1191,7 @@ static void s_link_shutdown(s_link_t *c) {
     }
     c->child = 0;
     djn_fcache_clear(c->fcache);
+    s_resend_clear(c);
     pthread_mutex_unlock(c->mu);
 }
 
@@ -1240,6 +1335,20 @@ static djn_status_t s_offer_text(s_link_t *c) {
     return st;
 }
 
+/* Wait until no fragment is kept for a resend: each was answered, or resent and then
+ * answered. */
+static djn_status_t s_settle(s_link_t *c) {
+    while (c->resend.len) {
+        s_resp_t x = {0};
+        djn_status_t st =
+            s_wait(c, DJN_VEC_AT(&c->resend, s_resend_t, c->resend.len - 1).seq, c->timeout_ms, &x);
+        if (st != DJN_OK)
+            return st;
+        s_resp_free(&x);
+    }
+    return DJN_OK;
+}
+
 static djn_status_t s_drain(s_link_t *c) {
     if (c->acked >= c->seq)
         return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
@@ -1260,19 +1369,28 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
     bool empty = djn_rec_empty(c->rec);
     if (empty && !fetch)
         return wait ? s_drain(c) : DJN_OK;
+    if (djn_rec_nuploads(c->rec) && (st = s_settle(c)) != DJN_OK)
+        return st;
     djn_graph_req_t g;
     if (djn_rec_seal(c->rec, fetch, &g) != DJN_OK)
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory sealing a fragment");
     g.qos = c->owner->qos;
-    /* Plan cache: a fragment the server already ran goes as GRAPH_CACHED, without its
-     * nodes. Only for flushes we wait on and without uploads, so that an eviction can
-     * be answered by sending the full GRAPH right away. */
+    /* Plan cache: a fragment the server ran before goes as GRAPH_CACHED, without its
+     * nodes, once the GRAPH that filed it was answered (the server files it when it runs
+     * it); never with uploads. It is kept for a resend, and so is every fragment sent
+     * while one is kept (s_resend_answer). */
     s_tpl_t *tpl = g.nnodes ? s_known_get(c, g.fp) : NULL;
-    bool cached = c->plan_cache && tpl && wait && !g.nuploads && c->seq == c->acked &&
-                  c->pending_st == DJN_OK;
+    bool cached =
+        c->plan_cache && tpl && tpl->filed <= c->acked && !g.nuploads && c->pending_st == DJN_OK;
     djn_graph_req_t plain = g;
     if (cached && !s_against(c, tpl, &g))
         cached = false;
+    if ((cached || c->resend.len) && !s_resend_keep(c, c->seq + 1, &plain)) {
+        if (c->resend.len)
+            return s_fail(DJN_ERR_NOMEM, "djinn: out of memory keeping a fragment");
+        cached = false;
+        g = plain;
+    }
     uint32_t nframes = g.nuploads;
     djn_frame_t *frames = nframes ? djn_calloc(nframes, sizeof(djn_frame_t)) : NULL;
     if (nframes && !frames)
@@ -1285,38 +1403,21 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
         c->ctr.upload_bytes += n;
     }
     djn_buf_t b = {0};
-    djn_msg_hdr_t hdr;
-    bool filed = false;
-resend:
-    hdr = (djn_msg_hdr_t){cached ? DJN_MSG_GRAPH_CACHED : DJN_MSG_GRAPH, c->sid, ++c->seq};
-    djn_buf_reset(&b);
+    djn_msg_hdr_t hdr = {cached ? DJN_MSG_GRAPH_CACHED : DJN_MSG_GRAPH, c->sid, ++c->seq};
     djn_graph_req_encode(&b, &hdr, &g);
     st = s_send(c, &b, frames, nframes);
-    nframes = 0; /* the frames went out (or were freed): a resend carries none */
-    if (cached && st == DJN_OK) {
-        s_resp_t x = {0};
-        st = s_wait(c, hdr.seq, c->timeout_ms, &x);
-        if (st == DJN_ERR_EVICTED) { /* the server dropped it: send it whole, transparently */
-            s_known_forget(c, g.fp);
-            c->ctr.plan_cache_resends++;
-            cached = false;
-            g = plain;
-            goto resend;
-        }
+    if (st == DJN_OK && cached) {
         c->ctr.plan_cache_sends++;
-        if (st == DJN_OK && out)
-            *out = x;
-        else if (st == DJN_OK)
-            s_resp_free(&x);
-        filed = true;
-    } else if (g.nnodes && st == DJN_OK) {
+    } else if (st == DJN_OK && g.nnodes) {
         s_known_put(c, &g);
+        if ((tpl = s_known_get(c, g.fp)) != NULL)
+            tpl->filed = hdr.seq;
     }
     djn_free(frames, g.nuploads * sizeof(djn_frame_t));
     djn_buf_release(&b);
     c->ctr.flushes++;
     djn_rec_reset(c->rec);
-    if (st != DJN_OK || filed)
+    if (st != DJN_OK)
         return st;
     if (!wait && !out) {
         /* bound the number of fragments in flight */
@@ -1541,6 +1642,8 @@ static djn_status_t s_have_one(s_link_t *c, uint64_t handle, XXH128_hash_t h, ui
 static djn_status_t s_upload_direct(s_link_t *c, uint64_t handle, const uint8_t *bytes,
                                     uint64_t n) {
     djn_status_t st = s_flush_locked(c, false, NULL, NULL); /* 1 */
+    if (st == DJN_OK)
+        st = s_settle(c); /* uploads are never kept for a resend */
     if (st != DJN_OK)
         return st;
     djn_fcache_drop(c->fcache, handle);

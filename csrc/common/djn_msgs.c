@@ -404,6 +404,11 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
         g->life_kept = (uint32_t)kept;
         g->life_transient = (uint32_t)transient;
     }
+    if ((v = djn_value_get(body, "resume")) != NULL) {
+        if (v->kind != DJN_V_BOOL)
+            return s_bad(p, "'resume' must be a boolean");
+        g->resume = v->u.b;
+    }
     return s_parse_tpl(p, body, g);
 }
 
@@ -729,13 +734,20 @@ static void s_enc_sem(djn_buf_t *b, const djn_graph_req_t *r) {
     djn_enc_uint(b, r->life_transient);
 }
 
+static void s_enc_resume(djn_buf_t *b, const djn_graph_req_t *r) {
+    if (!r->resume)
+        return;
+    djn_enc_cstr(b, "resume");
+    djn_enc_bool(b, true);
+}
+
 /* A GRAPH_CACHED against a template (r->tpl != 0): only the fields it needs, compact ones
  * where set; dev 0, no seed and empty lists are left out (all fields are optional). */
 static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
     uint32_t n = 2 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
                  (r->nallocs || r->has_allocs_d) + (r->nallocs_n != 0) + (r->nuploads != 0) +
                  (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0) +
-                 (r->pal ? 2 : 0) + (s_has_sem(r) ? 3 : 0);
+                 (r->pal ? 2 : 0) + (s_has_sem(r) ? 3 : 0) + r->resume;
     djn_enc_map(b, n);
     if (r->device)
         s_kv_uint(b, "dev", r->device);
@@ -781,6 +793,7 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
             s_kv_uint(b, "pid", r->pid);
     }
     s_enc_sem(b, r);
+    s_enc_resume(b, r);
 }
 
 void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_graph_req_t *r) {
@@ -790,7 +803,7 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
         s_graph_cached_compact(b, r);
         return;
     }
-    djn_enc_map(b, (nodes ? 9 : 8) + (s_has_sem(r) ? 3 : 0));
+    djn_enc_map(b, (nodes ? 9 : 8) + (s_has_sem(r) ? 3 : 0) + r->resume);
     s_kv_uint(b, "dev", r->device);
     djn_enc_cstr(b, "seed");
     if (r->seed >= 0)
@@ -813,6 +826,7 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
     s_enc_fetches(b, r);
     s_enc_fp(b, r);
     s_enc_sem(b, r);
+    s_enc_resume(b, r);
 }
 
 void djn_have_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_have_req_t *r) {

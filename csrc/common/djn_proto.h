@@ -275,6 +275,9 @@ typedef struct djn_graph_req {
      * fragment. */
     uint8_t qos, phase;
     uint32_t life_kept, life_transient;
+    /* The resend of a fragment after an E_EVICTED answer (7.4): it ends the refusal of the
+     * session's later fragments. */
+    bool resume;
     /* Encoding only: nodes already encoded as msgpack (the client's recorder writes
      * them as ops are captured); used instead of `nodes` when set. */
     const uint8_t *nodes_raw;

@@ -129,6 +129,7 @@ py::bytes encode(int type, uint64_t sid, uint64_t seq, const py::dict &body) {
         TORCH_CHECK(life.size() == 2, "djinn._proto: life is [kept, transient]");
         g.life_kept = life[0];
         g.life_transient = life[1];
+        g.resume = get<bool>(body, "resume", false);
         for (auto a : get<py::list>(body, "allocs", py::list())) {
             auto t = a.cast<py::sequence>();
             p.allocs.push_back({t[0].cast<uint64_t>(), t[1].cast<uint64_t>()});
