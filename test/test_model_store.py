@@ -257,8 +257,10 @@ djinn.reset_bytes_moved()
 model = djinn.from_pretrained({path!r})
 while model.djinn_sync.progress()["bytes_done"] < model.djinn_sync.progress()["bytes"] // 2:
     model.djinn_sync.wait(0.05)
-torch.remote.synchronize()          # what was staged so far reached the server
+# read before the synchronize: every byte counted here has then reached the server (the
+# sync thread goes on uploading, and what it counts after may still be on the way)
 done = model.djinn_sync.progress()["bytes_done"]
+torch.remote.synchronize()
 print(json.dumps(dict(done=done)), flush=True)
 os._exit(0)                          # the connection drops, no CLOSE
 """
