@@ -480,10 +480,14 @@ static void s_yield_fn(void *ctx) {
 /* A worker's or lane's thread: named "djn-worker-<i>" / "djn-lane-<i>" in top, gdb and
  * /proc/<pid>/task/<tid>/comm, crash-reporting, allocating from its device's VMU; where
  * its replies leave (the device's PUSH socket). */
-static s_out_t *s_thread_begin(s_worker_t *w) {
+static void s_thread_name(s_worker_t *w, pthread_t th) {
     char name[16];
     snprintf(name, sizeof name, "djn-%s-%u", w->lane ? "lane" : "worker", (unsigned)w->index);
-    pthread_setname_np(pthread_self(), name);
+    pthread_setname_np(th, name);
+}
+
+static s_out_t *s_thread_begin(s_worker_t *w) {
+    s_thread_name(w, pthread_self());
     djn_crash_thread();
     djn_exec_use_vmu(w->exec, w->vmu);
     return &w->counts->push;
@@ -1521,6 +1525,7 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
             snprintf(err, errlen, "cannot start a worker thread");
             goto fail;
         }
+        s_thread_name(w, w->th); /* named before the server says it listens */
         w->started = true;
     }
     return srv;
