@@ -32,6 +32,10 @@ SERVER_BIN = os.path.join(REPO, "djinn", "bin", "djinn-server")
 # ------------------------------------------------------------------ tenant process
 
 
+# issue 11: eight tenants decoding at once, against eight local processes
+T_TENANTS = (">= 1.0x of 8 local processes (issue 11)", lambda v: v["djinn"] >= v["local"])
+
+
 def tenant(args):
     import torch
 
@@ -279,6 +283,7 @@ def run(ctx):
                     "multitenant",
                     "tok/s",
                     tok_s,
+                    *(T_TENANTS if n == 8 else ()),
                     better="higher",
                     extra=extra,
                 )

@@ -54,7 +54,7 @@ def table(res, mem):
 
     out = [
         "| workload | local | djinn | rpc | naive | raw ZeroMQ | djinn÷local | djinn÷rpc "
-        "| djinn÷ZeroMQ | target (DESIGN §7) |",
+        "| djinn÷ZeroMQ | target (DESIGN §7; issue 11 where it is stricter) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
@@ -91,6 +91,7 @@ def table(res, mem):
     line(find(lambda r: r["name"].startswith("MLP") and r["name"].endswith("batch 32")))
     line(find(lambda r: r["group"] == "transformer" and "decode per-token p50" in r["name"]))
     line(find(lambda r: r["group"] == "transformer" and r["unit"] == "bytes"))
+    line(find(lambda r: r["group"] == "transformer" and "bytes sent per decode" in r["name"]))
     line(find(lambda r: r["group"] == "large" and "forward" in r["name"]))
     agg = [r for r in res["rows"] if r["group"] == "multitenant" and "aggregate" in r["name"]]
     line(agg[-1] if agg else None)

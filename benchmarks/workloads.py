@@ -30,7 +30,8 @@ T_BULK = (
     lambda v: v["djinn"] * 0.9 <= v["zmq"] and (v["rpc"] is None or v["djinn"] < v["rpc"]),
 )
 T_SMALL = ("<= local + 0.5 ms (warm plan cache)", lambda v: v["djinn"] - v["local"] <= 0.5)
-T_DECODE = ("djinn / local <= 1.3", lambda v: v["djinn"] / v["local"] <= 1.3)
+# issue 11 tightened DESIGN's 1.3 (the issue wins): the small Llama, greedy, batch 1
+T_DECODE = ("djinn / local <= 1.15 (issue 11)", lambda v: v["djinn"] / v["local"] <= 1.15)
 
 
 def _sync(dev):

@@ -108,6 +108,7 @@ void djn_stor_release(djn_stor_t *s) {
 uint64_t djn_stor_nbytes(const djn_stor_t *s) { return s->b->n; }
 uint64_t djn_stor_id(const djn_stor_t *s) { return (uint64_t)(uintptr_t)s->b; }
 void djn_exec_install_allocator(void) {}
+void djn_exec_set_threads(int n) { (void)n; }
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) { x->vmu = v; }
 
 int djn_exec_in_slab(const djn_exec_t *x, const djn_stor_t *s) {

@@ -42,6 +42,9 @@ uint64_t djn_stor_id(const djn_stor_t *s);
  * arena (djn_dvmu, created by djn_exec_new("cuda:N")). Call once, before the first CUDA
  * allocation and before the workers start. */
 void djn_exec_install_allocator(void);
+/* ATen's intra-op threads for every thread of the process (each applies it at its first
+ * parallel kernel); call before any runs one. */
+void djn_exec_set_threads(int n);
 /* Give a CPU executor its VMU (NULL: plain allocations); call on the worker thread,
  * which it binds for allocations (in Data mode; djn_exec_node switches to the slab for
  * the nodes of a planned fragment). */

@@ -311,9 +311,11 @@ static void s_run_and_reply(s_worker_t *w, const djn_frag_env_t *envp, s_out_t *
     if (j->start_ns) /* sampled before the reply leaves: a STATS after it sees this run */
         s_note(w, j, j->start_ns, s_now_ns(), j->nested_ns);
     if (j->plan && out.st == DJN_OK) /* what may run inline next time (s_inline_ok) */
-        djn_tlb_note_run(j->plan, out.rng || out.dyn.len ? UINT64_MAX
-                                  : out.run_ns           ? out.run_ns
-                                                         : 1);
+        djn_tlb_note_run(j->plan,
+                         out.rng || out.dyn.len ? UINT64_MAX
+                         : out.run_ns           ? out.run_ns
+                                                : 1,
+                         j->nodes);
     djn_free(blobs, j->nframes * sizeof(djn_blob_t));
     atomic_fetch_add(&w->counts->nodes, out.nodes_run);
     atomic_fetch_add(&w->counts->jobs, 1);
@@ -1052,8 +1054,9 @@ static void s_forward_ready(djn_server_t *srv);
 static bool s_inline_ok(djn_server_t *srv, s_job_t *j, uint32_t device) {
     if (!j->plan || !srv->cfg.inline_small)
         return false;
-    uint64_t run = djn_tlb_run_ns(j->plan), bytes = 0;
-    if (!run || run > S_INLINE_RUN_NS || !s_shape_cost(djn_tlb_graph(j->plan)))
+    uint64_t bytes = 0;
+    if (!s_shape_cost(djn_tlb_graph(j->plan)) ||
+        !djn_tlb_inline_ok(j->plan, j->nodes, S_INLINE_RUN_NS))
         return false;
     const djn_graph_req_t *g = &j->msg->u.graph;
     for (uint32_t i = 0; i < j->nframes; i++)
@@ -1406,6 +1409,8 @@ djn_server_t *djn_server_new(const djn_server_cfg_t *cfg, char *err, size_t errl
     srv->started_ms = s_now_ms();
     djn_crash_install();
     djn_exec_install_allocator(); /* zeroes what it hands out, with or without a VMU */
+    if (cfg->threads)
+        djn_exec_set_threads((int)cfg->threads); /* before any worker runs a kernel */
     srv->text = djn_text_new();
     srv->tlb = djn_tlb_new(cfg->plan_cache_entries);
     srv->sched = djn_sched_new((uint32_t)cfg->ndevices);

@@ -44,6 +44,7 @@ typedef struct djn_server_cfg {
     uint64_t qos_age_ns;
     uint32_t qos_batch_share; /* djn_sched_set_share, percent (0: none) */
     uint32_t lanes;           /* per CPU device, threads for realtime/interactive work */
+    uint32_t threads;         /* ATen intra-op threads (0: ATen's default) */
 } djn_server_cfg_t;
 
 typedef struct djn_server djn_server_t;

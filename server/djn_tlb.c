@@ -45,7 +45,10 @@ struct djn_tlb_entry {
     uint64_t peak;
     uint64_t bytes; /* host bytes held */
     djn_tlb_owner_t owner;
-    _Atomic uint64_t run_ns;
+    /* the last timed run (djn_tlb_note_run, by workers; read by the transport thread) */
+    pthread_mutex_t run_mu;
+    uint64_t run_ns;
+    int64_t *run_ints; /* the integers of its nodes, tpl.start[g.nnodes] of them */
 };
 
 struct djn_tlb {
@@ -91,6 +94,8 @@ static void s_unref(djn_tlb_entry_t *e) {
         djn_free(e->place, e->nplace * sizeof(uint64_t));
         djn_free(e->psize, e->nplace * sizeof(uint64_t));
         djn_free(e->pat, e->npat * sizeof(djn_sym_patch_t));
+        djn_free(e->run_ints, sizeof(int64_t) * e->tpl.start[e->g.nnodes]);
+        pthread_mutex_destroy(&e->run_mu);
         djn_arena_destroy(&e->arena);
         djn_free(e, sizeof(*e));
     }
@@ -210,6 +215,8 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
                                     const uint64_t *psize, uint32_t nslots, uint64_t peak,
                                     uint64_t digest) {
     djn_tlb_entry_t *e = djn_calloc(1, sizeof(*e));
+    if (e)
+        pthread_mutex_init(&e->run_mu, NULL);
     if (!e)
         return NULL;
     e->arena = djn_arena_new();
@@ -246,6 +253,10 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
     e->g.fp[0] = g->fp[0];
     e->g.fp[1] = g->fp[1];
     e->g.seed = -1;
+    e->g.qos = g->qos; /* a GRAPH_CACHED without semantics takes these (7.4) */
+    e->g.phase = g->phase;
+    e->g.life_kept = g->life_kept;
+    e->g.life_transient = g->life_transient;
     e->bytes =
         sizeof(*e) + djn_arena_bytes(e->arena) + e->nplace * sizeof(uint64_t) * (e->psize ? 2 : 1);
     return e;
@@ -356,11 +367,43 @@ void djn_tlb_stats(djn_tlb_t *t, djn_tlb_stats_t *out) {
     pthread_mutex_unlock(&t->mu);
 }
 
-uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e) {
-    return atomic_load(&e->run_ns);
+/* The integers of a bound copy of e's nodes, in canonical order, into out. */
+static void s_run_ints(const djn_tlb_entry_t *e, const djn_node_t *nodes, int64_t *out) {
+    for (uint32_t i = 0; i < e->g.nnodes; i++)
+        djn_sym_node_ints(&nodes[i], out + e->tpl.start[i]);
 }
-void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns) {
-    atomic_store(&e->run_ns, ns);
+
+void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns, const djn_node_t *nodes) {
+    uint32_t n = e->tpl.start[e->g.nnodes];
+    pthread_mutex_lock(&e->run_mu);
+    if (!e->run_ints && n && !(e->run_ints = djn_malloc(sizeof(int64_t) * n)))
+        ns = UINT64_MAX; /* OOM: cannot be compared, so never inline */
+    if (e->run_ints)
+        s_run_ints(e, nodes, e->run_ints);
+    e->run_ns = ns;
+    pthread_mutex_unlock(&e->run_mu);
+}
+
+bool djn_tlb_inline_ok(djn_tlb_entry_t *e, const djn_node_t *nodes, uint64_t max_ns) {
+    uint32_t n = e->tpl.start[e->g.nnodes];
+    int64_t *now = n ? djn_malloc(sizeof(int64_t) * n) : NULL;
+    if (n && !now)
+        return false;
+    if (n)
+        s_run_ints(e, nodes, now);
+    pthread_mutex_lock(&e->run_mu);
+    bool ok = e->run_ns && e->run_ns <= max_ns && (!n || e->run_ints);
+    for (uint32_t i = 0; ok && i < n; i++) {
+        /* magnitudes: no integer (a size, stride, offset or argument) beyond the timed
+         * run's by more than an eighth plus one, so that the run's cost stays within a
+         * small factor of the timed one's for any operator polynomial in its sizes */
+        uint64_t was = e->run_ints[i] < 0 ? 0 - (uint64_t)e->run_ints[i] : (uint64_t)e->run_ints[i];
+        uint64_t is = now[i] < 0 ? 0 - (uint64_t)now[i] : (uint64_t)now[i];
+        ok = is <= was + was / 8 + 1;
+    }
+    pthread_mutex_unlock(&e->run_mu);
+    djn_free(now, sizeof(int64_t) * n);
+    return ok;
 }
 
 /* ------------------------------------------------------------------ templates */
@@ -371,11 +414,14 @@ static bool s_client_handle(uint64_t h) {
 
 /* 'pal' + 'pat'/'pid': the pattern's deltas become g's integer patch, allocation size
  * deltas and binds (the rest of djn_tlb_bind then applies them like 'patch',
- * 'allocs_n' and 'binds_d'). */
-static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e, char *err,
-                                 size_t errlen) {
+ * 'allocs_n' and 'binds_d'), and the deltas of the allocation handles and frees, in
+ * *hd / *fd (NULL when the pattern moves none), added to whichever list djn_tlb_bind
+ * makes of them. */
+static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e,
+                                 int64_t **hd, int64_t **fd, char *err, size_t errlen) {
     const djn_tlb_tpl_t *tp = &e->tpl;
-    uint64_t nints = tp->start[e->g.nnodes], nal = tp->nallocs, n = nints + nal + tp->nbinds;
+    uint64_t nints = tp->start[e->g.nnodes], nal = tp->nallocs, nb = tp->nbinds;
+    uint64_t n = nints + nal + nb + nal + tp->nfrees;
     if (g->has_pat) {
         if (g->npat && g->pat[g->npat - 1].pos >= n) {
             snprintf(err, errlen,
@@ -399,20 +445,16 @@ static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_ent
                  g->fp[0], g->fp[1], g->pid);
         return DJN_ERR_EVICTED;
     }
-    if (nal && !g->has_allocs_d) {
-        snprintf(err, errlen, "GRAPH_CACHED: 'pal' needs 'allocs_d'");
-        return DJN_ERR_PROTO;
-    }
     djn_sym_patch_t *ip = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
     djn_sym_patch_t *ap = djn_arena_alloc(a, sizeof(djn_sym_patch_t) * ((size_t)e->npat + 1));
-    uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nbinds + 1));
+    uint64_t *b = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)nb + 1));
     if (!ip || !ap || !b)
         goto oom;
-    if (tp->nbinds)
-        memcpy(b, tp->binds, tp->nbinds * sizeof(uint64_t));
+    if (nb)
+        memcpy(b, tp->binds, nb * sizeof(uint64_t));
     uint32_t ni = 0, na = 0;
     for (uint32_t i = 0; i < e->npat; i++) {
-        uint32_t pos = e->pat[i].pos;
+        uint64_t pos = e->pat[i].pos;
         if (e->pat[i].val >= (int64_t)g->npal) {
             snprintf(err, errlen,
                      "GRAPH_CACHED: 'pal' has %u classes but the pattern names %" PRId64, g->npal,
@@ -420,20 +462,29 @@ static djn_status_t s_by_pattern(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_ent
             return DJN_ERR_PROTO;
         }
         int64_t d = g->pal[e->pat[i].val];
-        if (pos < nints)
-            ip[ni++] = (djn_sym_patch_t){pos, d};
-        else if (pos < nints + nal)
-            ap[na++] = (djn_sym_patch_t){(uint32_t)(pos - nints), d};
-        else
-            b[pos - nints - nal] += (uint64_t)d;
+        if (pos < nints) {
+            ip[ni++] = (djn_sym_patch_t){(uint32_t)pos, d};
+        } else if ((pos -= nints) < nal) {
+            ap[na++] = (djn_sym_patch_t){(uint32_t)pos, d};
+        } else if ((pos -= nal) < nb) {
+            b[pos] += (uint64_t)d;
+        } else {
+            pos -= nb; /* allocation handles, then frees */
+            int64_t **dst = pos < nal ? hd : fd;
+            uint64_t len = pos < nal ? nal : tp->nfrees;
+            pos = pos < nal ? pos : pos - nal;
+            if (!*dst && !(*dst = djn_arena_alloc(a, sizeof(int64_t) * len)))
+                goto oom;
+            (*dst)[pos] = d;
+        }
     }
-    for (uint32_t i = 0; i < tp->nbinds; i++)
+    for (uint32_t i = 0; i < nb; i++)
         if (!b[i]) {
             snprintf(err, errlen, "GRAPH: 'binds' must hold non-zero handles");
             return DJN_ERR_PROTO;
         }
     g->binds = b;
-    g->nbinds = tp->nbinds;
+    g->nbinds = (uint32_t)nb;
     g->patch = ip;
     g->npatch = ni;
     g->allocs_n = ap;
@@ -474,8 +525,15 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
                  g->fp[0], g->fp[1], g->tpl);
         return DJN_ERR_EVICTED;
     }
+    if (g->sem_tpl && (g->tpl || g->pal)) { /* the semantics of the GRAPH that filed it */
+        g->qos = cg->qos;
+        g->phase = cg->phase;
+        g->life_kept = cg->life_kept;
+        g->life_transient = cg->life_transient;
+    }
     djn_status_t st;
-    if (g->pal && (st = s_by_pattern(a, g, e, err, errlen)) != DJN_OK)
+    int64_t *hd = NULL, *fd = NULL; /* the pattern's deltas of alloc handles and frees */
+    if (g->pal && (st = s_by_pattern(a, g, e, &hd, &fd, err, errlen)) != DJN_OK)
         return st;
     if (g->has_binds_d) {
         uint64_t *b;
@@ -490,7 +548,8 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
         g->binds = b;
         g->nbinds = tp->nbinds;
     }
-    if (g->has_allocs_d) {
+    /* by pattern, the allocs are the template's unless 'allocs_d' moves them */
+    if (g->has_allocs_d || (g->pal && tp->nallocs)) {
         uint64_t *h = djn_arena_alloc(a, sizeof(uint64_t) * ((size_t)tp->nallocs * 2 + 1));
         djn_alloc_t *al = djn_arena_alloc(a, sizeof(djn_alloc_t) * ((size_t)tp->nallocs + 1));
         if (!h || !al)
@@ -498,12 +557,16 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
         uint64_t *th = h + tp->nallocs;
         for (uint32_t i = 0; i < tp->nallocs; i++)
             th[i] = tp->allocs[i].handle;
-        if (!djn_sym_expand(th, tp->nallocs, g->allocs_d, g->nallocs_d, h)) {
+        if (!g->has_allocs_d) {
+            memcpy(h, th, tp->nallocs * sizeof(uint64_t));
+        } else if (!djn_sym_expand(th, tp->nallocs, g->allocs_d, g->nallocs_d, h)) {
             snprintf(err, errlen, "GRAPH_CACHED: 'allocs_d' must cover the template's %u allocs",
                      tp->nallocs);
             return DJN_ERR_PROTO;
         }
         for (uint32_t i = 0; i < tp->nallocs; i++) {
+            if (hd)
+                h[i] += (uint64_t)hd[i];
             if (!s_client_handle(h[i])) {
                 snprintf(err, errlen, "GRAPH: client handles must be in [1, 2^62)");
                 return DJN_ERR_PROTO;
@@ -522,19 +585,34 @@ djn_status_t djn_tlb_bind(djn_arena_t *a, djn_graph_req_t *g, djn_tlb_entry_t *e
         g->allocs = al;
         g->nallocs = tp->nallocs;
     }
-    if (g->has_frees_d) {
+    /* by pattern, with neither 'frees_d' nor a 'frees' list, the frees are the
+     * template's; a 'frees' list is taken as it is, and the pattern may not move it */
+    if (g->has_frees_d || (g->pal && !g->nfrees && tp->nfrees)) {
         uint64_t *f;
-        if ((st = s_expand(a, tp->frees, tp->nfrees, g->frees_d, g->nfrees_d, "frees", &f, err,
-                           errlen)) != DJN_OK)
-            return st;
+        if (g->has_frees_d) {
+            if ((st = s_expand(a, tp->frees, tp->nfrees, g->frees_d, g->nfrees_d, "frees", &f, err,
+                               errlen)) != DJN_OK)
+                return st;
+        } else {
+            if (!(f = djn_arena_alloc(a, sizeof(uint64_t) * tp->nfrees)))
+                goto oom;
+            memcpy(f, tp->frees, tp->nfrees * sizeof(uint64_t));
+        }
+        for (uint32_t i = 0; fd && i < tp->nfrees; i++)
+            f[i] += (uint64_t)fd[i];
         g->frees = f;
         g->nfrees = tp->nfrees;
+    } else if (fd) {
+        snprintf(err, errlen,
+                 "GRAPH_CACHED: the pattern moves the template's frees, so "
+                 "'frees' must be left out");
+        return DJN_ERR_PROTO;
     }
     if (cg->nslots > g->nbinds) {
         snprintf(err, errlen, "GRAPH_CACHED binds fewer slots than the cached fragment names");
         return DJN_ERR_PROTO;
     }
-    if (g->npatch && !g->tpl) {
+    if (g->npatch && !g->tpl && !g->pal) {
         snprintf(err, errlen, "GRAPH: 'patch' needs 'tpl'");
         return DJN_ERR_PROTO;
     }

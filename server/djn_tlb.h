@@ -80,9 +80,14 @@ typedef struct djn_tlb_tpl {
 } djn_tlb_tpl_t;
 const djn_tlb_tpl_t *djn_tlb_template(const djn_tlb_entry_t *e);
 
-/* How long its nodes took the last time they ran (0: never measured). */
-uint64_t djn_tlb_run_ns(const djn_tlb_entry_t *e);
-void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns);
+/* A run of the entry's nodes (`nodes`: the bound copy that ran) took ns (UINT64_MAX:
+ * never run it inline). Kept with the integers of those nodes. */
+void djn_tlb_note_run(djn_tlb_entry_t *e, uint64_t ns, const djn_node_t *nodes);
+/* Whether a bound copy of the entry's nodes may run inline (PROTOCOL.md 7.4): the last
+ * run took at most max_ns, and no integer of `nodes` exceeds that run's by more than an
+ * eighth plus one in magnitude, so that a palette or patch scaling the shapes up runs
+ * on the worker, while sizes that grow a little per step (a KV length) stay inline. */
+bool djn_tlb_inline_ok(djn_tlb_entry_t *e, const djn_node_t *nodes, uint64_t max_ns);
 /* The cached fragment: nodes, nnodes, nslots and fp (nothing else is kept). */
 const djn_graph_req_t *djn_tlb_graph(const djn_tlb_entry_t *e);
 

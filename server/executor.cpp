@@ -14,6 +14,7 @@
 // storage's size before a tensor is built over it.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <c10/core/CPUAllocator.h>
@@ -1036,6 +1037,11 @@ void djn_exec_install_allocator(void) {
 #if DJN_CUDA
     install_cuda_allocator();
 #endif
+}
+
+void djn_exec_set_threads(int n) {
+    if (n > 0)
+        at::set_num_threads(n);
 }
 
 void djn_exec_use_vmu(djn_exec_t *x, djn_vmu_t *v) {

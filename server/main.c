@@ -97,6 +97,11 @@ static void s_usage(FILE *f) {
         "                       nested between batch nodes; at most 4) [DJINN_LANES]\n"
         "                       (default 1 when this process may use more CPUs than\n"
         "                       there are CPU devices, else 0)\n"
+        "  --threads N          intra-op threads ATen may use for one kernel on a CPU device\n"
+        "                       (0 = ATen's default: one per core) [DJINN_THREADS] (default\n"
+        "                       0; an embedded server (--parent-pid) shares the machine with\n"
+        "                       its client: the CPUs left after one for the client and one\n"
+        "                       per lane, at least 1)\n"
         "  --stats ENDPOINT     print the counters of a running server and exit\n"
         "  --check ENDPOINT     exit 0 if a server answers there, 1 otherwise (probes)\n"
         "  --announce-fd FD     write 'DJINN_ENDPOINT <ep>' to FD once listening\n"
@@ -165,14 +170,27 @@ typedef struct {
 /* --lanes by default: one lane per CPU device when this process may run on more CPUs
  * than there are CPU devices (a lane then has a core beside its worker), else none (a
  * lane would only take the worker's core, outside the batch share's sight). */
+static long s_usable_cpus(void) {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                       : sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 static uint32_t s_auto_lanes(const djn_server_cfg_t *cfg) {
     int cpu_devices = 0;
     for (int i = 0; i < cfg->ndevices; i++)
         cpu_devices += !strncmp(cfg->devices[i], "cpu", 3);
-    cpu_set_t set;
-    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                            : sysconf(_SC_NPROCESSORS_ONLN);
-    return cpus > cpu_devices ? 1 : 0;
+    return s_usable_cpus() > cpu_devices ? 1 : 0;
+}
+
+/* --threads by default: ATen's (one per core) for a server of its own; an embedded one
+ * leaves a CPU to its client and one to each lane, since an intra-op pool sized for the
+ * whole machine spins on the cores the client captures on. */
+static uint32_t s_auto_threads(const djn_server_cfg_t *cfg) {
+    if (!cfg->parent_pid)
+        return 0;
+    long left = s_usable_cpus() - 1 - (long)cfg->lanes;
+    return left > 1 ? (uint32_t)left : 1;
 }
 
 int main(int argc, char **argv) {
@@ -205,7 +223,8 @@ int main(int argc, char **argv) {
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
                        age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE,
-                       lanes = ~0ull; /* auto: s_auto_lanes */
+                       lanes = ~0ull, /* auto: s_auto_lanes */
+        threads = ~0ull;              /* auto: s_auto_threads */
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
@@ -224,6 +243,7 @@ int main(int argc, char **argv) {
         {"--qos-age-ms", "DJINN_QOS_AGE_MS", &age_ms},
         {"--qos-batch-share", "DJINN_QOS_BATCH_SHARE", &batch_share},
         {"--lanes", "DJINN_LANES", &lanes},
+        {"--threads", "DJINN_THREADS", &threads},
         {"--announce-fd", NULL, &fd},
         {"--parent-pid", NULL, &ppid},
         {"--drain-timeout", "DJINN_DRAIN_TIMEOUT", &drain_s},
@@ -381,6 +401,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     cfg.lanes = lanes == ~0ull ? s_auto_lanes(&cfg) : (uint32_t)lanes;
+    if (threads != ~0ull && threads > 1024) {
+        fprintf(stderr, "djinn-server: --threads is at most 1024\n");
+        free(copy);
+        return 2;
+    }
+    cfg.threads = threads == ~0ull ? s_auto_threads(&cfg) : (uint32_t)threads;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;

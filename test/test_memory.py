@@ -5,13 +5,15 @@ Clients run as subprocesses against a private server so each test sees its own
 counters; waits poll the server's counters with a bound, never sleep."""
 
 import json
+import os
+import subprocess
 import textwrap
 
+import msgpack
 import pytest
 
-import subprocess
-
 from conftest import PYTHON, REPO, poll, start_server, stop_server, subprocess_env
+from proto import GRAPH_CACHED
 
 # Slab bytes the executor may reach beyond what the planner reserved (kernels' own
 # temporaries bump above the planned region): the design's target for the planner.
@@ -223,6 +225,39 @@ def test_pipelined_decode_hits_the_plan_cache_piece_by_piece(srv):
     assert r["nodes"] / r["flushes"] <= 16, r  # pieces of at most 16 nodes
     assert r["cached"] >= r["flushes"] / 2, r  # most pieces went without their nodes
     assert r["resends"] == 0, r
+
+
+def test_a_decode_piece_carries_only_its_palette(srv, tmp_path):
+    """From the third step on, each piece of a decode step is a GRAPH_CACHED of `fp`, `pal`
+    and `pid` alone (7.4): the allocs and frees move by the pattern, the template and the
+    semantics are the entry's. The tokens are CPU's, and the frees the pattern makes
+    really free: a second decode leaves the session holding what the first left."""
+    code = (
+        STATS
+        + _PIPELINED_DECODE
+        + """
+    def held():
+        torch.ones(1, device='remote').cpu()   # carries the frees of what decode dropped
+        return stats()[0]["session_bytes"]
+    h1 = held(); again, _ = decode(m, 'remote'); h2 = held()
+    print(json.dumps({"ref": ref, "got": got, "again": again, "h": [h1, h2]}))
+    """
+    )
+    r = _run(code, srv, DJINN_PIPELINE_NODES="16", DJINN_RECORD_DIR=str(tmp_path))
+    assert r["got"] == r["ref"] and r["again"] == r["ref"], r
+    assert r["h"][1] == r["h"][0], r
+    keys = {}
+    for f in sorted(os.listdir(tmp_path)):
+        data = (tmp_path / f).read_bytes()  # [nframes][len lo][len hi][header]...
+        n = data[1] | data[2] << 8
+        obj = msgpack.unpackb(data[3 : 3 + n], raw=False, strict_map_key=False)
+        if obj["type"] == GRAPH_CACHED:
+            body = obj["body"]
+            form = "pid" if "pid" in body else "pat" if "pat" in body else "other"
+            keys.setdefault(form, []).append(sorted(set(body) - {"fetch"}))
+    assert len(keys.get("pid", [])) >= 20, keys.keys()
+    assert all(k == ["fp", "pal", "pid"] for k in keys["pid"]), keys["pid"]
+    assert all("tpl" in k for k in keys["pat"]), keys["pat"]
 
 
 def test_pipelined_decode_survives_evictions(srv):

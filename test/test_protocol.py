@@ -857,7 +857,8 @@ def test_graph_cached_hostile_patch_is_refused(session, change, code, words):
 
 def test_graph_cached_by_pattern_sends_classes_of_deltas(session):
     """By pattern: positions over the integers (13), then the alloc sizes (2), then the
-    binds (2), each with a class; only the classes' deltas change from step to step."""
+    binds (2), then the alloc handles (2), each with a class; only the classes' deltas
+    change from step to step."""
     a, b = H0 + 0x80000, H0 + 0x80200
     tpl = _filed_add_out(session, a, b, [0x6161, 0x6262])
     pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2]  # sizes, alloc sizes, binds
@@ -880,9 +881,41 @@ def test_graph_cached_by_pattern_sends_classes_of_deltas(session):
         "'pat' names a class 'pal' does not have",
     )
     assert_error(
-        session.call_raw(GRAPH_CACHED, dict(body, pat=pat + [1, 0]), frames=[_f32(5, 6)]),
+        session.call_raw(GRAPH_CACHED, dict(body, pat=pat + [3, 0]), frames=[_f32(5, 6)]),
         E_PROTO,
-        "'pat' names value 17 but the template has 17",
+        "'pat' names value 19 but the template has 19",
+    )
+
+
+def test_graph_cached_by_pattern_moves_the_handles_and_implies_the_template(session):
+    """The alloc handles (positions 17, 18) move by the pattern, so no 'allocs_d'; once the
+    entry keeps the pattern, 'pid' alone names it, without 'tpl' (version 6, 7.4)."""
+    a, b = H0 + 0x90000, H0 + 0x90200
+    tpl = _filed_add_out(session, a, b, [0x7171, 0x7272])
+    pat = [2, 0, 3, 0, 4, 0, 3, 0, 2, 1, 1, 1, 1, 2, 1, 2, 1, 2, 1, 2]
+    pairs = list(zip(*[iter(pat)] * 2))
+    positions = [sum(g for g, _ in pairs[: i + 1]) - 1 for i in range(len(pairs))]
+    pid = _proto.pattern_hash([(p, c) for p, (_, c) in zip(positions, pairs)])
+    for step, shift in enumerate((0x1000, 0x2000, 0x3000)):
+        body = {"uploads": [[a + shift, 1]], "fetch": [[b + shift, 0, 8]], "fp": [0x7171, 0x7272]}
+        if step == 0:
+            body.update(tpl=tpl, pal=[-2, -8, shift], pat=pat)
+        else:
+            body.update(pal=[-2, -8, shift], pid=pid)  # no 'tpl', no 'allocs_d'
+        h, frames = session.call_raw(GRAPH_CACHED, body, frames=[_f32(5 + step, 6)])
+        assert h["type"] == REPLY, h
+        assert struct.unpack("<2f", frames[0]) == (10.0 + 2 * step, 12.0)
+        h, _ = session.call_raw(GRAPH, {"frees": [a + shift, b + shift]})
+        assert h["type"] == REPLY, h
+    # without 'tpl', a pattern must be named, not sent
+    assert_error(
+        session.call_raw(
+            GRAPH_CACHED,
+            {**{k: v for k, v in body.items() if k != "pid"}, "pat": pat},
+            frames=[_f32(1, 1)],
+        ),
+        E_PROTO,
+        "'patch', 'allocs_n', 'pat' and the '_d' fields need 'tpl'",
     )
 
 

@@ -5,6 +5,7 @@ Ordering tests speak the protocol by hand on ONE connection holding several sess
 the server sends every reply through one socket in the order the work finished, so the
 order in which replies arrive is the order of completion, with no clock involved."""
 
+import json
 import os
 import struct
 import sys
@@ -444,6 +445,46 @@ def test_lanes_by_default_only_with_a_spare_cpu(make_server, devices, flags, cpu
     per_dev = int(flags[1]) if flags else (1 if usable > ndev else 0)
     want = sorted(f"djn-lane-{d}" for d in range(ndev) for _ in range(per_dev))
     assert _lane_threads(srv.proc.pid) == want, (usable, ndev)
+
+
+_THREADS_CLIENT = r"""
+import json, os, torch, djinn
+os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))  # the server inherits it
+a = torch.randn(2048, 2048, device='remote')
+for _ in range(3):   # kernels ATen runs in parallel when it may: elementwise, reductions, mm
+    ((a * 2 + 1).sum() + (a @ a).sum()).item()
+me = str(os.getpid())
+def ppid(p):
+    with open(f'/proc/{p}/stat') as f:
+        st = f.read()
+    return st[st.rindex(')') + 2:].split()[1]
+(srv,) = [p for p in os.listdir('/proc') if p.isdigit() and ppid(p) == me]
+names = []
+for tid in os.listdir(f'/proc/{srv}/task'):
+    with open(f'/proc/{srv}/task/{tid}/comm') as f:
+        names.append(f.read().strip())
+print(json.dumps(names))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("threads", [None, "2"])
+def test_an_embedded_server_leaves_a_cpu_to_its_client(threads):
+    """On two CPUs an embedded server runs its kernels on one thread each (worker, lane):
+    an intra-op pool sized for the machine would spin on the core the client captures on.
+    ATen's pool threads are named after the thread that starts them, so they show up as
+    more djn-worker-/djn-lane- threads; DJINN_THREADS asks for a pool, and gets one."""
+    r = run_python(
+        _THREADS_CLIENT,
+        subprocess_env(DJINN_SERVER=None, DJINN_THREADS=threads, OMP_NUM_THREADS=None),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = json.loads(r.stdout.strip().splitlines()[-1])
+    kernels = sorted(n for n in names if n.startswith(("djn-worker-", "djn-lane-")))
+    if threads is None:
+        assert kernels == ["djn-lane-0", "djn-worker-0"], names
+    else:
+        assert len(kernels) > 2, names
 
 
 _RNG_CLIENT = r"""

@@ -1753,6 +1753,61 @@ def test_10_a_cached_fragment_cannot_stall_the_transport(make_server):
     assert_serves(srv)
 
 
+def test_10_a_palette_that_scales_the_shapes_up_never_runs_inline(make_server):
+    """Inline runs are judged by the last timed run of the entry, so a GRAPH_CACHED whose
+    patch (or pattern) scales the shapes up must not inherit a tiny run's verdict: an
+    [n, n] mm patched from n = 1 to 384 goes to the worker. Sizes that grow a little (here
+    1 -> 2, like a KV length) may still run inline."""
+    from djinn._C import _proto
+
+    srv = make_server()
+    a = srv.session()
+    n_big = 384
+    ones = f32(*([1.0] * (n_big * n_big)))
+    x, w, y = a.put(ones), a.put(ones), a.put(ones)
+    fp = [0x5CA1E, 0xCAFE]
+
+    def mm(n):
+        return node(
+            "aten::mm", "out", [t32(0, [n, n]), t32(1, [n, n]), t32(2, [n, n])], [t32(2, [n, n])]
+        )
+
+    a.ok(binds=[x, w, y], nodes=[mm(1)], fp=fp)
+    tpl = _proto.sym_digest([0, 1, 1, 1, 1] * 4, [x, w, y], [], [])
+
+    def cached(n):  # sizes 0, 1 and stride 0 of each of the four references become n
+        patch = []
+        for k in range(4):
+            patch += [2 if k == 0 else 3, n - 1, 1, n - 1, 1, n - 1]
+        body = {"dev": 0, "binds": [x, w, y], "fp": fp, "tpl": tpl, "patch": patch}
+        h, _ = a.call_raw(GRAPH_CACHED, body)
+        assert h["type"] == REPLY, h
+
+    before = srv.stats()["inline_runs"]
+    for _ in range(200):  # timed at n = 1 until one runs inline
+        cached(1)
+        if srv.stats()["inline_runs"] > before:
+            break
+    assert srv.stats()["inline_runs"] > before, "no cached mm ran inline in 200 tries"
+    grew = False
+    for _ in range(200):  # n = 1, then n = 2 compared with it: a little growth
+        cached(1)
+        mid = srv.stats()["inline_runs"]
+        cached(2)
+        if srv.stats()["inline_runs"] > mid:
+            grew = True
+            break
+    assert grew, "a size growing from 1 to 2 never ran inline"
+    for _ in range(3):
+        cached(2)
+        before = srv.stats()["inline_runs"]
+        cached(n_big)
+        assert srv.stats()["inline_runs"] == before, "an mm scaled up by its patch ran inline"
+    out = struct.unpack("<4f", a.get(y, 16))
+    assert out == (float(n_big),) * 4, out
+    assert_serves(srv)
+
+
 def test_10_a_data_dependent_degree_is_bounded_and_never_inline(make_server):
     """An orthogonal polynomial loops its degree (a tensor value) times per element: it is
     never run on the transport thread, and degrees past 4096 are refused."""

@@ -219,6 +219,8 @@ typedef struct s_tpl {
     uint64_t filed;         /* seq of the GRAPH that filed it */
     uint64_t pat_hash;      /* the pattern the server's entry keeps (0: none sent yet) */
     uint32_t nints, nbinds, nallocs, nfrees;
+    uint32_t life_kept, life_transient; /* the semantics it was filed with */
+    uint8_t qos, phase;
     int64_t *ints;
     uint64_t *binds, *ahandle, *anbytes, *frees;
     size_t bytes;
@@ -278,6 +280,10 @@ static void s_known_put(s_link_t *c, const djn_graph_req_t *g) {
     t->nbinds = g->nbinds;
     t->nallocs = g->nallocs;
     t->nfrees = g->nfrees;
+    t->qos = g->qos;
+    t->phase = g->phase;
+    t->life_kept = g->life_kept;
+    t->life_transient = g->life_transient;
     t->bytes = bytes;
     t->ints = (int64_t *)(t + 1);
     t->binds = (uint64_t *)(t->ints + nints);
@@ -318,7 +324,8 @@ static int64_t s_class(s_link_t *c, int64_t d) {
     return (int64_t)c->sym_pal.len - 1;
 }
 
-/* One value of the pattern's sequence (integers, allocation sizes, binds). */
+/* One value of the pattern's sequence (integers, allocation sizes, binds, allocation
+ * handles, frees). */
 static bool s_pat_put(s_link_t *c, uint32_t pos, uint64_t cur, uint64_t tpl) {
     if (cur == tpl)
         return true;
@@ -326,27 +333,27 @@ static bool s_pat_put(s_link_t *c, uint32_t pos, uint64_t cur, uint64_t tpl) {
     return p.val >= 0 && djn_vec_push(&c->sym_patch, &p);
 }
 
-/* By pattern (7.4): every integer, allocation size and bind that differs, as classes of
- * equal deltas; the pattern itself travels only when it is not the one the entry keeps.
- * In a decode step the same values move by the same few deltas every token, so only
- * the palette travels. False: not possible here (then the fields are left alone). */
+/* By pattern (7.4): every integer, allocation size, bind, allocation handle and free that
+ * differs, as classes of equal deltas; the pattern itself travels only when it is not
+ * the one the entry keeps (and then neither does `tpl`). In a decode step the same
+ * values move by the same few deltas every token, so only the palette travels. False:
+ * not possible here (then the fields are left alone). */
 static bool s_by_pattern(s_link_t *c, s_tpl_t *t, djn_graph_req_t *g, const int64_t *ints) {
-    if (g->nbinds != t->nbinds || g->nallocs != t->nallocs || g->nfrees != t->nfrees ||
-        !djn_vec_reserve(&c->sym_h, g->nallocs))
+    if (g->nbinds != t->nbinds || g->nallocs != t->nallocs || g->nfrees != t->nfrees)
         return false;
-    c->sym_patch.len = c->sym_pal.len = c->sym_runs[1].len = c->sym_runs[2].len = 0;
+    c->sym_patch.len = c->sym_pal.len = 0;
     bool ok = true;
     uint32_t pos = 0;
     for (uint32_t i = 0; ok && i < t->nints; i++, pos++)
         ok = s_pat_put(c, pos, (uint64_t)ints[i], (uint64_t)t->ints[i]);
-    for (uint32_t i = 0; ok && i < g->nallocs; i++, pos++) {
+    for (uint32_t i = 0; ok && i < g->nallocs; i++, pos++)
         ok = s_pat_put(c, pos, g->allocs[i].nbytes, t->anbytes[i]);
-        ((uint64_t *)c->sym_h.data)[i] = g->allocs[i].handle;
-    }
     for (uint32_t i = 0; ok && i < g->nbinds; i++, pos++)
         ok = s_pat_put(c, pos, g->binds[i], t->binds[i]);
-    ok = ok && djn_sym_runs(t->ahandle, c->sym_h.data, g->nallocs, &c->sym_runs[1]) &&
-         djn_sym_runs(t->frees, g->frees, g->nfrees, &c->sym_runs[2]);
+    for (uint32_t i = 0; ok && i < g->nallocs; i++, pos++)
+        ok = s_pat_put(c, pos, g->allocs[i].handle, t->ahandle[i]);
+    for (uint32_t i = 0; ok && i < g->nfrees; i++, pos++)
+        ok = s_pat_put(c, pos, g->frees[i], t->frees[i]);
     if (!ok)
         return false;
     uint64_t h = djn_sym_pattern_hash(c->sym_patch.data, (uint32_t)c->sym_patch.len);
@@ -357,14 +364,8 @@ static bool s_by_pattern(s_link_t *c, s_tpl_t *t, djn_graph_req_t *g, const int6
     g->pat = c->sym_patch.data;
     g->npat = (uint32_t)c->sym_patch.len;
     g->pid = h;
-    t->pat_hash = h; /* what the entry keeps once this message is bound */
-    g->nbinds = 0;   /* binds, allocs: from the template and the pattern */
-    g->has_allocs_d = true;
-    g->nallocs_d = (uint32_t)c->sym_runs[1].len;
-    g->allocs_d = c->sym_runs[1].data;
-    g->has_frees_d = true;
-    g->nfrees_d = (uint32_t)c->sym_runs[2].len;
-    g->frees_d = c->sym_runs[2].data;
+    t->pat_hash = h;                        /* what the entry keeps once this message is bound */
+    g->nbinds = g->nallocs = g->nfrees = 0; /* all three: the template's, moved */
     return true;
 }
 
@@ -1385,6 +1386,9 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
     djn_graph_req_t plain = g;
     if (cached && !s_against(c, tpl, &g))
         cached = false;
+    if (cached)
+        g.sem_tpl = g.qos == tpl->qos && g.phase == tpl->phase && g.life_kept == tpl->life_kept &&
+                    g.life_transient == tpl->life_transient;
     if ((cached || c->resend.len) && !s_resend_keep(c, c->seq + 1, &plain)) {
         if (c->resend.len)
             return s_fail(DJN_ERR_NOMEM, "djinn: out of memory keeping a fragment");

@@ -264,10 +264,10 @@ static djn_status_t s_parse_tpl(s_parse_t *p, const djn_value_t *body, djn_graph
     } else if (djn_value_get(body, "pat") || djn_value_get(body, "pid")) {
         return s_bad(p, "'pat' and 'pid' need 'pal'");
     }
-    bool compact =
-        g->npatch || g->nallocs_n || g->has_binds_d || g->has_allocs_d || g->has_frees_d || g->pal;
+    bool compact = g->npatch || g->nallocs_n || g->has_binds_d || g->has_allocs_d ||
+                   g->has_frees_d || g->has_pat;
     if (compact && !g->tpl)
-        return s_bad(p, "'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'");
+        return s_bad(p, "'patch', 'allocs_n', 'pat' and the '_d' fields need 'tpl'");
     if (g->nallocs_n && !g->has_allocs_d)
         return s_bad(p, "'allocs_n' needs 'allocs_d'");
     return DJN_OK;
@@ -385,6 +385,8 @@ static djn_status_t s_parse_graph(s_parse_t *p, const djn_value_t *body, djn_gra
         g->nfetches = v->len;
         g->fetches = fetches;
     }
+    g->sem_tpl = !djn_value_get(body, "qos") && !djn_value_get(body, "phase") &&
+                 !djn_value_get(body, "life");
     if ((v = djn_value_get(body, "qos")) != NULL) {
         if (!s_uint(v, &u) || u > DJN_QOS_MAX)
             return s_bad(p, "'qos' must be 0 (auto), 1 (realtime), 2 (interactive) or 3 (batch)");
@@ -723,8 +725,8 @@ static bool s_has_sem(const djn_graph_req_t *r) {
     return r->qos || r->phase || r->life_kept || r->life_transient;
 }
 
-static void s_enc_sem(djn_buf_t *b, const djn_graph_req_t *r) {
-    if (!s_has_sem(r))
+static void s_enc_sem(djn_buf_t *b, const djn_graph_req_t *r, bool sem) {
+    if (!sem)
         return;
     s_kv_uint(b, "qos", r->qos);
     s_kv_uint(b, "phase", r->phase);
@@ -744,10 +746,11 @@ static void s_enc_resume(djn_buf_t *b, const djn_graph_req_t *r) {
 /* A GRAPH_CACHED against a template (r->tpl != 0): only the fields it needs, compact ones
  * where set; dev 0, no seed and empty lists are left out (all fields are optional). */
 static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
-    uint32_t n = 2 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
+    bool pid_only = r->pal && !r->has_pat; /* the kept pattern: its template is implied */
+    uint32_t n = 1 + (r->device != 0) + (r->seed >= 0) + (r->nbinds || r->has_binds_d) +
                  (r->nallocs || r->has_allocs_d) + (r->nallocs_n != 0) + (r->nuploads != 0) +
                  (r->nfrees || r->has_frees_d) + (r->nfetches != 0) + (r->npatch != 0) +
-                 (r->pal ? 2 : 0) + (s_has_sem(r) ? 3 : 0) + r->resume;
+                 (r->pal ? 2 : 0) + !pid_only + (r->sem_tpl ? 0 : 3) + r->resume;
     djn_enc_map(b, n);
     if (r->device)
         s_kv_uint(b, "dev", r->device);
@@ -779,7 +782,8 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
         s_enc_fetches(b, r);
     }
     s_enc_fp(b, r);
-    s_kv_uint(b, "tpl", r->tpl);
+    if (!pid_only)
+        s_kv_uint(b, "tpl", r->tpl);
     if (r->npatch)
         s_enc_pairs(b, "patch", r->patch, r->npatch, false);
     if (r->pal) {
@@ -792,7 +796,7 @@ static void s_graph_cached_compact(djn_buf_t *b, const djn_graph_req_t *r) {
         else
             s_kv_uint(b, "pid", r->pid);
     }
-    s_enc_sem(b, r);
+    s_enc_sem(b, r, !r->sem_tpl);
     s_enc_resume(b, r);
 }
 
@@ -825,7 +829,7 @@ void djn_graph_req_encode(djn_buf_t *b, const djn_msg_hdr_t *hdr, const djn_grap
     s_enc_u64s(b, "frees", r->frees, r->nfrees);
     s_enc_fetches(b, r);
     s_enc_fp(b, r);
-    s_enc_sem(b, r);
+    s_enc_sem(b, r, s_has_sem(r));
     s_enc_resume(b, r);
 }
 

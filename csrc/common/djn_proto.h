@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define DJN_PROTO_VERSION 5
+#define DJN_PROTO_VERSION 6
 
 /* ---- message types (frozen) ---- */
 typedef enum djn_msg_type {
@@ -261,10 +261,12 @@ typedef struct djn_graph_req {
     const djn_sym_patch_t *allocs_n; /* allocation sizes (needs allocs_d) */
     const djn_sym_run_t *binds_d, *allocs_d, *frees_d;
     bool has_binds_d, has_allocs_d, has_frees_d;
-    /* GRAPH_CACHED by pattern: the integers, allocation sizes and binds that differ,
-     * as classes of equal deltas: pal[class] is a class's delta; pat (position, class)
-     * says which values are in which class and is kept by the entry; pid names the
-     * pattern the entry keeps (its hash) instead of sending it again. */
+    /* GRAPH_CACHED by pattern: the integers, allocation sizes, binds, allocation handles
+     * and frees that differ, as classes of equal deltas: pal[class] is a class's delta;
+     * pat (position, class) says which values are in which class and is kept by the
+     * entry; pid names the pattern the entry keeps (its hash) instead of sending it
+     * again, and then `tpl` may be left out (the kept pattern was checked against the
+     * entry's template). */
     uint32_t npal, npat;
     const int64_t *pal;
     const djn_sym_patch_t *pat; /* val: the class */
@@ -275,6 +277,10 @@ typedef struct djn_graph_req {
      * fragment. */
     uint8_t qos, phase;
     uint32_t life_kept, life_transient;
+    /* A GRAPH_CACHED against a template (tpl or pal) whose semantics are its entry's
+     * (those of the GRAPH that filed it): the encoder leaves qos/phase/life out; the
+     * decoder sets it when none of them is there, and the server then takes the entry's. */
+    bool sem_tpl;
     /* The resend of a fragment after an E_EVICTED answer (7.4): it ends the refusal of the
      * session's later fragments. */
     bool resume;

@@ -218,6 +218,14 @@ uint64_t sym_digest(const std::vector<int64_t> &ints, const std::vector<uint64_t
                           a.data(), (uint32_t)a.size(), frees.data(), (uint32_t)frees.size());
 }
 
+/* The hash of a pattern (djn_sym_pattern_hash): what `pid` names. pat: [(pos, class)]. */
+uint64_t pattern_hash(const std::vector<std::pair<uint32_t, int64_t>> &pat) {
+    std::vector<djn_sym_patch_t> p;
+    for (auto &[pos, cls] : pat)
+        p.push_back({pos, cls});
+    return djn_sym_pattern_hash(p.data(), (uint32_t)p.size());
+}
+
 } // namespace
 
 void register_proto(py::module_ &m) {
@@ -227,6 +235,8 @@ void register_proto(py::module_ &m) {
            "Encode frame 0 of a request with the protocol's own encoder.");
     pm.def("sym_digest", &sym_digest, py::arg("ints"), py::arg("binds"), py::arg("allocs"),
            py::arg("frees"), "The template digest of a fragment (djn_sym_digest).");
+    pm.def("pattern_hash", &pattern_hash, py::arg("pat"),
+           "The hash of a pattern of (position, class) pairs (djn_sym_pattern_hash).");
     py::dict k;
     k["VERSION"] = DJN_PROTO_VERSION;
     k["HELLO"] = (int)DJN_MSG_HELLO;

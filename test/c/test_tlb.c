@@ -10,6 +10,7 @@
  * released exactly once, 0 released at once when nothing is filed); allocation failure
  * at every step of an insert; and counted memory returning to its start. Graphs are built with
  * djn_graph_req_encode and decoded with djn_msg_decode, as the server receives them. */
+#define _GNU_SOURCE /* memmem */
 #include "djn_test.h"
 
 #include "djn_codec.h"
@@ -984,7 +985,7 @@ static void test_decode_fields(void) {
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
         "GRAPH: 'patch' must be [gap, value] integer pairs with gaps >= 1",
-        "GRAPH: 'patch', 'allocs_n', 'pal' and the '_d' fields need 'tpl'",
+        "GRAPH: 'patch', 'allocs_n', 'pat' and the '_d' fields need 'tpl'",
         "GRAPH: 'binds_d' must be [count, delta] integer pairs with counts >= 1",
         "GRAPH: 'frees_d' must be [count, delta] integer pairs with counts >= 1",
         "GRAPH: 'binds' and 'binds_d' exclude each other",
@@ -1107,6 +1108,145 @@ static void test_bind_by_pattern(void) {
     s_fix_free(&x);
 }
 
+/* g, encoded and decoded as the server does, is refused by djn_tlb_bind with `want`. */
+static void s_bind_refused(const djn_graph_req_t *g, djn_tlb_entry_t *e, const char *want) {
+    djn_msg_t *m = NULL;
+    char err[256] = {0};
+    const djn_node_t *nodes = NULL;
+    CHECK(s_cached(g, &m, err, sizeof err) == DJN_OK);
+    if (m)
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, e, &nodes, err, sizeof err) == DJN_ERR_PROTO);
+    CHECK_STR(err, want);
+    djn_msg_free(&m);
+}
+
+/* By pattern, the allocation handles and frees are positions of the pattern too (after
+ * the binds), so a decode step sends neither 'allocs_d' nor 'frees_d'; with 'pid' the
+ * template is implied ('tpl' left out), and without semantics the entry's apply. */
+static void test_pattern_moves_handles_and_frees(void) {
+    s_fix_t x;
+    s_fix(&x, 5, 5);
+    djn_buf_t b = {0}, skel = {0};
+    s_frag(&b, 5, DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+    static const uint64_t binds[2] = {0x100, 0x200}, frees[2] = {0x200, 0x7000};
+    static const djn_alloc_t allocs[2] = {{0x7000, 64}, {0x8000, 128}};
+    djn_graph_req_t f;
+    memset(&f, 0, sizeof f);
+    f.seed = -1;
+    f.nbinds = 2;
+    f.binds = binds;
+    f.nallocs = 2;
+    f.allocs = allocs;
+    f.nfrees = 2;
+    f.frees = frees;
+    f.nnodes = 2;
+    f.nodes_raw = b.data;
+    f.nodes_raw_len = b.len;
+    f.fp[0] = x.fp[0] ^ 7; /* an entry of its own */
+    f.fp[1] = x.fp[1];
+    f.phase = DJN_PHASE_DECODE;
+    f.life_kept = 3;
+    f.life_transient = 4;
+    djn_msg_t *fm = graph_roundtrip(&f, 1);
+    CHECK(fm != NULL);
+    if (fm)
+        djn_tlb_insert(x.t, 1, &fm->u.graph, NULL, NULL, 0, 0, NULL);
+    djn_msg_free(&fm);
+    djn_tlb_entry_t *e = djn_tlb_lookup(x.t, f.fp, 0, 1);
+    CHECK(e != NULL);
+    if (!e) {
+        djn_buf_release(&b);
+        s_fix_free(&x);
+        return;
+    }
+    const djn_tlb_tpl_t *tp = djn_tlb_template(e);
+    uint32_t nints = tp->start[2];
+    /* positions: ints, 2 alloc sizes, 2 binds, 2 alloc handles, 2 frees */
+    uint32_t h0 = nints + 2 + 2, f0 = h0 + 2;
+    djn_sym_patch_t pat[3] = {{h0, 0}, {h0 + 1, 0}, {f0 + 1, 0}};
+    int64_t pal[1] = {0x10000};
+    djn_graph_req_t g;
+    memset(&g, 0, sizeof g);
+    g.seed = -1;
+    g.fp[0] = f.fp[0];
+    g.fp[1] = f.fp[1];
+    g.tpl = tp->digest;
+    g.pal = pal;
+    g.npal = 1;
+    g.has_pat = true;
+    g.pat = pat;
+    g.npat = 3;
+    g.sem_tpl = true;
+    char err[256] = {0};
+    const djn_node_t *nodes = NULL;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) { /* the kept pattern by its hash, and no 'tpl' on the wire */
+            g.has_pat = false;
+            g.pid = djn_sym_pattern_hash(pat, 3);
+        }
+        djn_buf_t mb = {0};
+        djn_msg_hdr_t h = {DJN_MSG_GRAPH_CACHED, 1, 2};
+        djn_graph_req_encode(&mb, &h, &g);
+        djn_msg_t *m = NULL;
+        CHECK(djn_msg_decode(mb.data, mb.len, 0, &m, NULL, err, sizeof err) == DJN_OK);
+        if (m) {
+            const djn_graph_req_t *d = &m->u.graph;
+            CHECK(round == 0 ? d->tpl == tp->digest : d->tpl == 0);
+            CHECK(!d->has_allocs_d && !d->has_frees_d && d->nallocs == 0 && d->nfrees == 0);
+            CHECK(djn_tlb_bind(m->arena, &m->u.graph, e, &nodes, err, sizeof err) == DJN_OK);
+            CHECK_EQ_INT(d->nallocs, 2);
+            CHECK_EQ_INT(d->nfrees, 2);
+            if (d->nallocs == 2 && d->nfrees == 2) {
+                CHECK_EQ_INT(d->allocs[0].handle, 0x17000);
+                CHECK_EQ_INT(d->allocs[1].handle, 0x18000);
+                CHECK_EQ_INT(d->allocs[1].nbytes, 128);
+                CHECK_EQ_INT(d->frees[0], 0x200);
+                CHECK_EQ_INT(d->frees[1], 0x17000);
+            }
+            CHECK_EQ_INT(d->phase, DJN_PHASE_DECODE);
+            CHECK_EQ_INT(d->life_kept, 3);
+            CHECK_EQ_INT(d->life_transient, 4);
+        }
+        /* the encoding left out 'tpl' (round 1) and the semantics */
+        CHECK(!memmem(mb.data, mb.len, "phase", 5));
+        CHECK(round == 0 ? memmem(mb.data, mb.len, "tpl", 3) != NULL
+                         : memmem(mb.data, mb.len, "tpl", 3) == NULL);
+        djn_msg_free(&m);
+        djn_buf_release(&mb);
+    }
+    /* semantics sent explicitly win, zeros included */
+    g.sem_tpl = false;
+    djn_msg_t *m = NULL;
+    CHECK(s_cached(&g, &m, err, sizeof err) == DJN_OK);
+    if (m) {
+        CHECK(djn_tlb_bind(m->arena, &m->u.graph, e, &nodes, err, sizeof err) == DJN_OK);
+        CHECK_EQ_INT(m->u.graph.phase, 0);
+        CHECK_EQ_INT(m->u.graph.life_kept, 0);
+    }
+    djn_msg_free(&m);
+    /* a plain 'frees' list is taken as it is: the pattern may not move the template's */
+    g.nfrees = 1;
+    g.frees = frees;
+    s_bind_refused(&g, e,
+                   "GRAPH_CACHED: the pattern moves the template's frees, so 'frees' must be "
+                   "left out");
+    /* a moved handle must stay a client handle */
+    g.nfrees = 0;
+    pal[0] = -0x7000;
+    s_bind_refused(&g, e, "GRAPH: client handles must be in [1, 2^62)");
+    /* a pattern past the frees */
+    g.has_pat = true;
+    pat[2].pos = f0 + 2;
+    char want[128];
+    snprintf(want, sizeof want, "GRAPH_CACHED: 'pat' names value %u but the template has %u",
+             f0 + 2, f0 + 2);
+    s_bind_refused(&g, e, want);
+    djn_tlb_release(x.t, &e);
+    djn_buf_release(&b);
+    djn_buf_release(&skel);
+    s_fix_free(&x);
+}
+
 static void test_runs_roundtrip(void) {
     uint64_t tpl[6] = {10, 20, 30, 40, 50, 60}, cur[6] = {10, 120, 130, 40, 150, 61}, out[6];
     djn_vec_t runs = DJN_VEC(djn_sym_run_t);
@@ -1145,6 +1285,7 @@ int main(void) {
     RUN(test_bind_template);
     RUN(test_decode_fields);
     RUN(test_bind_by_pattern);
+    RUN(test_pattern_moves_handles_and_frees);
     RUN(test_runs_roundtrip);
     return djn_test_report();
 }
