@@ -8,12 +8,14 @@
 # `import torch` from that wheel needs the CUDA runtime, so nothing here imports it: the
 # include and library paths are taken from the installed files. Not part of `make test`
 # or CI (the download is too large); run it before changing anything CUDA-facing.
+# Another torch (the GPU machine's 2.11) in its own environment and build folder:
+#   TORCH_VERSION=2.11.0 VENV=.venv-cuda211 OUT=build/cuda211 ./scripts/check-cuda.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-VENV=.venv-cuda
-OUT=build/cuda
+VENV=${VENV:-.venv-cuda}
+OUT=${OUT:-build/cuda}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 PY=python3.11
 command -v $PY >/dev/null || PY=python3

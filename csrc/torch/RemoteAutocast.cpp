@@ -10,7 +10,11 @@
 #include <torch/library.h>
 
 namespace djinn {
-// the op lists spell signatures as ATen's own files do, inside namespace at
+// the op lists spell signatures as ATen's own files do, inside namespace at; torch 2.11's
+// also name DimnameList (named tensors, gone from later headers)
+#if __has_include(<ATen/core/Dimname.h>)
+using at::DimnameList;
+#endif
 using at::IntArrayRef;
 using at::Scalar;
 using at::ScalarType;
