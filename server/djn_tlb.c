@@ -215,10 +215,9 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
                                     const uint64_t *psize, uint32_t nslots, uint64_t peak,
                                     uint64_t digest) {
     djn_tlb_entry_t *e = djn_calloc(1, sizeof(*e));
-    if (e)
-        pthread_mutex_init(&e->run_mu, NULL);
     if (!e)
         return NULL;
+    pthread_mutex_init(&e->run_mu, NULL);
     e->arena = djn_arena_new();
     djn_node_t *nodes = e->arena ? djn_nodes_clone(e->arena, g->nodes, g->nnodes) : NULL;
     bool ok = nodes && s_template(e, g, digest);
@@ -237,6 +236,7 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
     if (!ok) {
         djn_free(e->place, e->nplace * sizeof(uint64_t));
         djn_free(e->psize, e->nplace * sizeof(uint64_t));
+        pthread_mutex_destroy(&e->run_mu);
         djn_arena_destroy(&e->arena);
         djn_free(e, sizeof(*e));
         return NULL;

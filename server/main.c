@@ -167,15 +167,16 @@ typedef struct {
     unsigned long long *dst;
 } s_num_opt_t;
 
-/* --lanes by default: one lane per CPU device when this process may run on more CPUs
- * than there are CPU devices (a lane then has a core beside its worker), else none (a
- * lane would only take the worker's core, outside the batch share's sight). */
+/* The CPUs this process may run on. */
 static long s_usable_cpus(void) {
     cpu_set_t set;
     return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
                                                        : sysconf(_SC_NPROCESSORS_ONLN);
 }
 
+/* --lanes by default: one lane per CPU device when this process may run on more CPUs
+ * than there are CPU devices (a lane then has a core beside its worker), else none (a
+ * lane would only take the worker's core, outside the batch share's sight). */
 static uint32_t s_auto_lanes(const djn_server_cfg_t *cfg) {
     int cpu_devices = 0;
     for (int i = 0; i < cfg->ndevices; i++)
@@ -223,8 +224,8 @@ int main(int argc, char **argv) {
                        handles = 1u << 20, max_sess = 1024, per_conn = 64, drain_s = 30,
                        tcache = ~0ull, age_passes = DJN_SCHED_AGE_PASSES,
                        age_ms = DJN_SCHED_AGE_NS / 1000000, batch_share = DJN_SCHED_BATCH_SHARE,
-                       lanes = ~0ull, /* auto: s_auto_lanes */
-        threads = ~0ull;              /* auto: s_auto_threads */
+                       lanes = ~0ull;   /* auto: s_auto_lanes */
+    unsigned long long threads = ~0ull; /* auto: s_auto_threads */
     int insecure = 0, no_inline = 0;
     s_num_opt_t nums[] = {
         {"--lease-ms", "DJINN_LEASE_MS", &lease},
