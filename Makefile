@@ -124,9 +124,12 @@ asan-server: $(BUILD)/asan/djinn-server
 # ---------------------------------------------------------------- client extension
 $(BUILD)/.ext: $(ENV_STAMP) $(COMMON_SRC) $(CLIENT_SRC) $(TORCH_SRC) $(HEADERS)
 	$(PYTHON) setup.py -q build_ext --inplace -j 2
+	@# setuptools' notes on editable installs go to a log, shown only if pip fails
 	@$(PYTHON) -m pip show -q djinn >/dev/null 2>&1 || \
 	  DJINN_SKIP_EXT=1 $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e . \
-	  || echo "note: pip could not register djinn; it is importable from this directory"
+	    > $(BUILD)/pip-register.log 2>&1 \
+	  || { cat $(BUILD)/pip-register.log; \
+	       echo "note: pip could not register djinn; it is importable from this directory"; }
 	@touch $@
 ext: $(BUILD)/.ext
 

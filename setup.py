@@ -39,8 +39,8 @@ class Build(BuildExtension):
 EXT_MODULES = [] if os.environ.get("DJINN_SKIP_EXT") == "1" else None
 
 setup(
-    packages=["djinn"],
-    package_data={"djinn": ["bin/djinn-server"]},
+    packages=["djinn", "djinn.bin"],  # djinn/bin holds only the server binary
+    package_data={"djinn.bin": ["djinn-server"]},
     # `djinn-server` on PATH: a launcher that execs the binary in the package (deploy/wheel)
     scripts=["deploy/wheel/djinn-server"],
     ext_modules=EXT_MODULES if EXT_MODULES is not None else [

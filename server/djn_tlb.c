@@ -257,8 +257,15 @@ static djn_tlb_entry_t *s_entry_new(uint64_t sid, const djn_graph_req_t *g, cons
     e->g.phase = g->phase;
     e->g.life_kept = g->life_kept;
     e->g.life_transient = g->life_transient;
-    e->bytes =
-        sizeof(*e) + djn_arena_bytes(e->arena) + e->nplace * sizeof(uint64_t) * (e->psize ? 2 : 1);
+    /* charged up front for what the entry may hold later: the integers of its last timed
+     * run (djn_tlb_note_run) and the largest pattern it may keep (positions ascend, so a
+     * pattern has at most one per value of the template: ints, alloc sizes, binds, alloc
+     * handles, frees) */
+    uint64_t nints = e->tpl.start[g->nnodes];
+    uint64_t npos = nints + 2ull * g->nallocs + g->nbinds + g->nfrees;
+    e->bytes = sizeof(*e) + djn_arena_bytes(e->arena) +
+               e->nplace * sizeof(uint64_t) * (e->psize ? 2 : 1) + nints * sizeof(int64_t) +
+               npos * sizeof(djn_sym_patch_t);
     return e;
 }
 

@@ -20,7 +20,7 @@ _CLIENT = textwrap.dedent("""
     import os, sys, time, torch, djinn
     x = torch.randn({size}, {size}, device='remote') / {size} ** 0.5
     print((x * 2).sum().item() == (x * 2).sum().item(), flush=True)
-    print(os.getpid(), djinn.remote.endpoint(), flush=True)
+    print(os.getpid(), djinn.remote.endpoint(), djinn.remote.session_id(), flush=True)
     sys.stdin.readline()
     y = x
     for _ in range({n}):
@@ -45,7 +45,8 @@ def _client(env, n, size=512):
         text=True,
     )
     assert p.stdout.readline().strip() == "True", p.stderr.read()[-2000:]
-    pid, ep = p.stdout.readline().split()
+    pid, ep, sid = p.stdout.readline().split()
+    p.sid = int(sid)
     return p, int(pid), ep
 
 
@@ -172,3 +173,71 @@ def test_crash_inside_a_kernel_names_the_op_and_the_session():
         r"every session of this server is lost",
         line.group(1),
     ), line.group(1)
+
+
+def _running(pid, tid):
+    """Whether thread tid of process pid is on a CPU now, and its CPU ticks so far."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return fields[0] == "R", int(fields[11]) + int(fields[12])
+
+
+def _computing(pid, tid, what, ticks=5, timeout=30):
+    """Wait until thread tid has computed for `ticks` clock ticks and is on a CPU now."""
+    deadline = time.monotonic() + timeout
+    _, t0 = _running(pid, tid)
+    while True:
+        on_cpu, t = _running(pid, tid)
+        if on_cpu and t - t0 >= ticks:
+            return
+        assert time.monotonic() < deadline, f"{what} never ran the chain's kernels"
+        time.sleep(0.002)
+
+
+def test_crash_inside_a_kernel_on_a_lane_names_the_op_and_the_session(tmp_path):
+    """A lane runs another session's interactive work beside a busy worker (7.6), on its
+    own thread: a fault in a kernel there is reported like one on the worker, naming the
+    op and the lane's session (not the worker's), and both tenants hear of it at once."""
+    import ctypes
+    import re
+
+    log = open(tmp_path / "server.err", "w")
+    proc, ep = start_server(
+        "--lanes", "1", "--lease-ms", "0", preexec_fn=lambda: os.dup2(log.fileno(), 2)
+    )
+    clients = []
+    try:
+        batch = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="batch"), n=4000)
+        clients.append(batch[0])
+        inter = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="interactive"), n=4000)
+        clients.append(inter[0])
+        worker = _thread(proc.pid, "djn-worker-0")
+        lane = _thread(proc.pid, "djn-lane-0")
+        batch[0].stdin.write("\n")
+        batch[0].stdin.flush()
+        _computing(proc.pid, worker, "the worker")  # busy with the batch tenant's chain
+        inter[0].stdin.write("\n")
+        inter[0].stdin.flush()
+        _computing(proc.pid, lane, "the lane")  # the interactive chain runs beside it
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.tgkill(proc.pid, lane, signal.SIGSEGV) == 0, ctypes.get_errno()
+        assert proc.wait(timeout=30) == -signal.SIGSEGV
+        for p in clients:  # while capturing the chain, or waiting for its result
+            out, err = p.communicate("\n", timeout=60)
+            said = re.findall(r"^(?:djinn\.)?(SessionLost|ServerUnreachable)\b", out + err, re.M)
+            assert said, (out[-500:], err[-1500:])
+    finally:
+        for p in clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        stop_server(proc)
+        log.close()
+    err = (tmp_path / "server.err").read_text()
+    line = re.search(r"djinn-server: fatal signal 11 \(SIGSEGV\) (.*)", err)
+    assert line, err[-2000:]
+    assert re.fullmatch(
+        r"in aten::(mm|tanh)(\.\w+)? of session 0x%x \(tenant '[^']*'\); "
+        r"every session of this server is lost" % inter[0].sid,
+        line.group(1),
+    ), (line.group(1), hex(inter[0].sid), hex(batch[0].sid))

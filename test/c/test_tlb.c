@@ -1263,6 +1263,70 @@ static void test_runs_roundtrip(void) {
     djn_vec_release(&runs);
 }
 
+/* A kept pattern and the integers of the last timed run are charged with the entry, from
+ * its filing: the longest pattern the template allows (one position per value) and a
+ * note_run add host memory, and all of it stays within what the owner was charged. */
+static void test_kept_pattern_is_charged(void) {
+    djn_buf_t b = {0}, skel = {0};
+    djn_vec_t ints = DJN_VEC(int64_t);
+    uint64_t fp[2];
+    s_frag(&b, 5, DJN_DTYPE_F32, 2, 0.5, "aten::mul");
+    CHECK(DJN_OK == djn_sym_scan(b.data, b.len, 2, &skel, &ints, fp));
+    djn_tlb_t *t = djn_tlb_new(4);
+    account_t a = {0}, other = {0};
+    s_insert_owned(t, 2, 77, 0, &other); /* the table's own index is allocated by now */
+    djn_tlb_owner_t owner = {&a, s_charge_fn, s_release_fn};
+    djn_msg_t *m = s_decode(&b, 2, fp);
+    int64_t base = djn_mem_in_use();
+    if (m)
+        djn_tlb_insert(t, 1, &m->u.graph, NULL, NULL, 0, 0, &owner);
+    int64_t filed = djn_mem_in_use() - base; /* what the entry holds when filed */
+    djn_msg_free(&m);
+    djn_tlb_entry_t *e = djn_tlb_lookup(t, fp, 0, 1);
+    CHECK(e != NULL);
+    if (e) {
+        const djn_tlb_tpl_t *tp = djn_tlb_template(e);
+        uint32_t n = (uint32_t)ints.len + 2 * tp->nallocs + tp->nbinds + tp->nfrees;
+        djn_sym_patch_t *pat = calloc(n, sizeof *pat);
+        int64_t pal[1] = {0};
+        for (uint32_t i = 0; pat && i < n; i++)
+            pat[i] = (djn_sym_patch_t){i, 0};
+        djn_graph_req_t g;
+        memset(&g, 0, sizeof g);
+        g.seed = -1;
+        g.fp[0] = fp[0];
+        g.fp[1] = fp[1];
+        g.tpl = tp->digest;
+        g.pal = pal;
+        g.npal = 1;
+        g.has_pat = true;
+        g.pat = pat;
+        g.npat = n;
+        char err[256] = {0};
+        const djn_node_t *nodes = NULL;
+        base = djn_mem_in_use();
+        CHECK(pat && s_cached(&g, &m, err, sizeof err) == DJN_OK);
+        if (m && djn_tlb_bind(m->arena, &m->u.graph, e, &nodes, err, sizeof err) == DJN_OK)
+            djn_tlb_note_run(e, 50, nodes);
+        else
+            CHECK_STR(err, "");
+        djn_msg_free(&m);
+        int64_t kept = djn_mem_in_use() - base; /* the pattern and the run's integers */
+        CHECK(kept >= (int64_t)(n * sizeof(djn_sym_patch_t) + ints.len * sizeof(int64_t)));
+        CHECK(filed > 0);
+        CHECK((uint64_t)(filed + kept) <= a.charged);
+        CHECK_EQ_INT(a.charged + other.charged, s_stats(t).bytes);
+        free(pat);
+        djn_tlb_release(t, &e);
+    }
+    djn_tlb_destroy(&t);
+    CHECK_EQ_INT(a.charged, 0);
+    CHECK_EQ_INT(a.releases, 1);
+    djn_buf_release(&b);
+    djn_buf_release(&skel);
+    djn_vec_release(&ints);
+}
+
 int main(void) {
     RUN(test_hit_and_miss);
     RUN(test_session_in_key);
@@ -1287,5 +1351,6 @@ int main(void) {
     RUN(test_bind_by_pattern);
     RUN(test_pattern_moves_handles_and_frees);
     RUN(test_runs_roundtrip);
+    RUN(test_kept_pattern_is_charged);
     return djn_test_report();
 }
