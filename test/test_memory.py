@@ -227,6 +227,35 @@ def test_pipelined_decode_hits_the_plan_cache_piece_by_piece(srv):
     assert r["resends"] == 0, r
 
 
+def test_generate_sends_a_palette_per_token(srv):
+    """Issue 11's decode, as users write it: HF's default generate() (greedy, batch 1,
+    DynamicCache). From its fourth step on each piece of a step goes by pattern, so a
+    token sends at most 512 bytes: the 12 tokens a longer generate() adds over a shorter
+    one (same prompt, plan cache warm) cost at most 12 x 512 bytes. Before, the first
+    piece of each step freed two handles more than the step that filed it and went with
+    plain lists, about 1 KB a token. The tokens are CPU's."""
+    code = _TINY_LLAMA + textwrap.indent(
+        """
+def gen(model, dev, n):
+    with torch.no_grad():
+        out = model.generate(p.to(dev), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0].tolist()
+gen(m, 'remote', 8)            # files the plan cache's entries, and refiles one (s_refile)
+sent = []
+for n in (12, 24):
+    b0 = djinn.bytes_moved()["bytes_sent"]
+    got = gen(m, 'remote', n)
+    sent.append(djinn.bytes_moved()["bytes_sent"] - b0)
+print(json.dumps({"ref": gen(cpu, 'cpu', 24), "got": got, "sent": sent}))
+""",
+        "    ",
+    )
+    r = _run(code, srv)
+    assert r["got"] == r["ref"], r
+    per_token = (r["sent"][1] - r["sent"][0]) / 12
+    assert 0 < per_token <= 512, r
+
+
 def test_a_decode_piece_carries_only_its_palette(srv, tmp_path):
     """From the third step on, each piece of a decode step is a GRAPH_CACHED of `fp`, `pal`
     and `pid` alone (7.4): the allocs and frees move by the pattern, the template and the
