@@ -112,8 +112,10 @@ def test_busy_server_is_not_mistaken_for_a_dead_one():
     """A fragment that runs longer than the liveness bounds still gets its answer."""
     proc, ep = start_server("--lease-ms", "2000", "--heartbeat-ms", "250")
     try:
-        # one fragment of ~300 nodes that computes for longer than the liveness bounds
-        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=500, size=1200)
+        # a chain of ~1,800 nodes that computes for longer than the liveness bounds (a 2 s
+        # lease; on the client, 5 s of ZMTP heartbeat silence, then 3 s without a link):
+        # 500 links took 7.4 s on a fast host, so 900 leave room; a slow one waits longer
+        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=900, size=1200)
         kind, seconds, msg, err = _verdict(p, timeout=300)
         assert kind == "OK", (kind, msg, err[-1500:])
         assert seconds > 8.0, f"the work took {seconds} s: too short to show anything"
