@@ -10,6 +10,11 @@ Two ways to run the same loop:
   ``baselines.StepLM(model)``; every step sends the token and the whole KV cache and gets
   the logits and the grown KV cache back (what a stateless, return-everything server does).
 
+- ``decode_generate(model, ids, steps, device)``: Hugging Face's default ``generate()``
+  (greedy, batch 1, its own ``DynamicCache``), as users write it, timed per token by a
+  stopping criterion that notes the clock (and, on ``remote``, the bytes moved) each
+  time ``generate()`` asks it whether to stop, that is once per token.
+
 Each returns a dict: ``tokens``, ``prefill_s``, ``step_s`` (list), ``step_bytes`` (bytes
 moved per decode step where measurable, else None), ``step_sent`` (the part of it
 the client sent; for RPC the tensor payload) and ``full_return_bytes`` (local: logits + KV cache bytes of each step's outputs,
@@ -113,5 +118,46 @@ def decode_client(client, name, ids, steps):
         "step_s": step_s,
         "step_bytes": step_bytes,
         "step_sent": step_sent,
+        "full_return_bytes": None,
+    }
+
+
+def decode_generate(model, ids, steps, device):
+    """HF ``generate()`` for ``steps + 1`` new tokens; a step is the time between two
+    consecutive stopping-criterion calls, each of which follows one token (generate()
+    reads back whether every sequence finished at each step, so the clock sees work
+    done). ``prefill_s`` runs from the call to the first token."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    remote = torch.device(device).type == "remote"
+    marks = []
+
+    class _Clock(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            _sync(device)
+            marks.append((time.perf_counter(), *(_djinn_bytes() if remote else (0, 0))))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(
+            ids.to(device),
+            max_new_tokens=steps + 1,
+            min_new_tokens=steps + 1,
+            do_sample=False,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([_Clock()]),
+        )
+        tokens = out[0, ids.shape[1] :].tolist()
+    step_s = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    step_bytes = [b[1] - a[1] + b[2] - a[2] for a, b in zip(marks, marks[1:])]
+    step_sent = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    return {
+        "tokens": tokens,
+        "prefill_s": marks[0][0] - t0,
+        "step_s": step_s,
+        "step_bytes": step_bytes if remote else None,
+        "step_sent": step_sent if remote else None,
         "full_return_bytes": None,
     }

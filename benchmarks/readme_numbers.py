@@ -92,6 +92,8 @@ def table(res, mem):
     line(find(lambda r: r["group"] == "transformer" and "decode per-token p50" in r["name"]))
     line(find(lambda r: r["group"] == "transformer" and r["unit"] == "bytes"))
     line(find(lambda r: r["group"] == "transformer" and "bytes sent per decode" in r["name"]))
+    line(find(lambda r: r["group"] == "transformer" and "generate() per-token p50" in r["name"]))
+    line(find(lambda r: r["group"] == "transformer" and "generate() bytes sent" in r["name"]))
     line(find(lambda r: r["group"] == "large" and "forward" in r["name"]))
     agg = [r for r in res["rows"] if r["group"] == "multitenant" and "aggregate" in r["name"]]
     line(agg[-1] if agg else None)

@@ -146,12 +146,18 @@ def _notes(rows):
                 f"{_fmt(e['djinn_sent_per_step'])} B are sent (the captured graph) and the rest "
                 f"received. {e['note']}."
             )
-        if "tokens_match_local" in e and "per-token p50" in r["name"]:
+        if "first_run_p50_ms" in e:
             first = ", ".join(f"{k} {v:.2f}" for k, v in e["first_run_p50_ms"].items())
             notes.append(
                 f"- Greedy tokens identical to local: {e['tokens_match_local']}. Decode "
                 f"rows pool {e['runs']} timed run(s) after one warm-up run; first-run "
                 f"p50 (ms): {first}."
+            )
+        if "default generate() per-token p50" in r["name"]:
+            notes.append(
+                f"- Hugging Face's default generate(), local and djinn: greedy tokens "
+                f"identical: {e['tokens_match_local']}. {e['note']}; the step-loop rows above "
+                "run the baselines, which hold one step, on the same steps."
             )
         if "effective GB/s" in e:
             gbs = ", ".join(f"{k} {v:.2f}" for k, v in e["effective GB/s"].items())

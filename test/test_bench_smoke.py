@@ -141,6 +141,13 @@ def test_smoke_numbers_say_what_they_claim(smoke):
     assert sent["values"]["djinn"] == pytest.approx(b["extra"]["djinn_sent_per_step"])
     for s in ("rpc", "naive"):
         assert sent["values"][s] > sent["values"]["djinn"], (s, sent["values"])
+    # HF's default generate() runs too, locally and on djinn, with the same tokens, and
+    # sends a fraction of what a baseline sends per step
+    gp = _row(res, lambda r: "default generate() per-token p50" in r["name"])
+    assert set(gp["systems"]) == {"local", "djinn"} and gp["extra"]["tokens_match_local"], gp
+    assert gp["values"]["djinn"] > 0 and gp["values"]["local"] > 0, gp
+    gs = _row(res, lambda r: "default generate() bytes sent per token" in r["name"])
+    assert 0 < gs["values"]["djinn"] < sent["values"]["rpc"], (gs["values"], sent["values"])
     # the wire's floor is in the round trip and in every transfer, over djinn's transport
     rtt = _row(res, lambda r: r["name"] == "1-op round trip x.add(1).item()")
     assert "zmq" in rtt["systems"] and rtt["extra"]["zmq_transport"] in ("ipc", "tcp")

@@ -643,3 +643,125 @@ def test_srg_sdpa_phase_prefill_and_decode(remote, djinn_mod):
     ]
     assert "prefill" in prefill
     assert decode and all(ph == "decode" and cls == "memory" for ph, cls in decode), decode
+
+
+# ------------------------------------------------------------------ answers out of order
+
+
+class _QueueFullServer:
+    """A stand-in server with two CPU devices whose device 0 holds two fragments and
+    refuses, at once, every later one until it lets them go (as djinn-server's transport
+    refuses a session's fragment past --session-max-queued with code 13 while earlier ones
+    still wait in the queue, 10.4). It notes when each message arrived and when the held
+    answers left."""
+
+    def __init__(self, hold_s=1.0):
+        import threading
+
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.hold_s, self.arrivals, self.released = hold_s, [], None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _answer(self, ident, hdr, type_=64, body=None, frames=()):
+        import msgpack
+
+        out = {"type": type_, "sid": 7, "seq": hdr["seq"], "body": body or {}}
+        self.sock.send_multipart([ident, msgpack.packb(out), *frames])
+
+    def _run(self):
+        import time
+
+        import msgpack
+
+        from proto import CLOSE, E_QUOTA, ERROR, FETCH, GRAPH, GRAPH_CACHED, HELLO, PROTO_VERSION
+
+        held, refusing_until = [], None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if refusing_until is not None and now >= refusing_until and held:
+                for ident, hdr, body in held:
+                    self._answer(ident, hdr, body=body)
+                held, self.released = [], now
+            if not self.sock.poll(10):
+                continue
+            ident, frame, *_ = self.sock.recv_multipart()
+            hdr = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+            body = hdr.get("body") or {}
+            t, dev = hdr["type"], body.get("dev", 0)
+            self.arrivals.append((time.monotonic(), t, hdr["seq"], dev))
+            if t == HELLO:
+                devs = ["cpu", "cpu"]
+                info = {"sid": 7, "version": PROTO_VERSION, "lease_ms": 0, "devices": devs}
+                self._answer(ident, hdr, body=info)
+            elif t in (GRAPH, GRAPH_CACHED, FETCH):
+                fetch = body.get("fetch") or []
+                frames = [bytes(f[2]) for f in fetch]
+                answer = {"fetched": len(fetch)}
+                if dev == 0 and refusing_until is None and len(held) < 2:
+                    held.append((ident, hdr, answer))
+                elif dev == 0 and self.released is None:
+                    if refusing_until is None:
+                        refusing_until = time.monotonic() + self.hold_s
+                    msg = "session 7 has 2 messages queued, its bound (--session-max-queued)"
+                    self._answer(ident, hdr, ERROR, {"code": E_QUOTA, "msg": msg})
+                else:
+                    self._answer(ident, hdr, body=answer, frames=frames)
+            elif t == CLOSE:
+                self._answer(ident, hdr)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_a_refusal_that_overtakes_queued_fragments_does_not_let_another_device_go_first():
+    """The answer to a fragment refused on arrival overtakes those of the fragments queued
+    before it. The client must still wait for those before it sends work for another
+    device: the server runs each device's queue on its own, and a free or declaration
+    riding that work would overtake the fragments that use it."""
+    fake = _QueueFullServer(hold_s=1.5)
+    try:
+        code = """
+            import time, torch, djinn
+            c = torch.ones(4, device='remote:1')
+            print(c.cpu().tolist())
+            a = torch.ones(4, device='remote:0')
+            for _ in range(16):
+                a = a * 2  # pieces of 2 nodes, sent without waiting
+            try:
+                a.cpu()
+                print('NO ERROR')
+            except djinn.RemoteError as e:
+                print(type(e).__name__, str(e).splitlines()[0])
+            c.add_(1)  # work for remote:1: what remote:0 has queued is answered first
+            print(c.cpu().tolist())
+        """
+        env = subprocess_env(
+            DJINN_SERVER=fake.endpoint, DJINN_PIPELINE_NODES="2", DJINN_PLAN_CACHE="0"
+        )
+        r = run_python(code, env, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.splitlines() == [
+            "[0.0, 0.0, 0.0, 0.0]",  # what the stand-in answers
+            "ResourceError session 7 has 2 messages queued, its bound (--session-max-queued)",
+            "[0.0, 0.0, 0.0, 0.0]",
+        ], r.stdout
+        dev1 = [t for t, _, seq, dev in fake.arrivals if dev == 1 and seq > 3]
+        assert dev1, fake.arrivals
+        released = fake.released if fake.released is not None else float("inf")
+        assert min(dev1) > released, (
+            "work for remote:1 arrived before the answers of the fragments queued on "
+            f"remote:0 (they left at {released}): {fake.arrivals}"
+        )
+    finally:
+        fake.close()

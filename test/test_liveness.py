@@ -112,10 +112,12 @@ def test_busy_server_is_not_mistaken_for_a_dead_one():
     """A fragment that runs longer than the liveness bounds still gets its answer."""
     proc, ep = start_server("--lease-ms", "2000", "--heartbeat-ms", "250")
     try:
-        # a chain of ~1,800 nodes that computes for longer than the liveness bounds (a 2 s
-        # lease; on the client, 5 s of ZMTP heartbeat silence, then 3 s without a link):
-        # 500 links took 7.4 s on a fast host, so 900 leave room; a slow one waits longer
-        p, _, _ = _client(subprocess_env(DJINN_SERVER=ep), n=900, size=1200)
+        # one fragment of ~1,800 nodes that computes for longer than the liveness bounds (a
+        # 2 s lease; on the client, 5 s of ZMTP heartbeat silence, then 3 s without a
+        # link); unpipelined, so the wait is the whole computation, not what is left of it
+        # once the capture ends (the server ran pieces meanwhile: 7.4-7.8 s on CI hosts)
+        env = subprocess_env(DJINN_SERVER=ep, DJINN_PIPELINE_NODES="0")
+        p, _, _ = _client(env, n=900, size=1200)
         kind, seconds, msg, err = _verdict(p, timeout=300)
         assert kind == "OK", (kind, msg, err[-1500:])
         assert seconds > 8.0, f"the work took {seconds} s: too short to show anything"
@@ -199,7 +201,8 @@ def _computing(pid, tid, what, ticks=5, timeout=30):
 def test_crash_inside_a_kernel_on_a_lane_names_the_op_and_the_session(tmp_path):
     """A lane runs another session's interactive work beside a busy worker (7.6), on its
     own thread: a fault in a kernel there is reported like one on the worker, naming the
-    op and the lane's session (not the worker's), and both tenants hear of it at once."""
+    op and the lane's session (not the worker's), and both tenants are told that their
+    session is gone (over TCP, within the link-drop grace of the other liveness tests)."""
     import ctypes
     import re
 

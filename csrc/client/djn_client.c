@@ -17,9 +17,11 @@
  * Errors of a fragment surface at the next sync point as the first error reply.
  *
  * Replies are matched by seq. Fragments are answered in order (one worker queue per
- * device, and the client waits at every device switch), so `acked`, the highest seq of a
- * fragment answered, says that everything before it ran. Heartbeats are numbered apart
- * (seq with the top bit set) since the server answers them at once, out of order. */
+ * device, and the client waits at every device switch), except those the server answers
+ * on arrival (a refusal: a queue bound, a plan-cache miss), whose answers can overtake
+ * those of earlier fragments still queued; `acked` passes only over answered seqs, so it
+ * says that everything up to it ran (s_answered). Heartbeats are numbered apart (seq with
+ * the top bit set) since the server answers them at once, out of order. */
 #define _GNU_SOURCE
 #include "djn_client.h"
 
@@ -80,6 +82,7 @@ typedef struct s_link {
     pid_t child;
     djn_conn_t *conn;
     uint64_t sid, seq, acked;
+    uint64_t early; /* bit i: seq acked + i was answered ahead of its turn (s_answered) */
     int ndev;
     char devnames[DJN_MAX_DEVICES][32];
     djn_status_t pending_st; /* first error of an async fragment not yet reported */
@@ -607,9 +610,19 @@ static void s_record(const djn_buf_t *hdr, const djn_frame_t *frames, uint32_t n
     fclose(f);
 }
 
+static void s_answered(s_link_t *c, uint64_t s);
+static s_resend_t *s_resend_find(s_link_t *c, uint64_t seq);
+static void s_resend_drop(s_link_t *c, s_resend_t *r);
+
+/* Send a request just numbered c->seq (or a kept fragment again: s_resend_answer). */
 static djn_status_t s_send(s_link_t *c, djn_buf_t *hdr, djn_frame_t *frames, uint32_t nframes) {
-    if (hdr->failed)
+    if (hdr->failed) { /* never sent: nobody waits for its answer */
+        s_resend_t *kept = s_resend_find(c, c->seq);
+        if (kept)
+            s_resend_drop(c, kept);
+        s_answered(c, c->seq);
         return s_fail(DJN_ERR_NOMEM, "djinn: out of memory encoding a request");
+    }
     s_record(hdr, frames, nframes);
     djn_status_t st = djn_conn_send(c->conn, hdr->data, hdr->len, frames, nframes);
     if (st != DJN_OK) {
@@ -792,6 +805,26 @@ static djn_status_t s_liveness(s_link_t *c, uint32_t *handshakes_seen) {
     return DJN_ERR_TIMEOUT;
 }
 
+/* File seq `s` as answered: `acked` moves over the run of answered seqs that follows it,
+ * and an answer that overtook earlier ones waits in `early` until they come. At most
+ * S_MAX_OUTSTANDING + 1 fragments are in flight, so the 63 seqs `early` holds suffice; one
+ * beyond them (never seen) moves `acked` to it, as if everything before had been answered. */
+static void s_answered(s_link_t *c, uint64_t s) {
+    if (s <= c->acked || s > c->seq) /* a reply already filed, or to nothing we sent */
+        return;
+    uint64_t d = s - c->acked;
+    if (d >= 64) {
+        c->acked = s;
+        c->early = 0;
+        return;
+    }
+    c->early |= 1ull << d;
+    while (c->early & 2) {
+        c->acked++;
+        c->early = (c->early >> 1) & ~1ull;
+    }
+}
+
 /* Read one reply (waiting up to timeout_ms) and file it: acked, errors of fragments
  * nobody waits for (kept in pending_* and reported at the next sync point), a lost
  * session. *got says whether it answered `want` (0: nothing wanted); then *out holds it,
@@ -832,10 +865,16 @@ static djn_status_t s_recv_one(s_link_t *c, uint64_t want, int timeout_ms, s_res
         s_resp_free(&x);
         return st; /* its answer is still to come */
     }
-    if (rseq > c->acked)
-        c->acked = rseq;
-    /* seq 0: the server could not read our header; it answers the request we wait for
-     * (requests are never numbered 0) */
+    /* seq 0: the server could not read a header; it answers the request we wait for
+     * (requests are never numbered 0), and since which request it was cannot be known,
+     * everything sent so far counts as answered: a wait for the unread one would never end */
+    if (rseq) {
+        s_answered(c, rseq);
+    } else {
+        c->acked = c->seq;
+        c->early = 0;
+    }
+
     bool mine = want && (rseq == want || (rseq == 0 && x.rep->type == DJN_MSG_ERROR));
     if (x.rep->type == DJN_MSG_ERROR) {
         char msg[1024];
@@ -913,6 +952,7 @@ static djn_status_t s_wait(s_link_t *c, uint64_t want, int timeout_ms, s_resp_t 
 typedef void (*s_enc_fn)(djn_buf_t *b, const djn_msg_hdr_t *hdr, const void *arg);
 
 static djn_status_t s_settle(s_link_t *c);
+static djn_status_t s_drain(s_link_t *c);
 
 static djn_status_t s_request(s_link_t *c, uint8_t type, s_enc_fn enc, const void *arg,
                               int timeout_ms, s_resp_t *out) {
@@ -1193,6 +1233,7 @@ static djn_status_t s_connect_locked(s_link_t *c) {
     s_resp_free(&x);
     c->connected = true;
     c->acked = c->seq;
+    c->early = 0;
     c->loss_marked = false;
     c->hb_ms = hb_ms;
     c->hb_last_ms = s_now_ms();
@@ -1330,11 +1371,9 @@ static djn_status_t s_offer_text(s_link_t *c) {
     if (!n)
         return DJN_OK;
     if (c->seq > c->acked) { /* HAVE binds at once: earlier fragments must have run first */
-        s_resp_t d = {0};
-        djn_status_t dst = s_wait(c, c->seq, c->timeout_ms, &d);
+        djn_status_t dst = s_drain(c);
         if (dst != DJN_OK)
             return dst;
-        s_resp_free(&d);
     }
     djn_have_item_t *items = djn_calloc(n, sizeof(*items));
     if (!items)
@@ -1377,14 +1416,25 @@ static djn_status_t s_settle(s_link_t *c) {
     return DJN_OK;
 }
 
+/* Wait until every fragment sent was answered; the first error among them (or one
+ * pending from before) is the result. The answer of the last one may have come already,
+ * ahead of its turn, so this waits for each unanswered seq in turn. */
 static djn_status_t s_drain(s_link_t *c) {
-    if (c->acked >= c->seq)
-        return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
-    s_resp_t x = {0};
-    djn_status_t st = s_wait(c, c->seq, c->timeout_ms, &x);
-    if (st == DJN_OK)
-        s_resp_free(&x);
-    return st;
+    while (c->acked < c->seq) {
+        s_resp_t x = {0};
+        djn_status_t st = s_wait(c, c->acked + 1, c->timeout_ms, &x);
+        if (st == DJN_OK) {
+            s_resp_free(&x);
+            continue;
+        }
+        if (c->broken || st == DJN_ERR_TIMEOUT || st == DJN_ERR_IO || st == DJN_ERR_SESSION)
+            return st;
+        if (c->pending_st == DJN_OK) { /* a fragment's error: reported once the rest ran */
+            c->pending_st = st;
+            snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
+        }
+    }
+    return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
 }
 
 static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fetch,
