@@ -170,15 +170,19 @@ def test_waiting_on_one_server_renews_the_other_servers_lease(private_server):
         import time, torch, djinn
         y = torch.arange(4.0, device='remote:1') * 2      # a session on B, holding a tensor
         torch.remote.synchronize()
-        x = torch.randn(768, 768, device='remote:0')
+        x = torch.randn(1024, 1024, device='remote:0')
+        for _ in range(800):                             # seconds of work: several leases of B
+            x = (x @ x) / 1024 ** 0.5
         t0 = time.monotonic()
-        for _ in range(600):                             # seconds of work: several leases of B
-            x = (x @ x) / 768 ** 0.5
         x.cpu()                                          # waits on A for seconds
         print('WAITED', time.monotonic() - t0)
         print('B', (y + 1).cpu().tolist())
     """
-    r = run_python(code, subprocess_env(DJINN_SERVER=f"{a},{b}", OMP_NUM_THREADS=1), timeout=300)
+    # unpipelined: the chain is one fragment sent at x.cpu(), so the wait is all of its
+    # work (pipelined, the server ran most of it during the capture, when the heartbeat
+    # threads run, and what was left could be shorter than a lease)
+    env = subprocess_env(DJINN_SERVER=f"{a},{b}", OMP_NUM_THREADS=1, DJINN_PIPELINE_NODES="0")
+    r = run_python(code, env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[-1] == "B [1.0, 3.0, 5.0, 7.0]", r.stdout
