@@ -1416,6 +1416,31 @@ static djn_status_t s_settle(s_link_t *c) {
     return DJN_OK;
 }
 
+/* An earlier fragment's error met while waiting for something else (t_msg says it): the
+ * next sync point reports it, unless an earlier one is already kept. */
+static void s_keep_pending(s_link_t *c, djn_status_t st) {
+    if (c->pending_st != DJN_OK)
+        return;
+    c->pending_st = st;
+    snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
+}
+
+/* At most S_MAX_OUTSTANDING requests in flight: past that, wait for the oldest; its error
+ * is the next sync point's, like any asynchronous one. */
+static djn_status_t s_bound_in_flight(s_link_t *c) {
+    if (c->seq - c->acked <= S_MAX_OUTSTANDING)
+        return DJN_OK;
+    s_resp_t x = {0};
+    djn_status_t st = s_wait(c, c->acked + 1, c->timeout_ms, &x);
+    if (st == DJN_OK) {
+        s_resp_free(&x);
+    } else if (c->pending_st == DJN_OK && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO) {
+        s_keep_pending(c, st);
+        st = DJN_OK;
+    }
+    return st;
+}
+
 /* Wait until every fragment sent was answered; the first error among them (or one
  * pending from before) is the result. The answer of the last one may have come already,
  * ahead of its turn, so this waits for each unanswered seq in turn. */
@@ -1429,10 +1454,7 @@ static djn_status_t s_drain(s_link_t *c) {
         }
         if (c->broken || st == DJN_ERR_TIMEOUT || st == DJN_ERR_IO || st == DJN_ERR_SESSION)
             return st;
-        if (c->pending_st == DJN_OK) { /* a fragment's error: reported once the rest ran */
-            c->pending_st = st;
-            snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
-        }
+        s_keep_pending(c, st); /* a fragment's error: reported once the rest ran */
     }
     return c->pending_st != DJN_OK ? s_take_pending(c) : DJN_OK;
 }
@@ -1500,21 +1522,8 @@ static djn_status_t s_flush_locked(s_link_t *c, bool wait, const djn_fetch_t *fe
     djn_rec_reset(c->rec);
     if (st != DJN_OK)
         return st;
-    if (!wait && !out) {
-        /* bound the number of fragments in flight */
-        if (c->seq - c->acked > S_MAX_OUTSTANDING) {
-            s_resp_t x = {0};
-            st = s_wait(c, c->acked + 1, c->timeout_ms, &x);
-            if (st == DJN_OK)
-                s_resp_free(&x);
-            else if (c->pending_st == DJN_OK && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO) {
-                c->pending_st = st; /* report at the next sync point, like any async error */
-                snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
-                st = DJN_OK;
-            }
-        }
-        return st;
-    }
+    if (!wait && !out)
+        return s_bound_in_flight(c);
     s_resp_t x = {0};
     st = s_wait(c, hdr.seq, c->timeout_ms, &x);
     if (st != DJN_OK)
@@ -1686,8 +1695,7 @@ static djn_status_t s_have_one(s_link_t *c, uint64_t handle, XXH128_hash_t h, ui
     djn_status_t st = c->pending_st == DJN_OK ? s_drain(c) : DJN_OK; /* HAVE binds at once */
     if (st != DJN_OK && !c->broken && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO &&
         st != DJN_ERR_SESSION) {
-        c->pending_st = st; /* an earlier fragment's error: still the next sync point's */
-        snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
+        s_keep_pending(c, st); /* an earlier fragment's error: still the next sync point's */
         st = DJN_OK;
     }
     if (st != DJN_OK || c->pending_st != DJN_OK) /* the upload goes, and fails, in order */
@@ -1761,17 +1769,8 @@ static djn_status_t s_upload_direct(s_link_t *c, uint64_t handle, const uint8_t 
         sent++; /* ZeroMQ owns the frame now, or the failed send let go of it */
         st = s_send(c, &b, &f, 1);
         c->ctr.upload_bytes += st == DJN_OK ? len : 0;
-        if (st == DJN_OK && c->seq - c->acked > S_MAX_OUTSTANDING) {
-            s_resp_t x = {0};
-            st = s_wait(c, c->acked + 1, c->timeout_ms, &x);
-            if (st == DJN_OK)
-                s_resp_free(&x);
-            else if (c->pending_st == DJN_OK && st != DJN_ERR_TIMEOUT && st != DJN_ERR_IO) {
-                c->pending_st = st; /* an earlier fragment's error: the next sync point's */
-                snprintf(c->pending_msg, sizeof c->pending_msg, "%s", t_msg);
-                st = DJN_OK;
-            }
-        }
+        if (st == DJN_OK)
+            st = s_bound_in_flight(c);
     }
     djn_buf_release(&b);
     djn_status_t rst = s_wait_released(c, sent); /* 4 */
