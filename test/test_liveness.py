@@ -212,9 +212,11 @@ def test_crash_inside_a_kernel_on_a_lane_names_the_op_and_the_session(tmp_path):
     )
     clients = []
     try:
-        batch = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="batch"), n=4000)
+        # 1200x1200 matmuls (tens of ms each): a signal lands inside an op, not in the
+        # lane's bookkeeping between two (512: "outside any op" once on CI)
+        batch = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="batch"), n=4000, size=1200)
         clients.append(batch[0])
-        inter = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="interactive"), n=4000)
+        inter = _client(subprocess_env(DJINN_SERVER=ep, DJINN_QOS="interactive"), n=4000, size=1200)
         clients.append(inter[0])
         worker = _thread(proc.pid, "djn-worker-0")
         lane = _thread(proc.pid, "djn-lane-0")
