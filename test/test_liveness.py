@@ -159,7 +159,10 @@ def test_crash_inside_a_kernel_names_the_op_and_the_session():
 
     # no lane: the pipelined pieces of the chain could run on it (7.6), and the fault
     # must hit the thread that runs the kernels
-    p, pid, ep = _client(subprocess_env(DJINN_SERVER=None, DJINN_LANES="0"), n=400)
+    # 1200x1200 matmuls: tens of seconds of kernels even on a fast host, so 0.5 s in, the
+    # worker is still inside one (with 512 a fast run had finished: "outside any op"); 400
+    # links keep the capture within the requests allowed in flight, so it ends at once
+    p, pid, ep = _client(subprocess_env(DJINN_SERVER=None, DJINN_LANES="0"), n=400, size=1200)
     (server,) = _children(pid)
     worker = _thread(server, "djn-worker-0")
     p.stdin.write("\n")

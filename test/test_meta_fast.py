@@ -299,6 +299,21 @@ UNARY = {
     "isneginf": torch.isneginf,
 }
 UNARY_FAST = {"gelu_tanh": "gelu"}
+# captured whole (functional overload, RemoteKernels.cpp); the others reach the fallback
+# as their .out overload through PyTorch's structured wrapper
+UNARY_WHOLE = {
+    "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sigmoid",
+    "tanh",
+    "silu",
+    "gelu",
+    "sin",
+    "erf",
+}
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
@@ -308,7 +323,8 @@ def test_unary(name, djinn_mod):
         return [geo(rng, g, rand_shape(rng), dt)]
 
     op = UNARY_FAST.get(name, name)
-    run_cases(name, make, UNARY[name], [f"aten::{op}.out"], djinn_mod, meta="sizes")
+    node = f"aten::{op}" if op in UNARY_WHOLE else f"aten::{op}.out"
+    run_cases(name, make, UNARY[name], [node], djinn_mod, meta="sizes")
 
 
 def test_relu(djinn_mod):
@@ -319,17 +335,17 @@ def test_relu(djinn_mod):
 
 
 BINARY = {
-    "add": (torch.add, "aten::add.out"),
-    "add_alpha": (lambda a, b: torch.add(a, b, alpha=2), "aten::add.out"),
-    "sub": (torch.sub, "aten::sub.out"),
-    "mul": (torch.mul, "aten::mul.out"),
-    "div": (torch.div, "aten::div.out"),
-    "div_floor": (lambda a, b: torch.div(a, b, rounding_mode="floor"), "aten::div.out_mode"),
-    "pow": (torch.pow, "aten::pow.Tensor_Tensor_out"),
-    "maximum": (torch.maximum, "aten::maximum.out"),
-    "isin": (torch.isin, "aten::isin.Tensor_Tensor_out"),
-    "eq": (torch.eq, "aten::eq.Tensor_out"),
-    "lt": (torch.lt, "aten::lt.Tensor_out"),
+    "add": (torch.add, "aten::add.Tensor"),
+    "add_alpha": (lambda a, b: torch.add(a, b, alpha=2), "aten::add.Tensor"),
+    "sub": (torch.sub, "aten::sub.Tensor"),
+    "mul": (torch.mul, "aten::mul.Tensor"),
+    "div": (torch.div, "aten::div.Tensor"),
+    "div_floor": (lambda a, b: torch.div(a, b, rounding_mode="floor"), "aten::div.Tensor_mode"),
+    "pow": (torch.pow, "aten::pow.Tensor_Tensor"),
+    "maximum": (torch.maximum, "aten::maximum"),
+    "isin": (torch.isin, "aten::isin.Tensor_Tensor"),
+    "eq": (torch.eq, "aten::eq.Tensor"),
+    "lt": (torch.lt, "aten::lt.Tensor"),
     "remainder": (torch.remainder, "aten::remainder.Tensor_out"),
     "bitwise_and": (torch.bitwise_and, "aten::bitwise_and.Tensor_out"),
 }
@@ -348,14 +364,14 @@ def test_binary_broadcast_promotion(name, djinn_mod):
 
 
 SCALAR = {
-    "add_scalar": (lambda a, s: a + s, "aten::add.out"),
-    "rsub_scalar": (lambda a, s: s - a, "aten::sub.out"),
-    "mul_scalar": (lambda a, s: a * s, "aten::mul.out"),
-    "div_scalar": (lambda a, s: a / s, "aten::div.out"),
-    "pow_scalar": (lambda a, s: a**s, "aten::pow.Tensor_Scalar_out"),
-    "gt_scalar": (lambda a, s: a > s, "aten::gt.Scalar_out"),
-    "eq_scalar": (lambda a, s: a == s, "aten::eq.Scalar_out"),
-    "clamp": (lambda a, s: a.clamp(-s, s), "aten::clamp.out"),
+    "add_scalar": (lambda a, s: a + s, "aten::add.Tensor"),
+    "rsub_scalar": (lambda a, s: s - a, "aten::sub.Tensor"),
+    "mul_scalar": (lambda a, s: a * s, "aten::mul.Tensor"),
+    "div_scalar": (lambda a, s: a / s, "aten::div.Tensor"),
+    "pow_scalar": (lambda a, s: a**s, "aten::pow.Tensor_Scalar"),
+    "gt_scalar": (lambda a, s: a > s, "aten::gt.Scalar"),
+    "eq_scalar": (lambda a, s: a == s, "aten::eq.Scalar"),
+    "clamp": (lambda a, s: a.clamp(-s, s), "aten::clamp"),
     "clamp_min": (lambda a, s: a.clamp_min(s), "aten::clamp_min.out"),
     "leaky_relu": (lambda a, s: F.leaky_relu(a, 0.1), "aten::leaky_relu.out"),
 }
@@ -384,7 +400,7 @@ def test_zero_dim_tensor_operands(djinn_mod):
             geo(rng, g, [], rng.choice([torch.float64, torch.int64, torch.float32])),
         ]
 
-    run_cases("mul0d", make, torch.mul, ["aten::mul.out"], djinn_mod, meta="sizes")
+    run_cases("mul0d", make, torch.mul, ["aten::mul.Tensor"], djinn_mod, meta="sizes")
 
 
 def test_where(djinn_mod):
@@ -566,18 +582,18 @@ def test_out_variants(name, djinn_mod):
 
 
 REDUCE = {
-    "sum": (lambda x, d, k: x.sum(d, keepdim=k), "aten::sum.IntList_out"),
+    "sum": (lambda x, d, k: x.sum(d, keepdim=k), "aten::sum.dim_IntList"),
     "sum_dtype": (
         lambda x, d, k: x.sum(d, keepdim=k, dtype=torch.float64),
-        "aten::sum.IntList_out",
+        "aten::sum.dim_IntList",
     ),
-    "mean": (lambda x, d, k: x.float().mean(d, keepdim=k), "aten::mean.out"),
-    "amax": (lambda x, d, k: x.amax(d, keepdim=k), "aten::amax.out"),
+    "mean": (lambda x, d, k: x.float().mean(d, keepdim=k), "aten::mean.dim"),
+    "amax": (lambda x, d, k: x.amax(d, keepdim=k), "aten::amax"),
     "max_dim": (lambda x, d, k: x.max(d, keepdim=k), "aten::max.dim_max"),
-    "argmax": (lambda x, d, k: x.argmax(d, keepdim=k), "aten::argmax.out"),
-    "softmax": (lambda x, d, k: x.float().softmax(d), "aten::_softmax.out"),
-    "log_softmax": (lambda x, d, k: x.float().log_softmax(d), "aten::_log_softmax.out"),
-    "cumsum": (lambda x, d, k: x.cumsum(d), "aten::cumsum.out"),
+    "argmax": (lambda x, d, k: x.argmax(d, keepdim=k), "aten::argmax"),
+    "softmax": (lambda x, d, k: x.float().softmax(d), "aten::_softmax"),
+    "log_softmax": (lambda x, d, k: x.float().log_softmax(d), "aten::_log_softmax"),
+    "cumsum": (lambda x, d, k: x.cumsum(d), "aten::cumsum"),
     "all_dim": (lambda x, d, k: x.all(d, keepdim=k), "aten::all.out"),
     "any_dims": (lambda x, d, k: x.any(dim=(d,), keepdim=k), "aten::any.dims"),
     "all_full": (lambda x, d, k: x.all(), "aten::all.all_out"),
@@ -625,11 +641,11 @@ def _mat_make(kind):
 
 
 MATMUL = {
-    "mm": (torch.mm, "aten::mm.out"),
-    "bmm": (torch.bmm, "aten::bmm.out"),
-    "addmm": (lambda c, a, b: torch.addmm(c, a, b, beta=0.5, alpha=2), "aten::addmm.out"),
-    "baddbmm": (torch.baddbmm, "aten::baddbmm.out"),
-    "matmul": (torch.matmul, "aten::mm.out"),
+    "mm": (torch.mm, "aten::mm"),
+    "bmm": (torch.bmm, "aten::bmm"),
+    "addmm": (lambda c, a, b: torch.addmm(c, a, b, beta=0.5, alpha=2), "aten::addmm"),
+    "baddbmm": (torch.baddbmm, "aten::baddbmm"),
+    "matmul": (torch.matmul, "aten::mm"),
     "linear": (F.linear, None),
 }
 
@@ -658,7 +674,7 @@ def test_cat(djinn_mod):
             parts.append(geo(rng, g, [0], dt, "contig"))  # legacy empty 1-d operand
         return [dim, *parts]
 
-    run_cases("cat", make, lambda d, *p: torch.cat(p, d), ["aten::cat.out"], djinn_mod)
+    run_cases("cat", make, lambda d, *p: torch.cat(p, d), ["aten::cat"], djinn_mod)
 
 
 def test_index_select_and_embedding(djinn_mod):
@@ -731,7 +747,7 @@ def test_rms_norm_pieces(djinn_mod):
         "rms_norm",
         make,
         lambda x, w: F.rms_norm(x, x.shape[-1:], w, 1e-6),
-        ["aten::mean.out", "aten::rsqrt.out", "aten::mul.out"],
+        ["aten::mean.dim", "aten::rsqrt", "aten::mul.Tensor"],
         djinn_mod,
     )
 
@@ -839,3 +855,43 @@ def test_entries_match_this_torch(djinn_mod):
     assert len(ops) > 80
     stale = [name for name, active in ops if not active]
     assert not stale, stale
+
+
+# RemoteMeta.cpp's kFunctional: the fallback is registered for each (RemoteKernels.cpp)
+WHOLE = [
+    f"aten::{op}"
+    for op in (
+        "add.Tensor sub.Tensor mul.Tensor div.Tensor div.Tensor_mode pow.Tensor_Scalar "
+        "pow.Tensor_Tensor maximum minimum eq.Tensor ne.Tensor lt.Tensor le.Tensor gt.Tensor "
+        "ge.Tensor eq.Scalar ne.Scalar lt.Scalar le.Scalar gt.Scalar ge.Scalar neg exp log "
+        "sqrt rsqrt sigmoid tanh silu sin cos erf gelu clamp sum.dim_IntList mean.dim amax "
+        "argmax cumsum _softmax _log_softmax mm bmm addmm baddbmm cat isin.Tensor_Tensor "
+        "triu tril"
+    ).split()
+]
+
+
+def test_hot_structured_ops_are_captured_whole_and_sent_as_out(djinn_mod):
+    """add.Tensor, mm, _softmax, ... reach the fallback themselves (PyTorch's structured
+    wrapper, its meta function and output allocation do not run on a meta-cache hit) and
+    still go to the server as the out= overloads the wrapper would have called."""
+    for op in WHOLE:  # each has its shape function and out= overload on this torch
+        line = next(
+            ln for ln in torch._C._dispatch_dump(op).splitlines() if ln.startswith("PrivateUse1:")
+        )
+        assert "RemoteKernels.cpp" in line and "boxed" in line, (op, line)
+    a, b = torch.randn(3, 4, device=R), torch.randn(4, 5, device=R)
+    torch.remote.synchronize()
+    y = torch.cat([torch.mm(a, b) * 2.0, a.sum(1, keepdim=True)], 1).softmax(-1)
+    torch.remote.synchronize()
+    ops = [op for op, _, _ in djinn_mod.srg.snapshot()]
+    assert ops == [
+        "aten::mm.out",
+        "aten::mul.out",
+        "aten::sum.IntList_out",
+        "aten::cat.out",
+        "aten::_softmax.out",
+    ], ops
+    ac, bc = a.cpu(), b.cpu()
+    expected = torch.cat([torch.mm(ac, bc) * 2.0, ac.sum(1, keepdim=True)], 1).softmax(-1)
+    torch.testing.assert_close(y.cpu(), expected)

@@ -374,16 +374,23 @@ def test_a_session_waiting_in_the_queue_keeps_its_lease(make_server):
     a = m.open()
     nodes = _nodes_lasting(m, a, 5 * lease_ms / 1000)
     b = m.open()
-    t0 = time.monotonic()
-    sa = m.send(a, *_long_chain(nodes))
-    _wait_running(m)
-    sb = m.send(b, *_small(QOS_BATCH))  # batch too: it waits for the whole chain
-    reps = m.replies(2, timeout=380)
-    waited = time.monotonic() - t0
-    assert [r[0]["seq"] for r in reps] == [sa, sb]
-    assert all(r[0]["type"] == REPLY for r in reps), reps
-    if waited < 3 * lease_ms / 1000:
-        pytest.skip(f"the long fragment ran in {waited:.1f}s: too fast to outlast the lease")
+    need = 3 * lease_ms / 1000
+    for _ in range(3):
+        t0 = time.monotonic()
+        sa = m.send(a, *_long_chain(nodes))
+        _wait_running(m)
+        sb = m.send(b, *_small(QOS_BATCH))  # batch too: it waits for the whole chain
+        reps = m.replies(2, timeout=380)
+        waited = time.monotonic() - t0
+        assert [r[0]["seq"] for r in reps] == [sa, sb]
+        assert all(r[0]["type"] == REPLY for r in reps), reps
+        if waited >= need:
+            break
+        # the probe overestimated a node (first-run costs, a busy moment): a chain too
+        # short to outlast the lease tests nothing, so run one sized from this run
+        nodes = min(60000, int(nodes * 5 * lease_ms / 1000 / max(waited, 0.05)))
+    else:
+        pytest.fail(f"three chains, the last of {nodes} nodes, each ran under {need:.0f} s")
     # both were silent for several leases (no heartbeats) and are still there, and each
     # reply gave them a whole lease to send the next message
     for sid in (a, b):

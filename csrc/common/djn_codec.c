@@ -549,9 +549,9 @@ void djn_buf_release(djn_buf_t *b) {
     memset(b, 0, sizeof(*b));
 }
 
-void djn_buf_raw(djn_buf_t *b, const void *p, size_t n) {
-    if (b->failed || n == 0)
-        return;
+bool djn_buf_reserve(djn_buf_t *b, size_t n) {
+    if (b->failed)
+        return false;
     if (b->cap - b->len < n) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap - b->len < n)
@@ -559,11 +559,17 @@ void djn_buf_raw(djn_buf_t *b, const void *p, size_t n) {
         uint8_t *d = djn_realloc(b->data, b->cap, cap);
         if (!d) {
             b->failed = true;
-            return;
+            return false;
         }
         b->data = d;
         b->cap = cap;
     }
+    return true;
+}
+
+void djn_buf_raw(djn_buf_t *b, const void *p, size_t n) {
+    if (n == 0 || !djn_buf_reserve(b, n))
+        return;
     memcpy(b->data + b->len, p, n);
     b->len += n;
 }

@@ -44,6 +44,8 @@ typedef struct djn_buf {
 void djn_buf_reset(djn_buf_t *b);   /* len = 0, keeps capacity */
 void djn_buf_release(djn_buf_t *b); /* frees the memory */
 void djn_buf_raw(djn_buf_t *b, const void *p, size_t n);
+/* room for n more bytes without growing; false (and failed set) on OOM */
+bool djn_buf_reserve(djn_buf_t *b, size_t n);
 
 void djn_enc_map(djn_buf_t *b, uint32_t npairs);
 void djn_enc_array(djn_buf_t *b, uint32_t n);

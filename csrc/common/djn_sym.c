@@ -54,21 +54,28 @@ static bool s_has(s_scan_t *s, uint64_t n) {
     return s->ok;
 }
 
-static void s_copy(s_scan_t *s, uint64_t n) {
+/* djn_sym_scan reserves room first: the skeleton is never longer than the input (an
+ * integer of any width becomes one byte, a tensor reference loses its offset, sizes and
+ * strides) and there are never more integers than input bytes, so the writes below
+ * need no capacity checks. */
+static inline void s_raw(s_scan_t *s, const uint8_t *p, size_t n) {
+    memcpy(s->skel->data + s->skel->len, p, n);
+    s->skel->len += n;
+}
+
+static inline void s_copy(s_scan_t *s, uint64_t n) {
     if (s_has(s, n)) {
-        djn_buf_raw(s->skel, s->p, (size_t)n);
+        s_raw(s, s->p, (size_t)n);
         s->p += n;
     }
 }
 
-static void s_push(s_scan_t *s, int64_t v) {
-    if (!djn_vec_push(s->ints, &v))
-        s->ok = false, s->oom = true;
+static inline void s_push(s_scan_t *s, int64_t v) {
+    ((int64_t *)s->ints->data)[s->ints->len++] = v;
 }
 
-static void s_int(s_scan_t *s, int64_t v, size_t width) {
-    uint8_t m = S_MARK;
-    djn_buf_raw(s->skel, &m, 1);
+static inline void s_int(s_scan_t *s, int64_t v, size_t width) {
+    s->skel->data[s->skel->len++] = S_MARK;
     s->p += width;
     s_push(s, v);
 }
@@ -96,8 +103,8 @@ static void s_ext(s_scan_t *s, int8_t t, uint64_t n) {
     }
     const uint8_t *q = s->p;
     uint8_t nd = q[17];
-    djn_buf_raw(s->skel, q, 8);      /* slot */
-    djn_buf_raw(s->skel, q + 16, 2); /* dtype, ndim */
+    s_raw(s, q, 8);      /* slot */
+    s_raw(s, q + 16, 2); /* dtype, ndim */
     s_push(s, s_le64(q + 8));
     for (uint32_t i = 0; i < 2u * nd; i++)
         s_push(s, s_le64(q + 18 + 8 * i));
@@ -220,6 +227,8 @@ djn_status_t djn_sym_scan(const uint8_t *nodes, size_t len, uint32_t nnodes, djn
                           djn_vec_t *ints, uint64_t fp[2]) {
     s_scan_t s = {nodes, nodes + len, skel, ints, true, false};
     djn_buf_reset(skel);
+    if (!djn_buf_reserve(skel, len + 1) || !djn_vec_reserve(ints, ints->len + len + 1))
+        return DJN_ERR_NOMEM;
     for (uint32_t i = 0; s.ok && i < nnodes; i++) {
         if (!s_has(&s, 1) || *s.p != 0x95) { /* fixarray of 5 */
             s.ok = false;
@@ -248,7 +257,7 @@ djn_status_t djn_sym_scan(const uint8_t *nodes, size_t len, uint32_t nnodes, djn
             ints->len = mark;
             if (s.ok) {
                 skel->len--; /* drop the marker, keep the flags' bytes */
-                djn_buf_raw(skel, f, (size_t)(s.p - f));
+                s_raw(&s, f, (size_t)(s.p - f));
             }
         }
     }

@@ -22,6 +22,7 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/SmallVector.h>
 #include <c10/util/strides.h>
 
 #include <atomic>
@@ -73,6 +74,9 @@ struct OpInfo {
     DeviceRule devices = DeviceRule::CpuScalars;
     std::vector<bool> written;   // per argument: Tensor(a!) / Tensor(a!)[]
     MetaShapeFn shape = nullptr; // C++ shape function (RemoteMeta.cpp), else the Meta device
+    // A functional structured op captured whole (whole_ops): recorded as this out=
+    // overload, with its fresh output as the out argument. Null for every other op.
+    const char *out_overload = nullptr;
 };
 
 std::shared_mutex g_mu;
@@ -140,6 +144,7 @@ const OpInfo &op_info(const c10::OperatorHandle &op) {
     for (const auto &a : s.arguments())
         info.written.push_back(a.alias_info() && a.alias_info()->isWrite());
     info.shape = meta_shape_fn(s);
+    info.out_overload = whole_out_overload(s);
     std::unique_lock<std::shared_mutex> lock(g_mu);
     return g_ops.emplace(key, std::move(info)).first->second;
 }
@@ -261,7 +266,8 @@ void write_back(const std::vector<Rebound> &rebound, std::vector<c10::IValue> &o
 
 struct KeyBuilder {
     std::string k;
-    std::vector<const c10::StorageImpl *> groups;
+    c10::SmallVector<const c10::StorageImpl *, 8> groups;
+    KeyBuilder() { k.reserve(256); } // one allocation: a binary op's key is ~120 bytes
     template <class T> void put(T v) { k.append(reinterpret_cast<const char *>(&v), sizeof v); }
     void tensor(const at::Tensor &t) {
         if (!t.defined()) {
@@ -276,10 +282,8 @@ struct KeyBuilder {
         k.push_back('T');
         put((int8_t)t.scalar_type());
         put((int8_t)t.dim());
-        for (auto s : t.sizes())
-            put(s);
-        for (auto s : t.strides())
-            put(s);
+        k.append(reinterpret_cast<const char *>(t.sizes().data()), t.dim() * sizeof(int64_t));
+        k.append(reinterpret_cast<const char *>(t.strides().data()), t.dim() * sizeof(int64_t));
         put(t.storage_offset());
         const c10::StorageImpl *impl = t.storage().unsafeGetStorageImpl();
         int32_t g = -1;
@@ -500,6 +504,10 @@ MetaResult infer(const c10::OperatorHandle &op, const OpInfo &info, const torch:
             op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::Meta), &ms);
         }
     } catch (const std::exception &) {
+        // a structured op captured whole: its meta function is the check PyTorch's wrapper
+        // runs at the call (shape and dtype errors), so its error is eager's, raised here
+        if (info.out_overload)
+            throw;
         res.dynamic = true; // no Meta kernel, or data-dependent: let the server decide
         return res;
     }
@@ -555,6 +563,25 @@ at::Tensor arg_tensor(const torch::jit::Stack &stack, size_t first, int arg, int
 }
 
 void enc_scalar_tensor(djn_buf_t *b, const at::Tensor &t) {
+    // A wrapped Python number (the only CPU tensor that reaches here, see prepare_args)
+    // is read in place: t.item() is a dispatcher round trip on every captured op that
+    // takes a Python scalar (x + 1.0, x * scale).
+    if (t.dim() == 0 && t.device().is_cpu()) {
+        const void *p = t.const_data_ptr();
+        switch (t.scalar_type()) {
+        case at::kDouble:
+            djn_enc_float(b, *static_cast<const double *>(p));
+            return;
+        case at::kLong:
+            djn_enc_int(b, *static_cast<const int64_t *>(p));
+            return;
+        case at::kBool:
+            djn_enc_bool(b, *static_cast<const bool *>(p));
+            return;
+        default:
+            break;
+        }
+    }
     auto s = t.item();
     if (s.isBoolean())
         djn_enc_bool(b, s.toBool());
@@ -675,11 +702,17 @@ void record(const OpInfo &info, c10::DeviceIndex dev, const torch::jit::Stack &s
     djn_client_t *C = client();
     Locked lock(C);
     size_t nargs = stack.size() - first;
-    check(djn_client_rec_begin(C, dev, info.name.c_str(), info.overload.c_str(), (uint32_t)nargs));
+    // a functional op captured whole goes as its out= overload: its output is the last
+    // argument too, as PyTorch's wrapper would have passed it
+    bool as_out = info.out_overload && outs.size() == 1 && outs[0].isTensor();
+    const char *overload = as_out ? info.out_overload : info.overload.c_str();
+    check(djn_client_rec_begin(C, dev, info.name.c_str(), overload, (uint32_t)(nargs + as_out)));
     djn_buf_t *b = djn_client_rec_buf(C);
     try {
         for (size_t i = 0; i < nargs; i++)
             enc_value(b, stack[first + i], info.written[i]);
+        if (as_out)
+            enc_tensor(b, outs[0].toTensor(), true);
         djn_client_rec_outs(C, (uint32_t)outs.size());
         for (const auto &o : outs)
             enc_out(b, o);

@@ -440,6 +440,13 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
          {"_stack", "_stack.out", "addr", "addr.out", "all.dims", "all.dims_out", "any.dims",
           "any.dims_out", "linalg__powsum", "native_group_norm", "native_layer_norm"})
         m.impl(name, torch::CppFunction::makeFromBoxedFunction<&fallback>());
+    // Structured ops models run at every step (add.Tensor, mm, _softmax, ...). Without a
+    // PrivateUse1 kernel their CompositeExplicitAutogradNonFunctional wrapper runs ATen's
+    // meta function, allocates the output and calls the out= overload, which reaches the
+    // fallback; captured whole, the meta cache answers instead, and the node is the
+    // functional op (benchmarks/results/PROFILE.md measures the difference).
+    for (const std::string &name : whole_ops())
+        m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&fallback>());
 }
 
 // PyTorch's Conjugate and Negative fallbacks materialise a conj/neg input with clone(),

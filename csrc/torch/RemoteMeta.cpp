@@ -22,6 +22,11 @@
 //      is (structured out= kernels keep an out of the right shape), so 'remote' tensors
 //      carry CUDA's strides then, as the outputs PyTorch's default backend kernels make
 //      for 'remote' always have.
+//      The functional overloads of the structured ops models run at every step
+//      (`add.Tensor`, `mm`, `_softmax`, ...) are the exception: the fallback is
+//      registered for them (kFunctional, whole_ops()), so the wrapper and its output
+//      allocation do not run on a meta-cache hit; their shape functions are ATen's
+//      functional meta functions (`at::meta::add`), which the wrapper itself ran.
 //   2. Ops that are not structured and reach the fallback themselves (where,
 //      index_select, native_layer_norm and its backward, embedding_dense_backward, relu,
 //      relu_, masked_fill_, copy_, arange.start_out): shape functions written here from
@@ -243,6 +248,86 @@ const Entry kStructured[] = {
     DJN_META("fill_", "Tensor", fill_, T &(T &, CT)),
     DJN_META("zero_", "", zero_, T &(T &)),
 };
+
+// Functional overloads of structured ops that reach the fallback whole: RemoteKernels.cpp
+// registers the fallback for each entry here that matches this torch (whole_ops()), so
+// the wrapper described in 1. does not run: no meta function and no output allocation on
+// a meta-cache hit. Their shape functions are ATen's functional meta functions
+// (`at::meta::add`, ...), the same code the wrapper ran. The ops models run at every step.
+using F1 = T(CT);
+using F2 = T(CT, CT);
+using FS = T(CT, S);
+const Entry kFunctional[] = {
+    DJN_META("add", "Tensor", add, T(CT, CT, S)),
+    DJN_META("sub", "Tensor", sub, T(CT, CT, S)),
+    DJN_META("mul", "Tensor", mul, F2),
+    DJN_META("div", "Tensor", div, F2),
+    DJN_META("div", "Tensor_mode", div, T(CT, CT, std::optional<c10::string_view>)),
+    DJN_META("pow", "Tensor_Scalar", pow, FS),
+    DJN_META("pow", "Tensor_Tensor", pow, F2),
+    DJN_META("maximum", "", maximum, F2),
+    DJN_META("minimum", "", minimum, F2),
+    DJN_META("eq", "Tensor", eq, F2),
+    DJN_META("ne", "Tensor", ne, F2),
+    DJN_META("lt", "Tensor", lt, F2),
+    DJN_META("le", "Tensor", le, F2),
+    DJN_META("gt", "Tensor", gt, F2),
+    DJN_META("ge", "Tensor", ge, F2),
+    DJN_META("eq", "Scalar", eq, FS),
+    DJN_META("ne", "Scalar", ne, FS),
+    DJN_META("lt", "Scalar", lt, FS),
+    DJN_META("le", "Scalar", le, FS),
+    DJN_META("gt", "Scalar", gt, FS),
+    DJN_META("ge", "Scalar", ge, FS),
+    DJN_META("neg", "", neg, F1),
+    DJN_META("exp", "", exp, F1),
+    DJN_META("log", "", log, F1),
+    DJN_META("sqrt", "", sqrt, F1),
+    DJN_META("rsqrt", "", rsqrt, F1),
+    DJN_META("sigmoid", "", sigmoid, F1),
+    DJN_META("tanh", "", tanh, F1),
+    DJN_META("silu", "", silu, F1),
+    DJN_META("sin", "", sin, F1),
+    DJN_META("cos", "", cos, F1),
+    DJN_META("erf", "", erf, F1),
+    DJN_META("gelu", "", gelu, T(CT, c10::string_view)),
+    DJN_META("clamp", "", clamp, T(CT, OptS, OptS)),
+    DJN_META("sum", "dim_IntList", sum, T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
+    DJN_META("mean", "dim", mean, T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
+    DJN_META("amax", "", amax, T(CT, at::IntArrayRef, bool)),
+    DJN_META("argmax", "", argmax, T(CT, std::optional<int64_t>, bool)),
+    DJN_META("cumsum", "", cumsum, T(CT, int64_t, OptDtype)),
+    DJN_META("_softmax", "", _softmax, T(CT, int64_t, bool)),
+    DJN_META("_log_softmax", "", _log_softmax, T(CT, int64_t, bool)),
+    DJN_META("mm", "", mm, F2),
+    DJN_META("bmm", "", bmm, F2),
+    DJN_META("addmm", "", addmm, T(CT, CT, CT, S, S)),
+    DJN_META("baddbmm", "", baddbmm, T(CT, CT, CT, S, S)),
+    DJN_META("cat", "", cat, T(const at::ITensorListRef &, int64_t)),
+    DJN_META("isin", "Tensor_Tensor", isin, T(CT, CT, bool, bool)),
+    DJN_META("triu", "", triu, T(CT, int64_t)),
+    DJN_META("tril", "", tril, T(CT, int64_t)),
+};
+// The out= overload each kFunctional entry is recorded as, in the same order: the node
+// the server runs is the one PyTorch's wrapper made (its output planned in the slab like
+// any declared allocation), only the client's way to it is shorter.
+// clang-format off
+const char *const kFunctionalOut[] = {
+    "out", "out", "out", "out", "out_mode",                      // add sub mul div div
+    "Tensor_Scalar_out", "Tensor_Tensor_out", "out", "out",      // pow pow maximum minimum
+    "Tensor_out", "Tensor_out", "Tensor_out",                    // eq ne lt .Tensor
+    "Tensor_out", "Tensor_out", "Tensor_out",                    // le gt ge .Tensor
+    "Scalar_out", "Scalar_out", "Scalar_out",                    // eq ne lt .Scalar
+    "Scalar_out", "Scalar_out", "Scalar_out",                    // le gt ge .Scalar
+    "out", "out", "out", "out", "out", "out", "out", "out",      // neg .. silu
+    "out", "out", "out", "out", "out",                           // sin cos erf gelu clamp
+    "IntList_out", "out", "out", "out", "out", "out", "out",     // sum .. _log_softmax
+    "out", "out", "out", "out", "out",                           // mm bmm addmm baddbmm cat
+    "Tensor_Tensor_out", "out", "out"};                          // isin triu tril
+// clang-format on
+static_assert(sizeof kFunctionalOut / sizeof *kFunctionalOut ==
+                  sizeof kFunctional / sizeof *kFunctional,
+              "one out= overload per functional entry");
 
 #undef DJN_META
 
@@ -516,6 +601,8 @@ struct Table {
             by_name.emplace(std::string(e.name) + "." + e.overload, &e);
         for (const Entry &e : kHandwritten)
             by_name.emplace(std::string(e.name) + "." + e.overload, &e);
+        for (const Entry &e : kFunctional)
+            by_name.emplace(std::string(e.name) + "." + e.overload, &e);
     }
 };
 
@@ -554,7 +641,50 @@ std::vector<std::pair<std::string, bool>> meta_fast_ops() {
         add(e);
     for (const Entry &e : kHandwritten)
         add(e);
+    for (const Entry &e : kFunctional)
+        add(e);
     return out;
+}
+
+// The out= overload of kFunctional[i] if this torch has both as expected: the functional
+// op's shape function matches, and the out= overload takes the same arguments and then
+// one written tensor. nullptr otherwise (the wrapper keeps the op).
+static const char *checked_out(size_t i) {
+    const Entry &e = kFunctional[i];
+    auto &d = c10::Dispatcher::singleton();
+    auto fn = d.findSchema({e.name, e.overload});
+    auto out = d.findSchema({e.name, kFunctionalOut[i]});
+    if (!fn || !out || meta_shape_fn(fn->schema()) == nullptr)
+        return nullptr;
+    const auto &fa = fn->schema().arguments(), &oa = out->schema().arguments();
+    if (oa.size() != fa.size() + 1 || fn->schema().returns().size() != 1)
+        return nullptr;
+    for (size_t k = 0; k < fa.size(); k++)
+        if (fa[k].type()->str() != oa[k].type()->str())
+            return nullptr;
+    const auto &last = oa.back();
+    if (!last.alias_info() || !last.alias_info()->isWrite() ||
+        last.type()->kind() != c10::TypeKind::TensorType)
+        return nullptr;
+    return kFunctionalOut[i];
+}
+
+std::vector<std::string> whole_ops() {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < sizeof kFunctional / sizeof *kFunctional; i++) {
+        const Entry &e = kFunctional[i];
+        if (checked_out(i)) // else the wrapper keeps it
+            out.push_back(std::string(e.name + 6) + (*e.overload ? "." : "") + e.overload);
+    }
+    return out;
+}
+
+const char *whole_out_overload(const c10::FunctionSchema &schema) {
+    for (size_t i = 0; i < sizeof kFunctional / sizeof *kFunctional; i++)
+        if (schema.name() == kFunctional[i].name &&
+            schema.overload_name() == kFunctional[i].overload)
+            return checked_out(i);
+    return nullptr;
 }
 
 } // namespace djinn

@@ -132,6 +132,11 @@ bool meta_fast_enabled();
 bool set_meta_fast(bool on); // returns the previous setting
 // Every op with a shape function, and whether this torch's schema lets it be used.
 std::vector<std::pair<std::string, bool>> meta_fast_ops();
+// Functional structured ops the fallback captures whole ("add.Tensor", ...): each has a
+// shape function for that overload here (RemoteKernels.cpp registers them).
+std::vector<std::string> whole_ops();
+// For one of those, the out= overload its node is recorded as; nullptr for any other op.
+const char *whole_out_overload(const c10::FunctionSchema &schema);
 // The fallback's meta cache: forget every entry; count misses by how they were inferred.
 struct MetaCounters {
     uint64_t hits, fast, slow;
