@@ -443,8 +443,8 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
     // Structured ops models run at every step (add.Tensor, mm, _softmax, ...). Without a
     // PrivateUse1 kernel their CompositeExplicitAutogradNonFunctional wrapper runs ATen's
     // meta function, allocates the output and calls the out= overload, which reaches the
-    // fallback; captured whole, the meta cache answers instead, and the node is the
-    // functional op (benchmarks/results/PROFILE.md measures the difference).
+    // fallback; captured whole, the meta cache answers instead, and the node is still the
+    // out= overload the wrapper would have called (benchmarks/results/PROFILE.md).
     for (const std::string &name : whole_ops())
         m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&fallback>());
 }
