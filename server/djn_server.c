@@ -958,6 +958,7 @@ static void s_recv_rest(djn_server_t *srv, zmq_msg_t *ident, s_rx_t *rx) {
  * limit held in a tensor (orthogonal polynomials, repeat_interleave, linalg's iterative
  * solvers) could make the same nodes run for hours on the transport thread. */
 static const char *const s_shape_cost_ops[] = {"_local_scalar_dense",
+                                               "_scaled_dot_product_flash_attention_for_cpu",
                                                "_log_softmax",
                                                "_softmax",
                                                "_to_copy",

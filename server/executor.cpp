@@ -31,6 +31,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "djn_exec.h"
@@ -73,10 +74,17 @@ struct djn_op_entry {
     bool ebag;          // _embedding_bag(_forward_only): offset2bag may come back empty
 };
 
+// "aten::add.out" -> its entry, looked up by a string_view of a stack buffer (no
+// allocation per node: find_op runs for every node of every fragment)
+struct OpKeyHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view k) const { return std::hash<std::string_view>{}(k); }
+};
+
 struct djn_exec {
     c10::Device device{c10::kCPU};
     std::string name;
-    std::unordered_map<std::string, djn_op_entry> ops;
+    std::unordered_map<std::string, djn_op_entry, OpKeyHash, std::equal_to<>> ops;
     djn_vmu_t *vmu = nullptr;
     bool rng_active = false; // the default generator holds a session's state
     std::mutex own_rng_mu;   // a CUDA device's default generator is its own
@@ -826,7 +834,19 @@ bool uses_rng(const c10::OperatorHandle &h) {
 }
 
 const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
-    std::string key = std::string(n->op) + "." + n->overload;
+    char buf[160];
+    size_t lo = strlen(n->op), lv = strlen(n->overload);
+    std::string big;
+    std::string_view key;
+    if (lo + 1 + lv <= sizeof buf) {
+        memcpy(buf, n->op, lo);
+        buf[lo] = '.';
+        memcpy(buf + lo + 1, n->overload, lv);
+        key = std::string_view(buf, lo + 1 + lv);
+    } else {
+        big = std::string(n->op) + "." + n->overload;
+        key = big;
+    }
     auto it = x->ops.find(key);
     if (it != x->ops.end())
         return it->second;
@@ -836,10 +856,11 @@ const djn_op_entry &find_op(djn_exec *x, const djn_node_t *n) {
                                       (n->overload[0] ? "." : "") + n->overload + "'");
     bool uninit = std::string(n->op).find("empty") != std::string::npos;
     return x->ops
-        .emplace(key, djn_op_entry{*h, uses_rng(*h), djn_policy_check(n->op, n->overload), uninit,
-                                   djn_guard_has(n->op),
-                                   !strcmp(n->op, "aten::_embedding_bag") ||
-                                       !strcmp(n->op, "aten::_embedding_bag_forward_only")})
+        .emplace(std::string(key),
+                 djn_op_entry{*h, uses_rng(*h), djn_policy_check(n->op, n->overload), uninit,
+                              djn_guard_has(n->op),
+                              !strcmp(n->op, "aten::_embedding_bag") ||
+                                  !strcmp(n->op, "aten::_embedding_bag_forward_only")})
         .first->second;
 }
 
@@ -1316,7 +1337,7 @@ void djn_exec_sync(djn_exec_t *x) {
 
 djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *env, djn_buf_t *dyn,
                            char *err, size_t errlen) {
-    std::string opname = std::string(n->op) + (n->overload[0] ? "." : "") + n->overload;
+    auto opname = [n] { return std::string(n->op) + (n->overload[0] ? "." : "") + n->overload; };
     try {
         c10::DeviceGuard g(x->device);
         c10::InferenceMode im;
@@ -1414,13 +1435,13 @@ djn_status_t djn_exec_node(djn_exec_t *x, const djn_node_t *n, djn_exec_env_t *e
         }
         return DJN_OK;
     } catch (const OpError &e) {
-        set_err(err, errlen, opname + ": " + e.what());
+        set_err(err, errlen, opname() + ": " + e.what());
         return e.st;
     } catch (const c10::Error &e) {
-        set_err(err, errlen, opname + " failed: " + e.what_without_backtrace());
+        set_err(err, errlen, opname() + " failed: " + e.what_without_backtrace());
         return DJN_ERR_OP;
     } catch (const std::exception &e) {
-        set_err(err, errlen, opname + " failed: " + e.what());
+        set_err(err, errlen, opname() + " failed: " + e.what());
         return DJN_ERR_OP;
     }
 }

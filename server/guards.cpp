@@ -13,6 +13,7 @@
 // CompositeExplicitAutograd decompositions send them for ordinary programs (cummax,
 // max_pool2d's gradient, nn.Embedding's gradient, torch.optim with fused=True).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -90,6 +91,56 @@ void g_cum_helper(const Args &a) {
     if (values.scalar_type() != self.scalar_type() || indices.scalar_type() != at::kLong)
         fail("'values' must have self's dtype and 'indices' int64");
     dim_ok(a.i("dim"), self.dim());
+}
+
+// _scaled_dot_product_flash_attention_for_cpu (SDPA on a CPU server, and its backward):
+// the CPU kernels (FlashAttentionKernel.cpp) check the dims, dropout and head sizes, then
+// take the batch and head count from the query, the key length from the value, the KV
+// head count from the key (head j reads KV head j / (H / H_kv)), and index all five
+// tensors with those: every one must have the sizes they assume, and one dtype (data_ptr
+// of the query's type; logsumexp of its accumulate type). Their block counts divide by
+// the lengths (an empty one is a SIGFPE; SDPA itself sends those to the math path). The
+// mask's shape is checked by the kernel's own view and expand.
+void flash_qkv(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+               const at::Tensor &mask) {
+    if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+        fail("Accept only 4 dims inputs shape of {B, H, T, K} (query, key and value)");
+    if (!at::isFloatingType(q.scalar_type()) || k.scalar_type() != q.scalar_type() ||
+        v.scalar_type() != q.scalar_type())
+        fail("query, key and value must have one floating dtype");
+    if (k.size(0) != q.size(0) || v.size(0) != q.size(0))
+        fail("key " + dims(k.sizes()) + " and value " + dims(v.sizes()) +
+             " must have the query's batch size " + std::to_string(q.size(0)));
+    if (k.size(1) != v.size(1) || k.size(2) != v.size(2))
+        fail("key " + dims(k.sizes()) + " and value " + dims(v.sizes()) +
+             " must have the same heads and length");
+    if (q.size(2) < 1 || k.size(2) < 1 || q.size(3) < 1) // block counts divide by them
+        fail("query " + dims(q.sizes()) + " and key " + dims(k.sizes()) +
+             " must have non-empty lengths and head size");
+    if (k.size(1) < 1 || q.size(1) % k.size(1) != 0)
+        fail("the query's " + std::to_string(q.size(1)) +
+             " heads must be a multiple of the key's " + std::to_string(k.size(1)));
+    if (mask.defined() && mask.dim() != 2 && mask.dim() != 4)
+        fail("'attn_mask' must be 2-D or 4-D");
+}
+
+void g_sdpa_flash(const Args &a) {
+    flash_qkv(a.t("query"), a.t("key"), a.t("value"), a.t("attn_mask"));
+}
+
+void g_sdpa_flash_backward(const Args &a) {
+    at::Tensor q = a.t("query");
+    flash_qkv(q, a.t("key"), a.t("value"), a.t("attn_mask"));
+    at::Tensor g = a.t("grad_out"), out = a.t("out"), lse = a.t("logsumexp");
+    same_shape(g, "grad_out", q, "query");
+    same_shape(out, "out", q, "query");
+    if (g.scalar_type() != q.scalar_type() || out.scalar_type() != q.scalar_type())
+        fail("'grad_out' and 'out' must have the query's dtype");
+    at::ScalarType acc = at::toOpMathType(q.scalar_type());
+    if (lse.dim() != 3 || lse.size(0) != q.size(0) || lse.size(1) != q.size(1) ||
+        lse.size(2) != q.size(2) || lse.scalar_type() != acc)
+        fail("'logsumexp' has shape " + dims(lse.sizes()) + " where " +
+             dims({q.size(0), q.size(1), q.size(2)}) + " of the accumulate dtype is needed");
 }
 
 // _fused_adam(w)_ / _fused_sgd_ / _fused_adagrad_: the CPU kernels check the list
@@ -434,6 +485,8 @@ using Guard = void (*)(const Args &);
 const std::unordered_map<std::string, Guard> &table() {
     static const std::unordered_map<std::string, Guard> t = {
         {"aten::_cummax_helper", g_cum_helper},
+        {"aten::_scaled_dot_product_flash_attention_for_cpu", g_sdpa_flash},
+        {"aten::_scaled_dot_product_flash_attention_for_cpu_backward", g_sdpa_flash_backward},
         {"aten::_cummin_helper", g_cum_helper},
         {"aten::_fused_adam", g_fused_optim},
         {"aten::_fused_adam_", g_fused_optim},

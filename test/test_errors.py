@@ -628,21 +628,30 @@ def test_srg_fingerprint_depends_on_structure_not_handles(remote, djinn_mod):
 
 
 def test_srg_sdpa_phase_prefill_and_decode(remote, djinn_mod):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
     q = torch.randn(1, 2, 4, 8, device=R)
     k = torch.randn(1, 2, 4, 8, device=R)
-    torch.remote.synchronize()
-    F.scaled_dot_product_attention(q, k, k, is_causal=True)
-    torch.remote.synchronize()
-    prefill = [sem["phase"] for _, sem, _ in djinn_mod.srg.snapshot()]
-    F.scaled_dot_product_attention(q[:, :, -1:], k, k)
-    torch.remote.synchronize()
-    decode = [
-        (sem["phase"], sem["op_class"])
-        for op, sem, _ in djinn_mod.srg.snapshot()
-        if _op(op) == "aten::bmm"
-    ]
-    assert "prefill" in prefill
-    assert decode and all(ph == "decode" and cls == "memory" for ph, cls in decode), decode
+
+    def attention(op, *args, **kw):
+        torch.remote.synchronize()
+        F.scaled_dot_product_attention(*args, **kw)
+        torch.remote.synchronize()
+        return [
+            (sem["phase"], sem["op_class"])
+            for name, sem, _ in djinn_mod.srg.snapshot()
+            if _op(name) == op
+        ]
+
+    # a CPU server runs CPU's fused kernel: one node, tagged by phase (decode attention is
+    # bandwidth-bound), and nothing after it inherits the tag
+    assert attention(flash, q, k, k, is_causal=True) == [("prefill", "compute")]
+    assert attention(flash, q[:, :, -1:], k, k) == [("decode", "memory")]
+    # the math path tags its matmuls and softmax alike
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert attention("aten::bmm", q[:, :, -1:], k, k) == [("decode", "memory")] * 2
+        assert attention("aten::bmm", q, k, k, is_causal=True) == [("prefill", "compute")] * 2
 
 
 # ------------------------------------------------------------------ answers out of order

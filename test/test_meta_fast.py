@@ -857,7 +857,7 @@ def test_entries_match_this_torch(djinn_mod):
     assert not stale, stale
 
 
-# RemoteMeta.cpp's kFunctional: the fallback is registered for each (RemoteKernels.cpp)
+# RemoteMeta.cpp's kWhole: the fallback is registered for each (RemoteKernels.cpp)
 WHOLE = [
     f"aten::{op}"
     for op in (

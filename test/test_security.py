@@ -2351,6 +2351,55 @@ OOB_KERNELS = {
         ],
         "aten::native_batch_norm_backward",
     ),
+    # SDPA's CPU kernels take the key length from the value and the batch, heads and rows
+    # of every other tensor from the query
+    "_scaled_dot_product_flash_attention_for_cpu": (
+        [f32(1, 2, 3, 4), f32(1, 1, 1, 1), f32(*[1.0] * (4 * N_SPRAY)), bytes(16), bytes(4)],
+        [
+            node(
+                "aten::_scaled_dot_product_flash_attention_for_cpu",
+                "",
+                [
+                    t32(0, [1, 1, 1, 4]),
+                    t32(1, [1, 1, 1, 4]),
+                    t32(2, [1, 1, N_SPRAY, 4]),
+                    0.0,
+                    False,
+                    None,
+                    None,
+                ],
+                [t32(3, [1, 1, 1, 4]), t32(4, [1, 1, 1])],
+            )
+        ],
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+    ),
+    "_scaled_dot_product_flash_attention_for_cpu (empty key)": (
+        [f32(1, 2, 3, 4), bytes(16), bytes(4)],
+        [
+            node(
+                "aten::_scaled_dot_product_flash_attention_for_cpu",
+                "",
+                [t32(0, [1, 1, 1, 4]), t32(0, [1, 1, 0, 4]), t32(0, [1, 1, 0, 4])]
+                + [0.0, False, None, None],
+                [t32(1, [1, 1, 1, 4]), t32(2, [1, 1, 1])],
+            )
+        ],
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+    ),
+    "_scaled_dot_product_flash_attention_for_cpu_backward": (
+        [f32(1, 2, 3, 4), f32(*[1.0] * (4 * N_SPRAY))] + [bytes(16 * N_SPRAY)] * 3,
+        [
+            node(
+                "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                "",
+                [t32(0, [1, 1, 1, 4])]
+                + [t32(1, [1, 1, N_SPRAY, 4])] * 4
+                + [t32(1, [1, 1, N_SPRAY]), 0.0, False, None, None],
+                [t32(2 + i, [1, 1, N_SPRAY, 4]) for i in range(3)],
+            )
+        ],
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    ),
     "_pdist_backward": (
         [f32(*[1] * 64), f32(1), bytes(4 * 64)],
         [

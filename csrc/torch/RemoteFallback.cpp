@@ -89,11 +89,22 @@ thread_local djn_phase_t t_phase = DJN_PHASE_NONE;
 thread_local int t_phase_left = 0;
 
 const std::unordered_set<std::string> kComputeBound = {
-    "aten::mm",           "aten::bmm",         "aten::addmm",
-    "aten::baddbmm",      "aten::addbmm",      "aten::matmul",
-    "aten::linear",       "aten::convolution", "aten::convolution_backward",
-    "aten::_convolution", "aten::einsum",      "aten::addmv",
-    "aten::mv",           "aten::dot"};
+    "aten::mm",
+    "aten::bmm",
+    "aten::addmm",
+    "aten::baddbmm",
+    "aten::addbmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::convolution",
+    "aten::convolution_backward",
+    "aten::_convolution",
+    "aten::einsum",
+    "aten::addmv",
+    "aten::mv",
+    "aten::dot",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward"};
 
 const std::unordered_set<std::string> kDataDependent = {"aten::nonzero",
                                                         "aten::masked_select",
@@ -863,9 +874,9 @@ bool server_device_is_cpu(c10::DeviceIndex dev) {
     return name && std::strncmp(name, "cpu", 3) == 0;
 }
 
-void set_phase_hint(djn_phase_t p) {
+void set_phase_hint(djn_phase_t p, int ops) {
     t_phase = p;
-    t_phase_left = 4; // q@k^T, softmax, @v (+ slack)
+    t_phase_left = ops;
 }
 
 void fallback(const c10::OperatorHandle &op, torch::jit::Stack *stack) {

@@ -3,8 +3,10 @@
 // which move bytes: CPU->remote is a snapshot upload, remote->CPU a fetch (cached by
 // the C core until a node writes to the storage).
 #include <ATen/EmptyTensor.h>
+#include <ATen/SDPBackend.h>
 #include <ATen/native/Resize.h>
 #include <ATen/native/transformers/attention.h>
+#include <ATen/ops/_fused_sdp_choice_ops.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/alias_native.h>
@@ -397,16 +399,30 @@ bool has_compatible_shallow_copy_type(const at::Tensor &self, const at::Tensor &
            (dense(self) && dense(from));
 }
 
-// SDPA on 'remote' takes the math path (composed of ops we capture); choosing it is
-// where the phase is visible: a query of length 1 against a longer key is a decode step.
+// SDPA on 'remote': a CPU server runs what CPU eager runs. Where CPU's own choice (the CPU
+// kernel of _fused_sdp_choice, over the same sizes, strides, dtypes and flags) picks its
+// flash kernel, ATen calls `_scaled_dot_product_flash_attention_for_cpu` with our tensors:
+// one captured node (shape function in RemoteMeta.cpp, kernel checks in the server's
+// guards.cpp) instead of the math path's twenty, among them GQA's repeat, a copy of the
+// whole KV cache per layer and step. Otherwise (a GPU server, dropout, a case CPU's flash
+// declines) the math path, composed of ops we capture. Choosing is also where the phase is
+// visible: a query of length 1 against a longer key is a decode step.
 int64_t fused_sdp_choice(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
                          const std::optional<at::Tensor> &mask, double dropout_p, bool is_causal,
                          std::optional<double> scale, bool enable_gqa) {
     djn_phase_t ph = DJN_PHASE_PREFILL;
     if (q.dim() >= 2 && q.size(-2) == 1 && k.size(-2) > 1)
         ph = DJN_PHASE_DECODE;
-    set_phase_hint(ph);
-    return 0; // sdp::SDPBackend::math
+    constexpr auto flash = static_cast<int64_t>(at::SDPBackend::flash_attention);
+    if (dropout_p == 0.0 && server_device_is_cpu(q.device().index()) &&
+        at::_ops::_fused_sdp_choice::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), q, k, v,
+                                                mask, dropout_p, is_causal, scale,
+                                                enable_gqa) == flash) {
+        set_phase_hint(ph, 1); // the flash node
+        return flash;
+    }
+    set_phase_hint(ph, 4); // q@k^T, softmax, @v (+ slack)
+    return static_cast<int64_t>(at::SDPBackend::math);
 }
 
 } // namespace

@@ -24,7 +24,7 @@
 //      for 'remote' always have.
 //      The functional overloads of the structured ops models run at every step
 //      (`add.Tensor`, `mm`, `_softmax`, ...) are the exception: the fallback is
-//      registered for them (kFunctional, whole_ops()), so the wrapper and its output
+//      registered for them (kWhole, whole_ops()), so the wrapper and its output
 //      allocation do not run on a meta-cache hit; their shape functions are ATen's
 //      functional meta functions (`at::meta::add`), which the wrapper itself ran.
 //   2. Ops that are not structured and reach the fallback themselves (where,
@@ -257,77 +257,70 @@ const Entry kStructured[] = {
 using F1 = T(CT);
 using F2 = T(CT, CT);
 using FS = T(CT, S);
-const Entry kFunctional[] = {
-    DJN_META("add", "Tensor", add, T(CT, CT, S)),
-    DJN_META("sub", "Tensor", sub, T(CT, CT, S)),
-    DJN_META("mul", "Tensor", mul, F2),
-    DJN_META("div", "Tensor", div, F2),
-    DJN_META("div", "Tensor_mode", div, T(CT, CT, std::optional<c10::string_view>)),
-    DJN_META("pow", "Tensor_Scalar", pow, FS),
-    DJN_META("pow", "Tensor_Tensor", pow, F2),
-    DJN_META("maximum", "", maximum, F2),
-    DJN_META("minimum", "", minimum, F2),
-    DJN_META("eq", "Tensor", eq, F2),
-    DJN_META("ne", "Tensor", ne, F2),
-    DJN_META("lt", "Tensor", lt, F2),
-    DJN_META("le", "Tensor", le, F2),
-    DJN_META("gt", "Tensor", gt, F2),
-    DJN_META("ge", "Tensor", ge, F2),
-    DJN_META("eq", "Scalar", eq, FS),
-    DJN_META("ne", "Scalar", ne, FS),
-    DJN_META("lt", "Scalar", lt, FS),
-    DJN_META("le", "Scalar", le, FS),
-    DJN_META("gt", "Scalar", gt, FS),
-    DJN_META("ge", "Scalar", ge, FS),
-    DJN_META("neg", "", neg, F1),
-    DJN_META("exp", "", exp, F1),
-    DJN_META("log", "", log, F1),
-    DJN_META("sqrt", "", sqrt, F1),
-    DJN_META("rsqrt", "", rsqrt, F1),
-    DJN_META("sigmoid", "", sigmoid, F1),
-    DJN_META("tanh", "", tanh, F1),
-    DJN_META("silu", "", silu, F1),
-    DJN_META("sin", "", sin, F1),
-    DJN_META("cos", "", cos, F1),
-    DJN_META("erf", "", erf, F1),
-    DJN_META("gelu", "", gelu, T(CT, c10::string_view)),
-    DJN_META("clamp", "", clamp, T(CT, OptS, OptS)),
-    DJN_META("sum", "dim_IntList", sum, T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
-    DJN_META("mean", "dim", mean, T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
-    DJN_META("amax", "", amax, T(CT, at::IntArrayRef, bool)),
-    DJN_META("argmax", "", argmax, T(CT, std::optional<int64_t>, bool)),
-    DJN_META("cumsum", "", cumsum, T(CT, int64_t, OptDtype)),
-    DJN_META("_softmax", "", _softmax, T(CT, int64_t, bool)),
-    DJN_META("_log_softmax", "", _log_softmax, T(CT, int64_t, bool)),
-    DJN_META("mm", "", mm, F2),
-    DJN_META("bmm", "", bmm, F2),
-    DJN_META("addmm", "", addmm, T(CT, CT, CT, S, S)),
-    DJN_META("baddbmm", "", baddbmm, T(CT, CT, CT, S, S)),
-    DJN_META("cat", "", cat, T(const at::ITensorListRef &, int64_t)),
-    DJN_META("isin", "Tensor_Tensor", isin, T(CT, CT, bool, bool)),
-    DJN_META("triu", "", triu, T(CT, int64_t)),
-    DJN_META("tril", "", tril, T(CT, int64_t)),
+// Each entry: the functional overload, the out= overload it is recorded as (the node the
+// server runs is the one PyTorch's wrapper made, its output planned in the slab like any
+// declared allocation: only the client's way to it is shorter), its shape function.
+struct Whole {
+    Entry fn;
+    const char *out;
 };
-// The out= overload each kFunctional entry is recorded as, in the same order: the node
-// the server runs is the one PyTorch's wrapper made (its output planned in the slab like
-// any declared allocation), only the client's way to it is shorter.
-// clang-format off
-const char *const kFunctionalOut[] = {
-    "out", "out", "out", "out", "out_mode",                      // add sub mul div div
-    "Tensor_Scalar_out", "Tensor_Tensor_out", "out", "out",      // pow pow maximum minimum
-    "Tensor_out", "Tensor_out", "Tensor_out",                    // eq ne lt .Tensor
-    "Tensor_out", "Tensor_out", "Tensor_out",                    // le gt ge .Tensor
-    "Scalar_out", "Scalar_out", "Scalar_out",                    // eq ne lt .Scalar
-    "Scalar_out", "Scalar_out", "Scalar_out",                    // le gt ge .Scalar
-    "out", "out", "out", "out", "out", "out", "out", "out",      // neg .. silu
-    "out", "out", "out", "out", "out",                           // sin cos erf gelu clamp
-    "IntList_out", "out", "out", "out", "out", "out", "out",     // sum .. _log_softmax
-    "out", "out", "out", "out", "out",                           // mm bmm addmm baddbmm cat
-    "Tensor_Tensor_out", "out", "out"};                          // isin triu tril
-// clang-format on
-static_assert(sizeof kFunctionalOut / sizeof *kFunctionalOut ==
-                  sizeof kFunctional / sizeof *kFunctional,
-              "one out= overload per functional entry");
+#define DJN_WHOLE(name, overload, out, fn, ...)                                                    \
+    Whole {                                                                                        \
+        DJN_META(name, overload, fn, __VA_ARGS__), out                                             \
+    }
+const Whole kWhole[] = {
+    DJN_WHOLE("add", "Tensor", "out", add, T(CT, CT, S)),
+    DJN_WHOLE("sub", "Tensor", "out", sub, T(CT, CT, S)),
+    DJN_WHOLE("mul", "Tensor", "out", mul, F2),
+    DJN_WHOLE("div", "Tensor", "out", div, F2),
+    DJN_WHOLE("div", "Tensor_mode", "out_mode", div, T(CT, CT, std::optional<c10::string_view>)),
+    DJN_WHOLE("pow", "Tensor_Scalar", "Tensor_Scalar_out", pow, FS),
+    DJN_WHOLE("pow", "Tensor_Tensor", "Tensor_Tensor_out", pow, F2),
+    DJN_WHOLE("maximum", "", "out", maximum, F2),
+    DJN_WHOLE("minimum", "", "out", minimum, F2),
+    DJN_WHOLE("eq", "Tensor", "Tensor_out", eq, F2),
+    DJN_WHOLE("ne", "Tensor", "Tensor_out", ne, F2),
+    DJN_WHOLE("lt", "Tensor", "Tensor_out", lt, F2),
+    DJN_WHOLE("le", "Tensor", "Tensor_out", le, F2),
+    DJN_WHOLE("gt", "Tensor", "Tensor_out", gt, F2),
+    DJN_WHOLE("ge", "Tensor", "Tensor_out", ge, F2),
+    DJN_WHOLE("eq", "Scalar", "Scalar_out", eq, FS),
+    DJN_WHOLE("ne", "Scalar", "Scalar_out", ne, FS),
+    DJN_WHOLE("lt", "Scalar", "Scalar_out", lt, FS),
+    DJN_WHOLE("le", "Scalar", "Scalar_out", le, FS),
+    DJN_WHOLE("gt", "Scalar", "Scalar_out", gt, FS),
+    DJN_WHOLE("ge", "Scalar", "Scalar_out", ge, FS),
+    DJN_WHOLE("neg", "", "out", neg, F1),
+    DJN_WHOLE("exp", "", "out", exp, F1),
+    DJN_WHOLE("log", "", "out", log, F1),
+    DJN_WHOLE("sqrt", "", "out", sqrt, F1),
+    DJN_WHOLE("rsqrt", "", "out", rsqrt, F1),
+    DJN_WHOLE("sigmoid", "", "out", sigmoid, F1),
+    DJN_WHOLE("tanh", "", "out", tanh, F1),
+    DJN_WHOLE("silu", "", "out", silu, F1),
+    DJN_WHOLE("sin", "", "out", sin, F1),
+    DJN_WHOLE("cos", "", "out", cos, F1),
+    DJN_WHOLE("erf", "", "out", erf, F1),
+    DJN_WHOLE("gelu", "", "out", gelu, T(CT, c10::string_view)),
+    DJN_WHOLE("clamp", "", "out", clamp, T(CT, OptS, OptS)),
+    DJN_WHOLE("sum", "dim_IntList", "IntList_out", sum,
+              T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
+    DJN_WHOLE("mean", "dim", "out", mean, T(CT, at::OptionalIntArrayRef, bool, OptDtype)),
+    DJN_WHOLE("amax", "", "out", amax, T(CT, at::IntArrayRef, bool)),
+    DJN_WHOLE("argmax", "", "out", argmax, T(CT, std::optional<int64_t>, bool)),
+    DJN_WHOLE("cumsum", "", "out", cumsum, T(CT, int64_t, OptDtype)),
+    DJN_WHOLE("_softmax", "", "out", _softmax, T(CT, int64_t, bool)),
+    DJN_WHOLE("_log_softmax", "", "out", _log_softmax, T(CT, int64_t, bool)),
+    DJN_WHOLE("mm", "", "out", mm, F2),
+    DJN_WHOLE("bmm", "", "out", bmm, F2),
+    DJN_WHOLE("addmm", "", "out", addmm, T(CT, CT, CT, S, S)),
+    DJN_WHOLE("baddbmm", "", "out", baddbmm, T(CT, CT, CT, S, S)),
+    DJN_WHOLE("cat", "", "out", cat, T(const at::ITensorListRef &, int64_t)),
+    DJN_WHOLE("isin", "Tensor_Tensor", "Tensor_Tensor_out", isin, T(CT, CT, bool, bool)),
+    DJN_WHOLE("triu", "", "out", triu, T(CT, int64_t)),
+    DJN_WHOLE("tril", "", "out", tril, T(CT, int64_t)),
+};
+#undef DJN_WHOLE
 
 #undef DJN_META
 
@@ -396,6 +389,42 @@ bool index_select(const c10::OperatorHandle &, Stack &s) {
 
 at::ScalarType opmath(at::ScalarType t) {
     return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
+}
+
+// _scaled_dot_product_flash_attention_for_cpu(Tensor query, Tensor key, Tensor value,
+//     float dropout_p=0.0, bool is_causal=False, *, Tensor? attn_mask=None, float? scale=None)
+//     -> (Tensor output, Tensor logsumexp)
+// What SDPA on 'remote' runs where CPU eager would (fused_sdp_choice, RemoteKernels.cpp).
+// CPU (attention.cpp, _scaled_dot_product_flash_attention_cpu): its checks, then
+// output = empty_like(query) (the query's strides when it is dense, else dense strides in
+// its dims' order) and logsumexp = empty({B, Lq, H}, opmath dtype).transpose(1, 2).
+bool sdpa_flash_cpu(const c10::OperatorHandle &, Stack &s) {
+    const T &q = arg(s, 0), &k = arg(s, 1), &v = arg(s, 2);
+    const T *mask = s[5].isNone() || !s[5].toTensor().defined() ? nullptr : &s[5].toTensor();
+    if (!q.is_meta() || !k.is_meta() || !v.is_meta() || (mask && !mask->is_meta()))
+        return false;
+    const char *who = "scaled_dot_product_attention_flash_attention: ";
+    at::ScalarType dt = q.scalar_type();
+    TORCH_CHECK(c10::isFloatingType(dt), who,
+                "Expected data type in FP32, FP64, BF16, FP16, but got ", dt, " instead.");
+    TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, who,
+                "Accept only 4 dims inputs shape of {B, H, T, K}");
+    TORCH_CHECK(s[3].toDouble() == 0.0, who, "Currently do not support dropout > 0");
+    TORCH_CHECK(q.size(3) == v.size(3) && k.size(3) == v.size(3), who,
+                "Q/K/V should have the same head size");
+    TORCH_CHECK(!mask || mask->scalar_type() == at::kFloat || mask->scalar_type() == dt, who,
+                "Attention mask is the same data type as query");
+    TORCH_CHECK(!mask || mask->dim() == 2 || mask->dim() == 4, who, "Attention mask dim in {2, 4}");
+    std::vector<int64_t> st = q.is_non_overlapping_and_dense()
+                                  ? q.strides().vec()
+                                  : at::infer_dense_strides(q.sizes(), q.strides());
+    int64_t b = q.size(0), h = q.size(1), lq = q.size(2);
+    T out(at::detail::empty_strided_meta(q.sizes(), st, dt));
+    T lse(at::detail::empty_strided_meta({b, h, lq}, {lq * h, 1, h}, opmath(dt)));
+    s.clear();
+    s.emplace_back(std::move(out));
+    s.emplace_back(std::move(lse));
+    return true;
 }
 
 // native_layer_norm(Tensor input, SymInt[] normalized_shape, Tensor? weight, Tensor? bias,
@@ -590,6 +619,7 @@ const Entry kHandwritten[] = {
     {"aten::index_select", "", &index_select, nullptr},
     {"aten::native_layer_norm", "", &native_layer_norm, nullptr},
     {"aten::relu", "", &relu, nullptr},
+    {"aten::_scaled_dot_product_flash_attention_for_cpu", "", &sdpa_flash_cpu, nullptr},
 };
 
 // ---------------------------------------------------------------- lookup
@@ -601,8 +631,8 @@ struct Table {
             by_name.emplace(std::string(e.name) + "." + e.overload, &e);
         for (const Entry &e : kHandwritten)
             by_name.emplace(std::string(e.name) + "." + e.overload, &e);
-        for (const Entry &e : kFunctional)
-            by_name.emplace(std::string(e.name) + "." + e.overload, &e);
+        for (const Whole &w : kWhole)
+            by_name.emplace(std::string(w.fn.name) + "." + w.fn.overload, &w.fn);
     }
 };
 
@@ -641,19 +671,19 @@ std::vector<std::pair<std::string, bool>> meta_fast_ops() {
         add(e);
     for (const Entry &e : kHandwritten)
         add(e);
-    for (const Entry &e : kFunctional)
-        add(e);
+    for (const Whole &w : kWhole)
+        add(w.fn);
     return out;
 }
 
-// The out= overload of kFunctional[i] if this torch has both as expected: the functional
+// The out= overload of w if this torch has both as expected: the functional
 // op's shape function matches, and the out= overload takes the same arguments and then
 // one written tensor. nullptr otherwise (the wrapper keeps the op).
-static const char *checked_out(size_t i) {
-    const Entry &e = kFunctional[i];
+static const char *checked_out(const Whole &w) {
+    const Entry &e = w.fn;
     auto &d = c10::Dispatcher::singleton();
     auto fn = d.findSchema({e.name, e.overload});
-    auto out = d.findSchema({e.name, kFunctionalOut[i]});
+    auto out = d.findSchema({e.name, w.out});
     if (!fn || !out || meta_shape_fn(fn->schema()) == nullptr)
         return nullptr;
     const auto &fa = fn->schema().arguments(), &oa = out->schema().arguments();
@@ -666,24 +696,23 @@ static const char *checked_out(size_t i) {
     if (!last.alias_info() || !last.alias_info()->isWrite() ||
         last.type()->kind() != c10::TypeKind::TensorType)
         return nullptr;
-    return kFunctionalOut[i];
+    return w.out;
 }
 
 std::vector<std::string> whole_ops() {
     std::vector<std::string> out;
-    for (size_t i = 0; i < sizeof kFunctional / sizeof *kFunctional; i++) {
-        const Entry &e = kFunctional[i];
-        if (checked_out(i)) // else the wrapper keeps it
+    for (const Whole &w : kWhole) {
+        const Entry &e = w.fn;
+        if (checked_out(w)) // else the wrapper keeps it
             out.push_back(std::string(e.name + 6) + (*e.overload ? "." : "") + e.overload);
     }
     return out;
 }
 
 const char *whole_out_overload(const c10::FunctionSchema &schema) {
-    for (size_t i = 0; i < sizeof kFunctional / sizeof *kFunctional; i++)
-        if (schema.name() == kFunctional[i].name &&
-            schema.overload_name() == kFunctional[i].overload)
-            return checked_out(i);
+    for (const Whole &w : kWhole)
+        if (schema.name() == w.fn.name && schema.overload_name() == w.fn.overload)
+            return checked_out(w);
     return nullptr;
 }
 

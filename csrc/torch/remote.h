@@ -116,8 +116,9 @@ at::Tensor resolved(const at::Tensor &t);
 namespace djinn {
 // Grow or shrink a remote storage (resize_, set_, storage.resize_).
 void resize_storage_bytes(const c10::Storage &storage, size_t newsize);
-// Phase hint for the next nodes, set where attention is dispatched.
-void set_phase_hint(djn_phase_t p);
+// Phase hint for the next `ops` compute nodes (and softmaxes), set where attention is
+// dispatched.
+void set_phase_hint(djn_phase_t p, int ops);
 } // namespace djinn
 
 namespace djinn {
