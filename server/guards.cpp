@@ -269,9 +269,12 @@ std::vector<int64_t> int_list(const c10::IValue &v) {
 
 void g_ctc(const Args &a) {
     at::Tensor lp = a.t("log_probs"), targets = a.t("targets");
-    if (lp.dim() != 3)
+    // ctc_loss (public, composite: it calls _ctc_loss without these checks) also takes an
+    // unbatched (time, classes) input with 1-D targets: one batch entry
+    bool unbatched = lp.dim() == 2 && a.s.name() == "aten::ctc_loss";
+    if (lp.dim() != 3 && !unbatched)
         fail("'log_probs' must be 3-D (time, batch, classes)");
-    int64_t classes = lp.size(2), batch = lp.size(1), blank = a.i("blank");
+    int64_t classes = lp.size(-1), batch = unbatched ? 1 : lp.size(1), blank = a.i("blank");
     if (blank < 0 || blank >= classes)
         fail("'blank' is outside the classes");
     std::vector<int64_t> il = int_list(a.get("input_lengths"));
@@ -387,28 +390,129 @@ void g_layer_norm_backward(const Args &a) {
     numel_is(a.t("bias"), "bias", n);
 }
 
-void g_batch_norm_backward(const Args &a) {
-    at::Tensor g = a.t("grad_out"), in = a.t("input");
-    same_shape(g, "grad_out", in, "input");
+// The batch norm backward kernel, by any of its names: native_batch_norm_backward,
+// batch_norm_backward (update, save_var) and _batch_norm_impl_index_backward (train,
+// save_var_transform), which reach it without the checks of the public ops.
+void bn_backward(const Args &a, const char *grad, const char *train_arg, const char *invstd) {
+    at::Tensor g = a.t(grad), in = a.t("input");
+    same_shape(g, grad, in, "input");
     if (in.dim() < 2)
         fail("'input' must have a channel dimension");
     int64_t c = in.size(1);
     numel_is(a.t("weight"), "weight", c);
-    bool train = a.get("train").toBool();
+    bool train = a.get(train_arg).toBool();
     // the kernel reads the saved statistics in training, the running ones otherwise
-    const char *used[2] = {train ? "save_mean" : "running_mean",
-                           train ? "save_invstd" : "running_var"};
+    const char *used[2] = {train ? "save_mean" : "running_mean", train ? invstd : "running_var"};
     for (const char *n : used) {
         at::Tensor t = a.t(n);
         if (!t.defined())
             fail(std::string("'") + n + "' is needed");
         numel_is(t, n, c);
     }
-    for (const char *n : {"running_mean", "running_var", "save_mean", "save_invstd"}) {
+    for (const char *n : {"running_mean", "running_var", "save_mean", invstd}) {
         at::Tensor t = a.t(n);
         if (t.defined() && t.numel() != 0)
             numel_is(t, n, c);
     }
+}
+
+void g_batch_norm_backward(const Args &a) {
+    bn_backward(a, "grad_out", "train", "save_invstd");
+}
+
+void g_bn_backward_update(const Args &a) {
+    bn_backward(a, "grad_out", "update", "save_var");
+}
+
+void g_bn_impl_index_backward(const Args &a) {
+    bn_backward(a, "grad_output", "train", "save_var_transform");
+}
+
+// The batch norm forward kernels (batch_norm_cpu and its stats updates) index weight,
+// bias and the running statistics by channel without comparing their sizes with the
+// input's channels; only the composite batch_norm does (a write past running_mean).
+void g_batch_norm(const Args &a) {
+    at::Tensor in = a.t("input");
+    if (in.dim() < 2)
+        fail("'input' must have a channel dimension");
+    for (const char *n : {"weight", "bias", "running_mean", "running_var"}) {
+        if (!a.has(n))
+            continue;
+        at::Tensor t = a.t(n);
+        if (t.defined() && t.numel() != in.size(1))
+            fail(std::string("'") + n + "' has " + std::to_string(t.numel()) +
+                 " elements where the input has " + std::to_string(in.size(1)) + " channels");
+    }
+}
+
+// Adaptive average pooling's backward kernels take the batch and channels from one of
+// grad_output and self and index the other with them.
+void g_adaptive_avg_backward(const Args &a) {
+    at::Tensor g = a.t("grad_output"), self = a.t("self");
+    int64_t spatial = a.s.name().find("3d") != std::string::npos ? 3 : 2;
+    if (g.dim() != self.dim() || self.dim() < spatial + 1 ||
+        g.sizes().slice(0, g.dim() - spatial) != self.sizes().slice(0, self.dim() - spatial))
+        fail("'grad_output' " + dims(g.sizes()) + " does not match 'self' " + dims(self.sizes()) +
+             " outside the pooled dims");
+}
+
+// _transform_bias_rescale_qkv (and the fused attention ops that call it unchecked): it
+// divides by num_heads and reads qkv_bias as qkv's dtype over qkv's last dim.
+void qkv_bias_ok(const at::Tensor &bias, const at::Tensor &like, int64_t width, int64_t heads) {
+    if (heads < 1 || width < 1 || width % heads != 0)
+        fail("the embedding width " + std::to_string(width) + " must be a positive multiple of " +
+             std::to_string(heads) + " heads");
+    if (bias.dim() != 1 || bias.numel() != 3 * width || bias.scalar_type() != like.scalar_type())
+        fail("'qkv_bias' must hold 3 x " + std::to_string(width) + " values of the input's dtype");
+}
+
+void g_transform_qkv(const Args &a) {
+    at::Tensor qkv = a.t("qkv");
+    if (qkv.dim() != 3 || qkv.size(2) % 3 != 0)
+        fail("'qkv' must be 3-D with a last dim of 3 x the embedding width");
+    qkv_bias_ok(a.t("qkv_bias"), qkv, qkv.size(2) / 3, a.i("num_heads"));
+}
+
+void g_native_mha(const Args &a) {
+    at::Tensor q = a.t("query");
+    qkv_bias_ok(a.t("qkv_bias"), q, a.i("embed_dim"), a.i("num_head"));
+}
+
+void g_encoder_layer(const Args &a) {
+    at::Tensor src = a.t("src");
+    qkv_bias_ok(a.t("qkv_bias"), src, a.i("embed_dim"), a.i("num_heads"));
+}
+
+// grid_sampler backward kernels index grad_output by the input's batch and channels and
+// the grid's spatial sizes.
+void g_grid_sampler_backward(const Args &a) {
+    at::Tensor g = a.t("grad_output"), in = a.t("input"), grid = a.t("grid");
+    int64_t nd = in.dim();
+    if ((nd != 4 && nd != 5) || grid.dim() != nd)
+        fail("'input' and 'grid' must both be 4-D or 5-D");
+    std::vector<int64_t> want = {in.size(0), in.size(1)};
+    for (int64_t d = 1; d < nd - 1; d++)
+        want.push_back(grid.size(d));
+    if (g.sizes() != c10::IntArrayRef(want) || g.scalar_type() != in.scalar_type())
+        fail("'grad_output' has shape " + dims(g.sizes()) + " where " + dims(want) +
+             " of the input's dtype is needed");
+}
+
+// _masked_softmax_backward checks grad_output against the mask, never output.
+void g_masked_softmax_backward(const Args &a) {
+    at::Tensor g = a.t("grad_output"), out = a.t("output");
+    same_shape(out, "output", g, "grad_output");
+    if (out.scalar_type() != g.scalar_type())
+        fail("'output' must have grad_output's dtype");
+}
+
+// _weight_int4pack_mm_for_cpu reads one scale/zero row per group of the reduction dim.
+void g_int4pack_mm(const Args &a) {
+    at::Tensor x = a.t("self"), qsz = a.t("qScaleAndZeros");
+    int64_t gs = a.i("qGroupSize");
+    if (gs < 1 || x.dim() != 2 || qsz.dim() != 3 || qsz.size(0) != (x.size(1) + gs - 1) / gs)
+        fail("'qScaleAndZeros' must have one row per group of " + std::to_string(gs) +
+             " of the input's " + std::to_string(x.dim() == 2 ? x.size(1) : 0) + " columns");
 }
 
 void g_pdist_backward(const Args &a) {
@@ -516,6 +620,28 @@ const std::unordered_map<std::string, Guard> &table() {
         {"aten::_log_softmax_backward_data", g_softmax_backward},
         {"aten::native_layer_norm_backward", g_layer_norm_backward},
         {"aten::native_batch_norm_backward", g_batch_norm_backward},
+        {"aten::batch_norm_backward", g_bn_backward_update},
+        {"aten::_batch_norm_impl_index_backward", g_bn_impl_index_backward},
+        {"aten::native_batch_norm", g_batch_norm},
+        {"aten::_native_batch_norm_legit", g_batch_norm},
+        {"aten::_native_batch_norm_legit_functional", g_batch_norm},
+        {"aten::_native_batch_norm_legit_no_training", g_batch_norm},
+        {"aten::_batch_norm_with_update", g_batch_norm},
+        {"aten::_batch_norm_with_update_functional", g_batch_norm},
+        {"aten::_batch_norm_no_update", g_batch_norm},
+        {"aten::batch_norm_update_stats", g_batch_norm},
+        {"aten::ctc_loss", g_ctc},
+        {"aten::_adaptive_avg_pool2d_backward", g_adaptive_avg_backward},
+        {"aten::_adaptive_avg_pool3d_backward", g_adaptive_avg_backward},
+        {"aten::adaptive_avg_pool3d_backward", g_adaptive_avg_backward},
+        {"aten::_transform_bias_rescale_qkv", g_transform_qkv},
+        {"aten::_native_multi_head_attention", g_native_mha},
+        {"aten::_transformer_encoder_layer_fwd", g_encoder_layer},
+        {"aten::grid_sampler_2d_backward", g_grid_sampler_backward},
+        {"aten::grid_sampler_3d_backward", g_grid_sampler_backward},
+        {"aten::_grid_sampler_2d_cpu_fallback_backward", g_grid_sampler_backward},
+        {"aten::_masked_softmax_backward", g_masked_softmax_backward},
+        {"aten::_weight_int4pack_mm_for_cpu", g_int4pack_mm},
         {"aten::_pdist_backward", g_pdist_backward},
         {"aten::_cdist_backward", g_cdist_backward},
         {"aten::_weight_norm_interface", g_weight_norm},

@@ -74,6 +74,13 @@ const Prefix kDenyPrefix[] = {
     {"aten::to_mkldnn", "mkldnn tensors are not kept by this server"},
     {"aten::_record_function", "profiling is not served"},
     {"aten::_sobol_engine_", "its kernels trust the shapes of their state tensors"},
+    // observers' running statistics and packed int8 matrices: written and read with the
+    // sizes the kernels assume, never checked (quantization-aware training, deprecated
+    // fbgemm linear)
+    {"aten::_fused_moving_avg_obs_fq_helper", "its kernel trusts the shapes of its statistics"},
+    {"aten::fused_moving_avg_obs_fake_quant", "its kernel trusts the shapes of its statistics"},
+    {"aten::fbgemm_linear_int8_weight", "its kernel trusts its packed matrix"},
+    {"aten::fbgemm_pack_quantized_matrix", "its kernel trusts its packed matrix"},
     // sparse index helpers: the index values are positions written in the output, unchecked
     {"aten::_convert_indices_from_", "sparse layouts are not kept by this server"},
     // builds an unchecked view from the given sizes and strides, then copies it out

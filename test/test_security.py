@@ -2386,6 +2386,33 @@ OOB_KERNELS = {
         ],
         "aten::_scaled_dot_product_flash_attention_for_cpu",
     ),
+    # composites a client never sends as they are: they call the kernels above unguarded
+    "ctc_loss": (
+        [f32(0, 0, 0, 0), i64(10**6), bytes(4)],
+        [
+            node(
+                "aten::ctc_loss",
+                "IntList",
+                [t32(0, [2, 1, 2]), tref(1, I64, [1, 1]), [2], [1], 0, 1, False],
+                [t32(2, [])],
+            )
+        ],
+        "aten::ctc_loss",
+    ),
+    "_batch_norm_impl_index_backward": (
+        [f32(*[1] * 64), f32(1, 2, 3, 4), bytes(4)] + [bytes(256)] * 3,
+        [
+            node(
+                "aten::_batch_norm_impl_index_backward",
+                "",
+                [0, t32(0, [1, 64]), t32(1, [1, 4])]
+                + [t32(0, [64])] * 5
+                + [True, 1e-5, [True, True, True], tref(2, U8, [0])],
+                [t32(3, [1, 64]), t32(4, [64]), t32(5, [64])],
+            )
+        ],
+        "aten::_batch_norm_impl_index_backward",
+    ),
     "_scaled_dot_product_flash_attention_for_cpu_backward": (
         [f32(1, 2, 3, 4), f32(*[1.0] * (4 * N_SPRAY))] + [bytes(16 * N_SPRAY)] * 3,
         [
